@@ -1,0 +1,25 @@
+"""prunekit: structured pruning for PyTorch models.
+
+    import prunekit as pk
+    result = pk.prune(model, example_inputs, pk.FilterPruning(ratio=0.5, criterion="l1"))
+    report = pk.verify(original, example_inputs, result.plan)
+    pk.save(model, "pruned/", result.plan); pk.load("pruned/", fresh_model)
+"""
+
+from .api import PruneResult, prune
+from .apply import apply_plan
+from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedOpError
+from .graph.dependency import DependencyGraph, Group
+from .io import load, save
+from .measure import Measurement, measure
+from .methods import ChannelPruning, FilterPruning
+from .plan import Plan
+from .verify import VerifyReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelPruning", "ConfigError", "DependencyGraph", "FilterPruning", "Group", "Measurement",
+    "Plan", "PlanError", "PruneError", "PruneResult", "TraceError", "UnsupportedOpError",
+    "VerifyReport", "apply_plan", "load", "measure", "prune", "save", "verify",
+]

@@ -1,0 +1,95 @@
+"""``pk.prune``: trace, group, rank, plan, apply, check — in one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .apply import apply_plan
+from .errors import ConfigError, PruneError
+from .graph.dependency import DependencyGraph
+from .measure import Measurement, count_flops, count_params
+from .methods import _ChannelMethod
+from .plan import Plan
+from .planner import plan_channels
+from .trace import call_model, iter_tensors
+
+
+@dataclass
+class PruneResult:
+    """What ``pk.prune`` did: the plan, and the model's size before and after."""
+
+    plan: Plan
+    before: Measurement
+    after: Measurement
+
+    @property
+    def param_reduction(self) -> float:
+        return 1 - self.after.params / max(self.before.params, 1)
+
+    @property
+    def flop_reduction(self) -> float:
+        return 1 - self.after.flops / max(self.before.flops, 1)
+
+    def __str__(self) -> str:
+        return (f"params {self.before.params:,} -> {self.after.params:,} "
+                f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
+                f"{self.after.flops:,} (-{self.flop_reduction:.1%})")
+
+
+def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
+    with torch.no_grad():
+        return [tuple(t.shape) for t in iter_tensors(call_model(model, example_inputs))]
+
+
+def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
+          ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
+          strict: bool = False) -> PruneResult:
+    """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
+
+    Args:
+        model: the model to prune; changed in place, or left exactly as it was on error.
+        example_inputs: a tensor (``model(x)``), tuple (``model(*x)``) or dict (``model(**x)``).
+        method: ``FilterPruning(...)`` or ``ChannelPruning(...)``.
+        ignore: modules whose dims stay as they are. The layers producing the model's outputs
+            always keep their output size.
+        data: an iterable of batches, for data-driven criteria.
+        strict: raise on any op without a coupling rule instead of leaving its dims alone.
+
+    Returns:
+        A ``PruneResult`` with ``plan`` (JSON-able), ``before`` and ``after``.
+
+    Example:
+        >>> result = pk.prune(model, torch.randn(1, 3, 224, 224), pk.FilterPruning(0.5, "l1"))
+        >>> print(result)
+    """
+    if not isinstance(method, _ChannelMethod):
+        raise ConfigError(f"method must be a pruning method such as pk.FilterPruning(...), "
+                          f"got {type(method).__name__}")
+    graph = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict)
+    training = model.training
+    model.eval()
+    try:
+        shapes = _output_shapes(model, example_inputs)
+        before = Measurement(count_params(model), count_flops(model, example_inputs))
+        plan = plan_channels(graph, method)
+        del graph  # holds references to the old tensors
+
+        def still_runs(pruned: nn.Module) -> None:
+            try:
+                new_shapes = _output_shapes(pruned, example_inputs)
+            except Exception as error:
+                raise PruneError(f"the pruned model no longer runs ({type(error).__name__}: "
+                                 f"{error}); the model was left unchanged") from error
+            if new_shapes != shapes:
+                raise PruneError(f"pruning changed the output shapes {shapes} -> {new_shapes}; "
+                                 f"the model was left unchanged")
+
+        apply_plan(model, plan, check=still_runs)
+        after = Measurement(count_params(model), count_flops(model, example_inputs))
+    finally:
+        model.train(training)
+    return PruneResult(plan, before, after)

@@ -1,0 +1,128 @@
+"""Apply a plan to a model: slice tensors, set counted attributes, fix module attributes.
+
+Applying is transactional: everything is checked and computed before the model is touched,
+and if anything fails afterwards (including the caller's ``check``) every touched module is
+restored to exactly what it was.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import PlanError
+from .handlers import sync_attributes
+from .plan import Plan
+
+
+def _tensor_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
+    """name -> (owning module, attribute name, "parameter" | "buffer"), tied names included."""
+    owners = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for name, value in module._parameters.items():
+            if value is not None:
+                owners[prefix + name] = (module, name, "parameter")
+        for name, value in module._buffers.items():
+            if value is not None:
+                owners[prefix + name] = (module, name, "buffer")
+    return owners
+
+
+def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
+    result = tensor.detach()
+    for dim, indices in sorted(dims.items()):
+        if not 0 <= dim < tensor.dim():
+            raise PlanError(f"plan prunes dim {dim} of {name!r}, which has {tensor.dim()} dims")
+        index = torch.as_tensor(indices, dtype=torch.long, device=tensor.device)
+        if index.numel() == 0:
+            raise PlanError(f"plan removes every channel of dim {dim} of {name!r}")
+        if index.min() < 0 or index.max() >= tensor.shape[dim] or index.unique().numel() != index.numel():
+            raise PlanError(f"plan indices for dim {dim} of {name!r} are out of range or repeated")
+        result = result.index_select(dim, index)
+    return result.clone()
+
+
+def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
+    """Check the plan against the model and compute every new tensor, touching nothing."""
+    owners = _tensor_owners(model)
+    new: dict[int, torch.Tensor] = {}
+    for name, dims in plan.tensors.items():
+        if name not in owners:
+            raise PlanError(f"plan names tensor {name!r}, which the model does not have")
+        module, attr, _ = owners[name]
+        tensor = getattr(module, attr)
+        expected = plan.shapes.get(name)
+        if expected is not None and list(tensor.shape) != list(expected):
+            raise PlanError(f"plan expects {name!r} of shape {expected}, "
+                            f"the model has {list(tensor.shape)}")
+        new[id(tensor)] = _sliced(name, tensor, dims)
+    modules = dict(model.named_modules())
+    for module_name, attributes in plan.attributes.items():
+        if module_name not in modules:
+            raise PlanError(f"plan names module {module_name!r}, which the model does not have")
+        for attribute in attributes:
+            if not hasattr(modules[module_name], attribute):
+                raise PlanError(f"module {module_name!r} has no attribute {attribute!r}")
+    return new
+
+
+@contextmanager
+def transaction(modules: list[nn.Module]) -> Iterator[None]:
+    """Restore the modules' attributes, parameters and buffers if the block raises."""
+    saved = []
+    for module in modules:
+        state = dict(module.__dict__)
+        state["_parameters"] = dict(module._parameters)
+        state["_buffers"] = dict(module._buffers)
+        saved.append((module, state))
+    try:
+        yield
+    except BaseException:
+        for module, state in saved:
+            module._parameters.clear()
+            module._parameters.update(state.pop("_parameters"))
+            module._buffers.clear()
+            module._buffers.update(state.pop("_buffers"))
+            module.__dict__.update(state)
+        raise
+
+
+def apply_plan(model: nn.Module, plan: Plan,
+               check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Physically prune ``model`` in place as ``plan`` says, then run ``check(model)``.
+
+    Raises:
+        PlanError: the plan does not fit the model; the model is unchanged.
+        Any error from ``check``: the model is restored before it propagates.
+    """
+    new = prepare(model, plan)
+    owners = _tensor_owners(model)
+    touched = {id(m): m for m, attr, _ in owners.values() if id(getattr(m, attr)) in new}
+    modules = dict(model.named_modules())
+    touched.update({id(modules[name]): modules[name] for name in plan.attributes})
+    with transaction(list(touched.values())):
+        replaced: dict[int, torch.Tensor] = {}
+        for module, attr, kind in owners.values():
+            old = getattr(module, attr)
+            if id(old) not in new:
+                continue
+            if id(old) not in replaced:  # tied tensors stay tied: one new tensor for all names
+                value = new[id(old)]
+                replaced[id(old)] = (nn.Parameter(value, requires_grad=old.requires_grad)
+                                     if kind == "parameter" else value)
+            if kind == "parameter":
+                module._parameters[attr] = replaced[id(old)]
+            else:
+                module._buffers[attr] = replaced[id(old)]
+        for module_name, attributes in plan.attributes.items():
+            for attribute, value in attributes.items():
+                setattr(modules[module_name], attribute, value)
+        for module in touched.values():
+            sync_attributes(module)
+        if check is not None:
+            check(model)
+    return model

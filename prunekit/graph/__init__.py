@@ -1,0 +1,1 @@
+"""Dependency graph: slots, coupling rules and groups."""

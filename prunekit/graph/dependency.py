@@ -1,0 +1,207 @@
+"""The dependency graph: groups of parameter dims that must be pruned together.
+
+A *group* is one leaf axis class from the trace (see ``axes.py``): every parameter or buffer
+dim that contains it is a *member*, and pruning the group removes the same channel indices,
+mapped through each member's layout (offsets for concatenations, blocks for flatten, repeats
+for grouped convolutions and attention heads), from every member at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..trace import AttributeSlot, TensorSlot, TraceResult, trace
+from .axes import AxisTable, NotRepresentable, Spec
+
+
+@dataclass
+class Member:
+    """One dim of one parameter or buffer that belongs to a group."""
+
+    slot: TensorSlot
+    dim: int
+    role: str | None  # "out" (a layer's output filters), "in" (input channels), "norm", None
+    segments: Spec  # the dim's layout in leaf axes
+
+    @property
+    def name(self) -> str:
+        return self.slot.name
+
+    def __str__(self) -> str:
+        tag = self.role or f"dim{self.dim}"
+        return f"{self.slot.name}[{tag}]"
+
+
+@dataclass
+class Group:
+    """Channels coupled across the model: pruned all at once with one set of indices."""
+
+    id: int
+    axis: int
+    size: int
+    members: list[Member]
+    structural: bool = False  # an outer factor (groups, heads) whose inner factor is prunable
+    attributes: list[AttributeSlot] = field(default_factory=list)
+
+    def modules(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for member in self.members:
+            seen.setdefault(member.name.rsplit(".", 1)[0] if "." in member.name else "", None)
+        return list(seen)
+
+    def __str__(self) -> str:
+        chain = " => ".join(str(m) for m in self.members)
+        kind = " (structural)" if self.structural else ""
+        return f"group {self.id}: {self.size} channels{kind}: {chain}"
+
+
+class DependencyGraph:
+    """Trace ``model`` on ``example_inputs`` and find every group of coupled channels.
+
+    Args:
+        model: any ``nn.Module``; it is run once in eval mode and not changed.
+        example_inputs: a tensor (``model(x)``), a tuple (``model(*x)``) or a dict
+            (``model(**x)``).
+        ignore: modules whose dims must stay as they are (their submodules too).
+        strict: raise on an op the engine has no rule for, instead of marking its dims fixed.
+
+    Example:
+        >>> graph = DependencyGraph(model, torch.randn(1, 3, 32, 32))
+        >>> for group in graph.groups: print(group)
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any,
+                 ignore: Iterable[nn.Module] = (), strict: bool = False) -> None:
+        self.model = model
+        ignored = _resolve_ignored(model, ignore)
+        self.trace: TraceResult = trace(model, example_inputs, strict=strict)
+        self.axes: AxisTable = self.trace.axes
+        for slot in self.trace.slots:
+            if any(_owner(name) in ignored for name in slot.names):
+                for spec in slot.specs:
+                    self.axes.fix_spec(spec, "module is ignored")
+        self.all_groups: list[Group] = self._build_groups()
+        self.groups: list[Group] = [g for g in self.all_groups if not g.structural]
+
+    @property
+    def unknown_ops(self):
+        return self.trace.unknown_ops
+
+    def _member_layouts(self) -> list[tuple[TensorSlot, int, Spec]]:
+        layouts = []
+        for slot in self.trace.slots:
+            for dim, spec in enumerate(slot.specs):
+                try:
+                    layouts.append((slot, dim, self.axes.expand(spec)))
+                except NotRepresentable:
+                    self.axes.fix_spec(spec, "layout cannot be expressed")
+        return layouts
+
+    def _build_groups(self) -> list[Group]:
+        layouts = self._member_layouts()
+        members: dict[int, list[Member]] = {}
+        has_parameter: set[int] = set()
+        for slot, dim, segments in layouts:
+            for leaf in {a for segment in segments for a in segment}:
+                members.setdefault(leaf, []).append(
+                    Member(slot, dim, slot.roles.get(dim), segments))
+                if slot.kind == "parameter":
+                    has_parameter.add(leaf)
+        eligible = {leaf for leaf in members
+                    if leaf in has_parameter and self.axes.size(leaf) > 1
+                    and self.axes.fixed_reason(leaf) is None}
+        structural = self._structural(eligible)
+        groups = []
+        for leaf in sorted(eligible, key=lambda a: _first_position(members[a], layouts)):
+            ordered = sorted(members[leaf], key=_member_order)
+            attributes = [a for a in self.trace.attributes if leaf in self._leaves(a.spec)]
+            groups.append(Group(len(groups), leaf, self.axes.size(leaf), ordered,
+                                leaf in structural, attributes))
+        return groups
+
+    def _leaves(self, spec: Spec) -> set[int]:
+        try:
+            return {a for segment in self.axes.expand(spec) for a in segment}
+        except NotRepresentable:
+            return set()
+
+    def _structural(self, eligible: set[int]) -> set[int]:
+        """Outer factors whose inner factor can be pruned: prune within groups/heads first."""
+        structural: set[int] = set()
+        for outer, inner in self.axes.factorisations:
+            if self._leaves(inner) & eligible:
+                structural |= self._leaves(outer) & eligible
+        return structural
+
+    def keep_indices(self, member: Member, keep: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The indices a member's dim keeps when each group keeps ``keep[axis]``."""
+        return layout_indices(self.axes, member.segments, keep)
+
+    def channel_matrix(self, member: Member, axis: int) -> torch.Tensor:
+        """The member's tensor as a (channels of this group, everything else) matrix."""
+        return channel_matrix(self.axes, member.slot.tensor.detach(), member.dim,
+                              member.segments, axis)
+
+    def __str__(self) -> str:
+        return "\n".join(str(g) for g in self.groups)
+
+
+def layout_indices(axes: AxisTable, segments: Spec, keep: dict[int, torch.Tensor]) -> torch.Tensor:
+    parts, offset = [], 0
+    for segment in segments:
+        index = torch.zeros(1, dtype=torch.long)
+        for axis in segment:  # row-major: ((i1 * s2 + i2) * s3 + i3) …
+            size = axes.size(axis)
+            kept = keep.get(axis)
+            kept = torch.arange(size) if kept is None else kept
+            index = (index[:, None] * size + kept[None, :]).reshape(-1)
+        parts.append(index + offset)
+        offset += axes.segment_size(segment)
+    return torch.cat(parts)
+
+
+def channel_matrix(axes: AxisTable, tensor: torch.Tensor, dim: int, segments: Spec,
+                   axis: int) -> torch.Tensor:
+    columns, offset = [], 0
+    for segment in segments:
+        size = axes.segment_size(segment)
+        if axis in segment:
+            part = tensor.narrow(dim, offset, size).movedim(dim, 0)
+            part = part.reshape([axes.size(a) for a in segment] + [-1])
+            part = part.movedim(segment.index(axis), 0)
+            columns.append(part.reshape(axes.size(axis), -1))
+        offset += size
+    return torch.cat(columns, dim=1)
+
+
+def _owner(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _resolve_ignored(model: nn.Module, ignore: Iterable[nn.Module]) -> set[str]:
+    names = {id(m): n for n, m in model.named_modules()}
+    ignored: set[str] = set()
+    for module in ignore or ():
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"ignore= takes modules, got {type(module).__name__}")
+        if id(module) not in names:
+            raise ConfigError(f"ignore= names a {type(module).__name__} that is not part of the model")
+        prefix = names[id(module)]
+        ignored |= {n for n in names.values()
+                    if n == prefix or not prefix or n.startswith(prefix + ".")}
+    return ignored
+
+
+def _member_order(member: Member) -> tuple:
+    order = {"out": 0, "norm": 1, None: 2, "in": 3}
+    return (order.get(member.role, 2), member.slot.name, member.dim)
+
+
+def _first_position(members: list[Member], layouts) -> int:
+    positions = {id(slot): i for i, (slot, _, _) in enumerate(layouts)}
+    return min(positions.get(id(m.slot), 0) for m in members)

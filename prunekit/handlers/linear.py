@@ -1,0 +1,15 @@
+"""Linear and embedding layers."""
+
+from torch import nn
+
+from . import register
+
+
+@register(nn.Linear)
+def sync_linear(module: nn.Linear) -> None:
+    module.out_features, module.in_features = module.weight.shape
+
+
+@register(nn.Embedding)
+def sync_embedding(module: nn.Embedding) -> None:
+    module.num_embeddings, module.embedding_dim = module.weight.shape

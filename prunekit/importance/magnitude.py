@@ -1,0 +1,30 @@
+"""Weight-magnitude criteria (L1, L2) and the random baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import ChannelView
+
+
+@dataclass(frozen=True)
+class Magnitude:
+    """The p-norm of each channel's weights, summed over the members shown."""
+
+    p: int = 1
+
+    def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:
+        total = torch.zeros(views[0].matrix.shape[0], dtype=torch.float64)
+        for view in views:
+            total += view.matrix.double().norm(p=self.p, dim=1)
+        return total
+
+
+@dataclass(frozen=True)
+class RandomScore:
+    """Random scores: the baseline every informed criterion should beat."""
+
+    def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(views[0].matrix.shape[0], generator=generator, dtype=torch.float64)

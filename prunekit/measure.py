@@ -1,0 +1,67 @@
+"""Honest numbers: parameters, FLOPs (``torch.utils.flop_counter``) and measured latency
+(``torch.utils.benchmark``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+from .trace import call_model
+
+
+@dataclass
+class Measurement:
+    params: int
+    flops: int
+    latency_ms: float | None = None  # median over repeated runs, batch as given
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, example_inputs: Any) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            call_model(model, example_inputs)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def measure_latency(model: nn.Module, example_inputs: Any, min_run_time: float = 0.5) -> float:
+    """Median milliseconds per forward pass, in eval mode without autograd."""
+    was_training = model.training
+    model.eval()
+    try:
+        timer = benchmark.Timer(
+            stmt="with torch.no_grad(): call_model(model, inputs)",
+            globals={"torch": torch, "call_model": call_model, "model": model, "inputs": example_inputs},
+            num_threads=torch.get_num_threads())
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    finally:
+        model.train(was_training)
+
+
+def measure(model: nn.Module, example_inputs: Any, latency: bool = True,
+            min_run_time: float = 0.5) -> Measurement:
+    """Parameters, FLOPs and (optionally) latency of ``model`` on ``example_inputs``.
+
+    Example:
+        >>> pk.measure(model, torch.randn(1, 3, 224, 224))
+        Measurement(params=11689512, flops=3638525952, latency_ms=...)
+    """
+    return Measurement(
+        params=count_params(model),
+        flops=count_flops(model, example_inputs),
+        latency_ms=measure_latency(model, example_inputs, min_run_time) if latency else None)

@@ -1,0 +1,96 @@
+"""Pruning methods: small dataclasses that check themselves and round-trip through JSON.
+
+A method says *what* to remove and *how to rank* it; ``pk.prune`` does the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+from .importance import CRITERIA
+
+
+@dataclass
+class _ChannelMethod:
+    """Shared fields of the channel-removing methods.
+
+    Args:
+        ratio: fraction of each group's channels to remove, in [0, 1).
+        criterion: how channels are ranked: one of ``prunekit.importance.CRITERIA``.
+        round_to: the number of channels kept in each group is a multiple of this.
+        overrides: ``{module name: ratio}`` for groups that touch that module (the largest
+            override among a group's modules wins).
+        seed: seed for the ``"random"`` criterion.
+    """
+
+    ratio: float = 0.5
+    criterion: str = "l1"
+    round_to: int = 1
+    overrides: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    scored_role: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_ratio(self.ratio, f"{name}.ratio")
+        for module, ratio in self.overrides.items():
+            _check_ratio(ratio, f"{name}.overrides[{module!r}]")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"{name}.criterion: unknown criterion {self.criterion!r}; "
+                              f"choose one of {sorted(CRITERIA)}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"{name}.round_to must be a positive integer, got {self.round_to!r}")
+
+    def channels_to_keep(self, size: int, ratio: float) -> int:
+        keep = size - math.floor(size * ratio + 1e-9)
+        keep = math.ceil(keep / self.round_to) * self.round_to
+        return max(1, min(size, keep))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": type(self).__name__, **asdict(self)}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "_ChannelMethod":
+        data = dict(data)
+        kind = METHODS.get(data.pop("method", ""))
+        if kind is None:
+            raise ConfigError(f"unknown pruning method in {data!r}")
+        return kind(**data)
+
+
+@dataclass
+class FilterPruning(_ChannelMethod):
+    """Remove output filters, ranked by the producers' filters (conv/linear output rows).
+
+    Example:
+        >>> pk.prune(model, x, pk.FilterPruning(ratio=0.5, criterion="l1"))
+    """
+
+    scored_role: ClassVar[str] = "out"
+
+
+@dataclass
+class ChannelPruning(_ChannelMethod):
+    """Remove input channels, ranked by the consumers' weights over those channels.
+
+    The score of an input channel is the norm of the consumer's weights that read it, summed
+    over output filters and kernel (the classic input-channel criterion). Removing it removes
+    the whole coupled group, producers included.
+
+    Example:
+        >>> pk.prune(model, x, pk.ChannelPruning(ratio=0.5, criterion="l2"))
+    """
+
+    scored_role: ClassVar[str] = "in"
+
+
+METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning)}
+
+
+def _check_ratio(ratio: Any, what: str) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ConfigError(f"{what} must be a number in [0, 1), got {ratio!r}")

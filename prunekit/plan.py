@@ -1,0 +1,76 @@
+"""The plan: which indices every tensor keeps, as plain, versioned, JSON-able data.
+
+A plan is replayable: applied to a freshly built model of the same architecture it produces
+the same shapes, which is how ``pk.load`` rebuilds a pruned model before loading its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PlanError
+
+PLAN_FORMAT = "prunekit.plan"
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """What pruning keeps.
+
+    Attributes:
+        method: the method that made the plan, as a dict (``FilterPruning.to_dict()``).
+        tensors: ``{parameter or buffer name: {dim: kept indices}}`` for every changed dim.
+        shapes: the original shape of every tensor in ``tensors``, checked on replay.
+        attributes: ``{module name: {attribute: new value}}`` for counts such as ``groups``.
+        groups: a readable summary of each pruned group.
+    """
+
+    method: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.tensors and not self.attributes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tensors"] = {name: {str(d): idx for d, idx in dims.items()}
+                           for name, dims in self.tensors.items()}
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        if data.get("format") != PLAN_FORMAT:
+            raise PlanError(f"not a prunekit plan (format is {data.get('format')!r})")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {data.get('version')!r} is not supported "
+                            f"(this prunekit reads version {PLAN_VERSION})")
+        tensors = {name: {int(d): list(map(int, idx)) for d, idx in dims.items()}
+                   for name, dims in data.get("tensors", {}).items()}
+        return cls(method=data.get("method", {}), tensors=tensors,
+                   shapes={k: list(v) for k, v in data.get("shapes", {}).items()},
+                   attributes=data.get("attributes", {}), groups=data.get("groups", []))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise PlanError(f"cannot read plan {str(path)!r}: {error}") from error

@@ -1,0 +1,258 @@
+"""Record one forward pass: every op that ran, and how it ties the channels of its tensors.
+
+The tracer is a ``TorchFunctionMode``: it sees every torch function, tensor method and
+``torch.nn.functional`` call with the real tensors, so Python control flow, keyword or dict
+inputs, frozen parameters and ``torch.no_grad()`` all just work. For each op it looks up a
+coupling rule (``graph/rules.py``) that describes the output dims in terms of the input dims.
+An op without a rule is never treated as elementwise: every dim it touches is marked unprunable
+and the op is listed in ``TraceResult.unknown_ops`` (or, with ``strict=True``, raises).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .errors import TraceError, UnsupportedOpError
+from .graph.axes import AxisTable, NotRepresentable, Spec
+
+
+@dataclass
+class TensorSlot:
+    """A parameter or buffer seen during the trace: where it lives and its dims' channels."""
+
+    names: list[str]  # every qualified name it is reachable by (tied weights have several)
+    kind: str  # "parameter" or "buffer"
+    tensor: torch.Tensor
+    specs: list[Spec]
+    roles: dict[int, str] = field(default_factory=dict)  # dim -> "out" | "in" | "norm"
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+@dataclass
+class AttributeSlot:
+    """An integer attribute that counts channels of an axis (``groups``, ``num_heads`` …)."""
+
+    module: str
+    attribute: str
+    spec: Spec
+
+
+@dataclass
+class UnknownOp:
+    op: str
+    module: str
+
+
+@dataclass
+class TraceResult:
+    axes: AxisTable
+    slots: list[TensorSlot]
+    attributes: list[AttributeSlot]
+    unknown_ops: list[UnknownOp]
+    op_count: int
+
+
+def op_name(func: Callable) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return name.replace("_VariableFunctionsClass.", "torch.").replace("TensorBase.", "Tensor.")
+
+
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested tuples, lists, dicts and dataclass-like outputs."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from iter_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from iter_tensors(value)
+
+
+def call_model(model: nn.Module, example_inputs: Any) -> Any:
+    """Call ``model`` the usual way: tensor → model(x), tuple → model(*x), dict → model(**x)."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+class TraceContext:
+    """What a coupling rule may read and write while the forward pass runs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.axes = AxisTable()
+        self._specs: dict[int, tuple[weakref.ref, list[Spec]]] = {}
+        self._slots: dict[int, TensorSlot] = {}
+        self._names: dict[int, list[str]] = {}
+        self._kinds: dict[int, str] = {}
+        self.attributes: list[AttributeSlot] = []
+        self.unknown_ops: list[UnknownOp] = []
+        self.module_stack: list[str] = []
+        self.modules: dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
+        for name, param in model.named_parameters(remove_duplicate=False):
+            self._names.setdefault(id(param), []).append(name)
+            self._kinds[id(param)] = "parameter"
+        for name, buffer in model.named_buffers(remove_duplicate=False):
+            self._names.setdefault(id(buffer), []).append(name)
+            self._kinds[id(buffer)] = "buffer"
+        self._model_tensors = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
+        self._model_tensors.update({id(b): b for _, b in model.named_buffers(remove_duplicate=False)})
+
+    # -- where we are ------------------------------------------------------------------------
+    @property
+    def module_path(self) -> str:
+        return self.module_stack[-1] if self.module_stack else "<model>"
+
+    @property
+    def current_module(self) -> nn.Module | None:
+        return self.modules.get(self.module_path)
+
+    # -- tensors -----------------------------------------------------------------------------
+    def specs(self, tensor: torch.Tensor) -> list[Spec]:
+        """The dim specs of a tensor; unseen model tensors become slots, others constants."""
+        entry = self._specs.get(id(tensor))
+        if entry is not None and entry[0]() is tensor:
+            return entry[1]
+        if id(tensor) in self._model_tensors and self._model_tensors[id(tensor)] is tensor:
+            specs = [self.axes.fresh_spec(n) for n in tensor.shape]
+            slot = TensorSlot(self._names[id(tensor)], self._kinds[id(tensor)], tensor, specs)
+            self._slots[id(tensor)] = slot
+        else:
+            reason = f"constant tensor used in {self.module_path}"
+            specs = [self.axes.fresh_spec(n, reason) for n in tensor.shape]
+        self.set(tensor, specs)
+        return specs
+
+    def set(self, tensor: torch.Tensor, specs: list[Spec]) -> None:
+        if len(specs) != tensor.dim():
+            raise NotRepresentable("rule produced the wrong number of dims")
+        key = id(tensor)
+        self._specs[key] = (weakref.ref(tensor, lambda _, k=key: self._forget(k)), specs)
+
+    def _forget(self, key: int) -> None:
+        entry = self._specs.get(key)
+        if entry is not None and entry[0]() is None:
+            del self._specs[key]
+
+    def fresh(self, tensor: torch.Tensor, reason: str) -> list[Spec]:
+        specs = [self.axes.fresh_spec(n, reason) for n in tensor.shape]
+        self.set(tensor, specs)
+        return specs
+
+    def fix(self, tensor: torch.Tensor, reason: str, dims: list[int] | None = None) -> None:
+        specs = self.specs(tensor)
+        for d in range(tensor.dim()) if dims is None else dims:
+            self.axes.fix_spec(specs[d], reason)
+
+    def unify(self, a: Spec, b: Spec) -> None:
+        self.axes.unify(a, b)
+
+    def role(self, tensor: torch.Tensor | None, dim: int, role: str) -> None:
+        """Record that dim of a parameter is a layer's output, input or norm channels."""
+        if tensor is not None and id(tensor) in self._slots:
+            self._slots[id(tensor)].roles.setdefault(dim % max(tensor.dim(), 1), role)
+
+    def attribute(self, module: nn.Module | None, attribute: str, spec: Spec) -> None:
+        if module is not None and module is self.current_module:
+            self.attributes.append(AttributeSlot(self.module_path, attribute, spec))
+
+    # -- results -----------------------------------------------------------------------------
+    def result(self, op_count: int) -> TraceResult:
+        return TraceResult(self.axes, list(self._slots.values()), self.attributes,
+                           self.unknown_ops, op_count)
+
+
+class _TracingMode(TorchFunctionMode):
+    def __init__(self, ctx: TraceContext, rules: dict[Callable, Callable], strict: bool) -> None:
+        super().__init__()
+        self.ctx, self.rules, self.strict = ctx, rules, strict
+        self.op_count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rule = self.rules.get(func)
+        outputs = list(iter_tensors(out))
+        if rule is None and not outputs:
+            return out  # shape queries, .item(), printing …
+        self.op_count += 1
+        inputs = list(iter_tensors((args, kwargs)))
+        try:
+            if rule is None:
+                self._unknown(func, inputs, outputs)
+            else:
+                rule(self.ctx, args, kwargs, out)
+        except NotRepresentable as why:
+            reason = f"{op_name(func)} in {self.ctx.module_path}: {why}"
+            self._fallback(inputs, outputs, reason)
+        return out
+
+    def _unknown(self, func, inputs, outputs) -> None:
+        name = op_name(func)
+        module = self.ctx.module_path
+        if self.strict:
+            raise UnsupportedOpError(f"op {name} in module {module!r} has no coupling rule")
+        self.ctx.unknown_ops.append(UnknownOp(name, module))
+        self._fallback(inputs, outputs, f"unknown op {name} in {module}")
+
+    def _fallback(self, inputs, outputs, reason: str) -> None:
+        for tensor in inputs:
+            self.ctx.fix(tensor, reason)
+        for tensor in outputs:
+            if not any(tensor is t for t in inputs):
+                self.ctx.fresh(tensor, reason)
+
+
+def trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> TraceResult:
+    """Run ``model`` once on ``example_inputs`` in eval mode and record its channel structure.
+
+    The model's training flags are restored afterwards; nothing else about it changes.
+    """
+    from .graph.rules import RULES
+
+    ctx = TraceContext(model)
+    def enter(name):
+        def pre_hook(_module, _args):
+            ctx.module_stack.append(name or "<model>")
+        return pre_hook
+
+    def leave(_module, _args, _output):
+        ctx.module_stack.pop()  # returns None, so the module's output is unchanged
+
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(enter(name)))
+        hooks.append(module.register_forward_hook(leave))
+    training = {m: m.training for m in model.modules()}
+    mode = _TracingMode(ctx, RULES, strict)
+    try:
+        model.eval()
+        for tensor in iter_tensors(example_inputs):
+            ctx.fix(tensor, "model input")
+        with torch.no_grad(), mode:
+            out = call_model(model, example_inputs)
+        for tensor in iter_tensors(out):
+            ctx.fix(tensor, "model output")
+    except UnsupportedOpError:
+        raise
+    except Exception as error:  # the user's forward failed: say so, keep the cause
+        where = ctx.module_path
+        raise TraceError(f"the example inputs do not run through the model "
+                         f"(failed in {where!r}): {type(error).__name__}: {error}") from error
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, flag in training.items():
+            module.training = flag
+    return ctx.result(mode.op_count)

@@ -1,0 +1,91 @@
+"""The correctness oracle: a masked copy and a physically pruned copy must agree.
+
+Masking zeroes, in every member tensor, the channels the plan removes. Because a group holds
+every tensor that reads or writes those channels, the zeroed channels contribute nothing, so
+the masked model computes exactly what the smaller model computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .apply import apply_plan, _tensor_owners
+from .plan import Plan
+from .trace import call_model, iter_tensors
+
+
+@dataclass
+class VerifyReport:
+    """How far apart the masked and pruned models are on the example inputs."""
+
+    max_abs_diff: float
+    output_scale: float
+    tolerance: float
+    shapes_match: bool
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / max(self.output_scale, 1e-12)
+
+    @property
+    def ok(self) -> bool:
+        return self.shapes_match and self.relative_diff <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = "equivalent" if self.ok else "NOT equivalent"
+        return (f"{verdict}: max |masked - pruned| = {self.max_abs_diff:.3g} "
+                f"(relative {self.relative_diff:.3g}, tolerance {self.tolerance:g})")
+
+
+def mask(model: nn.Module, plan: Plan) -> nn.Module:
+    """Zero, in place, every parameter channel the plan removes (shapes unchanged)."""
+    owners = _tensor_owners(model)
+    with torch.no_grad():
+        for name, dims in plan.tensors.items():
+            module, attr, kind = owners[name]
+            if kind != "parameter":
+                continue
+            tensor = getattr(module, attr)
+            for dim, kept in dims.items():
+                removed = torch.ones(tensor.shape[dim], dtype=torch.bool)
+                removed[torch.as_tensor(kept, dtype=torch.long)] = False
+                tensor.index_fill_(dim, removed.nonzero().flatten().to(tensor.device), 0)
+    return model
+
+
+def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        return [t.detach().double() for t in iter_tensors(call_model(model, example_inputs))
+                if t.is_floating_point()]
+
+
+def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
+           tolerance: float = 1e-5) -> VerifyReport:
+    """Check that the plan's masked and pruned versions of a model give the same outputs.
+
+    Args:
+        original_model: the unpruned model; it is copied, never changed.
+        example_inputs: inputs as for ``pk.prune``.
+        plan: the plan to check.
+        tolerance: largest allowed max-abs difference relative to the output scale.
+
+    Returns:
+        A ``VerifyReport``; ``report.ok`` is the verdict.
+
+    Example:
+        >>> report = pk.verify(original, x, result.plan); assert report.ok, report
+    """
+    masked = mask(copy.deepcopy(original_model), plan)
+    pruned = apply_plan(copy.deepcopy(original_model), plan)
+    expected, actual = _outputs(masked, example_inputs), _outputs(pruned, example_inputs)
+    shapes_match = [t.shape for t in expected] == [t.shape for t in actual]
+    diff = max(((a - e).abs().max().item() for a, e in zip(actual, expected)
+                if a.shape == e.shape and a.numel()), default=0.0)
+    scale = max((e.abs().max().item() for e in expected if e.numel()), default=1.0)
+    return VerifyReport(diff, scale, tolerance, shapes_match)

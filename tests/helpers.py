@@ -1,0 +1,64 @@
+"""Shared checks for pruning tests."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.trace import call_model, iter_tensors
+
+
+def outputs(model: nn.Module, inputs) -> list[torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        return list(iter_tensors(call_model(model, inputs)))
+
+
+def predicted_params(model: nn.Module, plan: pk.Plan) -> int:
+    """Parameter count after the plan, computed from the plan alone."""
+    total = 0
+    seen = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        shape = list(param.shape)
+        for dim, kept in plan.tensors.get(name, {}).items():
+            shape[dim] = len(kept)
+        total += math.prod(shape)
+    return total
+
+
+def check_pruned(original: nn.Module, inputs, method, tmp_path, **kwargs) -> pk.PruneResult:
+    """Prune a copy and assert the whole contract: shapes, params, equivalence, grads, I/O."""
+    model = copy.deepcopy(original)
+    result = pk.prune(model, inputs, method, **kwargs)
+    assert not result.plan.is_empty, "nothing was pruned"
+
+    before, after = outputs(original, inputs), outputs(model, inputs)
+    assert [t.shape for t in before] == [t.shape for t in after]
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == result.after.params == predicted_params(original, result.plan)
+    assert n_params < result.before.params
+
+    report = pk.verify(original, inputs, result.plan)
+    assert report.ok, report
+
+    model.train()
+    loss = sum(t.float().pow(2).mean() for t in iter_tensors(call_model(model, inputs))
+               if t.is_floating_point())
+    loss.backward()
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            assert param.grad.shape == param.shape, name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+    pk.save(model, tmp_path / "saved", result.plan)
+    restored = pk.load(tmp_path / "saved", copy.deepcopy(original))
+    for a, b in zip(outputs(model, inputs), outputs(restored, inputs)):
+        assert torch.equal(a, b)
+    return result
