@@ -1,0 +1,136 @@
+"""Bad input gets a clear error naming what is wrong, and the model is left untouched."""
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+import prunekit as pk
+
+from .zoo import resnet_basic
+
+
+def state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, snapshot: dict, text: str) -> None:
+    after = model.state_dict()
+    assert snapshot.keys() == after.keys()
+    assert all(torch.equal(snapshot[k], after[k]) for k in snapshot)
+    assert repr(model) == text
+
+
+@pytest.fixture
+def model():
+    return resnet_basic().eval()
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "half", True])
+def test_ratio_outside_range(ratio):
+    with pytest.raises(pk.ConfigError, match="ratio"):
+        pk.FilterPruning(ratio=ratio)
+
+
+def test_unknown_criterion_names_the_choices():
+    with pytest.raises(pk.ConfigError, match="unknown criterion 'l3'.*l1"):
+        pk.ChannelPruning(criterion="l3")
+
+
+def test_bad_round_to():
+    with pytest.raises(pk.ConfigError, match="round_to"):
+        pk.FilterPruning(round_to=0)
+
+
+def test_ignore_module_not_in_model(model):
+    snapshot, text = state(model), repr(model)
+    with pytest.raises(pk.ConfigError, match="not part of the model"):
+        pk.prune(model, torch.randn(1, 3, 16, 16), pk.FilterPruning(), ignore=[nn.Conv2d(3, 3, 1)])
+    assert_unchanged(model, snapshot, text)
+
+
+def test_inputs_that_do_not_run(model):
+    snapshot, text = state(model), repr(model)
+    with pytest.raises(pk.TraceError, match="do not run through the model.*'0.0.0'.*3 channels"):
+        pk.prune(model, torch.randn(1, 5, 16, 16), pk.FilterPruning())
+    assert_unchanged(model, snapshot, text)
+    assert not model.training
+
+
+def test_method_must_be_a_method(model):
+    with pytest.raises(pk.ConfigError, match="pruning method"):
+        pk.prune(model, torch.randn(1, 3, 16, 16), "filter")
+
+
+class HardCodedWidth(nn.Module):
+    """A forward with a literal width: pruning would break it, so pruning must roll back."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(x).mean(dim=(2, 3))
+        return self.head(x[:, :8].reshape(-1, 8))
+
+
+def test_failed_pruning_rolls_back(monkeypatch):
+    model = HardCodedWidth().eval()
+    snapshot, text = state(model), repr(model)
+    original_forward = model.forward
+    calls = {"n": 0}
+
+    def forward(x):  # runs during the trace, then breaks on the pruned model
+        calls["n"] += 1
+        out = original_forward(x)
+        if model.conv.out_channels != 8:
+            raise RuntimeError("hard-coded width 8")
+        return out
+
+    monkeypatch.setattr(model, "forward", forward)
+    with pytest.raises(pk.PruneError, match="no longer runs.*left unchanged"):
+        pk.prune(model, torch.randn(1, 3, 8, 8), pk.FilterPruning(0.5))
+    assert_unchanged(model, snapshot, text)
+    assert model.conv.out_channels == 8 and model.conv.weight.shape[0] == 8
+
+
+def test_plan_that_does_not_fit(tmp_path, model):
+    other = resnet_basic().eval()
+    result = pk.prune(other, torch.randn(1, 3, 16, 16), pk.FilterPruning(0.5))
+    smaller = nn.Sequential(nn.Conv2d(3, 4, 1))
+    snapshot, text = state(smaller), repr(smaller)
+    with pytest.raises(pk.PlanError, match="does not have"):
+        pk.apply_plan(smaller, result.plan)
+    assert_unchanged(smaller, snapshot, text)
+
+
+def test_load_into_wrong_architecture_leaves_model_unchanged(tmp_path, model):
+    pruned = copy.deepcopy(model)
+    result = pk.prune(pruned, torch.randn(1, 3, 16, 16), pk.FilterPruning(0.5))
+    pk.save(pruned, tmp_path, result.plan)
+    fresh = copy.deepcopy(model)
+    fresh[-1] = nn.Linear(32, 3)
+    snapshot, text = state(fresh), repr(fresh)
+    with pytest.raises(pk.PlanError, match="plan expects '3.weight' of shape"):
+        pk.load(tmp_path, fresh)
+    assert_unchanged(fresh, snapshot, text)
+
+
+def test_load_weights_that_do_not_fit_leaves_model_unchanged(tmp_path, model):
+    pruned = copy.deepcopy(model)
+    result = pk.prune(pruned, torch.randn(1, 3, 16, 16), pk.FilterPruning(0.5))
+    pk.save(pruned, tmp_path, result.plan)
+    save_model(nn.Linear(2, 2), str(tmp_path / "model.safetensors"))  # the wrong weights
+    fresh = copy.deepcopy(model)
+    snapshot, text = state(fresh), repr(fresh)
+    with pytest.raises(pk.PlanError, match="do not fit"):
+        pk.load(tmp_path, fresh)
+    assert_unchanged(fresh, snapshot, text)
+
+
+def test_load_from_directory_without_files(tmp_path, model):
+    with pytest.raises(pk.PlanError, match="plan.json"):
+        pk.load(tmp_path, model)
