@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import logging
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import benchmark
-from torch.utils.flop_counter import FlopCounterMode
 
-from .trace import call_model
+# torch.utils.benchmark imports cpp_extension, which warns about CUDA on CPU-only machines
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from .trace import call_model  # noqa: E402
 
 
 @dataclass

@@ -1,0 +1,183 @@
+"""The ``prunekit`` command: prune, analyze and demo."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch import nn
+
+from .api import prune as prune_model
+from .errors import PruneError
+from .graph.dependency import DependencyGraph
+from .io import save
+from .measure import measure
+from .methods import METHODS, ChannelPruning, FilterPruning
+from .planner import group_ratio
+from .verify import verify
+
+app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+
+METHOD_NAMES = {"filter": FilterPruning, "channel": ChannelPruning}
+
+
+def load_model(spec: str) -> nn.Module:
+    """``torchvision:NAME`` or ``path/to/file.py:factory`` (or ``package.module:factory``)."""
+    source, _, name = spec.rpartition(":")
+    if not source or not name:
+        raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. torchvision:resnet18")
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise typer.BadParameter(f"{source!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(source)
+    factory = getattr(module, name, None)
+    if factory is None:
+        raise typer.BadParameter(f"{source!r} has no {name!r}")
+    return factory()
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,3,224,224")
+    if not shape or min(shape) < 1:
+        raise typer.BadParameter(f"{text!r}: every size must be positive")
+    return shape
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {escape(str(error))}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(..., help="torchvision:NAME or path/to/file.py:factory"),
+    input_shape: str = typer.Option("1,3,224,224", help="example input shape"),
+    method: str = typer.Option("filter", help="filter | channel"),
+    ratio: float = typer.Option(0.5, help="fraction of each group's channels to remove"),
+    criterion: str = typer.Option("l1", help="l1 | l2 | random"),
+    round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
+    out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
+    check: bool = typer.Option(True, help="verify masked and pruned models agree"),
+) -> None:
+    """Prune a model and save the result (weights + plan)."""
+    if method not in METHOD_NAMES:
+        raise typer.BadParameter(f"--method {method!r}: choose one of {sorted(METHOD_NAMES)}")
+    try:
+        pruning = METHOD_NAMES[method](ratio=ratio, criterion=criterion, round_to=round_to)
+        network = load_model(model).eval()
+        x = torch.randn(parse_shape(input_shape))
+        original = copy.deepcopy(network) if check else None
+        with _spinner(f"pruning {model}"):
+            result = prune_model(network, x, pruning)
+            report = verify(original, x, result.plan) if check else None
+            before, after = measure(original or network, x), measure(network, x)
+        save(network, out, result.plan)
+    except PruneError as error:
+        _fail(error)
+    table = Table(title=f"{model}: {type(pruning).__name__}(ratio={ratio}, criterion={criterion!r})")
+    for column in ("", "params", "FLOPs", "latency (ms)"):
+        table.add_column(column, justify="right")
+    for label, m in (("before", before), ("after", after)):
+        table.add_row(label, f"{m.params:,}", f"{m.flops:,}", f"{m.latency_ms:.2f}")
+    table.add_row("change", f"{after.params / before.params - 1:+.1%}",
+                  f"{after.flops / before.flops - 1:+.1%}",
+                  f"{after.latency_ms / before.latency_ms - 1:+.1%}")
+    console.print(table)
+    if report is not None:
+        console.print(f"verify: {escape(str(report))}")
+    console.print(f"saved to {out}/ (model.safetensors, plan.json)")
+
+
+@app.command()
+def analyze(
+    model: str = typer.Option(..., help="torchvision:NAME or path/to/file.py:factory"),
+    input_shape: str = typer.Option("1,3,224,224", help="example input shape"),
+    ratio: float = typer.Option(0.5, help="ratio used for the 'would remove' column"),
+    limit: int = typer.Option(40, help="show at most this many groups"),
+) -> None:
+    """Print the groups of coupled channels and what each would remove."""
+    try:
+        network = load_model(model).eval()
+        pruning = FilterPruning(ratio=ratio)
+        with _spinner(f"tracing {model}"):
+            graph = DependencyGraph(network, torch.randn(parse_shape(input_shape)))
+    except PruneError as error:
+        _fail(error)
+    table = Table(title=f"{model}: {len(graph.groups)} prunable groups")
+    table.add_column("group", justify="right")
+    table.add_column("channels", justify="right")
+    table.add_column("would remove", justify="right")
+    table.add_column("members")
+    for group in graph.groups[:limit]:
+        removed = group.size - pruning.channels_to_keep(group.size, group_ratio(group, pruning))
+        members = " => ".join(str(m) for m in group.members[:6])
+        more = len(group.members) - 6
+        table.add_row(str(group.id), str(group.size), str(removed),
+                      escape(members + (f" (+{more} more)" if more > 0 else "")))
+    console.print(table)
+    if len(graph.groups) > limit:
+        console.print(f"… and {len(graph.groups) - limit} more groups")
+    for unknown in graph.unknown_ops:
+        console.print(f"[yellow]no coupling rule[/] for {escape(unknown.op)} in {escape(unknown.module)}: "
+                      f"its dims are left unpruned")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), help="where report.md and results.json go"),
+    epochs: int = typer.Option(20, help="training epochs for the unpruned model"),
+    finetune_epochs: int = typer.Option(5, help="fine-tuning epochs after each pruning"),
+) -> None:
+    """Train a ResNet on digits, prune it at several ratios, fine-tune, and report."""
+    from .demo import run_demo
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        rows = run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs,
+                        progress=lambda message: bar.update(task, description=message))
+    base = rows[0]
+    table = Table(title="ResNet on scikit-learn digits: pruned and fine-tuned")
+    for column in ("method", "ratio", "params", "FLOPs", "latency ms (b=256)", "acc one-shot",
+                   "acc fine-tuned", "masked vs pruned"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r.method, f"{r.ratio:.2f}", f"{r.params:,} ({r.params / base.params:.0%})",
+                      f"{r.flops:,} ({r.flops / base.flops:.0%})", f"{r.latency_ms:.2f}",
+                      f"{r.accuracy_one_shot:.1%}", f"{r.accuracy_fine_tuned:.1%}",
+                      f"{r.equivalence_error:.1e}")
+    console.print(table)
+    console.print(f"report written to {out / 'report.md'}")
+
+
+def _spinner(description: str) -> Progress:
+    progress = Progress(SpinnerColumn(), TextColumn(description), TimeElapsedColumn(),
+                        console=console, transient=True)
+    progress.add_task(description, total=None)
+    return progress
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,56 @@
+"""A small, plain trainer for classification over any iterable of (inputs, labels) batches."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: float = 1e-3,
+                     weight_decay: float = 0.0,
+                     on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train with Adam and cross-entropy; returns the mean loss of each epoch.
+
+    Args:
+        model: the classifier; left in train mode.
+        batches: re-iterable ``(inputs, labels)`` batches, e.g. a ``DataLoader``.
+        epochs: passes over ``batches``.
+        lr: Adam learning rate at the start; it decays to zero on a cosine schedule when
+            ``batches`` has a length.
+        on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # cosine decay to zero over the run, so a short run still ends converged
+    steps = max(1, epochs * len(batches)) if hasattr(batches, "__len__") else None
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if steps else None
+    losses = []
+    model.train()
+    for epoch in range(epochs):
+        total, count = 0.0, 0
+        for inputs, labels in batches:
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            total, count = total + loss.item() * len(labels), count + len(labels)
+        losses.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    return losses
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, batches: Iterable) -> float:
+    """Top-1 accuracy in [0, 1] over ``(inputs, labels)`` batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for inputs, labels in batches:
+        correct += (model(inputs).argmax(dim=1) == labels).sum().item()
+        total += len(labels)
+    model.train(was_training)
+    return correct / max(total, 1)

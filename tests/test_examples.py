@@ -1,0 +1,17 @@
+"""The examples in examples/ run and print what the README shows."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prune_resnet18_example():
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "prune_resnet18.py")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("params 11,689,512 -> 3,055,880")
+    assert lines[1].startswith("equivalent:")
+    assert lines[-1] == "reloaded outputs identical: True"
