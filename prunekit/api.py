@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
@@ -14,17 +14,20 @@ from .graph.dependency import DependencyGraph
 from .measure import Measurement, count_flops, count_params
 from .methods import _ChannelMethod
 from .plan import Plan
-from .planner import plan_channels
+from .fallback import SkippedGroup, plan_that_works
+from .planner import choose_channels
 from .trace import call_model, iter_tensors
 
 
 @dataclass
 class PruneResult:
-    """What ``pk.prune`` did: the plan, and the model's size before and after."""
+    """What ``pk.prune`` did: the plan, the model's size before and after, and the groups it
+    left alone because pruning them broke the model (each with the error)."""
 
     plan: Plan
     before: Measurement
     after: Measurement
+    skipped: list[SkippedGroup] = field(default_factory=list)
 
     @property
     def param_reduction(self) -> float:
@@ -47,7 +50,7 @@ def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...
 
 def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
-          strict: bool = False) -> PruneResult:
+          strict: bool = False, check: bool = True, tolerance: float = 1e-5) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
 
     Args:
@@ -58,6 +61,10 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
             always keep their output size.
         data: an iterable of batches, for data-driven criteria.
         strict: raise on any op without a coupling rule instead of leaving its dims alone.
+        check: verify, before changing the model, that the masked and pruned models agree
+            within ``tolerance``; groups that break the model or the agreement are left
+            unpruned and listed in ``result.skipped``. With ``check=False`` only "it still
+            runs, with the same output shapes" is checked.
 
     Returns:
         A ``PruneResult`` with ``plan`` (JSON-able), ``before`` and ``after``.
@@ -75,7 +82,13 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
     try:
         shapes = _output_shapes(model, example_inputs)
         before = Measurement(count_params(model), count_flops(model, example_inputs))
-        plan = plan_channels(graph, method)
+        keep = choose_channels(graph, method)
+        plan, skipped = plan_that_works(graph, model, example_inputs, keep, method.to_dict(),
+                                        check_equivalence=check, tolerance=tolerance)
+        if keep and plan.is_empty:
+            reasons = "; ".join(f"{s.group}: {s.reason}" for s in skipped[:3])
+            raise PruneError(f"no group could be pruned without breaking the model, so it was "
+                             f"left unchanged ({reasons})")
         del graph  # holds references to the old tensors
 
         def still_runs(pruned: nn.Module) -> None:
@@ -92,4 +105,4 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
         after = Measurement(count_params(model), count_flops(model, example_inputs))
     finally:
         model.train(training)
-    return PruneResult(plan, before, after)
+    return PruneResult(plan, before, after, skipped)

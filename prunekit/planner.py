@@ -23,8 +23,8 @@ def group_ratio(group: Group, method: _ChannelMethod) -> float:
     return max(overrides) if overrides else method.ratio
 
 
-def plan_channels(graph: DependencyGraph, method: _ChannelMethod) -> Plan:
-    """Rank every prunable group with the method's criterion and keep the top channels."""
+def choose_channels(graph: DependencyGraph, method: _ChannelMethod) -> dict[int, torch.Tensor]:
+    """Rank every prunable group with the method's criterion: ``{group axis: kept indices}``."""
     criterion = CRITERIA[method.criterion]
     generator = torch.Generator().manual_seed(method.seed)
     keep: dict[int, torch.Tensor] = {}
@@ -34,7 +34,12 @@ def plan_channels(graph: DependencyGraph, method: _ChannelMethod) -> Plan:
             continue
         scores = criterion.score(group_views(graph, group, method.scored_role), generator)
         keep[group.axis] = scores.topk(n_keep).indices.sort().values
-    return plan_from_keep(graph, keep, method.to_dict())
+    return keep
+
+
+def plan_channels(graph: DependencyGraph, method: _ChannelMethod) -> Plan:
+    """The plan that keeps the top channels of every prunable group."""
+    return plan_from_keep(graph, choose_channels(graph, method), method.to_dict())
 
 
 def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method: dict) -> Plan:

@@ -58,11 +58,61 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
+class _Rollback(Exception):
+    """Raised inside ``apply_plan``'s check to undo the pruning after reading the outputs."""
+
+
 def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+    training = model.training
     model.eval()
-    with torch.no_grad():
-        return [t.detach().double() for t in iter_tensors(call_model(model, example_inputs))
-                if t.is_floating_point()]
+    try:
+        with torch.no_grad():
+            return [t.detach().double() for t in iter_tensors(call_model(model, example_inputs))
+                    if t.is_floating_point()]
+    finally:
+        model.train(training)
+
+
+def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[torch.Tensor]:
+    owners = _tensor_owners(model)
+    saved = {name: getattr(owners[name][0], owners[name][1]).detach().clone()
+             for name in plan.tensors if name in owners and owners[name][2] == "parameter"}
+    mask(model, plan)
+    try:
+        return _outputs(model, example_inputs)
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                getattr(owners[name][0], owners[name][1]).copy_(value)
+
+
+def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
+                     tolerance: float = 1e-5) -> VerifyReport:
+    """Masked vs pruned outputs of ``model``, computed in place and fully undone afterwards.
+
+    Raises whatever the pruned model raises when it no longer runs (the model is restored).
+    """
+    expected = _masked_outputs(model, example_inputs, plan)
+    captured: list[torch.Tensor] = []
+
+    def capture(pruned: nn.Module) -> None:
+        captured.extend(_outputs(pruned, example_inputs))
+        raise _Rollback
+
+    try:
+        apply_plan(model, plan, check=capture)
+    except _Rollback:
+        pass
+    return _compare(expected, captured, tolerance)
+
+
+def _compare(expected: list[torch.Tensor], actual: list[torch.Tensor],
+             tolerance: float) -> VerifyReport:
+    shapes_match = [t.shape for t in expected] == [t.shape for t in actual]
+    diff = max(((a - e).abs().max().item() for a, e in zip(actual, expected)
+                if a.shape == e.shape and a.numel()), default=0.0)
+    scale = max((e.abs().max().item() for e in expected if e.numel()), default=1.0)
+    return VerifyReport(diff, scale, tolerance, shapes_match)
 
 
 def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
@@ -81,11 +131,4 @@ def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
     Example:
         >>> report = pk.verify(original, x, result.plan); assert report.ok, report
     """
-    masked = mask(copy.deepcopy(original_model), plan)
-    pruned = apply_plan(copy.deepcopy(original_model), plan)
-    expected, actual = _outputs(masked, example_inputs), _outputs(pruned, example_inputs)
-    shapes_match = [t.shape for t in expected] == [t.shape for t in actual]
-    diff = max(((a - e).abs().max().item() for a, e in zip(actual, expected)
-                if a.shape == e.shape and a.numel()), default=0.0)
-    scale = max((e.abs().max().item() for e in expected if e.numel()), default=1.0)
-    return VerifyReport(diff, scale, tolerance, shapes_match)
+    return compare_in_place(copy.deepcopy(original_model), example_inputs, plan, tolerance)

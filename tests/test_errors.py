@@ -77,24 +77,38 @@ class HardCodedWidth(nn.Module):
         return self.head(x[:, :8].reshape(-1, 8))
 
 
-def test_failed_pruning_rolls_back(monkeypatch):
+def test_pruning_that_breaks_the_model_is_refused_and_rolled_back():
     model = HardCodedWidth().eval()
     snapshot, text = state(model), repr(model)
-    original_forward = model.forward
-    calls = {"n": 0}
-
-    def forward(x):  # runs during the trace, then breaks on the pruned model
-        calls["n"] += 1
-        out = original_forward(x)
-        if model.conv.out_channels != 8:
-            raise RuntimeError("hard-coded width 8")
-        return out
-
-    monkeypatch.setattr(model, "forward", forward)
-    with pytest.raises(pk.PruneError, match="no longer runs.*left unchanged"):
+    with pytest.raises(pk.PruneError, match="without breaking the model.*left unchanged"
+                                            ".*conv.weight.*invalid for input"):
         pk.prune(model, torch.randn(1, 3, 8, 8), pk.FilterPruning(0.5))
     assert_unchanged(model, snapshot, text)
     assert model.conv.out_channels == 8 and model.conv.weight.shape[0] == 8
+
+
+class PartlyHardCoded(nn.Module):
+    """One branch has a literal width, the other does not: only the first is left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.fixed, self.free = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        a = self.fixed(x).mean(dim=(2, 3)).reshape(-1, 8)  # literal width
+        b = self.free(x).mean(dim=(2, 3))
+        return self.head(torch.cat([a, b], dim=1))
+
+
+def test_groups_that_break_the_model_are_skipped_and_reported():
+    model = PartlyHardCoded().eval()
+    result = pk.prune(model, torch.randn(1, 3, 4, 4), pk.FilterPruning(0.5))
+    assert model.fixed.out_channels == 8 and model.free.out_channels == 4
+    assert model.head.in_features == 12
+    assert len(result.skipped) == 1
+    assert "fixed.weight[out]" in result.skipped[0].group
+    assert "invalid for input" in result.skipped[0].reason
 
 
 def test_plan_that_does_not_fit(tmp_path, model):

@@ -1,5 +1,6 @@
 """The examples in examples/ run and print what the README shows."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_prune_resnet18_example():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, str(ROOT / "examples" / "prune_resnet18.py")],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("params 11,689,512 -> 3,055,880")

@@ -86,9 +86,8 @@ hardtanh hardtanh_ leaky_relu leaky_relu_ elu elu_ selu celu softplus softsign m
 logsigmoid threshold glu_pointwise dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout
 feature_alpha_dropout clamp clamp_ clip clamp_min clamp_max abs neg negative exp exp_ log log1p
 log2 sqrt rsqrt square sin cos erf erfc sign reciprocal floor ceil round trunc frac sgn
-contiguous clone detach detach_ float half double bfloat16 bool long int cpu requires_grad_
-nan_to_num logical_not isnan isinf isfinite zeros_like ones_like empty_like full_like rand_like
-randn_like bitwise_not __neg__ __abs__ __invert__ __pos__ expm1 exp2
+contiguous clone detach detach_ float half double bfloat16 bool long int cpu
+nan_to_num logical_not isnan isinf isfinite empty_like full_like rand_like randn_like bitwise_not __neg__ __abs__ __invert__ __pos__ expm1 exp2
 add add_ sub sub_ subtract mul mul_ multiply div div_ divide true_divide floor_divide remainder
 fmod pow pow_ maximum minimum fmax fmin eq ne lt le gt ge where masked_fill masked_fill_ lerp
 logical_and logical_or logical_xor bitwise_and bitwise_or addcmul addcdiv rsub atan2 hypot
@@ -106,9 +105,19 @@ def pointwise(ctx, args, kwargs, out):
     broadcast(ctx, _tensors(args) + _tensors(list(kwargs.values())), outs[0])
 
 
-@rule("to", "type", "type_as", "view_as_real_copy")
+@rule("to", "type", "type_as", "zero_", "fill_", "normal_", "uniform_", "requires_grad_")
 def same_as_self(ctx, args, kwargs, out):
+    """Same layout as the tensor it is called on; other tensor arguments only give dtype."""
     ctx.set(out, ctx.specs(args[0]))
+
+
+@rule("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "zeros", "ones", "empty",
+      "full", "arange", "linspace", "eye", "rand", "randn", "randint", "tensor", "as_tensor",
+      "meshgrid", "ones_like", "zeros_like")
+def new_tensor(ctx, args, kwargs, out):
+    """A new tensor whose values do not come from any input: its dims are its own, fixed."""
+    for result in _tensors(out):
+        ctx.fresh(result, f"tensor created in {ctx.module_path}")
 
 
 # -- data movement -----------------------------------------------------------------------------
@@ -591,6 +600,40 @@ def attention(ctx, args, kwargs, out):
     if isinstance(mask, torch.Tensor):
         ctx.fix(mask, reason)
     ctx.set(out, sq[:-1] + [sv[-1]])
+
+
+@rule("einsum")
+def einsum(ctx, args, kwargs, out):
+    """Dims with the same letter are the same channels; summed letters are contracted."""
+    equation = args[0].replace(" ", "")
+    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    if "..." in equation or "->" not in equation:
+        raise NotRepresentable("einsum without an explicit output or with an ellipsis")
+    inputs, output = equation.split("->")
+    by_letter: dict[str, Spec] = {}
+    for letters, operand in zip(inputs.split(","), operands):
+        for letter, spec, size in zip(letters, ctx.specs(operand), operand.shape):
+            if size == 1:
+                continue
+            if letter in by_letter:
+                ctx.unify(by_letter[letter], spec)
+            else:
+                by_letter[letter] = spec
+    ctx.set(out, [by_letter.get(letter, [[]]) for letter in output])
+
+
+@rule("multi_head_attention_forward")
+def multi_head_attention(ctx, args, kwargs, out):
+    """``nn.MultiheadAttention`` ties its inner width to ``embed_dim``: nothing inside it can
+    change, so every dim it touches is fixed (its output keeps the query's layout)."""
+    reason = f"nn.MultiheadAttention {ctx.module_path}"
+    for tensor in _tensors(list(args)) + _tensors(list(kwargs.values())):
+        ctx.fix(tensor, reason)
+    query = args[0]
+    results = _tensors(out)
+    ctx.set(results[0], ctx.specs(query))
+    for result in results[1:]:
+        ctx.fresh(result, reason)
 
 
 @rule("embedding")

@@ -1,0 +1,96 @@
+"""Leave alone the groups whose pruning breaks the model, and prune the rest.
+
+Some widths are hard-coded in a model's ``forward`` in ways no trace can see — a reshape to
+``C // self.num_heads`` where ``C`` is another tensor's width, a literal in a config. Pruning
+such a group makes the model fail to run, change its output shapes, or (with verification on)
+disagree with its masked twin. Rather than give up on the whole model, we try the full plan
+and, if it fails, bisect the groups: a failing half is split until each bad group is found and
+left unpruned with the error that condemned it. Every try is done in place and rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .graph.dependency import DependencyGraph
+from .plan import Plan
+from .planner import plan_from_keep
+from .trace import call_model, iter_tensors
+from .verify import compare_in_place
+
+
+@dataclass
+class SkippedGroup:
+    """A group left unpruned because pruning it broke the model."""
+
+    group: str
+    reason: str
+
+
+def _shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
+    with torch.no_grad():
+        return [tuple(t.shape) for t in iter_tensors(call_model(model, example_inputs))]
+
+
+def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
+                    keep: dict[int, torch.Tensor], method: dict, check_equivalence: bool = True,
+                    tolerance: float = 1e-5) -> tuple[Plan, list[SkippedGroup]]:
+    """The largest plan (by bisection over groups) whose pruned model runs and verifies."""
+    reference_shapes = _shapes(model, example_inputs)
+
+    def failure(axes: list[int]) -> str | None:
+        plan = plan_from_keep(graph, {a: keep[a] for a in axes}, method)
+        try:
+            if check_equivalence:
+                report = compare_in_place(model, example_inputs, plan, tolerance)
+                return None if report.ok else str(report)
+            return _runs(model, example_inputs, plan, reference_shapes)
+        except Exception as error:  # the pruned model no longer runs
+            return f"{type(error).__name__}: {error}"
+
+    accepted: list[int] = []
+    skipped: list[SkippedGroup] = []
+    describe = {g.axis: str(g) for g in graph.all_groups}
+
+    def search(candidates: list[int]) -> None:
+        if not candidates:
+            return
+        why = failure(accepted + candidates)
+        if why is None:
+            accepted.extend(candidates)
+        elif len(candidates) == 1:
+            skipped.append(SkippedGroup(describe.get(candidates[0], "?"), why))
+        else:
+            middle = len(candidates) // 2
+            search(candidates[:middle])
+            search(candidates[middle:])
+
+    search(list(keep))
+    return plan_from_keep(graph, {a: keep[a] for a in accepted}, method), skipped
+
+
+def _runs(model: nn.Module, example_inputs: Any, plan: Plan,
+          reference_shapes: list[tuple[int, ...]]) -> str | None:
+    from .apply import apply_plan
+
+    outcome: list[str | None] = []
+
+    class Undo(Exception):
+        pass
+
+    def check(pruned: nn.Module) -> None:
+        shapes = _shapes(pruned, example_inputs)
+        outcome.append(None if shapes == reference_shapes
+                       else f"output shapes changed {reference_shapes} -> {shapes}")
+        raise Undo
+
+    try:
+        apply_plan(model, plan, check=check)
+    except Undo:
+        pass
+    return outcome[0]
+
