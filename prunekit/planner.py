@@ -53,7 +53,7 @@ def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method
             indices = layout_indices(graph.axes, segments, keep)
             plan.tensors.setdefault(slot.name, {})[dim] = indices.tolist()
             plan.shapes[slot.name] = list(slot.tensor.shape)
-    for attribute in graph.trace.attributes:
+    for attribute in graph.attributes:
         segments = graph.axes.expand(attribute.spec)
         if any(a in keep for segment in segments for a in segment):
             value = len(layout_indices(graph.axes, segments, keep))

@@ -47,6 +47,16 @@ class AttributeSlot:
 
 
 @dataclass
+class AttributeCandidates:
+    """An attribute whose value equals the size of several dims of one view: which of them it
+    counts is decided once the graph knows which dims can be pruned at all."""
+
+    module: str
+    attribute: str
+    specs: list[Spec]
+
+
+@dataclass
 class UnknownOp:
     op: str
     module: str
@@ -57,6 +67,7 @@ class TraceResult:
     axes: AxisTable
     slots: list[TensorSlot]
     attributes: list[AttributeSlot]
+    attribute_candidates: list[AttributeCandidates]
     unknown_ops: list[UnknownOp]
     op_count: int
 
@@ -97,6 +108,7 @@ class TraceContext:
         self._names: dict[int, list[str]] = {}
         self._kinds: dict[int, str] = {}
         self.attributes: list[AttributeSlot] = []
+        self.attribute_candidates: list[AttributeCandidates] = []
         self.unknown_ops: list[UnknownOp] = []
         self.module_stack: list[str] = []
         self.modules: dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
@@ -165,12 +177,20 @@ class TraceContext:
 
     def attribute(self, module: nn.Module | None, attribute: str, spec: Spec) -> None:
         if module is not None and module is self.current_module:
-            self.attributes.append(AttributeSlot(self.module_path, attribute, spec))
+            slot = AttributeSlot(self.module_path, attribute, spec)
+            if not any((a.module, a.attribute) == (slot.module, slot.attribute)
+                       for a in self.attributes):
+                self.attributes.append(slot)
+
+    def attribute_candidates_for(self, module: nn.Module, attribute: str,
+                                 specs: list[Spec]) -> None:
+        if module is self.current_module:
+            self.attribute_candidates.append(AttributeCandidates(self.module_path, attribute, specs))
 
     # -- results -----------------------------------------------------------------------------
     def result(self, op_count: int) -> TraceResult:
         return TraceResult(self.axes, list(self._slots.values()), self.attributes,
-                           self.unknown_ops, op_count)
+                           self.attribute_candidates, self.unknown_ops, op_count)
 
 
 class _TracingMode(TorchFunctionMode):

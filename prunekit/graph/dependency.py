@@ -85,6 +85,7 @@ class DependencyGraph:
             if any(_owner(name) in ignored for name in slot.names):
                 for spec in slot.specs:
                     self.axes.fix_spec(spec, "module is ignored")
+        self.attributes: list[AttributeSlot] = list(self.trace.attributes)
         self.all_groups: list[Group] = self._build_groups()
         self.groups: list[Group] = [g for g in self.all_groups if not g.structural]
 
@@ -116,10 +117,11 @@ class DependencyGraph:
                     if leaf in has_parameter and self.axes.size(leaf) > 1
                     and self.axes.fixed_reason(leaf) is None}
         structural = self._structural(eligible)
+        self._resolve_attribute_candidates(eligible)
         groups = []
         for leaf in sorted(eligible, key=lambda a: _first_position(members[a], layouts)):
             ordered = sorted(members[leaf], key=_member_order)
-            attributes = [a for a in self.trace.attributes if leaf in self._leaves(a.spec)]
+            attributes = [a for a in self.attributes if leaf in self._leaves(a.spec)]
             groups.append(Group(len(groups), leaf, self.axes.size(leaf), ordered,
                                 leaf in structural, attributes))
         return groups
@@ -129,6 +131,17 @@ class DependencyGraph:
             return {a for segment in self.axes.expand(spec) for a in segment}
         except NotRepresentable:
             return set()
+
+    def _resolve_attribute_candidates(self, eligible: set[int]) -> None:
+        known = {(a.module, a.attribute) for a in self.attributes}
+        for candidates in self.trace.attribute_candidates:
+            if (candidates.module, candidates.attribute) in known:
+                continue
+            prunable = [s for s in candidates.specs if self._leaves(s) & eligible]
+            if len(prunable) == 1:
+                self.attributes.append(
+                    AttributeSlot(candidates.module, candidates.attribute, prunable[0]))
+                known.add((candidates.module, candidates.attribute))
 
     def _structural(self, eligible: set[int]) -> set[int]:
         """Outer factors whose inner factor can be pruned: prune within groups/heads first."""

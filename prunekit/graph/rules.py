@@ -181,7 +181,27 @@ def _peel(ctx, spec: Spec, inner_size: int) -> tuple[Spec, Spec]:
       "squeeze_", "unsqueeze_", "ravel", "atleast_2d")
 def reshape(ctx, args, kwargs, out):
     source = args[0]
-    ctx.set(out, reshape_specs(ctx, ctx.specs(source), source.shape, out.shape))
+    specs = reshape_specs(ctx, ctx.specs(source), source.shape, out.shape)
+    ctx.set(out, specs)
+    _record_size_attributes(ctx, out, specs)
+
+
+def _record_size_attributes(ctx, out, specs: list[Spec]) -> None:
+    """A view's sizes often come from the module's own counts (``self.num_heads``,
+    ``self.attn_dim``): an attribute whose value is the size of a dim counts that dim's
+    channels and is updated when they are pruned. Where several dims have that size, the
+    graph later picks the one dim that can be pruned, if there is exactly one."""
+    module = ctx.current_module
+    if module is None:
+        return
+    for name, value in vars(module).items():
+        if name.startswith("_") or type(value) is not int or value < 2:
+            continue
+        dims = [d for d, size in enumerate(out.shape) if size == value]
+        if len(dims) == 1:
+            ctx.attribute(module, name, specs[dims[0]])
+        elif dims:
+            ctx.attribute_candidates_for(module, name, [specs[d] for d in dims])
 
 
 def _permute_rule(order_of: Callable):
