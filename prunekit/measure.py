@@ -36,7 +36,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # grad mode on: the counter's module tracker hooks autograd and fails on leaf inputs
+        # (a parameter fed straight into a submodule) under no_grad
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             call_model(model, example_inputs)
     finally:
         model.train(was_training)

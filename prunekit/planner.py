@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .graph.axes import NotRepresentable
 from .graph.dependency import DependencyGraph, Group, layout_indices
 from .importance import CRITERIA, ChannelView
 from .methods import _ChannelMethod
@@ -46,15 +47,18 @@ def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method
     """Map kept indices per group onto every member tensor and counted attribute."""
     plan = Plan(method=method)
     for slot in graph.trace.slots:
-        for dim, spec in enumerate(slot.specs):
-            segments = graph.axes.expand(spec)
-            if not any(a in keep for segment in segments for a in segment):
+        for dim in range(len(slot.specs)):
+            segments = graph.layouts.get((id(slot), dim))
+            if segments is None or not any(a in keep for segment in segments for a in segment):
                 continue
             indices = layout_indices(graph.axes, segments, keep)
             plan.tensors.setdefault(slot.name, {})[dim] = indices.tolist()
             plan.shapes[slot.name] = list(slot.tensor.shape)
     for attribute in graph.attributes:
-        segments = graph.axes.expand(attribute.spec)
+        try:
+            segments = graph.axes.expand(attribute.spec)
+        except NotRepresentable:
+            continue
         if any(a in keep for segment in segments for a in segment):
             value = len(layout_indices(graph.axes, segments, keep))
             plan.attributes.setdefault(attribute.module, {})[attribute.attribute] = value

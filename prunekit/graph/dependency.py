@@ -86,6 +86,7 @@ class DependencyGraph:
                 for spec in slot.specs:
                     self.axes.fix_spec(spec, "module is ignored")
         self.attributes: list[AttributeSlot] = list(self.trace.attributes)
+        self.layouts: dict[tuple[int, int], Spec] = {}  # (id(slot), dim) -> leaf layout
         self.all_groups: list[Group] = self._build_groups()
         self.groups: list[Group] = [g for g in self.all_groups if not g.structural]
 
@@ -101,6 +102,7 @@ class DependencyGraph:
                     layouts.append((slot, dim, self.axes.expand(spec)))
                 except NotRepresentable:
                     self.axes.fix_spec(spec, "layout cannot be expressed")
+        self.layouts = {(id(slot), dim): segments for slot, dim, segments in layouts}
         return layouts
 
     def _build_groups(self) -> list[Group]:
