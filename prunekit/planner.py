@@ -38,11 +38,6 @@ def choose_channels(graph: DependencyGraph, method: _ChannelMethod) -> dict[int,
     return keep
 
 
-def plan_channels(graph: DependencyGraph, method: _ChannelMethod) -> Plan:
-    """The plan that keeps the top channels of every prunable group."""
-    return plan_from_keep(graph, choose_channels(graph, method), method.to_dict())
-
-
 def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method: dict) -> Plan:
     """Map kept indices per group onto every member tensor and counted attribute."""
     plan = Plan(method=method)

@@ -121,7 +121,9 @@ class DependencyGraph:
         structural = self._structural(eligible)
         self._resolve_attribute_candidates(eligible)
         groups = []
-        for leaf in sorted(eligible, key=lambda a: _first_position(members[a], layouts)):
+        position = {id(slot): i for i, (slot, _, _) in enumerate(layouts)}
+        first_seen = {leaf: min(position[id(m.slot)] for m in members[leaf]) for leaf in eligible}
+        for leaf in sorted(eligible, key=first_seen.__getitem__):
             ordered = sorted(members[leaf], key=_member_order)
             attributes = [a for a in self.attributes if leaf in self._leaves(a.spec)]
             groups.append(Group(len(groups), leaf, self.axes.size(leaf), ordered,
@@ -215,8 +217,3 @@ def _resolve_ignored(model: nn.Module, ignore: Iterable[nn.Module]) -> set[str]:
 def _member_order(member: Member) -> tuple:
     order = {"out": 0, "norm": 1, None: 2, "in": 3}
     return (order.get(member.role, 2), member.slot.name, member.dim)
-
-
-def _first_position(members: list[Member], layouts) -> int:
-    positions = {id(slot): i for i, (slot, _, _) in enumerate(layouts)}
-    return min(positions.get(id(m.slot), 0) for m in members)

@@ -673,17 +673,9 @@ def _per_channel(ctx, x, tensors, role: str = "norm") -> None:
             ctx.role(tensor, 0, role)
 
 
-@rule("batch_norm")
-def batch_norm(ctx, args, kwargs, out):
-    x = args[0]
-    tensors = [_arg(args, kwargs, i, n) for i, n in
-               enumerate(("running_mean", "running_var", "weight", "bias"), start=1)]
-    _per_channel(ctx, x, tensors)
-    ctx.set(out, ctx.specs(x))
-
-
-@rule("instance_norm")
-def instance_norm(ctx, args, kwargs, out):
+@rule("batch_norm", "instance_norm")
+def per_channel_norm(ctx, args, kwargs, out):
+    """Batch and instance norm: every statistic and affine tensor is per channel."""
     x = args[0]
     tensors = [_arg(args, kwargs, i, n) for i, n in
                enumerate(("running_mean", "running_var", "weight", "bias"), start=1)]
