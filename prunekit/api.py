@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import torch
 from torch import nn
 
 from .apply import apply_plan
@@ -16,7 +15,7 @@ from .methods import _ChannelMethod
 from .plan import Plan
 from .fallback import SkippedGroup, plan_that_works
 from .planner import choose_channels
-from .trace import call_model, iter_tensors
+from .trace import output_shapes
 
 
 @dataclass
@@ -41,11 +40,6 @@ class PruneResult:
         return (f"params {self.before.params:,} -> {self.after.params:,} "
                 f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
                 f"{self.after.flops:,} (-{self.flop_reduction:.1%})")
-
-
-def _output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
-    with torch.no_grad():
-        return [tuple(t.shape) for t in iter_tensors(call_model(model, example_inputs))]
 
 
 def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
@@ -80,7 +74,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
     training = model.training
     model.eval()
     try:
-        shapes = _output_shapes(model, example_inputs)
+        shapes = output_shapes(model, example_inputs)
         before = Measurement(count_params(model), count_flops(model, example_inputs))
         keep = choose_channels(graph, method)
         plan, skipped = plan_that_works(graph, model, example_inputs, keep, method.to_dict(),
@@ -93,7 +87,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
 
         def still_runs(pruned: nn.Module) -> None:
             try:
-                new_shapes = _output_shapes(pruned, example_inputs)
+                new_shapes = output_shapes(pruned, example_inputs)
             except Exception as error:
                 raise PruneError(f"the pruned model no longer runs ({type(error).__name__}: "
                                  f"{error}); the model was left unchanged") from error

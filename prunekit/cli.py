@@ -20,7 +20,7 @@ from .errors import PruneError
 from .graph.dependency import DependencyGraph
 from .io import save
 from .measure import measure
-from .methods import METHODS, ChannelPruning, FilterPruning
+from .methods import ChannelPruning, FilterPruning
 from .planner import group_ratio
 from .verify import verify
 

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .apply import apply_plan
 from .graph.dependency import DependencyGraph
 from .plan import Plan
 from .planner import plan_from_keep
-from .trace import call_model, iter_tensors
-from .verify import compare_in_place
+from .trace import output_shapes
+from .verify import Rollback, compare_in_place
 
 
 @dataclass
@@ -31,16 +32,11 @@ class SkippedGroup:
     reason: str
 
 
-def _shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
-    with torch.no_grad():
-        return [tuple(t.shape) for t in iter_tensors(call_model(model, example_inputs))]
-
-
 def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
                     keep: dict[int, torch.Tensor], method: dict, check_equivalence: bool = True,
                     tolerance: float = 1e-5) -> tuple[Plan, list[SkippedGroup]]:
     """The largest plan (by bisection over groups) whose pruned model runs and verifies."""
-    reference_shapes = _shapes(model, example_inputs)
+    reference_shapes = output_shapes(model, example_inputs)
 
     def failure(axes: list[int]) -> str | None:
         plan = plan_from_keep(graph, {a: keep[a] for a in axes}, method)
@@ -75,22 +71,17 @@ def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: An
 
 def _runs(model: nn.Module, example_inputs: Any, plan: Plan,
           reference_shapes: list[tuple[int, ...]]) -> str | None:
-    from .apply import apply_plan
-
     outcome: list[str | None] = []
 
-    class Undo(Exception):
-        pass
-
     def check(pruned: nn.Module) -> None:
-        shapes = _shapes(pruned, example_inputs)
+        shapes = output_shapes(pruned, example_inputs)
         outcome.append(None if shapes == reference_shapes
                        else f"output shapes changed {reference_shapes} -> {shapes}")
-        raise Undo
+        raise Rollback
 
     try:
         apply_plan(model, plan, check=check)
-    except Undo:
+    except Rollback:
         pass
     return outcome[0]
 

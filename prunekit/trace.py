@@ -98,6 +98,12 @@ def call_model(model: nn.Module, example_inputs: Any) -> Any:
     return model(example_inputs)
 
 
+def output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
+    """The shapes of every tensor the model returns, in order (no autograd)."""
+    with torch.no_grad():
+        return [tuple(t.shape) for t in iter_tensors(call_model(model, example_inputs))]
+
+
 class TraceContext:
     """What a coupling rule may read and write while the forward pass runs."""
 

@@ -58,7 +58,7 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
-class _Rollback(Exception):
+class Rollback(Exception):
     """Raised inside ``apply_plan``'s check to undo the pruning after reading the outputs."""
 
 
@@ -97,11 +97,11 @@ def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
 
     def capture(pruned: nn.Module) -> None:
         captured.extend(_outputs(pruned, example_inputs))
-        raise _Rollback
+        raise Rollback
 
     try:
         apply_plan(model, plan, check=capture)
-    except _Rollback:
+    except Rollback:
         pass
     return _compare(expected, captured, tolerance)
 
