@@ -10,12 +10,12 @@ from torch import nn
 from .apply import apply_plan
 from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
-from .measure import Measurement, count_flops, count_params
+from .measure import Measurement, count_params, flops_and_shapes
 from .methods import _ChannelMethod
 from .plan import Plan
 from .fallback import SkippedGroup, plan_that_works
+from .verify import Counted
 from .planner import choose_channels
-from .trace import output_shapes
 
 
 @dataclass
@@ -71,32 +71,52 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
         raise ConfigError(f"method must be a pruning method such as pk.FilterPruning(...), "
                           f"got {type(method).__name__}")
     graph = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict)
+    params_before = count_params(model)
     training = model.training
     model.eval()
     try:
-        shapes = output_shapes(model, example_inputs)
-        before = Measurement(count_params(model), count_flops(model, example_inputs))
         keep = choose_channels(graph, method)
-        plan, skipped = plan_that_works(graph, model, example_inputs, keep, method.to_dict(),
-                                        check_equivalence=check, tolerance=tolerance)
+        # FLOPs and output shapes come from forward passes the checks make anyway
+        counted: list[Counted] = [] if check else [flops_and_shapes(model, example_inputs)]
+        plan, skipped, applied = plan_that_works(
+            graph, model, example_inputs, keep, method.to_dict(), check_equivalence=check,
+            tolerance=tolerance, reference_shapes=counted[0][1] if counted else None,
+            counted=counted)
+        del graph  # holds references to the old tensors
+        if not counted:  # nothing was tried
+            counted.append(flops_and_shapes(model, example_inputs))
+        flops_before, shapes = counted[0]
+        before = Measurement(params_before, flops_before)
         if keep and plan.is_empty:
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in skipped[:3])
             raise PruneError(f"no group could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
-        del graph  # holds references to the old tensors
-
-        def still_runs(pruned: nn.Module) -> None:
-            try:
-                new_shapes = output_shapes(pruned, example_inputs)
-            except Exception as error:
-                raise PruneError(f"the pruned model no longer runs ({type(error).__name__}: "
-                                 f"{error}); the model was left unchanged") from error
-            if new_shapes != shapes:
-                raise PruneError(f"pruning changed the output shapes {shapes} -> {new_shapes}; "
-                                 f"the model was left unchanged")
-
-        apply_plan(model, plan, check=still_runs)
-        after = Measurement(count_params(model), count_flops(model, example_inputs))
+        if applied:
+            flops_after = counted[1][0]
+        else:
+            flops_after = _apply_checked(model, example_inputs, plan, shapes)
+        after = Measurement(count_params(model), flops_after)
     finally:
         model.train(training)
     return PruneResult(plan, before, after, skipped)
+
+
+def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,
+                   shapes: list[tuple[int, ...]]) -> int:
+    """Apply the plan, undoing it unless the model still runs with the same output shapes;
+    returns the pruned model's FLOPs."""
+    flops_after: list[int] = []
+
+    def still_runs(pruned: nn.Module) -> None:  # and counts its FLOPs on the way
+        try:
+            flops, new_shapes = flops_and_shapes(pruned, example_inputs)
+        except Exception as error:
+            raise PruneError(f"the pruned model no longer runs ({type(error).__name__}: "
+                             f"{error}); the model was left unchanged") from error
+        if new_shapes != shapes:
+            raise PruneError(f"pruning changed the output shapes {shapes} -> {new_shapes}; "
+                             f"the model was left unchanged")
+        flops_after.append(flops)
+
+    apply_plan(model, plan, check=still_runs)
+    return flops_after[0]

@@ -33,6 +33,7 @@ def _tensor_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
 
 
 def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
+    """A new tensor holding the kept indices of ``tensor`` (never a view of it)."""
     result = tensor.detach()
     for dim, indices in sorted(dims.items()):
         if not 0 <= dim < tensor.dim():
@@ -42,8 +43,8 @@ def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torc
             raise PlanError(f"plan removes every channel of dim {dim} of {name!r}")
         if index.min() < 0 or index.max() >= tensor.shape[dim] or index.unique().numel() != index.numel():
             raise PlanError(f"plan indices for dim {dim} of {name!r} are out of range or repeated")
-        result = result.index_select(dim, index)
-    return result.clone()
+        result = result.index_select(dim, index)  # copies
+    return result if dims else result.clone()
 
 
 def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:

@@ -21,7 +21,7 @@ from .graph.dependency import DependencyGraph
 from .plan import Plan
 from .planner import plan_from_keep
 from .trace import output_shapes
-from .verify import Rollback, compare_in_place
+from .verify import Counted, Rollback, compare_in_place
 
 
 @dataclass
@@ -34,15 +34,28 @@ class SkippedGroup:
 
 def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
                     keep: dict[int, torch.Tensor], method: dict, check_equivalence: bool = True,
-                    tolerance: float = 1e-5) -> tuple[Plan, list[SkippedGroup]]:
-    """The largest plan (by bisection over groups) whose pruned model runs and verifies."""
-    reference_shapes = output_shapes(model, example_inputs)
+                    tolerance: float = 1e-5, reference_shapes: list[tuple[int, ...]] | None = None,
+                    counted: list[Counted] | None = None) -> tuple[Plan, list[SkippedGroup], bool]:
+    """The largest plan (by bisection over groups) whose pruned model runs and verifies.
+
+    With equivalence checking, the first try is the whole plan; when it verifies, the model is
+    left pruned (the returned flag says so) and ``counted`` receives the FLOPs and output
+    shapes before and after. Otherwise the model is left as it was.
+    ``reference_shapes`` are the unpruned model's output shapes, if the caller has them.
+    """
+    if reference_shapes is None and not check_equivalence:
+        reference_shapes = output_shapes(model, example_inputs)
+    applied, tries = False, 0
 
     def failure(axes: list[int]) -> str | None:
+        nonlocal applied, tries
         plan = plan_from_keep(graph, {a: keep[a] for a in axes}, method)
+        first, tries = tries == 0, tries + 1
         try:
             if check_equivalence:
-                report = compare_in_place(model, example_inputs, plan, tolerance)
+                report = compare_in_place(model, example_inputs, plan, tolerance, keep=first,
+                                          counted=counted if first else None)
+                applied = first and report.ok
                 return None if report.ok else str(report)
             return _runs(model, example_inputs, plan, reference_shapes)
         except Exception as error:  # the pruned model no longer runs
@@ -66,7 +79,7 @@ def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: An
             search(candidates[middle:])
 
     search(list(keep))
-    return plan_from_keep(graph, {a: keep[a] for a in accepted}, method), skipped
+    return plan_from_keep(graph, {a: keep[a] for a in accepted}, method), skipped, applied
 
 
 def _runs(model: nn.Module, example_inputs: Any, plan: Plan,

@@ -15,7 +15,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from .trace import call_model  # noqa: E402
+from .trace import call_model, iter_tensors  # noqa: E402
 
 
 @dataclass
@@ -33,16 +33,27 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, example_inputs: Any) -> int:
+    return flops_and_shapes(model, example_inputs)[0]
+
+
+def flops_and_shapes(model: nn.Module, example_inputs: Any) -> tuple[int, list[tuple[int, ...]]]:
+    """FLOPs of one eval-mode forward pass, and the shapes of every tensor it returns."""
+    flops, outputs = flops_and_outputs(model, example_inputs)
+    return flops, [tuple(t.shape) for t in outputs]
+
+
+def flops_and_outputs(model: nn.Module, example_inputs: Any) -> tuple[int, list[torch.Tensor]]:
+    """FLOPs of one eval-mode forward pass, and every tensor it returns (detached)."""
     was_training = model.training
     model.eval()
     try:
         # grad mode on: the counter's module tracker hooks autograd and fails on leaf inputs
         # (a parameter fed straight into a submodule) under no_grad
         with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-            call_model(model, example_inputs)
+            outputs = [t.detach() for t in iter_tensors(call_model(model, example_inputs))]
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()), outputs
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, min_run_time: float = 0.5) -> float:

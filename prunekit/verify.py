@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .apply import apply_plan, _tensor_owners
+from .measure import flops_and_outputs
 from .plan import Plan
 from .trace import call_model, iter_tensors
 
@@ -42,19 +43,42 @@ class VerifyReport:
                 f"(relative {self.relative_diff:.3g}, tolerance {self.tolerance:g})")
 
 
-def mask(model: nn.Module, plan: Plan) -> nn.Module:
-    """Zero, in place, every parameter channel the plan removes (shapes unchanged)."""
+def _removed(size: int, kept: list[int]) -> torch.Tensor:
+    removed = torch.ones(size, dtype=torch.bool)
+    removed[torch.as_tensor(kept, dtype=torch.long)] = False
+    return removed.nonzero().flatten()
+
+
+def _mask_parameters(model: nn.Module, plan: Plan) -> list[tuple[torch.Tensor, int | None,
+                                                                  torch.Tensor | None, torch.Tensor]]:
+    """Zero the removed channels in place; return what is needed to put them back.
+
+    Each entry is (tensor, dim, removed indices, saved values): for a tensor pruned along one
+    dim only the removed slices are saved, otherwise (dim None) a full copy.
+    """
     owners = _tensor_owners(model)
+    undo = []
     with torch.no_grad():
         for name, dims in plan.tensors.items():
             module, attr, kind = owners[name]
             if kind != "parameter":
                 continue
             tensor = getattr(module, attr)
-            for dim, kept in dims.items():
-                removed = torch.ones(tensor.shape[dim], dtype=torch.bool)
-                removed[torch.as_tensor(kept, dtype=torch.long)] = False
-                tensor.index_fill_(dim, removed.nonzero().flatten().to(tensor.device), 0)
+            removed = {dim: _removed(tensor.shape[dim], kept).to(tensor.device)
+                       for dim, kept in dims.items()}
+            if len(removed) == 1:
+                (dim, index), = removed.items()
+                undo.append((tensor, dim, index, tensor.index_select(dim, index)))
+            else:
+                undo.append((tensor, None, None, tensor.clone()))
+            for dim, index in removed.items():
+                tensor.index_fill_(dim, index, 0)
+    return undo
+
+
+def mask(model: nn.Module, plan: Plan) -> nn.Module:
+    """Zero, in place, every parameter channel the plan removes (shapes unchanged)."""
+    _mask_parameters(model, plan)
     return model
 
 
@@ -62,7 +86,16 @@ class Rollback(Exception):
     """Raised inside ``apply_plan``'s check to undo the pruning after reading the outputs."""
 
 
-def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
+Counted = tuple[int, list[tuple[int, ...]]]  # FLOPs and output shapes of one forward pass
+
+
+def _outputs(model: nn.Module, example_inputs: Any,
+             counted: list[Counted] | None = None) -> list[torch.Tensor]:
+    """Floating-point outputs in float64; with ``counted``, also count FLOPs and shapes."""
+    if counted is not None:
+        flops, outputs = flops_and_outputs(model, example_inputs)
+        counted.append((flops, [tuple(t.shape) for t in outputs]))
+        return [t.double() for t in outputs if t.is_floating_point()]
     training = model.training
     model.eval()
     try:
@@ -73,31 +106,37 @@ def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
         model.train(training)
 
 
-def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[torch.Tensor]:
-    owners = _tensor_owners(model)
-    saved = {name: getattr(owners[name][0], owners[name][1]).detach().clone()
-             for name in plan.tensors if name in owners and owners[name][2] == "parameter"}
-    mask(model, plan)
+def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan,
+                    counted: list[Counted] | None = None) -> list[torch.Tensor]:
+    undo = _mask_parameters(model, plan)
     try:
-        return _outputs(model, example_inputs)
+        return _outputs(model, example_inputs, counted)
     finally:
         with torch.no_grad():
-            for name, value in saved.items():
-                getattr(owners[name][0], owners[name][1]).copy_(value)
+            for tensor, dim, index, saved in undo:
+                if dim is None:
+                    tensor.copy_(saved)
+                else:
+                    tensor.index_copy_(dim, index, saved)
 
 
 def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
-                     tolerance: float = 1e-5) -> VerifyReport:
-    """Masked vs pruned outputs of ``model``, computed in place and fully undone afterwards.
+                     tolerance: float = 1e-5, keep: bool = False,
+                     counted: list[Counted] | None = None) -> VerifyReport:
+    """Masked vs pruned outputs of ``model``, computed in place and undone afterwards.
 
+    With ``keep``, a pruned model that verifies stays pruned (saving a second application).
+    With ``counted``, the FLOPs and output shapes of the masked model (the same as the
+    unpruned one) and of the pruned model are appended to it.
     Raises whatever the pruned model raises when it no longer runs (the model is restored).
     """
-    expected = _masked_outputs(model, example_inputs, plan)
+    expected = _masked_outputs(model, example_inputs, plan, counted)
     captured: list[torch.Tensor] = []
 
     def capture(pruned: nn.Module) -> None:
-        captured.extend(_outputs(pruned, example_inputs))
-        raise Rollback
+        captured.extend(_outputs(pruned, example_inputs, counted))
+        if not (keep and _compare(expected, captured, tolerance).ok):
+            raise Rollback
 
     try:
         apply_plan(model, plan, check=capture)

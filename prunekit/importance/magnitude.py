@@ -18,7 +18,8 @@ class Magnitude:
     def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:
         total = torch.zeros(views[0].matrix.shape[0], dtype=torch.float64)
         for view in views:
-            total += view.matrix.double().norm(p=self.p, dim=1)
+            # float32 norms are several times faster and rank channels just as well
+            total += torch.linalg.vector_norm(view.matrix.float(), ord=self.p, dim=1).double()
         return total
 
 

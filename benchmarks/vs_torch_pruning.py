@@ -1,0 +1,186 @@
+"""prunekit and Torch-Pruning 1.6.1 side by side on the same models, in one run.
+
+Both libraries prune every model at ratio 0.5 with their default L1-magnitude settings; the
+only thing Torch-Pruning is told is which layer is the classifier (it ignores that layer),
+which is what its own examples do. prunekit is told nothing. For each model: whether each
+library handles it (prunes something and the model still runs with unchanged output shapes),
+the time to build the graph and prune, and params/FLOPs afterwards. Writes
+``benchmarks/results/vs_torch_pruning.{json,md}``.
+
+    pip install -e ".[benchmark]"
+    python benchmarks/vs_torch_pruning.py                       # torchvision classification
+    python benchmarks/vs_torch_pruning.py --only resnet18 vit_b_16
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit as pk  # noqa: E402
+from benchmarks.models import ModelCase, cases  # noqa: E402
+from prunekit.measure import count_flops, count_params  # noqa: E402
+from prunekit.planner import choose_channels, plan_from_keep  # noqa: E402
+from prunekit.trace import call_model, iter_tensors  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+RATIO = 0.5
+
+
+def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
+    with torch.no_grad():
+        return [tuple(t.shape) for t in iter_tensors(call_model(model.eval(), inputs))]
+
+
+def classifier_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
+    """The layers that write the model's output classes (what Torch-Pruning must be told)."""
+    n_classes = output_shapes(model, inputs)[0][-1]
+    return [m for m in model.modules()
+            if (isinstance(m, nn.Linear) and m.out_features == n_classes)
+            or (isinstance(m, nn.Conv2d) and m.out_channels == n_classes)]
+
+
+def prune_with_prunekit(model: nn.Module, inputs: Any) -> dict[str, float]:
+    """``pk.prune`` end to end: trace, rank, verify masked vs pruned, apply, count FLOPs.
+
+    Torch-Pruning does only the first and the last but one of these, so the engine's share
+    (graph, ranking and applying, the same work Torch-Pruning does) is timed on its own too,
+    on a fresh copy, applying the plan ``pk.prune`` settled on.
+    """
+    engine_model = copy.deepcopy(model)
+    method = pk.FilterPruning(RATIO, "l1")
+    result = pk.prune(model, inputs, method)
+    start = time.perf_counter()
+    graph = pk.DependencyGraph(engine_model, inputs)
+    plan_from_keep(graph, choose_channels(graph, method), method.to_dict())
+    del graph
+    pk.apply_plan(engine_model, result.plan)
+    return {"engine_seconds": time.perf_counter() - start}
+
+
+def prune_with_torch_pruning(model: nn.Module, inputs: Any) -> dict[str, float]:
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MagnitudePruner(
+        model, inputs, importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=RATIO, ignored_layers=classifier_layers(model, inputs))
+    pruner.step()
+    return {}
+
+
+def run_library(prune: Callable[[nn.Module, Any], None], case: ModelCase) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model, inputs = case.build()
+    model.eval()
+    shapes, params = output_shapes(model, inputs), count_params(model)
+    start = time.perf_counter()
+    try:
+        extra = prune(model, inputs)
+        seconds = time.perf_counter() - start - extra.get("engine_seconds", 0.0)
+        after = output_shapes(model, inputs)
+    except Exception as error:  # a library failing on a model is a result
+        return {"handled": False, "error": f"{type(error).__name__}: {error}"[:200]}
+    if after != shapes:
+        return {"handled": False, "error": f"output shapes changed: {shapes} -> {after}"}
+    if count_params(model) >= params:
+        return {"handled": False, "error": "nothing was pruned"}
+    return {"handled": True, "seconds": seconds, **extra, "params_before": params,
+            "params_after": count_params(model), "flops_after": count_flops(model, inputs)}
+
+
+def compare(case: ModelCase) -> dict[str, Any]:
+    row = {"model": case.name,
+           "prunekit": run_library(prune_with_prunekit, case),
+           "torch_pruning": run_library(prune_with_torch_pruning, case)}
+    gc.collect()
+    return row
+
+
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    both = [r for r in rows if r["prunekit"]["handled"] and r["torch_pruning"]["handled"]]
+    speedups = [r["torch_pruning"]["seconds"] / r["prunekit"]["engine_seconds"] for r in both]
+    verified = [r["torch_pruning"]["seconds"] / r["prunekit"]["seconds"] for r in both]
+    return {
+        "models": len(rows),
+        "prunekit_handled": sum(r["prunekit"]["handled"] for r in rows),
+        "torch_pruning_handled": sum(r["torch_pruning"]["handled"] for r in rows),
+        "only_torch_pruning": [r["model"] for r in rows
+                               if r["torch_pruning"]["handled"] and not r["prunekit"]["handled"]],
+        "geomean_speedup": geometric_mean(speedups),
+        "geomean_speedup_verified": geometric_mean(verified),
+        "speedup_models": len(both),
+    }
+
+
+def _cell(result: dict[str, Any]) -> str:
+    if not result["handled"]:
+        return f"✗ {result['error']}".replace("|", "/")
+    engine = f" (engine {result['engine_seconds']:.2f} s)" if "engine_seconds" in result else ""
+    return (f"{result['seconds']:.2f} s{engine}; {result['params_after']:,} params; "
+            f"{result['flops_after'] / 1e6:,.0f} MFLOPs")
+
+
+def write(rows: list[dict[str, Any]], stem: str) -> dict[str, Any]:
+    totals = summary(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"summary": totals, "rows": rows}, indent=1))
+    lines = [
+        f"# prunekit vs Torch-Pruning 1.6.1: ratio {RATIO}, L1 magnitude, random weights",
+        "",
+        f"- models: {totals['models']}; handled by prunekit: {totals['prunekit_handled']}; "
+        f"by Torch-Pruning: {totals['torch_pruning_handled']}",
+        f"- handled by Torch-Pruning only: {', '.join(totals['only_torch_pruning']) or 'none'}",
+        f"- graph building + pruning, Torch-Pruning time / prunekit engine time (trace, rank, "
+        f"apply), geometric mean over the {totals['speedup_models']} models both handle: "
+        f"**{totals['geomean_speedup']:.2f}×**",
+        f"- the same against the whole of `pk.prune`, which also verifies the masked vs "
+        f"pruned outputs and counts FLOPs before and after: "
+        f"**{totals['geomean_speedup_verified']:.2f}×**",
+        "",
+        "| model | prunekit: pk.prune (engine) | Torch-Pruning | time ratio TP / engine |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        pk_row, tp_row = r["prunekit"], r["torch_pruning"]
+        ratio = (f"{tp_row['seconds'] / pk_row['engine_seconds']:.2f}"
+                 if pk_row["handled"] and tp_row["handled"] else "—")
+        lines.append(f"| {r['model']} | {_cell(pk_row)} | {_cell(tp_row)} | {ratio} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="torchvision-classification")
+    parser.add_argument("--only", nargs="*", help="only these model names")
+    parser.add_argument("--out", default="vs_torch_pruning", help="result file stem")
+    args = parser.parse_args()
+    selected = [c for c in cases(args.family) if not args.only or c.name in args.only]
+    rows = []
+    for index, case in enumerate(selected, 1):
+        rows.append(compare(case))
+        print(f"[{index}/{len(selected)}] {case.name}: prunekit "
+              f"{'ok' if rows[-1]['prunekit']['handled'] else 'fail'}, torch-pruning "
+              f"{'ok' if rows[-1]['torch_pruning']['handled'] else 'fail'}", flush=True)
+    print(json.dumps(write(rows, args.out), indent=1))
+
+
+if __name__ == "__main__":
+    main()
