@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
@@ -44,7 +44,7 @@ class PruneResult:
 
 def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
-          strict: bool = False, check: bool = True, tolerance: float = 1e-5) -> PruneResult:
+          loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False, check: bool = True, tolerance: float = 1e-5) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
 
     Args:
@@ -53,7 +53,11 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
         method: ``FilterPruning(...)`` or ``ChannelPruning(...)``.
         ignore: modules whose dims stay as they are. The layers producing the model's outputs
             always keep their output size.
-        data: an iterable of batches, for data-driven criteria.
+        data: an iterable of batches, for data-driven criteria (``"apoz"``,
+            ``"mean_activation"``, ``"taylor"``): each batch is the model's inputs or an
+            ``(inputs, targets)`` pair.
+        loss_fn: ``loss_fn(outputs, batch) -> loss`` for ``"taylor"``; by default the
+            cross-entropy of the outputs against the batch's targets.
         strict: raise on any op without a coupling rule instead of leaving its dims alone.
         check: verify, before changing the model, that the masked and pruned models agree
             within ``tolerance``; groups that break the model or the agreement are left
@@ -75,7 +79,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
     training = model.training
     model.eval()
     try:
-        keep = choose_channels(graph, method)
+        keep = choose_channels(graph, method, data, loss_fn)
         # FLOPs and output shapes come from forward passes the checks make anyway
         counted: list[Counted] = [] if check else [flops_and_shapes(model, example_inputs)]
         plan, skipped, applied = plan_that_works(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
+
+from .errors import ConfigError
+from .importance.activation import LossFn
 
 from .graph.axes import NotRepresentable
 from .graph.dependency import DependencyGraph, Group, layout_indices
@@ -24,16 +29,31 @@ def group_ratio(group: Group, method: _ChannelMethod) -> float:
     return max(overrides) if overrides else method.ratio
 
 
-def choose_channels(graph: DependencyGraph, method: _ChannelMethod) -> dict[int, torch.Tensor]:
-    """Rank every prunable group with the method's criterion: ``{group axis: kept indices}``."""
+def choose_channels(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,
+                    loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+    """Rank every prunable group with the method's criterion: ``{group axis: kept indices}``.
+
+    Data-driven criteria score the groups they can read activations for; the others (and
+    weight criteria everywhere) are ranked from their weights.
+    """
     criterion = CRITERIA[method.criterion]
     generator = torch.Generator().manual_seed(method.seed)
+    from_data: dict[int, torch.Tensor] = {}
+    if getattr(criterion, "needs_data", False):
+        if data is None:
+            raise ConfigError(f"{type(method).__name__}: criterion {method.criterion!r} reads "
+                              f"activations; pass data=, an iterable of batches")
+        from_data = criterion.score_groups(graph, graph.model, data, loss_fn)
+        criterion = CRITERIA["l1"]
+    role = getattr(criterion, "role", None) or method.scored_role
     keep: dict[int, torch.Tensor] = {}
     for group in graph.groups:
         n_keep = method.channels_to_keep(group.size, group_ratio(group, method))
         if n_keep >= group.size:
             continue
-        scores = criterion.score(group_views(graph, group, method.scored_role), generator)
+        scores = from_data.get(group.axis)
+        if scores is None:
+            scores = criterion.score(group_views(graph, group, role), generator)
         keep[group.axis] = scores.topk(n_keep).indices.sort().values
     return keep
 

@@ -63,6 +63,16 @@ class UnknownOp:
 
 
 @dataclass
+class ModuleOutput:
+    """The tensor one call of a module returned, and its dims' channels: where data-driven
+    criteria read activations."""
+
+    module: str
+    call: int  # 0 for the module's first call in a forward pass, 1 for its second …
+    specs: list[Spec]
+
+
+@dataclass
 class TraceResult:
     axes: AxisTable
     slots: list[TensorSlot]
@@ -70,6 +80,7 @@ class TraceResult:
     attribute_candidates: list[AttributeCandidates]
     unknown_ops: list[UnknownOp]
     op_count: int
+    module_outputs: list[ModuleOutput] = field(default_factory=list)
 
 
 def op_name(func: Callable) -> str:
@@ -117,6 +128,8 @@ class TraceContext:
         self.attribute_candidates: list[AttributeCandidates] = []
         self.unknown_ops: list[UnknownOp] = []
         self.module_stack: list[str] = []
+        self.module_outputs: list[ModuleOutput] = []
+        self._calls: dict[str, int] = {}
         self.modules: dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
         for name, param in model.named_parameters(remove_duplicate=False):
             self._names.setdefault(id(param), []).append(name)
@@ -193,10 +206,19 @@ class TraceContext:
         if module is self.current_module:
             self.attribute_candidates.append(AttributeCandidates(self.module_path, attribute, specs))
 
+    def module_output(self, name: str, output: Any) -> None:
+        """Remember a module call's single-tensor output and its channels."""
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        entry = self._specs.get(id(output)) if isinstance(output, torch.Tensor) else None
+        if entry is not None and entry[0]() is output:
+            self.module_outputs.append(ModuleOutput(name, call, entry[1]))
+
     # -- results -----------------------------------------------------------------------------
     def result(self, op_count: int) -> TraceResult:
         return TraceResult(self.axes, list(self._slots.values()), self.attributes,
-                           self.attribute_candidates, self.unknown_ops, op_count)
+                           self.attribute_candidates, self.unknown_ops, op_count,
+                           self.module_outputs)
 
 
 class _TracingMode(TorchFunctionMode):
@@ -253,13 +275,18 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> TraceR
             ctx.module_stack.append(name or "<model>")
         return pre_hook
 
-    def leave(_module, _args, _output):
-        ctx.module_stack.pop()  # returns None, so the module's output is unchanged
+    def leave(name):
+        def post_hook(_module, _args, output):
+            ctx.module_stack.pop()
+            if name:
+                ctx.module_output(name, output)
+            # returns None, so the module's output is unchanged
+        return post_hook
 
     hooks = []
     for name, module in model.named_modules():
         hooks.append(module.register_forward_pre_hook(enter(name)))
-        hooks.append(module.register_forward_hook(leave))
+        hooks.append(module.register_forward_hook(leave(name)))
     training = {m: m.training for m in model.modules()}
     mode = _TracingMode(ctx, RULES, strict)
     try:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..trace import AttributeSlot, TensorSlot, TraceResult, trace
+from ..trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 from .axes import AxisTable, NotRepresentable, Spec
 
 
@@ -154,6 +154,30 @@ class DependencyGraph:
             if self._leaves(inner) & eligible:
                 structural |= self._leaves(outer) & eligible
         return structural
+
+    def activation_sites(self, group: Group) -> list[tuple[ModuleOutput, int]]:
+        """Leaf-module outputs with a dim that carries exactly this group's channels.
+
+        Outputs of parameter-free modules (activations, pooling) are preferred, so that data-
+        driven criteria read post-activation values; otherwise the producing layers' outputs.
+        """
+        modules = dict(self.model.named_modules())
+        sites = []
+        for output in self.trace.module_outputs:
+            module = modules.get(output.module)
+            if module is None or next(module.children(), None) is not None:
+                continue
+            for dim, spec in enumerate(output.specs):
+                try:
+                    segments = self.axes.expand(spec)
+                except NotRepresentable:
+                    continue
+                if [list(segment) for segment in segments] == [[group.axis]]:
+                    sites.append((output, dim))
+                    break
+        parameter_free = [(o, d) for o, d in sites
+                          if next(modules[o.module].parameters(recurse=False), None) is None]
+        return parameter_free or sites
 
     def keep_indices(self, member: Member, keep: dict[int, torch.Tensor]) -> torch.Tensor:
         """The indices a member's dim keeps when each group keeps ``keep[axis]``."""

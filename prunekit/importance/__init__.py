@@ -1,12 +1,24 @@
-"""Importance criteria: each scores a group's channels from a layer-agnostic view."""
+"""Importance criteria: each scores a group's channels; higher means more important.
 
+Weight criteria see a layer-agnostic view of the group's weights; data-driven criteria
+(``needs_data``) read activations over the batches passed as ``data=``.
+"""
+
+from .activation import ActivationStatistic
 from .base import ChannelView, Criterion
-from .magnitude import Magnitude, RandomScore
+from .fpgm import GeometricMedianDistance
+from .magnitude import Magnitude, NormScale, RandomScore
 
 CRITERIA: dict[str, Criterion] = {
     "l1": Magnitude(p=1),
     "l2": Magnitude(p=2),
+    "fpgm": GeometricMedianDistance(),
+    "bn_scale": NormScale(),
+    "apoz": ActivationStatistic("apoz"),
+    "mean_activation": ActivationStatistic("mean_activation"),
+    "taylor": ActivationStatistic("taylor"),
     "random": RandomScore(),
 }
 
-__all__ = ["CRITERIA", "ChannelView", "Criterion", "Magnitude", "RandomScore"]
+__all__ = ["CRITERIA", "ActivationStatistic", "ChannelView", "Criterion",
+           "GeometricMedianDistance", "Magnitude", "NormScale", "RandomScore"]

@@ -24,6 +24,23 @@ class Magnitude:
 
 
 @dataclass(frozen=True)
+class NormScale:
+    """Network Slimming (Liu et al. 2017): |scale| of the group's normalisation layers, summed.
+
+    Groups without a normalisation layer are ranked by their weights' L1 norm instead.
+    """
+
+    role = "norm"  # the planner shows this criterion the norm members
+
+    def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:
+        scales = [v.matrix for v in views
+                  if v.role == "norm" and v.member.split("[")[0].endswith("weight")]
+        if not scales:
+            return Magnitude(p=1).score(views, generator)
+        return sum(s.double().abs().sum(dim=1) for s in scales)
+
+
+@dataclass(frozen=True)
 class RandomScore:
     """Random scores: the baseline every informed criterion should beat."""
 

@@ -1,0 +1,148 @@
+"""Data-driven criteria: statistics of each channel's activations over calibration batches.
+
+Activations are read with forward hooks on the modules whose output carries a group's
+channels (post-activation modules preferred, see ``DependencyGraph.activation_sites``); the
+hooks are always removed afterwards, even when a batch fails. A group read at several places
+(a residual stream is the output of every block) gets the mean of its per-place scores.
+Groups whose channels are never a module's output are ranked by their weights' L1 norm.
+
+- ``apoz``: 1 − the average percentage of zeros (Hu et al. 2016); the channels most often
+  zero go first.
+- ``mean_activation``: the mean absolute activation.
+- ``taylor``: first-order Taylor expansion of the loss, |Σ activation × gradient| over each
+  sample's positions, averaged over samples (Molchanov et al.); needs labelled batches
+  ``(inputs, targets)`` (cross-entropy) or a ``loss_fn(outputs, batch)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..trace import call_model
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, targets)`` or ``[inputs, targets]`` → both; anything else is inputs only."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    return batch, None
+
+
+def _per_channel(values: torch.Tensor, dim: int, per_sample: bool = False) -> torch.Tensor:
+    """Sum over every dim but ``dim`` (and the batch dim 0 when ``per_sample``)."""
+    keep = {dim % values.dim()} | ({0} if per_sample else set())
+    reduce = [d for d in range(values.dim()) if d not in keep]
+    return values.sum(dim=reduce) if reduce else values
+
+
+@dataclass(frozen=True)
+class ActivationStatistic:
+    """Score channels from their activations on ``data`` (see the module docstring)."""
+
+    statistic: str  # "apoz" | "mean_activation" | "taylor"
+    needs_data = True
+
+    def score_groups(self, graph, model: nn.Module, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        """``{group axis: scores}`` for the groups with an activation site."""
+        sites = {g.axis: graph.activation_sites(g) for g in graph.groups}
+        by_call: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for axis, places in sites.items():
+            for output, dim in places:
+                by_call.setdefault((output.module, output.call), []).append((axis, dim))
+        totals = {key: None for key in by_call}
+        counts = dict.fromkeys(by_call, 0)
+        captured: list[tuple[tuple[str, int], torch.Tensor]] = []
+        calls: dict[str, int] = {}
+        modules = dict(model.named_modules())
+
+        def hook_for(name: str):
+            def hook(_module, _args, output):
+                call = calls.get(name, 0)
+                calls[name] = call + 1
+                if (name, call) in by_call and isinstance(output, torch.Tensor):
+                    captured.append(((name, call), output))
+            return hook
+
+        handles = [modules[name].register_forward_hook(hook_for(name))
+                   for name in {name for name, _ in by_call}]
+        training = model.training
+        model.eval()
+        try:
+            for batch in data:
+                calls.clear()
+                captured.clear()
+                self._accumulate(model, batch, by_call, captured, totals, counts, loss_fn)
+        finally:
+            for handle in handles:
+                handle.remove()
+            captured.clear()
+            model.train(training)
+        if not any(counts.values()):
+            raise ConfigError(f"criterion {self.statistic!r}: data= gave no batches")
+        scores: dict[int, torch.Tensor] = {}
+        for axis, places in sites.items():
+            per_place = [totals[(o.module, o.call)][(axis, d)] / counts[(o.module, o.call)]
+                         for o, d in places if totals[(o.module, o.call)] is not None]
+            if per_place:
+                scores[axis] = torch.stack(per_place).mean(0)
+        return scores
+
+    def _accumulate(self, model, batch, by_call, captured, totals, counts, loss_fn) -> None:
+        inputs, targets = split_batch(batch)
+        if self.statistic != "taylor":
+            with torch.no_grad():
+                call_model(model, inputs)
+            gradients = [None] * len(captured)
+        else:
+            with torch.enable_grad():
+                outputs = call_model(model, inputs)
+                loss = _loss(outputs, batch, targets, loss_fn)
+                tensors = [t for _, t in captured]
+                if not tensors:
+                    return
+                if not loss.requires_grad:
+                    raise ConfigError("criterion 'taylor' needs a loss that depends on the "
+                                      "model's parameters; none of them requires grad")
+                gradients = torch.autograd.grad(loss, tensors, allow_unused=True)
+        for (key, tensor), gradient in zip(captured, gradients):
+            values = tensor.detach().double()
+            for axis, dim in by_call[key]:
+                entry = totals[key] if totals[key] is not None else {}
+                entry[(axis, dim)] = entry.get((axis, dim), 0) + self._batch_score(
+                    values, None if gradient is None else gradient.double(), dim)
+                totals[key] = entry
+            counts[key] += 1
+
+    def _batch_score(self, values: torch.Tensor, gradient: torch.Tensor | None,
+                     dim: int) -> torch.Tensor:
+        """One batch's score per channel (averaged over batches by the caller)."""
+        positions = values.numel() / values.shape[dim]
+        if self.statistic == "apoz":
+            return _per_channel((values != 0).double(), dim) / positions
+        if self.statistic == "mean_activation":
+            return _per_channel(values.abs(), dim) / positions
+        if values.dim() < 2 or dim % values.dim() == 0:
+            raise ConfigError("criterion 'taylor' needs activations with a batch dim first")
+        product = values * (0 if gradient is None else gradient)
+        return _per_channel(product, dim, per_sample=True).abs().mean(0)
+
+
+def _loss(outputs: Any, batch: Any, targets: Any, loss_fn: LossFn | None) -> torch.Tensor:
+    if loss_fn is not None:
+        return loss_fn(outputs, batch)
+    if targets is None:
+        raise ConfigError("criterion 'taylor' needs labelled batches (inputs, targets) or a "
+                          "loss_fn(outputs, batch)")
+    if not isinstance(outputs, torch.Tensor):
+        raise ConfigError("criterion 'taylor': the model does not return a tensor of logits; "
+                          "pass loss_fn(outputs, batch)")
+    return F.cross_entropy(outputs, targets)
