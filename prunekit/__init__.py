@@ -12,14 +12,16 @@ from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedO
 from .graph.dependency import DependencyGraph, Group
 from .io import load, save
 from .measure import Measurement, measure
-from .methods import ChannelPruning, FilterPruning
+from .layers import LayerScore, find_layer_candidates, find_redundant_layers, layer_importance
+from .methods import ChannelPruning, FilterPruning, LayerPruning
 from .plan import Plan
 from .verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChannelPruning", "ConfigError", "DependencyGraph", "FilterPruning", "Group", "Measurement",
-    "Plan", "PlanError", "PruneError", "PruneResult", "TraceError", "UnsupportedOpError",
-    "VerifyReport", "apply_plan", "load", "measure", "prune", "save", "verify",
+    "ChannelPruning", "ConfigError", "DependencyGraph", "FilterPruning", "Group", "LayerPruning",
+    "LayerScore", "Measurement", "Plan", "PlanError", "PruneError", "PruneResult", "TraceError",
+    "UnsupportedOpError", "VerifyReport", "apply_plan", "find_layer_candidates",
+    "find_redundant_layers", "layer_importance", "load", "measure", "prune", "save", "verify",
 ]

@@ -11,7 +11,8 @@ from .apply import apply_plan
 from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
 from .measure import Measurement, count_params, flops_and_shapes
-from .methods import _ChannelMethod
+from .layers import choose_layers, layer_importance
+from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted
@@ -42,7 +43,7 @@ class PruneResult:
                 f"{self.after.flops:,} (-{self.flop_reduction:.1%})")
 
 
-def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
+def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerPruning, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
           loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False, check: bool = True, tolerance: float = 1e-5) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
@@ -50,7 +51,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
     Args:
         model: the model to prune; changed in place, or left exactly as it was on error.
         example_inputs: a tensor (``model(x)``), tuple (``model(*x)``) or dict (``model(**x)``).
-        method: ``FilterPruning(...)`` or ``ChannelPruning(...)``.
+        method: ``FilterPruning(...)``, ``ChannelPruning(...)`` or ``LayerPruning(...)``.
         ignore: modules whose dims stay as they are. The layers producing the model's outputs
             always keep their output size.
         data: an iterable of batches, for data-driven criteria (``"apoz"``,
@@ -71,6 +72,8 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
         >>> result = pk.prune(model, torch.randn(1, 3, 224, 224), pk.FilterPruning(0.5, "l1"))
         >>> print(result)
     """
+    if isinstance(method, LayerPruning):
+        return _prune_layers(model, example_inputs, method, data, loss_fn)
     if not isinstance(method, _ChannelMethod):
         raise ConfigError(f"method must be a pruning method such as pk.FilterPruning(...), "
                           f"got {type(method).__name__}")
@@ -103,6 +106,22 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, *,
     finally:
         model.train(training)
     return PruneResult(plan, before, after, skipped)
+
+
+def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
+                  data: Iterable | None, loss_fn) -> PruneResult:
+    training = model.training
+    model.eval()
+    try:
+        scores = layer_importance(model, data, method.criterion, example_inputs, loss_fn)
+        plan = Plan(method=method.to_dict(), layers=choose_layers(scores, method.n))
+        flops, shapes = flops_and_shapes(model, example_inputs)
+        before = Measurement(count_params(model), flops)
+        flops_after = _apply_checked(model, example_inputs, plan, shapes)
+        after = Measurement(count_params(model), flops_after)
+    finally:
+        model.train(training)
+    return PruneResult(plan, before, after)
 
 
 def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,

@@ -1,4 +1,5 @@
-"""Apply a plan to a model: slice tensors, set counted attributes, fix module attributes.
+"""Apply a plan to a model: slice tensors, set counted attributes, fix module attributes,
+replace removed layers by identities.
 
 Applying is transactional: everything is checked and computed before the model is touched,
 and if anything fails afterwards (including the caller's ``check``) every touched module is
@@ -32,6 +33,10 @@ def _tensor_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
     return owners
 
 
+def _parent(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
 def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
     """A new tensor holding the kept indices of ``tensor`` (never a view of it)."""
     result = tensor.detach()
@@ -62,6 +67,11 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
                             f"the model has {list(tensor.shape)}")
         new[id(tensor)] = _sliced(name, tensor, dims)
     modules = dict(model.named_modules())
+    for name in plan.layers:
+        if not name or name not in modules:
+            raise PlanError(f"plan removes layer {name!r}, which the model does not have")
+        if any(other != name and name.startswith(other + ".") for other in plan.layers):
+            raise PlanError(f"plan removes layer {name!r} and also a module containing it")
     for module_name, attributes in plan.attributes.items():
         if module_name not in modules:
             raise PlanError(f"plan names module {module_name!r}, which the model does not have")
@@ -79,6 +89,7 @@ def transaction(modules: list[nn.Module]) -> Iterator[None]:
         state = dict(module.__dict__)
         state["_parameters"] = dict(module._parameters)
         state["_buffers"] = dict(module._buffers)
+        state["_modules"] = dict(module._modules)
         saved.append((module, state))
     try:
         yield
@@ -88,6 +99,8 @@ def transaction(modules: list[nn.Module]) -> Iterator[None]:
             module._parameters.update(state.pop("_parameters"))
             module._buffers.clear()
             module._buffers.update(state.pop("_buffers"))
+            module._modules.clear()
+            module._modules.update(state.pop("_modules"))
             module.__dict__.update(state)
         raise
 
@@ -105,7 +118,11 @@ def apply_plan(model: nn.Module, plan: Plan,
     touched = {id(m): m for m, attr, _ in owners.values() if id(getattr(m, attr)) in new}
     modules = dict(model.named_modules())
     touched.update({id(modules[name]): modules[name] for name in plan.attributes})
+    parents = [modules[_parent(name)] for name in plan.layers]
+    touched.update({id(m): m for m in parents})
     with transaction(list(touched.values())):
+        for name in plan.layers:  # the network now skips these modules entirely
+            setattr(modules[_parent(name)], name.rsplit(".", 1)[-1], nn.Identity())
         replaced: dict[int, torch.Tensor] = {}
         for module, attr, kind in owners.values():
             old = getattr(module, attr)

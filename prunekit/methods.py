@@ -88,7 +88,32 @@ class ChannelPruning(_ChannelMethod):
     scored_role: ClassVar[str] = "in"
 
 
-METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning)}
+@dataclass
+class LayerPruning:
+    """Remove ``n`` whole layers or blocks, the least important by ``criterion`` (one of
+    ``"loss"``, ``"accuracy"``, ``"influence"``, ``"last"``; see ``prunekit.layers``).
+
+    Example:
+        >>> pk.prune(model, x, pk.LayerPruning(n=2, criterion="influence"), data=batches)
+    """
+
+    n: int = 1
+    criterion: str = "loss"
+
+    def __post_init__(self) -> None:
+        from .layers import LAYER_CRITERIA
+
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"LayerPruning.n must be a positive integer, got {self.n!r}")
+        if self.criterion not in LAYER_CRITERIA:
+            raise ConfigError(f"LayerPruning.criterion: unknown criterion {self.criterion!r}; "
+                              f"choose one of {list(LAYER_CRITERIA)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": type(self).__name__, **asdict(self)}
+
+
+METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning, LayerPruning)}
 
 
 def _check_ratio(ratio: Any, what: str) -> None:

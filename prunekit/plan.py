@@ -27,6 +27,8 @@ class Plan:
         shapes: the original shape of every tensor in ``tensors``, checked on replay.
         attributes: ``{module name: {attribute: new value}}`` for counts such as ``groups``.
         groups: a readable summary of each pruned group.
+        layers: names of modules removed whole (layer pruning): each is replaced by an
+            identity, so the network skips it.
     """
 
     method: dict[str, Any] = field(default_factory=dict)
@@ -34,10 +36,11 @@ class Plan:
     shapes: dict[str, list[int]] = field(default_factory=dict)
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
-        return not self.tensors and not self.attributes
+        return not self.tensors and not self.attributes and not self.layers
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,7 +62,8 @@ class Plan:
                    for name, dims in data.get("tensors", {}).items()}
         return cls(method=data.get("method", {}), tensors=tensors,
                    shapes={k: list(v) for k, v in data.get("shapes", {}).items()},
-                   attributes=data.get("attributes", {}), groups=data.get("groups", []))
+                   attributes=data.get("attributes", {}), groups=data.get("groups", []),
+                   layers=list(data.get("layers", [])))
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

@@ -108,6 +108,19 @@ def _outputs(model: nn.Module, example_inputs: Any,
 
 def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan,
                     counted: list[Counted] | None = None) -> list[torch.Tensor]:
+    if plan.layers:  # a removed layer's "mask" is the identity it is replaced by
+        outputs: list[torch.Tensor] = []
+
+        def masked_without_layers(swapped: nn.Module) -> None:
+            rest = Plan(tensors=plan.tensors, shapes=plan.shapes)
+            outputs.extend(_masked_outputs(swapped, example_inputs, rest, counted))
+            raise Rollback
+
+        try:
+            apply_plan(model, Plan(layers=plan.layers), check=masked_without_layers)
+        except Rollback:
+            pass
+        return outputs
     undo = _mask_parameters(model, plan)
     try:
         return _outputs(model, example_inputs, counted)

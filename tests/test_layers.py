@@ -1,0 +1,128 @@
+"""Layer pruning on a residual CNN: candidates, criteria, removal and saving."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.measure import count_flops
+
+from .helpers import outputs
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class ResNetish(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.stage1 = nn.Sequential(Block(8), Block(8), Block(8))
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.stage2 = nn.Sequential(Block(16), Block(16))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.head(self.stage2(self.down(self.stage1(self.stem(x)))))
+
+
+def model_and_data():
+    torch.manual_seed(0)
+    model = ResNetish().eval()
+    for module in model.modules():  # non-trivial norm statistics
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+            module.running_mean.uniform_(-0.1, 0.1)
+    generator = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 3, 8, 8, generator=generator),
+             torch.randint(0, 4, (8,), generator=generator)) for _ in range(3)]
+    return model, data
+
+
+def silence(block: Block) -> None:
+    """Make a block compute the identity on non-negative inputs."""
+    with torch.no_grad():
+        block.bn2.weight.zero_()
+        block.bn2.bias.zero_()
+
+
+def test_candidates_are_the_shape_preserving_blocks():
+    model, data = model_and_data()
+    candidates = pk.find_layer_candidates(model, data[0][0])
+    assert candidates == ["stage1.0", "stage1.1", "stage1.2", "stage2.0", "stage2.1"]
+
+
+def test_layers_outside_blocks_are_candidates_too():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.Flatten())
+    assert pk.find_layer_candidates(plain, torch.randn(1, 3, 4, 4)) == ["2", "5"]
+
+
+@pytest.mark.parametrize("criterion", ["loss", "accuracy", "influence"])
+def test_a_block_that_computes_the_identity_scores_lowest(criterion):
+    model, data = model_and_data()
+    silence(model.stage1[1])
+    scores = {s.name: s.score for s in pk.layer_importance(model, data, criterion)}
+    assert scores["stage1.1"] == pytest.approx(0, abs=1e-9)
+    if criterion == "influence":  # the others really change their input
+        assert min(v for k, v in scores.items() if not k.startswith("stage1.1")) > 1e-3
+    redundant = pk.find_redundant_layers(model, data, 1e-9, criterion=criterion)
+    assert "stage1.1" in [s.name for s in redundant]
+
+
+def test_removal_equals_the_original_with_the_block_replaced_by_identity(tmp_path):
+    model, data = model_and_data()
+    silence(model.stage2[1])
+    original = copy.deepcopy(model)
+    x = data[0][0]
+    result = pk.prune(model, x, pk.LayerPruning(n=2, criterion="influence"), data=data)
+    removed = result.plan.layers
+    assert len(removed) == 2 and "stage2.1" in removed
+
+    reference = copy.deepcopy(original)
+    for name in removed:
+        parent, child = name.rsplit(".", 1)
+        setattr(reference.get_submodule(parent), child, nn.Identity())
+    for a, b in zip(outputs(model, x), outputs(reference, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for name in removed:
+        assert isinstance(model.get_submodule(name), nn.Identity)
+    assert result.after.params < result.before.params
+    assert result.after.flops == count_flops(model, x) < count_flops(original, x)
+    assert pk.verify(original, x, result.plan).ok
+
+    pk.save(model, tmp_path / "saved", result.plan)
+    reloaded = pk.load(tmp_path / "saved", copy.deepcopy(original))
+    for a, b in zip(outputs(model, x), outputs(reloaded, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_last_removes_the_last_blocks_without_nesting():
+    model, data = model_and_data()
+    result = pk.prune(model, data[0][0], pk.LayerPruning(n=2, criterion="last"))
+    assert result.plan.layers == ["stage2.1", "stage2.0"]
+
+
+def test_asking_for_too_many_layers_is_a_clear_error_and_changes_nothing():
+    model, data = model_and_data()
+    before = copy.deepcopy(model)
+    with pytest.raises(pk.PruneError, match="only"):
+        pk.prune(model, data[0][0], pk.LayerPruning(n=50, criterion="last"))
+    for a, b in zip(outputs(model, data[0][0]), outputs(before, data[0][0])):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(pk.ConfigError, match="criterion"):
+        pk.LayerPruning(n=1, criterion="nope")
+    with pytest.raises(pk.ConfigError, match="data="):
+        pk.layer_importance(model, None, "loss", example_inputs=data[0][0])
