@@ -15,8 +15,8 @@ from .layers import choose_layers, layer_importance
 from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
 from .fallback import SkippedGroup, plan_that_works
-from .verify import Counted
-from .planner import choose_channels
+from .verify import Counted, Rollback
+from .planner import keep_from_scores, plan_from_keep, score_groups
 
 
 @dataclass
@@ -82,7 +82,9 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     training = model.training
     model.eval()
     try:
-        keep = choose_channels(graph, method, data, loss_fn)
+        scores = score_groups(graph, method, data, loss_fn)
+        ratio = _ratio_for_budget(graph, model, example_inputs, method, scores)
+        keep = keep_from_scores(graph, method, scores, ratio)
         # FLOPs and output shapes come from forward passes the checks make anyway
         counted: list[Counted] = [] if check else [flops_and_shapes(model, example_inputs)]
         plan, skipped, applied = plan_that_works(
@@ -106,6 +108,53 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     finally:
         model.train(training)
     return PruneResult(plan, before, after, skipped)
+
+
+def _ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
+                      method: _ChannelMethod, scores: dict) -> float | None:
+    """The ratio that removes ``method.flops_target`` of FLOPs (or ``params_target`` of
+    parameters) within half a point, by bisection; ``None`` when the method has no budget."""
+    target = method.flops_target if method.flops_target is not None else method.params_target
+    if target is None:
+        return None
+
+    def size(pruned: nn.Module) -> int:
+        if method.flops_target is not None:
+            return flops_and_shapes(pruned, example_inputs)[0]
+        return count_params(pruned)
+
+    base = size(model)
+
+    def reduction(ratio: float) -> float:
+        plan = plan_from_keep(graph, keep_from_scores(graph, method, scores, ratio), {})
+        measured: list[int] = []
+
+        def measure_and_undo(pruned: nn.Module) -> None:
+            measured.append(size(pruned))
+            raise Rollback
+
+        try:
+            apply_plan(model, plan, check=measure_and_undo)
+        except Rollback:
+            pass
+        return 1 - measured[0] / max(base, 1)
+
+    what = "FLOPs" if method.flops_target is not None else "parameters"
+    low, high = 0.0, method.max_ratio
+    most = reduction(high)
+    if most < target - 0.005:
+        raise PruneError(f"{type(method).__name__}: cannot remove {target:.1%} of {what}; "
+                         f"removing up to max_ratio={method.max_ratio} of every group removes "
+                         f"{most:.1%}. The model was left unchanged")
+    best = (abs(most - target), high)
+    for _ in range(20):
+        middle = (low + high) / 2
+        achieved = reduction(middle)
+        best = min(best, (abs(achieved - target), middle))
+        if best[0] <= 0.005:
+            break
+        low, high = (middle, high) if achieved < target else (low, middle)
+    return best[1]
 
 
 def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,

@@ -24,6 +24,12 @@ class _ChannelMethod:
         overrides: ``{module name: ratio}`` for groups that touch that module (the largest
             override among a group's modules wins).
         seed: seed for the ``"random"`` criterion.
+        global_ranking: rank channels across the whole model (scores normalised by their
+            group's mean) instead of removing ``ratio`` from every group.
+        max_ratio: the most any one group loses under global ranking or a budget.
+        flops_target: remove this fraction of the model's FLOPs (``ratio`` is then searched
+            for, within ``max_ratio``); met within 2 percentage points.
+        params_target: the same for parameters.
     """
 
     ratio: float = 0.5
@@ -31,6 +37,10 @@ class _ChannelMethod:
     round_to: int = 1
     overrides: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    global_ranking: bool = False
+    max_ratio: float = 0.9
+    flops_target: float | None = None
+    params_target: float | None = None
 
     scored_role: ClassVar[str] = ""
 
@@ -42,6 +52,12 @@ class _ChannelMethod:
         if self.criterion not in CRITERIA:
             raise ConfigError(f"{name}.criterion: unknown criterion {self.criterion!r}; "
                               f"choose one of {sorted(CRITERIA)}")
+        _check_ratio(self.max_ratio, f"{name}.max_ratio")
+        for target in ("flops_target", "params_target"):
+            if getattr(self, target) is not None:
+                _check_ratio(getattr(self, target), f"{name}.{target}")
+        if self.flops_target is not None and self.params_target is not None:
+            raise ConfigError(f"{name}: give flops_target or params_target, not both")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"{name}.round_to must be a positive integer, got {self.round_to!r}")
 

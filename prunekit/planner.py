@@ -23,39 +23,79 @@ def group_views(graph: DependencyGraph, group: Group, role: str) -> list[Channel
     return [ChannelView(str(m), m.role, graph.channel_matrix(m, group.axis)) for m in chosen]
 
 
-def group_ratio(group: Group, method: _ChannelMethod) -> float:
+def group_ratio(group: Group, method: _ChannelMethod, ratio: float | None = None) -> float:
     modules = set(group.modules())
     overrides = [r for name, r in method.overrides.items() if name in modules]
-    return max(overrides) if overrides else method.ratio
+    return max(overrides) if overrides else (method.ratio if ratio is None else ratio)
 
 
-def choose_channels(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,
-                    loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
-    """Rank every prunable group with the method's criterion: ``{group axis: kept indices}``.
+def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,
+                 loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+    """Score every prunable group's channels with the method's criterion (higher = keep).
 
     Data-driven criteria score the groups they can read activations for; the others (and
-    weight criteria everywhere) are ranked from their weights.
+    weight criteria everywhere) are scored from their weights.
     """
     criterion = CRITERIA[method.criterion]
     generator = torch.Generator().manual_seed(method.seed)
-    from_data: dict[int, torch.Tensor] = {}
+    scores: dict[int, torch.Tensor] = {}
     if getattr(criterion, "needs_data", False):
         if data is None:
             raise ConfigError(f"{type(method).__name__}: criterion {method.criterion!r} reads "
                               f"activations; pass data=, an iterable of batches")
-        from_data = criterion.score_groups(graph, graph.model, data, loss_fn)
+        scores = criterion.score_groups(graph, graph.model, data, loss_fn)
         criterion = CRITERIA["l1"]
     role = getattr(criterion, "role", None) or method.scored_role
+    for group in graph.groups:
+        if group.axis not in scores:
+            scores[group.axis] = criterion.score(group_views(graph, group, role), generator)
+    return scores
+
+
+def keep_from_scores(graph: DependencyGraph, method: _ChannelMethod,
+                     scores: dict[int, torch.Tensor],
+                     ratio: float | None = None) -> dict[int, torch.Tensor]:
+    """``{group axis: kept indices}`` removing ``ratio`` (default ``method.ratio``).
+
+    Per group, each group loses its ratio of channels. With ``method.global_ranking``, scores
+    are divided by their group's mean (so layers of different scale compare) and the lowest
+    channels of the whole model go, at most ``method.max_ratio`` of any group.
+    """
+    ratio = method.ratio if ratio is None else ratio
+    if method.global_ranking:
+        ratios = _global_ratios(graph, method, scores, ratio)
+    else:
+        ratios = {g.axis: group_ratio(g, method, ratio) for g in graph.groups}
     keep: dict[int, torch.Tensor] = {}
     for group in graph.groups:
-        n_keep = method.channels_to_keep(group.size, group_ratio(group, method))
-        if n_keep >= group.size:
-            continue
-        scores = from_data.get(group.axis)
-        if scores is None:
-            scores = criterion.score(group_views(graph, group, role), generator)
-        keep[group.axis] = scores.topk(n_keep).indices.sort().values
+        n_keep = method.channels_to_keep(group.size, ratios[group.axis])
+        if n_keep < group.size:
+            keep[group.axis] = scores[group.axis].topk(n_keep).indices.sort().values
     return keep
+
+
+def _global_ratios(graph: DependencyGraph, method: _ChannelMethod,
+                   scores: dict[int, torch.Tensor], ratio: float) -> dict[int, float]:
+    """Per-group ratios that remove the model-wide lowest normalised scores."""
+    normalised = [(float(v), g.axis) for g in graph.groups
+                  for v in scores[g.axis] / scores[g.axis].abs().mean().clamp_min(1e-12)]
+    normalised.sort()
+    budget = int(ratio * len(normalised))
+    removed = dict.fromkeys((g.axis for g in graph.groups), 0)
+    cap = {g.axis: int(method.max_ratio * g.size) for g in graph.groups}
+    for _, axis in normalised:
+        if budget == 0:
+            break
+        if removed[axis] < cap[axis]:
+            removed[axis] += 1
+            budget -= 1
+    return {g.axis: removed[g.axis] / g.size for g in graph.groups}
+
+
+def choose_channels(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,
+                    loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+    """Score and choose in one go: ``{group axis: kept indices}`` at ``method.ratio``."""
+    return keep_from_scores(graph, method, score_groups(graph, method, data, loss_fn))
 
 
 def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method: dict) -> Plan:
