@@ -84,7 +84,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     try:
         scores = score_groups(graph, method, data, loss_fn)
         ratio = _ratio_for_budget(graph, model, example_inputs, method, scores)
-        keep = keep_from_scores(graph, method, scores, ratio)
+        keep = keep_from_scores(graph, method, scores, ratio, dither=ratio is not None)
         # FLOPs and output shapes come from forward passes the checks make anyway
         counted: list[Counted] = [] if check else [flops_and_shapes(model, example_inputs)]
         plan, skipped, applied = plan_that_works(
@@ -126,7 +126,8 @@ def _ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: 
     base = size(model)
 
     def reduction(ratio: float) -> float:
-        plan = plan_from_keep(graph, keep_from_scores(graph, method, scores, ratio), {})
+        keep = keep_from_scores(graph, method, scores, ratio, dither=True)
+        plan = plan_from_keep(graph, keep, {})
         measured: list[int] = []
 
         def measure_and_undo(pruned: nn.Module) -> None:
@@ -163,14 +164,38 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
     model.eval()
     try:
         scores = layer_importance(model, data, method.criterion, example_inputs, loss_fn)
-        plan = Plan(method=method.to_dict(), layers=choose_layers(scores, method.n))
         flops, shapes = flops_and_shapes(model, example_inputs)
+        if method.flops_target is None:
+            layers = choose_layers(scores, method.n)
+        else:
+            layers = _layers_for_budget(model, example_inputs, choose_layers(scores, None),
+                                        method.flops_target, flops)
+        plan = Plan(method=method.to_dict(), layers=layers)
         before = Measurement(count_params(model), flops)
         flops_after = _apply_checked(model, example_inputs, plan, shapes)
         after = Measurement(count_params(model), flops_after)
     finally:
         model.train(training)
     return PruneResult(plan, before, after)
+
+
+def _layers_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
+                       target: float, flops: int) -> list[str]:
+    """The shortest prefix of ``ranked`` whose removal takes away ``target`` of the FLOPs."""
+    for n in range(1, len(ranked) + 1):
+        measured: list[int] = []
+
+        def measure_and_undo(pruned: nn.Module) -> None:
+            measured.append(flops_and_shapes(pruned, example_inputs)[0])
+            raise Rollback
+
+        try:
+            apply_plan(model, Plan(layers=ranked[:n]), check=measure_and_undo)
+        except Rollback:
+            pass
+        if 1 - measured[0] / max(flops, 1) >= target - 0.005:
+            return ranked[:n]
+    return ranked
 
 
 def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,

@@ -1,9 +1,10 @@
-"""The ``prunekit`` command: prune, analyze and demo."""
+"""The ``prunekit`` command: prune, analyze, compare and demo."""
 
 from __future__ import annotations
 
 import copy
 import importlib
+from contextlib import contextmanager
 import importlib.util
 from pathlib import Path
 
@@ -76,8 +77,10 @@ def prune(
     input_shape: str = typer.Option("1,3,224,224", help="example input shape"),
     method: str = typer.Option("filter", help="filter | channel"),
     ratio: float = typer.Option(0.5, help="fraction of each group's channels to remove"),
-    criterion: str = typer.Option("l1", help="l1 | l2 | random"),
+    criterion: str = typer.Option("l1", help="l1 | l2 | fpgm | bn_scale | random"),
     round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
+    flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
+    global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
 ) -> None:
@@ -85,7 +88,8 @@ def prune(
     if method not in METHOD_NAMES:
         raise typer.BadParameter(f"--method {method!r}: choose one of {sorted(METHOD_NAMES)}")
     try:
-        pruning = METHOD_NAMES[method](ratio=ratio, criterion=criterion, round_to=round_to)
+        pruning = METHOD_NAMES[method](ratio=ratio, criterion=criterion, round_to=round_to,
+                                       flops_target=flops_target, global_ranking=global_ranking)
         network = load_model(model).eval()
         x = torch.randn(parse_shape(input_shape))
         original = copy.deepcopy(network) if check else None
@@ -146,30 +150,80 @@ def analyze(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_output"), help="where report.md and results.json go"),
+    out: Path = typer.Option(Path("demo_output"), help="where report.md, results.json and plots go"),
     epochs: int = typer.Option(20, help="training epochs for the unpruned model"),
-    finetune_epochs: int = typer.Option(5, help="fine-tuning epochs after each pruning"),
+    finetune_epochs: int = typer.Option(5, help="fine-tuning epochs for every method"),
+    flops_target: float = typer.Option(0.5, help="fraction of FLOPs every method removes"),
 ) -> None:
-    """Train a ResNet on digits, prune it at several ratios, fine-tune, and report."""
+    """Train a ResNet on digits; compare every method at one FLOPs budget; prune iteratively;
+    run a sensitivity analysis; write a report with plots."""
     from .demo import run_demo
 
+    with _progress() as (bar, task):
+        comparison = run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs,
+                              flops_target=flops_target,
+                              progress=lambda message: bar.update(task, description=message))
+    _print_comparison(comparison)
+    console.print(f"report written to {out / 'report.md'}")
+
+
+@app.command()
+def compare(
+    flops_target: float = typer.Option(0.5, help="fraction of FLOPs every method removes"),
+    finetune_epochs: int = typer.Option(5, help="fine-tuning epochs for every method"),
+    epochs: int = typer.Option(20, help="training epochs for the unpruned model"),
+    out: Path = typer.Option(Path("compare_output"), help="where results.json and the plot go"),
+    seed: int = typer.Option(0, help="seed for training, data split and fine-tuning"),
+) -> None:
+    """Compare filter, channel and layer pruning on the digits ResNet at one FLOPs budget."""
+    import json
+
+    from .compare import compare as run_compare
+    from .data import load_digits
+    from .demo import digits_resnet
+    from .recover import train_classifier
+
+    try:
+        with _progress() as (bar, task):
+            torch.manual_seed(seed)
+            digits = load_digits(seed=seed)
+            model = digits_resnet()
+            bar.update(task, description=f"training the digits ResNet for {epochs} epochs")
+            train_classifier(model, digits.train, epochs=epochs, lr=3e-3)
+            comparison = run_compare(
+                model, digits.example_inputs, digits.train, digits.test, flops_target=flops_target,
+                finetune_epochs=finetune_epochs, data=digits.calibration, seed=seed,
+                timing_inputs=next(iter(digits.test))[0],
+                progress=lambda message: bar.update(task, description=message))
+    except PruneError as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(comparison.to_dict(), indent=1))
+    comparison.plot(out / "comparison.png")
+    _print_comparison(comparison)
+    console.print(f"results written to {out}")
+
+
+def _print_comparison(comparison) -> None:
+    base = comparison.baseline
+    table = Table(title=f"digits ResNet: {comparison.flops_target:.0%} of FLOPs removed, "
+                        f"{comparison.finetune_epochs} fine-tuning epochs")
+    for column in ("method", "params", "FLOPs removed", "latency ms", "acc one-shot",
+                   "acc fine-tuned", "verified"):
+        table.add_column(column, justify="right")
+    for r in comparison.rows:
+        table.add_row(escape(r.method), f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
+                      f"{r.latency_ms:.2f}", f"{r.accuracy_one_shot:.1%}",
+                      "—" if r.accuracy_fine_tuned is None else f"{r.accuracy_fine_tuned:.1%}",
+                      "yes" if r.verified else "NO")
+    console.print(table)
+
+
+@contextmanager
+def _progress():
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=None)
-        rows = run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs,
-                        progress=lambda message: bar.update(task, description=message))
-    base = rows[0]
-    table = Table(title="ResNet on scikit-learn digits: pruned and fine-tuned")
-    for column in ("method", "ratio", "params", "FLOPs", "latency ms (b=256)", "acc one-shot",
-                   "acc fine-tuned", "masked vs pruned"):
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(r.method, f"{r.ratio:.2f}", f"{r.params:,} ({r.params / base.params:.0%})",
-                      f"{r.flops:,} ({r.flops / base.flops:.0%})", f"{r.latency_ms:.2f}",
-                      f"{r.accuracy_one_shot:.1%}", f"{r.accuracy_fine_tuned:.1%}",
-                      f"{r.equivalence_error:.1e}")
-    console.print(table)
-    console.print(f"report written to {out / 'report.md'}")
+        yield bar, bar.add_task("starting", total=None)
 
 
 def _spinner(description: str) -> Progress:

@@ -160,8 +160,9 @@ def find_redundant_layers(model: nn.Module, data: Iterable, threshold: float,
     return sorted((s for s in scores if s.score < threshold), key=lambda s: s.score)
 
 
-def choose_layers(scores: list[LayerScore], n: int) -> list[str]:
-    """The ``n`` lowest-scoring layers, never one inside another."""
+def choose_layers(scores: list[LayerScore], n: int | None) -> list[str]:
+    """The ``n`` lowest-scoring layers (all, least important first, when ``n`` is None),
+    never one inside another."""
     chosen: list[str] = []
     for score in sorted(scores, key=lambda s: (s.score, -s.position)):
         if len(chosen) == n:
@@ -169,7 +170,7 @@ def choose_layers(scores: list[LayerScore], n: int) -> list[str]:
         if any(_nested(score.name, other) for other in chosen):
             continue
         chosen.append(score.name)
-    if len(chosen) < n:
+    if n is not None and len(chosen) < n:
         raise PruneError(f"asked to remove {n} layers but only {len(chosen)} non-overlapping "
                          f"layers can be skipped without changing shapes "
                          f"({[s.name for s in scores]})")

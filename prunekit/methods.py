@@ -109,18 +109,24 @@ class LayerPruning:
     """Remove ``n`` whole layers or blocks, the least important by ``criterion`` (one of
     ``"loss"``, ``"accuracy"``, ``"influence"``, ``"last"``; see ``prunekit.layers``).
 
+    With ``flops_target``, as many layers as it takes (least important first) to remove that
+    fraction of FLOPs, or every candidate if even that is not enough.
+
     Example:
         >>> pk.prune(model, x, pk.LayerPruning(n=2, criterion="influence"), data=batches)
     """
 
     n: int = 1
     criterion: str = "loss"
+    flops_target: float | None = None
 
     def __post_init__(self) -> None:
         from .layers import LAYER_CRITERIA
 
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ConfigError(f"LayerPruning.n must be a positive integer, got {self.n!r}")
+        if self.flops_target is not None:
+            _check_ratio(self.flops_target, "LayerPruning.flops_target")
         if self.criterion not in LAYER_CRITERIA:
             raise ConfigError(f"LayerPruning.criterion: unknown criterion {self.criterion!r}; "
                               f"choose one of {list(LAYER_CRITERIA)}")

@@ -42,6 +42,23 @@ class Plan:
     def is_empty(self) -> bool:
         return not self.tensors and not self.attributes and not self.layers
 
+    def then(self, later: "Plan") -> "Plan":
+        """One plan doing this plan and then ``later`` (made on the model this one pruned),
+        so a model pruned in several steps saves and reloads with a single plan."""
+        tensors = {name: dict(dims) for name, dims in self.tensors.items()}
+        for name, dims in later.tensors.items():
+            mine = tensors.setdefault(name, {})
+            for dim, kept in dims.items():
+                mine[dim] = [mine[dim][i] for i in kept] if dim in mine else list(kept)
+        shapes = {**later.shapes, **self.shapes}  # the shapes before the first step
+        attributes = {name: dict(values) for name, values in self.attributes.items()}
+        for name, values in later.attributes.items():
+            attributes.setdefault(name, {}).update(values)
+        steps = self.method.get("steps", [self.method] if self.method else [])
+        return Plan(method={"steps": steps + later.method.get("steps", [later.method])},
+                    tensors=tensors, shapes=shapes, attributes=attributes,
+                    groups=self.groups + later.groups, layers=self.layers + later.layers)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["tensors"] = {name: {str(d): idx for d, idx in dims.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -53,17 +54,27 @@ def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable 
 
 
 def keep_from_scores(graph: DependencyGraph, method: _ChannelMethod,
-                     scores: dict[int, torch.Tensor],
-                     ratio: float | None = None) -> dict[int, torch.Tensor]:
+                     scores: dict[int, torch.Tensor], ratio: float | None = None,
+                     dither: bool = False) -> dict[int, torch.Tensor]:
     """``{group axis: kept indices}`` removing ``ratio`` (default ``method.ratio``).
 
-    Per group, each group loses its ratio of channels. With ``method.global_ranking``, scores
-    are divided by their group's mean (so layers of different scale compare) and the lowest
-    channels of the whole model go, at most ``method.max_ratio`` of any group.
+    Per group, each group loses its ratio of channels; with ``dither`` the rounding error is
+    carried from group to group (each group still within one channel of the ratio), so the
+    total removed moves one channel at a time as the ratio grows, which lets a budget be met
+    closely. With ``method.global_ranking``, scores are divided by their group's mean (so
+    layers of different scale compare) and the lowest channels of the whole model go, at
+    most ``method.max_ratio`` of any group.
     """
     ratio = method.ratio if ratio is None else ratio
     if method.global_ranking:
         ratios = _global_ratios(graph, method, scores, ratio)
+    elif dither:
+        ratios, carry = {}, 0.0
+        for group in graph.groups:
+            exact = group.size * group_ratio(group, method, ratio) + carry
+            removed = math.floor(exact + 1e-9)
+            carry = exact - removed
+            ratios[group.axis] = removed / group.size
     else:
         ratios = {g.axis: group_ratio(g, method, ratio) for g in graph.groups}
     keep: dict[int, torch.Tensor] = {}

@@ -1,0 +1,104 @@
+"""Iterative pruning, chained plans, sensitivity analysis and method comparison."""
+
+import copy
+
+import pytest
+import torch
+
+import prunekit as pk
+from prunekit.data import load_digits
+from prunekit.demo import digits_resnet
+from prunekit.recover import evaluate_accuracy
+
+from .helpers import outputs
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(batch_size=128)
+
+
+def small_model():
+    torch.manual_seed(0)
+    return digits_resnet(width=16).eval()
+
+
+def test_chained_plans_replay_two_steps_in_one(tmp_path, digits):
+    model, x = small_model(), digits.example_inputs
+    original = copy.deepcopy(model)
+    first = pk.prune(model, x, pk.FilterPruning(0.25, "l1")).plan
+    second = pk.prune(model, x, pk.ChannelPruning(0.25, "l2")).plan
+    chained = first.then(second)
+    assert pk.verify(original, x, chained).ok
+    pk.save(model, tmp_path / "two_steps", chained)
+    reloaded = pk.load(tmp_path / "two_steps", copy.deepcopy(original))
+    for a, b in zip(outputs(model, x), outputs(reloaded, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_iterative_pruning_reaches_the_target_with_one_record_per_step(tmp_path, digits):
+    model, x = small_model(), digits.example_inputs
+    calls = []
+    history = pk.iterative_prune(
+        model, x, pk.FilterPruning(criterion="l2", flops_target=0.5), steps=3,
+        finetune=lambda pruned, step: calls.append(step),
+        evaluate=lambda pruned: evaluate_accuracy(pruned, digits.test))
+    assert calls == [1, 2, 3]
+    assert [r.step for r in history.records] == [0, 1, 2, 3] and len(history.steps) == 3
+    reductions = [r.flop_reduction for r in history.records]
+    assert reductions == sorted(reductions) and abs(reductions[-1] - 0.5) <= 0.02
+    assert history.records[-1].params == sum(p.numel() for p in model.parameters())
+    assert all(r.accuracy is not None for r in history.records)
+    fresh = pk.load(pk.save(model, tmp_path / "iterated", history.plan), small_model())
+    for a, b in zip(outputs(model, x), outputs(fresh, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert history.plot(tmp_path / "history.png").stat().st_size > 1000
+
+
+def test_step_methods_compound_to_the_ratio():
+    steps = pk.iterative.step_methods(pk.FilterPruning(0.75), 2)
+    assert [s.ratio for s in steps] == pytest.approx([0.5, 0.5])
+    budget = pk.iterative.step_methods(pk.FilterPruning(flops_target=0.6), 3)
+    kept = 1.0
+    for s in budget:
+        kept *= 1 - s.flops_target
+    assert kept == pytest.approx(0.4)
+
+
+def test_sensitivity_prunes_one_group_at_a_time_and_leaves_the_model_alone(digits):
+    model, x = small_model(), digits.example_inputs
+    before = copy.deepcopy(model)
+    probe = x.repeat(4, 1, 1, 1)
+    reference = model(probe).detach()
+
+    def distance(candidate):  # how far the outputs move: zero only if nothing changed
+        return float((candidate(probe) - reference).abs().max())
+
+    table = pk.sensitivity(model, x, ratios=(0.25, 0.75), evaluate=distance)
+    groups = pk.DependencyGraph(model, x).groups
+    assert len(table.rows) == 2 * len(groups) and table.baseline == 0
+    for group in dict.fromkeys(r.group for r in table.rows):
+        low, high = [r.accuracy for r in table.rows if r.group == group]
+        assert 0 < low and 0 < high
+    for a, b in zip(outputs(model, x), outputs(before, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert "| group | channels | ratio 0.25 | ratio 0.75 |" in table.to_markdown()
+
+
+def test_compare_runs_each_method_on_a_copy_at_the_same_budget(tmp_path, digits):
+    model, x = small_model(), digits.example_inputs
+    before = copy.deepcopy(model)
+    methods = {"filter l1": pk.FilterPruning(criterion="l1", flops_target=0.4),
+               "channel l2": pk.ChannelPruning(criterion="l2", flops_target=0.4),
+               "layers": pk.LayerPruning(criterion="last", flops_target=0.1)}
+    table = pk.compare(model, x, digits.train, digits.test, flops_target=0.4,
+                       finetune_epochs=1, methods=methods)
+    assert [r.method for r in table.rows] == ["unpruned", "filter l1", "channel l2", "layers"]
+    base = table.baseline.flops
+    for row in table.rows[1:3]:
+        assert abs(1 - row.flops / base - 0.4) <= 0.02 and row.verified
+    assert table.rows[3].flops < base and table.rows[3].verified
+    assert all(r.accuracy_fine_tuned is not None for r in table.rows[1:])
+    for a, b in zip(outputs(model, x), outputs(before, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert table.plot(tmp_path / "comparison.png").stat().st_size > 1000
