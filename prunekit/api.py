@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -14,6 +15,7 @@ from .measure import Measurement, count_params, flops_and_shapes
 from .layers import choose_layers, layer_importance
 from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
+from .recover.reconstruct import reconstruct
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted, Rollback
 from .planner import keep_from_scores, plan_from_keep, score_groups
@@ -77,7 +79,12 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     if not isinstance(method, _ChannelMethod):
         raise ConfigError(f"method must be a pruning method such as pk.FilterPruning(...), "
                           f"got {type(method).__name__}")
+    reconstructing = getattr(method, "reconstruct", False)
+    if reconstructing and data is None:
+        raise ConfigError(f"{type(method).__name__}(reconstruct=True) re-fits layers on "
+                          f"calibration data; pass data=, an iterable of batches")
     graph = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict)
+    original = copy.deepcopy(model) if reconstructing else None
     params_before = count_params(model)
     training = model.training
     model.eval()
@@ -105,6 +112,8 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
         else:
             flops_after = _apply_checked(model, example_inputs, plan, shapes)
         after = Measurement(count_params(model), flops_after)
+        if original is not None:
+            reconstruct(original, model, plan, data)
     finally:
         model.train(training)
     return PruneResult(plan, before, after, skipped)

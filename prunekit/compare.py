@@ -23,11 +23,14 @@ from .verify import verify
 
 
 def default_methods(flops_target: float) -> dict[str, Any]:
-    """Filter pruning by several criteria, channel pruning, layer pruning and random."""
+    """Filter pruning by several criteria, channel pruning with and without reconstruction,
+    layer pruning, and random filters as the baseline."""
     methods: dict[str, Any] = {
         f"filter ({c})": FilterPruning(criterion=c, flops_target=flops_target)
         for c in ("l1", "l2", "fpgm", "bn_scale", "apoz", "mean_activation", "taylor")}
     methods["channel (l2)"] = ChannelPruning(criterion="l2", flops_target=flops_target)
+    methods["channel (l2) + reconstruction"] = ChannelPruning(
+        criterion="l2", flops_target=flops_target, reconstruct=True)
     methods["layers (loss)"] = LayerPruning(criterion="loss", flops_target=flops_target)
     methods["layers (influence)"] = LayerPruning(criterion="influence", flops_target=flops_target)
     methods["filter (random)"] = FilterPruning(criterion="random", flops_target=flops_target)

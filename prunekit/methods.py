@@ -97,9 +97,15 @@ class ChannelPruning(_ChannelMethod):
     over output filters and kernel (the classic input-channel criterion). Removing it removes
     the whole coupled group, producers included.
 
+    With ``reconstruct=True`` (and calibration batches as ``data=``), every layer that lost
+    input channels is then re-fitted by least squares to reproduce its original output
+    (``prunekit.recover.reconstruct``).
+
     Example:
         >>> pk.prune(model, x, pk.ChannelPruning(ratio=0.5, criterion="l2"))
     """
+
+    reconstruct: bool = False
 
     scored_role: ClassVar[str] = "in"
 

@@ -1,5 +1,6 @@
-"""Recovering accuracy after pruning: training and evaluation helpers."""
+"""Recovering accuracy after pruning: training, evaluation and reconstruction."""
 
+from .reconstruct import reconstruct
 from .trainer import evaluate_accuracy, train_classifier
 
-__all__ = ["evaluate_accuracy", "train_classifier"]
+__all__ = ["evaluate_accuracy", "reconstruct", "train_classifier"]
