@@ -205,6 +205,8 @@ def compare(
 
 
 def _print_comparison(comparison) -> None:
+    from .compare import verdict
+
     base = comparison.baseline
     table = Table(title=f"digits ResNet: {comparison.flops_target:.0%} of FLOPs removed, "
                         f"{comparison.finetune_epochs} fine-tuning epochs")
@@ -215,7 +217,7 @@ def _print_comparison(comparison) -> None:
         table.add_row(escape(r.method), f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
                       f"{r.latency_ms:.2f}", f"{r.accuracy_one_shot:.1%}",
                       "—" if r.accuracy_fine_tuned is None else f"{r.accuracy_fine_tuned:.1%}",
-                      "yes" if r.verified else "NO")
+                      verdict(r.verified))
     console.print(table)
 
 

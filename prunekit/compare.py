@@ -1,8 +1,9 @@
 """Compare pruning methods on one trained model, one dataset and one FLOPs budget.
 
 Each method prunes its own copy of the model to the same fraction of FLOPs removed, is
-verified, measured (params, FLOPs, CPU latency) and evaluated one-shot, then fine-tuned with
-the same budget of epochs and evaluated again.
+verified, measured (params, FLOPs, CPU latency) and evaluated one-shot — by default after
+re-estimating BatchNorm statistics on the calibration data, which changes no weight — then
+fine-tuned with the same budget of epochs and evaluated again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from .api import prune
 from .measure import count_flops, count_params, measure_latency
 from .methods import ChannelPruning, FilterPruning, LayerPruning
-from .recover import evaluate_accuracy, train_classifier
+from .recover import evaluate_accuracy, recalibrate_norms, train_classifier
 from .verify import verify
 
 
@@ -45,13 +46,14 @@ class ComparisonRow:
     latency_ms: float
     accuracy_one_shot: float
     accuracy_fine_tuned: float | None
-    verified: bool
+    verified: bool | None  # None: pruned by an outside function, not checkable
 
 
 @dataclass
 class Comparison:
     flops_target: float
     finetune_epochs: int
+    recalibrated: bool = True
     rows: list[ComparisonRow] = field(default_factory=list)
 
     @property
@@ -60,19 +62,21 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"flops_target": self.flops_target, "finetune_epochs": self.finetune_epochs,
-                "rows": [asdict(r) for r in self.rows]}
+                "recalibrated": self.recalibrated, "rows": [asdict(r) for r in self.rows]}
 
     def to_markdown(self) -> str:
         base = self.baseline
+        one_shot = ("one-shot: BatchNorm statistics re-estimated on calibration data, no "
+                    "training" if self.recalibrated else "one-shot: no change after pruning")
         lines = [f"FLOPs budget: remove {self.flops_target:.0%}; fine-tuning: "
-                 f"{self.finetune_epochs} epochs for every method", "",
+                 f"{self.finetune_epochs} epochs for every method; {one_shot}", "",
                  "| method | params | FLOPs removed | latency (ms) | accuracy one-shot | "
                  "accuracy fine-tuned | verified |", "|---|---|---|---|---|---|---|"]
         for r in self.rows:
             tuned = "—" if r.accuracy_fine_tuned is None else f"{r.accuracy_fine_tuned:.1%}"
             lines.append(f"| {r.method} | {r.params:,} | {1 - r.flops / base.flops:.1%} | "
                          f"{r.latency_ms:.2f} | {r.accuracy_one_shot:.1%} | {tuned} | "
-                         f"{'yes' if r.verified else 'NO'} |")
+                         f"{verdict(r.verified)} |")
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
@@ -101,10 +105,14 @@ class Comparison:
         return path
 
 
+def verdict(verified: bool | None) -> str:
+    return "n/a" if verified is None else "yes" if verified else "NO"
+
+
 def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_data: Iterable,
             flops_target: float = 0.5, finetune_epochs: int = 5, lr: float = 1e-3,
             methods: dict[str, Any] | None = None, data: Iterable | None = None,
-            timing_inputs: Any = None, seed: int = 0,
+            timing_inputs: Any = None, seed: int = 0, recalibrate: bool = True,
             progress: Callable[[str], None] = lambda message: None) -> Comparison:
     """Run every method on its own copy of ``model``; the model itself is not changed.
 
@@ -114,9 +122,13 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         train_data, eval_data: ``(inputs, labels)`` batches for fine-tuning and accuracy.
         flops_target: the fraction of FLOPs every method removes.
         finetune_epochs: the same fine-tuning budget for every method (0: one-shot only).
-        methods: ``{label: method}``; by default ``default_methods(flops_target)``.
+        methods: ``{label: method}``; by default ``default_methods(flops_target)``. A method
+            may also be your own function ``prune(model, example_inputs, data)`` that prunes
+            in place (another library, say); its rows are marked as not verified.
         data: calibration batches for data-driven criteria (default: ``train_data``).
         timing_inputs: the batch latency is measured on (default: ``example_inputs``).
+        recalibrate: re-estimate BatchNorm statistics on ``data`` after pruning, before the
+            one-shot evaluation (no weights change).
 
     Example:
         >>> table = pk.compare(model, x, train, test, flops_target=0.5, finetune_epochs=5)
@@ -128,19 +140,25 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     model.eval()
 
     def row(label: str, candidate: nn.Module, one_shot: float, tuned: float | None,
-            verified: bool) -> ComparisonRow:
+            verified: bool | None) -> ComparisonRow:
         candidate.eval()
         return ComparisonRow(label, count_params(candidate), count_flops(candidate, example_inputs),
                              measure_latency(candidate, timing_inputs, min_run_time=0.2),
                              one_shot, tuned, verified)
 
-    result = Comparison(flops_target, finetune_epochs)
+    result = Comparison(flops_target, finetune_epochs, recalibrate)
     result.rows.append(row("unpruned", model, evaluate_accuracy(model, eval_data), None, True))
     for label, method in methods.items():
         progress(f"{label}: prune to {flops_target:.0%} fewer FLOPs")
         pruned = copy.deepcopy(model)
-        outcome = prune(pruned, example_inputs, method, data=data)
-        verified = verify(model, example_inputs, outcome.plan).ok
+        if callable(method):
+            method(pruned, example_inputs, data)
+            verified = None  # nothing to check it against
+        else:
+            outcome = prune(pruned, example_inputs, method, data=data)
+            verified = verify(model, example_inputs, outcome.plan).ok
+        if recalibrate:
+            recalibrate_norms(pruned, data)
         one_shot = evaluate_accuracy(pruned, eval_data)
         tuned = None
         if finetune_epochs > 0:
