@@ -65,3 +65,19 @@ def test_bad_input_shape_is_a_clear_error(tmp_path):
                                  "1,3,x", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0
     assert "comma-separated integers" in result.output
+
+
+def test_compare_writes_every_method_at_the_budget(tmp_path):
+    import json
+
+    result = runner.invoke(app, ["compare", "--epochs", "1", "--finetune-epochs", "0",
+                                 "--flops-target", "0.4", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "results.json").read_text())
+    labels = [row["method"] for row in saved["rows"]]
+    assert labels[0] == "unpruned" and "channel (l2) + reconstruction" in labels
+    base = saved["rows"][0]["flops"]
+    for row in saved["rows"][1:]:
+        if row["method"].startswith(("filter", "channel")):
+            assert abs(1 - row["flops"] / base - 0.4) <= 0.02, row
+    assert (tmp_path / "comparison.png").stat().st_size > 1000

@@ -102,3 +102,35 @@ def test_compare_runs_each_method_on_a_copy_at_the_same_budget(tmp_path, digits)
     for a, b in zip(outputs(model, x), outputs(before, x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert table.plot(tmp_path / "comparison.png").stat().st_size > 1000
+
+
+def test_recalibrated_norm_statistics_are_the_mean_and_variance_of_their_inputs(digits):
+    from prunekit.recover import recalibrate_norms
+
+    model = small_model()
+    pk.prune(model, digits.example_inputs, pk.FilterPruning(0.5, "l1"))
+    norm = model[1]
+    seen = []
+    handle = norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    batches = [x for x, _ in digits.calibration][:3]
+    assert recalibrate_norms(model, batches) == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    handle.remove()
+    inputs = torch.cat(seen)
+    per_batch_mean = torch.stack([s.mean(dim=(0, 2, 3)) for s in seen]).mean(0)
+    torch.testing.assert_close(norm.running_mean, per_batch_mean, rtol=1e-4, atol=1e-5)
+    assert inputs.shape[1] == norm.num_features
+    assert norm.momentum == 0.1 and not norm.training and not model.training
+
+
+def test_compare_accepts_an_outside_pruner(digits):
+    model, x = small_model(), digits.example_inputs
+
+    def halve_the_head(pruned, example_inputs, data):  # stands in for another library
+        pk.prune(pruned, example_inputs, pk.FilterPruning(0.5, "l1"))
+
+    table = pk.compare(model, x, digits.train, digits.test, finetune_epochs=0,
+                       methods={"outside": halve_the_head})
+    assert table.rows[1].verified is None and table.rows[1].accuracy_fine_tuned is None
+    assert table.rows[1].flops < table.baseline.flops
+    assert "| outside |" in table.to_markdown() and "n/a" in table.to_markdown()
