@@ -134,3 +134,14 @@ def test_compare_accepts_an_outside_pruner(digits):
     assert table.rows[1].verified is None and table.rows[1].accuracy_fine_tuned is None
     assert table.rows[1].flops < table.baseline.flops
     assert "| outside |" in table.to_markdown() and "n/a" in table.to_markdown()
+
+
+def test_norm_sparsity_training_shrinks_batchnorm_scales(digits):
+    from prunekit.recover import norm_scale_l1, train_classifier
+
+    plain, sparse = small_model(), small_model()
+    torch.manual_seed(0)
+    train_classifier(plain, digits.train, epochs=2, lr=3e-2)
+    torch.manual_seed(0)
+    train_classifier(sparse, digits.train, epochs=2, lr=3e-2, norm_sparsity=1.0)
+    assert float(norm_scale_l1(sparse)) < 0.7 * float(norm_scale_l1(plain))

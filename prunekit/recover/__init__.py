@@ -2,6 +2,7 @@
 
 from .norms import recalibrate_norms
 from .reconstruct import reconstruct
-from .trainer import evaluate_accuracy, train_classifier
+from .trainer import evaluate_accuracy, norm_scale_l1, train_classifier
 
-__all__ = ["evaluate_accuracy", "recalibrate_norms", "reconstruct", "train_classifier"]
+__all__ = ["evaluate_accuracy", "recalibrate_norms", "norm_scale_l1", "reconstruct",
+           "train_classifier"]

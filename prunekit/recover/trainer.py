@@ -8,9 +8,18 @@ import torch
 from torch import nn
 
 
+def norm_scale_l1(model: nn.Module) -> torch.Tensor:
+    """Σ |scale| over every BatchNorm: the Network Slimming penalty (Liu et al. 2017), which
+    drives unneeded channels' scales towards zero before ``criterion="bn_scale"`` prunes."""
+    scales = [m.weight.abs().sum() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    return torch.stack(scales).sum() if scales else torch.zeros(())
+
+
 def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: float = 1e-3,
                      weight_decay: float = 0.0,
-                     on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+                     on_epoch: Callable[[int, float], None] | None = None,
+                     norm_sparsity: float = 0.0) -> list[float]:
     """Train with Adam and cross-entropy; returns the mean loss of each epoch.
 
     Args:
@@ -20,6 +29,8 @@ def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: f
         lr: Adam learning rate at the start; it decays to zero on a cosine schedule when
             ``batches`` has a length.
         on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch.
+        norm_sparsity: weight of the L1 penalty on BatchNorm scales (``norm_scale_l1``),
+            e.g. 1e-4, for sparsity training before ``bn_scale`` pruning.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     # cosine decay to zero over the run, so a short run still ends converged
@@ -32,7 +43,8 @@ def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: f
         for inputs, labels in batches:
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(inputs), labels)
-            loss.backward()
+            objective = loss + norm_sparsity * norm_scale_l1(model) if norm_sparsity else loss
+            objective.backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
