@@ -19,6 +19,7 @@ import copy
 import gc
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,15 @@ from prunekit.trace import call_model, iter_tensors  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RATIO = 0.5
+TIME_LIMIT_S = 300  # per library and model; a library still working then has failed it
+
+
+class TimeLimit(Exception):
+    pass
+
+
+def _time_limit(_signum, _frame):
+    raise TimeLimit(f"still running after {TIME_LIMIT_S} s")
 
 
 def output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
@@ -87,12 +97,17 @@ def run_library(prune: Callable[[nn.Module, Any], None], case: ModelCase) -> dic
     model.eval()
     shapes, params = output_shapes(model, inputs), count_params(model)
     start = time.perf_counter()
+    previous = signal.signal(signal.SIGALRM, _time_limit)
+    signal.alarm(TIME_LIMIT_S)
     try:
         extra = prune(model, inputs)
         seconds = time.perf_counter() - start - extra.get("engine_seconds", 0.0)
         after = output_shapes(model, inputs)
     except Exception as error:  # a library failing on a model is a result
         return {"handled": False, "error": f"{type(error).__name__}: {error}"[:200]}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     if after != shapes:
         return {"handled": False, "error": f"output shapes changed: {shapes} -> {after}"}
     if count_params(model) >= params:

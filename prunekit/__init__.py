@@ -15,7 +15,7 @@ from .io import load, save
 from .iterative import History, iterative_prune
 from .measure import Measurement, measure
 from .layers import LayerScore, find_layer_candidates, find_redundant_layers, layer_importance
-from .methods import ChannelPruning, FilterPruning, LayerPruning
+from .methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
 from .plan import Plan
 from .sensitivity import Sensitivity, sensitivity
 from .verify import VerifyReport, verify
@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelPruning", "Comparison", "ConfigError", "History", "Sensitivity", "compare",
-    "iterative_prune", "sensitivity", "DependencyGraph", "FilterPruning", "Group", "LayerPruning",
+    "iterative_prune", "sensitivity", "DependencyGraph", "FilterPruning", "Group", "HeadPruning",
+    "LayerPruning",
     "LayerScore", "Measurement", "Plan", "PlanError", "PruneError", "PruneResult", "TraceError",
     "UnsupportedOpError", "VerifyReport", "apply_plan", "find_layer_candidates",
     "find_redundant_layers", "layer_importance", "load", "measure", "prune", "save", "verify",

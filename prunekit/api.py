@@ -18,7 +18,7 @@ from .plan import Plan
 from .recover.reconstruct import reconstruct
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted, Rollback
-from .planner import keep_from_scores, plan_from_keep, score_groups
+from .planner import candidate_groups, keep_from_scores, plan_from_keep, score_groups
 
 
 @dataclass
@@ -84,6 +84,10 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
         raise ConfigError(f"{type(method).__name__}(reconstruct=True) re-fits layers on "
                           f"calibration data; pass data=, an iterable of batches")
     graph = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict)
+    if method.prunes_heads and not candidate_groups(graph, method):
+        raise PruneError(f"{type(method).__name__}: the model has no attention heads the engine "
+                         f"can find (a reshape into (heads, head_dim) in a module that keeps a "
+                         f"head count); it was left unchanged")
     original = copy.deepcopy(model) if reconstructing else None
     params_before = count_params(model)
     training = model.training

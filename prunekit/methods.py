@@ -43,6 +43,7 @@ class _ChannelMethod:
     params_target: float | None = None
 
     scored_role: ClassVar[str] = ""
+    prunes_heads: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -111,6 +112,25 @@ class ChannelPruning(_ChannelMethod):
 
 
 @dataclass
+class HeadPruning(_ChannelMethod):
+    """Remove whole attention heads: every head's query/key/value slices, its output
+    projection columns and its position tables go together, and the attention module's head
+    counts (``num_heads``, ``num_attention_heads``, ``all_head_size`` …) are updated.
+
+    The engine finds the heads itself: they are the outer factor of the reshape that splits
+    the projection into ``(heads, head_dim)``, in modules that keep a head count. The
+    criterion scores each head over all of its weights (``"l1"``: the norm of its q/k/v/o
+    slices). ``ratio`` is the fraction of each layer's heads removed.
+
+    Example:
+        >>> pk.prune(bert, inputs, pk.HeadPruning(ratio=0.25, criterion="l1"))
+    """
+
+    scored_role: ClassVar[str] = "every member"  # no member has this role: all are scored
+    prunes_heads: ClassVar[bool] = True
+
+
+@dataclass
 class LayerPruning:
     """Remove ``n`` whole layers or blocks, the least important by ``criterion`` (one of
     ``"loss"``, ``"accuracy"``, ``"influence"``, ``"last"``; see ``prunekit.layers``).
@@ -141,7 +161,7 @@ class LayerPruning:
         return {"method": type(self).__name__, **asdict(self)}
 
 
-METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning, LayerPruning)}
+METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning, HeadPruning, LayerPruning)}
 
 
 def _check_ratio(ratio: Any, what: str) -> None:

@@ -30,6 +30,15 @@ def group_ratio(group: Group, method: _ChannelMethod, ratio: float | None = None
     return max(overrides) if overrides else (method.ratio if ratio is None else ratio)
 
 
+def candidate_groups(graph: DependencyGraph, method: _ChannelMethod) -> list[Group]:
+    """The groups a method prunes: channel groups, or for head pruning the attention-head
+    groups (outer factors whose module keeps a head count such as ``num_heads``)."""
+    if not method.prunes_heads:
+        return graph.groups
+    return [g for g in graph.all_groups if g.structural
+            and any("head" in a.attribute for a in g.attributes)]
+
+
 def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,
                  loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
     """Score every prunable group's channels with the method's criterion (higher = keep).
@@ -44,10 +53,11 @@ def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable 
         if data is None:
             raise ConfigError(f"{type(method).__name__}: criterion {method.criterion!r} reads "
                               f"activations; pass data=, an iterable of batches")
-        scores = criterion.score_groups(graph, graph.model, data, loss_fn)
+        scores = criterion.score_groups(graph, graph.model, data, loss_fn,
+                                        candidate_groups(graph, method))
         criterion = CRITERIA["l1"]
     role = getattr(criterion, "role", None) or method.scored_role
-    for group in graph.groups:
+    for group in candidate_groups(graph, method):
         if group.axis not in scores:
             scores[group.axis] = criterion.score(group_views(graph, group, role), generator)
     return scores
@@ -66,41 +76,42 @@ def keep_from_scores(graph: DependencyGraph, method: _ChannelMethod,
     most ``method.max_ratio`` of any group.
     """
     ratio = method.ratio if ratio is None else ratio
+    groups = candidate_groups(graph, method)
     if method.global_ranking:
-        ratios = _global_ratios(graph, method, scores, ratio)
+        ratios = _global_ratios(groups, method, scores, ratio)
     elif dither:
         ratios, carry = {}, 0.0
-        for group in graph.groups:
+        for group in groups:
             exact = group.size * group_ratio(group, method, ratio) + carry
             removed = math.floor(exact + 1e-9)
             carry = exact - removed
             ratios[group.axis] = removed / group.size
     else:
-        ratios = {g.axis: group_ratio(g, method, ratio) for g in graph.groups}
+        ratios = {g.axis: group_ratio(g, method, ratio) for g in groups}
     keep: dict[int, torch.Tensor] = {}
-    for group in graph.groups:
+    for group in groups:
         n_keep = method.channels_to_keep(group.size, ratios[group.axis])
         if n_keep < group.size:
             keep[group.axis] = scores[group.axis].topk(n_keep).indices.sort().values
     return keep
 
 
-def _global_ratios(graph: DependencyGraph, method: _ChannelMethod,
+def _global_ratios(groups: list[Group], method: _ChannelMethod,
                    scores: dict[int, torch.Tensor], ratio: float) -> dict[int, float]:
     """Per-group ratios that remove the model-wide lowest normalised scores."""
-    normalised = [(float(v), g.axis) for g in graph.groups
+    normalised = [(float(v), g.axis) for g in groups
                   for v in scores[g.axis] / scores[g.axis].abs().mean().clamp_min(1e-12)]
     normalised.sort()
     budget = int(ratio * len(normalised))
-    removed = dict.fromkeys((g.axis for g in graph.groups), 0)
-    cap = {g.axis: int(method.max_ratio * g.size) for g in graph.groups}
+    removed = dict.fromkeys((g.axis for g in groups), 0)
+    cap = {g.axis: int(method.max_ratio * g.size) for g in groups}
     for _, axis in normalised:
         if budget == 0:
             break
         if removed[axis] < cap[axis]:
             removed[axis] += 1
             budget -= 1
-    return {g.axis: removed[g.axis] / g.size for g in graph.groups}
+    return {g.axis: removed[g.axis] / g.size for g in groups}
 
 
 def choose_channels(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,

@@ -51,9 +51,10 @@ class ActivationStatistic:
     needs_data = True
 
     def score_groups(self, graph, model: nn.Module, data: Iterable,
-                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
-        """``{group axis: scores}`` for the groups with an activation site."""
-        sites = {g.axis: graph.activation_sites(g) for g in graph.groups}
+                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+        """``{group axis: scores}`` for the groups (default: all channel groups) with an
+        activation site."""
+        sites = {g.axis: graph.activation_sites(g) for g in (groups or graph.groups)}
         by_call: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for axis, places in sites.items():
             for output, dim in places:
