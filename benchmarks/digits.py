@@ -163,7 +163,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 5))
     for index, r in enumerate(rows):
         x = (1 - r["flops_removed"][0]) * 100
-        colour = f"C{index % 10}"
+        colour = plt.cm.tab20(index % 20)
         axes.errorbar(x, r["accuracy_one_shot"][0] * 100, yerr=r["accuracy_one_shot"][1] * 100,
                       fmt="o", mfc="none", color=colour, label=r["method"])
         if r["accuracy_fine_tuned"]:

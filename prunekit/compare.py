@@ -89,7 +89,7 @@ class Comparison:
         figure, axes = plt.subplots(figsize=(7, 4.5))
         base = self.baseline
         for index, r in enumerate(self.rows):
-            colour = f"C{index % 10}"
+            colour = plt.cm.tab20(index % 20)
             x = r.flops / base.flops * 100
             axes.scatter(x, r.accuracy_one_shot * 100, marker="o", color=colour,
                          facecolors="none", label=f"{r.method}")
