@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from .apply import apply_plan
+from .apply import apply_plan, evaluate_applied
 from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
 from .measure import Measurement, count_params, flops_and_shapes
@@ -17,7 +17,7 @@ from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
 from .recover.reconstruct import reconstruct
 from .fallback import SkippedGroup, plan_that_works
-from .verify import Counted, Rollback
+from .verify import Counted
 from .planner import candidate_groups, keep_from_scores, plan_from_keep, score_groups
 
 
@@ -47,13 +47,15 @@ class PruneResult:
 
 def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerPruning, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
-          loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False, check: bool = True, tolerance: float = 1e-5) -> PruneResult:
+          loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
+          check: bool = True, tolerance: float = 1e-5) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
 
     Args:
         model: the model to prune; changed in place, or left exactly as it was on error.
         example_inputs: a tensor (``model(x)``), tuple (``model(*x)``) or dict (``model(**x)``).
-        method: ``FilterPruning(...)``, ``ChannelPruning(...)`` or ``LayerPruning(...)``.
+        method: ``FilterPruning(...)``, ``ChannelPruning(...)``, ``HeadPruning(...)`` or
+            ``LayerPruning(...)``.
         ignore: modules whose dims stay as they are. The layers producing the model's outputs
             always keep their output size.
         data: an iterable of batches, for data-driven criteria (``"apoz"``,
@@ -140,18 +142,7 @@ def _ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: 
 
     def reduction(ratio: float) -> float:
         keep = keep_from_scores(graph, method, scores, ratio, dither=True)
-        plan = plan_from_keep(graph, keep, {})
-        measured: list[int] = []
-
-        def measure_and_undo(pruned: nn.Module) -> None:
-            measured.append(size(pruned))
-            raise Rollback
-
-        try:
-            apply_plan(model, plan, check=measure_and_undo)
-        except Rollback:
-            pass
-        return 1 - measured[0] / max(base, 1)
+        return 1 - evaluate_applied(model, plan_from_keep(graph, keep, {}), size) / max(base, 1)
 
     what = "FLOPs" if method.flops_target is not None else "parameters"
     low, high = 0.0, method.max_ratio
@@ -196,17 +187,9 @@ def _layers_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
                        target: float, flops: int) -> list[str]:
     """The shortest prefix of ``ranked`` whose removal takes away ``target`` of the FLOPs."""
     for n in range(1, len(ranked) + 1):
-        measured: list[int] = []
-
-        def measure_and_undo(pruned: nn.Module) -> None:
-            measured.append(flops_and_shapes(pruned, example_inputs)[0])
-            raise Rollback
-
-        try:
-            apply_plan(model, Plan(layers=ranked[:n]), check=measure_and_undo)
-        except Rollback:
-            pass
-        if 1 - measured[0] / max(flops, 1) >= target - 0.005:
+        remaining = evaluate_applied(model, Plan(layers=ranked[:n]),
+                                     lambda pruned: flops_and_shapes(pruned, example_inputs)[0])
+        if 1 - remaining / max(flops, 1) >= target - 0.005:
             return ranked[:n]
     return ranked
 

@@ -9,7 +9,7 @@ restored to exactly what it was.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -144,3 +144,29 @@ def apply_plan(model: nn.Module, plan: Plan,
         if check is not None:
             check(model)
     return model
+
+
+class Rollback(Exception):
+    """Raised inside ``apply_plan``'s check to undo the pruning after reading the model."""
+
+
+T = TypeVar("T")
+
+
+def evaluate_applied(model: nn.Module, plan: Plan, evaluate: Callable[[nn.Module], T]) -> T:
+    """``evaluate(model)`` with the plan applied, then the model restored exactly.
+
+    Errors from ``evaluate`` (a pruned model that no longer runs, say) propagate after the
+    model is restored.
+    """
+    result: list[T] = []
+
+    def evaluate_and_undo(pruned: nn.Module) -> None:
+        result.append(evaluate(pruned))
+        raise Rollback
+
+    try:
+        apply_plan(model, plan, check=evaluate_and_undo)
+    except Rollback:
+        pass
+    return result[0]

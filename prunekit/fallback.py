@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import apply_plan
+from .apply import evaluate_applied
 from .graph.dependency import DependencyGraph
 from .plan import Plan
 from .planner import plan_from_keep
 from .trace import output_shapes
-from .verify import Counted, Rollback, compare_in_place
+from .verify import Counted, compare_in_place
 
 
 @dataclass
@@ -84,17 +84,10 @@ def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: An
 
 def _runs(model: nn.Module, example_inputs: Any, plan: Plan,
           reference_shapes: list[tuple[int, ...]]) -> str | None:
-    outcome: list[str | None] = []
-
-    def check(pruned: nn.Module) -> None:
+    def shape_change(pruned: nn.Module) -> str | None:
         shapes = output_shapes(pruned, example_inputs)
-        outcome.append(None if shapes == reference_shapes
-                       else f"output shapes changed {reference_shapes} -> {shapes}")
-        raise Rollback
+        return (None if shapes == reference_shapes
+                else f"output shapes changed {reference_shapes} -> {shapes}")
 
-    try:
-        apply_plan(model, plan, check=check)
-    except Rollback:
-        pass
-    return outcome[0]
+    return evaluate_applied(model, plan, shape_change)
 

@@ -25,12 +25,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .apply import apply_plan
+from .apply import evaluate_applied
 from .errors import ConfigError, PruneError
 from .importance.activation import split_batch
 from .plan import Plan
 from .trace import call_model, iter_tensors, output_shapes
-from .verify import Rollback
 
 LAYER_CRITERIA = ("loss", "accuracy", "influence", "last")
 _NOT_CANDIDATES = (nn.Sequential, nn.ModuleList, nn.ModuleDict,
@@ -94,20 +93,13 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
 
 def _skipping_keeps_shapes(model: nn.Module, example_inputs: Any, name: str,
                            shapes: list[tuple[int, ...]]) -> bool:
-    outcome: list[bool] = []
-
-    def check(skipped: nn.Module) -> None:
+    def same_shapes(skipped: nn.Module) -> bool:
         try:
-            outcome.append(output_shapes(skipped, example_inputs) == shapes)
+            return output_shapes(skipped, example_inputs) == shapes
         except Exception:  # skipping it breaks the forward pass: not a candidate
-            outcome.append(False)
-        raise Rollback
+            return False
 
-    try:
-        apply_plan(model, Plan(layers=[name]), check=check)
-    except Rollback:
-        pass
-    return outcome[0]
+    return evaluate_applied(model, Plan(layers=[name]), same_shapes)
 
 
 def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: str = "loss",
@@ -213,17 +205,9 @@ def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criteri
         baseline = _evaluate(model, batches, criterion, loss_fn)
         effects = []
         for name in candidates:
-            measured: list[float] = []
-
-            def evaluate(skipped: nn.Module) -> None:
-                measured.append(_evaluate(skipped, batches, criterion, loss_fn))
-                raise Rollback
-
-            try:
-                apply_plan(model, Plan(layers=[name]), check=evaluate)
-            except Rollback:
-                pass
-            change = measured[0] - baseline
+            skipped = evaluate_applied(model, Plan(layers=[name]), lambda m: _evaluate(
+                m, batches, criterion, loss_fn))
+            change = skipped - baseline
             effects.append(-change if criterion == "accuracy" else change)
         return effects
     finally:

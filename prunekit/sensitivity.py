@@ -13,12 +13,11 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from .apply import apply_plan
+from .apply import evaluate_applied
 from .graph.dependency import DependencyGraph
 from .methods import FilterPruning, _ChannelMethod
 from .planner import plan_from_keep, score_groups
 from .recover import evaluate_accuracy
-from .verify import Rollback
 
 
 @dataclass
@@ -96,18 +95,9 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
             for ratio in ratios:
                 n_keep = method.channels_to_keep(group.size, ratio)
                 keep = {group.axis: scores[group.axis].topk(n_keep).indices.sort().values}
-                measured: list[float] = []
-
-                def measure(pruned: nn.Module) -> None:
-                    measured.append(evaluate(pruned))
-                    raise Rollback
-
-                try:
-                    apply_plan(model, plan_from_keep(graph, keep, {}), check=measure)
-                except Rollback:
-                    pass
+                accuracy = evaluate_applied(model, plan_from_keep(graph, keep, {}), evaluate)
                 result.rows.append(SensitivityRow(group.modules()[0], group.size, ratio,
-                                                  measured[0]))
+                                                  accuracy))
     finally:
         model.train(training)
     return result

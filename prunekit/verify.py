@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import apply_plan, _tensor_owners
+from .apply import Rollback, _tensor_owners, apply_plan, evaluate_applied
 from .measure import flops_and_outputs
 from .plan import Plan
 from .trace import call_model, iter_tensors
@@ -82,10 +82,6 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
-class Rollback(Exception):
-    """Raised inside ``apply_plan``'s check to undo the pruning after reading the outputs."""
-
-
 Counted = tuple[int, list[tuple[int, ...]]]  # FLOPs and output shapes of one forward pass
 
 
@@ -109,18 +105,9 @@ def _outputs(model: nn.Module, example_inputs: Any,
 def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan,
                     counted: list[Counted] | None = None) -> list[torch.Tensor]:
     if plan.layers:  # a removed layer's "mask" is the identity it is replaced by
-        outputs: list[torch.Tensor] = []
-
-        def masked_without_layers(swapped: nn.Module) -> None:
-            rest = Plan(tensors=plan.tensors, shapes=plan.shapes)
-            outputs.extend(_masked_outputs(swapped, example_inputs, rest, counted))
-            raise Rollback
-
-        try:
-            apply_plan(model, Plan(layers=plan.layers), check=masked_without_layers)
-        except Rollback:
-            pass
-        return outputs
+        rest = Plan(tensors=plan.tensors, shapes=plan.shapes)
+        return evaluate_applied(model, Plan(layers=plan.layers), lambda swapped: _masked_outputs(
+            swapped, example_inputs, rest, counted))
     undo = _mask_parameters(model, plan)
     try:
         return _outputs(model, example_inputs, counted)
