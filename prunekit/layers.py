@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .apply import evaluate_applied
+from .batches import batch_loss, split_batch
 from .errors import ConfigError, PruneError
-from .importance.activation import split_batch
 from .plan import Plan
 from .trace import call_model, iter_tensors, output_shapes
 
@@ -185,13 +185,7 @@ def _evaluate(model: nn.Module, batches: list, criterion: str, loss_fn) -> float
                 total += (outputs.argmax(dim=1) == targets).sum().item()
                 count += len(targets)
                 continue
-            if loss_fn is not None:
-                loss = loss_fn(outputs, batch)
-            elif targets is None:
-                raise ConfigError("layer criterion 'loss' needs (inputs, targets) batches or a "
-                                  "loss_fn(outputs, batch)")
-            else:
-                loss = F.cross_entropy(outputs, targets)
+            loss = batch_loss(outputs, batch, loss_fn, f"layer criterion {criterion!r}")
             total, count = total + float(loss), count + 1
     return total / max(count, 1)
 

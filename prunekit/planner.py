@@ -7,9 +7,8 @@ from typing import Iterable
 
 import torch
 
+from .batches import LossFn
 from .errors import ConfigError
-from .importance.activation import LossFn
-
 from .graph.axes import NotRepresentable
 from .graph.dependency import DependencyGraph, Group, layout_indices
 from .importance import CRITERIA, ChannelView
@@ -48,16 +47,16 @@ def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable 
     """
     criterion = CRITERIA[method.criterion]
     generator = torch.Generator().manual_seed(method.seed)
+    groups = candidate_groups(graph, method)
     scores: dict[int, torch.Tensor] = {}
     if getattr(criterion, "needs_data", False):
         if data is None:
             raise ConfigError(f"{type(method).__name__}: criterion {method.criterion!r} reads "
                               f"activations; pass data=, an iterable of batches")
-        scores = criterion.score_groups(graph, graph.model, data, loss_fn,
-                                        candidate_groups(graph, method))
+        scores = criterion.score_groups(graph, graph.model, data, loss_fn, groups)
         criterion = CRITERIA["l1"]
     role = getattr(criterion, "role", None) or method.scored_role
-    for group in candidate_groups(graph, method):
+    for group in groups:
         if group.axis not in scores:
             scores[group.axis] = criterion.score(group_views(graph, group, role), generator)
     return scores

@@ -17,24 +17,14 @@ Groups whose channels are never a module's output are ranked by their weights' L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from ..batches import LossFn, batch_loss, split_batch
 from ..errors import ConfigError
 from ..trace import call_model
-
-LossFn = Callable[[Any, Any], torch.Tensor]
-
-
-def split_batch(batch: Any) -> tuple[Any, Any]:
-    """``(inputs, targets)`` or ``[inputs, targets]`` → both; anything else is inputs only."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    return batch, None
-
 
 def _per_channel(values: torch.Tensor, dim: int, per_sample: bool = False) -> torch.Tensor:
     """Sum over every dim but ``dim`` (and the batch dim 0 when ``per_sample``)."""
@@ -59,7 +49,8 @@ class ActivationStatistic:
         for axis, places in sites.items():
             for output, dim in places:
                 by_call.setdefault((output.module, output.call), []).append((axis, dim))
-        totals = {key: None for key in by_call}
+        totals: dict[tuple[str, int], dict[tuple[int, int], torch.Tensor]] = {
+            key: {} for key in by_call}
         counts = dict.fromkeys(by_call, 0)
         captured: list[tuple[tuple[str, int], torch.Tensor]] = []
         calls: dict[str, int] = {}
@@ -92,13 +83,13 @@ class ActivationStatistic:
         scores: dict[int, torch.Tensor] = {}
         for axis, places in sites.items():
             per_place = [totals[(o.module, o.call)][(axis, d)] / counts[(o.module, o.call)]
-                         for o, d in places if totals[(o.module, o.call)] is not None]
+                         for o, d in places if counts[(o.module, o.call)]]
             if per_place:
                 scores[axis] = torch.stack(per_place).mean(0)
         return scores
 
     def _accumulate(self, model, batch, by_call, captured, totals, counts, loss_fn) -> None:
-        inputs, targets = split_batch(batch)
+        inputs = split_batch(batch)[0]
         if self.statistic != "taylor":
             with torch.no_grad():
                 call_model(model, inputs)
@@ -106,7 +97,7 @@ class ActivationStatistic:
         else:
             with torch.enable_grad():
                 outputs = call_model(model, inputs)
-                loss = _loss(outputs, batch, targets, loss_fn)
+                loss = batch_loss(outputs, batch, loss_fn, "criterion 'taylor'")
                 tensors = [t for _, t in captured]
                 if not tensors:
                     return
@@ -117,10 +108,8 @@ class ActivationStatistic:
         for (key, tensor), gradient in zip(captured, gradients):
             values = tensor.detach().double()
             for axis, dim in by_call[key]:
-                entry = totals[key] if totals[key] is not None else {}
-                entry[(axis, dim)] = entry.get((axis, dim), 0) + self._batch_score(
+                totals[key][(axis, dim)] = totals[key].get((axis, dim), 0) + self._batch_score(
                     values, None if gradient is None else gradient.double(), dim)
-                totals[key] = entry
             counts[key] += 1
 
     def _batch_score(self, values: torch.Tensor, gradient: torch.Tensor | None,
@@ -135,15 +124,3 @@ class ActivationStatistic:
             raise ConfigError("criterion 'taylor' needs activations with a batch dim first")
         product = values * (0 if gradient is None else gradient)
         return _per_channel(product, dim, per_sample=True).abs().mean(0)
-
-
-def _loss(outputs: Any, batch: Any, targets: Any, loss_fn: LossFn | None) -> torch.Tensor:
-    if loss_fn is not None:
-        return loss_fn(outputs, batch)
-    if targets is None:
-        raise ConfigError("criterion 'taylor' needs labelled batches (inputs, targets) or a "
-                          "loss_fn(outputs, batch)")
-    if not isinstance(outputs, torch.Tensor):
-        raise ConfigError("criterion 'taylor': the model does not return a tensor of logits; "
-                          "pass loss_fn(outputs, batch)")
-    return F.cross_entropy(outputs, targets)

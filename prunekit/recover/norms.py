@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..importance.activation import split_batch
+from ..batches import split_batch
 from ..trace import call_model
 
 

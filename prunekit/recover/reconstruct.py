@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..importance.activation import split_batch
+from ..batches import split_batch
 from ..plan import Plan
 from ..trace import call_model
 

@@ -1,0 +1,38 @@
+"""What a batch is, for everything that reads calibration or evaluation data.
+
+A batch is the model's inputs (called as ``pk.prune`` calls example inputs) or an
+``(inputs, targets)`` pair. Losses default to cross-entropy of the outputs against the
+targets, or come from the user's ``loss_fn(outputs, batch)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.nn import functional as F
+
+from .errors import ConfigError
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, targets)`` or ``[inputs, targets]`` → both; anything else is inputs only."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    return batch, None
+
+
+def batch_loss(outputs: Any, batch: Any, loss_fn: LossFn | None, who: str) -> torch.Tensor:
+    """The loss of one batch's ``outputs``; ``who`` names the caller in errors."""
+    if loss_fn is not None:
+        return loss_fn(outputs, batch)
+    targets = split_batch(batch)[1]
+    if targets is None:
+        raise ConfigError(f"{who} needs labelled batches (inputs, targets) or a "
+                          f"loss_fn(outputs, batch)")
+    if not isinstance(outputs, torch.Tensor):
+        raise ConfigError(f"{who}: the model does not return a tensor of logits; "
+                          f"pass loss_fn(outputs, batch)")
+    return F.cross_entropy(outputs, targets)
