@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from .apply import apply_plan, evaluate_applied
+from .apply import apply_plan
+from .budget import layers_for_budget, ratio_for_budget
 from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
 from .measure import Measurement, count_params, flops_and_shapes
@@ -18,7 +19,7 @@ from .plan import Plan
 from .recover.reconstruct import reconstruct
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted
-from .planner import candidate_groups, keep_from_scores, plan_from_keep, score_groups
+from .planner import candidate_groups, keep_from_scores, score_groups
 
 
 @dataclass
@@ -96,7 +97,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     model.eval()
     try:
         scores = score_groups(graph, method, data, loss_fn)
-        ratio = _ratio_for_budget(graph, model, example_inputs, method, scores)
+        ratio = ratio_for_budget(graph, model, example_inputs, method, scores)
         keep = keep_from_scores(graph, method, scores, ratio, dither=ratio is not None)
         # FLOPs and output shapes come from forward passes the checks make anyway
         counted: list[Counted] = [] if check else [flops_and_shapes(model, example_inputs)]
@@ -125,43 +126,6 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     return PruneResult(plan, before, after, skipped)
 
 
-def _ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
-                      method: _ChannelMethod, scores: dict) -> float | None:
-    """The ratio that removes ``method.flops_target`` of FLOPs (or ``params_target`` of
-    parameters) within half a point, by bisection; ``None`` when the method has no budget."""
-    target = method.flops_target if method.flops_target is not None else method.params_target
-    if target is None:
-        return None
-
-    def size(pruned: nn.Module) -> int:
-        if method.flops_target is not None:
-            return flops_and_shapes(pruned, example_inputs)[0]
-        return count_params(pruned)
-
-    base = size(model)
-
-    def reduction(ratio: float) -> float:
-        keep = keep_from_scores(graph, method, scores, ratio, dither=True)
-        return 1 - evaluate_applied(model, plan_from_keep(graph, keep, {}), size) / max(base, 1)
-
-    what = "FLOPs" if method.flops_target is not None else "parameters"
-    low, high = 0.0, method.max_ratio
-    most = reduction(high)
-    if most < target - 0.005:
-        raise PruneError(f"{type(method).__name__}: cannot remove {target:.1%} of {what}; "
-                         f"removing up to max_ratio={method.max_ratio} of every group removes "
-                         f"{most:.1%}. The model was left unchanged")
-    best = (abs(most - target), high)
-    for _ in range(20):
-        middle = (low + high) / 2
-        achieved = reduction(middle)
-        best = min(best, (abs(achieved - target), middle))
-        if best[0] <= 0.005:
-            break
-        low, high = (middle, high) if achieved < target else (low, middle)
-    return best[1]
-
-
 def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
                   data: Iterable | None, loss_fn) -> PruneResult:
     training = model.training
@@ -172,7 +136,7 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
         if method.flops_target is None:
             layers = choose_layers(scores, method.n)
         else:
-            layers = _layers_for_budget(model, example_inputs, choose_layers(scores, None),
+            layers = layers_for_budget(model, example_inputs, choose_layers(scores, None),
                                         method.flops_target, flops)
         plan = Plan(method=method.to_dict(), layers=layers)
         before = Measurement(count_params(model), flops)
@@ -181,17 +145,6 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
     finally:
         model.train(training)
     return PruneResult(plan, before, after)
-
-
-def _layers_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
-                       target: float, flops: int) -> list[str]:
-    """The shortest prefix of ``ranked`` whose removal takes away ``target`` of the FLOPs."""
-    for n in range(1, len(ranked) + 1):
-        remaining = evaluate_applied(model, Plan(layers=ranked[:n]),
-                                     lambda pruned: flops_and_shapes(pruned, example_inputs)[0])
-        if 1 - remaining / max(flops, 1) >= target - 0.005:
-            return ranked[:n]
-    return ranked
 
 
 def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,
