@@ -135,20 +135,19 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: _ChannelMetho
 
     base = Measurement(count_params(model), count_flops(model, example_inputs))
 
-    def record(step: int) -> StepRecord:
-        params, flops = count_params(model), count_flops(model, example_inputs)
-        return StepRecord(step, params, flops, 1 - params / base.params,
-                          1 - flops / max(base.flops, 1),
+    def record(step: int, size: Measurement) -> StepRecord:
+        return StepRecord(step, size.params, size.flops, 1 - size.params / base.params,
+                          1 - size.flops / max(base.flops, 1),
                           evaluate(model) if evaluate is not None else None)
 
-    history = History([record(0)])
+    history = History([record(0, base)])
     for step, step_method in enumerate(step_methods(method, steps), 1):
         progress(f"step {step}/{steps}: prune")
         result = prune(model, example_inputs, step_method, data=data)
-        history.plan = history.plan.then(result.plan) if history.records[1:] else result.plan
-        if finetune is not None:
+        history.plan = history.plan.then(result.plan) if step > 1 else result.plan
+        if finetune is not None:  # fine-tuning changes weights, not sizes
             progress(f"step {step}/{steps}: fine-tune")
             finetune(model, step)
         model.eval()
-        history.records.append(record(step))
+        history.records.append(record(step, result.after))
     return history

@@ -32,6 +32,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
     batches = [split_batch(b)[0] for b in data]
     generator = torch.Generator().manual_seed(seed)
     fitted = []
+    # one layer at a time: memory holds one layer's activations, at one forward pass of
+    # each model per layer
     for name in _consumers(pruned, plan, batches[0]):
         layer = pruned.get_submodule(name)
         inputs = _captured(pruned, name, batches, capture_input=True)
