@@ -28,10 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
 from prunekit.compare import default_methods  # noqa: E402
-from prunekit.data import load_digits  # noqa: E402
-from prunekit.demo import digits_resnet  # noqa: E402
+from prunekit.demo import trained_digits_resnet  # noqa: E402
 from prunekit.measure import count_flops  # noqa: E402
-from prunekit.recover import train_classifier  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -71,15 +69,12 @@ def torch_pruning(importance: str, flops_target: float) -> Callable[[nn.Module, 
 
 def run_seed(seed: int, flops_target: float, epochs: int, finetune_epochs: int,
              with_torch_pruning: bool) -> pk.Comparison:
-    torch.manual_seed(seed)
-    digits = load_digits(seed=seed)
-    model = digits_resnet()
-    train_classifier(model, digits.train, epochs=epochs, lr=3e-3)
+    model, digits = trained_digits_resnet(epochs, seed)
     methods: dict[str, Any] = dict(default_methods(flops_target))
     if with_torch_pruning:
         methods["Torch-Pruning magnitude"] = torch_pruning("magnitude", flops_target)
         methods["Torch-Pruning Taylor"] = torch_pruning("taylor", flops_target)
-    return pk.compare(model.eval(), digits.example_inputs, digits.train, digits.test,
+    return pk.compare(model, digits.example_inputs, digits.train, digits.test,
                       flops_target=flops_target, finetune_epochs=finetune_epochs,
                       methods=methods, data=digits.calibration,
                       timing_inputs=next(iter(digits.test))[0], seed=seed,

@@ -93,7 +93,7 @@ def prune(
         network = load_model(model).eval()
         x = torch.randn(parse_shape(input_shape))
         original = copy.deepcopy(network) if check else None
-        with _spinner(f"pruning {model}"):
+        with _progress(f"pruning {model}"):
             result = prune_model(network, x, pruning)
             report = verify(original, x, result.plan) if check else None
             before, after = measure(original or network, x), measure(network, x)
@@ -125,7 +125,7 @@ def analyze(
     try:
         network = load_model(model).eval()
         pruning = FilterPruning(ratio=ratio)
-        with _spinner(f"tracing {model}"):
+        with _progress(f"tracing {model}"):
             graph = DependencyGraph(network, torch.randn(parse_shape(input_shape)))
     except PruneError as error:
         _fail(error)
@@ -179,17 +179,12 @@ def compare(
     import json
 
     from .compare import compare as run_compare
-    from .data import load_digits
-    from .demo import digits_resnet
-    from .recover import train_classifier
+    from .demo import trained_digits_resnet
 
     try:
         with _progress() as (bar, task):
-            torch.manual_seed(seed)
-            digits = load_digits(seed=seed)
-            model = digits_resnet()
             bar.update(task, description=f"training the digits ResNet for {epochs} epochs")
-            train_classifier(model, digits.train, epochs=epochs, lr=3e-3)
+            model, digits = trained_digits_resnet(epochs, seed)
             comparison = run_compare(
                 model, digits.example_inputs, digits.train, digits.test, flops_target=flops_target,
                 finetune_epochs=finetune_epochs, data=digits.calibration, seed=seed,
@@ -222,17 +217,11 @@ def _print_comparison(comparison) -> None:
 
 
 @contextmanager
-def _progress():
+def _progress(description: str = "starting"):
+    """A transient spinner with elapsed time; yields (bar, task) to update its text."""
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
-        yield bar, bar.add_task("starting", total=None)
-
-
-def _spinner(description: str) -> Progress:
-    progress = Progress(SpinnerColumn(), TextColumn(description), TimeElapsedColumn(),
-                        console=console, transient=True)
-    progress.add_task(description, total=None)
-    return progress
+        yield bar, bar.add_task(description, total=None)
 
 
 if __name__ == "__main__":

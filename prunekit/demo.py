@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .compare import Comparison, compare
-from .data import load_digits
+from .data import Digits, load_digits
 from .iterative import iterative_prune
 from .methods import FilterPruning
 from .recover import train_classifier
@@ -49,6 +49,15 @@ def digits_resnet(width: int = 32, classes: int = 10) -> nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes))
 
 
+def trained_digits_resnet(epochs: int = 20, seed: int = 0) -> tuple[nn.Module, Digits]:
+    """The digits data split by ``seed`` and a digits ResNet trained on it (eval mode)."""
+    torch.manual_seed(seed)
+    digits = load_digits(seed=seed)
+    model = digits_resnet()
+    train_classifier(model, digits.train, epochs=epochs, lr=3e-3)
+    return model.eval(), digits
+
+
 def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epochs: int = 5,
              flops_target: float = 0.5, steps: int = 3, seed: int = 0,
              progress: Callable[[str], None] = lambda message: None) -> Comparison:
@@ -57,12 +66,8 @@ def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epo
 
     Writes ``report.md``, ``results.json`` and three PNG plots to ``out_dir``.
     """
-    torch.manual_seed(seed)
-    digits = load_digits(seed=seed)
-    model = digits_resnet()
     progress(f"training the digits ResNet for {epochs} epochs")
-    train_classifier(model, digits.train, epochs=epochs, lr=3e-3)
-    model.eval()
+    model, digits = trained_digits_resnet(epochs, seed)
     x = digits.example_inputs
     timing_batch = next(iter(digits.test))[0]
     out = Path(out_dir)
