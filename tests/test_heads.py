@@ -48,11 +48,13 @@ def test_head_pruning_removes_whole_heads_and_updates_counts(name, tmp_path):
     for layer in range(2):
         assert result.plan.attributes[attention.format(layer)][count] == 2
     pruned = copy.deepcopy(build())
-    pk.prune(pruned, INPUTS, pk.HeadPruning(0.25, "l2"))
+    three_of_four = pk.prune(pruned, INPUTS, pk.HeadPruning(0.25, "l2"))
     module = pruned.get_submodule(attention.format(0))
     assert getattr(module, count) == 3
-    for a, b in zip(outputs(pruned, INPUTS), outputs(pk.load(tmp_path / "saved", build()), INPUTS)):
-        assert a.shape == b.shape
+    projections = [p for p in module.parameters() if p.dim() == 2]
+    # q/k/v keep 3 heads × 16 rows; an output projection inside the module keeps 48 columns
+    assert projections and all(sorted(p.shape) == [48, 64] for p in projections)
+    assert pk.verify(build(), INPUTS, three_of_four.plan).ok
 
 
 def test_dead_heads_are_the_ones_magnitude_removes_and_removing_them_changes_nothing():
