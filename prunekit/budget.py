@@ -22,7 +22,8 @@ from .planner import keep_from_scores, plan_from_keep
 def ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
                      method: _ChannelMethod, scores: dict) -> float | None:
     """The ratio that removes ``method.flops_target`` of FLOPs (or ``params_target`` of
-    parameters) within half a point, by bisection; ``None`` when the method has no budget."""
+    parameters), by bisection until within half a point, else the closest ratio tried;
+    ``None`` when the method has no budget."""
     target = method.flops_target if method.flops_target is not None else method.params_target
     if target is None:
         return None
