@@ -30,12 +30,8 @@ def group_ratio(group: Group, method: _ChannelMethod, ratio: float | None = None
 
 
 def candidate_groups(graph: DependencyGraph, method: _ChannelMethod) -> list[Group]:
-    """The groups a method prunes: channel groups, or for head pruning the attention-head
-    groups (outer factors whose module keeps a head count such as ``num_heads``)."""
-    if not method.prunes_heads:
-        return graph.groups
-    return [g for g in graph.all_groups if g.structural
-            and any("head" in a.attribute for a in g.attributes)]
+    """The groups a method prunes: channel groups, or for head pruning the attention heads."""
+    return graph.head_groups() if method.prunes_heads else graph.groups
 
 
 def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,

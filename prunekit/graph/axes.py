@@ -203,6 +203,26 @@ class AxisTable:
             return [], segment
         raise NotRepresentable("inner size larger than the segment")
 
+    def atomise_inner_cuts(self, spec: Spec, reason: str) -> None:
+        """Make the cut-up inner factors of a spec whole again, and fixed. ``heads × (half ⊕
+        half)`` (RoPE's rotate_half cuts head_dim in two) has no layout as segments; ``heads ×
+        head_dim`` with head_dim fixed has one, and the heads stay prunable."""
+        for segment in spec:
+            for position, axis in enumerate(segment):
+                self._atomise(axis, position > 0, reason)
+
+    def _atomise(self, axis: int, inner: bool, reason: str) -> None:
+        root = self.find(axis)
+        refinement = self._parts.get(root)
+        if refinement is None:
+            return
+        if inner and refinement.kind == "cat":
+            self.fix(root, reason)
+            del self._parts[root]
+            return
+        for position, child in enumerate(refinement.children):
+            self._atomise(child, inner or (refinement.kind == "prod" and position > 0), reason)
+
     # -- coupling ----------------------------------------------------------------------------
     def unify(self, a: Spec, b: Spec) -> None:
         """Make two dims the same channels, refining either side as needed."""

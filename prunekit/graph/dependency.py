@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 from .axes import AxisTable, NotRepresentable, Spec
+from .rules import HEAD_COUNT
 
 
 @dataclass
@@ -95,6 +96,13 @@ class DependencyGraph:
         return self.trace.unknown_ops
 
     def _member_layouts(self) -> list[tuple[TensorSlot, int, Spec]]:
+        for slot in self.trace.slots:  # first make every layout expressible, then read them
+            for spec in slot.specs:
+                try:
+                    self.axes.expand(spec)
+                except NotRepresentable:
+                    self.axes.atomise_inner_cuts(spec, f"an inner factor of {slot.names[0]} "
+                                                       f"is cut in parts")
         layouts = []
         for slot in self.trace.slots:
             for dim, spec in enumerate(slot.specs):
@@ -155,6 +163,20 @@ class DependencyGraph:
                 structural |= self._leaves(outer) & eligible
         return structural
 
+    def head_groups(self) -> list[Group]:
+        """The groups that are attention heads: counted by a module attribute (``num_heads``,
+        ``num_attention_heads``, ``n_heads`` …), or the outer factor of a view whose inner
+        factor is a head size (``head_dim``, ``attention_head_size``), as in Llama, whose
+        attention keeps no head count of its own."""
+        counted = {leaf for a in self.attributes if HEAD_COUNT.match(a.attribute)
+                   for leaf in self._leaves(a.spec)}
+        head_sizes = [self._leaves(a.spec) for a in self.attributes
+                      if a.attribute in _HEAD_SIZES]
+        for outer, inner in self.axes.factorisations:
+            if self._leaves(inner) in head_sizes:
+                counted |= self._leaves(outer)
+        return [g for g in self.all_groups if g.axis in counted]
+
     def activation_sites(self, group: Group) -> list[tuple[ModuleOutput, int]]:
         """Leaf-module outputs with a dim that carries exactly this group's channels.
 
@@ -190,6 +212,9 @@ class DependencyGraph:
 
     def __str__(self) -> str:
         return "\n".join(str(g) for g in self.groups)
+
+
+_HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head"}
 
 
 def layout_indices(axes: AxisTable, segments: Spec, keep: dict[int, torch.Tensor]) -> torch.Tensor:

@@ -13,6 +13,8 @@ pruned models would disagree.
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable
 
 import torch
@@ -183,10 +185,23 @@ def reshape(ctx, args, kwargs, out):
     source = args[0]
     specs = reshape_specs(ctx, ctx.specs(source), source.shape, out.shape)
     ctx.set(out, specs)
-    _record_size_attributes(ctx, out, specs)
+    _record_size_attributes(ctx, out, specs, _inferred_dims(args, out))
 
 
-def _record_size_attributes(ctx, out, specs: list[Spec]) -> None:
+HEAD_COUNT = re.compile(r"^(num|n)_\w*heads?$")  # num_heads, n_head, num_attention_heads
+
+
+def _inferred_dims(args, out) -> set[int]:
+    """The dims a ``view(B, T, -1)`` leaves to be inferred (their size is no one's count)."""
+    shape = args[1:]
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        shape = tuple(shape[0])
+    if len(shape) != out.dim() or not all(isinstance(s, int) for s in shape):
+        return set()
+    return {d for d, size in enumerate(shape) if size == -1}
+
+
+def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> None:
     """A view's sizes often come from the module's own counts (``self.num_heads``,
     ``self.attn_dim``): an attribute whose value is the size of a dim counts that dim's
     channels and is updated when they are pruned. Where several dims have that size, the
@@ -197,7 +212,9 @@ def _record_size_attributes(ctx, out, specs: list[Spec]) -> None:
     for name, value in vars(module).items():
         if name.startswith("_") or type(value) is not int or value < 2:
             continue
-        dims = [d for d, size in enumerate(out.shape) if size == value]
+        trusted = HEAD_COUNT.match(name)  # a -1 dim's size is no one's count, unless named so
+        dims = [d for d, size in enumerate(out.shape)
+                if size == value and (trusted or d not in inferred)]
         if len(dims) == 1:
             ctx.attribute(module, name, specs[dims[0]])
         elif dims:
@@ -307,10 +324,32 @@ def chunk(ctx, args, kwargs, out):
 
 @rule("split", "split_with_sizes", "tensor_split", "hsplit", "vsplit")
 def split(ctx, args, kwargs, out):
-    """Split sizes are literals in the model's code, so the split dim keeps its size."""
-    dim, _ = _split_pieces(ctx, args[0], list(out))
-    if dim is not None:
+    """Split sizes are usually literals in the model's code, so the split dim keeps its size.
+    Equal pieces sized by one of the module's own counts (GPT-2 splits its fused q/k/v by
+    ``self.split_size``) are tied like chunks instead, and that count follows their width."""
+    pieces = list(out)
+    dim, parts = _split_pieces(ctx, args[0], pieces)
+    if dim is None:
+        return
+    sizes = {piece.shape[dim] for piece in pieces}
+    counts = _attributes_equal_to(ctx.current_module, sizes.pop()) if len(sizes) == 1 else []
+    if not counts:
         ctx.fix(args[0], f"split with fixed sizes in {ctx.module_path}", [dim])
+        return
+    for part in parts[1:]:
+        ctx.unify(parts[0], part)
+    for name in counts:
+        ctx.attribute(ctx.current_module, name, parts[0])
+
+
+def _attributes_equal_to(module, size: int) -> list[str]:
+    """The module's own integer attributes (``split_size``) whose value is ``size``; the
+    ones named for splitting when there are several."""
+    if module is None:
+        return []
+    names = [name for name, value in vars(module).items()
+             if not name.startswith("_") and type(value) is int and value == size]
+    return [name for name in names if "split" in name] or names
 
 
 def _cumulative(sizes):
@@ -356,8 +395,14 @@ def _slice_dims(ctx, source, out, slices: dict[int, slice]) -> None:
             ctx.fix(source, f"strided slice in {ctx.module_path}", [dim])
             specs[dim] = ctx.axes.fresh_spec(out.shape[dim], f"strided slice in {ctx.module_path}")
         elif stop - start != source.shape[dim]:
-            specs[dim] = ctx.axes.cut(specs[dim], [start, stop])[1 if start else 0]
+            specs[dim] = _slice_spec(ctx, specs[dim], start, stop, source.shape[dim])
     ctx.set(out, specs)
+
+
+def _slice_spec(ctx, spec: Spec, start: int, stop: int, size: int) -> Spec:
+    """The channels ``start:stop`` of a dim of ``size`` channels."""
+    offsets = [offset for offset in (start, stop) if 0 < offset < size]
+    return ctx.axes.cut(spec, offsets)[1 if start else 0]
 
 
 @rule("__getitem__")
@@ -391,7 +436,7 @@ def getitem(ctx, args, kwargs, out):
             elif size == source.shape[dim]:
                 result.append(specs[dim])
             else:
-                result.append(ctx.axes.cut(specs[dim], [start, stop])[1 if start else 0])
+                result.append(_slice_spec(ctx, specs[dim], start, stop, source.shape[dim]))
         else:
             raise NotRepresentable(f"index of type {type(i).__name__}")
         dim += 1
@@ -605,10 +650,15 @@ def attention(ctx, args, kwargs, out):
     q, k, v = args[0], args[1], args[2]
     mask = _arg(args, kwargs, 3, "attn_mask")
     scale = _arg(args, kwargs, 6, "scale")
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
-        raise NotRepresentable("attention whose q, k, v batch dims differ")
     sq, sk, sv = ctx.specs(q), ctx.specs(k), ctx.specs(v)
-    for d in range(q.dim() - 2):
+    batch_dims = list(range(q.dim() - 2))
+    if _arg(args, kwargs, 7, "enable_gqa", False) and q.dim() >= 3 and q.shape[-3] != k.shape[-3]:
+        _group_query_heads(ctx, q, k)
+        batch_dims.remove(q.dim() - 3)
+        ctx.unify(sk[-3], sv[-3])
+    if any(q.shape[d] != k.shape[d] or k.shape[d] != v.shape[d] for d in batch_dims):
+        raise NotRepresentable("attention whose q, k, v batch dims differ")
+    for d in batch_dims:
         ctx.unify(sq[d], sk[d])
         ctx.unify(sq[d], sv[d])
     ctx.unify(sq[-1], sk[-1])
@@ -620,6 +670,21 @@ def attention(ctx, args, kwargs, out):
     if isinstance(mask, torch.Tensor):
         ctx.fix(mask, reason)
     ctx.set(out, sq[:-1] + [sv[-1]])
+
+
+def _group_query_heads(ctx, q, k) -> None:
+    """Grouped-query attention: query heads are (kv heads × queries per kv head), row-major.
+    The outer factor is tied to the kv heads, so removing a kv head removes its query heads;
+    the number of queries per kv head stays as it is."""
+    kv_heads = k.shape[-3]
+    if q.shape[-3] % kv_heads:
+        raise NotRepresentable("query heads not a multiple of key/value heads")
+    segments = ctx.axes.expand(ctx.specs(q)[-3])
+    if len(segments) != 1:
+        raise NotRepresentable("grouped-query heads made by a concatenation")
+    heads, per_group = ctx.axes.split_segment(segments[0], q.shape[-3] // kv_heads)
+    ctx.axes.fix_spec([per_group], f"query heads per key/value head in {ctx.module_path}")
+    ctx.unify([heads], ctx.specs(k)[-3])
 
 
 @rule("einsum")

@@ -10,10 +10,12 @@ from typing import Callable
 
 from torch import nn
 
-_HANDLERS: dict[type, Callable[[nn.Module], None]] = {}
+_HANDLERS: dict[type | str, Callable[[nn.Module], None]] = {}
 
 
-def register(*types: type):
+def register(*types: type | str):
+    """Register a handler for layer types, given as classes or, for layers of libraries
+    that are optional here, as ``"module.ClassName"`` strings."""
     def wrap(fn: Callable[[nn.Module], None]):
         for kind in types:
             _HANDLERS[kind] = fn
@@ -25,7 +27,7 @@ def register(*types: type):
 def sync_attributes(module: nn.Module) -> None:
     """Run the handler of the closest registered type in the module's class hierarchy."""
     for kind in type(module).__mro__:
-        handler = _HANDLERS.get(kind)
+        handler = _HANDLERS.get(kind) or _HANDLERS.get(f"{kind.__module__}.{kind.__qualname__}")
         if handler is not None:
             handler(module)
             return

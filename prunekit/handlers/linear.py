@@ -13,3 +13,9 @@ def sync_linear(module: nn.Linear) -> None:
 @register(nn.Embedding)
 def sync_embedding(module: nn.Embedding) -> None:
     module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+@register("transformers.pytorch_utils.Conv1D")
+def sync_transposed_linear(module: nn.Module) -> None:
+    """GPT-2's ``Conv1D`` keeps its weight as (in, out) and views its output to ``nf``."""
+    module.nx, module.nf = module.weight.shape
