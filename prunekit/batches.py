@@ -1,8 +1,9 @@
 """What a batch is, for everything that reads calibration or evaluation data.
 
 A batch is the model's inputs (called as ``pk.prune`` calls example inputs) or an
-``(inputs, targets)`` pair. Losses default to cross-entropy of the outputs against the
-targets, or come from the user's ``loss_fn(outputs, batch)``.
+``(inputs, targets)`` pair. Losses come from the user's ``loss_fn(outputs, batch)``, else
+the model's own (a Hugging Face model given ``labels``), else cross-entropy of the outputs
+against the targets.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
+def model_loss(outputs: Any) -> torch.Tensor | None:
+    """The loss a model computed itself (a Hugging Face model given ``labels``), if any."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
 def batch_loss(outputs: Any, batch: Any, loss_fn: LossFn | None, who: str) -> torch.Tensor:
     """The loss of one batch's ``outputs``; ``who`` names the caller in errors."""
     if loss_fn is not None:
         return loss_fn(outputs, batch)
+    if model_loss(outputs) is not None:
+        return model_loss(outputs)
     targets = split_batch(batch)[1]
     if targets is None:
         raise ConfigError(f"{who} needs labelled batches (inputs, targets) or a "

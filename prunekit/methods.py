@@ -53,6 +53,9 @@ class _ChannelMethod:
         if self.criterion not in CRITERIA:
             raise ConfigError(f"{name}.criterion: unknown criterion {self.criterion!r}; "
                               f"choose one of {sorted(CRITERIA)}")
+        if getattr(CRITERIA[self.criterion], "heads_only", False) and not self.prunes_heads:
+            raise ConfigError(f"{name}.criterion: {self.criterion!r} scores attention heads; "
+                              f"use it with pk.HeadPruning")
         _check_ratio(self.max_ratio, f"{name}.max_ratio")
         for target in ("flops_target", "params_target"):
             if getattr(self, target) is not None:
@@ -115,19 +118,38 @@ class ChannelPruning(_ChannelMethod):
 class HeadPruning(_ChannelMethod):
     """Remove whole attention heads: every head's query/key/value slices, its output
     projection columns and its position tables go together, and the attention module's head
-    counts (``num_heads``, ``num_attention_heads``, ``all_head_size`` …) are updated.
+    counts (``num_heads``, ``num_attention_heads``, ``all_head_size`` …) are updated. In
+    grouped-query attention a key/value head goes with the query heads that read it.
 
-    The engine finds the heads itself: they are the outer factor of the reshape that splits
-    the projection into ``(heads, head_dim)``, in modules that keep a head count. The
-    criterion scores each head over all of its weights (``"l1"``: the norm of its q/k/v/o
-    slices). ``ratio`` is the fraction of each layer's heads removed.
+    The engine finds the heads itself: the outer factor of the view that splits a projection
+    into ``(heads, head_dim)``, in a module that keeps a head count or a head size. Criteria:
+    the weight criteria score each head over all of its q/k/v/o weights (``"l1"``, ``"l2"``,
+    ``"random"`` …); ``"gradient"`` (Michel et al.) and ``"entropy"`` read ``data=`` (see
+    ``prunekit.importance.heads``). ``ratio`` is the fraction of each layer's heads removed.
+    ``heads={attention module: [head indices]}`` removes exactly those heads instead (the
+    module is any module of that attention layer, e.g. ``"encoder.layer.0.attention.self"``).
 
     Example:
         >>> pk.prune(bert, inputs, pk.HeadPruning(ratio=0.25, criterion="l1"))
+        >>> pk.prune(bert, inputs, pk.HeadPruning(heads={"encoder.layer.0.attention": [0, 3]}))
     """
+
+    heads: dict[str, list[int]] = field(default_factory=dict)
 
     scored_role: ClassVar[str] = "every member"  # no member has this role: all are scored
     prunes_heads: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for module, indices in self.heads.items():
+            if (not isinstance(indices, (list, tuple))
+                    or not all(isinstance(i, int) and i >= 0 for i in indices)):
+                raise ConfigError(f"HeadPruning.heads[{module!r}] must be a list of head "
+                                  f"indices, got {indices!r}")
+        if self.heads and (self.ratio or self.overrides or self.flops_target
+                           or self.params_target):
+            raise ConfigError("HeadPruning: give heads= (exact heads) or a ratio/budget, "
+                              "not both")
 
 
 @dataclass

@@ -70,6 +70,8 @@ def keep_from_scores(graph: DependencyGraph, method: _ChannelMethod,
     layers of different scale compare) and the lowest channels of the whole model go, at
     most ``method.max_ratio`` of any group.
     """
+    if getattr(method, "heads", None):
+        return chosen_heads(graph, method.heads)
     ratio = method.ratio if ratio is None else ratio
     groups = candidate_groups(graph, method)
     if method.global_ranking:
@@ -89,6 +91,41 @@ def keep_from_scores(graph: DependencyGraph, method: _ChannelMethod,
         if n_keep < group.size:
             keep[group.axis] = scores[group.axis].topk(n_keep).indices.sort().values
     return keep
+
+
+def chosen_heads(graph: DependencyGraph, heads: dict[str, list[int]]) -> dict[int, torch.Tensor]:
+    """``{group axis: kept heads}`` removing exactly the heads named per attention module."""
+    groups = graph.head_groups()
+    keep: dict[int, torch.Tensor] = {}
+    for module, indices in heads.items():
+        matches = [g for g in groups if any(_within(name, module) for name in g.modules())
+                   or any(a.module == module for a in g.attributes)]
+        if len(matches) != 1:
+            found = "no attention heads" if not matches else f"{len(matches)} attention layers"
+            raise ConfigError(f"HeadPruning.heads: module {module!r} has {found}; name one "
+                              f"attention layer, e.g. one of "
+                              f"{[_common_prefix(g.modules()) for g in groups][:3]}")
+        group = matches[0]
+        removed = set(indices)
+        if max(removed, default=-1) >= group.size or len(removed) >= group.size:
+            raise ConfigError(f"HeadPruning.heads[{module!r}] = {indices}: that attention layer "
+                              f"has {group.size} heads and must keep at least one")
+        keep[group.axis] = torch.tensor([h for h in range(group.size) if h not in removed])
+    return keep
+
+
+def _within(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def _common_prefix(names: list[str]) -> str:
+    parts = [name.split(".") for name in names]
+    prefix = []
+    for pieces in zip(*parts):
+        if len(set(pieces)) > 1:
+            break
+        prefix.append(pieces[0])
+    return ".".join(prefix)
 
 
 def _global_ratios(groups: list[Group], method: _ChannelMethod,

@@ -636,6 +636,9 @@ def matmul(ctx, args, kwargs, out):
     specs = [s if s is not None else ctx.axes.fresh_spec(out.shape[d], "broadcast")
              for d, s in enumerate(specs)]
     ctx.set(out, specs + [sa[-2], sb[-1]])
+    if b.dim() == 2:  # x @ W with W a parameter (GPT-2's Conv1D): W is (in, out)
+        ctx.role(b, 0, "in")
+        ctx.role(b, 1, "out")
 
 
 @rule("addmm", "baddbmm")
@@ -643,6 +646,8 @@ def addmm(ctx, args, kwargs, out):
     bias, a, b = args[0], args[1], args[2]
     matmul(ctx, (a, b), {}, out)
     broadcast(ctx, [bias, out], out)
+    if bias.dim() == 1:
+        ctx.role(bias, 0, "out")
 
 
 @rule("scaled_dot_product_attention")

@@ -7,6 +7,7 @@ Weight criteria see a layer-agnostic view of the group's weights; data-driven cr
 from .activation import ActivationStatistic
 from .base import ChannelView, Criterion
 from .fpgm import GeometricMedianDistance
+from .heads import AttentionEntropy, HeadGradient
 from .magnitude import Magnitude, NormScale, RandomScore
 
 CRITERIA: dict[str, Criterion] = {
@@ -18,7 +19,9 @@ CRITERIA: dict[str, Criterion] = {
     "mean_activation": ActivationStatistic("mean_activation"),
     "taylor": ActivationStatistic("taylor"),
     "random": RandomScore(),
+    "gradient": HeadGradient(),
+    "entropy": AttentionEntropy(),
 }
 
-__all__ = ["CRITERIA", "ActivationStatistic", "ChannelView", "Criterion",
-           "GeometricMedianDistance", "Magnitude", "NormScale", "RandomScore"]
+__all__ = ["CRITERIA", "ActivationStatistic", "AttentionEntropy", "ChannelView", "Criterion",
+           "GeometricMedianDistance", "HeadGradient", "Magnitude", "NormScale", "RandomScore"]

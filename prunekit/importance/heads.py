@@ -1,0 +1,184 @@
+"""Data-driven attention-head criteria.
+
+- ``gradient``: the head importance of Michel et al. (2019). A mask ``m_h`` multiplies each
+  head's output where it enters the output projection; the score is |∂L/∂m_h| per sample,
+  averaged. At ``m = 1`` that derivative is Σ (head output × its gradient) over the head's
+  channels and positions, so the engine reads it with a hook on the output projection's
+  input, without changing the model. The loss is the user's ``loss_fn``, else the model's own
+  loss (a Hugging Face model given ``labels``), else cross-entropy against batch targets.
+  Unlabelled batches with none of those get a self-supervised loss: a random projection
+  ⟨r, output⟩ drawn afresh per batch, whose squared mask-gradient estimates how far removing
+  the head moves the output (E[(rᵀJ)²] = ‖J‖²); the score is then the root mean square.
+- ``entropy``: how focused each head's attention is, ``1 − H / log(keys)`` averaged over
+  queries and samples (H the entropy of the head's attention distribution): heads that
+  spread attention uniformly score near 0 and go first. Read from the attention
+  probabilities a Hugging Face model returns with ``output_attentions=True`` (in eager
+  attention, switched on for the measurement and back off after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..batches import LossFn, batch_loss, model_loss, split_batch
+from ..errors import ConfigError
+from ..graph.dependency import channel_matrix
+from ..trace import call_model, iter_tensors
+
+
+@dataclass(frozen=True)
+class HeadGradient:
+    """Michel et al.'s gradient head importance (see the module docstring)."""
+
+    needs_data = True
+    heads_only = True
+
+    def score_groups(self, graph, model: nn.Module, data: Iterable,
+                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+        sites = {g.axis: _projection_input(graph, g) for g in groups}
+        sites = {axis: site for axis, site in sites.items() if site is not None}
+        captured: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+
+        def capture(name: str):
+            def pre_hook(_module, args):
+                captured[name] = args[0]
+            return pre_hook
+
+        handles = [modules[name].register_forward_pre_hook(capture(name))
+                   for name in {name for name, _ in sites.values()}]
+        totals: dict[int, torch.Tensor] = {}
+        samples = 0
+        generator = torch.Generator().manual_seed(0)
+        training = model.training
+        model.eval()
+        try:
+            for batch in data:
+                captured.clear()
+                with torch.enable_grad():
+                    outputs = call_model(model, split_batch(batch)[0])
+                    loss, projected = _head_loss(outputs, batch, loss_fn, generator)
+                    names = list(captured)
+                    gradients = dict(zip(names, torch.autograd.grad(
+                        loss, [captured[n] for n in names], allow_unused=True)))
+                for axis, (name, heads_of) in sites.items():
+                    x, g = captured[name].detach().double(), gradients[name]
+                    g = torch.zeros_like(x) if g is None else g.double()
+                    per_sample = (x * g).flatten(1, -2).sum(1) if x.dim() > 2 else x * g
+                    per_head = per_sample[:, heads_of].sum(-1)  # (samples, heads)
+                    value = per_head.square() if projected else per_head.abs()
+                    totals[axis] = totals.get(axis, 0) + value.sum(0)
+                samples += next(iter(captured.values())).shape[0] if captured else 0
+        finally:
+            for handle in handles:
+                handle.remove()
+            captured.clear()
+            model.train(training)
+        if not samples:
+            raise ConfigError("criterion 'gradient': data= gave no batches")
+        mean = {axis: total / samples for axis, total in totals.items()}
+        return {axis: m.sqrt() if projected else m for axis, m in mean.items()}
+
+
+def _head_loss(outputs: Any, batch: Any, loss_fn: LossFn | None,
+               generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """The loss to differentiate, and whether it is the random output projection."""
+    if loss_fn is not None:
+        return loss_fn(outputs, batch), False
+    own = model_loss(outputs)
+    if own is not None:
+        return own, False
+    if split_batch(batch)[1] is not None:
+        return batch_loss(outputs, batch, None, "criterion 'gradient'"), False
+    output = next(iter_tensors(outputs))
+    direction = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    return (output * direction).sum(), True
+
+
+def _projection_input(graph, group) -> tuple[str, torch.Tensor] | None:
+    """Where a head's output enters its output projection: ``(module name, index matrix)``,
+    the matrix listing each head's channels of that module's input (last dim)."""
+    for member in group.members:
+        module_name = member.name.rsplit(".", 1)[0]
+        weight = member.slot.tensor
+        if member.role != "in" or member.slot.kind != "parameter" or weight.dim() != 2:
+            continue
+        channels = torch.arange(weight.shape[member.dim])
+        heads_of = channel_matrix(graph.axes, channels, 0, member.segments, group.axis)
+        return module_name, heads_of
+    return None
+
+
+@dataclass(frozen=True)
+class AttentionEntropy:
+    """Focus of each head's attention, 1 − normalised entropy (see the module docstring)."""
+
+    needs_data = True
+    heads_only = True
+
+    def score_groups(self, graph, model: nn.Module, data: Iterable,
+                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+        totals: list[torch.Tensor] = []
+        batches = 0
+        training = model.training
+        model.eval()
+        implementation = _eager_attention(model)
+        try:
+            for batch in data:
+                inputs = split_batch(batch)[0]
+                if not isinstance(inputs, dict):
+                    raise ConfigError("criterion 'entropy' reads attention probabilities from a "
+                                      "Hugging Face model called with a dict of inputs")
+                with torch.no_grad():
+                    outputs = model(**inputs, output_attentions=True)
+                attentions = getattr(outputs, "attentions", None)
+                if not attentions or any(a is None for a in attentions):
+                    raise ConfigError(f"criterion 'entropy': {type(model).__name__} returned no "
+                                      f"attention probabilities")
+                focus = [_focus(a.double()) for a in attentions]
+                totals = focus if not totals else [t + f for t, f in zip(totals, focus)]
+                batches += 1
+        finally:
+            model.train(training)
+            if implementation is not None:
+                model.set_attn_implementation(implementation)
+        if not batches:
+            raise ConfigError("criterion 'entropy': data= gave no batches")
+        return _match_layers(groups, [t / batches for t in totals])
+
+
+def _eager_attention(model: nn.Module) -> str | None:
+    """Switch a Hugging Face model to eager attention, which returns its probabilities;
+    the implementation to restore afterwards, or None if nothing was switched."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        return None
+    model.set_attn_implementation("eager")
+    return current
+
+
+def _focus(probabilities: torch.Tensor) -> torch.Tensor:
+    """Per head: 1 − entropy / log(number of keys attended), averaged over queries, samples."""
+    entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1)
+    support = (probabilities > 0).sum(-1).clamp_min(2).double()
+    return (1 - entropy / support.log()).mean(dim=(0, 2))
+
+
+def _match_layers(groups, per_layer: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Attention layers in call order ↔ head groups in trace order; grouped-query layers'
+    query heads are averaged per key/value head."""
+    if len(groups) != len(per_layer):
+        raise ConfigError(f"criterion 'entropy': the model returned {len(per_layer)} attention "
+                          f"maps but has {len(groups)} attention layers the engine can prune")
+    scores = {}
+    for group, focus in zip(groups, per_layer):
+        if focus.numel() % group.size:
+            raise ConfigError(f"criterion 'entropy': {focus.numel()} attention heads do not "
+                              f"divide into {group.size} heads of {group.modules()[0]}")
+        scores[group.axis] = focus.reshape(group.size, -1).mean(1)
+    return scores
