@@ -17,6 +17,7 @@ from .layers import choose_layers, layer_importance
 from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
 from .recover.reconstruct import reconstruct
+from .stacks import find_block_stack
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted
 from .planner import candidate_groups, keep_from_scores, score_groups
@@ -131,14 +132,17 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
     training = model.training
     model.eval()
     try:
-        scores = layer_importance(model, data, method.criterion, example_inputs, loss_fn)
+        scores = layer_importance(model, data, method.criterion, example_inputs, loss_fn,
+                                  n=method.n)
         flops, shapes = flops_and_shapes(model, example_inputs)
         if method.flops_target is None:
-            layers = choose_layers(scores, method.n)
+            layers = choose_layers(scores, method.n, method.criterion)
         else:
             layers = layers_for_budget(model, example_inputs, choose_layers(scores, None),
                                         method.flops_target, flops)
-        plan = Plan(method=method.to_dict(), layers=layers)
+        stack = find_block_stack(model)
+        plan = Plan(method=method.to_dict(), layers=layers,
+                    stacks=[stack] if stack is not None else [])
         before = Measurement(count_params(model), flops)
         flops_after = _apply_checked(model, example_inputs, plan, shapes)
         after = Measurement(count_params(model), flops_after)

@@ -1,5 +1,5 @@
 """Apply a plan to a model: slice tensors, set counted attributes, fix module attributes,
-replace removed layers by identities.
+remove layers.
 
 Applying is transactional: everything is checked and computed before the model is touched,
 and if anything fails afterwards (including the caller's ``check``) every touched module is
@@ -17,6 +17,7 @@ from torch import nn
 from .errors import PlanError
 from .handlers import sync_attributes
 from .plan import Plan
+from .stacks import model_config, remove_blocks
 
 
 def _tensor_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
@@ -82,8 +83,10 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
 
 
 @contextmanager
-def transaction(modules: list[nn.Module]) -> Iterator[None]:
-    """Restore the modules' attributes, parameters and buffers if the block raises."""
+def transaction(modules: list[nn.Module], objects: list[object] = ()) -> Iterator[None]:
+    """Restore the modules' attributes, parameters and buffers, and the plain attributes of
+    ``objects`` (a model config), if the block raises."""
+    saved_objects = [(obj, dict(vars(obj))) for obj in objects]
     saved = []
     for module in modules:
         state = dict(module.__dict__)
@@ -102,6 +105,9 @@ def transaction(modules: list[nn.Module]) -> Iterator[None]:
             module._modules.clear()
             module._modules.update(state.pop("_modules"))
             module.__dict__.update(state)
+        for obj, state in saved_objects:
+            vars(obj).clear()
+            vars(obj).update(state)
         raise
 
 
@@ -120,9 +126,12 @@ def apply_plan(model: nn.Module, plan: Plan,
     touched.update({id(modules[name]): modules[name] for name in plan.attributes})
     parents = [modules[_parent(name)] for name in plan.layers]
     touched.update({id(m): m for m in parents})
-    with transaction(list(touched.values())):
-        for name in plan.layers:  # the network now skips these modules entirely
-            setattr(modules[_parent(name)], name.rsplit(".", 1)[-1], nn.Identity())
+    for parent in parents:  # blocks renumbered after a deletion
+        if isinstance(parent, nn.ModuleList):
+            touched.update({id(m): m for m in parent.modules()})
+    config = model_config(model)
+    with transaction(list(touched.values()), [config] if config is not None else []):
+        _remove_layers(model, modules, plan.layers)
         replaced: dict[int, torch.Tensor] = {}
         for module, attr, kind in owners.values():
             old = getattr(module, attr)
@@ -144,6 +153,21 @@ def apply_plan(model: nn.Module, plan: Plan,
         if check is not None:
             check(model)
     return model
+
+
+def _remove_layers(model: nn.Module, modules: dict[str, nn.Module], names: list[str]) -> None:
+    """The network skips these modules: deleted from an ``nn.ModuleList`` stack (see
+    ``prunekit.stacks``), replaced by an identity anywhere else."""
+    by_parent: dict[str, set[str]] = {}
+    for name in names:
+        by_parent.setdefault(_parent(name), set()).add(name.rsplit(".", 1)[-1])
+    for parent_name, children in by_parent.items():
+        parent = modules[parent_name]
+        if isinstance(parent, nn.ModuleList):
+            remove_blocks(model, parent, children)
+        else:
+            for child in children:
+                setattr(parent, child, nn.Identity())
 
 
 class Rollback(Exception):

@@ -1,23 +1,31 @@
 """Layer pruning: find the blocks a network can skip, score them, and remove the least useful.
 
-A candidate is a module (a residual block, or a single layer outside any block) whose input
-and output have the same shape, so the network still runs when it is replaced by an
-identity; the engine finds them by running the model once and then checks each one by
-actually skipping it. Only the outermost such modules count, so candidates are whole blocks
-rather than the layers inside them; plain containers (``nn.Sequential`` stages) are not
-candidates themselves, their blocks are. Normalisation layers and activations are not
-candidates: skipping them saves nothing.
+In a transformer the candidates are the blocks of its layer stack (the ``nn.ModuleList``
+that holds most of the parameters, see ``prunekit.stacks``); removing one deletes it and
+renumbers the rest. Elsewhere a candidate is a module (a residual block, or a single layer
+outside any block) whose input and output have the same shape, so the network still runs
+when it is replaced by an identity; the engine finds them by running the model once and
+then checks each one by actually skipping it. Only the outermost such modules count, so
+candidates are whole blocks rather than the layers inside them; plain containers
+(``nn.Sequential`` stages) are not candidates themselves, their blocks are. Normalisation
+layers and activations are not candidates: skipping them saves nothing.
 
 Criteria (higher score = more important):
 - ``"loss"``: how much the loss on ``data`` rises when the block is skipped;
 - ``"accuracy"``: how much the accuracy on ``data`` falls when the block is skipped;
+- ``"output"``: how far the model's output moves when the block is skipped, 1 − cosine to
+  the unpruned output (per token in a transformer), no labels needed;
 - ``"influence"``: 1 − cosine similarity between the block's input and output, averaged over
-  ``data`` (a block that barely changes its input is redundant);
+  ``data`` (a block that barely changes its input is redundant; ShortGPT's block influence);
+- ``"angular"``: the angular distance arccos(cosine)/π between the input of a block and the
+  output of the block ``n − 1`` later (Gromov et al. 2024); the ``n`` consecutive blocks
+  whose window changes the representation least go together;
 - ``"last"``: position only — later blocks score lower (the usual baseline).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -29,9 +37,10 @@ from .apply import evaluate_applied
 from .batches import batch_loss, split_batch
 from .errors import ConfigError, PruneError
 from .plan import Plan
+from .stacks import find_block_stack, stack_blocks
 from .trace import call_model, iter_tensors, output_shapes
 
-LAYER_CRITERIA = ("loss", "accuracy", "influence", "last")
+LAYER_CRITERIA = ("loss", "accuracy", "output", "influence", "angular", "last")
 _NOT_CANDIDATES = (nn.Sequential, nn.ModuleList, nn.ModuleDict,
                    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                    nn.LocalResponseNorm, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.GELU,
@@ -50,7 +59,18 @@ class LayerScore:
 
 
 def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
-    """The outermost modules whose removal keeps every shape valid, in execution order."""
+    """The blocks of a transformer's stack, or else the outermost modules whose removal
+    keeps every shape valid; in execution order."""
+    stack = find_block_stack(model)
+    if stack is not None:
+        training = model.training
+        try:
+            model.eval()
+            shapes = output_shapes(model, example_inputs)
+        finally:
+            model.train(training)
+        return [name for name in stack_blocks(model, stack)
+                if _skipping_keeps_shapes(model, example_inputs, name, shapes)]
     same_shape: dict[str, bool] = {}
     order: list[str] = []
 
@@ -104,15 +124,19 @@ def _skipping_keeps_shapes(model: nn.Module, example_inputs: Any, name: str,
 
 def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: str = "loss",
                      example_inputs: Any = None,
-                     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> list[LayerScore]:
+                     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+                     n: int = 1) -> list[LayerScore]:
     """Score every candidate layer (see the module docstring); the model is not changed.
 
     Args:
         model: the network.
         data: re-iterable batches, ``(inputs, targets)`` for ``"loss"``/``"accuracy"``.
-        criterion: one of ``"loss"``, ``"accuracy"``, ``"influence"``, ``"last"``.
+        criterion: one of ``LAYER_CRITERIA``.
         example_inputs: inputs for finding candidates; by default the first batch's inputs.
-        loss_fn: ``loss_fn(outputs, batch)``; by default cross-entropy against the targets.
+        loss_fn: ``loss_fn(outputs, batch)``; by default the model's own loss or
+            cross-entropy against the targets.
+        n: for ``"angular"``, the window: each block's score is the distance across it and
+            the ``n − 1`` blocks after it (windows running past the end score infinity).
 
     Example:
         >>> for s in pk.layer_importance(model, val_batches): print(s.name, s.score)
@@ -129,11 +153,14 @@ def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: 
         raise ConfigError(f"layer criterion {criterion!r} measures the model on data; pass data=")
     candidates = find_layer_candidates(model, example_inputs)
     modules = dict(model.named_modules())
-    n = len(candidates)
+    per_token = find_block_stack(model) is not None
+    count = len(candidates)
     if criterion == "last":
-        values = [float(n - i) for i in range(n)]
-    elif criterion == "influence":
-        values = _influence(model, candidates, batches)
+        values = [float(count - i) for i in range(count)]
+    elif criterion in ("influence", "angular"):
+        values = _distances(model, candidates, batches, per_token, criterion, n)
+    elif criterion == "output":
+        values = _output_change(model, candidates, batches, per_token)
     else:
         values = _skip_effect(model, candidates, batches, criterion, loss_fn)
     return [LayerScore(name, value, sum(p.numel() for p in modules[name].parameters()), i)
@@ -152,9 +179,15 @@ def find_redundant_layers(model: nn.Module, data: Iterable, threshold: float,
     return sorted((s for s in scores if s.score < threshold), key=lambda s: s.score)
 
 
-def choose_layers(scores: list[LayerScore], n: int | None) -> list[str]:
+def choose_layers(scores: list[LayerScore], n: int | None, criterion: str = "") -> list[str]:
     """The ``n`` lowest-scoring layers (all, least important first, when ``n`` is None),
-    never one inside another."""
+    never one inside another; for ``"angular"`` the window of ``n`` that starts at the
+    lowest-scoring layer."""
+    if criterion == "angular" and n is not None:
+        start = min(scores, key=lambda s: (s.score, -s.position)).position
+        window = [s.name for s in scores[start:start + n]]
+        if len(window) == n:
+            return window
     chosen: list[str] = []
     for score in sorted(scores, key=lambda s: (s.score, -s.position)):
         if len(chosen) == n:
@@ -208,29 +241,84 @@ def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criteri
         model.train(training)
 
 
-def _influence(model: nn.Module, candidates: list[str], batches: list) -> list[float]:
-    """1 − cosine(input, output) of each candidate, per sample, averaged."""
+def _mean_distance(x: torch.Tensor, y: torch.Tensor, per_token: bool,
+                   angular: bool = False) -> tuple[float, int]:
+    """Sum over samples of 1 − cosine (or the angular distance) between ``x`` and ``y``, per
+    sample or per token (averaged within the sample), and the number of samples."""
+    x, y = x.double(), y.double()
+    if per_token and x.dim() >= 3:
+        cosine = F.cosine_similarity(x, y, dim=-1).flatten(1)
+    else:
+        cosine = F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1)[:, None]
+    distance = (torch.arccos(cosine.clamp(-1, 1)) / math.pi) if angular else 1 - cosine
+    return distance.mean(1).sum().item(), x.shape[0]
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    return next(iter_tensors(value))
+
+
+def _distances(model: nn.Module, candidates: list[str], batches: list, per_token: bool,
+               criterion: str, n: int) -> list[float]:
+    """Influence: 1 − cosine between each candidate's input and output. Angular: the
+    angular distance between candidate i's input and candidate i + n − 1's output."""
     modules = dict(model.named_modules())
-    sums = dict.fromkeys(candidates, 0.0)
-    counts = dict.fromkeys(candidates, 0)
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str):
-        def hook(_module, args, output):
-            x = next(iter_tensors(args)).flatten(1).double()
-            y = output.flatten(1).double()
-            sums[name] += (1 - F.cosine_similarity(x, y, dim=1)).sum().item()
-            counts[name] += x.shape[0]
+        def hook(_module, args, kwargs, output):
+            inputs[name] = _first_tensor((args, kwargs))
+            outputs[name] = _first_tensor(output)
         return hook
 
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in candidates]
+    angular = criterion == "angular"
+    span = n if angular else 1
+    sums = [0.0] * len(candidates)
+    counts = [0] * len(candidates)
+    handles = [modules[name].register_forward_hook(hook_for(name), with_kwargs=True)
+               for name in candidates]
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for batch in batches:
+                inputs.clear()
+                outputs.clear()
                 call_model(model, split_batch(batch)[0])
+                for i in range(len(candidates) - span + 1):
+                    first, last = candidates[i], candidates[i + span - 1]
+                    total, samples = _mean_distance(inputs[first], outputs[last], per_token,
+                                                    angular)
+                    sums[i] += total
+                    counts[i] += samples
     finally:
         for handle in handles:
             handle.remove()
+        inputs.clear()
+        outputs.clear()
         model.train(training)
-    return [sums[name] / max(counts[name], 1) for name in candidates]
+    return [sums[i] / counts[i] if counts[i] else math.inf for i in range(len(candidates))]
+
+
+def _output_change(model: nn.Module, candidates: list[str], batches: list,
+                   per_token: bool) -> list[float]:
+    """1 − cosine between the model's output and its output with each candidate skipped."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = [_first_tensor(call_model(model, split_batch(b)[0])) for b in batches]
+
+            def distance(skipped: nn.Module) -> float:
+                total, samples = 0.0, 0
+                for batch, expected in zip(batches, reference):
+                    output = _first_tensor(call_model(skipped, split_batch(batch)[0]))
+                    part, count = _mean_distance(output, expected, per_token)
+                    total, samples = total + part, samples + count
+                return total / max(samples, 1)
+
+            return [evaluate_applied(model, Plan(layers=[name]), distance)
+                    for name in candidates]
+    finally:
+        model.train(training)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PlanError
+from .stacks import original_name
 
 PLAN_FORMAT = "prunekit.plan"
 PLAN_VERSION = 1
@@ -28,7 +29,9 @@ class Plan:
         attributes: ``{module name: {attribute: new value}}`` for counts such as ``groups``.
         groups: a readable summary of each pruned group.
         layers: names of modules removed whole (layer pruning): each is replaced by an
-            identity, so the network skips it.
+            identity, so the network skips it, or deleted from its ``nn.ModuleList``.
+        stacks: the ``nn.ModuleList`` stacks that ``layers`` are deleted from, whose later
+            blocks are renumbered (a transformer's layers).
     """
 
     method: dict[str, Any] = field(default_factory=dict)
@@ -37,6 +40,7 @@ class Plan:
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     groups: list[dict[str, Any]] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
+    stacks: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -45,6 +49,7 @@ class Plan:
     def then(self, later: "Plan") -> "Plan":
         """One plan doing this plan and then ``later`` (made on the model this one pruned),
         so a model pruned in several steps saves and reloads with a single plan."""
+        later = self._renamed_back(later)
         tensors = {name: dict(dims) for name, dims in self.tensors.items()}
         for name, dims in later.tensors.items():
             mine = tensors.setdefault(name, {})
@@ -57,7 +62,23 @@ class Plan:
         steps = self.method.get("steps", [self.method] if self.method else [])
         return Plan(method={"steps": steps + later.method.get("steps", [later.method])},
                     tensors=tensors, shapes=shapes, attributes=attributes,
-                    groups=self.groups + later.groups, layers=self.layers + later.layers)
+                    groups=self.groups + later.groups, layers=self.layers + later.layers,
+                    stacks=list(dict.fromkeys(self.stacks + later.stacks)))
+
+    def _renamed_back(self, later: "Plan") -> "Plan":
+        """``later`` with names from before this plan deleted blocks from its stacks."""
+        if not self.stacks:
+            return later
+
+        def back(name: str) -> str:
+            return original_name(name, self.layers, self.stacks)
+
+        return Plan(method=later.method,
+                    tensors={back(n): dims for n, dims in later.tensors.items()},
+                    shapes={back(n): shape for n, shape in later.shapes.items()},
+                    attributes={back(n): values for n, values in later.attributes.items()},
+                    groups=later.groups, layers=[back(n) for n in later.layers],
+                    stacks=later.stacks)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,7 +101,7 @@ class Plan:
         return cls(method=data.get("method", {}), tensors=tensors,
                    shapes={k: list(v) for k, v in data.get("shapes", {}).items()},
                    attributes=data.get("attributes", {}), groups=data.get("groups", []),
-                   layers=list(data.get("layers", [])))
+                   layers=list(data.get("layers", [])), stacks=list(data.get("stacks", [])))
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
