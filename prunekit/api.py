@@ -12,6 +12,7 @@ from .apply import apply_plan
 from .budget import layers_for_budget, ratio_for_budget
 from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
+from .hf_config import update_config
 from .measure import Measurement, count_params, flops_and_shapes
 from .layers import choose_layers, layer_importance
 from .methods import LayerPruning, _ChannelMethod
@@ -25,13 +26,17 @@ from .planner import candidate_groups, keep_from_scores, score_groups
 
 @dataclass
 class PruneResult:
-    """What ``pk.prune`` did: the plan, the model's size before and after, and the groups it
-    left alone because pruning them broke the model (each with the error)."""
+    """What ``pk.prune`` did: the plan, the model's size before and after, the groups it
+    left alone because pruning them broke the model (each with the error), and for a Hugging
+    Face model whether its config describes the pruned model (``config_matches``: True means
+    ``save_pretrained`` reloads it with plain ``from_pretrained``; False means save it with
+    ``pk.save``; None for other models)."""
 
     plan: Plan
     before: Measurement
     after: Measurement
     skipped: list[SkippedGroup] = field(default_factory=list)
+    config_matches: bool | None = None
 
     @property
     def param_reduction(self) -> float:
@@ -124,7 +129,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
             reconstruct(original, model, plan, data)
     finally:
         model.train(training)
-    return PruneResult(plan, before, after, skipped)
+    return PruneResult(plan, before, after, skipped, update_config(model))
 
 
 def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
@@ -148,7 +153,7 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
         after = Measurement(count_params(model), flops_after)
     finally:
         model.train(training)
-    return PruneResult(plan, before, after)
+    return PruneResult(plan, before, after, config_matches=update_config(model))
 
 
 def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,

@@ -9,6 +9,7 @@ from torch import nn
 
 from .apply import apply_plan
 from .errors import PlanError
+from .hf_config import update_config
 from .plan import Plan
 
 WEIGHTS_FILE = "model.safetensors"
@@ -32,7 +33,8 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
     """Replay the saved plan on a freshly built ``model`` and load the saved weights into it.
 
     The model must be the same architecture the plan was made on, unpruned. If the plan or
-    the weights do not fit, the model is left as it was.
+    the weights do not fit, the model is left as it was. A Hugging Face model's config is
+    updated to the pruned sizes where one config can describe them.
 
     Example:
         >>> model = pk.load("pruned/", torchvision.models.resnet18())
@@ -49,4 +51,6 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
         except RuntimeError as error:
             raise PlanError(f"weights in {str(directory)!r} do not fit the model: {error}") from error
 
-    return apply_plan(model, plan, check=load_weights)
+    apply_plan(model, plan, check=load_weights)
+    update_config(model)
+    return model
