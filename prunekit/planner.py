@@ -30,8 +30,13 @@ def group_ratio(group: Group, method: _ChannelMethod, ratio: float | None = None
 
 
 def candidate_groups(graph: DependencyGraph, method: _ChannelMethod) -> list[Group]:
-    """The groups a method prunes: channel groups, or for head pruning the attention heads."""
-    return graph.head_groups() if method.prunes_heads else graph.groups
+    """The groups a method prunes: for head pruning the attention heads; otherwise the
+    channel groups outside attention (a transformer's MLP neurons), since heads and the
+    dims inside them are head pruning's."""
+    if method.prunes_heads:
+        return graph.head_groups()
+    attention = {g.axis for g in graph.attention_groups()}
+    return [g for g in graph.groups if g.axis not in attention]
 
 
 def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable | None = None,

@@ -19,6 +19,8 @@ from ..trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import HEAD_COUNT
 
+_HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head"}
+
 
 @dataclass
 class Member:
@@ -168,6 +170,17 @@ class DependencyGraph:
         ``num_attention_heads``, ``n_heads`` …), or the outer factor of a view whose inner
         factor is a head size (``head_dim``, ``attention_head_size``), as in Llama, whose
         attention keeps no head count of its own."""
+        heads = self._head_axes()
+        return [g for g in self.all_groups if g.axis in heads]
+
+    def attention_groups(self) -> list[Group]:
+        """Head groups and the groups inside heads (the dims of each head's q/k/v)."""
+        heads = self._head_axes()
+        inside = {leaf for outer, inner in self.axes.factorisations
+                  if self._leaves(outer) & heads for leaf in self._leaves(inner)}
+        return [g for g in self.all_groups if g.axis in heads | inside]
+
+    def _head_axes(self) -> set[int]:
         counted = {leaf for a in self.attributes if HEAD_COUNT.match(a.attribute)
                    for leaf in self._leaves(a.spec)}
         head_sizes = [self._leaves(a.spec) for a in self.attributes
@@ -175,7 +188,7 @@ class DependencyGraph:
         for outer, inner in self.axes.factorisations:
             if self._leaves(inner) in head_sizes:
                 counted |= self._leaves(outer)
-        return [g for g in self.all_groups if g.axis in counted]
+        return counted
 
     def activation_sites(self, group: Group) -> list[tuple[ModuleOutput, int]]:
         """Leaf-module outputs with a dim that carries exactly this group's channels.
@@ -212,9 +225,6 @@ class DependencyGraph:
 
     def __str__(self) -> str:
         return "\n".join(str(g) for g in self.groups)
-
-
-_HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head"}
 
 
 def layout_indices(axes: AxisTable, segments: Spec, keep: dict[int, torch.Tensor]) -> torch.Tensor:
