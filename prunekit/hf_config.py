@@ -22,8 +22,8 @@ from torch import nn
 
 from .stacks import model_config
 
-SIZE_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim",
-               "hidden_size")
+SIZE_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "hidden_dim",
+               "head_dim", "hidden_size")
 
 
 def update_config(model: nn.Module) -> bool | None:

@@ -126,8 +126,9 @@ class HeadPruning(_ChannelMethod):
     the weight criteria score each head over all of its q/k/v/o weights (``"l1"``, ``"l2"``,
     ``"random"`` …); ``"gradient"`` (Michel et al.) and ``"entropy"`` read ``data=`` (see
     ``prunekit.importance.heads``). ``ratio`` is the fraction of each layer's heads removed.
-    ``heads={attention module: [head indices]}`` removes exactly those heads instead (the
-    module is any module of that attention layer, e.g. ``"encoder.layer.0.attention.self"``).
+    ``heads={attention module: [head indices]}`` removes exactly those heads instead, and
+    ``ratio`` is not used (the module is any module of that attention layer, e.g.
+    ``"encoder.layer.0.attention.self"``).
 
     Example:
         >>> pk.prune(bert, inputs, pk.HeadPruning(ratio=0.25, criterion="l1"))
@@ -146,9 +147,9 @@ class HeadPruning(_ChannelMethod):
                     or not all(isinstance(i, int) and i >= 0 for i in indices)):
                 raise ConfigError(f"HeadPruning.heads[{module!r}] must be a list of head "
                                   f"indices, got {indices!r}")
-        if self.heads and (self.ratio or self.overrides or self.flops_target
-                           or self.params_target):
-            raise ConfigError("HeadPruning: give heads= (exact heads) or a ratio/budget, "
+        if self.heads and (self.overrides or self.flops_target or self.params_target
+                           or self.global_ranking):
+            raise ConfigError("HeadPruning: give heads= (exact heads) or overrides/a budget, "
                               "not both")
 
 

@@ -1,0 +1,292 @@
+"""Heads, MLP neurons and whole layers of small randomly initialised Hugging Face models:
+every pruned model runs, has the parameter count the sizes imply, matches its masked (or
+layer-skipped) original, and saves and reloads as the README says."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+import transformers
+
+import prunekit as pk
+from prunekit.graph.rules import HEAD_COUNT
+from prunekit.verify import mask
+
+from .helpers import check_pruned, outputs
+
+transformers.logging.set_verbosity_error()
+
+HIDDEN, HEADS, INTERMEDIATE, LAYERS, VOCAB = 64, 4, 128, 3, 100
+COMMON = dict(hidden_size=HIDDEN, num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
+              num_hidden_layers=LAYERS, vocab_size=VOCAB)
+TOKENS = {"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))}
+IMAGES = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+
+
+@dataclass
+class Case:
+    build: Callable[[], transformers.PreTrainedModel]
+    inputs: dict
+    kv_heads: int = HEADS
+    qkv_bias: bool = True
+    mlp_matrices: int = 2  # up + down, or gate + up + down
+    mlp_bias: bool = True
+    intermediate: int = INTERMEDIATE
+    head_config: bool = False  # head-pruned models save with save_pretrained
+    mlp_config: bool = True  # MLP-pruned models save with save_pretrained
+    causal_lm: type | None = None
+
+
+def _model(model_class, config_class, **kwargs):
+    def build():
+        torch.manual_seed(0)
+        return model_class(config_class(**kwargs)).eval()
+    return build
+
+
+CASES = {
+    "bert": Case(_model(transformers.BertModel, transformers.BertConfig, **COMMON), TOKENS),
+    "roberta": Case(_model(transformers.RobertaModel, transformers.RobertaConfig, **COMMON),
+                    TOKENS),
+    "distilbert": Case(_model(transformers.DistilBertModel, transformers.DistilBertConfig,
+                              dim=HIDDEN, n_heads=HEADS, hidden_dim=INTERMEDIATE,
+                              n_layers=LAYERS, vocab_size=VOCAB), TOKENS),
+    "vit": Case(_model(transformers.ViTModel, transformers.ViTConfig, image_size=32,
+                       patch_size=8, **{k: v for k, v in COMMON.items() if k != "vocab_size"}),
+                IMAGES, head_config=True),
+    "gpt2": Case(_model(transformers.GPT2Model, transformers.GPT2Config, n_embd=HIDDEN,
+                        n_head=HEADS, n_layer=LAYERS, vocab_size=VOCAB), TOKENS,
+                 intermediate=4 * HIDDEN, mlp_config=False, causal_lm=transformers.GPT2LMHeadModel),
+    "llama": Case(_model(transformers.LlamaModel, transformers.LlamaConfig, **COMMON), TOKENS,
+                  qkv_bias=False, mlp_matrices=3, mlp_bias=False, head_config=True,
+                  causal_lm=transformers.LlamaForCausalLM),
+    "llama_gqa": Case(_model(transformers.LlamaModel, transformers.LlamaConfig,
+                             num_key_value_heads=2, **COMMON), TOKENS, kv_heads=2,
+                      qkv_bias=False, mlp_matrices=3, mlp_bias=False, head_config=True,
+                      causal_lm=transformers.LlamaForCausalLM),
+    "mistral": Case(_model(transformers.MistralModel, transformers.MistralConfig,
+                           num_key_value_heads=2, **COMMON), TOKENS, kv_heads=2,
+                    qkv_bias=False, mlp_matrices=3, mlp_bias=False, head_config=True,
+                    causal_lm=transformers.MistralForCausalLM),
+    "qwen2": Case(_model(transformers.Qwen2Model, transformers.Qwen2Config,
+                         num_key_value_heads=2, **COMMON), TOKENS, kv_heads=2,
+                  mlp_matrices=3, mlp_bias=False, head_config=True,
+                  causal_lm=transformers.Qwen2ForCausalLM),
+}
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def assert_reloads(model, inputs, tmp_path) -> None:
+    """save_pretrained → plain AutoModel.from_pretrained gives identical outputs."""
+    model.save_pretrained(tmp_path / "hf")
+    auto = (transformers.AutoModelForCausalLM if type(model).__name__.endswith("ForCausalLM")
+            else transformers.AutoModel)
+    reloaded = auto.from_pretrained(tmp_path / "hf").eval()
+    for a, b in zip(outputs(model, inputs), outputs(reloaded, inputs)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_head_pruning(name, tmp_path):
+    case = CASES[name]
+    original = case.build()
+    result = check_pruned(original, case.inputs, pk.HeadPruning(0.5, "l1"), tmp_path)
+    head_dim = HIDDEN // HEADS
+    q_removed, kv_removed = HEADS // 2, case.kv_heads // 2  # a kv head takes its query heads
+    per_layer = (2 * q_removed + 2 * kv_removed) * head_dim * HIDDEN
+    if case.qkv_bias:
+        per_layer += (q_removed + 2 * kv_removed) * head_dim
+    assert result.before.params - result.after.params == LAYERS * per_layer
+    assert result.config_matches is case.head_config
+    pruned = copy.deepcopy(original)
+    pk.prune(pruned, case.inputs, pk.HeadPruning(0.5, "l1"))
+    counts = [value for attributes in result.plan.attributes.values()
+              for key, value in attributes.items() if HEAD_COUNT.match(key)]
+    assert counts == [] or set(counts) == {HEADS // 2}
+    if case.head_config:
+        assert pruned.config.num_attention_heads == HEADS // 2
+        assert getattr(pruned.config, "num_key_value_heads", 2) == case.kv_heads // 2
+        assert_reloads(pruned, case.inputs, tmp_path)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mlp_pruning(name, tmp_path):
+    case = CASES[name]
+    original = case.build()
+    result = check_pruned(original, case.inputs, pk.FilterPruning(0.5, "l2"), tmp_path)
+    removed = case.intermediate // 2
+    per_layer = removed * (case.mlp_matrices * HIDDEN + case.mlp_bias)
+    assert result.before.params - result.after.params == LAYERS * per_layer
+    assert result.config_matches is case.mlp_config
+    if case.mlp_config:
+        pruned = copy.deepcopy(original)
+        pk.prune(pruned, case.inputs, pk.FilterPruning(0.5, "l2"))
+        sizes = [getattr(pruned.config, key, None) for key in ("intermediate_size", "hidden_dim")]
+        assert removed in sizes
+        assert_reloads(pruned, case.inputs, tmp_path)
+
+
+def skipping(model, block):
+    """The reference for a removed block: the same model with the block passing its input
+    through (a forward hook replaces its output), nothing deleted or renumbered."""
+    def pass_through(_module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+    return block.register_forward_hook(pass_through, with_kwargs=True)
+
+
+def stack_of(model) -> torch.nn.ModuleList:
+    from prunekit.stacks import find_block_stack
+    return model.get_submodule(find_block_stack(model))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_layer_pruning(name, tmp_path):
+    case = CASES[name]
+    original = case.build()
+    model = copy.deepcopy(original)
+    result = pk.prune(model, case.inputs, pk.LayerPruning(1, "influence"), data=[case.inputs])
+    (removed,) = result.plan.layers
+    index = int(removed.rsplit(".", 1)[1])
+    removed_block = original.get_submodule(removed)
+    assert result.after.params == n_params(original) - n_params(removed_block) == n_params(model)
+    assert len(stack_of(model)) == LAYERS - 1
+    assert model.config.num_hidden_layers == LAYERS - 1
+    indices = [m.layer_idx for block in stack_of(model) for m in block.modules()
+               if isinstance(getattr(m, "layer_idx", None), int)]
+    assert sorted(set(indices)) == (list(range(LAYERS - 1)) if indices else [])
+    handle = skipping(original, removed_block)
+    try:
+        expected = outputs(original, case.inputs)
+    finally:
+        handle.remove()
+    for a, b in zip(expected, outputs(model, case.inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert index in range(LAYERS)
+    assert result.config_matches is True
+    assert_reloads(model, case.inputs, tmp_path)
+    pk.save(model, tmp_path / "pk", result.plan)
+    restored = pk.load(tmp_path / "pk", case.build())
+    assert restored.config.num_hidden_layers == LAYERS - 1
+    for a, b in zip(outputs(model, case.inputs), outputs(restored, case.inputs)):
+        assert torch.equal(a, b)
+
+
+CAUSAL = [name for name, case in CASES.items() if case.causal_lm is not None]
+METHODS = {"heads": pk.HeadPruning(0.5, "l1"), "mlp": pk.FilterPruning(0.5, "l1"),
+           "layers": pk.LayerPruning(1, "last")}
+
+
+def causal_lm(name):
+    base = CASES[name].build()
+    torch.manual_seed(0)
+    model = CASES[name].causal_lm(base.config).eval()
+    model.base_model.load_state_dict(base.state_dict())
+    return model
+
+
+def greedy(model, prompt, use_cache=True):
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=use_cache,
+                              pad_token_id=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", CAUSAL)
+def test_causal_lm_generates_with_its_cache_after_pruning(name, method, tmp_path):
+    original = causal_lm(name)
+    model = copy.deepcopy(original)
+    result = pk.prune(model, TOKENS, METHODS[method])
+    prompt = TOKENS["input_ids"][:1, :5]
+    tokens = greedy(model, prompt)
+    assert tokens.shape == (1, 11)
+    assert torch.equal(tokens, greedy(model, prompt, use_cache=False))
+    if result.plan.layers:
+        handle = skipping(original, original.get_submodule(result.plan.layers[0]))
+        try:
+            assert torch.equal(tokens, greedy(original, prompt, use_cache=False))
+        finally:
+            handle.remove()
+    else:
+        assert torch.equal(tokens, greedy(mask(copy.deepcopy(original), result.plan), prompt))
+
+
+def test_head_gradient_removes_a_head_whose_output_is_zero():
+    model = CASES["bert"].build()
+    attention = model.encoder.layer[1].attention
+    rows = slice(2 * 16, 3 * 16)
+    with torch.no_grad():
+        attention.self.value.weight[rows] = 0
+        attention.self.value.bias[rows] = 0
+    data = [{"input_ids": torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(s))}
+            for s in range(2)]
+    result = pk.prune(model, TOKENS, pk.HeadPruning(0.25, "gradient"), data=data)
+    kept = result.plan.tensors["encoder.layer.1.attention.self.value.weight"][0]
+    assert kept == list(range(0, 32)) + list(range(48, 64))
+
+
+def test_attention_entropy_removes_a_head_that_attends_uniformly():
+    model = CASES["llama"].build()
+    attention = model.layers[0].self_attn
+    rows = slice(1 * 16, 2 * 16)
+    with torch.no_grad():  # zero queries: every key gets the same score, uniform attention
+        attention.q_proj.weight[rows] = 0
+    result = pk.prune(model, TOKENS, pk.HeadPruning(0.25, "entropy"), data=[TOKENS])
+    kept = result.plan.tensors["layers.0.self_attn.q_proj.weight"][0]
+    assert kept == list(range(0, 16)) + list(range(32, 64))
+    assert model.config._attn_implementation != "eager"  # switched back after measuring
+
+
+def test_explicit_heads_are_exactly_the_ones_removed(tmp_path):
+    original = CASES["llama_gqa"].build()
+    method = pk.HeadPruning(heads={"layers.1.self_attn": [0]})
+    result = check_pruned(original, TOKENS, method, tmp_path)
+    assert result.plan.tensors["layers.1.self_attn.k_proj.weight"][0] == list(range(16, 32))
+    assert result.plan.tensors["layers.1.self_attn.q_proj.weight"][0] == list(range(32, 64))
+    assert not any(name.startswith("layers.0.") for name in result.plan.tensors)
+    assert result.config_matches is False  # heads now differ per layer: pk.save, not HF
+
+
+@pytest.mark.parametrize("heads, message", [
+    ({"layers.9.self_attn": [0]}, "no attention heads"),
+    ({"layers": [0]}, "3 attention layers"),
+    ({"layers.0.self_attn": [0, 1]}, "must keep at least one"),
+    ({"layers.0.self_attn": [5]}, "has 2 heads"),
+])
+def test_bad_head_selection_is_a_clear_error_and_changes_nothing(heads, message):
+    model = CASES["llama_gqa"].build()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(pk.ConfigError, match=message):
+        pk.prune(model, TOKENS, pk.HeadPruning(heads=heads))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def near_identity(model, blocks):
+    """Blocks whose attention and MLP outputs are zero: they pass the residual through."""
+    with torch.no_grad():
+        for index in blocks:
+            block = model.layers[index]
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    return model
+
+
+@pytest.mark.parametrize("criterion", ["influence", "output", "angular"])
+def test_layer_criteria_find_the_blocks_that_do_nothing(criterion):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**COMMON, "num_hidden_layers": 5})
+    model = near_identity(transformers.LlamaModel(config).eval(), [2, 3])
+    data = [{"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(s))}
+            for s in range(2)]
+    scores = pk.layer_importance(model, data, criterion, n=2)
+    assert [s.name for s in scores] == [f"layers.{i}" for i in range(5)]
+    result = pk.prune(model, TOKENS, pk.LayerPruning(2, criterion), data=data)
+    assert sorted(result.plan.layers) == ["layers.2", "layers.3"]
+    assert model.config.num_hidden_layers == 3
