@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-from contextlib import contextmanager
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,11 +17,11 @@ from rich.table import Table
 from torch import nn
 
 from .api import prune as prune_model
-from .errors import PruneError
+from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
 from .io import save
 from .measure import measure
-from .methods import ChannelPruning, FilterPruning
+from .methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
 from .planner import group_ratio
 from .verify import verify
 
@@ -29,11 +29,16 @@ app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help
                   pretty_exceptions_enable=False)
 console = Console()
 
-METHOD_NAMES = {"filter": FilterPruning, "channel": ChannelPruning}
+METHOD_NAMES = {"filter": FilterPruning, "channel": ChannelPruning, "heads": HeadPruning,
+                "layers": LayerPruning}
+DEFAULT_CRITERIA = {"layers": "influence"}
 
 
 def load_model(spec: str) -> nn.Module:
-    """``torchvision:NAME`` or ``path/to/file.py:factory`` (or ``package.module:factory``)."""
+    """``torchvision:NAME``, ``hf:PATH`` (a Hugging Face model directory) or
+    ``path/to/file.py:factory`` (or ``package.module:factory``)."""
+    if spec.startswith("hf:"):
+        return _load_hf(spec[3:])
     source, _, name = spec.rpartition(":")
     if not source or not name:
         raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. torchvision:resnet18")
@@ -56,6 +61,35 @@ def load_model(spec: str) -> nn.Module:
     return factory()
 
 
+def _load_hf(path: str) -> nn.Module:
+    if not (Path(path) / "config.json").is_file():
+        raise typer.BadParameter(f"hf:{path}: not a Hugging Face model directory (no config.json)")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoModel.from_pretrained(path)
+
+
+def example_inputs(network: nn.Module, input_shape: str | None):
+    """Random inputs for the model: ``input_ids`` (batch, tokens) for a Hugging Face text
+    model, ``pixel_values`` for a vision one, else a tensor of ``input_shape``."""
+    config = getattr(network, "config", None)
+    main_input = getattr(network, "main_input_name", None)
+    generator = torch.Generator().manual_seed(0)
+    if config is not None and main_input == "input_ids":
+        shape = parse_shape(input_shape or "2,16")
+        if len(shape) != 2:
+            raise typer.BadParameter(f"--input-shape {input_shape!r}: a text model takes "
+                                     f"BATCH,TOKENS")
+        return {"input_ids": torch.randint(0, config.vocab_size, shape, generator=generator)}
+    if config is not None and main_input == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        default = f"1,{getattr(config, 'num_channels', 3)},{size},{size}"
+        return {"pixel_values": torch.randn(parse_shape(input_shape or default),
+                                            generator=generator)}
+    return torch.randn(parse_shape(input_shape or "1,3,224,224"), generator=generator)
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.split(","))
@@ -73,34 +107,47 @@ def _fail(error: Exception) -> None:
 
 @app.command()
 def prune(
-    model: str = typer.Option(..., help="torchvision:NAME or path/to/file.py:factory"),
-    input_shape: str = typer.Option("1,3,224,224", help="example input shape"),
-    method: str = typer.Option("filter", help="filter | channel"),
-    ratio: float = typer.Option(0.5, help="fraction of each group's channels to remove"),
-    criterion: str = typer.Option("l1", help="l1 | l2 | fpgm | bn_scale | random"),
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
+                                               "BATCH,TOKENS = 2,16 for text models)"),
+    method: str = typer.Option("filter", help="filter | channel | heads | layers"),
+    ratio: float = typer.Option(0.5, help="fraction of each group's channels (or heads) to remove"),
+    n: int = typer.Option(1, help="--method layers: how many layers or blocks to remove"),
+    criterion: str = typer.Option(None, help="l1 | l2 | fpgm | random | gradient | entropy "
+                                             "(heads); influence | angular | output | last "
+                                             "(layers); default l1, influence for layers"),
     round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
     flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
     global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
 ) -> None:
-    """Prune a model and save the result (weights + plan)."""
+    """Prune a model and save the result (weights + plan; a Hugging Face model whose config
+    describes the pruned sizes is also saved with save_pretrained, in OUT/hf)."""
     if method not in METHOD_NAMES:
         raise typer.BadParameter(f"--method {method!r}: choose one of {sorted(METHOD_NAMES)}")
+    criterion = criterion or DEFAULT_CRITERIA.get(method, "l1")
     try:
-        pruning = METHOD_NAMES[method](ratio=ratio, criterion=criterion, round_to=round_to,
-                                       flops_target=flops_target, global_ranking=global_ranking)
+        if method == "layers":
+            pruning = LayerPruning(n=n, criterion=criterion, flops_target=flops_target)
+        else:
+            pruning = METHOD_NAMES[method](ratio=ratio, criterion=criterion, round_to=round_to,
+                                           flops_target=flops_target,
+                                           global_ranking=global_ranking)
         network = load_model(model).eval()
-        x = torch.randn(parse_shape(input_shape))
+        x = example_inputs(network, input_shape)
         original = copy.deepcopy(network) if check else None
         with _progress(f"pruning {model}"):
-            result = prune_model(network, x, pruning)
+            # data-driven criteria read the example inputs: a smoke test, not a calibration
+            result = prune_model(network, x, pruning, data=[x])
             report = verify(original, x, result.plan) if check else None
             before, after = measure(original or network, x), measure(network, x)
         save(network, out, result.plan)
-    except PruneError as error:
+        if result.config_matches:
+            network.save_pretrained(out / "hf")
+    except (PruneError, ConfigError) as error:
         _fail(error)
-    table = Table(title=f"{model}: {type(pruning).__name__}(ratio={ratio}, criterion={criterion!r})")
+    table = Table(title=f"{model}: {escape(_describe(pruning))}")
     for column in ("", "params", "FLOPs", "latency (ms)"):
         table.add_column(column, justify="right")
     for label, m in (("before", before), ("after", after)):
@@ -109,15 +156,29 @@ def prune(
                   f"{after.flops / before.flops - 1:+.1%}",
                   f"{after.latency_ms / before.latency_ms - 1:+.1%}")
     console.print(table)
+    if result.plan.layers:
+        console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
     if report is not None:
         console.print(f"verify: {escape(str(report))}")
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")
+    if result.config_matches:
+        console.print(f"also saved with save_pretrained to {out / 'hf'}/ "
+                      f"(AutoModel.from_pretrained reloads it)")
+    elif result.config_matches is False:
+        console.print("the pruned sizes differ from what one config can describe: reload it "
+                      "with pk.load")
+
+
+def _describe(pruning) -> str:
+    if isinstance(pruning, LayerPruning):
+        return f"LayerPruning(n={pruning.n}, criterion={pruning.criterion!r})"
+    return f"{type(pruning).__name__}(ratio={pruning.ratio}, criterion={pruning.criterion!r})"
 
 
 @app.command()
 def analyze(
-    model: str = typer.Option(..., help="torchvision:NAME or path/to/file.py:factory"),
-    input_shape: str = typer.Option("1,3,224,224", help="example input shape"),
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    input_shape: str = typer.Option(None, help="example input shape (as for prune)"),
     ratio: float = typer.Option(0.5, help="ratio used for the 'would remove' column"),
     limit: int = typer.Option(40, help="show at most this many groups"),
 ) -> None:
@@ -126,7 +187,7 @@ def analyze(
         network = load_model(model).eval()
         pruning = FilterPruning(ratio=ratio)
         with _progress(f"tracing {model}"):
-            graph = DependencyGraph(network, torch.randn(parse_shape(input_shape)))
+            graph = DependencyGraph(network, example_inputs(network, input_shape))
     except PruneError as error:
         _fail(error)
     table = Table(title=f"{model}: {len(graph.groups)} prunable groups")

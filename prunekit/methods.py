@@ -130,12 +130,17 @@ class HeadPruning(_ChannelMethod):
     ``ratio`` is not used (the module is any module of that attention layer, e.g.
     ``"encoder.layer.0.attention.self"``).
 
+    With ``reconstruct=True`` (and calibration batches as ``data=``), each output projection
+    is then re-fitted by least squares, bias included, to reproduce its original output from
+    the heads that remain (``prunekit.recover.reconstruct``); no training.
+
     Example:
         >>> pk.prune(bert, inputs, pk.HeadPruning(ratio=0.25, criterion="l1"))
         >>> pk.prune(bert, inputs, pk.HeadPruning(heads={"encoder.layer.0.attention": [0, 3]}))
     """
 
     heads: dict[str, list[int]] = field(default_factory=dict)
+    reconstruct: bool = False
 
     scored_role: ClassVar[str] = "every member"  # no member has this role: all are scored
     prunes_heads: ClassVar[bool] = True

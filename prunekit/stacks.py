@@ -14,8 +14,11 @@ from torch import nn
 
 def find_block_stack(model: nn.Module) -> str | None:
     """The ``nn.ModuleList`` of two or more blocks of one class holding the most parameters,
-    if it holds at least half of the model's: a transformer's layers."""
-    total = sum(p.numel() for p in model.parameters())
+    if it holds at least half of the model's outside embedding tables: a transformer's
+    layers."""
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                  for p in m.parameters()}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
     best, best_size = None, 0
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) < 2:

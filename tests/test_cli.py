@@ -1,5 +1,6 @@
 """The command line: prune, analyze, and what a bad argument prints."""
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -81,3 +82,42 @@ def test_compare_writes_every_method_at_the_budget(tmp_path):
         if row["method"].startswith(("filter", "channel")):
             assert abs(1 - row["flops"] / base - 0.4) <= 0.02, row
     assert (tmp_path / "comparison.png").stat().st_size > 1000
+
+
+def _llama_directory(tmp_path):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=128, num_hidden_layers=3, vocab_size=100)
+    transformers.LlamaModel(config).save_pretrained(tmp_path / "llama")
+    return tmp_path / "llama"
+
+
+@pytest.mark.parametrize("method, options, field, value", [
+    ("heads", ["--ratio", "0.5"], "num_key_value_heads", 1),
+    ("filter", ["--ratio", "0.5"], "intermediate_size", 64),
+    ("layers", ["--n", "2", "--criterion", "angular"], "num_hidden_layers", 1),
+])
+def test_prune_a_hugging_face_directory(tmp_path, method, options, field, value):
+    import transformers
+
+    source = _llama_directory(tmp_path)
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, ["prune", "--model", f"hf:{source}", "--method", method,
+                                 *options, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "equivalent" in result.output
+    reloaded = transformers.AutoModel.from_pretrained(out / "hf")
+    assert getattr(reloaded.config, field) == value
+    restored = pk.load(out, transformers.AutoModel.from_pretrained(source))
+    ids = {"input_ids": torch.randint(0, 100, (1, 6))}
+    for a, b in zip(outputs(reloaded, ids), outputs(restored, ids)):
+        assert torch.equal(a, b)
+
+
+def test_a_directory_without_a_config_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["prune", "--model", f"hf:{tmp_path}", "--method", "heads",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0
+    assert "no config.json" in result.output

@@ -290,3 +290,10 @@ def test_layer_criteria_find_the_blocks_that_do_nothing(criterion):
     result = pk.prune(model, TOKENS, pk.LayerPruning(2, criterion), data=data)
     assert sorted(result.plan.layers) == ["layers.2", "layers.3"]
     assert model.config.num_hidden_layers == 3
+
+
+def test_heads_are_found_when_the_sequence_is_as_long_as_a_head():
+    model = CASES["llama_gqa"].build()
+    sixteen = {"input_ids": torch.randint(0, VOCAB, (1, HIDDEN // HEADS))}  # 16 tokens, head_dim 16
+    result = pk.prune(model, sixteen, pk.HeadPruning(0.5, "l1"))
+    assert model.config.num_key_value_heads == 1 and result.config_matches

@@ -183,8 +183,12 @@ class DependencyGraph:
     def _head_axes(self) -> set[int]:
         counted = {leaf for a in self.attributes if HEAD_COUNT.match(a.attribute)
                    for leaf in self._leaves(a.spec)}
+        # a head size that is not pruned stays an unresolved candidate when another dim of
+        # the view has the same size (16 tokens of head_dim 16): any of its dims may match
         head_sizes = [self._leaves(a.spec) for a in self.attributes
                       if a.attribute in _HEAD_SIZES]
+        head_sizes += [self._leaves(spec) for c in self.trace.attribute_candidates
+                       if c.attribute in _HEAD_SIZES for spec in c.specs]
         for outer, inner in self.axes.factorisations:
             if self._leaves(inner) in head_sizes:
                 counted |= self._leaves(outer)

