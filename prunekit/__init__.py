@@ -17,6 +17,7 @@ from .measure import Measurement, measure
 from .layers import LayerScore, find_layer_candidates, find_redundant_layers, layer_importance
 from .methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
 from .plan import Plan
+from .pruners import TransformerHeadPruner, TransformerLayerPruner, head_importance
 from .sensitivity import Sensitivity, sensitivity
 from .verify import VerifyReport, verify
 
@@ -29,4 +30,5 @@ __all__ = [
     "LayerScore", "Measurement", "Plan", "PlanError", "PruneError", "PruneResult", "TraceError",
     "UnsupportedOpError", "VerifyReport", "apply_plan", "find_layer_candidates",
     "find_redundant_layers", "layer_importance", "load", "measure", "prune", "save", "verify",
+    "TransformerHeadPruner", "TransformerLayerPruner", "head_importance",
 ]

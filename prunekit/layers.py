@@ -15,8 +15,9 @@ Criteria (higher score = more important):
 - ``"accuracy"``: how much the accuracy on ``data`` falls when the block is skipped;
 - ``"output"``: how far the model's output moves when the block is skipped, 1 − cosine to
   the unpruned output (per token in a transformer), no labels needed;
-- ``"influence"``: 1 − cosine similarity between the block's input and output, averaged over
-  ``data`` (a block that barely changes its input is redundant; ShortGPT's block influence);
+- ``"influence"`` (or ``"block_influence"``): 1 − cosine similarity between the block's input
+  and output, averaged over ``data`` (a block that barely changes its input is redundant;
+  ShortGPT's block influence);
 - ``"angular"``: the angular distance arccos(cosine)/π between the input of a block and the
   output of the block ``n − 1`` later (Gromov et al. 2024); the ``n`` consecutive blocks
   whose window changes the representation least go together;
@@ -40,7 +41,8 @@ from .plan import Plan
 from .stacks import find_block_stack, stack_blocks
 from .trace import call_model, iter_tensors, output_shapes
 
-LAYER_CRITERIA = ("loss", "accuracy", "output", "influence", "angular", "last")
+LAYER_CRITERIA = ("loss", "accuracy", "output", "influence", "block_influence", "angular", "last")
+_SAME_AS = {"block_influence": "influence"}  # ShortGPT's name for it
 _NOT_CANDIDATES = (nn.Sequential, nn.ModuleList, nn.ModuleDict,
                    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                    nn.LocalResponseNorm, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.GELU,
@@ -144,6 +146,7 @@ def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: 
     if criterion not in LAYER_CRITERIA:
         raise ConfigError(f"layer criterion {criterion!r} is unknown; choose one of "
                           f"{list(LAYER_CRITERIA)}")
+    criterion = _SAME_AS.get(criterion, criterion)
     batches = list(data) if data is not None else []
     if example_inputs is None:
         if not batches:

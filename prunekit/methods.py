@@ -114,6 +114,10 @@ class ChannelPruning(_ChannelMethod):
     scored_role: ClassVar[str] = "in"
 
 
+# criteria that score heads; "taylor" on heads is the mask gradient (Michel et al.)
+HEAD_CRITERIA = ("l1", "l2", "fpgm", "random", "gradient", "taylor", "entropy")
+
+
 @dataclass
 class HeadPruning(_ChannelMethod):
     """Remove whole attention heads: every head's query/key/value slices, its output
@@ -124,8 +128,8 @@ class HeadPruning(_ChannelMethod):
     The engine finds the heads itself: the outer factor of the view that splits a projection
     into ``(heads, head_dim)``, in a module that keeps a head count or a head size. Criteria:
     the weight criteria score each head over all of its q/k/v/o weights (``"l1"``, ``"l2"``,
-    ``"random"`` …); ``"gradient"`` (Michel et al.) and ``"entropy"`` read ``data=`` (see
-    ``prunekit.importance.heads``). ``ratio`` is the fraction of each layer's heads removed.
+    ``"fpgm"``, ``"random"``); ``"gradient"`` (Michel et al.; ``"taylor"`` is the same here)
+    and ``"entropy"`` read ``data=`` (see ``prunekit.importance.heads``). ``ratio`` is the fraction of each layer's heads removed.
     ``heads={attention module: [head indices]}`` removes exactly those heads instead, and
     ``ratio`` is not used (the module is any module of that attention layer, e.g.
     ``"encoder.layer.0.attention.self"``).
@@ -147,6 +151,9 @@ class HeadPruning(_ChannelMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.criterion not in HEAD_CRITERIA:
+            raise ConfigError(f"HeadPruning.criterion: {self.criterion!r} does not score heads; "
+                              f"choose one of {list(HEAD_CRITERIA)}")
         for module, indices in self.heads.items():
             if (not isinstance(indices, (list, tuple))
                     or not all(isinstance(i, int) and i >= 0 for i in indices)):

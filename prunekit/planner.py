@@ -46,7 +46,9 @@ def score_groups(graph: DependencyGraph, method: _ChannelMethod, data: Iterable 
     Data-driven criteria score the groups they can read activations for; the others (and
     weight criteria everywhere) are scored from their weights.
     """
-    criterion = CRITERIA[method.criterion]
+    # on heads, Taylor's first-order loss change is the head-mask gradient
+    name = "gradient" if method.prunes_heads and method.criterion == "taylor" else method.criterion
+    criterion = CRITERIA[name]
     generator = torch.Generator().manual_seed(method.seed)
     groups = candidate_groups(graph, method)
     scores: dict[int, torch.Tensor] = {}
@@ -109,7 +111,7 @@ def chosen_heads(graph: DependencyGraph, heads: dict[str, list[int]]) -> dict[in
             found = "no attention heads" if not matches else f"{len(matches)} attention layers"
             raise ConfigError(f"HeadPruning.heads: module {module!r} has {found}; name one "
                               f"attention layer, e.g. one of "
-                              f"{[_common_prefix(g.modules()) for g in groups][:3]}")
+                              f"{[common_prefix(g.modules()) for g in groups][:3]}")
         group = matches[0]
         removed = set(indices)
         if max(removed, default=-1) >= group.size or len(removed) >= group.size:
@@ -123,7 +125,7 @@ def _within(name: str, module: str) -> bool:
     return name == module or name.startswith(module + ".")
 
 
-def _common_prefix(names: list[str]) -> str:
+def common_prefix(names: list[str]) -> str:
     parts = [name.split(".") for name in names]
     prefix = []
     for pieces in zip(*parts):

@@ -297,3 +297,35 @@ def test_heads_are_found_when_the_sequence_is_as_long_as_a_head():
     sixteen = {"input_ids": torch.randint(0, VOCAB, (1, HIDDEN // HEADS))}  # 16 tokens, head_dim 16
     result = pk.prune(model, sixteen, pk.HeadPruning(0.5, "l1"))
     assert model.config.num_key_value_heads == 1 and result.config_matches
+
+
+def test_the_contract_names_work_on_a_transformer():
+    """DESIGN's examples: HeadPruning(criterion="taylor"), LayerPruning("block_influence")."""
+    model = CASES["bert"].build()
+    data = [TOKENS]
+    taylor = pk.prune(copy.deepcopy(model), TOKENS, pk.HeadPruning(0.25, "taylor"), data=data)
+    gradient = pk.prune(copy.deepcopy(model), TOKENS, pk.HeadPruning(0.25, "gradient"), data=data)
+    assert taylor.plan.tensors == gradient.plan.tensors
+    blocks = pk.prune(copy.deepcopy(model), TOKENS, pk.LayerPruning(1, "block_influence"),
+                      data=data)
+    influence = pk.prune(copy.deepcopy(model), TOKENS, pk.LayerPruning(1, "influence"), data=data)
+    assert blocks.plan.layers == influence.plan.layers
+    with pytest.raises(pk.ConfigError, match="does not score heads"):
+        pk.HeadPruning(0.25, "apoz")
+
+
+def test_object_pruners_score_then_remove_what_the_scores_say():
+    model = CASES["llama_gqa"].build()
+    heads = pk.TransformerHeadPruner(model, TOKENS, criterion="l2")
+    scores = heads.head_importance()
+    assert list(scores) == [f"layers.{i}.self_attn" for i in range(LAYERS)]
+    assert all(s.shape == (2,) for s in scores.values())  # two key/value heads per layer
+    weakest = {name: [int(s.argmin())] for name, s in scores.items()}
+    result = heads.prune_heads(weakest)
+    for name, (head,) in weakest.items():
+        kept = result.plan.tensors[f"{name}.k_proj.weight"][0]
+        assert kept == (list(range(16, 32)) if head == 0 else list(range(0, 16)))
+    assert model.config.num_key_value_heads == 1
+    layers = pk.TransformerLayerPruner(model, TOKENS, criterion="last")
+    assert layers.prune_layers(1).plan.layers == [f"layers.{LAYERS - 1}"]
+    assert model.config.num_hidden_layers == LAYERS - 1
