@@ -14,11 +14,10 @@ from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
 from .hf_config import update_config
 from .measure import Measurement, count_params, flops_and_shapes
-from .layers import choose_layers, layer_importance
+from .layers import choose_layers, layer_importance, removal
 from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
 from .recover.reconstruct import reconstruct
-from .stacks import find_block_stack
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted
 from .planner import candidate_groups, keep_from_scores, score_groups
@@ -145,9 +144,8 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
         else:
             layers = layers_for_budget(model, example_inputs, choose_layers(scores, None),
                                         method.flops_target, flops)
-        stack = find_block_stack(model)
-        plan = Plan(method=method.to_dict(), layers=layers,
-                    stacks=[stack] if stack is not None else [])
+        plan = removal(model, layers)
+        plan.method = method.to_dict()
         before = Measurement(count_params(model), flops)
         flops_after = _apply_checked(model, example_inputs, plan, shapes)
         after = Measurement(count_params(model), flops_after)

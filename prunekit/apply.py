@@ -126,12 +126,12 @@ def apply_plan(model: nn.Module, plan: Plan,
     touched.update({id(modules[name]): modules[name] for name in plan.attributes})
     parents = [modules[_parent(name)] for name in plan.layers]
     touched.update({id(m): m for m in parents})
-    for parent in parents:  # blocks renumbered after a deletion
-        if isinstance(parent, nn.ModuleList):
-            touched.update({id(m): m for m in parent.modules()})
+    for stack in plan.stacks:  # blocks renumbered after a deletion
+        if stack in modules:
+            touched.update({id(m): m for m in modules[stack].modules()})
     config = model_config(model)
     with transaction(list(touched.values()), [config] if config is not None else []):
-        _remove_layers(model, modules, plan.layers)
+        _remove_layers(model, modules, plan.layers, plan.stacks)
         replaced: dict[int, torch.Tensor] = {}
         for module, attr, kind in owners.values():
             old = getattr(module, attr)
@@ -155,15 +155,16 @@ def apply_plan(model: nn.Module, plan: Plan,
     return model
 
 
-def _remove_layers(model: nn.Module, modules: dict[str, nn.Module], names: list[str]) -> None:
-    """The network skips these modules: deleted from an ``nn.ModuleList`` stack (see
+def _remove_layers(model: nn.Module, modules: dict[str, nn.Module], names: list[str],
+                   stacks: list[str]) -> None:
+    """The network skips these modules: deleted from a stack the plan names (see
     ``prunekit.stacks``), replaced by an identity anywhere else."""
     by_parent: dict[str, set[str]] = {}
     for name in names:
         by_parent.setdefault(_parent(name), set()).add(name.rsplit(".", 1)[-1])
     for parent_name, children in by_parent.items():
         parent = modules[parent_name]
-        if isinstance(parent, nn.ModuleList):
+        if parent_name in stacks and isinstance(parent, nn.ModuleList):
             remove_blocks(model, parent, children)
         else:
             for child in children:

@@ -11,11 +11,11 @@ from typing import Any
 from torch import nn
 
 from .apply import evaluate_applied
+from .layers import removal
 from .errors import PruneError
 from .graph.dependency import DependencyGraph
 from .measure import count_flops, count_params
 from .methods import _ChannelMethod
-from .plan import Plan
 from .planner import keep_from_scores, plan_from_keep
 
 
@@ -61,7 +61,7 @@ def layers_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
                       target: float, flops: int) -> list[str]:
     """The shortest prefix of ``ranked`` whose removal takes away ``target`` of the FLOPs."""
     for n in range(1, len(ranked) + 1):
-        remaining = evaluate_applied(model, Plan(layers=ranked[:n]),
+        remaining = evaluate_applied(model, removal(model, ranked[:n]),
                                      lambda pruned: count_flops(pruned, example_inputs))
         if 1 - remaining / max(flops, 1) >= target - 0.005:
             return ranked[:n]

@@ -113,6 +113,14 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
     return candidates
 
 
+def removal(model: nn.Module, names: list[str]) -> Plan:
+    """The plan that removes these layers: deleted from the transformer's stack when they
+    are its blocks, replaced by identities otherwise."""
+    stack = find_block_stack(model)
+    inside = stack is not None and any(name.rsplit(".", 1)[0] == stack for name in names)
+    return Plan(layers=list(names), stacks=[stack] if inside else [])
+
+
 def _skipping_keeps_shapes(model: nn.Module, example_inputs: Any, name: str,
                            shapes: list[tuple[int, ...]]) -> bool:
     def same_shapes(skipped: nn.Module) -> bool:
@@ -121,7 +129,7 @@ def _skipping_keeps_shapes(model: nn.Module, example_inputs: Any, name: str,
         except Exception:  # skipping it breaks the forward pass: not a candidate
             return False
 
-    return evaluate_applied(model, Plan(layers=[name]), same_shapes)
+    return evaluate_applied(model, removal(model, [name]), same_shapes)
 
 
 def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: str = "loss",
@@ -235,7 +243,7 @@ def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criteri
         baseline = _evaluate(model, batches, criterion, loss_fn)
         effects = []
         for name in candidates:
-            skipped = evaluate_applied(model, Plan(layers=[name]), lambda m: _evaluate(
+            skipped = evaluate_applied(model, removal(model, [name]), lambda m: _evaluate(
                 m, batches, criterion, loss_fn))
             change = skipped - baseline
             effects.append(-change if criterion == "accuracy" else change)
@@ -321,7 +329,7 @@ def _output_change(model: nn.Module, candidates: list[str], batches: list,
                     total, samples = total + part, samples + count
                 return total / max(samples, 1)
 
-            return [evaluate_applied(model, Plan(layers=[name]), distance)
+            return [evaluate_applied(model, removal(model, [name]), distance)
                     for name in candidates]
     finally:
         model.train(training)

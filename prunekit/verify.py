@@ -106,7 +106,7 @@ def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan,
                     counted: list[Counted] | None = None) -> list[torch.Tensor]:
     if plan.layers:  # a removed layer's "mask" is the identity it is replaced by
         rest = Plan(tensors=plan.tensors, shapes=plan.shapes)
-        return evaluate_applied(model, Plan(layers=plan.layers), lambda swapped: _masked_outputs(
+        return evaluate_applied(model, Plan(layers=plan.layers, stacks=plan.stacks), lambda swapped: _masked_outputs(
             swapped, example_inputs, rest, counted))
     undo = _mask_parameters(model, plan)
     try:

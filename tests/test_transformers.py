@@ -329,3 +329,21 @@ def test_object_pruners_score_then_remove_what_the_scores_say():
     layers = pk.TransformerLayerPruner(model, TOKENS, criterion="last")
     assert layers.prune_layers(1).plan.layers == [f"layers.{LAYERS - 1}"]
     assert model.config.num_hidden_layers == LAYERS - 1
+
+
+def test_plans_chain_across_a_layer_removal(tmp_path):
+    """Heads pruned after a block was deleted are named in the shorter stack; the chained
+    plan names them as they were, so one plan replays both steps on a fresh model."""
+    original = CASES["llama_gqa"].build()
+    model = copy.deepcopy(original)
+    first = pk.Plan(layers=["layers.0"], stacks=["layers"])
+    pk.apply_plan(model, first)
+    second = pk.prune(model, TOKENS, pk.HeadPruning(heads={"layers.1.self_attn": [1]}))
+    chained = first.then(second.plan)
+    assert "layers.2.self_attn.k_proj.weight" in chained.tensors  # block 1 was block 2
+    assert not any(name.startswith("layers.1.") for name in chained.tensors)
+    pk.save(model, tmp_path / "both", chained)
+    restored = pk.load(tmp_path / "both", copy.deepcopy(original))
+    assert restored.config.num_hidden_layers == LAYERS - 1
+    for a, b in zip(outputs(model, TOKENS), outputs(restored, TOKENS)):
+        assert torch.equal(a, b)

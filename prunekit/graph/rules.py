@@ -14,7 +14,6 @@ pruned models would disagree.
 from __future__ import annotations
 
 import re
-
 from typing import Any, Callable
 
 import torch
