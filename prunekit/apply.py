@@ -93,11 +93,12 @@ def transaction(modules: list[nn.Module], objects: list[object] = ()) -> Iterato
         state["_parameters"] = dict(module._parameters)
         state["_buffers"] = dict(module._buffers)
         state["_modules"] = dict(module._modules)
-        saved.append((module, state))
+        saved.append((module, type(module), state))  # a handler may change the class
     try:
         yield
     except BaseException:
-        for module, state in saved:
+        for module, cls, state in saved:
+            module.__class__ = cls
             module._parameters.clear()
             module._parameters.update(state.pop("_parameters"))
             module._buffers.clear()

@@ -82,3 +82,72 @@ def test_a_model_without_findable_heads_is_a_clear_error():
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     with pytest.raises(pk.PruneError, match="no attention heads"):
         pk.prune(model, torch.randn(1, 8), pk.HeadPruning(0.5))
+
+
+def torchvision_vit():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=4, hidden_dim=64,
+                                                 mlp_dim=128, num_classes=10).eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialised otherwise
+    return model
+
+
+def transformer_encoder(batch_first):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=batch_first)
+    return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+
+
+MULTIHEAD = {
+    "torchvision_vit": (torchvision_vit, torch.randn(2, 3, 32, 32)),
+    "encoder_batch_first": (lambda: transformer_encoder(True), torch.randn(2, 8, 64)),
+    "encoder_sequence_first": (lambda: transformer_encoder(False), torch.randn(8, 2, 64)),
+}
+
+
+@pytest.mark.parametrize("name", MULTIHEAD)
+def test_multihead_attention_loses_whole_heads(name, tmp_path):
+    from prunekit.handlers.attention import PrunedMultiheadAttention
+
+    build, x = MULTIHEAD[name]
+    result = check_pruned(build(), x, pk.HeadPruning(0.5, "l2"), tmp_path)
+    model = build()
+    pk.prune(model, x, pk.HeadPruning(0.5, "l2"))
+    attentions = [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert attentions and all(type(m) is PrunedMultiheadAttention for m in attentions)
+    for attention in attentions:
+        assert attention.num_heads == 2 and attention.head_dim == 16
+        assert attention.in_proj_weight.shape == (3 * 32, 64)
+        assert attention.out_proj.weight.shape == (64, 32)
+    assert result.before.params - result.after.params == 2 * (3 * 32 * 64 + 3 * 32 + 64 * 32)
+
+
+class SelfAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.attention(x, x, x)[0]
+
+
+def test_pruned_multihead_attention_matches_the_masked_module_with_masks_and_weights():
+    from prunekit.verify import mask
+
+    original = SelfAttention().eval()
+    x = torch.randn(2, 5, 64)
+    pruned = copy.deepcopy(original)
+    result = pk.prune(pruned, x, pk.HeadPruning(heads={"attention": [1]}))
+    masked = mask(copy.deepcopy(original), result.plan).attention
+    pruned = pruned.attention
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    for kwargs in ({}, {"key_padding_mask": padding}, {"attn_mask": causal},
+                   {"need_weights": True, "average_attn_weights": False}):
+        expected, expected_weights = masked(x, x, x, **kwargs)
+        got, got_weights = pruned(x, x, x, **kwargs)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        if kwargs.get("average_attn_weights") is False:  # per head: the kept heads' maps
+            torch.testing.assert_close(got_weights, expected_weights[:, [0, 2, 3]])

@@ -713,16 +713,57 @@ def einsum(ctx, args, kwargs, out):
 
 @rule("multi_head_attention_forward")
 def multi_head_attention(ctx, args, kwargs, out):
-    """``nn.MultiheadAttention`` ties its inner width to ``embed_dim``: nothing inside it can
-    change, so every dim it touches is fixed (its output keeps the query's layout)."""
-    reason = f"nn.MultiheadAttention {ctx.module_path}"
-    for tensor in _tensors(list(args)) + _tensors(list(kwargs.values())):
-        ctx.fix(tensor, reason)
-    query = args[0]
+    """``nn.MultiheadAttention``: self-attention with a packed ``in_proj_weight`` has heads
+    (its q, k and v thirds are each heads × head_dim, its ``out_proj`` reads heads × head_dim);
+    head_dim keeps its size (the default scale depends on it). Anything else is left whole:
+    every dim it touches is fixed."""
+    names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+             "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p",
+             "out_proj_weight", "out_proj_bias")
+    given = {name: _arg(args, kwargs, i, name) for i, name in enumerate(names)}
     results = _tensors(out)
-    ctx.set(results[0], ctx.specs(query))
+    if not _packed_self_attention(given, kwargs):
+        reason = f"nn.MultiheadAttention {ctx.module_path}"
+        for tensor in _tensors(list(args)) + _tensors(list(kwargs.values())):
+            ctx.fix(tensor, reason)
+        ctx.set(results[0], ctx.specs(given["query"]))
+        for result in results[1:]:
+            ctx.fresh(result, reason)
+        return
+    query, heads = given["query"], given["num_heads"]
+    width = query.shape[-1]
+    fixed = f"default attention scale in {ctx.module_path}"
+    head = ctx.axes.new(heads)
+    qk_dim, v_dim = ctx.axes.new(width // heads, fixed), ctx.axes.new(width // heads, fixed)
+    packed = ctx.specs(given["in_proj_weight"])
+    ctx.unify(packed[1], ctx.specs(query)[-1])
+    for part, inner in zip(ctx.axes.cut(packed[0], [width, 2 * width]), (qk_dim, qk_dim, v_dim)):
+        ctx.unify(part, [[head, inner]])
+    ctx.role(given["in_proj_weight"], 0, "out")
+    ctx.role(given["in_proj_weight"], 1, "in")
+    if given["in_proj_bias"] is not None:
+        ctx.unify(ctx.specs(given["in_proj_bias"])[0], packed[0])
+    projection = ctx.specs(given["out_proj_weight"])
+    ctx.unify(projection[1], [[head, v_dim]])
+    ctx.role(given["out_proj_weight"], 0, "out")
+    ctx.role(given["out_proj_weight"], 1, "in")
+    if given["out_proj_bias"] is not None:
+        ctx.unify(ctx.specs(given["out_proj_bias"])[0], projection[0])
+    ctx.attribute(ctx.current_module, "num_heads", [[head]])
+    ctx.set(results[0], ctx.specs(query)[:-1] + [projection[0]])
     for result in results[1:]:
-        ctx.fresh(result, reason)
+        ctx.fresh(result, f"attention weights of {ctx.module_path}")
+
+
+def _packed_self_attention(given: dict, kwargs: dict) -> bool:
+    query = given["query"]
+    return (given["key"] is query and given["value"] is query
+            and given["in_proj_weight"] is not None and given["bias_k"] is None
+            and given["bias_v"] is None and not given["add_zero_attn"]
+            and not kwargs.get("use_separate_proj_weight", False)
+            and kwargs.get("static_k") is None and kwargs.get("static_v") is None
+            and query.shape[-1] % given["num_heads"] == 0
+            and given["in_proj_weight"].shape[0] == 3 * query.shape[-1])
 
 
 @rule("embedding")

@@ -33,4 +33,4 @@ def sync_attributes(module: nn.Module) -> None:
             return
 
 
-from . import conv, linear, norm  # noqa: E402,F401  (registers the built-in handlers)
+from . import attention, conv, linear, norm  # noqa: E402,F401  (registers the built-in handlers)

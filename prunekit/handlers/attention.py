@@ -1,0 +1,81 @@
+"""``nn.MultiheadAttention`` after pruning.
+
+Its fused forward requires the inner width (heads × head_dim) to equal ``embed_dim``, the width
+of its input. Once heads are removed the inner width is smaller, so the module becomes a
+``PrunedMultiheadAttention``: the same parameters and attributes, with a forward that computes
+attention from the packed projection at whatever width it has. A fresh model replaying the plan
+(``pk.load``) is converted the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import register
+
+
+class PrunedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose heads were pruned (self-attention, packed q/k/v)."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        batched = query.dim() == 3
+        x = query if batched else query.unsqueeze(1 if not self.batch_first else 0)
+        if not self.batch_first:
+            x = x.transpose(0, 1)  # (batch, length, embed)
+        batch, length, _ = x.shape
+        head_dim = self.in_proj_weight.shape[0] // 3 // self.num_heads
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.view(batch, length, self.num_heads, head_dim).transpose(1, 2)
+                   for t in (q, k, v))
+        mask = _additive_mask(attn_mask, key_padding_mask, q.dtype, batch, length)
+        scores = q @ k.transpose(-2, -1) / head_dim ** 0.5
+        if is_causal and mask is None:
+            causal = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(causal, float("-inf"))
+        if mask is not None:
+            scores = scores + mask
+        weights = scores.softmax(dim=-1)
+        weights_used = F.dropout(weights, self.dropout, self.training)
+        out = (weights_used @ v).transpose(1, 2).reshape(batch, length, -1)
+        out = self.out_proj(out)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(1 if not self.batch_first else 0)
+        if not need_weights:
+            return out, None
+        return out, weights.mean(1) if average_attn_weights else weights
+
+
+def _additive_mask(attn_mask, key_padding_mask, dtype, batch: int, length: int):
+    """Both masks as one additive float mask broadcastable to (batch, heads, L, S)."""
+    mask = None
+    for part, shape in ((attn_mask, None), (key_padding_mask, (batch, 1, 1, length))):
+        if part is None:
+            continue
+        if part.dim() == 3:
+            raise ValueError("PrunedMultiheadAttention: per-head 3-d attn_mask is not supported "
+                             "after heads were removed")
+        if part.dtype == torch.bool:
+            part = torch.zeros(part.shape, dtype=dtype).masked_fill(part, float("-inf"))
+        part = part.to(dtype)
+        if shape is not None:
+            part = part.view(shape)
+        mask = part if mask is None else mask + part
+    return mask
+
+
+@register(nn.MultiheadAttention)
+def sync_multihead_attention(module: nn.MultiheadAttention) -> None:
+    if module.in_proj_weight is None:
+        return
+    inner = module.in_proj_weight.shape[0] // 3
+    module.head_dim = inner // module.num_heads
+    if inner != module.embed_dim and type(module) is nn.MultiheadAttention:
+        module.__class__ = PrunedMultiheadAttention
+        # fused kernels elsewhere (nn.TransformerEncoderLayer's fast path) read the packed
+        # weight as 3 × embed_dim only when this is set
+        module._qkv_same_embed_dim = False
