@@ -121,10 +121,17 @@ def main() -> None:
     parser.add_argument("--family", help="only this family (e.g. timm)")
     parser.add_argument("--only", nargs="*", help="only these model names")
     parser.add_argument("--out", default="coverage", help="result file stem")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only these models' rows in the existing result file")
     args = parser.parse_args()
     selected = [c for c in cases(args.family) if not args.only or c.name in args.only]
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    write(run(selected), args.out)
+    rows = run(selected)
+    if args.merge:
+        fresh = {(r["family"], r["model"]): r for r in rows}
+        existing = json.loads((RESULTS / f"{args.out}.json").read_text())
+        rows = [fresh.pop((r["family"], r["model"]), r) for r in existing] + list(fresh.values())
+    write(rows, args.out)
 
 
 if __name__ == "__main__":
