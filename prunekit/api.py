@@ -18,6 +18,7 @@ from .layers import choose_layers, layer_importance, removal
 from .methods import LayerPruning, _ChannelMethod
 from .plan import Plan
 from .recover.reconstruct import reconstruct
+from .stacks import find_block_stack
 from .fallback import SkippedGroup, plan_that_works
 from .verify import Counted
 from .planner import candidate_groups, keep_from_scores, score_groups
@@ -144,7 +145,7 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
         else:
             layers = layers_for_budget(model, example_inputs, choose_layers(scores, None),
                                         method.flops_target, flops)
-        plan = removal(model, layers)
+        plan = removal(layers, find_block_stack(model))
         plan.method = method.to_dict()
         before = Measurement(count_params(model), flops)
         flops_after = _apply_checked(model, example_inputs, plan, shapes)

@@ -11,12 +11,13 @@ from typing import Any
 from torch import nn
 
 from .apply import evaluate_applied
-from .layers import removal
 from .errors import PruneError
 from .graph.dependency import DependencyGraph
+from .layers import removal
 from .measure import count_flops, count_params
 from .methods import _ChannelMethod
 from .planner import keep_from_scores, plan_from_keep
+from .stacks import find_block_stack
 
 
 def ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
@@ -60,8 +61,9 @@ def ratio_for_budget(graph: DependencyGraph, model: nn.Module, example_inputs: A
 def layers_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
                       target: float, flops: int) -> list[str]:
     """The shortest prefix of ``ranked`` whose removal takes away ``target`` of the FLOPs."""
+    stack = find_block_stack(model)
     for n in range(1, len(ranked) + 1):
-        remaining = evaluate_applied(model, removal(model, ranked[:n]),
+        remaining = evaluate_applied(model, removal(ranked[:n], stack),
                                      lambda pruned: count_flops(pruned, example_inputs))
         if 1 - remaining / max(flops, 1) >= target - 0.005:
             return ranked[:n]

@@ -72,7 +72,7 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
         finally:
             model.train(training)
         return [name for name in stack_blocks(model, stack)
-                if _skipping_keeps_shapes(model, example_inputs, name, shapes)]
+                if _skipping_keeps_shapes(model, example_inputs, name, shapes, stack)]
     same_shape: dict[str, bool] = {}
     order: list[str] = []
 
@@ -108,28 +108,28 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
     for name in order:  # parents start before their children
         if any(name.startswith(outer + ".") for outer in candidates):
             continue
-        if same_shape.get(name) and _skipping_keeps_shapes(model, example_inputs, name, shapes):
+        if same_shape.get(name) and _skipping_keeps_shapes(model, example_inputs, name, shapes,
+                                                            None):
             candidates.append(name)
     return candidates
 
 
-def removal(model: nn.Module, names: list[str]) -> Plan:
-    """The plan that removes these layers: deleted from the transformer's stack when they
-    are its blocks, replaced by identities otherwise."""
-    stack = find_block_stack(model)
+def removal(names: list[str], stack: str | None) -> Plan:
+    """The plan that removes these layers: deleted from the transformer's ``stack`` (from
+    ``find_block_stack``) when they are its blocks, replaced by identities otherwise."""
     inside = stack is not None and any(name.rsplit(".", 1)[0] == stack for name in names)
     return Plan(layers=list(names), stacks=[stack] if inside else [])
 
 
 def _skipping_keeps_shapes(model: nn.Module, example_inputs: Any, name: str,
-                           shapes: list[tuple[int, ...]]) -> bool:
+                           shapes: list[tuple[int, ...]], stack: str | None) -> bool:
     def same_shapes(skipped: nn.Module) -> bool:
         try:
             return output_shapes(skipped, example_inputs) == shapes
         except Exception:  # skipping it breaks the forward pass: not a candidate
             return False
 
-    return evaluate_applied(model, removal(model, [name]), same_shapes)
+    return evaluate_applied(model, removal([name], stack), same_shapes)
 
 
 def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: str = "loss",
@@ -164,16 +164,17 @@ def layer_importance(model: nn.Module, data: Iterable | None = None, criterion: 
         raise ConfigError(f"layer criterion {criterion!r} measures the model on data; pass data=")
     candidates = find_layer_candidates(model, example_inputs)
     modules = dict(model.named_modules())
-    per_token = find_block_stack(model) is not None
+    stack = find_block_stack(model)
+    per_token = stack is not None  # a transformer: compare hidden states token by token
     count = len(candidates)
     if criterion == "last":
         values = [float(count - i) for i in range(count)]
     elif criterion in ("influence", "angular"):
         values = _distances(model, candidates, batches, per_token, criterion, n)
     elif criterion == "output":
-        values = _output_change(model, candidates, batches, per_token)
+        values = _output_change(model, candidates, batches, stack)
     else:
-        values = _skip_effect(model, candidates, batches, criterion, loss_fn)
+        values = _skip_effect(model, candidates, batches, criterion, loss_fn, stack)
     return [LayerScore(name, value, sum(p.numel() for p in modules[name].parameters()), i)
             for i, (name, value) in enumerate(zip(candidates, values))]
 
@@ -235,7 +236,7 @@ def _evaluate(model: nn.Module, batches: list, criterion: str, loss_fn) -> float
 
 
 def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criterion: str,
-                 loss_fn) -> list[float]:
+                 loss_fn, stack: str | None) -> list[float]:
     """Loss rise or accuracy drop when each candidate alone is skipped."""
     training = model.training
     model.eval()
@@ -243,7 +244,7 @@ def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criteri
         baseline = _evaluate(model, batches, criterion, loss_fn)
         effects = []
         for name in candidates:
-            skipped = evaluate_applied(model, removal(model, [name]), lambda m: _evaluate(
+            skipped = evaluate_applied(model, removal([name], stack), lambda m: _evaluate(
                 m, batches, criterion, loss_fn))
             change = skipped - baseline
             effects.append(-change if criterion == "accuracy" else change)
@@ -313,8 +314,10 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
 
 
 def _output_change(model: nn.Module, candidates: list[str], batches: list,
-                   per_token: bool) -> list[float]:
-    """1 − cosine between the model's output and its output with each candidate skipped."""
+                   stack: str | None) -> list[float]:
+    """1 − cosine between the model's output and its output with each candidate skipped
+    (per token in a transformer)."""
+    per_token = stack is not None
     training = model.training
     model.eval()
     try:
@@ -329,7 +332,7 @@ def _output_change(model: nn.Module, candidates: list[str], batches: list,
                     total, samples = total + part, samples + count
                 return total / max(samples, 1)
 
-            return [evaluate_applied(model, removal(model, [name]), distance)
+            return [evaluate_applied(model, removal([name], stack), distance)
                     for name in candidates]
     finally:
         model.train(training)
