@@ -38,9 +38,10 @@ def stack_blocks(model: nn.Module, stack: str) -> list[str]:
 def remove_blocks(model: nn.Module, stack: nn.ModuleList, removed: set[str]) -> None:
     """Delete the blocks named ``removed`` (keys of ``stack``), renumber the rest and the
     layer counts of the model's config."""
-    before = len(stack)
-    kept = [block for key, block in stack._modules.items() if key not in removed]
-    kept_positions = [i for i, key in enumerate(stack._modules) if key not in removed]
+    blocks = list(stack._modules.items())
+    kept_positions = [i for i, (key, _) in enumerate(blocks) if key not in removed]
+    kept = [blocks[i][1] for i in kept_positions]
+    before = len(blocks)
     stack._modules.clear()
     stack._modules.update({str(i): block for i, block in enumerate(kept)})
     for index, block in enumerate(kept):

@@ -206,10 +206,8 @@ def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> 
     channels and is updated when they are pruned. Where several dims have that size, the
     graph later picks the one dim that can be pruned, if there is exactly one."""
     module = ctx.current_module
-    if module is None:
-        return
-    for name, value in vars(module).items():
-        if name.startswith("_") or type(value) is not int or value < 2:
+    for name, value in _int_attributes(module).items():
+        if value < 2:
             continue
         trusted = HEAD_COUNT.match(name)  # a -1 dim's size is no one's count, unless named so
         dims = [d for d, size in enumerate(out.shape)
@@ -344,11 +342,16 @@ def split(ctx, args, kwargs, out):
 def _attributes_equal_to(module, size: int) -> list[str]:
     """The module's own integer attributes (``split_size``) whose value is ``size``; the
     ones named for splitting when there are several."""
-    if module is None:
-        return []
-    names = [name for name, value in vars(module).items()
-             if not name.startswith("_") and type(value) is int and value == size]
+    names = [name for name, value in _int_attributes(module).items() if value == size]
     return [name for name in names if "split" in name] or names
+
+
+def _int_attributes(module) -> dict[str, int]:
+    """A module's public integer attributes: the counts a view or split may be sized by."""
+    if module is None:
+        return {}
+    return {name: value for name, value in vars(module).items()
+            if not name.startswith("_") and type(value) is int}
 
 
 def _cumulative(sizes):
