@@ -154,7 +154,6 @@ def test_layer_pruning(name, tmp_path):
     model = copy.deepcopy(original)
     result = pk.prune(model, case.inputs, pk.LayerPruning(1, "influence"), data=[case.inputs])
     (removed,) = result.plan.layers
-    index = int(removed.rsplit(".", 1)[1])
     removed_block = original.get_submodule(removed)
     assert result.after.params == n_params(original) - n_params(removed_block) == n_params(model)
     assert len(stack_of(model)) == LAYERS - 1
@@ -169,7 +168,6 @@ def test_layer_pruning(name, tmp_path):
         handle.remove()
     for a, b in zip(expected, outputs(model, case.inputs)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert index in range(LAYERS)
     assert result.config_matches is True
     assert_reloads(model, case.inputs, tmp_path)
     pk.save(model, tmp_path / "pk", result.plan)
