@@ -1,20 +1,18 @@
-"""The ``prunekit`` command: prune, analyze, compare and demo."""
+"""The ``prunekit`` command: prune, analyze, iterative, sensitivity, compare and demo."""
 
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
+import itertools
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from torch import nn
 
 from .api import prune as prune_model
 from .errors import ConfigError, PruneError
@@ -23,6 +21,7 @@ from .io import save
 from .measure import measure
 from .methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
 from .planner import group_ratio
+from .sources import example_inputs, first_inputs, load_data, load_model, parse_ratios
 from .verify import verify
 
 app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help=True,
@@ -32,72 +31,6 @@ console = Console()
 METHOD_NAMES = {"filter": FilterPruning, "channel": ChannelPruning, "heads": HeadPruning,
                 "layers": LayerPruning}
 DEFAULT_CRITERIA = {"layers": "influence"}
-
-
-def load_model(spec: str) -> nn.Module:
-    """``torchvision:NAME``, ``hf:PATH`` (a Hugging Face model directory) or
-    ``path/to/file.py:factory`` (or ``package.module:factory``)."""
-    if spec.startswith("hf:"):
-        return _load_hf(spec[3:])
-    source, _, name = spec.rpartition(":")
-    if not source or not name:
-        raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. torchvision:resnet18")
-    if source == "torchvision":
-        import torchvision
-
-        return torchvision.models.get_model(name, weights=None)
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise typer.BadParameter(f"{source!r} does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(source)
-    factory = getattr(module, name, None)
-    if factory is None:
-        raise typer.BadParameter(f"{source!r} has no {name!r}")
-    return factory()
-
-
-def _load_hf(path: str) -> nn.Module:
-    if not (Path(path) / "config.json").is_file():
-        raise typer.BadParameter(f"hf:{path}: not a Hugging Face model directory (no config.json)")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    return transformers.AutoModel.from_pretrained(path)
-
-
-def example_inputs(network: nn.Module, input_shape: str | None):
-    """Random inputs for the model: ``input_ids`` (batch, tokens) for a Hugging Face text
-    model, ``pixel_values`` for a vision one, else a tensor of ``input_shape``."""
-    config = getattr(network, "config", None)
-    main_input = getattr(network, "main_input_name", None)
-    generator = torch.Generator().manual_seed(0)
-    if config is not None and main_input == "input_ids":
-        shape = parse_shape(input_shape or "2,16")
-        if len(shape) != 2:
-            raise typer.BadParameter(f"--input-shape {input_shape!r}: a text model takes "
-                                     f"BATCH,TOKENS")
-        return {"input_ids": torch.randint(0, config.vocab_size, shape, generator=generator)}
-    if config is not None and main_input == "pixel_values":
-        size = getattr(config, "image_size", 224)
-        default = f"1,{getattr(config, 'num_channels', 3)},{size},{size}"
-        return {"pixel_values": torch.randn(parse_shape(input_shape or default),
-                                            generator=generator)}
-    return torch.randn(parse_shape(input_shape or "1,3,224,224"), generator=generator)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,3,224,224")
-    if not shape or min(shape) < 1:
-        raise typer.BadParameter(f"{text!r}: every size must be positive")
-    return shape
 
 
 def _fail(error: Exception) -> None:
@@ -119,27 +52,29 @@ def prune(
     round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
     flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
     global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
+    data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches; "
+                                        "data-driven criteria read up to --calibration-batches "
+                                        "training batches (default: the example inputs)"),
+    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
 ) -> None:
     """Prune a model and save the result (weights + plan; a Hugging Face model whose config
     describes the pruned sizes is also saved with save_pretrained, in OUT/hf)."""
-    if method not in METHOD_NAMES:
-        raise typer.BadParameter(f"--method {method!r}: choose one of {sorted(METHOD_NAMES)}")
-    criterion = criterion or DEFAULT_CRITERIA.get(method, "l1")
     try:
-        if method == "layers":
-            pruning = LayerPruning(n=n, criterion=criterion, flops_target=flops_target)
-        else:
-            pruning = METHOD_NAMES[method](ratio=ratio, criterion=criterion, round_to=round_to,
-                                           flops_target=flops_target,
-                                           global_ranking=global_ranking)
+        pruning = _method(method, criterion, ratio=ratio, n=n, round_to=round_to,
+                          flops_target=flops_target, global_ranking=global_ranking)
         network = load_model(model).eval()
-        x = example_inputs(network, input_shape)
+        if data is None:
+            x = example_inputs(network, input_shape)
+            calibration = [x]  # random inputs: enough to run a data-driven criterion, no more
+        else:
+            train, _ = load_data(data)
+            x = first_inputs(train)
+            calibration = list(itertools.islice(train, calibration_batches))
         original = copy.deepcopy(network) if check else None
         with _progress(f"pruning {model}"):
-            # data-driven criteria read the example inputs: a smoke test, not a calibration
-            result = prune_model(network, x, pruning, data=[x])
+            result = prune_model(network, x, pruning, data=calibration)
             report = verify(original, x, result.plan) if check else None
             before, after = measure(original or network, x), measure(network, x)
         save(network, out, result.plan)
@@ -169,10 +104,24 @@ def prune(
                       "with pk.load")
 
 
+def _method(name: str, criterion: str | None, *, ratio: float, n: int = 1, round_to: int = 1,
+            flops_target: float | None = None, global_ranking: bool = False):
+    """The pruning method the options describe (its own checks name the bad option)."""
+    if name not in METHOD_NAMES:
+        raise typer.BadParameter(f"--method {name!r}: choose one of {sorted(METHOD_NAMES)}")
+    criterion = criterion or DEFAULT_CRITERIA.get(name, "l1")
+    if name == "layers":
+        return LayerPruning(n=n, criterion=criterion, flops_target=flops_target)
+    return METHOD_NAMES[name](ratio=ratio, criterion=criterion, round_to=round_to,
+                              flops_target=flops_target, global_ranking=global_ranking)
+
+
 def _describe(pruning) -> str:
     if isinstance(pruning, LayerPruning):
         return f"LayerPruning(n={pruning.n}, criterion={pruning.criterion!r})"
-    return f"{type(pruning).__name__}(ratio={pruning.ratio}, criterion={pruning.criterion!r})"
+    target = (f"flops_target={pruning.flops_target}" if pruning.flops_target is not None
+              else f"ratio={pruning.ratio}")
+    return f"{type(pruning).__name__}({target}, criterion={pruning.criterion!r})"
 
 
 @app.command()
@@ -210,6 +159,103 @@ def analyze(
 
 
 @app.command()
+def iterative(
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
+                                       "(inputs, labels), e.g. prunekit.data:digits_loaders"),
+    method: str = typer.Option("filter", help="filter | channel | heads"),
+    criterion: str = typer.Option(None, help="as for prune; default l1"),
+    steps: int = typer.Option(4, help="prune / fine-tune rounds"),
+    ratio: float = typer.Option(0.5, help="final fraction of each group's channels removed"),
+    flops_target: float = typer.Option(None, help="final fraction of FLOPs removed, "
+                                                  "instead of --ratio"),
+    finetune_epochs: int = typer.Option(1, help="fine-tuning epochs after each step"),
+    lr: float = typer.Option(1e-3, help="Adam learning rate for fine-tuning"),
+    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    out: Path = typer.Option(..., help="directory for the model, plan, history.json and plot"),
+) -> None:
+    """Prune to a target in several steps, fine-tuning (cross-entropy) between them; record
+    params, FLOPs and test accuracy after every step."""
+    from .iterative import iterative_prune
+
+    if method == "layers":
+        raise typer.BadParameter("--method layers: iterative pruning removes channels or heads; "
+                                 "use prune --method layers")
+    try:
+        pruning = _method(method, criterion, ratio=ratio, flops_target=flops_target)
+        network = load_model(model)
+        train, test = load_data(data)
+        x = first_inputs(test)
+        with _progress(f"pruning {model} in {steps} steps") as (bar, task):
+            history = iterative_prune(
+                network, x, pruning, steps, train_data=train, eval_data=test,
+                finetune_epochs=finetune_epochs, lr=lr,
+                data=list(itertools.islice(train, calibration_batches)),
+                progress=lambda message: bar.update(task, description=message))
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    save(network, out, history.plan)
+    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+    history.plot(out / "history.png")
+    table = Table(title=f"{model}: {escape(_describe(pruning))} in {steps} steps, "
+                        f"{finetune_epochs} fine-tuning epochs each")
+    for column in ("step", "params", "params removed", "FLOPs removed", "test accuracy"):
+        table.add_column(column, justify="right")
+    for r in history.records:
+        table.add_row(str(r.step), f"{r.params:,}", f"{r.sparsity:.1%}", f"{r.flop_reduction:.1%}",
+                      f"{r.accuracy:.1%}")
+    console.print(table)
+    console.print(f"saved to {out}/ (model.safetensors, plan.json, history.json, history.png)")
+
+
+@app.command()
+def sensitivity(
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
+                                       "(inputs, labels), e.g. prunekit.data:digits_loaders"),
+    ratios: str = typer.Option("0.25,0.5,0.75", help="comma-separated ratios to try per group"),
+    method: str = typer.Option("filter", help="filter | channel: how a group's channels "
+                                              "are ranked"),
+    criterion: str = typer.Option(None, help="as for prune; default l1"),
+    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    out: Path = typer.Option(..., help="directory for sensitivity.md, .json and .png"),
+) -> None:
+    """Prune each group of coupled channels alone at several ratios and record test accuracy
+    (Li et al. 2017): the groups whose accuracy collapses are the ones to spare."""
+    from .sensitivity import sensitivity as run_sensitivity
+
+    if method not in ("filter", "channel"):
+        raise typer.BadParameter(f"--method {method!r}: choose filter or channel")
+    tried = parse_ratios(ratios)
+    try:
+        pruning = _method(method, criterion, ratio=0.5)
+        network = load_model(model).eval()
+        train, test = load_data(data)
+        with _progress(f"sensitivity of {model}") as (bar, task):
+            table = run_sensitivity(
+                network, first_inputs(test), test, ratios=tried, method=pruning,
+                data=list(itertools.islice(train, calibration_batches)),
+                progress=lambda message: bar.update(task, description=message))
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sensitivity.md").write_text(table.to_markdown())
+    (out / "sensitivity.json").write_text(json.dumps(table.to_dict(), indent=1))
+    table.plot(out / "sensitivity.png")
+    shown = Table(title=f"{model}: accuracy with one group pruned "
+                        f"(unpruned {table.baseline:.1%})")
+    shown.add_column("group")
+    shown.add_column("channels", justify="right")
+    for ratio in tried:
+        shown.add_column(f"ratio {ratio:g}", justify="right")
+    for group in dict.fromkeys(r.group for r in table.rows):
+        cells = [r for r in table.rows if r.group == group]
+        shown.add_row(escape(group), str(cells[0].channels), *(f"{r.accuracy:.1%}" for r in cells))
+    console.print(shown)
+    console.print(f"written to {out}/ (sensitivity.md, sensitivity.json, sensitivity.png)")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_output"), help="where report.md, results.json and plots go"),
     epochs: int = typer.Option(20, help="training epochs for the unpruned model"),
@@ -237,8 +283,6 @@ def compare(
     seed: int = typer.Option(0, help="seed for training, data split and fine-tuning"),
 ) -> None:
     """Compare filter, channel and layer pruning on the digits ResNet at one FLOPs budget."""
-    import json
-
     from .compare import compare as run_compare
     from .demo import trained_digits_resnet
 

@@ -35,3 +35,9 @@ def load_digits(batch_size: int = 64, test_fraction: float = 0.25, seed: int = 0
         train=DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator),
         test=DataLoader(TensorDataset(images[test], labels[test]), batch_size=256),
         calibration=DataLoader(train_set, batch_size=batch_size, shuffle=False))
+
+
+def digits_loaders() -> tuple[DataLoader, DataLoader]:
+    """``(train, test)`` digits batches: the form ``prunekit iterative --data`` reads."""
+    digits = load_digits()
+    return digits.train, digits.test

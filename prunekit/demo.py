@@ -58,6 +58,12 @@ def trained_digits_resnet(epochs: int = 20, seed: int = 0) -> tuple[nn.Module, D
     return model.eval(), digits
 
 
+def trained_digits_model() -> nn.Module:
+    """The digits ResNet trained for 20 epochs on ``digits_loaders()``'s training split; a
+    model factory for the command line (``--model prunekit.demo:trained_digits_model``)."""
+    return trained_digits_resnet()[0]
+
+
 def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epochs: int = 5,
              flops_target: float = 0.5, steps: int = 3, seed: int = 0,
              progress: Callable[[str], None] = lambda message: None) -> Comparison:

@@ -74,26 +74,26 @@ class History:
         return path
 
 
-def step_methods(method: _ChannelMethod, steps: int) -> list[_ChannelMethod]:
-    """The per-step methods whose successive application reaches ``method``'s target.
+def step_method(method: _ChannelMethod, step: int, steps: int,
+                removed: float = 0.0) -> _ChannelMethod | None:
+    """The method for ``step`` (1-based) of ``steps`` that leads to ``method``'s target.
 
-    A budget of t of the original FLOPs (or parameters) becomes t·k/steps after step k, each
-    step's target restated relative to the model it starts from; a channel ratio r becomes
-    1 − (1 − r)^(1/steps) per step, compounding to r.
+    A channel ratio r becomes 1 − (1 − r)^(1/steps) per step, compounding to r. A budget of t
+    of the original FLOPs (or parameters) is t·step/steps after this step; ``removed`` is the
+    fraction the earlier steps actually removed, so the step's target, restated relative to the
+    model it starts from, makes up for earlier steps that over- or undershot (small layers
+    cannot be cut finely). None when the earlier steps already reached this step's goal.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be a positive integer, got {steps!r}")
     budget = "flops_target" if method.flops_target is not None else (
         "params_target" if method.params_target is not None else None)
     if budget is None:
-        ratio = 1 - (1 - method.ratio) ** (1 / steps)
-        return [dataclasses.replace(method, ratio=ratio) for _ in range(steps)]
-    target = getattr(method, budget)
-    methods = []
-    for k in range(1, steps + 1):
-        done, goal = target * (k - 1) / steps, target * k / steps
-        methods.append(dataclasses.replace(method, **{budget: 1 - (1 - goal) / (1 - done)}))
-    return methods
+        return dataclasses.replace(method, ratio=1 - (1 - method.ratio) ** (1 / steps))
+    goal = getattr(method, budget) * step / steps
+    if goal <= removed:
+        return None
+    return dataclasses.replace(method, **{budget: 1 - (1 - goal) / (1 - removed)})
 
 
 def iterative_prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod, steps: int,
@@ -141,13 +141,19 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: _ChannelMetho
                           evaluate(model) if evaluate is not None else None)
 
     history = History([record(0, base)])
-    for step, step_method in enumerate(step_methods(method, steps), 1):
-        progress(f"step {step}/{steps}: prune")
-        result = prune(model, example_inputs, step_method, data=data)
-        history.plan = history.plan.then(result.plan) if step > 1 else result.plan
+    size = base
+    for step in range(1, steps + 1):
+        done = (1 - size.params / base.params if method.params_target is not None
+                else 1 - size.flops / max(base.flops, 1))
+        this_step = step_method(method, step, steps, done)
+        if this_step is not None:
+            progress(f"step {step}/{steps}: prune")
+            result = prune(model, example_inputs, this_step, data=data)
+            history.plan = result.plan if history.plan.is_empty else history.plan.then(result.plan)
+            size = result.after
         if finetune is not None:  # fine-tuning changes weights, not sizes
             progress(f"step {step}/{steps}: fine-tune")
             finetune(model, step)
         model.eval()
-        history.records.append(record(step, result.after))
+        history.records.append(record(step, size))
     return history

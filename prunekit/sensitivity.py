@@ -74,7 +74,8 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
                 ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
                 method: _ChannelMethod | None = None,
                 evaluate: Callable[[nn.Module], float] | None = None,
-                data: Iterable | None = None) -> Sensitivity:
+                data: Iterable | None = None,
+                progress: Callable[[str], None] = lambda message: None) -> Sensitivity:
     """Accuracy (or ``evaluate(model)``) with each group alone pruned at each ratio.
 
     Example:
@@ -91,7 +92,8 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
         graph = DependencyGraph(model, example_inputs)
         scores = score_groups(graph, method, data)
         result = Sensitivity(evaluate(model))
-        for group in graph.groups:
+        for index, group in enumerate(graph.groups, 1):
+            progress(f"group {index}/{len(graph.groups)}: {group.modules()[0]}")
             for ratio in ratios:
                 n_keep = method.channels_to_keep(group.size, ratio)
                 keep = {group.axis: scores[group.axis].topk(n_keep).indices.sort().values}

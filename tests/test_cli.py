@@ -121,3 +121,111 @@ def test_a_directory_without_a_config_is_a_clear_error(tmp_path):
                                  "--out", str(tmp_path / "x")])
     assert result.exit_code != 0
     assert "no config.json" in result.output
+
+
+RESIDUAL_FILE = '''
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        return torch.relu(x + self.norm(self.conv(x)))
+
+
+def residual_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), Block(8), Block(8),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+def loaders():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(96, 1, 8, 8, generator=generator)
+    labels = (images.mean(dim=(1, 2, 3)) > 0).long() + (images[:, 0, 0, 0] > 1).long()
+    return (DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=16),
+            DataLoader(TensorDataset(images[64:], labels[64:]), batch_size=16))
+
+
+def not_a_pair():
+    return [1, 2, 3]
+'''
+
+
+@pytest.fixture
+def residual_source(tmp_path):
+    source = tmp_path / "residual.py"
+    source.write_text(RESIDUAL_FILE)
+    namespace: dict = {}
+    exec(RESIDUAL_FILE, namespace)
+    return source, namespace
+
+
+def test_iterative_records_every_step_and_saves_a_loadable_model(tmp_path, residual_source):
+    import json
+
+    source, namespace = residual_source
+    out = tmp_path / "iterated"
+    result = runner.invoke(app, ["iterative", "--model", f"{source}:residual_cnn", "--data",
+                                 f"{source}:loaders", "--steps", "3", "--flops-target", "0.45",
+                                 "--finetune-epochs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "history.json").read_text())["records"]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    removed = [r["flop_reduction"] for r in records]
+    assert removed == sorted(removed) and abs(removed[-1] - 0.45) <= 0.02
+    assert all(0 <= r["accuracy"] <= 1 for r in records)
+    model = pk.load(out, namespace["residual_cnn"]())
+    assert sum(p.numel() for p in model.parameters()) == records[-1]["params"]
+    assert (out / "history.png").stat().st_size > 1000
+
+
+def test_sensitivity_tries_every_group_at_every_ratio(tmp_path, residual_source):
+    import json
+
+    source, namespace = residual_source
+    out = tmp_path / "sensitivity"
+    result = runner.invoke(app, ["sensitivity", "--model", f"{source}:residual_cnn", "--data",
+                                 f"{source}:loaders", "--ratios", "0,0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "sensitivity.json").read_text())
+    _, test = namespace["loaders"]()
+    assert saved["baseline"] == pk.recover.evaluate_accuracy(namespace["residual_cnn"](), test)
+    groups = {row["group"] for row in saved["rows"]}
+    assert len(saved["rows"]) == 2 * len(groups) and len(groups) >= 2
+    for row in saved["rows"]:
+        if row["ratio"] == 0:  # nothing removed: the unpruned accuracy
+            assert row["accuracy"] == saved["baseline"]
+    table_lines = (out / "sensitivity.md").read_text().count("\n|")
+    assert table_lines == len(groups) + 2  # header, rule, one line per group
+
+
+def test_prune_layers_by_loss_on_the_given_data(tmp_path, residual_source):
+    import json
+
+    source, namespace = residual_source
+    out = tmp_path / "layers"
+    result = runner.invoke(app, ["prune", "--model", f"{source}:residual_cnn", "--data",
+                                 f"{source}:loaders", "--method", "layers", "--criterion", "loss",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    train, _ = namespace["loaders"]()
+    scores = pk.layer_importance(namespace["residual_cnn"](), train, criterion="loss")
+    cheapest = min(scores, key=lambda s: s.score).name
+    assert json.loads((out / "plan.json").read_text())["layers"] == [cheapest]
+
+
+def test_data_that_is_not_a_pair_is_a_clear_error(tmp_path, residual_source):
+    source, _ = residual_source
+    result = runner.invoke(app, ["sensitivity", "--model", f"{source}:residual_cnn", "--data",
+                                 f"{source}:not_a_pair", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0
+    assert "must return (train, test)" in result.output
+    assert not (tmp_path / "x").exists()
