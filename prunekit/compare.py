@@ -47,6 +47,7 @@ class ComparisonRow:
     accuracy_one_shot: float
     accuracy_fine_tuned: float | None
     verified: bool | None  # None: pruned by an outside function, not checkable
+    accuracy_as_pruned: float | None = None  # one-shot before BatchNorm re-estimation
 
 
 @dataclass
@@ -67,15 +68,21 @@ class Comparison:
     def to_markdown(self) -> str:
         base = self.baseline
         one_shot = ("one-shot: BatchNorm statistics re-estimated on calibration data, no "
-                    "training" if self.recalibrated else "one-shot: no change after pruning")
+                    "training (as pruned: before that)" if self.recalibrated
+                    else "one-shot: no change after pruning")
         lines = [f"FLOPs budget: remove {self.flops_target:.0%}; fine-tuning: "
                  f"{self.finetune_epochs} epochs for every method; {one_shot}", "",
-                 "| method | params | FLOPs removed | latency (ms) | accuracy one-shot | "
-                 "accuracy fine-tuned | verified |", "|---|---|---|---|---|---|---|"]
+                 "| method | params | FLOPs removed | latency (ms) | accuracy as pruned | "
+                 "accuracy one-shot | accuracy fine-tuned | verified |",
+                 "|---|---|---|---|---|---|---|---|"]
+
+        def percent(value: float | None) -> str:
+            return "—" if value is None else f"{value:.1%}"
+
         for r in self.rows:
-            tuned = "—" if r.accuracy_fine_tuned is None else f"{r.accuracy_fine_tuned:.1%}"
             lines.append(f"| {r.method} | {r.params:,} | {1 - r.flops / base.flops:.1%} | "
-                         f"{r.latency_ms:.2f} | {r.accuracy_one_shot:.1%} | {tuned} | "
+                         f"{r.latency_ms:.2f} | {percent(r.accuracy_as_pruned)} | "
+                         f"{r.accuracy_one_shot:.1%} | {percent(r.accuracy_fine_tuned)} | "
                          f"{verdict(r.verified)} |")
         return "\n".join(lines) + "\n"
 
@@ -140,14 +147,15 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     model.eval()
 
     def row(label: str, candidate: nn.Module, one_shot: float, tuned: float | None,
-            verified: bool | None) -> ComparisonRow:
+            verified: bool | None, as_pruned: float | None) -> ComparisonRow:
         candidate.eval()
         return ComparisonRow(label, count_params(candidate), count_flops(candidate, example_inputs),
                              measure_latency(candidate, timing_inputs, min_run_time=0.2),
-                             one_shot, tuned, verified)
+                             one_shot, tuned, verified, as_pruned)
 
     result = Comparison(flops_target, finetune_epochs, recalibrate)
-    result.rows.append(row("unpruned", model, evaluate_accuracy(model, eval_data), None, True))
+    unpruned = evaluate_accuracy(model, eval_data)
+    result.rows.append(row("unpruned", model, unpruned, None, True, unpruned))
     for label, method in methods.items():
         progress(f"{label}: prune to {flops_target:.0%} fewer FLOPs")
         pruned = copy.deepcopy(model)
@@ -157,14 +165,15 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         else:
             outcome = prune(pruned, example_inputs, method, data=data)
             verified = verify(model, example_inputs, outcome.plan).ok
+        as_pruned = one_shot = evaluate_accuracy(pruned, eval_data)
         if recalibrate:
             recalibrate_norms(pruned, data)
-        one_shot = evaluate_accuracy(pruned, eval_data)
+            one_shot = evaluate_accuracy(pruned, eval_data)
         tuned = None
         if finetune_epochs > 0:
             progress(f"{label}: fine-tune {finetune_epochs} epochs")
             torch.manual_seed(seed)
             train_classifier(pruned, train_data, epochs=finetune_epochs, lr=lr)
             tuned = evaluate_accuracy(pruned, eval_data)
-        result.rows.append(row(label, pruned, one_shot, tuned, verified))
+        result.rows.append(row(label, pruned, one_shot, tuned, verified, as_pruned))
     return result

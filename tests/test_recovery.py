@@ -137,10 +137,17 @@ def test_compare_accepts_an_outside_pruner(digits):
         pk.prune(pruned, example_inputs, pk.FilterPruning(0.5, "l1"))
 
     table = pk.compare(model, x, digits.train, digits.test, finetune_epochs=0,
-                       methods={"outside": halve_the_head})
+                       methods={"outside": halve_the_head}, data=digits.calibration)
     assert table.rows[1].verified is None and table.rows[1].accuracy_fine_tuned is None
     assert table.rows[1].flops < table.baseline.flops
     assert "| outside |" in table.to_markdown() and "n/a" in table.to_markdown()
+    # "as pruned" is the accuracy before BatchNorm statistics are re-estimated
+    alone = copy.deepcopy(model)
+    halve_the_head(alone, x, None)
+    assert table.rows[1].accuracy_as_pruned == pk.recover.evaluate_accuracy(alone, digits.test)
+    recalibrated = pk.recover.recalibrate_norms(alone, digits.calibration)
+    assert recalibrated and table.rows[1].accuracy_one_shot == pk.recover.evaluate_accuracy(
+        alone, digits.test)
 
 
 def test_norm_sparsity_training_shrinks_batchnorm_scales(digits):
