@@ -16,11 +16,12 @@ from .hf_config import update_config
 from .measure import Measurement, count_params, flops_and_shapes
 from .layers import choose_layers, layer_importance, removal
 from .methods import LayerPruning, _ChannelMethod
+from .modes import evaluating
 from .plan import Plan
 from .recover.reconstruct import reconstruct
 from .stacks import find_block_stack
 from .fallback import SkippedGroup, plan_that_works
-from .verify import Counted
+from .verify import DEFAULT_TOLERANCE, Counted
 from .planner import candidate_groups, keep_from_scores, score_groups
 
 
@@ -55,7 +56,7 @@ class PruneResult:
 def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerPruning, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
           loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
-          check: bool = True, tolerance: float = 1e-5) -> PruneResult:
+          check: bool = True, tolerance: float = DEFAULT_TOLERANCE) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
 
     Args:
@@ -99,9 +100,7 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
                          f"head count); it was left unchanged")
     original = copy.deepcopy(model) if reconstructing else None
     params_before = count_params(model)
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         scores = score_groups(graph, method, data, loss_fn)
         ratio = ratio_for_budget(graph, model, example_inputs, method, scores)
         keep = keep_from_scores(graph, method, scores, ratio, dither=ratio is not None)
@@ -127,16 +126,12 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
         after = Measurement(count_params(model), flops_after)
         if original is not None:
             reconstruct(original, model, plan, data)
-    finally:
-        model.train(training)
     return PruneResult(plan, before, after, skipped, update_config(model))
 
 
 def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
                   data: Iterable | None, loss_fn) -> PruneResult:
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         scores = layer_importance(model, data, method.criterion, example_inputs, loss_fn,
                                   n=method.n)
         flops, shapes = flops_and_shapes(model, example_inputs)
@@ -150,8 +145,6 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
         before = Measurement(count_params(model), flops)
         flops_after = _apply_checked(model, example_inputs, plan, shapes)
         after = Measurement(count_params(model), flops_after)
-    finally:
-        model.train(training)
     return PruneResult(plan, before, after, config_matches=update_config(model))
 
 

@@ -21,7 +21,7 @@ from .graph.dependency import DependencyGraph
 from .plan import Plan
 from .planner import plan_from_keep
 from .trace import output_shapes
-from .verify import Counted, compare_in_place
+from .verify import DEFAULT_TOLERANCE, Counted, compare_in_place
 
 
 @dataclass
@@ -34,7 +34,8 @@ class SkippedGroup:
 
 def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: Any,
                     keep: dict[int, torch.Tensor], method: dict, check_equivalence: bool = True,
-                    tolerance: float = 1e-5, reference_shapes: list[tuple[int, ...]] | None = None,
+                    tolerance: float = DEFAULT_TOLERANCE,
+                    reference_shapes: list[tuple[int, ...]] | None = None,
                     counted: list[Counted] | None = None) -> tuple[Plan, list[SkippedGroup], bool]:
     """The largest plan (by bisection over groups) whose pruned model runs and verifies.
 

@@ -32,11 +32,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .apply import evaluate_applied
 from .batches import batch_loss, split_batch
+from .distance import first_tensor, summed_distance
 from .errors import ConfigError, PruneError
+from .modes import evaluating
 from .plan import Plan
 from .stacks import find_block_stack, stack_blocks
 from .trace import call_model, iter_tensors, output_shapes
@@ -65,12 +66,8 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
     keeps every shape valid; in execution order."""
     stack = find_block_stack(model)
     if stack is not None:
-        training = model.training
-        try:
-            model.eval()
+        with evaluating(model):
             shapes = output_shapes(model, example_inputs)
-        finally:
-            model.train(training)
         return [name for name in stack_blocks(model, stack)
                 if _skipping_keeps_shapes(model, example_inputs, name, shapes, stack)]
     same_shape: dict[str, bool] = {}
@@ -96,14 +93,12 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
                 and next(module.parameters(), None) is not None):
             handles.append(module.register_forward_pre_hook(started(name)))
             handles.append(module.register_forward_hook(finished(name)))
-    training = model.training
     try:
-        model.eval()
-        shapes = output_shapes(model, example_inputs)
+        with evaluating(model):
+            shapes = output_shapes(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(training)
     candidates: list[str] = []
     for name in order:  # parents start before their children
         if any(name.startswith(outer + ".") for outer in candidates):
@@ -238,9 +233,7 @@ def _evaluate(model: nn.Module, batches: list, criterion: str, loss_fn) -> float
 def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criterion: str,
                  loss_fn, stack: str | None) -> list[float]:
     """Loss rise or accuracy drop when each candidate alone is skipped."""
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         baseline = _evaluate(model, batches, criterion, loss_fn)
         effects = []
         for name in candidates:
@@ -249,25 +242,6 @@ def _skip_effect(model: nn.Module, candidates: list[str], batches: list, criteri
             change = skipped - baseline
             effects.append(-change if criterion == "accuracy" else change)
         return effects
-    finally:
-        model.train(training)
-
-
-def _mean_distance(x: torch.Tensor, y: torch.Tensor, per_token: bool,
-                   angular: bool = False) -> tuple[float, int]:
-    """Sum over samples of 1 − cosine (or the angular distance) between ``x`` and ``y``, per
-    sample or per token (averaged within the sample), and the number of samples."""
-    x, y = x.double(), y.double()
-    if per_token and x.dim() >= 3:
-        cosine = F.cosine_similarity(x, y, dim=-1).flatten(1)
-    else:
-        cosine = F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1)[:, None]
-    distance = (torch.arccos(cosine.clamp(-1, 1)) / math.pi) if angular else 1 - cosine
-    return distance.mean(1).sum().item(), x.shape[0]
-
-
-def _first_tensor(value: Any) -> torch.Tensor:
-    return next(iter_tensors(value))
 
 
 def _distances(model: nn.Module, candidates: list[str], batches: list, per_token: bool,
@@ -280,8 +254,8 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
 
     def hook_for(name: str):
         def hook(_module, args, kwargs, output):
-            inputs[name] = _first_tensor((args, kwargs))
-            outputs[name] = _first_tensor(output)
+            inputs[name] = first_tensor((args, kwargs))
+            outputs[name] = first_tensor(output)
         return hook
 
     angular = criterion == "angular"
@@ -290,18 +264,16 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
     counts = [0] * len(candidates)
     handles = [modules[name].register_forward_hook(hook_for(name), with_kwargs=True)
                for name in candidates]
-    training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             for batch in batches:
                 inputs.clear()
                 outputs.clear()
                 call_model(model, split_batch(batch)[0])
                 for i in range(len(candidates) - span + 1):
                     first, last = candidates[i], candidates[i + span - 1]
-                    total, samples = _mean_distance(inputs[first], outputs[last], per_token,
-                                                    angular)
+                    total, samples = summed_distance(inputs[first], outputs[last], per_token,
+                                                     angular)
                     sums[i] += total
                     counts[i] += samples
     finally:
@@ -309,7 +281,6 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
             handle.remove()
         inputs.clear()
         outputs.clear()
-        model.train(training)
     return [sums[i] / counts[i] if counts[i] else math.inf for i in range(len(candidates))]
 
 
@@ -318,21 +289,16 @@ def _output_change(model: nn.Module, candidates: list[str], batches: list,
     """1 − cosine between the model's output and its output with each candidate skipped
     (per token in a transformer)."""
     per_token = stack is not None
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            reference = [_first_tensor(call_model(model, split_batch(b)[0])) for b in batches]
+    with evaluating(model), torch.no_grad():
+        reference = [first_tensor(call_model(model, split_batch(b)[0])) for b in batches]
 
-            def distance(skipped: nn.Module) -> float:
-                total, samples = 0.0, 0
-                for batch, expected in zip(batches, reference):
-                    output = _first_tensor(call_model(skipped, split_batch(batch)[0]))
-                    part, count = _mean_distance(output, expected, per_token)
-                    total, samples = total + part, samples + count
-                return total / max(samples, 1)
+        def distance(skipped: nn.Module) -> float:
+            total, samples = 0.0, 0
+            for batch, expected in zip(batches, reference):
+                output = first_tensor(call_model(skipped, split_batch(batch)[0]))
+                part, count = summed_distance(output, expected, per_token)
+                total, samples = total + part, samples + count
+            return total / max(samples, 1)
 
-            return [evaluate_applied(model, removal([name], stack), distance)
-                    for name in candidates]
-    finally:
-        model.train(training)
+        return [evaluate_applied(model, removal([name], stack), distance)
+                for name in candidates]

@@ -15,6 +15,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from .modes import evaluating  # noqa: E402
 from .trace import call_model, iter_tensors  # noqa: E402
 
 
@@ -44,30 +45,22 @@ def flops_and_shapes(model: nn.Module, example_inputs: Any) -> tuple[int, list[t
 
 def flops_and_outputs(model: nn.Module, example_inputs: Any) -> tuple[int, list[torch.Tensor]]:
     """FLOPs of one eval-mode forward pass, and every tensor it returns (detached)."""
-    was_training = model.training
-    model.eval()
-    try:
-        # grad mode on: the counter's module tracker hooks autograd and fails on leaf inputs
-        # (a parameter fed straight into a submodule) under no_grad
-        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-            outputs = [t.detach() for t in iter_tensors(call_model(model, example_inputs))]
-    finally:
-        model.train(was_training)
+    # grad mode on: the counter's module tracker hooks autograd and fails on leaf inputs
+    # (a parameter fed straight into a submodule) under no_grad
+    with evaluating(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        outputs = [t.detach() for t in iter_tensors(call_model(model, example_inputs))]
     return int(counter.get_total_flops()), outputs
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, min_run_time: float = 0.5) -> float:
     """Median milliseconds per forward pass, in eval mode without autograd."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         timer = benchmark.Timer(
             stmt="with torch.no_grad(): call_model(model, inputs)",
-            globals={"torch": torch, "call_model": call_model, "model": model, "inputs": example_inputs},
+            globals={"torch": torch, "call_model": call_model, "model": model,
+                     "inputs": example_inputs},
             num_threads=torch.get_num_threads())
         return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-    finally:
-        model.train(was_training)
 
 
 def measure(model: nn.Module, example_inputs: Any, latency: bool = True,

@@ -115,7 +115,7 @@ class ChannelPruning(_ChannelMethod):
 
 
 # criteria that score heads; "taylor" on heads is the mask gradient (Michel et al.)
-HEAD_CRITERIA = ("l1", "l2", "fpgm", "random", "gradient", "taylor", "entropy")
+HEAD_CRITERIA = ("l1", "l2", "fpgm", "random", "gradient", "taylor", "entropy", "output")
 
 
 @dataclass
@@ -128,8 +128,10 @@ class HeadPruning(_ChannelMethod):
     The engine finds the heads itself: the outer factor of the view that splits a projection
     into ``(heads, head_dim)``, in a module that keeps a head count or a head size. Criteria:
     the weight criteria score each head over all of its q/k/v/o weights (``"l1"``, ``"l2"``,
-    ``"fpgm"``, ``"random"``); ``"gradient"`` (Michel et al.; ``"taylor"`` is the same here)
-    and ``"entropy"`` read ``data=`` (see ``prunekit.importance.heads``). ``ratio`` is the fraction of each layer's heads removed.
+    ``"fpgm"``, ``"random"``); ``"gradient"`` (Michel et al.; ``"taylor"`` is the same here),
+    ``"output"`` (the output change when the head alone is removed) and ``"entropy"`` read
+    ``data=`` (see ``prunekit.importance.heads``). ``ratio`` is the fraction of each layer's
+    heads removed.
     ``heads={attention module: [head indices]}`` removes exactly those heads instead, and
     ``ratio`` is not used (the module is any module of that attention layer, e.g.
     ``"encoder.layer.0.attention.self"``).

@@ -16,6 +16,7 @@ from torch import nn
 from .apply import evaluate_applied
 from .graph.dependency import DependencyGraph
 from .methods import FilterPruning, _ChannelMethod
+from .modes import evaluating
 from .planner import plan_from_keep, score_groups
 from .recover import evaluate_accuracy
 
@@ -86,9 +87,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
     if evaluate is None:
         def evaluate(candidate: nn.Module) -> float:
             return evaluate_accuracy(candidate, eval_data)
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         graph = DependencyGraph(model, example_inputs)
         scores = score_groups(graph, method, data)
         result = Sensitivity(evaluate(model))
@@ -100,6 +99,4 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
                 accuracy = evaluate_applied(model, plan_from_keep(graph, keep, {}), evaluate)
                 result.rows.append(SensitivityRow(group.modules()[0], group.size, ratio,
                                                   accuracy))
-    finally:
-        model.train(training)
     return result

@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import TraceError, UnsupportedOpError
 from .graph.axes import AxisTable, NotRepresentable, Spec
+from .modes import evaluating
 
 
 @dataclass
@@ -287,13 +288,11 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> TraceR
     for name, module in model.named_modules():
         hooks.append(module.register_forward_pre_hook(enter(name)))
         hooks.append(module.register_forward_hook(leave(name)))
-    training = {m: m.training for m in model.modules()}
     mode = _TracingMode(ctx, RULES, strict)
     try:
-        model.eval()
         for tensor in iter_tensors(example_inputs):
             ctx.fix(tensor, "model input")
-        with torch.no_grad(), mode:
+        with evaluating(model), torch.no_grad(), mode:
             out = call_model(model, example_inputs)
         for tensor in iter_tensors(out):
             ctx.fix(tensor, "model output")
@@ -306,6 +305,4 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> TraceR
     finally:
         for hook in hooks:
             hook.remove()
-        for module, flag in training.items():
-            module.training = flag
     return ctx.result(mode.op_count)

@@ -16,8 +16,15 @@ from torch import nn
 
 from .apply import Rollback, _tensor_owners, apply_plan, evaluate_applied
 from .measure import flops_and_outputs
+from .modes import evaluating
 from .plan import Plan
 from .trace import call_model, iter_tensors
+
+
+# float32 rounding differs between a masked and a pruned model (sums over fewer terms) and
+# grows through deep networks: up to about 3e-5 of the output scale in a 6-layer BERT. A real
+# mismatch is orders of magnitude larger.
+DEFAULT_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -92,14 +99,9 @@ def _outputs(model: nn.Module, example_inputs: Any,
         flops, outputs = flops_and_outputs(model, example_inputs)
         counted.append((flops, [tuple(t.shape) for t in outputs]))
         return [t.double() for t in outputs if t.is_floating_point()]
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return [t.detach().double() for t in iter_tensors(call_model(model, example_inputs))
-                    if t.is_floating_point()]
-    finally:
-        model.train(training)
+    with evaluating(model), torch.no_grad():
+        return [t.detach().double() for t in iter_tensors(call_model(model, example_inputs))
+                if t.is_floating_point()]
 
 
 def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan,
@@ -121,7 +123,7 @@ def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan,
 
 
 def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
-                     tolerance: float = 1e-5, keep: bool = False,
+                     tolerance: float = DEFAULT_TOLERANCE, keep: bool = False,
                      counted: list[Counted] | None = None) -> VerifyReport:
     """Masked vs pruned outputs of ``model``, computed in place and undone afterwards.
 
@@ -155,7 +157,7 @@ def _compare(expected: list[torch.Tensor], actual: list[torch.Tensor],
 
 
 def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
-           tolerance: float = 1e-5) -> VerifyReport:
+           tolerance: float = DEFAULT_TOLERANCE) -> VerifyReport:
     """Check that the plan's masked and pruned versions of a model give the same outputs.
 
     Args:

@@ -148,3 +148,37 @@ def test_load_weights_that_do_not_fit_leaves_model_unchanged(tmp_path, model):
 def test_load_from_directory_without_files(tmp_path, model):
     with pytest.raises(pk.PlanError, match="plan.json"):
         pk.load(tmp_path, model)
+
+
+def _mixed_modes(model: nn.Module) -> dict[str, bool]:
+    """Train mode on the model, eval mode on every norm layer (a common fine-tuning set-up)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def test_pruning_keeps_each_modules_own_mode(model):
+    modes = _mixed_modes(model)
+    data = [torch.randn(2, 3, 16, 16) for _ in range(2)]
+    pk.prune(model, data[0], pk.FilterPruning(0.5, criterion="apoz"), data=data)
+    after = {name: m.training for name, m in model.named_modules()}
+    assert after == modes and False in after.values() and True in after.values()
+
+
+def test_a_failed_prune_keeps_each_modules_own_mode(model):
+    modes = _mixed_modes(model)
+    with pytest.raises(pk.TraceError):
+        pk.prune(model, torch.randn(1, 5, 16, 16), pk.FilterPruning())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_a_module_replaced_while_evaluating_takes_the_models_mode():
+    from prunekit.modes import evaluating
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    with evaluating(model):
+        assert not any(m.training for m in model.modules())
+        model[1] = nn.Dropout().eval()
+    assert all(m.training for m in model.modules())

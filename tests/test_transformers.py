@@ -216,7 +216,8 @@ def test_causal_lm_generates_with_its_cache_after_pruning(name, method, tmp_path
         assert torch.equal(tokens, greedy(mask(copy.deepcopy(original), result.plan), prompt))
 
 
-def test_head_gradient_removes_a_head_whose_output_is_zero():
+@pytest.mark.parametrize("criterion", ["gradient", "output"])
+def test_head_criteria_remove_a_head_whose_output_is_zero(criterion):
     model = CASES["bert"].build()
     attention = model.encoder.layer[1].attention
     rows = slice(2 * 16, 3 * 16)
@@ -225,9 +226,27 @@ def test_head_gradient_removes_a_head_whose_output_is_zero():
         attention.self.value.bias[rows] = 0
     data = [{"input_ids": torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(s))}
             for s in range(2)]
-    result = pk.prune(model, TOKENS, pk.HeadPruning(0.25, "gradient"), data=data)
+    result = pk.prune(model, TOKENS, pk.HeadPruning(0.25, criterion), data=data)
     kept = result.plan.tensors["encoder.layer.1.attention.self.value.weight"][0]
     assert kept == list(range(0, 32)) + list(range(48, 64))
+
+
+def test_head_output_scores_are_how_far_removing_each_head_moves_the_output():
+    import torch.nn.functional as F
+
+    model = CASES["bert"].build()
+    data = [{"input_ids": torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(s))}
+            for s in range(2)]
+    scores = pk.head_importance(model, TOKENS, data, criterion="output")
+    layer = next(name for name in scores if ".1." in name)
+    expected = [outputs(model, batch)[0] for batch in data]
+    for head in range(scores[layer].numel()):
+        pruned = copy.deepcopy(model)
+        pk.prune(pruned, TOKENS, pk.HeadPruning(heads={layer: [head]}))
+        moved = torch.cat([1 - F.cosine_similarity(outputs(pruned, batch)[0], reference, dim=-1)
+                           for batch, reference in zip(data, expected)])
+        assert scores[layer][head].item() == pytest.approx(moved.mean().item(), abs=1e-6)
+    assert scores[layer].min() > 0 and len(set(scores[layer].tolist())) == scores[layer].numel()
 
 
 def test_attention_entropy_removes_a_head_that_attends_uniformly():

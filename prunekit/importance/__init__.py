@@ -7,7 +7,7 @@ Weight criteria see a layer-agnostic view of the group's weights; data-driven cr
 from .activation import ActivationStatistic
 from .base import ChannelView, Criterion
 from .fpgm import GeometricMedianDistance
-from .heads import AttentionEntropy, HeadGradient
+from .heads import AttentionEntropy, HeadAblation, HeadGradient
 from .magnitude import Magnitude, NormScale, RandomScore
 
 CRITERIA: dict[str, Criterion] = {
@@ -21,7 +21,9 @@ CRITERIA: dict[str, Criterion] = {
     "random": RandomScore(),
     "gradient": HeadGradient(),
     "entropy": AttentionEntropy(),
+    "output": HeadAblation(),
 }
 
 __all__ = ["CRITERIA", "ActivationStatistic", "AttentionEntropy", "ChannelView", "Criterion",
-           "GeometricMedianDistance", "HeadGradient", "Magnitude", "NormScale", "RandomScore"]
+           "GeometricMedianDistance", "HeadAblation", "HeadGradient", "Magnitude", "NormScale",
+           "RandomScore"]

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..batches import LossFn, batch_loss, split_batch
 from ..errors import ConfigError
+from ..modes import evaluating
 from ..trace import call_model
 
 def _per_channel(values: torch.Tensor, dim: int, per_sample: bool = False) -> torch.Tensor:
@@ -66,18 +67,16 @@ class ActivationStatistic:
 
         handles = [modules[name].register_forward_hook(hook_for(name))
                    for name in {name for name, _ in by_call}]
-        training = model.training
-        model.eval()
         try:
-            for batch in data:
-                calls.clear()
-                captured.clear()
-                self._accumulate(model, batch, by_call, captured, totals, counts, loss_fn)
+            with evaluating(model):
+                for batch in data:
+                    calls.clear()
+                    captured.clear()
+                    self._accumulate(model, batch, by_call, captured, totals, counts, loss_fn)
         finally:
             for handle in handles:
                 handle.remove()
             captured.clear()
-            model.train(training)
         if not any(counts.values()):
             raise ConfigError(f"criterion {self.statistic!r}: data= gave no batches")
         scores: dict[int, torch.Tensor] = {}

@@ -9,6 +9,11 @@
   Unlabelled batches with none of those get a self-supervised loss: a random projection
   ⟨r, output⟩ drawn afresh per batch, whose squared mask-gradient estimates how far removing
   the head moves the output (E[(rᵀJ)²] = ‖J‖²); the score is then the root mean square.
+- ``output``: how far the model's output moves when the head alone is removed: its channels
+  are zeroed where they enter the output projection, and the score is the mean 1 − cosine
+  between the output so changed and the unpruned output (per token for sequences), over
+  ``data``. Label-free and exact for one head at a time (what first-order scores estimate),
+  at one forward pass per head and batch.
 - ``entropy``: how focused each head's attention is, ``1 − H / log(keys)`` averaged over
   queries and samples (H the entropy of the head's attention distribution): heads that
   spread attention uniformly score near 0 and go first. Read from the attention
@@ -25,8 +30,10 @@ import torch
 from torch import nn
 
 from ..batches import LossFn, batch_loss, model_loss, split_batch
+from ..distance import first_tensor, summed_distance
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
+from ..modes import evaluating
 from ..trace import call_model, iter_tensors
 
 
@@ -54,34 +61,79 @@ class HeadGradient:
         totals: dict[int, torch.Tensor] = {}
         samples = 0
         generator = torch.Generator().manual_seed(0)
-        training = model.training
-        model.eval()
         try:
-            for batch in data:
-                captured.clear()
-                with torch.enable_grad():
-                    outputs = call_model(model, split_batch(batch)[0])
-                    loss, projected = _head_loss(outputs, batch, loss_fn, generator)
-                    names = list(captured)
-                    gradients = dict(zip(names, torch.autograd.grad(
-                        loss, [captured[n] for n in names], allow_unused=True)))
-                for axis, (name, heads_of) in sites.items():
-                    x, g = captured[name].detach().double(), gradients[name]
-                    g = torch.zeros_like(x) if g is None else g.double()
-                    per_sample = (x * g).flatten(1, -2).sum(1) if x.dim() > 2 else x * g
-                    per_head = per_sample[:, heads_of].sum(-1)  # (samples, heads)
-                    value = per_head.square() if projected else per_head.abs()
-                    totals[axis] = totals.get(axis, 0) + value.sum(0)
-                samples += next(iter(captured.values())).shape[0] if captured else 0
+            with evaluating(model):
+                for batch in data:
+                    captured.clear()
+                    with torch.enable_grad():
+                        outputs = call_model(model, split_batch(batch)[0])
+                        loss, projected = _head_loss(outputs, batch, loss_fn, generator)
+                        names = list(captured)
+                        gradients = dict(zip(names, torch.autograd.grad(
+                            loss, [captured[n] for n in names], allow_unused=True)))
+                    for axis, (name, heads_of) in sites.items():
+                        x, g = captured[name].detach().double(), gradients[name]
+                        g = torch.zeros_like(x) if g is None else g.double()
+                        per_sample = (x * g).flatten(1, -2).sum(1) if x.dim() > 2 else x * g
+                        per_head = per_sample[:, heads_of].sum(-1)  # (samples, heads)
+                        value = per_head.square() if projected else per_head.abs()
+                        totals[axis] = totals.get(axis, 0) + value.sum(0)
+                    samples += next(iter(captured.values())).shape[0] if captured else 0
         finally:
             for handle in handles:
                 handle.remove()
             captured.clear()
-            model.train(training)
         if not samples:
             raise ConfigError("criterion 'gradient': data= gave no batches")
         mean = {axis: total / samples for axis, total in totals.items()}
         return {axis: m.sqrt() if projected else m for axis, m in mean.items()}
+
+
+@dataclass(frozen=True)
+class HeadAblation:
+    """The output change when one head alone is removed (see the module docstring)."""
+
+    needs_data = True
+    heads_only = True
+
+    def score_groups(self, graph, model: nn.Module, data: Iterable,
+                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+        sites = {g.axis: _projection_input(graph, g) for g in groups}
+        batches = [split_batch(batch)[0] for batch in data]
+        if not batches:
+            raise ConfigError("criterion 'output': data= gave no batches")
+        modules = dict(model.named_modules())
+        scores = {}
+        with evaluating(model), torch.no_grad():
+            reference = [first_tensor(call_model(model, inputs)) for inputs in batches]
+            per_token = reference[0].dim() >= 3
+            for axis, site in sites.items():
+                if site is None:
+                    continue
+                name, heads_of = site
+                scores[axis] = torch.tensor(
+                    [self._distance(model, modules[name], channels, batches, reference, per_token)
+                     for channels in heads_of], dtype=torch.float64)
+        return scores
+
+    @staticmethod
+    def _distance(model: nn.Module, projection: nn.Module, channels: torch.Tensor,
+                  batches: list, reference: list, per_token: bool) -> float:
+        def silence(_module, args):
+            silenced = args[0].clone()
+            silenced[..., channels] = 0
+            return (silenced, *args[1:])
+
+        handle = projection.register_forward_pre_hook(silence)
+        try:
+            total, samples = 0.0, 0
+            for inputs, expected in zip(batches, reference):
+                part, count = summed_distance(first_tensor(call_model(model, inputs)), expected,
+                                              per_token)
+                total, samples = total + part, samples + count
+        finally:
+            handle.remove()
+        return total / max(samples, 1)
 
 
 def _head_loss(outputs: Any, batch: Any, loss_fn: LossFn | None,
@@ -124,26 +176,25 @@ class AttentionEntropy:
                      loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
         totals: list[torch.Tensor] = []
         batches = 0
-        training = model.training
-        model.eval()
         implementation = _eager_attention(model)
         try:
-            for batch in data:
-                inputs = split_batch(batch)[0]
-                if not isinstance(inputs, dict):
-                    raise ConfigError("criterion 'entropy' reads attention probabilities from a "
-                                      "Hugging Face model called with a dict of inputs")
-                with torch.no_grad():
-                    outputs = model(**inputs, output_attentions=True)
-                attentions = getattr(outputs, "attentions", None)
-                if not attentions or any(a is None for a in attentions):
-                    raise ConfigError(f"criterion 'entropy': {type(model).__name__} returned no "
-                                      f"attention probabilities")
-                focus = [_focus(a.double()) for a in attentions]
-                totals = focus if not totals else [t + f for t, f in zip(totals, focus)]
-                batches += 1
+            with evaluating(model):
+                for batch in data:
+                    inputs = split_batch(batch)[0]
+                    if not isinstance(inputs, dict):
+                        raise ConfigError("criterion 'entropy' reads attention probabilities "
+                                          "from a Hugging Face model called with a dict of "
+                                          "inputs")
+                    with torch.no_grad():
+                        outputs = model(**inputs, output_attentions=True)
+                    attentions = getattr(outputs, "attentions", None)
+                    if not attentions or any(a is None for a in attentions):
+                        raise ConfigError(f"criterion 'entropy': {type(model).__name__} "
+                                          f"returned no attention probabilities")
+                    focus = [_focus(a.double()) for a in attentions]
+                    totals = focus if not totals else [t + f for t, f in zip(totals, focus)]
+                    batches += 1
         finally:
-            model.train(training)
             if implementation is not None:
                 model.set_attn_implementation(implementation)
         if not batches:

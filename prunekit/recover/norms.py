@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..batches import split_batch
+from ..modes import evaluating
 from ..trace import call_model
 
 
@@ -27,20 +28,16 @@ def recalibrate_norms(model: nn.Module, data: Iterable) -> int:
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
-    training = {m: m.training for m in model.modules()}
     momentum = {m: m.momentum for m in norms}
     try:
-        model.eval()
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average over the batches
-            norm.train()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # cumulative average over the batches
+                norm.train()
             for batch in data:
                 call_model(model, split_batch(batch)[0])
     finally:
-        for module, flag in training.items():
-            module.training = flag
         for norm, value in momentum.items():
             norm.momentum = value
     return len(norms)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..batches import split_batch
+from ..modes import evaluating
 from ..plan import Plan
 from ..trace import call_model
 
@@ -79,15 +80,12 @@ def _captured(model: nn.Module, name: str, batches: list, capture_input: bool) -
         captured.append((args[0] if capture_input else output).detach())
 
     handle = layer.register_forward_hook(hook)
-    training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             for batch in batches:
                 call_model(model, batch)
     finally:
         handle.remove()
-        model.train(training)
     return captured
 
 

@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from ..modes import evaluating
+
 
 def norm_scale_l1(model: nn.Module) -> torch.Tensor:
     """Σ |scale| over every BatchNorm: the Network Slimming penalty (Liu et al. 2017), which
@@ -58,11 +60,9 @@ def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: f
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, batches: Iterable) -> float:
     """Top-1 accuracy in [0, 1] over ``(inputs, labels)`` batches, in eval mode."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for inputs, labels in batches:
-        correct += (model(inputs).argmax(dim=1) == labels).sum().item()
-        total += len(labels)
-    model.train(was_training)
+    with evaluating(model):
+        for inputs, labels in batches:
+            correct += (model(inputs).argmax(dim=1) == labels).sum().item()
+            total += len(labels)
     return correct / max(total, 1)

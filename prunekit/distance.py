@@ -1,0 +1,29 @@
+"""How far apart two activations are: what the label-free layer and head criteria measure."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .trace import iter_tensors
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    """The first tensor in a module's output (a Hugging Face output's last hidden state)."""
+    return next(iter_tensors(value))
+
+
+def summed_distance(x: torch.Tensor, y: torch.Tensor, per_token: bool,
+                    angular: bool = False) -> tuple[float, int]:
+    """Sum over samples of 1 − cosine (or the angular distance) between ``x`` and ``y``, per
+    sample or per token (averaged within the sample), and the number of samples."""
+    x, y = x.double(), y.double()
+    if per_token and x.dim() >= 3:
+        cosine = F.cosine_similarity(x, y, dim=-1).flatten(1)
+    else:
+        cosine = F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1)[:, None]
+    distance = (torch.arccos(cosine.clamp(-1, 1)) / math.pi) if angular else 1 - cosine
+    return distance.mean(1).sum().item(), x.shape[0]
