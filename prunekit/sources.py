@@ -23,7 +23,7 @@ def load_model(spec: str) -> nn.Module:
     ``package.module:factory``)."""
     if spec.startswith("hf:"):
         return _load_hf(spec[3:])
-    source, name = _split(spec, "resnet18")
+    source, name = _split(spec, "torchvision:resnet18")
     if source == "torchvision":
         import torchvision
 
@@ -33,7 +33,7 @@ def load_model(spec: str) -> nn.Module:
 
 def load_data(spec: str) -> tuple[Any, Any]:
     """``(train, test)`` batches from the factory ``spec`` names."""
-    source, name = _split(spec, "digits_loaders")
+    source, name = _split(spec, "prunekit.data:digits_loaders")
     loaded = _factory(source, name)()
     if not (isinstance(loaded, tuple) and len(loaded) == 2):
         raise typer.BadParameter(f"--data {spec!r}: the factory must return (train, test), "
@@ -94,9 +94,7 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 def _split(spec: str, example: str) -> tuple[str, str]:
     source, _, name = spec.rpartition(":")
     if not source or not name:
-        raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. "
-                                 f"{'torchvision' if example == 'resnet18' else 'prunekit.data'}"
-                                 f":{example}")
+        raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. {example}")
     return source, name
 
 
