@@ -76,6 +76,14 @@ CASES = {
                          num_key_value_heads=2, **COMMON), TOKENS, kv_heads=2,
                   mlp_matrices=3, mlp_bias=False, head_config=True,
                   causal_lm=transformers.Qwen2ForCausalLM),
+    "qwen3": Case(_model(transformers.Qwen3Model, transformers.Qwen3Config, head_dim=16,
+                         num_key_value_heads=2, **COMMON), TOKENS, kv_heads=2, qkv_bias=False,
+                  mlp_matrices=3, mlp_bias=False, head_config=True,
+                  causal_lm=transformers.Qwen3ForCausalLM),
+    "gemma": Case(_model(transformers.GemmaModel, transformers.GemmaConfig, head_dim=16,
+                         num_key_value_heads=2, **COMMON), TOKENS, kv_heads=2, qkv_bias=False,
+                  mlp_matrices=3, mlp_bias=False, head_config=True,
+                  causal_lm=transformers.GemmaForCausalLM),
 }
 
 
