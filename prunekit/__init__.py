@@ -15,7 +15,7 @@ from .io import load, save
 from .iterative import History, iterative_prune
 from .measure import Measurement, measure
 from .layers import LayerScore, find_layer_candidates, find_redundant_layers, layer_importance
-from .methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
+from .methods import ChannelPruning, FilterPruning, HeadPruning, HiddenPruning, LayerPruning
 from .plan import Plan
 from .pruners import TransformerHeadPruner, TransformerLayerPruner, head_importance
 from .sensitivity import Sensitivity, sensitivity
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelPruning", "Comparison", "ConfigError", "History", "Sensitivity", "compare",
     "iterative_prune", "sensitivity", "DependencyGraph", "FilterPruning", "Group", "HeadPruning",
-    "LayerPruning",
+    "HiddenPruning", "LayerPruning",
     "LayerScore", "Measurement", "Plan", "PlanError", "PruneError", "PruneResult", "TraceError",
     "UnsupportedOpError", "VerifyReport", "apply_plan", "find_layer_candidates",
     "find_redundant_layers", "layer_importance", "load", "measure", "prune", "save", "verify",

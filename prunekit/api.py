@@ -20,7 +20,7 @@ from .modes import evaluating
 from .plan import Plan
 from .recover.reconstruct import reconstruct
 from .stacks import find_block_stack
-from .fallback import SkippedGroup, plan_that_works
+from .fallback import SkippedGroup, plan_that_works, shapes_allowed
 from .verify import DEFAULT_TOLERANCE, Counted
 from .planner import candidate_groups, keep_from_scores, score_groups
 
@@ -93,11 +93,16 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
     if reconstructing and data is None:
         raise ConfigError(f"{type(method).__name__}(reconstruct=True) re-fits layers on "
                           f"calibration data; pass data=, an iterable of batches")
-    graph = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict)
+    graph = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict,
+                            normalised_prunable=method.prunes_hidden)
     if method.prunes_heads and not candidate_groups(graph, method):
         raise PruneError(f"{type(method).__name__}: the model has no attention heads the engine "
                          f"can find (a reshape into (heads, head_dim) in a module that keeps a "
                          f"head count); it was left unchanged")
+    if method.prunes_hidden and not candidate_groups(graph, method):
+        raise PruneError(f"{type(method).__name__}: the model has no hidden size the engine can "
+                         f"narrow (channels that a LayerNorm or RMSNorm normalises, outside "
+                         f"attention heads); it was left unchanged")
     original = copy.deepcopy(model) if reconstructing else None
     params_before = count_params(model)
     with evaluating(model):
@@ -107,9 +112,11 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
         # FLOPs and output shapes come from forward passes the checks make anyway
         counted: list[Counted] = [] if check else [flops_and_shapes(model, example_inputs)]
         plan, skipped, applied = plan_that_works(
-            graph, model, example_inputs, keep, method.to_dict(), check_equivalence=check,
+            graph, model, example_inputs, keep, method.to_dict(),
+            # a narrower hidden size cannot equal the masked model (see HiddenPruning)
+            check_equivalence=check and not method.prunes_hidden,
             tolerance=tolerance, reference_shapes=counted[0][1] if counted else None,
-            counted=counted)
+            counted=counted, outputs_may_narrow=method.prunes_hidden)
         del graph  # holds references to the old tensors
         if not counted:  # nothing was tried
             counted.append(flops_and_shapes(model, example_inputs))
@@ -122,7 +129,8 @@ def prune(model: nn.Module, example_inputs: Any, method: _ChannelMethod | LayerP
         if applied:
             flops_after = counted[1][0]
         else:
-            flops_after = _apply_checked(model, example_inputs, plan, shapes)
+            flops_after = _apply_checked(model, example_inputs, plan, shapes,
+                                         may_narrow=method.prunes_hidden)
         after = Measurement(count_params(model), flops_after)
         if original is not None:
             reconstruct(original, model, plan, data)
@@ -149,9 +157,9 @@ def _prune_layers(model: nn.Module, example_inputs: Any, method: LayerPruning,
 
 
 def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,
-                   shapes: list[tuple[int, ...]]) -> int:
-    """Apply the plan, undoing it unless the model still runs with the same output shapes;
-    returns the pruned model's FLOPs."""
+                   shapes: list[tuple[int, ...]], may_narrow: bool = False) -> int:
+    """Apply the plan, undoing it unless the model still runs with the same output shapes
+    (or, with ``may_narrow``, narrower ones); returns the pruned model's FLOPs."""
     flops_after: list[int] = []
 
     def still_runs(pruned: nn.Module) -> None:  # and counts its FLOPs on the way
@@ -160,7 +168,7 @@ def _apply_checked(model: nn.Module, example_inputs: Any, plan: Plan,
         except Exception as error:
             raise PruneError(f"the pruned model no longer runs ({type(error).__name__}: "
                              f"{error}); the model was left unchanged") from error
-        if new_shapes != shapes:
+        if not shapes_allowed(new_shapes, shapes, may_narrow):
             raise PruneError(f"pruning changed the output shapes {shapes} -> {new_shapes}; "
                              f"the model was left unchanged")
         flops_after.append(flops)

@@ -19,7 +19,7 @@ from .errors import ConfigError, PruneError
 from .graph.dependency import DependencyGraph
 from .io import save
 from .measure import measure
-from .methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
+from .methods import ChannelPruning, FilterPruning, HeadPruning, HiddenPruning, LayerPruning
 from .planner import group_ratio
 from .sources import example_inputs, first_inputs, load_data, load_model, parse_ratios
 from .verify import verify
@@ -29,7 +29,7 @@ app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help
 console = Console()
 
 METHOD_NAMES = {"filter": FilterPruning, "channel": ChannelPruning, "heads": HeadPruning,
-                "layers": LayerPruning}
+                "hidden": HiddenPruning, "layers": LayerPruning}
 DEFAULT_CRITERIA = {"layers": "influence"}
 
 
@@ -43,7 +43,7 @@ def prune(
     model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
     input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
                                                "BATCH,TOKENS = 2,16 for text models)"),
-    method: str = typer.Option("filter", help="filter | channel | heads | layers"),
+    method: str = typer.Option("filter", help="filter | channel | heads | hidden | layers"),
     ratio: float = typer.Option(0.5, help="fraction of each group's channels (or heads) to remove"),
     n: int = typer.Option(1, help="--method layers: how many layers or blocks to remove"),
     criterion: str = typer.Option(None, help="l1 | l2 | fpgm | random | gradient | entropy "
@@ -72,11 +72,13 @@ def prune(
             train, _ = load_data(data)
             x = first_inputs(train)
             calibration = list(itertools.islice(train, calibration_batches))
-        original = copy.deepcopy(network) if check else None
+        exact = not isinstance(pruning, HiddenPruning)  # a narrower hidden size is approximate
+        original = copy.deepcopy(network) if check and exact else None
         with _progress(f"pruning {model}"):
+            before = measure(network, x)
             result = prune_model(network, x, pruning, data=calibration)
-            report = verify(original, x, result.plan) if check else None
-            before, after = measure(original or network, x), measure(network, x)
+            report = verify(original, x, result.plan) if original is not None else None
+            after = measure(network, x)
         save(network, out, result.plan)
         if result.config_matches:
             network.save_pretrained(out / "hf")
@@ -95,6 +97,9 @@ def prune(
         console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
     if report is not None:
         console.print(f"verify: {escape(str(report))}")
+    elif not exact:
+        console.print("hidden-size pruning is approximate (LayerNorm averages over the hidden "
+                      "channels): checked that it runs, not that outputs agree; fine-tune after")
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")
     if result.config_matches:
         console.print(f"also saved with save_pretrained to {out / 'hf'}/ "

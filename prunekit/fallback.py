@@ -36,13 +36,15 @@ def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: An
                     keep: dict[int, torch.Tensor], method: dict, check_equivalence: bool = True,
                     tolerance: float = DEFAULT_TOLERANCE,
                     reference_shapes: list[tuple[int, ...]] | None = None,
-                    counted: list[Counted] | None = None) -> tuple[Plan, list[SkippedGroup], bool]:
+                    counted: list[Counted] | None = None,
+                    outputs_may_narrow: bool = False) -> tuple[Plan, list[SkippedGroup], bool]:
     """The largest plan (by bisection over groups) whose pruned model runs and verifies.
 
     With equivalence checking, the first try is the whole plan; when it verifies, the model is
     left pruned (the returned flag says so) and ``counted`` receives the FLOPs and output
     shapes before and after. Otherwise the model is left as it was.
-    ``reference_shapes`` are the unpruned model's output shapes, if the caller has them.
+    ``reference_shapes`` are the unpruned model's output shapes, if the caller has them;
+    with ``outputs_may_narrow`` an output dim may shrink (a base model's hidden size).
     """
     if reference_shapes is None and not check_equivalence:
         reference_shapes = output_shapes(model, example_inputs)
@@ -58,7 +60,7 @@ def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: An
                                           counted=counted if first else None)
                 applied = first and report.ok
                 return None if report.ok else str(report)
-            return _runs(model, example_inputs, plan, reference_shapes)
+            return _runs(model, example_inputs, plan, reference_shapes, outputs_may_narrow)
         except Exception as error:  # the pruned model no longer runs
             return f"{type(error).__name__}: {error}"
 
@@ -83,11 +85,22 @@ def plan_that_works(graph: DependencyGraph, model: nn.Module, example_inputs: An
     return plan_from_keep(graph, {a: keep[a] for a in accepted}, method), skipped, applied
 
 
+def shapes_allowed(shapes: list[tuple[int, ...]], reference: list[tuple[int, ...]],
+                   may_narrow: bool = False) -> bool:
+    """The same output shapes, or with ``may_narrow`` the same outputs and ranks with no dim
+    larger than before."""
+    if not may_narrow:
+        return shapes == reference
+    return len(shapes) == len(reference) and all(
+        len(new) == len(old) and all(n <= o for n, o in zip(new, old))
+        for new, old in zip(shapes, reference))
+
+
 def _runs(model: nn.Module, example_inputs: Any, plan: Plan,
-          reference_shapes: list[tuple[int, ...]]) -> str | None:
+          reference_shapes: list[tuple[int, ...]], may_narrow: bool = False) -> str | None:
     def shape_change(pruned: nn.Module) -> str | None:
         shapes = output_shapes(pruned, example_inputs)
-        return (None if shapes == reference_shapes
+        return (None if shapes_allowed(shapes, reference_shapes, may_narrow)
                 else f"output shapes changed {reference_shapes} -> {shapes}")
 
     return evaluate_applied(model, plan, shape_change)

@@ -15,6 +15,7 @@ head size is ``hidden_size / num_attention_heads``) keep their config and save w
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ def update_config(model: nn.Module) -> bool | None:
     except Exception:  # a model its own config cannot rebuild: nothing to keep true
         return False
     if _fits(original, actual):
-        return True
+        return _same_scalars(model, config)
     candidate, current = _with_pinned_head_dim(model, config, original), original
     for name in SIZE_FIELDS:  # one field at a time, kept only if more shapes then agree
         value = getattr(candidate, name, None)
@@ -56,7 +57,7 @@ def update_config(model: nn.Module) -> bool | None:
             continue
         if _mismatches(shapes, actual) < _mismatches(current, actual):
             candidate, current = trial, shapes
-    if not _fits(current, actual):
+    if not _fits(current, actual) or not _same_scalars(model, candidate):
         return False
     for name in SIZE_FIELDS:
         if hasattr(candidate, name):
@@ -101,6 +102,23 @@ def _shapes(model: nn.Module, config: Any) -> dict[str, tuple]:
     with torch.device("meta"):
         built = type(model)(config)
     return {name: tuple(p.shape) for name, p in built.named_parameters()}
+
+
+def _same_scalars(model: nn.Module, config: Any) -> bool:
+    """Whether a model built from ``config`` keeps the same float settings on every module.
+    Some are computed from sizes when a module is built and not saved (Gemma scales its
+    embeddings by √hidden_size): a narrower hidden size rebuilt from the config would
+    change them, so such a model must be reloaded with ``pk.load``."""
+    with torch.device("meta"):
+        built = dict(type(model)(config).named_modules())
+    for name, module in model.named_modules():
+        twin = built.get(name)
+        for key, value in vars(module).items():
+            if isinstance(value, float) and twin is not None:
+                other = getattr(twin, key, None)
+                if isinstance(other, float) and not math.isclose(value, other, rel_tol=1e-9):
+                    return False
+    return True
 
 
 def _mismatches(built: dict[str, tuple], actual: dict[str, tuple]) -> int:

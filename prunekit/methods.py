@@ -44,6 +44,7 @@ class _ChannelMethod:
 
     scored_role: ClassVar[str] = ""
     prunes_heads: ClassVar[bool] = False
+    prunes_hidden: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -168,6 +169,26 @@ class HeadPruning(_ChannelMethod):
 
 
 @dataclass
+class HiddenPruning(_ChannelMethod):
+    """Narrow a transformer's residual stream (its hidden size): every embedding, norm and
+    projection that reads or writes it loses the same channels, in every layer.
+
+    Unlike the other methods this one is not exact: a LayerNorm or RMSNorm averages over all
+    the hidden channels, so the pruned model cannot compute what the original computed with
+    those channels zeroed. ``pk.prune`` checks that the pruned model runs with the same output
+    shapes, not that its outputs agree; expect to fine-tune or distil afterwards. Channels are
+    ranked over every member's weights (``"l1"``, ``"l2"``, ``"fpgm"``, ``"random"``, or the
+    activation criteria). A config whose ``hidden_size`` can describe the result is updated.
+
+    Example:
+        >>> pk.prune(bert, inputs, pk.HiddenPruning(ratio=0.25, criterion="l2"))
+    """
+
+    scored_role: ClassVar[str] = "every member"  # no member has this role: all are scored
+    prunes_hidden: ClassVar[bool] = True
+
+
+@dataclass
 class LayerPruning:
     """Remove ``n`` whole layers or blocks, the least important by ``criterion`` (one of
     ``"loss"``, ``"accuracy"``, ``"influence"``, ``"last"``; see ``prunekit.layers``).
@@ -198,7 +219,8 @@ class LayerPruning:
         return {"method": type(self).__name__, **asdict(self)}
 
 
-METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning, HeadPruning, LayerPruning)}
+METHODS = {cls.__name__: cls for cls in (FilterPruning, ChannelPruning, HeadPruning,
+                                         HiddenPruning, LayerPruning)}
 
 
 def _check_ratio(ratio: Any, what: str) -> None:

@@ -35,6 +35,8 @@ def candidate_groups(graph: DependencyGraph, method: _ChannelMethod) -> list[Gro
     dims inside them are head pruning's."""
     if method.prunes_heads:
         return graph.head_groups()
+    if method.prunes_hidden:
+        return graph.hidden_groups()
     attention = {g.axis for g in graph.attention_groups()}
     return [g for g in graph.groups if g.axis not in attention]
 

@@ -119,7 +119,9 @@ def output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]
 class TraceContext:
     """What a coupling rule may read and write while the forward pass runs."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, normalised_prunable: bool = False) -> None:
+        # HiddenPruning's trace: dims a LayerNorm/RMSNorm normalises stay prunable (inexactly)
+        self.normalised_prunable = normalised_prunable
         self.axes = AxisTable()
         self._specs: dict[int, tuple[weakref.ref, list[Spec]]] = {}
         self._slots: dict[int, TensorSlot] = {}
@@ -263,14 +265,17 @@ class _TracingMode(TorchFunctionMode):
                 self.ctx.fresh(tensor, reason)
 
 
-def trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> TraceResult:
+def trace(model: nn.Module, example_inputs: Any, strict: bool = False,
+          normalised_prunable: bool = False) -> TraceResult:
     """Run ``model`` once on ``example_inputs`` in eval mode and record its channel structure.
 
-    The model's training flags are restored afterwards; nothing else about it changes.
+    With ``normalised_prunable``, the dims a layer or RMS norm normalises are not fixed (see
+    ``HiddenPruning``). The model's training flags are restored afterwards; nothing else about
+    it changes.
     """
     from .graph.rules import RULES
 
-    ctx = TraceContext(model)
+    ctx = TraceContext(model, normalised_prunable)
     def enter(name):
         def pre_hook(_module, _args):
             ctx.module_stack.append(name or "<model>")
@@ -295,7 +300,8 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False) -> TraceR
         with evaluating(model), torch.no_grad(), mode:
             out = call_model(model, example_inputs)
         for tensor in iter_tensors(out):
-            ctx.fix(tensor, "model output")
+            if not normalised_prunable:  # a narrower hidden size narrows a base model's outputs
+                ctx.fix(tensor, "model output")
     except UnsupportedOpError:
         raise
     except Exception as error:  # the user's forward failed: say so, keep the cause

@@ -229,3 +229,20 @@ def test_data_that_is_not_a_pair_is_a_clear_error(tmp_path, residual_source):
     assert result.exit_code != 0
     assert "must return (train, test)" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_prune_the_hidden_size_of_a_hugging_face_directory(tmp_path):
+    import transformers
+
+    source = _llama_directory(tmp_path)
+    out = tmp_path / "narrow"
+    result = runner.invoke(app, ["prune", "--model", f"hf:{source}", "--method", "hidden",
+                                 "--ratio", "0.25", "--criterion", "l2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "approximate" in result.output and "equivalent" not in result.output
+    reloaded = transformers.AutoModel.from_pretrained(out / "hf")
+    assert reloaded.config.hidden_size == 48 and reloaded.embed_tokens.weight.shape == (100, 48)
+    restored = pk.load(out, transformers.AutoModel.from_pretrained(source))
+    ids = {"input_ids": torch.randint(0, 100, (1, 6))}
+    for a, b in zip(outputs(reloaded, ids), outputs(restored, ids)):
+        assert torch.equal(a, b)

@@ -79,10 +79,12 @@ class DependencyGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any,
-                 ignore: Iterable[nn.Module] = (), strict: bool = False) -> None:
+                 ignore: Iterable[nn.Module] = (), strict: bool = False,
+                 normalised_prunable: bool = False) -> None:
         self.model = model
         ignored = _resolve_ignored(model, ignore)
-        self.trace: TraceResult = trace(model, example_inputs, strict=strict)
+        self.trace: TraceResult = trace(model, example_inputs, strict=strict,
+                                        normalised_prunable=normalised_prunable)
         self.axes: AxisTable = self.trace.axes
         for slot in self.trace.slots:
             if any(_owner(name) in ignored for name in slot.names):
@@ -179,6 +181,18 @@ class DependencyGraph:
         inside = {leaf for outer, inner in self.axes.factorisations
                   if self._leaves(outer) & heads for leaf in self._leaves(inner)}
         return [g for g in self.all_groups if g.axis in heads | inside]
+
+    def hidden_groups(self) -> list[Group]:
+        """The residual stream of a transformer: groups that a layer or RMS norm scales
+        (outside attention heads). Only a graph traced with ``normalised_prunable`` has them."""
+        attention = {g.axis for g in self.attention_groups()}
+        modules = dict(self.model.named_modules())
+
+        def normalised(group: Group) -> bool:  # a norm's own scale is one of its members
+            return any(type(modules.get(m.name.rsplit(".", 1)[0])).__name__.lower()
+                       .endswith(("layernorm", "rmsnorm")) for m in group.members)
+
+        return [g for g in self.groups if g.axis not in attention and normalised(g)]
 
     def _head_axes(self) -> set[int]:
         counted = {leaf for a in self.attributes if HEAD_COUNT.match(a.attribute)

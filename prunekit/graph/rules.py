@@ -507,13 +507,23 @@ def reduction(ctx, args, kwargs, out):
     if dim is not None and not isinstance(dim, (int, list, tuple)):
         dim = None
     dims = _dims(dim, source.dim())
-    ctx.fix(source, f"reduced over in {ctx.module_path}", dims)
+    if not (_normalising(ctx) and dims == [source.dim() - 1]):
+        ctx.fix(source, f"reduced over in {ctx.module_path}", dims)
     specs = ctx.specs(source)
     for result in _tensors(out):
         if result.dim() == source.dim():
             ctx.set(result, [[[]] if d in dims else specs[d] for d in range(source.dim())])
         else:
             ctx.set(result, [specs[d] for d in range(source.dim()) if d not in dims])
+
+
+def _normalising(ctx) -> bool:
+    """Inside a layer or RMS norm module written in plain ops (Llama's ``LlamaRMSNorm``), while
+    tracing for hidden-size pruning: its statistic over the last dim does not fix that dim."""
+    if not ctx.normalised_prunable:
+        return False
+    name = type(ctx.modules.get(ctx.module_path)).__name__.lower()
+    return name.endswith(("layernorm", "rmsnorm"))
 
 
 @rule("softmax", "log_softmax", "softmin", "normalize", "local_response_norm")
@@ -828,7 +838,8 @@ def layer_norm(ctx, args, kwargs, out):
             for d, spec in enumerate(ctx.specs(tensor)):
                 ctx.unify(xs[x.dim() - n + d], spec)
                 ctx.role(tensor, d, "norm")
-    reason = f"normalised by {ctx.module_path}"
-    for d in range(x.dim() - n, x.dim()):
-        ctx.axes.fix_spec(xs[d], reason)
+    if not ctx.normalised_prunable:
+        reason = f"normalised by {ctx.module_path}"
+        for d in range(x.dim() - n, x.dim()):
+            ctx.axes.fix_spec(xs[d], reason)
     ctx.set(out, xs)
