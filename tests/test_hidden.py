@@ -84,3 +84,22 @@ def test_a_model_without_a_normalised_hidden_size_is_a_clear_error():
     with pytest.raises(pk.PruneError, match="HiddenPruning: the model has no hidden size"):
         pk.prune(model, torch.randn(1, 3, 8, 8), pk.HiddenPruning(0.5))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def tiny_timm_vit() -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8,
+                             num_classes=10).eval()
+
+
+def test_a_timm_vision_transformer_narrows_and_reloads(tmp_path):
+    model, images = tiny_timm_vit(), torch.randn(2, 3, 32, 32)
+    result = pk.prune(model, images, pk.HiddenPruning(0.25, "l2"))
+    assert model.cls_token.shape[-1] == 192 * 3 // 4 and model.head.in_features == 144
+    assert all(block.norm1.normalized_shape == (144,) for block in model.blocks)
+    logits = outputs(model, images)[0]
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    reloaded = pk.load(pk.save(model, tmp_path / "vit", result.plan), tiny_timm_vit())
+    assert torch.equal(outputs(reloaded, images)[0], logits)
