@@ -10,7 +10,7 @@ FLOPs and CPU latency (``torch.utils.benchmark``, one batch). Writes
 ``benchmarks/results/minilm.{json,md,png}``.
 
     pip install -e ".[benchmark]"
-    python benchmarks/minilm.py                 # the full run (about 25 minutes on 2 cores)
+    python benchmarks/minilm.py                 # the full run (about 40 minutes on 2 cores)
     python benchmarks/minilm.py --quick         # fewer sentences and steps
 """
 
