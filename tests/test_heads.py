@@ -100,10 +100,18 @@ def transformer_encoder(batch_first):
     return torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
 
 
+def transformer_decoder():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+    return torch.nn.TransformerDecoder(layer, 2).eval()
+
+
 MULTIHEAD = {
     "torchvision_vit": (torchvision_vit, torch.randn(2, 3, 32, 32)),
     "encoder_batch_first": (lambda: transformer_encoder(True), torch.randn(2, 8, 64)),
     "encoder_sequence_first": (lambda: transformer_encoder(False), torch.randn(8, 2, 64)),
+    # self-attention on the target, cross-attention to a longer memory
+    "decoder": (transformer_decoder, (torch.randn(2, 6, 64), torch.randn(2, 9, 64))),
 }
 
 
@@ -121,7 +129,8 @@ def test_multihead_attention_loses_whole_heads(name, tmp_path):
         assert attention.num_heads == 2 and attention.head_dim == 16
         assert attention.in_proj_weight.shape == (3 * 32, 64)
         assert attention.out_proj.weight.shape == (64, 32)
-    assert result.before.params - result.after.params == 2 * (3 * 32 * 64 + 3 * 32 + 64 * 32)
+    removed = len(attentions) * (3 * 32 * 64 + 3 * 32 + 64 * 32)
+    assert result.before.params - result.after.params == removed
 
 
 class SelfAttention(torch.nn.Module):
@@ -151,3 +160,33 @@ def test_pruned_multihead_attention_matches_the_masked_module_with_masks_and_wei
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         if kwargs.get("average_attn_weights") is False:  # per head: the kept heads' maps
             torch.testing.assert_close(got_weights, expected_weights[:, [0, 2, 3]])
+
+
+class CrossAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(64, 4)  # sequence first
+
+    def forward(self, x, memory):
+        return self.attention(x, memory, memory)[0]
+
+
+def test_pruned_cross_attention_matches_the_masked_module_with_masks():
+    from prunekit.verify import mask
+
+    original = CrossAttention().eval()
+    x, memory = torch.randn(5, 2, 64), torch.randn(7, 2, 64)
+    pruned = copy.deepcopy(original)
+    result = pk.prune(pruned, (x, memory), pk.HeadPruning(heads={"attention": [0, 2]}))
+    masked = mask(copy.deepcopy(original), result.plan).attention
+    pruned = pruned.attention
+    assert pruned.num_heads == 2 and pruned.in_proj_weight.shape == (96, 64)
+    padding = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
+    for kwargs in ({}, {"key_padding_mask": padding},
+                   {"need_weights": True, "average_attn_weights": False}):
+        expected, expected_weights = masked(x, memory, memory, **kwargs)
+        got, got_weights = pruned(x, memory, memory, **kwargs)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        if kwargs.get("average_attn_weights") is False:
+            assert got_weights.shape == (2, 2, 5, 7)
+            torch.testing.assert_close(got_weights, expected_weights[:, [1, 3]])

@@ -726,16 +726,16 @@ def einsum(ctx, args, kwargs, out):
 
 @rule("multi_head_attention_forward")
 def multi_head_attention(ctx, args, kwargs, out):
-    """``nn.MultiheadAttention``: self-attention with a packed ``in_proj_weight`` has heads
-    (its q, k and v thirds are each heads × head_dim, its ``out_proj`` reads heads × head_dim);
-    head_dim keeps its size (the default scale depends on it). Anything else is left whole:
-    every dim it touches is fixed."""
+    """``nn.MultiheadAttention`` with a packed ``in_proj_weight`` (self- or cross-attention
+    whose key and value are as wide as the query) has heads: its q, k and v thirds are each
+    heads × head_dim and its ``out_proj`` reads heads × head_dim; head_dim keeps its size (the
+    default scale depends on it). Anything else is left whole: every dim it touches is fixed."""
     names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
              "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p",
              "out_proj_weight", "out_proj_bias")
     given = {name: _arg(args, kwargs, i, name) for i, name in enumerate(names)}
     results = _tensors(out)
-    if not _packed_self_attention(given, kwargs):
+    if not _packed_attention(given, kwargs):
         reason = f"nn.MultiheadAttention {ctx.module_path}"
         for tensor in _tensors(list(args)) + _tensors(list(kwargs.values())):
             ctx.fix(tensor, reason)
@@ -749,7 +749,8 @@ def multi_head_attention(ctx, args, kwargs, out):
     head = ctx.axes.new(heads)
     qk_dim, v_dim = ctx.axes.new(width // heads, fixed), ctx.axes.new(width // heads, fixed)
     packed = ctx.specs(given["in_proj_weight"])
-    ctx.unify(packed[1], ctx.specs(query)[-1])
+    for source in {id(t): t for t in (query, given["key"], given["value"])}.values():
+        ctx.unify(packed[1], ctx.specs(source)[-1])  # every third reads the same columns
     for part, inner in zip(ctx.axes.cut(packed[0], [width, 2 * width]), (qk_dim, qk_dim, v_dim)):
         ctx.unify(part, [[head, inner]])
     ctx.role(given["in_proj_weight"], 0, "out")
@@ -768,9 +769,10 @@ def multi_head_attention(ctx, args, kwargs, out):
         ctx.fresh(result, f"attention weights of {ctx.module_path}")
 
 
-def _packed_self_attention(given: dict, kwargs: dict) -> bool:
-    query = given["query"]
-    return (given["key"] is query and given["value"] is query
+def _packed_attention(given: dict, kwargs: dict) -> bool:
+    query, key, value = given["query"], given["key"], given["value"]
+    return (all(isinstance(t, torch.Tensor) and t.shape[-1] == query.shape[-1]
+                and t.dim() == query.dim() for t in (key, value))
             and given["in_proj_weight"] is not None and given["bias_k"] is None
             and given["bias_v"] is None and not given["add_zero_attn"]
             and not kwargs.get("use_separate_proj_weight", False)

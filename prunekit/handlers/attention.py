@@ -17,23 +17,29 @@ from . import register
 
 
 class PrunedMultiheadAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` whose heads were pruned (self-attention, packed q/k/v)."""
+    """``nn.MultiheadAttention`` whose heads were pruned (packed q/k/v; self- or
+    cross-attention)."""
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
         batched = query.dim() == 3
-        x = query if batched else query.unsqueeze(1 if not self.batch_first else 0)
-        if not self.batch_first:
-            x = x.transpose(0, 1)  # (batch, length, embed)
-        batch, length, _ = x.shape
+
+        def batch_major(t: torch.Tensor) -> torch.Tensor:  # (batch, length, embed)
+            t = t if batched else t.unsqueeze(1 if not self.batch_first else 0)
+            return t if self.batch_first else t.transpose(0, 1)
+
         head_dim = self.in_proj_weight.shape[0] // 3 // self.num_heads
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.view(batch, length, self.num_heads, head_dim).transpose(1, 2)
-                   for t in (q, k, v))
-        mask = _additive_mask(attn_mask, key_padding_mask, q.dtype, batch, length)
+        weights_qkv = self.in_proj_weight.chunk(3)
+        biases_qkv = (self.in_proj_bias.chunk(3) if self.in_proj_bias is not None
+                      else (None, None, None))
+        q, k, v = (F.linear(batch_major(t), w, b).unflatten(-1, (self.num_heads, head_dim))
+                   .transpose(1, 2)
+                   for t, w, b in zip((query, key, value), weights_qkv, biases_qkv))
+        batch, length, sources = q.shape[0], q.shape[2], k.shape[2]
+        mask = _additive_mask(attn_mask, key_padding_mask, q.dtype, batch, sources)
         scores = q @ k.transpose(-2, -1) / head_dim ** 0.5
         if is_causal and mask is None:
-            causal = torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)
+            causal = torch.ones(length, sources, dtype=torch.bool, device=q.device).triu(1)
             scores = scores.masked_fill(causal, float("-inf"))
         if mask is not None:
             scores = scores + mask
@@ -50,10 +56,10 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         return out, weights.mean(1) if average_attn_weights else weights
 
 
-def _additive_mask(attn_mask, key_padding_mask, dtype, batch: int, length: int):
+def _additive_mask(attn_mask, key_padding_mask, dtype, batch: int, sources: int):
     """Both masks as one additive float mask broadcastable to (batch, heads, L, S)."""
     mask = None
-    for part, shape in ((attn_mask, None), (key_padding_mask, (batch, 1, 1, length))):
+    for part, shape in ((attn_mask, None), (key_padding_mask, (batch, 1, 1, sources))):
         if part is None:
             continue
         if part.dim() == 3:
