@@ -253,9 +253,8 @@ def sensitivity(
     shown.add_column("channels", justify="right")
     for ratio in tried:
         shown.add_column(f"ratio {ratio:g}", justify="right")
-    for group in dict.fromkeys(r.group for r in table.rows):
-        cells = [r for r in table.rows if r.group == group]
-        shown.add_row(escape(group), str(cells[0].channels), *(f"{r.accuracy:.1%}" for r in cells))
+    for group, rows in table.by_group().items():
+        shown.add_row(escape(group), str(rows[0].channels), *(f"{r.accuracy:.1%}" for r in rows))
     console.print(shown)
     console.print(f"written to {out}/ (sensitivity.md, sensitivity.json, sensitivity.png)")
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .trace import iter_tensors
+from .trace import call_model, iter_tensors
 
 
 def first_tensor(value: Any) -> torch.Tensor:
@@ -27,3 +27,14 @@ def summed_distance(x: torch.Tensor, y: torch.Tensor, per_token: bool,
         cosine = F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1)[:, None]
     distance = (torch.arccos(cosine.clamp(-1, 1)) / math.pi) if angular else 1 - cosine
     return distance.mean(1).sum().item(), x.shape[0]
+
+
+def mean_output_distance(model, inputs: list, reference: list[torch.Tensor],
+                         per_token: bool) -> float:
+    """Mean 1 − cosine between the model's output on each batch of ``inputs`` and the
+    ``reference`` output for that batch (per token when ``per_token``)."""
+    total, samples = 0.0, 0
+    for batch, expected in zip(inputs, reference):
+        part, count = summed_distance(first_tensor(call_model(model, batch)), expected, per_token)
+        total, samples = total + part, samples + count
+    return total / max(samples, 1)

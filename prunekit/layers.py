@@ -35,7 +35,7 @@ from torch import nn
 
 from .apply import evaluate_applied
 from .batches import batch_loss, split_batch
-from .distance import first_tensor, summed_distance
+from .distance import first_tensor, mean_output_distance, summed_distance
 from .errors import ConfigError, PruneError
 from .modes import evaluating
 from .plan import Plan
@@ -289,16 +289,12 @@ def _output_change(model: nn.Module, candidates: list[str], batches: list,
     """1 − cosine between the model's output and its output with each candidate skipped
     (per token in a transformer)."""
     per_token = stack is not None
+    inputs = [split_batch(batch)[0] for batch in batches]
     with evaluating(model), torch.no_grad():
-        reference = [first_tensor(call_model(model, split_batch(b)[0])) for b in batches]
+        reference = [first_tensor(call_model(model, batch)) for batch in inputs]
 
         def distance(skipped: nn.Module) -> float:
-            total, samples = 0.0, 0
-            for batch, expected in zip(batches, reference):
-                output = first_tensor(call_model(skipped, split_batch(batch)[0]))
-                part, count = summed_distance(output, expected, per_token)
-                total, samples = total + part, samples + count
-            return total / max(samples, 1)
+            return mean_output_distance(skipped, inputs, reference, per_token)
 
         return [evaluate_applied(model, removal([name], stack), distance)
                 for name in candidates]

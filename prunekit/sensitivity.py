@@ -37,15 +37,21 @@ class Sensitivity:
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "rows": [asdict(r) for r in self.rows]}
 
+    def by_group(self) -> dict[str, list[SensitivityRow]]:
+        """Each group's rows in the order tried (groups in model order)."""
+        groups: dict[str, list[SensitivityRow]] = {}
+        for row in self.rows:
+            groups.setdefault(row.group, []).append(row)
+        return groups
+
     def to_markdown(self) -> str:
         ratios = sorted({r.ratio for r in self.rows})
         lines = [f"Accuracy with one group pruned (unpruned: {self.baseline:.1%})", "",
                  "| group | channels | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |",
                  "|---|---|" + "---|" * len(ratios)]
-        for group in dict.fromkeys(r.group for r in self.rows):
-            cells = {r.ratio: r for r in self.rows if r.group == group}
-            first = next(iter(cells.values()))
-            lines.append(f"| {group} | {first.channels} | "
+        for group, rows in self.by_group().items():
+            cells = {r.ratio: r for r in rows}
+            lines.append(f"| {group} | {rows[0].channels} | "
                          + " | ".join(f"{cells[r].accuracy:.1%}" for r in ratios) + " |")
         return "\n".join(lines) + "\n"
 
@@ -56,8 +62,7 @@ class Sensitivity:
         import matplotlib.pyplot as plt
 
         figure, axes = plt.subplots(figsize=(7, 4))
-        for group in dict.fromkeys(r.group for r in self.rows):
-            rows = [r for r in self.rows if r.group == group]
+        for group, rows in self.by_group().items():
             axes.plot([r.ratio for r in rows], [r.accuracy * 100 for r in rows], "o-",
                       label=group)
         axes.axhline(self.baseline * 100, color="black", linestyle=":", label="unpruned")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.graph.rules import is_layer_norm
 
 from .helpers import outputs, predicted_params
 from .test_transformers import CASES, CAUSAL, HIDDEN, TOKENS, causal_lm, greedy
@@ -33,8 +34,7 @@ def test_hidden_size_narrows_everywhere_and_reloads(name, tmp_path):
     assert not result.skipped
     assert sum(p.numel() for p in model.parameters()) == predicted_params(original, result.plan)
     assert first_embedding(model).shape[-1] == KEPT
-    norms = [m for m in model.modules()
-             if type(m).__name__.lower().endswith(("layernorm", "rmsnorm"))
+    norms = [m for m in model.modules() if is_layer_norm(m)
              and getattr(m, "weight", None) is not None and m.weight.shape[0] in (HIDDEN, KEPT)]
     assert norms and all(m.weight.shape[0] == KEPT for m in norms)
     first = outputs(model, case.inputs)[0]

@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 from .axes import AxisTable, NotRepresentable, Spec
-from .rules import HEAD_COUNT
+from .rules import HEAD_COUNT, is_layer_norm
 
 _HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head"}
 
@@ -189,8 +189,8 @@ class DependencyGraph:
         modules = dict(self.model.named_modules())
 
         def normalised(group: Group) -> bool:  # a norm's own scale is one of its members
-            return any(type(modules.get(m.name.rsplit(".", 1)[0])).__name__.lower()
-                       .endswith(("layernorm", "rmsnorm")) for m in group.members)
+            return any(is_layer_norm(modules.get(m.name.rsplit(".", 1)[0]))
+                       for m in group.members)
 
         return [g for g in self.groups if g.axis not in attention and normalised(g)]
 

@@ -517,13 +517,16 @@ def reduction(ctx, args, kwargs, out):
             ctx.set(result, [specs[d] for d in range(source.dim()) if d not in dims])
 
 
+def is_layer_norm(module) -> bool:
+    """A layer or RMS norm over the last dim, by class name (``nn.LayerNorm``,
+    ``LlamaRMSNorm``, ``T5LayerNorm`` …): what normalises a transformer's hidden size."""
+    return type(module).__name__.lower().endswith(("layernorm", "rmsnorm"))
+
+
 def _normalising(ctx) -> bool:
     """Inside a layer or RMS norm module written in plain ops (Llama's ``LlamaRMSNorm``), while
     tracing for hidden-size pruning: its statistic over the last dim does not fix that dim."""
-    if not ctx.normalised_prunable:
-        return False
-    name = type(ctx.modules.get(ctx.module_path)).__name__.lower()
-    return name.endswith(("layernorm", "rmsnorm"))
+    return ctx.normalised_prunable and is_layer_norm(ctx.modules.get(ctx.module_path))
 
 
 @rule("softmax", "log_softmax", "softmin", "normalize", "local_response_norm")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..batches import LossFn, batch_loss, model_loss, split_batch
-from ..distance import first_tensor, summed_distance
+from ..distance import first_tensor, mean_output_distance
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
 from ..modes import evaluating
@@ -126,14 +126,9 @@ class HeadAblation:
 
         handle = projection.register_forward_pre_hook(silence)
         try:
-            total, samples = 0.0, 0
-            for inputs, expected in zip(batches, reference):
-                part, count = summed_distance(first_tensor(call_model(model, inputs)), expected,
-                                              per_token)
-                total, samples = total + part, samples + count
+            return mean_output_distance(model, batches, reference, per_token)
         finally:
             handle.remove()
-        return total / max(samples, 1)
 
 
 def _head_loss(outputs: Any, batch: Any, loss_fn: LossFn | None,
