@@ -34,6 +34,11 @@ def _tensor_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
     return owners
 
 
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
 def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
@@ -130,6 +135,10 @@ def apply_plan(model: nn.Module, plan: Plan,
     for stack in plan.stacks:  # blocks renumbered after a deletion
         if stack in modules:
             touched.update({id(m): m for m in modules[stack].modules()})
+    # containers that record their children's width (nn.Transformer's d_model) sync too
+    for name, module in list(modules.items()):
+        if id(module) in touched:
+            touched.update({id(modules[a]): modules[a] for a in _ancestors(name)})
     config = model_config(model)
     with transaction(list(touched.values()), [config] if config is not None else []):
         _remove_layers(model, modules, plan.layers, plan.stacks)

@@ -145,12 +145,18 @@ class TraceContext:
 
     # -- where we are ------------------------------------------------------------------------
     @property
+    def module_name(self) -> str:
+        """The running module's name in ``named_modules`` ("" for the model itself)."""
+        return self.module_stack[-1] if self.module_stack else ""
+
+    @property
     def module_path(self) -> str:
-        return self.module_stack[-1] if self.module_stack else "<model>"
+        """The running module's name for messages."""
+        return self.module_name or "<model>"
 
     @property
     def current_module(self) -> nn.Module | None:
-        return self.modules.get(self.module_path)
+        return self.modules.get(self.module_name)
 
     # -- tensors -----------------------------------------------------------------------------
     def specs(self, tensor: torch.Tensor) -> list[Spec]:
@@ -199,7 +205,7 @@ class TraceContext:
 
     def attribute(self, module: nn.Module | None, attribute: str, spec: Spec) -> None:
         if module is not None and module is self.current_module:
-            slot = AttributeSlot(self.module_path, attribute, spec)
+            slot = AttributeSlot(self.module_name, attribute, spec)
             if not any((a.module, a.attribute) == (slot.module, slot.attribute)
                        for a in self.attributes):
                 self.attributes.append(slot)
@@ -207,7 +213,8 @@ class TraceContext:
     def attribute_candidates_for(self, module: nn.Module, attribute: str,
                                  specs: list[Spec]) -> None:
         if module is self.current_module:
-            self.attribute_candidates.append(AttributeCandidates(self.module_path, attribute, specs))
+            self.attribute_candidates.append(AttributeCandidates(self.module_name, attribute,
+                                                                 specs))
 
     def module_output(self, name: str, output: Any) -> None:
         """Remember a module call's single-tensor output and its channels."""
@@ -278,7 +285,7 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False,
     ctx = TraceContext(model, normalised_prunable)
     def enter(name):
         def pre_hook(_module, _args):
-            ctx.module_stack.append(name or "<model>")
+            ctx.module_stack.append(name)
         return pre_hook
 
     def leave(name):

@@ -190,3 +190,61 @@ def test_pruned_cross_attention_matches_the_masked_module_with_masks():
         if kwargs.get("average_attn_weights") is False:
             assert got_weights.shape == (2, 2, 5, 7)
             torch.testing.assert_close(got_weights, expected_weights[:, [1, 3]])
+
+
+class SeparateProjections(torch.nn.Module):
+    """Key and value narrower than the query: q/k/v_proj_weight instead of a packed weight."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.attention = torch.nn.MultiheadAttention(64, 4, kdim=40, vdim=24, batch_first=True)
+
+    def forward(self, x, keys, values):
+        return self.attention(x, keys, values)[0]
+
+
+class ExtraTokens(torch.nn.Module):
+    """A learned key/value token (``add_bias_kv``) and a zero one (``add_zero_attn``)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.attention = torch.nn.MultiheadAttention(64, 4, add_bias_kv=True, add_zero_attn=True)
+
+    def forward(self, x):
+        return self.attention(x, x, x)[0]
+
+
+@pytest.mark.parametrize("build, inputs, kept_shapes", [
+    (SeparateProjections, (torch.randn(2, 5, 64), torch.randn(2, 7, 40), torch.randn(2, 7, 24)),
+     {"q_proj_weight": (32, 64), "k_proj_weight": (32, 40), "v_proj_weight": (32, 24)}),
+    (ExtraTokens, (torch.randn(5, 2, 64),),
+     {"in_proj_weight": (96, 64), "bias_k": (1, 1, 32), "bias_v": (1, 1, 32)}),
+])
+def test_multihead_attention_with_its_other_options_loses_whole_heads(build, inputs, kept_shapes,
+                                                                      tmp_path):
+    from prunekit.handlers.attention import PrunedMultiheadAttention
+    from prunekit.verify import mask
+
+    original = build().eval()
+    result = check_pruned(original, inputs, pk.HeadPruning(0.5, "l2"), tmp_path)
+    pruned = copy.deepcopy(original)
+    pk.prune(pruned, inputs, pk.HeadPruning(0.5, "l2"))
+    attention = pruned.attention
+    assert type(attention) is PrunedMultiheadAttention and attention.num_heads == 2
+    assert {name: tuple(getattr(attention, name).shape) for name in kept_shapes} == kept_shapes
+    masked = mask(copy.deepcopy(original), result.plan).attention
+    x = inputs[0]
+    keys, values = (inputs[1], inputs[2]) if len(inputs) == 3 else (x, x)
+    sources = keys.shape[1] if attention.batch_first else keys.shape[0]
+    padding = torch.zeros(2, sources, dtype=torch.bool)
+    padding[1, -2:] = True
+    with torch.no_grad():
+        for kwargs in ({}, {"key_padding_mask": padding},
+                       {"need_weights": True, "average_attn_weights": False}):
+            expected, expected_weights = masked(x, keys, values, **kwargs)
+            got, got_weights = attention(x, keys, values, **kwargs)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            if kwargs.get("average_attn_weights") is False:  # the extra tokens included
+                assert got_weights.shape[-1] == expected_weights.shape[-1]

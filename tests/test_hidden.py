@@ -103,3 +103,111 @@ def test_a_timm_vision_transformer_narrows_and_reloads(tmp_path):
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
     reloaded = pk.load(pk.save(model, tmp_path / "vit", result.plan), tiny_timm_vit())
     assert torch.equal(outputs(reloaded, images)[0], logits)
+
+
+class TokenTransformer(nn.Module):
+    """Token embeddings into ``nn.Transformer`` (encoder and decoder), then a classifier."""
+
+    def __init__(self, norm_first: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.source, self.target = nn.Embedding(50, 64), nn.Embedding(50, 64)
+        self.transformer = nn.Transformer(64, 4, 2, 2, 128, dropout=0.0, batch_first=True,
+                                          norm_first=norm_first)
+        self.classify = nn.Linear(64, 5)
+
+    def forward(self, source, target):
+        return self.classify(self.transformer(self.source(source), self.target(target)))
+
+
+MULTIHEAD = {
+    "torchvision_vit": (lambda: torchvision_vit(), torch.randn(2, 3, 32, 32)),
+    "transformer_post_norm": (lambda: TokenTransformer(False).eval(),
+                              (torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 5)))),
+    "transformer_pre_norm": (lambda: TokenTransformer(True).eval(),
+                             (torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 5)))),
+}
+
+
+def torchvision_vit() -> nn.Module:
+    from .test_heads import torchvision_vit as build
+
+    return build()
+
+
+@pytest.mark.parametrize("name", MULTIHEAD)
+def test_models_built_on_multihead_attention_narrow_and_reload(name, tmp_path):
+    from prunekit.handlers.attention import PrunedMultiheadAttention
+
+    build, inputs = MULTIHEAD[name]
+    model, original = build(), build()
+    expected_shapes = [o.shape for o in outputs(model, inputs)]
+    result = pk.prune(model, inputs, pk.HiddenPruning(0.25, "l2"))
+    assert not result.skipped
+    assert sum(p.numel() for p in model.parameters()) == predicted_params(original, result.plan)
+    attentions = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    assert attentions and all(type(m) is PrunedMultiheadAttention for m in attentions)
+    for attention in attentions:  # reads and writes 48 channels, keeps 4 heads of 16 inside
+        assert (attention.embed_dim, attention.kdim, attention.vdim) == (48, 48, 48)
+        assert attention.in_proj_weight.shape == (3 * 64, 48)
+        assert attention.out_proj.weight.shape == (48, 64)
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(m.normalized_shape == (48,) for m in norms)
+    got = outputs(model, inputs)
+    assert [o.shape for o in got] == expected_shapes and all(torch.isfinite(o).all() for o in got)
+    if name == "torchvision_vit":  # the width its forward reshapes patches to
+        assert model.hidden_dim == 48 and model.class_token.shape == (1, 1, 48)
+    reloaded = pk.load(pk.save(model, tmp_path / name, result.plan), build())
+    for a, b in zip(got, outputs(reloaded, inputs)):
+        assert torch.equal(a, b)
+
+
+def test_a_narrowed_multihead_attention_computes_what_the_wide_one_does_on_zeroed_channels():
+    """Reading fewer embedding channels (the inner width kept) is exactly the original module
+    fed zeros in the removed channels, its removed output channels dropped."""
+    from prunekit.handlers import sync_attributes
+
+    torch.manual_seed(0)
+    wide = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    kept = torch.tensor([i for i in range(64) if i % 4])
+    narrow = copy.deepcopy(wide)
+    narrow.in_proj_weight = nn.Parameter(wide.in_proj_weight[:, kept])
+    narrow.out_proj.weight = nn.Parameter(wide.out_proj.weight[kept])
+    narrow.out_proj.bias = nn.Parameter(wide.out_proj.bias[kept])
+    narrow.embed_dim = narrow.kdim = narrow.vdim = len(kept)
+    sync_attributes(narrow)
+    x = torch.randn(2, 5, 64)
+    x[..., [i for i in range(64) if i not in kept]] = 0
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    with torch.no_grad():
+        for kwargs in ({}, {"key_padding_mask": padding}):
+            expected = wide(x, x, x, **kwargs)[0][..., kept]
+            got = narrow(x[..., kept], x[..., kept], x[..., kept], **kwargs)[0]
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def tiny_timm_swin() -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("swin_tiny_patch4_window7_224", img_size=64, window_size=4,
+                             embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=10).eval()
+
+
+def test_a_timm_swin_narrows_every_stage_and_reloads(tmp_path):
+    """Each stage's stream is its own width (patch merging concatenates four positions and
+    projects them to the next width): every stage narrows by the ratio."""
+    model, images = tiny_timm_swin(), torch.randn(2, 3, 64, 64)
+    result = pk.prune(model, images, pk.HiddenPruning(0.25, "l2"))
+    assert not result.skipped
+    for stage, width in ((0, 24), (1, 48)):
+        blocks = model.layers[stage].blocks
+        assert all(b.norm1.normalized_shape == (width,) for b in blocks)
+        assert all(b.attn.qkv.in_features == width and b.attn.proj.out_features == width
+                   for b in blocks)
+    merge = model.layers[1].downsample
+    assert merge.norm.normalized_shape == (4 * 24,) and merge.reduction.weight.shape == (48, 96)
+    logits = outputs(model, images)[0]
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    reloaded = pk.load(pk.save(model, tmp_path / "swin", result.plan), tiny_timm_swin())
+    assert torch.equal(outputs(reloaded, images)[0], logits)

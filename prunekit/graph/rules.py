@@ -526,7 +526,7 @@ def is_layer_norm(module) -> bool:
 def _normalising(ctx) -> bool:
     """Inside a layer or RMS norm module written in plain ops (Llama's ``LlamaRMSNorm``), while
     tracing for hidden-size pruning: its statistic over the last dim does not fix that dim."""
-    return ctx.normalised_prunable and is_layer_norm(ctx.modules.get(ctx.module_path))
+    return ctx.normalised_prunable and is_layer_norm(ctx.current_module)
 
 
 @rule("softmax", "log_softmax", "softmin", "normalize", "local_response_norm")
@@ -562,7 +562,21 @@ for _k in (1, 2, 3):
     rule(*_names)(_spatial(lambda a, k, s, n=_k: n))
 rule("interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "grid_sample")(
     _spatial(lambda a, k, s: s.dim() - 2))
-rule("pad")(_spatial(lambda a, k, s: len(_arg(a, k, 1, "pad")) // 2))
+
+
+@rule("pad")
+def pad(ctx, args, kwargs, out):
+    """Padded dims get new positions; a dim padded by nothing (the channels of a
+    channels-last ``F.pad(x, (0, 0, 0, w, 0, h))``) passes through."""
+    source, amounts = args[0], list(_arg(args, kwargs, 1, "pad"))
+    specs = list(ctx.specs(source))
+    reason = f"spatial dim in {ctx.module_path}"
+    for i in range(len(amounts) // 2):
+        d = source.dim() - 1 - i
+        if amounts[2 * i] or amounts[2 * i + 1]:
+            ctx.fix(source, reason, [d])
+            specs[d] = ctx.axes.fresh_spec(out.shape[d], reason)
+    ctx.set(out, specs)
 
 
 # -- parametrised layers -----------------------------------------------------------------------
@@ -729,16 +743,19 @@ def einsum(ctx, args, kwargs, out):
 
 @rule("multi_head_attention_forward")
 def multi_head_attention(ctx, args, kwargs, out):
-    """``nn.MultiheadAttention`` with a packed ``in_proj_weight`` (self- or cross-attention
-    whose key and value are as wide as the query) has heads: its q, k and v thirds are each
-    heads × head_dim and its ``out_proj`` reads heads × head_dim; head_dim keeps its size (the
-    default scale depends on it). Anything else is left whole: every dim it touches is fixed."""
+    """``nn.MultiheadAttention`` has heads: its q, k and v projections (thirds of the packed
+    ``in_proj_weight``, or ``q/k/v_proj_weight`` when key and value have their own widths) are
+    each heads × head_dim, as are ``bias_k``/``bias_v``, and its ``out_proj`` reads heads ×
+    head_dim; head_dim keeps its size (the default scale depends on it). What it reads and
+    writes follows the query, key and value. Anything else is left whole: every dim it touches
+    is fixed."""
     names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
              "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p",
              "out_proj_weight", "out_proj_bias")
     given = {name: _arg(args, kwargs, i, name) for i, name in enumerate(names)}
     results = _tensors(out)
-    if not _packed_attention(given, kwargs):
+    projections = _attention_projections(ctx, given, kwargs)
+    if projections is None:
         reason = f"nn.MultiheadAttention {ctx.module_path}"
         for tensor in _tensors(list(args)) + _tensors(list(kwargs.values())):
             ctx.fix(tensor, reason)
@@ -751,37 +768,62 @@ def multi_head_attention(ctx, args, kwargs, out):
     fixed = f"default attention scale in {ctx.module_path}"
     head = ctx.axes.new(heads)
     qk_dim, v_dim = ctx.axes.new(width // heads, fixed), ctx.axes.new(width // heads, fixed)
-    packed = ctx.specs(given["in_proj_weight"])
-    for source in {id(t): t for t in (query, given["key"], given["value"])}.values():
-        ctx.unify(packed[1], ctx.specs(source)[-1])  # every third reads the same columns
-    for part, inner in zip(ctx.axes.cut(packed[0], [width, 2 * width]), (qk_dim, qk_dim, v_dim)):
-        ctx.unify(part, [[head, inner]])
-    ctx.role(given["in_proj_weight"], 0, "out")
-    ctx.role(given["in_proj_weight"], 1, "in")
+    inner = {"query": [[head, qk_dim]], "key": [[head, qk_dim]], "value": [[head, v_dim]]}
+    for source, rows, columns in projections:  # rows: the inner spec of that third
+        ctx.unify(rows, inner[source])
+        ctx.unify(columns, ctx.specs(given[source])[-1])
+    for weight in {id(w): w for w in _weights(given, kwargs)}.values():
+        ctx.role(weight, 0, "out")
+        ctx.role(weight, 1, "in")
     if given["in_proj_bias"] is not None:
-        ctx.unify(ctx.specs(given["in_proj_bias"])[0], packed[0])
+        bias = ctx.specs(given["in_proj_bias"])[0]
+        for part, source in zip(ctx.axes.cut(bias, [width, 2 * width]), inner):
+            ctx.unify(part, inner[source])
+    for name, source in (("bias_k", "key"), ("bias_v", "value")):
+        if given[name] is not None:  # an extra learned key/value token, per head
+            ctx.unify(ctx.specs(given[name])[-1], inner[source])
     projection = ctx.specs(given["out_proj_weight"])
-    ctx.unify(projection[1], [[head, v_dim]])
+    ctx.unify(projection[1], inner["value"])
     ctx.role(given["out_proj_weight"], 0, "out")
     ctx.role(given["out_proj_weight"], 1, "in")
     if given["out_proj_bias"] is not None:
         ctx.unify(ctx.specs(given["out_proj_bias"])[0], projection[0])
     ctx.attribute(ctx.current_module, "num_heads", [[head]])
+    # the widths it reads and writes (they narrow only with the hidden size)
+    for attribute, source in (("embed_dim", "query"), ("kdim", "key"), ("vdim", "value")):
+        ctx.attribute(ctx.current_module, attribute, ctx.specs(given[source])[-1])
     ctx.set(results[0], ctx.specs(query)[:-1] + [projection[0]])
     for result in results[1:]:
         ctx.fresh(result, f"attention weights of {ctx.module_path}")
 
 
-def _packed_attention(given: dict, kwargs: dict) -> bool:
+def _weights(given: dict, kwargs: dict) -> list[torch.Tensor]:
+    if kwargs.get("use_separate_proj_weight", False):
+        return [kwargs[f"{p}_proj_weight"] for p in "qkv"]
+    return [given["in_proj_weight"]]
+
+
+def _attention_projections(ctx, given: dict, kwargs: dict):
+    """``(source, rows, columns)`` for the q, k and v projections: which input each reads and
+    the specs of its output rows and input columns; None where the module is left whole."""
     query, key, value = given["query"], given["key"], given["value"]
-    return (all(isinstance(t, torch.Tensor) and t.shape[-1] == query.shape[-1]
-                and t.dim() == query.dim() for t in (key, value))
-            and given["in_proj_weight"] is not None and given["bias_k"] is None
-            and given["bias_v"] is None and not given["add_zero_attn"]
-            and not kwargs.get("use_separate_proj_weight", False)
-            and kwargs.get("static_k") is None and kwargs.get("static_v") is None
-            and query.shape[-1] % given["num_heads"] == 0
-            and given["in_proj_weight"].shape[0] == 3 * query.shape[-1])
+    width, heads = query.shape[-1], given["num_heads"]
+    if not (all(isinstance(t, torch.Tensor) and t.dim() == query.dim() for t in (key, value))
+            and width % heads == 0
+            and kwargs.get("static_k") is None and kwargs.get("static_v") is None):
+        return None
+    sources = ("query", "key", "value")
+    if kwargs.get("use_separate_proj_weight", False):
+        weights = _weights(given, kwargs)
+        if any(w is None or w.shape[0] != width for w in weights):
+            return None
+        return [(source, ctx.specs(w)[0], ctx.specs(w)[1]) for source, w in zip(sources, weights)]
+    packed = given["in_proj_weight"]
+    if (packed is None or packed.shape[0] != 3 * width
+            or any(t.shape[-1] != width for t in (key, value))):
+        return None
+    rows = ctx.axes.cut(ctx.specs(packed)[0], [width, 2 * width])
+    return [(source, part, ctx.specs(packed)[1]) for source, part in zip(sources, rows)]
 
 
 @rule("embedding")
