@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,25 +17,41 @@ def first_tensor(value: Any) -> torch.Tensor:
     return next(iter_tensors(value))
 
 
+def token_weights(inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """The batch's ``attention_mask`` (1 for real tokens, 0 for padding) when it lines up with
+    the output's (batch, tokens) dims, else None: padding positions are no one's output."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and output.dim() >= 3 \
+            and tuple(mask.shape) == tuple(output.shape[:2]):
+        return mask.double()
+    return None
+
+
 def summed_distance(x: torch.Tensor, y: torch.Tensor, per_token: bool,
-                    angular: bool = False) -> tuple[float, int]:
+                    angular: bool = False,
+                    weights: torch.Tensor | None = None) -> tuple[float, int]:
     """Sum over samples of 1 − cosine (or the angular distance) between ``x`` and ``y``, per
-    sample or per token (averaged within the sample), and the number of samples."""
+    sample or per token (averaged within the sample over the tokens ``weights`` marks, all
+    tokens without it), and the number of samples."""
     x, y = x.double(), y.double()
     if per_token and x.dim() >= 3:
         cosine = F.cosine_similarity(x, y, dim=-1).flatten(1)
     else:
-        cosine = F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1)[:, None]
+        cosine, weights = F.cosine_similarity(x.flatten(1), y.flatten(1), dim=1)[:, None], None
     distance = (torch.arccos(cosine.clamp(-1, 1)) / math.pi) if angular else 1 - cosine
-    return distance.mean(1).sum().item(), x.shape[0]
+    if weights is None:
+        return distance.mean(1).sum().item(), x.shape[0]
+    per_sample = (distance * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return per_sample.sum().item(), x.shape[0]
 
 
 def mean_output_distance(model, inputs: list, reference: list[torch.Tensor],
                          per_token: bool) -> float:
     """Mean 1 − cosine between the model's output on each batch of ``inputs`` and the
-    ``reference`` output for that batch (per token when ``per_token``)."""
+    ``reference`` output for that batch (per real token when ``per_token``)."""
     total, samples = 0.0, 0
     for batch, expected in zip(inputs, reference):
-        part, count = summed_distance(first_tensor(call_model(model, batch)), expected, per_token)
+        part, count = summed_distance(first_tensor(call_model(model, batch)), expected, per_token,
+                                      weights=token_weights(batch, expected))
         total, samples = total + part, samples + count
     return total / max(samples, 1)

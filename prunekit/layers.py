@@ -35,7 +35,7 @@ from torch import nn
 
 from .apply import evaluate_applied
 from .batches import batch_loss, split_batch
-from .distance import first_tensor, mean_output_distance, summed_distance
+from .distance import first_tensor, mean_output_distance, summed_distance, token_weights
 from .errors import ConfigError, PruneError
 from .modes import evaluating
 from .plan import Plan
@@ -269,11 +269,13 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
             for batch in batches:
                 inputs.clear()
                 outputs.clear()
-                call_model(model, split_batch(batch)[0])
+                given = split_batch(batch)[0]
+                call_model(model, given)
                 for i in range(len(candidates) - span + 1):
                     first, last = candidates[i], candidates[i + span - 1]
-                    total, samples = summed_distance(inputs[first], outputs[last], per_token,
-                                                     angular)
+                    total, samples = summed_distance(
+                        inputs[first], outputs[last], per_token, angular,
+                        token_weights(given, outputs[last]))
                     sums[i] += total
                     counts[i] += samples
     finally:

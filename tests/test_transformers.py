@@ -372,3 +372,22 @@ def test_plans_chain_across_a_layer_removal(tmp_path):
     assert restored.config.num_hidden_layers == LAYERS - 1
     for a, b in zip(outputs(model, TOKENS), outputs(restored, TOKENS)):
         assert torch.equal(a, b)
+
+
+def test_label_free_criteria_ignore_padding_tokens():
+    """What sits in padded positions is no one's output: changing it changes no score."""
+    model = CASES["bert"].build()
+    ids = torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(4, 8, dtype=torch.long)
+    mask[1:, 5:] = 0
+    other_padding = ids.clone()
+    other_padding[mask == 0] = (ids[mask == 0] + 1) % VOCAB
+    data, changed = ([{"input_ids": x, "attention_mask": mask}] for x in (ids, other_padding))
+    heads, heads_changed = (pk.head_importance(model, TOKENS, d, criterion="output")
+                            for d in (data, changed))
+    for layer in heads:
+        torch.testing.assert_close(heads[layer], heads_changed[layer], rtol=1e-6, atol=1e-9)
+    for criterion in ("influence", "angular", "output"):
+        scores, scores_changed = (pk.layer_importance(model, d, criterion) for d in (data, changed))
+        for a, b in zip(scores, scores_changed):
+            assert a.score == pytest.approx(b.score, rel=1e-6, abs=1e-9)
