@@ -19,10 +19,16 @@ def first_tensor(value: Any) -> torch.Tensor:
 
 def token_weights(inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
     """The batch's ``attention_mask`` (1 for real tokens, 0 for padding) when it lines up with
-    the output's (batch, tokens) dims, else None: padding positions are no one's output."""
+    the (batch, tokens) dims of a sequence output, else None: padding is no one's output."""
+    if output.dim() < 3:
+        return None
+    return query_weights(inputs, output.shape[0], output.shape[1])
+
+
+def query_weights(inputs: Any, batch: int, tokens: int) -> torch.Tensor | None:
+    """The batch's ``attention_mask`` as (batch, tokens) float weights, if it has that shape."""
     mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and output.dim() >= 3 \
-            and tuple(mask.shape) == tuple(output.shape[:2]):
+    if isinstance(mask, torch.Tensor) and tuple(mask.shape) == (batch, tokens):
         return mask.double()
     return None
 

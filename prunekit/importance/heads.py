@@ -19,6 +19,8 @@
   spread attention uniformly score near 0 and go first. Read from the attention
   probabilities a Hugging Face model returns with ``output_attentions=True`` (in eager
   attention, switched on for the measurement and back off after).
+
+Padded positions (``attention_mask`` 0 in a batch) take no part in the label-free measures.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from ..batches import LossFn, batch_loss, model_loss, split_batch
-from ..distance import first_tensor, mean_output_distance
+from ..distance import first_tensor, mean_output_distance, query_weights, token_weights
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
 from ..modes import evaluating
@@ -143,6 +145,10 @@ def _head_loss(outputs: Any, batch: Any, loss_fn: LossFn | None,
         return batch_loss(outputs, batch, None, "criterion 'gradient'"), False
     output = next(iter_tensors(outputs))
     direction = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+    weights = token_weights(split_batch(batch)[0], output)
+    if weights is not None:  # padded positions are no one's output
+        direction = direction * weights.to(output.dtype).reshape(
+            *weights.shape, *[1] * (output.dim() - 2))
     return (output * direction).sum(), True
 
 
@@ -186,7 +192,9 @@ class AttentionEntropy:
                     if not attentions or any(a is None for a in attentions):
                         raise ConfigError(f"criterion 'entropy': {type(model).__name__} "
                                           f"returned no attention probabilities")
-                    focus = [_focus(a.double()) for a in attentions]
+                    samples, _, queries, _ = attentions[0].shape
+                    real = query_weights(inputs, samples, queries)
+                    focus = [_focus(a.double(), real) for a in attentions]
                     totals = focus if not totals else [t + f for t, f in zip(totals, focus)]
                     batches += 1
         finally:
@@ -208,11 +216,16 @@ def _eager_attention(model: nn.Module) -> str | None:
     return current
 
 
-def _focus(probabilities: torch.Tensor) -> torch.Tensor:
-    """Per head: 1 − entropy / log(number of keys attended), averaged over queries, samples."""
+def _focus(probabilities: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Per head: 1 − entropy / log(number of keys attended), averaged over the real queries
+    (``real``: (samples, queries) weights, or all of them), then over samples."""
     entropy = -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1)
     support = (probabilities > 0).sum(-1).clamp_min(2).double()
-    return (1 - entropy / support.log()).mean(dim=(0, 2))
+    focus = 1 - entropy / support.log()  # (samples, heads, queries)
+    if real is None:
+        return focus.mean(dim=(0, 2))
+    per_sample = (focus * real[:, None]).sum(-1) / real.sum(-1, keepdim=True).clamp_min(1)
+    return per_sample.mean(0)
 
 
 def _match_layers(groups, per_layer: list[torch.Tensor]) -> dict[int, torch.Tensor]:
