@@ -2,10 +2,10 @@
 
 Its fused forward requires the inner width (heads × head_dim) to equal ``embed_dim``, the width
 of its input. Once heads are removed the inner width is smaller (once the hidden size is, the
-input is narrower), so the module becomes a
-``PrunedMultiheadAttention``: the same parameters and attributes, with a forward that computes
-attention from the packed projection at whatever width it has. A fresh model replaying the plan
-(``pk.load``) is converted the same way.
+input is narrower), so the module becomes a ``PrunedMultiheadAttention``: the same parameters
+and attributes, with a forward that computes attention from its projections (packed or
+separate) at whatever widths they have. A fresh model replaying the plan (``pk.load``) is
+converted the same way.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
         if not need_weights:
             return out, None
         return out, weights.mean(1) if average_attn_weights else weights
-
 
     def _extra_key_value(self, k: torch.Tensor, v: torch.Tensor):
         """The learned ``bias_k``/``bias_v`` token and the ``add_zero_attn`` zero token, appended
