@@ -25,7 +25,8 @@ class _ChannelMethod:
             override among a group's modules wins).
         seed: seed for the ``"random"`` criterion.
         global_ranking: rank channels across the whole model (scores normalised by their
-            group's mean) instead of removing ``ratio`` from every group.
+            group's mean, except a criterion that measures the same quantity everywhere,
+            such as the heads' ``"output"``) instead of removing ``ratio`` from every group.
         max_ratio: the most any one group loses under global ranking or a budget.
         flops_target: remove this fraction of the model's FLOPs (``ratio`` is then searched
             for, within ``max_ratio``); met within 2 percentage points.

@@ -139,9 +139,12 @@ def common_prefix(names: list[str]) -> str:
 
 def _global_ratios(groups: list[Group], method: _ChannelMethod,
                    scores: dict[int, torch.Tensor], ratio: float) -> dict[int, float]:
-    """Per-group ratios that remove the model-wide lowest normalised scores."""
+    """Per-group ratios that remove the model-wide lowest scores, each divided by its group's
+    mean unless the criterion's scores already share one scale."""
+    same_scale = getattr(CRITERIA.get(method.criterion), "same_scale", False)
     normalised = [(float(v), g.axis) for g in groups
-                  for v in scores[g.axis] / scores[g.axis].abs().mean().clamp_min(1e-12)]
+                  for v in (scores[g.axis] if same_scale
+                            else scores[g.axis] / scores[g.axis].abs().mean().clamp_min(1e-12))]
     normalised.sort()
     budget = int(ratio * len(normalised))
     removed = dict.fromkeys((g.axis for g in groups), 0)

@@ -392,3 +392,23 @@ def test_label_free_criteria_ignore_padding_tokens():
         scores, scores_changed = (pk.layer_importance(model, d, criterion) for d in (data, changed))
         for a, b in zip(scores, scores_changed):
             assert a.score == pytest.approx(b.score, rel=1e-6, abs=1e-9)
+
+
+def test_global_ranking_by_measured_output_change_removes_the_lowest_heads_model_wide():
+    """The 'output' scores are one quantity for every layer (how far the model's output moves),
+    so ranked model-wide they are compared as measured, not per layer."""
+    model = CASES["bert"].build()
+    data = [{"input_ids": torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(s))}
+            for s in range(2)]
+    scores = pk.head_importance(model, TOKENS, data, criterion="output")
+    ranked = sorted((float(v), layer, head) for layer, values in scores.items()
+                    for head, v in enumerate(values))
+    n = len(ranked) // 4
+    result = pk.prune(model, TOKENS, pk.HeadPruning(0.25, "output", global_ranking=True),
+                      data=data)
+    head_size, removed = HIDDEN // HEADS, set()
+    for layer in scores:
+        rows = result.plan.tensors.get(f"{layer}.self.query.weight", {0: range(HIDDEN)})[0]
+        removed |= {(layer, h) for h in range(HEADS) if h * head_size not in rows}
+    assert len(removed) == n
+    assert removed == {(layer, head) for _, layer, head in ranked[:n]}

@@ -97,6 +97,7 @@ class HeadAblation:
 
     needs_data = True
     heads_only = True
+    same_scale = True  # every score is the same output's distance: layers compare as they are
 
     def score_groups(self, graph, model: nn.Module, data: Iterable,
                      loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
