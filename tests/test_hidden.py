@@ -15,6 +15,7 @@ import prunekit as pk
 from prunekit.graph.rules import is_layer_norm
 
 from .helpers import outputs, predicted_params
+from .test_heads import torchvision_vit
 from .test_transformers import CASES, CAUSAL, HIDDEN, TOKENS, causal_lm, greedy
 
 KEPT = HIDDEN * 3 // 4
@@ -121,18 +122,12 @@ class TokenTransformer(nn.Module):
 
 
 MULTIHEAD = {
-    "torchvision_vit": (lambda: torchvision_vit(), torch.randn(2, 3, 32, 32)),
+    "torchvision_vit": (torchvision_vit, torch.randn(2, 3, 32, 32)),
     "transformer_post_norm": (lambda: TokenTransformer(False).eval(),
                               (torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 5)))),
     "transformer_pre_norm": (lambda: TokenTransformer(True).eval(),
                              (torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 5)))),
 }
-
-
-def torchvision_vit() -> nn.Module:
-    from .test_heads import torchvision_vit as build
-
-    return build()
 
 
 @pytest.mark.parametrize("name", MULTIHEAD)
@@ -169,7 +164,7 @@ def test_a_narrowed_multihead_attention_computes_what_the_wide_one_does_on_zeroe
 
     torch.manual_seed(0)
     wide = nn.MultiheadAttention(64, 4, batch_first=True).eval()
-    kept = torch.tensor([i for i in range(64) if i % 4])
+    kept, removed = torch.tensor([i for i in range(64) if i % 4]), list(range(0, 64, 4))
     narrow = copy.deepcopy(wide)
     narrow.in_proj_weight = nn.Parameter(wide.in_proj_weight[:, kept])
     narrow.out_proj.weight = nn.Parameter(wide.out_proj.weight[kept])
@@ -177,7 +172,7 @@ def test_a_narrowed_multihead_attention_computes_what_the_wide_one_does_on_zeroe
     narrow.embed_dim = narrow.kdim = narrow.vdim = len(kept)
     sync_attributes(narrow)
     x = torch.randn(2, 5, 64)
-    x[..., [i for i in range(64) if i not in kept]] = 0
+    x[..., removed] = 0
     padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
     with torch.no_grad():
         for kwargs in ({}, {"key_padding_mask": padding}):
