@@ -12,7 +12,7 @@ FLOPs and CPU latency (``torch.utils.benchmark``, one batch). Writes
 ``benchmarks/results/minilm.{json,md,png}``.
 
     pip install -e ".[benchmark]"
-    python benchmarks/minilm.py                 # the full run (about 40 minutes on 2 cores)
+    python benchmarks/minilm.py                 # the full run (about 70 minutes on 2 cores)
     python benchmarks/minilm.py --quick         # fewer sentences and steps
 """
 
@@ -324,7 +324,7 @@ def plot(results: dict[str, Any]) -> None:
     heads.axhline(0.95, color="grey", linestyle=":")
     heads.set(xlabel="heads removed (%)", ylabel="cosine to unpruned embeddings",
               title="Head pruning, no retraining")
-    heads.legend()
+    heads.legend(fontsize="small", loc="lower left")
     for criterion in LAYER_CRITERIA:
         rows = [r for r in results["rows"] if r["kind"] == "layers" and r["criterion"] == criterion]
         layers.plot([r["amount"] for r in rows], [r["cosine"] for r in rows], "o-",
