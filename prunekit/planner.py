@@ -142,9 +142,11 @@ def _global_ratios(groups: list[Group], method: _ChannelMethod,
     """Per-group ratios that remove the model-wide lowest scores, each divided by its group's
     mean unless the criterion's scores already share one scale."""
     same_scale = getattr(CRITERIA.get(method.criterion), "same_scale", False)
-    normalised = [(float(v), g.axis) for g in groups
-                  for v in (scores[g.axis] if same_scale
-                            else scores[g.axis] / scores[g.axis].abs().mean().clamp_min(1e-12))]
+
+    def scale(group: Group) -> torch.Tensor | float:
+        return 1.0 if same_scale else scores[group.axis].abs().mean().clamp_min(1e-12)
+
+    normalised = [(float(v), g.axis) for g in groups for v in scores[g.axis] / scale(g)]
     normalised.sort()
     budget = int(ratio * len(normalised))
     removed = dict.fromkeys((g.axis for g in groups), 0)
