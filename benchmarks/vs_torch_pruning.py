@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 import prunekit as pk  # noqa: E402
 from benchmarks.models import ModelCase, cases  # noqa: E402
 from prunekit.measure import count_flops, count_params  # noqa: E402
-from prunekit.planner import choose_channels, plan_from_keep  # noqa: E402
-from prunekit.trace import call_model, iter_tensors  # noqa: E402
+from prunekit.calls import call_model, iter_tensors  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RATIO = 0.5
@@ -74,9 +73,9 @@ def prune_with_prunekit(model: nn.Module, inputs: Any) -> dict[str, float]:
     method = pk.FilterPruning(RATIO, "l1")
     result = pk.prune(model, inputs, method)
     start = time.perf_counter()
-    graph = pk.DependencyGraph(engine_model, inputs)
-    plan_from_keep(graph, choose_channels(graph, method), method.to_dict())
-    del graph
+    proposal = method.propose(engine_model, inputs, pk.PruneContext())
+    proposal.plan(proposal.pieces)
+    del proposal  # its graph holds the unpruned tensors
     pk.apply_plan(engine_model, result.plan)
     return {"engine_seconds": time.perf_counter() - start}
 

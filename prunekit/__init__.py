@@ -4,31 +4,63 @@
     result = pk.prune(model, example_inputs, pk.FilterPruning(ratio=0.5, criterion="l1"))
     report = pk.verify(original, example_inputs, result.plan)
     pk.save(model, "pruned/", result.plan); pk.load("pruned/", fresh_model)
+
+The pipeline, one package a stage: ``graph`` (trace, coupling rules, groups) →
+``importance`` (criteria) → ``methods`` (what each method prunes and how) → ``planning``
+(selection, budgets, plans) → ``surgery`` (apply, handlers) → ``checks`` (verify, bisection);
+around it ``layers``, ``hf``, ``recover``, ``workflows`` and ``cli``.
 """
 
 from .api import PruneResult, prune
-from .apply import apply_plan
-from .compare import Comparison, compare
+from .checks import VerifyReport, verify
 from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedOpError
+from .graph import rules
 from .graph.dependency import DependencyGraph, Group
+from .graph.rules import register_rule
+from .hf.pruners import TransformerHeadPruner, TransformerLayerPruner, head_importance
+from .importance import (
+    ChannelView,
+    DataCriterion,
+    WeightCriterion,
+    criterion_names,
+    register_criterion,
+)
 from .io import load, save
-from .iterative import History, iterative_prune
+from .layers import (
+    LayerCriterion,
+    LayerScore,
+    find_layer_candidates,
+    find_redundant_layers,
+    layer_importance,
+)
 from .measure import Measurement, measure
-from .layers import LayerScore, find_layer_candidates, find_redundant_layers, layer_importance
-from .methods import ChannelPruning, FilterPruning, HeadPruning, HiddenPruning, LayerPruning
+from .methods import (
+    ChannelPruning,
+    FilterPruning,
+    GroupPruning,
+    HeadPruning,
+    HiddenPruning,
+    LayerPruning,
+    PruneContext,
+    PruningMethod,
+)
 from .plan import Plan
-from .pruners import TransformerHeadPruner, TransformerLayerPruner, head_importance
-from .sensitivity import Sensitivity, sensitivity
-from .verify import VerifyReport, verify
+from .surgery.apply import apply_plan
+from .surgery.handlers import register_handler
+from .workflows.compare import Comparison, compare
+from .workflows.iterative import History, iterative_prune
+from .workflows.sensitivity import Sensitivity, sensitivity
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "ChannelPruning", "Comparison", "ConfigError", "History", "Sensitivity", "compare",
-    "iterative_prune", "sensitivity", "DependencyGraph", "FilterPruning", "Group", "HeadPruning",
-    "HiddenPruning", "LayerPruning",
-    "LayerScore", "Measurement", "Plan", "PlanError", "PruneError", "PruneResult", "TraceError",
-    "UnsupportedOpError", "VerifyReport", "apply_plan", "find_layer_candidates",
-    "find_redundant_layers", "layer_importance", "load", "measure", "prune", "save", "verify",
-    "TransformerHeadPruner", "TransformerLayerPruner", "head_importance",
+    "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
+    "DependencyGraph", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
+    "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
+    "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
+    "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
+    "VerifyReport", "WeightCriterion", "apply_plan", "compare", "criterion_names",
+    "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
+    "layer_importance", "load", "measure", "prune", "register_criterion", "register_handler",
+    "register_rule", "rules", "save", "sensitivity", "verify",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .trace import call_model, iter_tensors
+from .calls import call_model, iter_tensors
 
 
 def first_tensor(value: Any) -> torch.Tensor:

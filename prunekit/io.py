@@ -7,9 +7,9 @@ from pathlib import Path
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .apply import apply_plan
+from .surgery.apply import apply_plan
 from .errors import PlanError
-from .hf_config import update_config
+from .hf.config import update_config
 from .plan import Plan
 
 WEIGHTS_FILE = "model.safetensors"

@@ -15,8 +15,8 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from .modes import evaluating  # noqa: E402
-from .trace import call_model, iter_tensors  # noqa: E402
+from .calls import evaluating  # noqa: E402
+from .calls import call_model, iter_tensors  # noqa: E402
 
 
 @dataclass

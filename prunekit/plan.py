@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PlanError
-from .stacks import original_name
 
 PLAN_FORMAT = "prunekit.plan"
 PLAN_VERSION = 1
@@ -116,3 +115,22 @@ class Plan:
             return cls.from_json(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise PlanError(f"cannot read plan {str(path)!r}: {error}") from error
+
+
+def original_name(name: str, removed_layers: list[str], stacks: list[str]) -> str:
+    """A name in a model whose stacks lost ``removed_layers``, as it was before the removal."""
+    for stack in stacks:
+        prefix = stack + "."
+        if not name.startswith(prefix):
+            continue
+        index, _, rest = name[len(prefix):].partition(".")
+        if not index.isdigit():
+            continue
+        gone = sorted(int(r[len(prefix):]) for r in removed_layers
+                      if r.startswith(prefix) and r[len(prefix):].isdigit())
+        position = int(index)
+        for removed in gone:  # the position-th survivor, counting the removed ones back in
+            if removed <= position:
+                position += 1
+        return prefix + str(position) + ("." + rest if rest else "")
+    return name

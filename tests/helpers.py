@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.trace import call_model, iter_tensors
+from prunekit.calls import call_model, iter_tensors
 
 
 def outputs(model: nn.Module, inputs) -> list[torch.Tensor]:

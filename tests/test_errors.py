@@ -175,7 +175,7 @@ def test_a_failed_prune_keeps_each_modules_own_mode(model):
 
 
 def test_a_module_replaced_while_evaluating_takes_the_models_mode():
-    from prunekit.modes import evaluating
+    from prunekit.calls import evaluating
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
     with evaluating(model):

@@ -117,7 +117,7 @@ MULTIHEAD = {
 
 @pytest.mark.parametrize("name", MULTIHEAD)
 def test_multihead_attention_loses_whole_heads(name, tmp_path):
-    from prunekit.handlers.attention import PrunedMultiheadAttention
+    from prunekit.surgery.handlers.attention import PrunedMultiheadAttention
 
     build, x = MULTIHEAD[name]
     result = check_pruned(build(), x, pk.HeadPruning(0.5, "l2"), tmp_path)
@@ -143,7 +143,7 @@ class SelfAttention(torch.nn.Module):
 
 
 def test_pruned_multihead_attention_matches_the_masked_module_with_masks_and_weights():
-    from prunekit.verify import mask
+    from prunekit.checks.verify import mask
 
     original = SelfAttention().eval()
     x = torch.randn(2, 5, 64)
@@ -172,7 +172,7 @@ class CrossAttention(torch.nn.Module):
 
 
 def test_pruned_cross_attention_matches_the_masked_module_with_masks():
-    from prunekit.verify import mask
+    from prunekit.checks.verify import mask
 
     original = CrossAttention().eval()
     x, memory = torch.randn(5, 2, 64), torch.randn(7, 2, 64)
@@ -224,8 +224,8 @@ class ExtraTokens(torch.nn.Module):
 ])
 def test_multihead_attention_with_its_other_options_loses_whole_heads(build, inputs, kept_shapes,
                                                                       tmp_path):
-    from prunekit.handlers.attention import PrunedMultiheadAttention
-    from prunekit.verify import mask
+    from prunekit.surgery.handlers.attention import PrunedMultiheadAttention
+    from prunekit.checks.verify import mask
 
     original = build().eval()
     result = check_pruned(original, inputs, pk.HeadPruning(0.5, "l2"), tmp_path)

@@ -132,7 +132,7 @@ MULTIHEAD = {
 
 @pytest.mark.parametrize("name", MULTIHEAD)
 def test_models_built_on_multihead_attention_narrow_and_reload(name, tmp_path):
-    from prunekit.handlers.attention import PrunedMultiheadAttention
+    from prunekit.surgery.handlers.attention import PrunedMultiheadAttention
 
     build, inputs = MULTIHEAD[name]
     model, original = build(), build()
@@ -160,7 +160,7 @@ def test_models_built_on_multihead_attention_narrow_and_reload(name, tmp_path):
 def test_a_narrowed_multihead_attention_computes_what_the_wide_one_does_on_zeroed_channels():
     """Reading fewer embedding channels (the inner width kept) is exactly the original module
     fed zeros in the removed channels, its removed output channels dropped."""
-    from prunekit.handlers import sync_attributes
+    from prunekit.surgery.handlers import sync_attributes
 
     torch.manual_seed(0)
     wide = nn.MultiheadAttention(64, 4, batch_first=True).eval()

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import prunekit as pk
-from prunekit.data import load_digits
-from prunekit.demo import digits_resnet
+from prunekit.cli.data import load_digits
+from prunekit.cli.demo import digits_resnet
 from prunekit.recover import evaluate_accuracy
 
 from .helpers import outputs
@@ -56,20 +56,20 @@ def test_iterative_pruning_reaches_the_target_with_one_record_per_step(tmp_path,
 
 
 def test_step_methods_compound_to_the_ratio():
-    steps = [pk.iterative.step_method(pk.FilterPruning(0.75), k, 2) for k in (1, 2)]
+    steps = [pk.FilterPruning(0.75).step(k, 2, {}) for k in (1, 2)]
     assert [s.ratio for s in steps] == pytest.approx([0.5, 0.5])
     method, kept = pk.FilterPruning(flops_target=0.6), 1.0
     for k in (1, 2, 3):
-        kept *= 1 - pk.iterative.step_method(method, k, 3, removed=1 - kept).flops_target
+        kept *= 1 - method.step(k, 3, {"flops": 1 - kept}).flops_target
     assert kept == pytest.approx(0.4)
 
 
 def test_a_budget_step_makes_up_for_an_earlier_overshoot():
     method = pk.FilterPruning(params_target=0.6)
     # step 1 of 3 removed 35% instead of 20%: step 2 only goes on to 40%, step 3 to 60%
-    second = pk.iterative.step_method(method, 2, 3, removed=0.35)
+    second = method.step(2, 3, {"params": 0.35})
     assert 1 - (1 - 0.35) * (1 - second.params_target) == pytest.approx(0.4)
-    assert pk.iterative.step_method(method, 2, 3, removed=0.45) is None
+    assert method.step(2, 3, {"params": 0.45}) is None
 
 
 def test_sensitivity_prunes_one_group_at_a_time_and_leaves_the_model_alone(digits):

@@ -14,7 +14,7 @@ import transformers
 
 import prunekit as pk
 from prunekit.graph.rules import HEAD_COUNT
-from prunekit.verify import mask
+from prunekit.checks.verify import mask
 
 from .helpers import check_pruned, outputs
 
@@ -151,7 +151,7 @@ def skipping(model, block):
 
 
 def stack_of(model) -> torch.nn.ModuleList:
-    from prunekit.stacks import find_block_stack
+    from prunekit.surgery.stacks import find_block_stack
     return model.get_submodule(find_block_stack(model))
 
 
@@ -335,7 +335,7 @@ def test_the_contract_names_work_on_a_transformer():
                       data=data)
     influence = pk.prune(copy.deepcopy(model), TOKENS, pk.LayerPruning(1, "influence"), data=data)
     assert blocks.plan.layers == influence.plan.layers
-    with pytest.raises(pk.ConfigError, match="does not score heads"):
+    with pytest.raises(pk.ConfigError, match="unknown criterion 'apoz' for heads"):
         pk.HeadPruning(0.25, "apoz")
 
 

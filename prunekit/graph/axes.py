@@ -72,9 +72,6 @@ class AxisTable:
     def fixed_reason(self, axis: int) -> str | None:
         return self._fixed_reason.get(self.find(axis))
 
-    def is_leaf(self, axis: int) -> bool:
-        return self.find(axis) not in self._parts
-
     # -- fixing ------------------------------------------------------------------------------
     def fix(self, axis: int, reason: str) -> None:
         """Mark an axis class, and every part of it, as not prunable."""
@@ -107,7 +104,7 @@ class AxisTable:
         for segment in spec:
             expanded: Spec = [[]]
             for axis in segment:
-                expanded = self._product(expanded, self._expand_axis(axis))
+                expanded = self.product(expanded, self._expand_axis(axis))
             out.extend(expanded)
         return out
 
@@ -125,10 +122,10 @@ class AxisTable:
             return out
         expanded: Spec = [[]]
         for child in refinement.children:
-            expanded = self._product(expanded, self._expand_axis(child))
+            expanded = self.product(expanded, self._expand_axis(child))
         return expanded
 
-    def _product(self, outer: Spec, inner: Spec) -> Spec:
+    def product(self, outer: Spec, inner: Spec) -> Spec:
         """Row-major product of two specs, as long as it stays a list of segments."""
         if len(inner) == 1:
             return [segment + inner[0] for segment in outer]
@@ -281,6 +278,3 @@ class AxisTable:
         reason = self._fixed_reason.pop(rb, None)
         if reason:
             self._fixed_reason.setdefault(ra, reason)
-
-    def leaves(self, spec: Spec) -> list[int]:
-        return [axis for segment in self.expand(spec) for axis in segment]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
+from .trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import HEAD_COUNT, is_layer_norm
 
@@ -231,10 +231,6 @@ class DependencyGraph:
         parameter_free = [(o, d) for o, d in sites
                           if next(modules[o.module].parameters(recurse=False), None) is None]
         return parameter_free or sites
-
-    def keep_indices(self, member: Member, keep: dict[int, torch.Tensor]) -> torch.Tensor:
-        """The indices a member's dim keeps when each group keeps ``keep[axis]``."""
-        return layout_indices(self.axes, member.segments, keep)
 
     def channel_matrix(self, member: Member, axis: int) -> torch.Tensor:
         """The member's tensor as a (channels of this group, everything else) matrix."""

@@ -1,29 +1,42 @@
-"""Importance criteria: each scores a group's channels; higher means more important.
+"""Importance criteria: each scores a group's channels (or a layer's heads); higher means
+more important. The built-in ones are registered here; ``pk.register_criterion`` adds yours.
 
-Weight criteria see a layer-agnostic view of the group's weights; data-driven criteria
-(``needs_data``) read activations over the batches passed as ``data=``.
+Weight criteria see a layer-agnostic view of the group's weights; data criteria read
+activations or gradients over the batches passed as ``data=``.
 """
 
 from .activation import ActivationStatistic
-from .base import ChannelView, Criterion
+from .base import ChannelView, DataCriterion, WeightCriterion
 from .fpgm import GeometricMedianDistance
 from .heads import AttentionEntropy, HeadAblation, HeadGradient
 from .magnitude import Magnitude, NormScale, RandomScore
+from .registry import CriterionEntry, criterion_names, get_criterion, register_criterion
 
-CRITERIA: dict[str, Criterion] = {
-    "l1": Magnitude(p=1),
-    "l2": Magnitude(p=2),
-    "fpgm": GeometricMedianDistance(),
-    "bn_scale": NormScale(),
-    "apoz": ActivationStatistic("apoz"),
-    "mean_activation": ActivationStatistic("mean_activation"),
-    "taylor": ActivationStatistic("taylor"),
-    "random": RandomScore(),
-    "gradient": HeadGradient(),
-    "entropy": AttentionEntropy(),
-    "output": HeadAblation(),
-}
+_WEIGHTS = ("channels", "heads")
+register_criterion("l1", Magnitude(p=1), scores=_WEIGHTS, summary="L1 norm of the weights")
+register_criterion("l2", Magnitude(p=2), scores=_WEIGHTS, summary="L2 norm of the weights")
+register_criterion("fpgm", GeometricMedianDistance(), scores=_WEIGHTS,
+                   summary="distance to the geometric median (He et al. 2019)")
+register_criterion("bn_scale", NormScale(), summary="|BatchNorm scale| (Network Slimming)")
+register_criterion("apoz", ActivationStatistic("apoz"),
+                   summary="average percentage of zeros after the activation (data)")
+register_criterion("mean_activation", ActivationStatistic("mean_activation"),
+                   summary="mean |activation| (data)")
+register_criterion("taylor", ActivationStatistic("taylor"),
+                   summary="|activation × gradient| per sample (Molchanov et al.; data)")
+register_criterion("random", RandomScore(), scores=_WEIGHTS, summary="random: the baseline")
+register_criterion("gradient", HeadGradient(), scores="heads",
+                   summary="|dL/d head mask| (Michel et al. 2019; data)")
+# on heads, Taylor's first-order loss change is exactly the head-mask gradient
+register_criterion("taylor", HeadGradient(), scores="heads",
+                   summary="the same as 'gradient' on heads (data)")
+register_criterion("entropy", AttentionEntropy(), scores="heads",
+                   summary="focus of each head's attention (data)")
+# every score is the same output's distance, so heads of different layers compare as they are
+register_criterion("output", HeadAblation(), scores="heads", comparable=True,
+                   summary="output change with the head alone removed (data)")
 
-__all__ = ["CRITERIA", "ActivationStatistic", "AttentionEntropy", "ChannelView", "Criterion",
-           "GeometricMedianDistance", "HeadAblation", "HeadGradient", "Magnitude", "NormScale",
-           "RandomScore"]
+__all__ = ["ActivationStatistic", "AttentionEntropy", "ChannelView", "CriterionEntry",
+           "DataCriterion", "GeometricMedianDistance", "HeadAblation", "HeadGradient",
+           "Magnitude", "NormScale", "RandomScore", "WeightCriterion", "criterion_names",
+           "get_criterion", "register_criterion"]

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from torch import nn
 
 from ..batches import LossFn, batch_loss, split_batch
+from ..calls import call_model, evaluating
 from ..errors import ConfigError
-from ..modes import evaluating
-from ..trace import call_model
+from .base import DataCriterion
+
 
 def _per_channel(values: torch.Tensor, dim: int, per_sample: bool = False) -> torch.Tensor:
     """Sum over every dim but ``dim`` (and the batch dim 0 when ``per_sample``)."""
@@ -35,17 +35,16 @@ def _per_channel(values: torch.Tensor, dim: int, per_sample: bool = False) -> to
 
 
 @dataclass(frozen=True)
-class ActivationStatistic:
+class ActivationStatistic(DataCriterion):
     """Score channels from their activations on ``data`` (see the module docstring)."""
 
     statistic: str  # "apoz" | "mean_activation" | "taylor"
-    needs_data = True
 
-    def score_groups(self, graph, model: nn.Module, data: Iterable,
-                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
-        """``{group axis: scores}`` for the groups (default: all channel groups) with an
-        activation site."""
-        sites = {g.axis: graph.activation_sites(g) for g in (groups or graph.groups)}
+    def score_groups(self, graph, groups, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        """``{group axis: scores}`` for the groups with an activation site."""
+        model = graph.model
+        sites = {g.axis: graph.activation_sites(g) for g in groups}
         by_call: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for axis, places in sites.items():
             for output, dim in places:

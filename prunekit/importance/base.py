@@ -1,11 +1,22 @@
-"""What a criterion sees: one matrix per member, rows are the group's channels."""
+"""The two kinds of channel criteria, and what a weight criterion sees.
+
+A criterion never looks at layer types. A ``WeightCriterion`` sees each member of a group as a
+matrix (one row per channel); a ``DataCriterion`` reads activations or gradients over the
+batches given as ``data=`` and scores whole groups at once. Register either with
+``pk.register_criterion`` (``registry.py``).
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from ..batches import LossFn
+    from ..graph.dependency import DependencyGraph, Group
 
 
 @dataclass
@@ -21,7 +32,32 @@ class ChannelView:
     matrix: torch.Tensor  # (channels, features)
 
 
-class Criterion(Protocol):
+class WeightCriterion(ABC):
+    """Scores one group's channels from its members' weights; higher means more important.
+
+    ``reads_role`` names the members the criterion wants to see (``"norm"``: the group's
+    normalisation layers); ``None`` leaves it to the method (a filter method shows the
+    producers, a channel method the consumers).
+    """
+
+    reads_role: ClassVar[str | None] = None
+
+    @abstractmethod
     def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:
-        """One score per channel; higher means more important."""
-        ...
+        """One score per channel (``views[i].matrix.shape[0]`` of them)."""
+
+
+class DataCriterion(ABC):
+    """Scores groups from what the model computes on ``data``; higher means more important.
+
+    Groups it cannot read (no activation site, say) are left out of the result, and the
+    method ranks them by their weights instead.
+    """
+
+    @abstractmethod
+    def score_groups(self, graph: DependencyGraph, groups: list[Group], data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        """``{group.axis: one score per channel}`` for the groups it can score."""
+
+
+Criterion = Any  # a WeightCriterion, DataCriterion or layers.criteria.LayerCriterion

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import ChannelView
+from .base import ChannelView, WeightCriterion
 
 
 @dataclass(frozen=True)
-class GeometricMedianDistance:
+class GeometricMedianDistance(WeightCriterion):
     """Each channel's summed Euclidean distance to the layer's other channels, summed over
     the members shown; a small sum means the channel sits near the geometric median."""
 

@@ -32,22 +32,20 @@ import torch
 from torch import nn
 
 from ..batches import LossFn, batch_loss, model_loss, split_batch
+from ..calls import call_model, evaluating, iter_tensors
 from ..distance import first_tensor, mean_output_distance, query_weights, token_weights
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
-from ..modes import evaluating
-from ..trace import call_model, iter_tensors
+from .base import DataCriterion
 
 
 @dataclass(frozen=True)
-class HeadGradient:
+class HeadGradient(DataCriterion):
     """Michel et al.'s gradient head importance (see the module docstring)."""
 
-    needs_data = True
-    heads_only = True
-
-    def score_groups(self, graph, model: nn.Module, data: Iterable,
-                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+    def score_groups(self, graph, groups, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        model = graph.model
         sites = {g.axis: _projection_input(graph, g) for g in groups}
         sites = {axis: site for axis, site in sites.items() if site is not None}
         captured: dict[str, torch.Tensor] = {}
@@ -92,15 +90,12 @@ class HeadGradient:
 
 
 @dataclass(frozen=True)
-class HeadAblation:
+class HeadAblation(DataCriterion):
     """The output change when one head alone is removed (see the module docstring)."""
 
-    needs_data = True
-    heads_only = True
-    same_scale = True  # every score is the same output's distance: layers compare as they are
-
-    def score_groups(self, graph, model: nn.Module, data: Iterable,
-                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+    def score_groups(self, graph, groups, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        model = graph.model
         sites = {g.axis: _projection_input(graph, g) for g in groups}
         batches = [split_batch(batch)[0] for batch in data]
         if not batches:
@@ -168,14 +163,12 @@ def _projection_input(graph, group) -> tuple[str, torch.Tensor] | None:
 
 
 @dataclass(frozen=True)
-class AttentionEntropy:
+class AttentionEntropy(DataCriterion):
     """Focus of each head's attention, 1 − normalised entropy (see the module docstring)."""
 
-    needs_data = True
-    heads_only = True
-
-    def score_groups(self, graph, model: nn.Module, data: Iterable,
-                     loss_fn: LossFn | None = None, groups=None) -> dict[int, torch.Tensor]:
+    def score_groups(self, graph, groups, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        model = graph.model
         totals: list[torch.Tensor] = []
         batches = 0
         implementation = _eager_attention(model)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import ChannelView
+from .base import ChannelView, WeightCriterion
 
 
 @dataclass(frozen=True)
-class Magnitude:
+class Magnitude(WeightCriterion):
     """The p-norm of each channel's weights, summed over the members shown."""
 
     p: int = 1
@@ -24,13 +24,13 @@ class Magnitude:
 
 
 @dataclass(frozen=True)
-class NormScale:
+class NormScale(WeightCriterion):
     """Network Slimming (Liu et al. 2017): |scale| of the group's normalisation layers, summed.
 
     Groups without a normalisation layer are ranked by their weights' L1 norm instead.
     """
 
-    role = "norm"  # the planner shows this criterion the norm members
+    reads_role = "norm"  # shown the group's normalisation layers
 
     def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:
         scales = [v.matrix for v in views
@@ -41,7 +41,7 @@ class NormScale:
 
 
 @dataclass(frozen=True)
-class RandomScore:
+class RandomScore(WeightCriterion):
     """Random scores: the baseline every informed criterion should beat."""
 
     def score(self, views: list[ChannelView], generator: torch.Generator) -> torch.Tensor:

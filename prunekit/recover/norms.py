@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..batches import split_batch
-from ..modes import evaluating
-from ..trace import call_model
+from ..calls import evaluating
+from ..calls import call_model
 
 
 def recalibrate_norms(model: nn.Module, data: Iterable) -> int:

@@ -16,9 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..batches import split_batch
-from ..modes import evaluating
+from ..calls import evaluating
 from ..plan import Plan
-from ..trace import call_model
+from ..calls import call_model
 
 MAX_ROWS = 20_000  # least-squares rows kept per layer (random positions), plenty for a fit
 RIDGE = 1e-4  # relative Tikhonov term: keeps the fit stable when inputs are collinear

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..modes import evaluating
+from ..calls import evaluating
 
 
 def norm_scale_l1(model: nn.Module) -> torch.Tensor:

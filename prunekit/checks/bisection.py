@@ -1,0 +1,78 @@
+"""Leave alone the pieces whose pruning breaks the model, and keep the rest.
+
+Some widths are hard-coded in a model's ``forward`` in ways no trace can see — a reshape to
+``C // self.num_heads`` where ``C`` is another tensor's width, a literal in a config. Pruning
+such a group makes the model fail to run, change its output shapes, or fail its method's
+check. Rather than give up on the whole model, we check the full proposal and, if it fails,
+bisect its pieces: a failing half is split until each bad piece is found and left unpruned
+with the reason that condemned it. Every try is applied in place and rolled back, so the
+model is always left as it was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..plan import Plan
+from .checks import Check, CheckReport
+
+if TYPE_CHECKING:
+    from ..methods.base import Proposal
+
+
+@dataclass
+class SkippedGroup:
+    """A piece (a group of channels, a layer) left unpruned because pruning it broke the
+    model or failed the check, and why."""
+
+    group: str
+    reason: str
+
+
+@dataclass
+class Bisection:
+    """The largest plan that passed the check, what was left out, and the check's report on
+    that plan (None when nothing was proposed)."""
+
+    plan: Plan
+    skipped: list[SkippedGroup] = field(default_factory=list)
+    report: CheckReport | None = None
+    tries: int = 0
+
+
+def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Proposal,
+                         check: Check) -> Bisection:
+    """Check the whole proposal, then bisect its pieces until every failing one is found."""
+    result = Bisection(proposal.plan([]))
+    accepted: list = []
+
+    def failure(pieces: list) -> str | None:
+        result.tries += 1
+        plan = proposal.plan(accepted + pieces)
+        try:
+            report = check.run(model, example_inputs, plan)
+        except Exception as error:  # the pruned model no longer runs
+            return f"{type(error).__name__}: {error}"
+        if not report.ok:
+            return str(report)
+        result.plan, result.report = plan, report
+        return None
+
+    def search(pieces: list) -> None:
+        if not pieces:
+            return
+        why = failure(pieces)
+        if why is None:
+            accepted.extend(pieces)
+        elif len(pieces) == 1:
+            result.skipped.append(SkippedGroup(proposal.describe(pieces[0]), why))
+        else:
+            middle = len(pieces) // 2
+            search(pieces[:middle])
+            search(pieces[middle:])
+
+    search(list(proposal.pieces))
+    return result

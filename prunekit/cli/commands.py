@@ -1,0 +1,319 @@
+"""The ``prunekit`` command: prune, analyze, iterative, sensitivity, compare and demo."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..api import prune as prune_model
+from ..importance import criterion_names
+from ..errors import ConfigError, PruneError
+from ..io import save
+from ..measure import measure
+from ..graph.dependency import DependencyGraph
+from ..methods import PruningMethod, cli_methods
+from .sources import example_inputs, first_inputs, load_data, load_model, parse_ratios
+
+app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+
+METHOD_HELP = " | ".join(cli_methods())
+# random example inputs carry no labels: rank layers by a label-free criterion by default
+DEFAULT_CRITERIA = {"layers": "influence"}
+CRITERION_HELP = ("channels: " + ", ".join(criterion_names("channels"))
+                  + "; heads: " + ", ".join(criterion_names("heads"))
+                  + "; layers: " + ", ".join(criterion_names("layers"))
+                  + ". Default l1, influence for layers")
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {escape(str(error))}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
+                                               "BATCH,TOKENS = 2,16 for text models)"),
+    method: str = typer.Option("filter", help=METHOD_HELP),
+    ratio: float = typer.Option(0.5, help="fraction of each group's channels (or heads) to remove"),
+    n: int = typer.Option(1, help="--method layers: how many layers or blocks to remove"),
+    criterion: str = typer.Option(None, help=CRITERION_HELP),
+    round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
+    flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
+    global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
+    data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches; "
+                                        "data-driven criteria read up to --calibration-batches "
+                                        "training batches (default: the example inputs)"),
+    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
+    check: bool = typer.Option(True, help="verify masked and pruned models agree"),
+) -> None:
+    """Prune a model and save the result (weights + plan; a Hugging Face model whose config
+    describes the pruned sizes is also saved with save_pretrained, in OUT/hf)."""
+    try:
+        pruning = _method(method, criterion, ratio=ratio, n=n, round_to=round_to,
+                          flops_target=flops_target, global_ranking=global_ranking)
+        network = load_model(model).eval()
+        if data is None:
+            x = example_inputs(network, input_shape)
+            calibration = [x]  # random inputs: enough to run a data-driven criterion, no more
+        else:
+            train, _ = load_data(data)
+            x = first_inputs(train)
+            calibration = list(itertools.islice(train, calibration_batches))
+        with _progress(f"pruning {model}"):
+            before = measure(network, x)
+            result = prune_model(network, x, pruning, data=calibration, check=check)
+            after = measure(network, x)
+        save(network, out, result.plan)
+        if result.config_matches:
+            network.save_pretrained(out / "hf")
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    table = Table(title=f"{model}: {escape(pruning.summary())}")
+    for column in ("", "params", "FLOPs", "latency (ms)"):
+        table.add_column(column, justify="right")
+    for label, m in (("before", before), ("after", after)):
+        table.add_row(label, f"{m.params:,}", f"{m.flops:,}", f"{m.latency_ms:.2f}")
+    table.add_row("change", f"{after.params / before.params - 1:+.1%}",
+                  f"{after.flops / before.flops - 1:+.1%}",
+                  f"{after.latency_ms / before.latency_ms - 1:+.1%}")
+    console.print(table)
+    if result.plan.layers:
+        console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
+    if result.report is not None:
+        console.print(f"check: {escape(str(result.report))}")
+    if result.skipped:
+        console.print(f"[yellow]{len(result.skipped)} left unpruned[/] because pruning them "
+                      f"failed the check, e.g. {escape(result.skipped[0].group)}: "
+                      f"{escape(result.skipped[0].reason)}")
+    console.print(f"saved to {out}/ (model.safetensors, plan.json)")
+    if result.config_matches:
+        console.print(f"also saved with save_pretrained to {out / 'hf'}/ "
+                      f"(AutoModel.from_pretrained reloads it)")
+    elif result.config_matches is False:
+        console.print("the pruned sizes differ from what one config can describe: reload it "
+                      "with pk.load")
+
+
+def _method(name: str, criterion: str | None, **options) -> PruningMethod:
+    """The pruning method the options describe (its own checks name the bad option)."""
+    methods = cli_methods()
+    if name not in methods:
+        raise typer.BadParameter(f"--method {name!r}: choose one of {sorted(methods)}")
+    criterion = criterion or DEFAULT_CRITERIA.get(name, "l1")
+    return methods[name].from_options(criterion=criterion, **options)
+
+
+@app.command()
+def analyze(
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    input_shape: str = typer.Option(None, help="example input shape (as for prune)"),
+    method: str = typer.Option("filter", help=METHOD_HELP),
+    ratio: float = typer.Option(0.5, help="ratio used for the 'would remove' column"),
+    limit: int = typer.Option(40, help="show at most this many candidates"),
+) -> None:
+    """Print what a method would prune: its candidates (groups of coupled channels, heads,
+    layers) and what each would lose."""
+    try:
+        pruning = _method(method, None, ratio=ratio)
+        network = load_model(model).eval()
+        x = example_inputs(network, input_shape)
+        with _progress(f"tracing {model}"):
+            rows = pruning.preview(network, x)
+            unknown = DependencyGraph(network, x).unknown_ops
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    table = Table(title=f"{model}: {len(rows)} candidates for {escape(pruning.summary())}")
+    for column in ("candidate", "size", "would remove"):
+        table.add_column(column, justify="right")
+    table.add_column("members")
+    for row in rows[:limit]:
+        table.add_row(escape(row.label), str(row.size), str(row.removed), escape(row.detail))
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"… and {len(rows) - limit} more")
+    for op in unknown:
+        console.print(f"[yellow]no coupling rule[/] for {escape(op.op)} in {escape(op.module)}: "
+                      f"its dims are left unpruned")
+
+
+@app.command()
+def iterative(
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
+                                       "(inputs, labels), e.g. prunekit.cli.data:digits_loaders"),
+    method: str = typer.Option("filter", help=METHOD_HELP),
+    criterion: str = typer.Option(None, help="as for prune; default l1"),
+    n: int = typer.Option(1, help="--method layers: how many layers in all"),
+    steps: int = typer.Option(4, help="prune / fine-tune rounds"),
+    ratio: float = typer.Option(0.5, help="final fraction of each group's channels removed"),
+    flops_target: float = typer.Option(None, help="final fraction of FLOPs removed, "
+                                                  "instead of --ratio"),
+    finetune_epochs: int = typer.Option(1, help="fine-tuning epochs after each step"),
+    lr: float = typer.Option(1e-3, help="Adam learning rate for fine-tuning"),
+    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    out: Path = typer.Option(..., help="directory for the model, plan, history.json and plot"),
+) -> None:
+    """Prune to a target in several steps, fine-tuning (cross-entropy) between them; record
+    params, FLOPs and test accuracy after every step."""
+    from ..workflows.iterative import iterative_prune
+
+    try:
+        pruning = _method(method, criterion, ratio=ratio, n=n, flops_target=flops_target)
+        network = load_model(model)
+        train, test = load_data(data)
+        x = first_inputs(test)
+        with _progress(f"pruning {model} in {steps} steps") as (bar, task):
+            history = iterative_prune(
+                network, x, pruning, steps, train_data=train, eval_data=test,
+                finetune_epochs=finetune_epochs, lr=lr,
+                data=list(itertools.islice(train, calibration_batches)),
+                progress=lambda message: bar.update(task, description=message))
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    save(network, out, history.plan)
+    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+    history.plot(out / "history.png")
+    table = Table(title=f"{model}: {escape(pruning.summary())} in {steps} steps, "
+                        f"{finetune_epochs} fine-tuning epochs each")
+    for column in ("step", "params", "params removed", "FLOPs removed", "test accuracy"):
+        table.add_column(column, justify="right")
+    for r in history.records:
+        table.add_row(str(r.step), f"{r.params:,}", f"{r.sparsity:.1%}", f"{r.flop_reduction:.1%}",
+                      f"{r.accuracy:.1%}")
+    console.print(table)
+    console.print(f"saved to {out}/ (model.safetensors, plan.json, history.json, history.png)")
+
+
+@app.command()
+def sensitivity(
+    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
+                                       "(inputs, labels), e.g. prunekit.cli.data:digits_loaders"),
+    ratios: str = typer.Option("0.25,0.5,0.75", help="comma-separated ratios to try per group"),
+    method: str = typer.Option("filter", help=METHOD_HELP + ": whose candidates are tried "
+                                              "and how they are ranked"),
+    criterion: str = typer.Option(None, help="as for prune; default l1"),
+    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    out: Path = typer.Option(..., help="directory for sensitivity.md, .json and .png"),
+) -> None:
+    """Prune each group of coupled channels alone at several ratios and record test accuracy
+    (Li et al. 2017): the groups whose accuracy collapses are the ones to spare."""
+    from ..workflows.sensitivity import sensitivity as run_sensitivity
+
+    tried = parse_ratios(ratios)
+    try:
+        pruning = _method(method, criterion, ratio=0.5)
+        network = load_model(model).eval()
+        train, test = load_data(data)
+        with _progress(f"sensitivity of {model}") as (bar, task):
+            table = run_sensitivity(
+                network, first_inputs(test), test, ratios=tried, method=pruning,
+                data=list(itertools.islice(train, calibration_batches)),
+                progress=lambda message: bar.update(task, description=message))
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sensitivity.md").write_text(table.to_markdown())
+    (out / "sensitivity.json").write_text(json.dumps(table.to_dict(), indent=1))
+    table.plot(out / "sensitivity.png")
+    shown = Table(title=f"{model}: accuracy with one group pruned "
+                        f"(unpruned {table.baseline:.1%})")
+    shown.add_column("group")
+    shown.add_column("channels", justify="right")
+    for ratio in sorted({r.ratio for r in table.rows}):
+        shown.add_column(f"ratio {ratio:g}", justify="right")
+    for group, rows in table.by_group().items():
+        shown.add_row(escape(group), str(rows[0].channels), *(f"{r.accuracy:.1%}" for r in rows))
+    console.print(shown)
+    console.print(f"written to {out}/ (sensitivity.md, sensitivity.json, sensitivity.png)")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), help="where report.md, results.json and plots go"),
+    epochs: int = typer.Option(20, help="training epochs for the unpruned model"),
+    finetune_epochs: int = typer.Option(5, help="fine-tuning epochs for every method"),
+    flops_target: float = typer.Option(0.5, help="fraction of FLOPs every method removes"),
+) -> None:
+    """Train a ResNet on digits; compare every method at one FLOPs budget; prune iteratively;
+    run a sensitivity analysis; write a report with plots."""
+    from .demo import run_demo
+
+    with _progress() as (bar, task):
+        comparison = run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs,
+                              flops_target=flops_target,
+                              progress=lambda message: bar.update(task, description=message))
+    _print_comparison(comparison)
+    console.print(f"report written to {out / 'report.md'}")
+
+
+@app.command()
+def compare(
+    flops_target: float = typer.Option(0.5, help="fraction of FLOPs every method removes"),
+    finetune_epochs: int = typer.Option(5, help="fine-tuning epochs for every method"),
+    epochs: int = typer.Option(20, help="training epochs for the unpruned model"),
+    out: Path = typer.Option(Path("compare_output"), help="where results.json and the plot go"),
+    seed: int = typer.Option(0, help="seed for training, data split and fine-tuning"),
+) -> None:
+    """Compare filter, channel and layer pruning on the digits ResNet at one FLOPs budget."""
+    from ..workflows.compare import compare as run_compare
+    from .demo import trained_digits_resnet
+
+    try:
+        with _progress() as (bar, task):
+            bar.update(task, description=f"training the digits ResNet for {epochs} epochs")
+            model, digits = trained_digits_resnet(epochs, seed)
+            comparison = run_compare(
+                model, digits.example_inputs, digits.train, digits.test, flops_target=flops_target,
+                finetune_epochs=finetune_epochs, data=digits.calibration, seed=seed,
+                timing_inputs=next(iter(digits.test))[0],
+                progress=lambda message: bar.update(task, description=message))
+    except PruneError as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(comparison.to_dict(), indent=1))
+    comparison.plot(out / "comparison.png")
+    _print_comparison(comparison)
+    console.print(f"results written to {out}")
+
+
+def _print_comparison(comparison) -> None:
+    from ..workflows.compare import verdict
+
+    base = comparison.baseline
+    table = Table(title=f"digits ResNet: {comparison.flops_target:.0%} of FLOPs removed, "
+                        f"{comparison.finetune_epochs} fine-tuning epochs")
+    for column in ("method", "params", "FLOPs removed", "latency ms", "acc one-shot",
+                   "acc fine-tuned", "verified"):
+        table.add_column(column, justify="right")
+    for r in comparison.rows:
+        table.add_row(escape(r.method), f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
+                      f"{r.latency_ms:.2f}", f"{r.accuracy_one_shot:.1%}",
+                      "—" if r.accuracy_fine_tuned is None else f"{r.accuracy_fine_tuned:.1%}",
+                      verdict(r.verified))
+    console.print(table)
+
+
+@contextmanager
+def _progress(description: str = "starting"):
+    """A transient spinner with elapsed time; yields (bar, task) to update its text."""
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        yield bar, bar.add_task(description, total=None)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,126 @@
+"""Where the command line gets models, inputs and data from.
+
+A model is ``torchvision:NAME``, ``hf:PATH`` (a Hugging Face model directory) or a factory
+``path/to/file.py:NAME`` / ``package.module:NAME``. Data is a factory in the same form that
+returns ``(train, test)``: two re-iterable collections of ``(inputs, labels)`` batches, such as
+``DataLoader``s (``prunekit.cli.data:digits_loaders`` is one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import typer
+from torch import nn
+
+
+def load_model(spec: str) -> nn.Module:
+    """``torchvision:NAME``, ``hf:PATH`` or ``path/to/file.py:factory`` (or
+    ``package.module:factory``)."""
+    if spec.startswith("hf:"):
+        return _load_hf(spec[3:])
+    source, name = _split(spec, "torchvision:resnet18")
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+    return _factory(source, name)()
+
+
+def load_data(spec: str) -> tuple[Any, Any]:
+    """``(train, test)`` batches from the factory ``spec`` names."""
+    source, name = _split(spec, "prunekit.cli.data:digits_loaders")
+    loaded = _factory(source, name)()
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise typer.BadParameter(f"--data {spec!r}: the factory must return (train, test), "
+                                 f"got {type(loaded).__name__}")
+    return loaded
+
+
+def first_inputs(batches: Any) -> Any:
+    """The inputs of the first ``(inputs, labels)`` batch, as example inputs."""
+    try:
+        inputs, _ = next(iter(batches))
+    except (StopIteration, TypeError, ValueError):
+        raise typer.BadParameter("--data: the batches must be (inputs, labels) pairs and "
+                                 "there must be at least one")
+    return inputs
+
+
+def example_inputs(network: nn.Module, input_shape: str | None):
+    """Random inputs for the model: ``input_ids`` (batch, tokens) for a Hugging Face text
+    model, ``pixel_values`` for a vision one, else a tensor of ``input_shape``."""
+    config = getattr(network, "config", None)
+    main_input = getattr(network, "main_input_name", None)
+    generator = torch.Generator().manual_seed(0)
+    if config is not None and main_input == "input_ids":
+        shape = parse_shape(input_shape or "2,16")
+        if len(shape) != 2:
+            raise typer.BadParameter(f"--input-shape {input_shape!r}: a text model takes "
+                                     f"BATCH,TOKENS")
+        return {"input_ids": torch.randint(0, config.vocab_size, shape, generator=generator)}
+    if config is not None and main_input == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        default = f"1,{getattr(config, 'num_channels', 3)},{size},{size}"
+        return {"pixel_values": torch.randn(parse_shape(input_shape or default),
+                                            generator=generator)}
+    return torch.randn(parse_shape(input_shape or "1,3,224,224"), generator=generator)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,3,224,224")
+    if not shape or min(shape) < 1:
+        raise typer.BadParameter(f"{text!r}: every size must be positive")
+    return shape
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    try:
+        ratios = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated ratios, e.g. 0.25,0.5")
+    if not ratios or not all(0 <= r < 1 for r in ratios):
+        raise typer.BadParameter(f"{text!r}: every ratio must be in [0, 1)")
+    return ratios
+
+
+def _split(spec: str, example: str) -> tuple[str, str]:
+    source, _, name = spec.rpartition(":")
+    if not source or not name:
+        raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. {example}")
+    return source, name
+
+
+def _factory(source: str, name: str) -> Callable[[], Any]:
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise typer.BadParameter(f"{source!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as error:
+            raise typer.BadParameter(f"{source!r} cannot be imported: {error}")
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise typer.BadParameter(f"{source!r} has no factory {name!r}")
+    return factory
+
+
+def _load_hf(path: str) -> nn.Module:
+    if not (Path(path) / "config.json").is_file():
+        raise typer.BadParameter(f"hf:{path}: not a Hugging Face model directory (no config.json)")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoModel.from_pretrained(path)

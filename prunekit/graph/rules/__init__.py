@@ -1,0 +1,20 @@
+"""Coupling rules, one file per op family: for each torch op, how its output dims relate to
+its input dims (see ``base.py`` for what a rule is and how to register your own)."""
+
+from . import (  # noqa: F401  (register the rules)
+    attention,
+    convolution,
+    indexing,
+    linear,
+    norms,
+    pointwise,
+    reductions,
+    reshape,
+)
+from .base import RULES, broadcast, register_rule, rule
+from .pointwise import pointwise
+from .reductions import is_layer_norm
+from .reshape import HEAD_COUNT
+
+__all__ = ["HEAD_COUNT", "RULES", "broadcast", "is_layer_norm", "pointwise", "register_rule",
+           "rule"]

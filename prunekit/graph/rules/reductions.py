@@ -1,0 +1,62 @@
+"""Reductions and ops that mix channels: the dim they mix over is fixed.
+
+Ops that mix channels non-linearly (normalising over a dim, softmax, mean/max over a dim) fix
+that dim: removing a channel there would change the other channels' values, so masked and
+pruned models would disagree.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import (
+    arg,
+    dims_of,
+    rule,
+    tensors_of,
+)
+from .pointwise import pointwise
+
+
+# -- reductions and ops that mix channels -------------------------------------------------------
+@rule("sum", "mean", "amax", "amin", "std", "var", "prod", "norm", "logsumexp", "all", "any",
+      "argmax", "argmin", "nansum", "nanmean", "max", "min", "median", "std_mean", "var_mean")
+def reduction(ctx, args, kwargs, out):
+    source = args[0]
+    other = arg(args, kwargs, 1, "other")
+    if isinstance(other, torch.Tensor):  # torch.max(a, b) is pointwise
+        return pointwise(ctx, args, kwargs, out)
+    dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], (float, str)) else None)
+    if dim is not None and not isinstance(dim, (int, list, tuple)):
+        dim = None
+    dims = dims_of(dim, source.dim())
+    if not (_normalising(ctx) and dims == [source.dim() - 1]):
+        ctx.fix(source, f"reduced over in {ctx.module_path}", dims)
+    specs = ctx.specs(source)
+    for result in tensors_of(out):
+        if result.dim() == source.dim():
+            ctx.set(result, [[[]] if d in dims else specs[d] for d in range(source.dim())])
+        else:
+            ctx.set(result, [specs[d] for d in range(source.dim()) if d not in dims])
+
+
+def is_layer_norm(module) -> bool:
+    """A layer or RMS norm over the last dim, by class name (``nn.LayerNorm``,
+    ``LlamaRMSNorm``, ``T5LayerNorm`` …): what normalises a transformer's hidden size."""
+    return type(module).__name__.lower().endswith(("layernorm", "rmsnorm"))
+
+
+def _normalising(ctx) -> bool:
+    """Inside a layer or RMS norm module written in plain ops (Llama's ``LlamaRMSNorm``), while
+    tracing for hidden-size pruning: its statistic over the last dim does not fix that dim."""
+    return ctx.normalised_prunable and is_layer_norm(ctx.current_module)
+
+
+@rule("softmax", "log_softmax", "softmin", "normalize", "local_response_norm")
+def softmax(ctx, args, kwargs, out):
+    source = args[0]
+    dim = arg(args, kwargs, 1, "dim", 1 if source.dim() > 1 else 0)
+    if dim is None:
+        dim = -1
+    ctx.fix(source, f"normalised over in {ctx.module_path}", [dim % source.dim()])
+    ctx.set(out, ctx.specs(source))

@@ -1,0 +1,159 @@
+"""Views and permutations: a reshape factors or merges dims, so a channel maps to a block of
+features (flatten before a Linear) or a dim splits into (heads, head_dim)."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+
+from ..axes import NotRepresentable, Spec
+from .base import (
+    RULES,
+    arg,
+    dims_of,
+    int_attributes,
+    rule,
+)
+from .pointwise import same_as_self
+
+
+def reshape_specs(ctx, specs: list[Spec], in_shape, out_shape) -> list[Spec]:
+    """Dim specs after a view from ``in_shape`` to ``out_shape`` (row-major)."""
+    in_shape, out_shape = list(in_shape), list(out_shape)
+    if 0 in in_shape or 0 in out_shape:
+        raise NotRepresentable("empty tensor")
+    axes = ctx.axes
+    result: list[Spec] = [None] * len(out_shape)  # type: ignore[list-item]
+    i = j = 0
+    while i < len(in_shape) or j < len(out_shape):
+        block_in, block_out, p_in, p_out = [], [], 1, 1
+        while True:
+            if i < len(in_shape) and (p_in < p_out or j >= len(out_shape)
+                                      or (p_in == p_out and not block_in)):
+                p_in *= in_shape[i]
+                block_in.append(i)
+                i += 1
+            elif j < len(out_shape) and (p_out < p_in or i >= len(in_shape)
+                                         or (p_in == p_out and not block_out)):
+                p_out *= out_shape[j]
+                block_out.append(j)
+                j += 1
+            else:
+                break
+            if p_in == p_out and block_in and block_out:
+                break
+        combined: Spec = [[]]
+        for d in block_in:
+            combined = axes.product(combined, axes.expand(specs[d]))
+        remaining, total = combined, p_in
+        for k, d in enumerate(block_out):
+            if k == len(block_out) - 1:
+                result[d] = remaining
+            elif out_shape[d] == 1:
+                result[d] = [[]]
+            else:
+                total //= out_shape[d]
+                result[d], remaining = _peel(ctx, remaining, total)
+    return result
+
+
+def _peel(ctx, spec: Spec, inner_size: int) -> tuple[Spec, Spec]:
+    """Split a spec into an outer dim and an inner dim of ``inner_size`` channels."""
+    axes = ctx.axes
+    outers, inners = [], []
+    for index in range(len(axes.expand(spec))):
+        segment = axes.expand(spec)[index]
+        if axes.segment_size(segment) % inner_size:
+            raise NotRepresentable("a view that cuts across concatenated inputs")
+        outer, inner = axes.split_segment(segment, inner_size)
+        outers.append(outer)
+        inners.append(inner)
+    for inner in inners[1:]:  # each block repeats the same inner channels (channel shuffle)
+        ctx.unify([inners[0]], [inner])
+    return outers, [inners[0]]
+
+
+@rule("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+      "squeeze_", "unsqueeze_", "ravel", "atleast_2d")
+def reshape(ctx, args, kwargs, out):
+    source = args[0]
+    specs = reshape_specs(ctx, ctx.specs(source), source.shape, out.shape)
+    ctx.set(out, specs)
+    _record_size_attributes(ctx, out, specs, _inferred_dims(args, out))
+
+
+HEAD_COUNT = re.compile(r"^(num|n)_\w*heads?$")  # num_heads, n_head, num_attention_heads
+
+
+def _inferred_dims(args, out) -> set[int]:
+    """The dims a ``view(B, T, -1)`` leaves to be inferred (their size is no one's count)."""
+    shape = args[1:]
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        shape = tuple(shape[0])
+    if len(shape) != out.dim() or not all(isinstance(s, int) for s in shape):
+        return set()
+    return {d for d, size in enumerate(shape) if size == -1}
+
+
+def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> None:
+    """A view's sizes often come from the module's own counts (``self.num_heads``,
+    ``self.attn_dim``): an attribute whose value is the size of a dim counts that dim's
+    channels and is updated when they are pruned. Where several dims have that size, the
+    graph later picks the one dim that can be pruned, if there is exactly one."""
+    module = ctx.current_module
+    for name, value in int_attributes(module).items():
+        if value < 2:
+            continue
+        trusted = HEAD_COUNT.match(name)  # a -1 dim's size is no one's count, unless named so
+        dims = [d for d, size in enumerate(out.shape)
+                if size == value and (trusted or d not in inferred)]
+        if len(dims) == 1:
+            ctx.attribute(module, name, specs[dims[0]])
+        elif dims:
+            ctx.attribute_candidates_for(module, name, [specs[d] for d in dims])
+
+
+def _permute_rule(order_of: Callable):
+    def permute_rule(ctx, args, kwargs, out):
+        specs = ctx.specs(args[0])
+        ctx.set(out, [specs[d] for d in order_of(args, kwargs, args[0].dim())])
+
+    return permute_rule
+
+
+def _permute_order(args, kwargs, ndim):
+    dims = args[1:] if len(args) > 1 else kwargs["dims"]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = dims[0]
+    return [d % ndim for d in dims]
+
+
+def _transpose_order(args, kwargs, ndim):
+    order = list(range(ndim))
+    if ndim < 2:
+        return order
+    d0 = arg(args, kwargs, 1, "dim0", 0) % ndim
+    d1 = arg(args, kwargs, 2, "dim1", 1) % ndim
+    order[d0], order[d1] = order[d1], order[d0]
+    return order
+
+
+def _movedim_order(args, kwargs, ndim):
+    src = dims_of(arg(args, kwargs, 1, "source"), ndim)
+    dst = dims_of(arg(args, kwargs, 2, "destination"), ndim)
+    rest = [d for d in range(ndim) if d not in src]
+    order = [None] * ndim
+    for s, t in zip(src, dst):
+        order[t] = s
+    free = iter(rest)
+    return [o if o is not None else next(free) for o in order]
+
+
+rule("permute")(_permute_rule(_permute_order))
+rule("transpose", "swapaxes", "swapdims", "transpose_", "t")(_permute_rule(_transpose_order))
+rule("movedim", "moveaxis")(_permute_rule(_movedim_order))
+RULES[torch.Tensor.T.__get__] = _permute_rule(lambda a, k, n: list(reversed(range(n))))
+RULES[torch.Tensor.mT.__get__] = _permute_rule(lambda a, k, n: _transpose_order((None, -2, -1), {}, n))
+RULES[torch.Tensor.data.__get__] = same_as_self

@@ -1,0 +1,22 @@
+"""Pruning methods: dataclasses that check themselves, round-trip through JSON and own
+their behaviour (see ``base.PruningMethod``)."""
+
+from .base import (
+    METHODS,
+    PreviewRow,
+    Proposal,
+    PruneContext,
+    PruningMethod,
+    Trial,
+    cli_methods,
+    method_from_dict,
+)
+from .groups import ChannelPruning, FilterPruning, GroupProposal, GroupPruning
+from .heads import HeadPruning
+from .hidden import HiddenPruning
+from .layers import LayerProposal, LayerPruning
+
+__all__ = ["METHODS", "ChannelPruning", "FilterPruning", "GroupProposal", "GroupPruning",
+           "HeadPruning", "HiddenPruning", "LayerProposal", "LayerPruning", "PreviewRow",
+           "Proposal", "PruneContext", "PruningMethod", "Trial", "cli_methods",
+           "method_from_dict"]

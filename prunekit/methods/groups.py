@@ -1,0 +1,295 @@
+"""Methods that remove channels of coupled groups: ``GroupPruning`` (their shared settings
+and steps), ``FilterPruning`` and ``ChannelPruning``."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, PruneError
+from ..graph.dependency import DependencyGraph, Group, Member
+from ..importance import ChannelView, get_criterion
+from ..planning import selection
+from ..planning.budgets import ratio_for_budget
+from ..planning.plans import plan_from_keep
+from ..plan import Plan
+from ..recover.reconstruct import reconstruct
+from .base import PreviewRow, PruneContext, PruningMethod, Proposal, Trial, check_ratio
+
+
+@dataclass
+class GroupProposal(Proposal):
+    """Kept channels per group of a traced graph; a piece is one group."""
+
+    graph: DependencyGraph
+    keep: dict[int, torch.Tensor]
+    method: dict[str, Any]
+
+    @property
+    def pieces(self) -> list[int]:
+        return list(self.keep)
+
+    def describe(self, piece: int) -> str:
+        return next((str(g) for g in self.graph.all_groups if g.axis == piece), "?")
+
+    def plan(self, pieces: list[int]) -> Plan:
+        return plan_from_keep(self.graph, {a: self.keep[a] for a in pieces}, self.method)
+
+
+@dataclass
+class GroupPruning(PruningMethod):
+    """Remove channels from groups of coupled channels: the shared settings and steps of
+    ``FilterPruning``, ``ChannelPruning``, ``HeadPruning`` and ``HiddenPruning``, and the base
+    of your own group method (override ``candidates`` to choose other groups, or
+    ``scored_members`` to show the criterion other members).
+
+    Args:
+        ratio: fraction of each group's channels to remove, in [0, 1).
+        criterion: how channels are ranked; a name registered for ``target``
+            (``pk.criterion_names("channels")``).
+        round_to: the number of channels kept in each group is a multiple of this.
+        overrides: ``{module name: ratio}`` for groups that touch that module (the largest
+            override among a group's modules wins).
+        seed: seed for the ``"random"`` criterion.
+        global_ranking: rank channels across the whole model (scores normalised by their
+            group's mean, except a criterion whose scores share one scale, such as the heads'
+            ``"output"``) instead of removing ``ratio`` from every group.
+        max_ratio: the most any one group loses under global ranking or a budget.
+        flops_target: remove this fraction of the model's FLOPs (``ratio`` is then searched
+            for, within ``max_ratio``); met within 2 percentage points.
+        params_target: the same for parameters.
+
+    Example:
+        >>> @dataclass
+        ... class Only3x3(pk.FilterPruning):
+        ...     def candidates(self, graph):
+        ...         return [g for g in super().candidates(graph) if is_3x3(g)]
+    """
+
+    ratio: float = 0.5
+    criterion: str = "l1"
+    round_to: int = 1
+    overrides: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    global_ranking: bool = False
+    max_ratio: float = 0.9
+    flops_target: float | None = None
+    params_target: float | None = None
+
+    target: ClassVar[str] = "channels"  # what its criteria score
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_ratio(self.ratio, f"{name}.ratio")
+        for module, ratio in self.overrides.items():
+            check_ratio(ratio, f"{name}.overrides[{module!r}]")
+        get_criterion(self.criterion, self.target, f"{name}.criterion")
+        check_ratio(self.max_ratio, f"{name}.max_ratio")
+        for target in ("flops_target", "params_target"):
+            if getattr(self, target) is not None:
+                check_ratio(getattr(self, target), f"{name}.{target}")
+        if self.flops_target is not None and self.params_target is not None:
+            raise ConfigError(f"{name}: give flops_target or params_target, not both")
+        if (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                or self.round_to < 1):
+            raise ConfigError(f"{name}.round_to must be a positive integer, got {self.round_to!r}")
+
+    # -- the steps of propose, each one a method to override ------------------------------------
+    def graph(self, model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module] = (),
+              strict: bool = False) -> DependencyGraph:
+        """The dependency graph this method reads."""
+        return DependencyGraph(model, example_inputs, ignore=ignore, strict=strict)
+
+    def candidates(self, graph: DependencyGraph) -> list[Group]:
+        """The groups this method prunes: the channel groups outside attention (a
+        transformer's MLP neurons); heads and the dims inside them are head pruning's."""
+        attention = {g.axis for g in graph.attention_groups()}
+        return [g for g in graph.groups if g.axis not in attention]
+
+    def nothing_to_prune(self) -> str | None:
+        """The error when a model has no candidate at all; None: an empty result is fine."""
+        return None
+
+    def scored_members(self, group: Group, role: str | None) -> list[Member]:
+        """The members a weight criterion sees: those with ``role`` (the criterion's wish),
+        else every parameter member."""
+        members = [m for m in group.members if m.slot.kind == "parameter"]
+        return [m for m in members if m.role == role] or members
+
+    def score(self, graph: DependencyGraph, groups: list[Group], data: Iterable | None = None,
+              loss_fn=None) -> dict[int, torch.Tensor]:
+        """Every group's channel scores (higher = keep). A data criterion scores the groups
+        it can read; the rest are ranked by their weights' L1 norm."""
+        who = f"{type(self).__name__}.criterion"
+        entry = get_criterion(self.criterion, self.target, who)
+        weights = entry.criterion
+        scores: dict[int, torch.Tensor] = {}
+        if entry.needs_data:
+            if data is None:
+                raise ConfigError(f"{type(self).__name__}: criterion {self.criterion!r} reads "
+                                  f"activations; pass data=, an iterable of batches")
+            scores = entry.criterion.score_groups(graph, groups, data, loss_fn)
+            weights = get_criterion("l1", "channels", who).criterion
+        generator = torch.Generator().manual_seed(self.seed)
+        for group in groups:
+            if group.axis not in scores:
+                members = self.scored_members(group, weights.reads_role)
+                views = [ChannelView(str(m), m.role, graph.channel_matrix(m, group.axis))
+                         for m in members]
+                scores[group.axis] = weights.score(views, generator)
+        return scores
+
+    def group_ratio(self, group: Group, ratio: float | None = None) -> float:
+        """The ratio a group loses: the largest override touching it, else ``ratio``."""
+        modules = set(group.modules())
+        overrides = [r for name, r in self.overrides.items() if name in modules]
+        return max(overrides) if overrides else (self.ratio if ratio is None else ratio)
+
+    def channels_to_keep(self, size: int, ratio: float) -> int:
+        return selection.channels_to_keep(size, ratio, self.round_to)
+
+    def select(self, graph: DependencyGraph, groups: list[Group],
+               scores: dict[int, torch.Tensor], ratio: float | None = None,
+               dither: bool = False) -> dict[int, torch.Tensor]:
+        """``{group axis: kept indices}`` removing ``ratio`` (default ``self.ratio``) per
+        group, dithered (see ``selection.dithered_ratios``) or ranked model-wide."""
+        ratio = self.ratio if ratio is None else ratio
+        if self.global_ranking:
+            comparable = get_criterion(self.criterion, self.target, "").comparable
+            ratios = selection.global_ratios(groups, scores, ratio, self.max_ratio, comparable)
+        else:
+            ratios = {g.axis: self.group_ratio(g, ratio) for g in groups}
+            if dither:
+                ratios = selection.dithered_ratios(groups, ratios)
+        keep: dict[int, torch.Tensor] = {}
+        for group in groups:
+            n_keep = self.channels_to_keep(group.size, ratios[group.axis])
+            if n_keep < group.size:
+                keep[group.axis] = selection.highest(scores[group.axis], n_keep)
+        return keep
+
+    def budget(self) -> tuple[str, float] | None:
+        """``("flops" | "params", fraction to remove)``, or None for a plain ratio."""
+        if self.flops_target is not None:
+            return "flops", self.flops_target
+        if self.params_target is not None:
+            return "params", self.params_target
+        return None
+
+    def propose(self, model, example_inputs, context):
+        graph = self.graph(model, example_inputs, context.ignore, context.strict)
+        groups = self.candidates(graph)
+        if not groups and self.nothing_to_prune():
+            raise PruneError(self.nothing_to_prune())
+        scores = self.score(graph, groups, context.data, context.loss_fn)
+        ratio, budget = None, self.budget()
+        if budget is not None:
+            def plan_at(r: float) -> Plan:
+                return plan_from_keep(graph, self.select(graph, groups, scores, r, dither=True),
+                                      {})
+            ratio = ratio_for_budget(model, example_inputs, plan_at, *budget,
+                                     self.max_ratio, type(self).__name__)
+        keep = self.select(graph, groups, scores, ratio, dither=ratio is not None)
+        return GroupProposal(graph, keep, self.to_dict())
+
+    # -- workflows -------------------------------------------------------------------------------
+    def step(self, step, steps, removed):
+        """A channel ratio r becomes 1 − (1 − r)^(1/steps) per step, compounding to r. A budget
+        of t of the original is t·step/steps after this step, restated relative to the model
+        the step starts from, so it makes up for earlier steps that over- or undershot (small
+        layers cannot be cut finely)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        budget = self.budget()
+        if budget is None:
+            return dataclasses.replace(self, ratio=1 - (1 - self.ratio) ** (1 / steps))
+        quantity, target = budget
+        goal, done = target * step / steps, removed.get(quantity, 0.0)
+        if goal <= done:
+            return None
+        return dataclasses.replace(self, **{f"{quantity}_target": 1 - (1 - goal) / (1 - done)})
+
+    def trials(self, model, example_inputs, ratios, context):
+        graph = self.graph(model, example_inputs, context.ignore, context.strict)
+        groups = self.candidates(graph)
+        scores = self.score(graph, groups, context.data, context.loss_fn)
+        for group in groups:
+            for ratio in ratios:
+                n_keep = self.channels_to_keep(group.size, ratio)
+                keep = {group.axis: selection.highest(scores[group.axis], n_keep)}
+                yield Trial(group.modules()[0], group.size, ratio,
+                            plan_from_keep(graph, keep, {}))
+
+    def preview(self, model, example_inputs):
+        graph = self.graph(model, example_inputs)
+        rows = []
+        for group in self.candidates(graph):
+            removed = group.size - self.channels_to_keep(group.size, self.group_ratio(group))
+            members = " => ".join(str(m) for m in group.members[:6])
+            more = len(group.members) - 6
+            rows.append(PreviewRow(f"group {group.id}", group.size, removed,
+                                   members + (f" (+{more} more)" if more > 0 else "")))
+        return rows
+
+    def summary(self):
+        budget = self.budget()
+        target = f"{budget[0]}_target={budget[1]}" if budget else f"ratio={self.ratio}"
+        return f"{type(self).__name__}({target}, criterion={self.criterion!r})"
+
+
+@dataclass
+class FilterPruning(GroupPruning):
+    """Remove output filters, ranked by the producers' filters (conv/linear output rows).
+
+    Example:
+        >>> pk.prune(model, x, pk.FilterPruning(ratio=0.5, criterion="l1"))
+    """
+
+    cli_name: ClassVar[str] = "filter"
+
+    def scored_members(self, group, role):
+        return super().scored_members(group, role or "out")
+
+
+@dataclass
+class ChannelPruning(GroupPruning):
+    """Remove input channels, ranked by the consumers' weights over those channels.
+
+    The score of an input channel is the norm of the consumer's weights that read it, summed
+    over output filters and kernel (the classic input-channel criterion). Removing it removes
+    the whole coupled group, producers included.
+
+    With ``reconstruct=True`` (and calibration batches as ``data=``), every layer that lost
+    input channels is then re-fitted by least squares to reproduce its original output
+    (``prunekit.recover.reconstruct``), inside the transaction that prunes the model.
+
+    Example:
+        >>> pk.prune(model, x, pk.ChannelPruning(ratio=0.5, criterion="l2"))
+    """
+
+    reconstruct: bool = False
+
+    cli_name: ClassVar[str] = "channel"
+
+    def scored_members(self, group, role):
+        return super().scored_members(group, role or "in")
+
+    def recovery(self, model, context):
+        return refit_from(self, model, context)
+
+
+def refit_from(method: GroupPruning, model: nn.Module, context: PruneContext):
+    """With ``method.reconstruct``, re-fit what lost inputs against a copy of the unpruned
+    model on ``context.data``."""
+    if not getattr(method, "reconstruct", False):
+        return None
+    if not context.data:
+        raise ConfigError(f"{type(method).__name__}(reconstruct=True) re-fits layers on "
+                          f"calibration data; pass data=, a non-empty iterable of batches")
+    original = copy.deepcopy(model)
+    return lambda pruned, plan: reconstruct(original, pruned, plan, context.data)

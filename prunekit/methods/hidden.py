@@ -1,0 +1,50 @@
+"""``HiddenPruning``: narrow a transformer's hidden size everywhere at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..checks.checks import Runs
+from ..graph.dependency import DependencyGraph
+from .groups import GroupPruning
+
+
+@dataclass
+class HiddenPruning(GroupPruning):
+    """Narrow a transformer's residual stream (its hidden size): every embedding, norm and
+    projection that reads or writes it loses the same channels, in every layer.
+
+    Unlike the other methods this one is not exact: a LayerNorm or RMSNorm averages over all
+    the hidden channels, so the pruned model cannot compute what the original computed with
+    those channels zeroed. ``pk.prune`` checks that the pruned model runs with the same or
+    narrower output shapes, not that its outputs agree; expect to fine-tune or distil
+    afterwards. Channels are ranked over every member's weights (``"l1"``, ``"l2"``,
+    ``"fpgm"``, ``"random"``, or the activation criteria). A config whose ``hidden_size`` can
+    describe the result is updated.
+
+    Example:
+        >>> pk.prune(bert, inputs, pk.HiddenPruning(ratio=0.25, criterion="l2"))
+    """
+
+    cli_name: ClassVar[str] = "hidden"
+
+    def graph(self, model, example_inputs, ignore=(), strict=False):
+        # the dims a LayerNorm/RMSNorm normalises stay prunable, and so do the model outputs
+        return DependencyGraph(model, example_inputs, ignore=ignore, strict=strict,
+                               normalised_prunable=True)
+
+    def candidates(self, graph):
+        return graph.hidden_groups()
+
+    def nothing_to_prune(self):
+        return ("HiddenPruning: the model has no hidden size the engine can narrow (channels "
+                "that a LayerNorm or RMSNorm normalises, outside attention heads); it was left "
+                "unchanged")
+
+    def scored_members(self, group, role):
+        return [m for m in group.members if m.slot.kind == "parameter"]
+
+    def check(self, verify, tolerance, shapes):
+        # a narrower hidden size cannot equal the masked model: check that it runs
+        return Runs(shapes, may_narrow=True)

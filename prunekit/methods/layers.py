@@ -1,0 +1,136 @@
+"""``LayerPruning``: remove whole layers or blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ..checks.checks import BlocksBypassed, Runs
+from ..errors import ConfigError
+from ..importance import get_criterion
+from ..measure import count_flops
+from ..layers import choose_layers, find_layer_candidates, layer_importance, removal
+from ..plan import Plan
+from ..planning.budgets import shortest_prefix_for_budget
+from ..surgery.stacks import find_block_stack
+from .base import PreviewRow, PruningMethod, Proposal, Trial, check_ratio
+
+
+@dataclass
+class LayerProposal(Proposal):
+    """Layers to remove; a piece is one layer."""
+
+    layers: list[str]
+    stack: str | None
+    method: dict[str, Any]
+
+    @property
+    def pieces(self) -> list[str]:
+        return list(self.layers)
+
+    def describe(self, piece: str) -> str:
+        return f"layer {piece}"
+
+    def plan(self, pieces: list[str]) -> Plan:
+        plan = removal(pieces, self.stack)
+        plan.method = self.method
+        return plan
+
+
+@dataclass
+class LayerPruning(PruningMethod):
+    """Remove ``n`` whole layers or blocks, the least important by ``criterion``
+    (``pk.criterion_names("layers")``: ``"loss"``, ``"accuracy"``, ``"output"``,
+    ``"influence"``, ``"angular"``, ``"last"`` …; see ``prunekit.layers``).
+
+    With ``flops_target``, as many layers as it takes (least important first) to remove that
+    fraction of FLOPs, or every candidate if even that is not enough. Modules given to
+    ``pk.prune(ignore=...)`` and the blocks holding them are never removed. The check: the
+    named blocks are bypassed, every other parameter is unchanged and the output shapes are
+    the same.
+
+    Example:
+        >>> pk.prune(model, x, pk.LayerPruning(n=2, criterion="influence"), data=batches)
+    """
+
+    n: int = 1
+    criterion: str = "loss"
+    flops_target: float | None = None
+
+    cli_name: ClassVar[str] = "layers"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"LayerPruning.n must be a positive integer, got {self.n!r}")
+        if self.flops_target is not None:
+            check_ratio(self.flops_target, "LayerPruning.flops_target")
+        get_criterion(self.criterion, "layers", "LayerPruning.criterion")
+
+    def propose(self, model, example_inputs, context):
+        if context.strict:
+            raise ConfigError("LayerPruning removes whole layers without tracing ops, so "
+                              "strict= does not apply; leave it False")
+        scores = layer_importance(model, context.data, self.criterion, example_inputs,
+                                  context.loss_fn, n=self.n)
+        ignored = _ignored_names(model, context.ignore)
+        scores = [s for s in scores if not any(_nested(s.name, name) for name in ignored)]
+        stack = find_block_stack(model)
+        window = get_criterion(self.criterion, "layers", "").criterion.window
+        if self.flops_target is None:
+            layers = choose_layers(scores, self.n, window)
+        else:
+            layers = shortest_prefix_for_budget(
+                model, example_inputs, choose_layers(scores, None),
+                lambda names: removal(names, stack), self.flops_target,
+                count_flops(model, example_inputs))
+        return LayerProposal(layers, stack, self.to_dict())
+
+    def check(self, verify, tolerance, shapes):
+        return BlocksBypassed(shapes) if verify else Runs(shapes)
+
+    def step(self, step, steps, removed):
+        """``n`` layers spread over the steps (a step may remove none); a FLOPs target as for
+        channel methods."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        if self.flops_target is not None:
+            goal, done = self.flops_target * step / steps, removed.get("flops", 0.0)
+            if goal <= done:
+                return None
+            return LayerPruning(criterion=self.criterion,
+                                flops_target=1 - (1 - goal) / (1 - done))
+        now = round(self.n * step / steps) - round(self.n * (step - 1) / steps)
+        return LayerPruning(now, self.criterion) if now else None
+
+    def trials(self, model, example_inputs, ratios, context):
+        stack = find_block_stack(model)
+        modules = dict(model.named_modules())
+        for name in find_layer_candidates(model, example_inputs):
+            size = sum(p.numel() for p in modules[name].parameters())
+            yield Trial(name, size, 1.0, removal([name], stack))
+
+    def preview(self, model, example_inputs):
+        modules = dict(model.named_modules())
+        return [PreviewRow(name, sum(p.numel() for p in modules[name].parameters()), 0,
+                           type(modules[name]).__name__)
+                for name in find_layer_candidates(model, example_inputs)]
+
+    def summary(self):
+        target = (f"flops_target={self.flops_target}" if self.flops_target is not None
+                  else f"n={self.n}")
+        return f"LayerPruning({target}, criterion={self.criterion!r})"
+
+
+def _ignored_names(model: nn.Module, ignore) -> list[str]:
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in ignore or ():
+        if id(module) not in names:
+            raise ConfigError(f"ignore= names a {type(module).__name__} that is not part of "
+                              f"the model")
+    return [names[id(m)] for m in ignore or ()]
+
+
+def _nested(a: str, b: str) -> bool:
+    return a == b or not a or not b or a.startswith(b + ".") or b.startswith(a + ".")

@@ -1,0 +1,35 @@
+"""Turn kept indices per group into a plan for every member tensor and counted attribute."""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph.axes import NotRepresentable
+from ..graph.dependency import DependencyGraph, layout_indices
+from ..plan import Plan
+
+
+def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method: dict) -> Plan:
+    """Map kept indices per group onto every member tensor and counted attribute."""
+    plan = Plan(method=method)
+    for slot in graph.trace.slots:
+        for dim in range(len(slot.specs)):
+            segments = graph.layouts.get((id(slot), dim))
+            if segments is None or not any(a in keep for segment in segments for a in segment):
+                continue
+            indices = layout_indices(graph.axes, segments, keep)
+            plan.tensors.setdefault(slot.name, {})[dim] = indices.tolist()
+            plan.shapes[slot.name] = list(slot.tensor.shape)
+    for attribute in graph.attributes:
+        try:
+            segments = graph.axes.expand(attribute.spec)
+        except NotRepresentable:
+            continue
+        if any(a in keep for segment in segments for a in segment):
+            value = len(layout_indices(graph.axes, segments, keep))
+            plan.attributes.setdefault(attribute.module, {})[attribute.attribute] = value
+    for group in graph.all_groups:
+        if group.axis in keep:
+            plan.groups.append({"size": group.size, "kept": len(keep[group.axis]),
+                                "members": [str(m) for m in group.members]})
+    return plan

@@ -1,0 +1,207 @@
+"""Apply a plan to a model: slice tensors, set counted attributes, fix module attributes,
+remove layers.
+
+Applying is transactional: everything is checked and computed before the model is touched,
+and if anything fails afterwards (including the caller's ``check``) every touched module is
+restored to exactly what it was.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import PlanError
+from .handlers import sync_attributes
+from ..plan import Plan
+from .stacks import model_config, remove_blocks
+
+
+def tensor_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
+    """name -> (owning module, attribute name, "parameter" | "buffer"), tied names included."""
+    owners = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{module_name}." if module_name else ""
+        for name, value in module._parameters.items():
+            if value is not None:
+                owners[prefix + name] = (module, name, "parameter")
+        for name, value in module._buffers.items():
+            if value is not None:
+                owners[prefix + name] = (module, name, "buffer")
+    return owners
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".") if name else []
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
+def _parent(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
+    """A new tensor holding the kept indices of ``tensor`` (never a view of it)."""
+    result = tensor.detach()
+    for dim, indices in sorted(dims.items()):
+        if not 0 <= dim < tensor.dim():
+            raise PlanError(f"plan prunes dim {dim} of {name!r}, which has {tensor.dim()} dims")
+        index = torch.as_tensor(indices, dtype=torch.long, device=tensor.device)
+        if index.numel() == 0:
+            raise PlanError(f"plan removes every channel of dim {dim} of {name!r}")
+        if index.min() < 0 or index.max() >= tensor.shape[dim] or index.unique().numel() != index.numel():
+            raise PlanError(f"plan indices for dim {dim} of {name!r} are out of range or repeated")
+        result = result.index_select(dim, index)  # copies
+    return result if dims else result.clone()
+
+
+def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
+    """Check the plan against the model and compute every new tensor, touching nothing."""
+    owners = tensor_owners(model)
+    new: dict[int, torch.Tensor] = {}
+    for name, dims in plan.tensors.items():
+        if name not in owners:
+            raise PlanError(f"plan names tensor {name!r}, which the model does not have")
+        module, attr, _ = owners[name]
+        tensor = getattr(module, attr)
+        expected = plan.shapes.get(name)
+        if expected is not None and list(tensor.shape) != list(expected):
+            raise PlanError(f"plan expects {name!r} of shape {expected}, "
+                            f"the model has {list(tensor.shape)}")
+        new[id(tensor)] = _sliced(name, tensor, dims)
+    modules = dict(model.named_modules())
+    for name in plan.layers:
+        if not name or name not in modules:
+            raise PlanError(f"plan removes layer {name!r}, which the model does not have")
+        if any(other != name and name.startswith(other + ".") for other in plan.layers):
+            raise PlanError(f"plan removes layer {name!r} and also a module containing it")
+    for module_name, attributes in plan.attributes.items():
+        if module_name not in modules:
+            raise PlanError(f"plan names module {module_name!r}, which the model does not have")
+        for attribute in attributes:
+            if not hasattr(modules[module_name], attribute):
+                raise PlanError(f"module {module_name!r} has no attribute {attribute!r}")
+    return new
+
+
+@contextmanager
+def transaction(modules: list[nn.Module], objects: list[object] = ()) -> Iterator[None]:
+    """Restore the modules' attributes, parameters and buffers, and the plain attributes of
+    ``objects`` (a model config), if the block raises."""
+    saved_objects = [(obj, dict(vars(obj))) for obj in objects]
+    saved = []
+    for module in modules:
+        state = dict(module.__dict__)
+        state["_parameters"] = dict(module._parameters)
+        state["_buffers"] = dict(module._buffers)
+        state["_modules"] = dict(module._modules)
+        saved.append((module, type(module), state))  # a handler may change the class
+    try:
+        yield
+    except BaseException:
+        for module, cls, state in saved:
+            module.__class__ = cls
+            module._parameters.clear()
+            module._parameters.update(state.pop("_parameters"))
+            module._buffers.clear()
+            module._buffers.update(state.pop("_buffers"))
+            module._modules.clear()
+            module._modules.update(state.pop("_modules"))
+            module.__dict__.update(state)
+        for obj, state in saved_objects:
+            vars(obj).clear()
+            vars(obj).update(state)
+        raise
+
+
+def apply_plan(model: nn.Module, plan: Plan,
+               check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Physically prune ``model`` in place as ``plan`` says, then run ``check(model)``.
+
+    Raises:
+        PlanError: the plan does not fit the model; the model is unchanged.
+        Any error from ``check``: the model is restored before it propagates.
+    """
+    new = prepare(model, plan)
+    owners = tensor_owners(model)
+    touched = {id(m): m for m, attr, _ in owners.values() if id(getattr(m, attr)) in new}
+    modules = dict(model.named_modules())
+    touched.update({id(modules[name]): modules[name] for name in plan.attributes})
+    parents = [modules[_parent(name)] for name in plan.layers]
+    touched.update({id(m): m for m in parents})
+    for stack in plan.stacks:  # blocks renumbered after a deletion
+        if stack in modules:
+            touched.update({id(m): m for m in modules[stack].modules()})
+    # containers that record their children's width (nn.Transformer's d_model) sync too
+    for name, module in list(modules.items()):
+        if id(module) in touched:
+            touched.update({id(modules[a]): modules[a] for a in _ancestors(name)})
+    config = model_config(model)
+    with transaction(list(touched.values()), [config] if config is not None else []):
+        _remove_layers(model, modules, plan.layers, plan.stacks)
+        replaced: dict[int, torch.Tensor] = {}
+        for module, attr, kind in owners.values():
+            old = getattr(module, attr)
+            if id(old) not in new:
+                continue
+            if id(old) not in replaced:  # tied tensors stay tied: one new tensor for all names
+                value = new[id(old)]
+                replaced[id(old)] = (nn.Parameter(value, requires_grad=old.requires_grad)
+                                     if kind == "parameter" else value)
+            if kind == "parameter":
+                module._parameters[attr] = replaced[id(old)]
+            else:
+                module._buffers[attr] = replaced[id(old)]
+        for module_name, attributes in plan.attributes.items():
+            for attribute, value in attributes.items():
+                setattr(modules[module_name], attribute, value)
+        for module in touched.values():
+            sync_attributes(module)
+        if check is not None:
+            check(model)
+    return model
+
+
+def _remove_layers(model: nn.Module, modules: dict[str, nn.Module], names: list[str],
+                   stacks: list[str]) -> None:
+    """The network skips these modules: deleted from a stack the plan names (see
+    ``prunekit.surgery.stacks``), replaced by an identity anywhere else."""
+    by_parent: dict[str, set[str]] = {}
+    for name in names:
+        by_parent.setdefault(_parent(name), set()).add(name.rsplit(".", 1)[-1])
+    for parent_name, children in by_parent.items():
+        parent = modules[parent_name]
+        if parent_name in stacks and isinstance(parent, nn.ModuleList):
+            remove_blocks(model, parent, children)
+        else:
+            for child in children:
+                setattr(parent, child, nn.Identity())
+
+
+class Rollback(Exception):
+    """Raised inside ``apply_plan``'s check to undo the pruning after reading the model."""
+
+
+T = TypeVar("T")
+
+
+def evaluate_applied(model: nn.Module, plan: Plan, evaluate: Callable[[nn.Module], T]) -> T:
+    """``evaluate(model)`` with the plan applied, then the model restored exactly.
+
+    Errors from ``evaluate`` (a pruned model that no longer runs, say) propagate after the
+    model is restored.
+    """
+    result: list[T] = []
+
+    def evaluate_and_undo(pruned: nn.Module) -> None:
+        result.append(evaluate(pruned))
+        raise Rollback
+
+    try:
+        apply_plan(model, plan, check=evaluate_and_undo)
+    except Rollback:
+        pass
+    return result[0]

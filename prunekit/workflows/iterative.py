@@ -1,0 +1,136 @@
+"""Iterative pruning: reach a target in several steps, fine-tuning between them.
+
+Pruning a little, letting the network recover, and pruning again keeps more accuracy than
+removing everything at once. Each step's plan is chained onto the previous ones, so the
+final model saves and reloads with one plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from ..api import prune
+from ..measure import Measurement, count_flops, count_params
+from ..errors import ConfigError
+from ..methods import PruningMethod
+from ..plan import Plan
+from .plots import new_figure, save
+from ..recover import evaluate_accuracy, train_classifier
+
+
+@dataclass
+class StepRecord:
+    """The model after one step (step 0 is the unpruned model)."""
+
+    step: int
+    params: int
+    flops: int
+    sparsity: float  # fraction of the original parameters removed
+    flop_reduction: float
+    accuracy: float | None
+
+
+@dataclass
+class History:
+    """What iterative pruning did: ``records[0]`` is the unpruned model, then one per step."""
+
+    records: list[StepRecord] = field(default_factory=list)
+    plan: Plan = field(default_factory=Plan)
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        return self.records[1:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records": [dataclasses.asdict(r) for r in self.records]}
+
+    def plot(self, path: str | Path) -> Path:
+        """Accuracy and sparsity per step, as a PNG."""
+        return save(self.figure(), path)
+
+    def figure(self):
+        """The plot as a matplotlib ``Figure`` (not attached to pyplot)."""
+        steps = [r.step for r in self.records]
+        figure = new_figure(6, 4)
+        left = figure.subplots()
+        left.plot(steps, [r.sparsity * 100 for r in self.records], "o-", label="params removed")
+        left.plot(steps, [r.flop_reduction * 100 for r in self.records], "s-", label="FLOPs removed")
+        left.set_xlabel("step")
+        left.set_ylabel("% removed")
+        left.legend(loc="upper left")
+        if all(r.accuracy is not None for r in self.records):
+            right = left.twinx()
+            right.plot(steps, [r.accuracy * 100 for r in self.records], "^-", color="tab:red",
+                       label="accuracy")
+            right.set_ylabel("accuracy (%)", color="tab:red")
+        return figure
+
+
+def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod, steps: int,
+                    *, train_data: Iterable | None = None, eval_data: Iterable | None = None,
+                    finetune_epochs: int = 1, lr: float = 1e-3,
+                    finetune: Callable[[nn.Module, int], None] | None = None,
+                    evaluate: Callable[[nn.Module], float] | None = None,
+                    data: Iterable | None = None,
+                    progress: Callable[[str], None] = lambda message: None) -> History:
+    """Prune ``model`` in place to ``method``'s target in ``steps`` steps, fine-tuning after each.
+
+    Args:
+        model: the model; pruned and fine-tuned in place.
+        example_inputs: as for ``pk.prune``.
+        method: the final target: ``ratio``, ``flops_target`` or ``params_target``.
+        steps: how many prune/fine-tune rounds.
+        train_data: ``(inputs, labels)`` batches for the built-in classification trainer
+            (``finetune_epochs`` epochs of Adam at ``lr`` after each step).
+        eval_data: ``(inputs, labels)`` batches; accuracy is recorded after every step.
+        finetune: your own ``finetune(model, step)`` instead of the built-in trainer.
+        evaluate: your own ``evaluate(model) -> float`` instead of accuracy on ``eval_data``.
+        data: calibration batches for data-driven criteria.
+
+    Returns:
+        A ``History`` with one record for the unpruned model and one per step, and the
+        chained plan (``history.plan``) for ``pk.save``.
+
+    Example:
+        >>> history = pk.iterative_prune(model, x, pk.FilterPruning(flops_target=0.5), steps=4,
+        ...                              train_data=train, eval_data=test, finetune_epochs=2)
+        >>> history.plot("history.png")
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    if finetune is None and train_data is not None:
+        def finetune(pruned: nn.Module, step: int) -> None:
+            train_classifier(pruned, train_data, epochs=finetune_epochs, lr=lr)
+    if evaluate is None and eval_data is not None:
+        def evaluate(pruned: nn.Module) -> float:
+            return evaluate_accuracy(pruned, eval_data)
+
+    base = Measurement(count_params(model), count_flops(model, example_inputs))
+
+    def record(step: int, size: Measurement) -> StepRecord:
+        return StepRecord(step, size.params, size.flops, 1 - size.params / base.params,
+                          1 - size.flops / max(base.flops, 1),
+                          evaluate(model) if evaluate is not None else None)
+
+    history = History([record(0, base)])
+    size = base
+    for step in range(1, steps + 1):
+        removed = {"params": 1 - size.params / max(base.params, 1),
+                   "flops": 1 - size.flops / max(base.flops, 1)}
+        this_step = method.step(step, steps, removed)
+        if this_step is not None:
+            progress(f"step {step}/{steps}: prune")
+            result = prune(model, example_inputs, this_step, data=data)
+            history.plan = result.plan if history.plan.is_empty else history.plan.then(result.plan)
+            size = result.after
+        if finetune is not None:  # fine-tuning changes weights, not sizes
+            progress(f"step {step}/{steps}: fine-tune")
+            finetune(model, step)
+        model.eval()
+        history.records.append(record(step, size))
+    return history

@@ -1,0 +1,100 @@
+"""Sensitivity analysis (Li et al. 2017): prune each group alone at several ratios and measure.
+
+Layers whose accuracy collapses when pruned alone should be spared (given an override ratio
+of 0); the rest can take more. Every trial is applied in place and rolled back, so the model
+is never changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from ..surgery.apply import evaluate_applied
+from ..methods import FilterPruning, PruneContext, PruningMethod
+from ..calls import evaluating
+from .plots import new_figure, save
+from ..recover import evaluate_accuracy
+
+
+@dataclass
+class SensitivityRow:
+    group: str  # the first module of the group
+    channels: int
+    ratio: float
+    accuracy: float
+
+
+@dataclass
+class Sensitivity:
+    baseline: float
+    rows: list[SensitivityRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "rows": [asdict(r) for r in self.rows]}
+
+    def by_group(self) -> dict[str, list[SensitivityRow]]:
+        """Each group's rows in the order tried (groups in model order)."""
+        groups: dict[str, list[SensitivityRow]] = {}
+        for row in self.rows:
+            groups.setdefault(row.group, []).append(row)
+        return groups
+
+    def to_markdown(self) -> str:
+        ratios = sorted({r.ratio for r in self.rows})
+        lines = [f"Accuracy with one group pruned (unpruned: {self.baseline:.1%})", "",
+                 "| group | channels | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |",
+                 "|---|---|" + "---|" * len(ratios)]
+        for group, rows in self.by_group().items():
+            cells = {r.ratio: r for r in rows}
+            lines.append(f"| {group} | {rows[0].channels} | "
+                         + " | ".join(f"{cells[r].accuracy:.1%}" for r in ratios) + " |")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | Path) -> Path:
+        figure = self.figure()
+        return save(figure, path)
+
+    def figure(self):
+        """The plot as a matplotlib ``Figure`` (not attached to pyplot)."""
+        figure = new_figure(7, 4)
+        axes = figure.subplots()
+        for group, rows in self.by_group().items():
+            axes.plot([r.ratio for r in rows], [r.accuracy * 100 for r in rows], "o-",
+                      label=group)
+        axes.axhline(self.baseline * 100, color="black", linestyle=":", label="unpruned")
+        axes.set_xlabel("fraction of the group's channels removed")
+        axes.set_ylabel("accuracy (%)")
+        axes.legend(fontsize=7, ncol=2)
+        return figure
+
+
+def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | None = None,
+                ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
+                method: PruningMethod | None = None,
+                evaluate: Callable[[nn.Module], float] | None = None,
+                data: Iterable | None = None, loss_fn=None,
+                progress: Callable[[str], None] = lambda message: None) -> Sensitivity:
+    """Accuracy (or ``evaluate(model)``) with each of the method's candidates alone pruned at
+    each ratio (for ``LayerPruning``: each candidate layer removed); the model is not changed.
+
+    Example:
+        >>> table = pk.sensitivity(model, x, test_batches)
+        >>> print(table.to_markdown()); table.plot("sensitivity.png")
+    """
+    method = method or FilterPruning(criterion="l1")
+    if evaluate is None:
+        def evaluate(candidate: nn.Module) -> float:
+            return evaluate_accuracy(candidate, eval_data)
+    context = PruneContext(data=list(data) if data is not None else None, loss_fn=loss_fn)
+    with evaluating(model):
+        result = Sensitivity(evaluate(model))
+        trials = list(method.trials(model, example_inputs, ratios, context))
+        for index, trial in enumerate(trials, 1):
+            progress(f"trial {index}/{len(trials)}: {trial.label} at {trial.ratio:g}")
+            accuracy = evaluate_applied(model, trial.plan, evaluate)
+            result.rows.append(SensitivityRow(trial.label, trial.size, trial.ratio, accuracy))
+    return result
