@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
 from benchmarks.models import ModelCase, cases  # noqa: E402
-from prunekit.measure import count_flops  # noqa: E402
 from prunekit.calls import call_model, iter_tensors  # noqa: E402
+from prunekit.measure import count_flops  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
 from benchmarks.models import ModelCase, cases  # noqa: E402
-from prunekit.measure import count_flops, count_params  # noqa: E402
 from prunekit.calls import call_model, iter_tensors  # noqa: E402
+from prunekit.measure import count_flops, count_params  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RATIO = 0.5

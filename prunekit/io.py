@@ -7,10 +7,10 @@ from pathlib import Path
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .surgery.apply import apply_plan
 from .errors import PlanError
 from .hf.config import update_config
 from .plan import Plan
+from .surgery.apply import apply_plan
 
 WEIGHTS_FILE = "model.safetensors"
 PLAN_FILE = "plan.json"

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 import logging
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -15,8 +15,11 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from .calls import evaluating  # noqa: E402
-from .calls import call_model, iter_tensors  # noqa: E402
+from .calls import (  # noqa: E402
+    call_model,
+    evaluating,  # noqa: E402
+    iter_tensors,
+)
 
 
 @dataclass

@@ -224,8 +224,8 @@ class ExtraTokens(torch.nn.Module):
 ])
 def test_multihead_attention_with_its_other_options_loses_whole_heads(build, inputs, kept_shapes,
                                                                       tmp_path):
-    from prunekit.surgery.handlers.attention import PrunedMultiheadAttention
     from prunekit.checks.verify import mask
+    from prunekit.surgery.handlers.attention import PrunedMultiheadAttention
 
     original = build().eval()
     result = check_pruned(original, inputs, pk.HeadPruning(0.5, "l2"), tmp_path)

@@ -13,8 +13,8 @@ import torch
 import transformers
 
 import prunekit as pk
-from prunekit.graph.rules import HEAD_COUNT
 from prunekit.checks.verify import mask
+from prunekit.graph.rules import HEAD_COUNT
 
 from .helpers import check_pruned, outputs
 

@@ -14,11 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..surgery.apply import evaluate_applied, tensor_owners
-from ..calls import evaluating
+from ..calls import call_model, evaluating, iter_tensors
 from ..plan import Plan
-from ..calls import call_model, iter_tensors
-
+from ..surgery.apply import evaluate_applied, tensor_owners
 
 # float32 rounding differs between a masked and a pruned model (sums over fewer terms) and
 # grows through deep networks: up to about 3e-5 of the output scale in a 6-layer BERT. A real

@@ -7,18 +7,21 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+except ImportError as error:  # the command line is an extra
+    raise SystemExit("the prunekit command needs its extra: pip install 'prunekit[cli]'") from error
 
 from ..api import prune as prune_model
-from ..importance import criterion_names
 from ..errors import ConfigError, PruneError
+from ..graph.dependency import DependencyGraph
+from ..importance import criterion_names
 from ..io import save
 from ..measure import measure
-from ..graph.dependency import DependencyGraph
 from ..methods import PruningMethod, cli_methods
 from .sources import example_inputs, first_inputs, load_data, load_model, parse_ratios
 

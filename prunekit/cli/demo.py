@@ -14,12 +14,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..workflows.compare import Comparison, compare
-from .data import Digits, load_digits
-from ..workflows.iterative import iterative_prune
 from ..methods import FilterPruning
 from ..recover import train_classifier
+from ..workflows.compare import Comparison, compare
+from ..workflows.iterative import iterative_prune
 from ..workflows.sensitivity import sensitivity
+from .data import Digits, load_digits
 
 
 class ResidualBlock(nn.Module):

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import HEAD_COUNT, is_layer_norm
+from .trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 
 _HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head"}
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..calls import call_model, evaluating, iter_tensors
 from ..errors import TraceError, UnsupportedOpError
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import RULES
-from ..calls import call_model, evaluating, iter_tensors
 
 
 @dataclass

@@ -14,12 +14,12 @@ from torch import nn
 from ..errors import ConfigError, PruneError
 from ..graph.dependency import DependencyGraph, Group, Member
 from ..importance import ChannelView, get_criterion
+from ..plan import Plan
 from ..planning import selection
 from ..planning.budgets import ratio_for_budget
 from ..planning.plans import plan_from_keep
-from ..plan import Plan
 from ..recover.reconstruct import reconstruct
-from .base import PreviewRow, PruneContext, PruningMethod, Proposal, Trial, check_ratio
+from .base import PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
 
 
 @dataclass

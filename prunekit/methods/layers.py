@@ -10,12 +10,12 @@ from torch import nn
 from ..checks.checks import BlocksBypassed, Runs
 from ..errors import ConfigError
 from ..importance import get_criterion
-from ..measure import count_flops
 from ..layers import choose_layers, find_layer_candidates, layer_importance, removal
+from ..measure import count_flops
 from ..plan import Plan
 from ..planning.budgets import shortest_prefix_for_budget
 from ..surgery.stacks import find_block_stack
-from .base import PreviewRow, PruningMethod, Proposal, Trial, check_ratio
+from .base import PreviewRow, Proposal, PruningMethod, Trial, check_ratio
 
 
 @dataclass

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ..batches import split_batch
-from ..calls import evaluating
-from ..calls import call_model
+from ..calls import call_model, evaluating
 
 
 def recalibrate_norms(model: nn.Module, data: Iterable) -> int:

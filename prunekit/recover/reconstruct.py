@@ -16,9 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..batches import split_batch
-from ..calls import evaluating
+from ..calls import call_model, evaluating
 from ..plan import Plan
-from ..calls import call_model
 
 MAX_ROWS = 20_000  # least-squares rows kept per layer (random positions), plenty for a fit
 RIDGE = 1e-4  # relative Tikhonov term: keeps the fit stable when inputs are collinear

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
-from .handlers import sync_attributes
 from ..plan import Plan
+from .handlers import sync_attributes
 from .stacks import model_config, remove_blocks
 
 

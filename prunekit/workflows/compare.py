@@ -19,8 +19,8 @@ from torch import nn
 from ..api import prune
 from ..measure import count_flops, count_params, measure_latency
 from ..methods import ChannelPruning, FilterPruning, LayerPruning
-from .plots import new_figure, save, series_colour
 from ..recover import evaluate_accuracy, recalibrate_norms, train_classifier
+from .plots import new_figure, save, series_colour
 
 
 def default_methods(flops_target: float) -> dict[str, Any]:

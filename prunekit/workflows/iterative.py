@@ -15,12 +15,12 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from ..api import prune
-from ..measure import Measurement, count_flops, count_params
 from ..errors import ConfigError
+from ..measure import Measurement, count_flops, count_params
 from ..methods import PruningMethod
 from ..plan import Plan
-from .plots import new_figure, save
 from ..recover import evaluate_accuracy, train_classifier
+from .plots import new_figure, save
 
 
 @dataclass

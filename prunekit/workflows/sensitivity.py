@@ -13,11 +13,11 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from ..surgery.apply import evaluate_applied
-from ..methods import FilterPruning, PruneContext, PruningMethod
 from ..calls import evaluating
-from .plots import new_figure, save
+from ..methods import FilterPruning, PruneContext, PruningMethod
 from ..recover import evaluate_accuracy
+from ..surgery.apply import evaluate_applied
+from .plots import new_figure, save
 
 
 @dataclass

@@ -4,15 +4,15 @@ its input dims (see ``base.py`` for what a rule is and how to register your own)
 from . import (  # noqa: F401  (register the rules)
     attention,
     convolution,
+    elementwise,
     indexing,
     linear,
     norms,
-    pointwise,
     reductions,
     reshape,
 )
 from .base import RULES, broadcast, register_rule, rule
-from .pointwise import pointwise
+from .elementwise import pointwise
 from .reductions import is_layer_norm
 from .reshape import HEAD_COUNT
 

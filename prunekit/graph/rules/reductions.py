@@ -15,7 +15,7 @@ from .base import (
     rule,
     tensors_of,
 )
-from .pointwise import pointwise
+from .elementwise import pointwise
 
 
 # -- reductions and ops that mix channels -------------------------------------------------------

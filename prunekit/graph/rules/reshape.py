@@ -16,7 +16,7 @@ from .base import (
     int_attributes,
     rule,
 )
-from .pointwise import same_as_self
+from .elementwise import same_as_self
 
 
 def reshape_specs(ctx, specs: list[Spec], in_shape, out_shape) -> list[Spec]:
