@@ -85,6 +85,8 @@ class TraceResult:
 
 
 def op_name(func: Callable) -> str:
+    if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(func)  # a custom operator: "mylib.fused_gelu"
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     return name.replace("_VariableFunctionsClass.", "torch.").replace("TensorBase.", "Tensor.")
 

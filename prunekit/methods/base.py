@@ -159,4 +159,6 @@ def check_ratio(ratio: Any, what: str) -> None:
 
 def cli_methods() -> dict[str, type[PruningMethod]]:
     """``{command-line name: method class}`` of every method that has one."""
-    return {cls.cli_name: cls for cls in METHODS.values() if cls.cli_name}
+    # only a class's own name: a user's subclass of FilterPruning does not take over "filter"
+    return {cls.__dict__["cli_name"]: cls for cls in METHODS.values()
+            if cls.__dict__.get("cli_name")}

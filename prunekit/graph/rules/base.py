@@ -38,33 +38,41 @@ def rule(*names: str):
     return register
 
 
-def register_rule(op: Callable | type | str, coupling: Callable) -> None:
+def register_rule(op: Callable | str, coupling: Callable) -> None:
     """Teach the tracer how ``op`` couples the channels of its inputs and outputs.
 
+    The tracer sees every torch function, tensor method and custom operator
+    (``torch.library.custom_op``, ``torch.ops.mylib.op``) a model calls; an op without a rule
+    fixes the dims it touches. (A ``torch.autograd.Function`` needs no rule: the torch ops in
+    its ``forward`` are traced one by one.)
+
     Args:
-        op: the function or method the model calls (``my_ops.fused_gelu``), a
-            ``torch.autograd.Function`` subclass (its ``apply`` is what runs), or a name looked
-            up in ``torch``, ``torch.Tensor`` and ``torch.nn.functional``.
+        op: the function, method or custom operator the model calls, or a name looked up in
+            ``torch``, ``torch.Tensor`` and ``torch.nn.functional``.
         coupling: ``coupling(ctx, args, kwargs, out)``; see the module docstring. For an
-            elementwise op, ``prunekit.graph.rules.pointwise`` is the rule.
+            elementwise op, ``pk.rules.pointwise`` is the rule.
 
     Example:
-        >>> pk.register_rule(FusedBiasGelu, pk.rules.pointwise)
+        >>> pk.register_rule(torch.ops.mylib.fused_gelu, pk.rules.pointwise)
     """
+    if not callable(coupling):
+        raise ConfigError(f"register_rule: coupling must be a function (ctx, args, kwargs, "
+                          f"out), got {coupling!r}")
     if isinstance(op, str):
         found = [getattr(ns, op) for ns in _NAMESPACES if callable(getattr(ns, op, None))]
         if not found:
             raise ConfigError(f"register_rule: no torch function or method is called {op!r}; "
                               f"pass the function object itself")
-        for func in found:
-            RULES[func] = coupling
-        return
-    if isinstance(op, type) and issubclass(op, torch.autograd.Function):
-        op = op.apply
-    if not callable(op) or not callable(coupling):
-        raise ConfigError(f"register_rule(op, coupling) takes a callable op and a coupling "
-                          f"rule(ctx, args, kwargs, out); got {op!r} and {coupling!r}")
-    RULES[op] = coupling
+    elif callable(op):
+        # a custom operator is seen as its packet (torch.ops.lib.op) or one overload of it
+        found = [op] + [getattr(op, name) for name in ("_opoverload", "default", "overloadpacket")
+                        if getattr(op, name, None) is not None]
+        found += [f.overloadpacket for f in found if getattr(f, "overloadpacket", None)]
+    else:
+        raise ConfigError(f"register_rule: op must be a function, method or custom operator, "
+                          f"got {op!r}")
+    for func in found:
+        RULES[func] = coupling
 
 
 def arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:

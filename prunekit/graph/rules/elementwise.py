@@ -47,3 +47,11 @@ def new_tensor(ctx, args, kwargs, out):
     """A new tensor whose values do not come from any input: its dims are its own, fixed."""
     for result in tensors_of(out):
         ctx.fresh(result, f"tensor created in {ctx.module_path}")
+
+
+@rule("numpy", "tolist", "__array__")
+def leaves_torch(ctx, args, kwargs, out):
+    """Values that leave torch come back as new tensors the trace cannot connect: the dims
+    they left from must keep every channel."""
+    for tensor in tensors_of(args):
+        ctx.fix(tensor, f"values leave torch (.numpy()/.tolist()) in {ctx.module_path}")

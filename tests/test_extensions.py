@@ -1,0 +1,167 @@
+"""Each extension point is one registration or one subclass, and works through every path:
+a user's own method, criterion, coupling rule and module handler."""
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+
+from .helpers import outputs
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+
+
+@dataclass
+class ThreeByThreeFilters(pk.FilterPruning):
+    """Prune only the groups whose producers are all 3×3 convolutions."""
+
+    def candidates(self, graph):
+        modules = dict(graph.model.named_modules())
+
+        def from_3x3(group):
+            producers = [modules[m.name.rsplit(".", 1)[0]] for m in group.members
+                         if m.role == "out" and m.name.endswith("weight")]
+            return producers and all(isinstance(p, nn.Conv2d) and p.kernel_size == (3, 3)
+                                     for p in producers)
+
+        return [g for g in super().candidates(graph) if from_3x3(g)]
+
+
+def test_a_users_method_prunes_saves_and_reloads(tmp_path):
+    model, x = small_cnn(), torch.randn(2, 3, 8, 8)
+    original = copy.deepcopy(model)
+    result = pk.prune(model, x, ThreeByThreeFilters(ratio=0.5))
+    assert result.report.ok and "equivalent" in str(result.report)
+    assert model[0].out_channels == 8 and model[6].out_channels == 16  # 3x3 producers
+    assert model[3].out_channels == 16  # the 1x1 producer's group is not a candidate
+    assert result.plan.method["method"] == "ThreeByThreeFilters"
+    assert pk.PruningMethod.from_dict(result.plan.method) == ThreeByThreeFilters(ratio=0.5)
+    pk.save(model, tmp_path, result.plan)
+    restored = pk.load(tmp_path, copy.deepcopy(original))
+    for a, b in zip(outputs(restored, x), outputs(model, x)):
+        assert torch.equal(a, b)
+
+
+def test_a_users_method_runs_iteratively_and_in_sensitivity():
+    model, x = small_cnn(), torch.randn(2, 3, 8, 8)
+    history = pk.iterative_prune(model, x, ThreeByThreeFilters(ratio=0.75), steps=2)
+    assert len(history.steps) == 2 and model[3].out_channels == 16
+    assert model[0].out_channels == 4  # 16 -> 8 -> 4: compounding to 0.75
+    table = pk.sensitivity(small_cnn(), x, ratios=(0.5,), method=ThreeByThreeFilters(),
+                           evaluate=lambda m: float(m(x).detach().abs().sum()))
+    assert [row.group for row in table.rows] == ["0", "6"]  # only the 3x3 producers' groups
+
+
+def test_the_command_line_keeps_its_names_when_users_subclass():
+    from prunekit.methods import cli_methods
+
+    assert cli_methods()["filter"] is pk.FilterPruning
+
+
+class LargestWeight(pk.WeightCriterion):
+    """Each channel's largest |weight| over the members shown."""
+
+    def score(self, views, generator):
+        return torch.stack([v.matrix.abs().amax(1).double() for v in views]).sum(0)
+
+
+def test_a_registered_criterion_is_used_and_named_everywhere():
+    pk.register_criterion("largest", LargestWeight(), scores=("channels", "heads"))
+    assert "largest" in pk.criterion_names("channels") and "largest" in pk.criterion_names("heads")
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(0.1)
+        model[0].weight[2, 0] = 5.0  # one large weight: only 'largest' ranks channel 2 first
+        model[0].weight[1].fill_(0.2)  # the largest L1 norm
+    result = pk.prune(model, torch.randn(1, 3, 4, 4), pk.FilterPruning(0.75, "largest"))
+    assert result.plan.tensors["0.weight"][0] == [2]
+    with pytest.raises(pk.ConfigError, match="unknown criterion 'largest' for layers"):
+        pk.LayerPruning(criterion="largest")
+    with pytest.raises(pk.ConfigError, match="WeightCriterion or DataCriterion"):
+        pk.register_criterion("bad", object())
+
+
+@torch.library.custom_op("prunekit_test::shifted_relu", mutates_args=())
+def shifted_relu(x: torch.Tensor) -> torch.Tensor:
+    return (x - 0.1).clamp_min(0)
+
+
+@shifted_relu.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class WithCustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.ops.prunekit_test.shifted_relu(self.a(x)))
+
+
+def test_a_registered_rule_makes_a_custom_op_prunable():
+    x = torch.randn(1, 3, 4, 4)
+    graph = pk.DependencyGraph(WithCustomOp().eval(), x)
+    assert graph.groups == [] and [u.op for u in graph.unknown_ops] == [
+        "prunekit_test.shifted_relu"]
+    pk.register_rule(torch.ops.prunekit_test.shifted_relu, pk.rules.pointwise)
+    model = WithCustomOp().eval()
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert model.a.out_channels == 4 and result.report.ok
+
+
+class Scale(nn.Module):
+    """A per-channel scale that checks its width in forward, where no trace can see it."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+        self.channels = channels
+
+    def forward(self, x):
+        if x.shape[1] != self.channels:
+            raise ValueError(f"expected {self.channels} channels")
+        return x * self.weight[:, None, None]
+
+
+def test_a_registered_handler_keeps_a_custom_module_consistent():
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 1), Scale(8), nn.Conv2d(8, 2, 1)).eval()
+
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(pk.PruneError, match="expected 8 channels"):
+        pk.prune(model(), x, pk.FilterPruning(0.5))  # the only group breaks the model
+    pk.register_handler(Scale, lambda m: setattr(m, "channels", m.weight.shape[0]))
+    pruned = model()
+    result = pk.prune(pruned, x, pk.FilterPruning(0.5))
+    assert pruned[1].channels == 4 and result.report.ok
+
+
+def readme_section(title: str) -> list[str]:
+    text = README.read_text()
+    section = text.split(f"### {title}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_the_readme_extension_examples_run(index):
+    blocks = readme_section("Extending prunekit")
+    assert len(blocks) == 4
+    exec(compile(blocks[index], f"README example {index}", "exec"), {})

@@ -1,0 +1,141 @@
+"""The coupling rules, table-driven: for one op family each, which channels the traced graph
+ties together and where each group's channels sit in every member tensor.
+
+Each case names a tiny model, the groups expected (sizes, members) and, for one group, the
+indices a member keeps when that group keeps some channels — the offsets of a
+concatenation, the blocks of a flatten, the heads inside a projection.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit as pk
+from prunekit.planning.plans import plan_from_keep
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1), nn.Conv2d(10, 5, 1)
+
+    def forward(self, x):
+        return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+
+class Halves(nn.Module):
+    """chunk(2) needs equal halves, so both halves lose the same channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(4, 5, 1)
+
+    def forward(self, x):
+        u, v = self.a(x).chunk(2, 1)
+        return self.b(u) + self.c(v)
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = nn.Conv2d(3, 4, 1), nn.Linear(16, 5)
+
+    def forward(self, x):  # (B, 4, 2, 2) -> (B, 16): channel c is features 4c .. 4c + 3
+        return self.fc(self.a(x).flatten(1))
+
+
+class GroupedQueryAttention(nn.Module):
+    def __init__(self, heads=4, kv_heads=2, head_dim=8):
+        super().__init__()
+        self.num_heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q, self.o = nn.Linear(16, heads * head_dim), nn.Linear(heads * head_dim, 16)
+        self.k, self.v = nn.Linear(16, kv_heads * head_dim), nn.Linear(16, kv_heads * head_dim)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def rows(*ranges):
+    return [i for start, stop in ranges for i in range(start, stop)]
+
+
+CASES = {
+    # name: (model, inputs, groups as (size, members), (group index, kept, tensor, dim, kept there))
+    "cat: offsets": (
+        Concat, torch.randn(1, 3, 4, 4),
+        [(4, ["a.bias[out]", "a.weight[out]", "c.weight[in]"]),
+         (6, ["b.bias[out]", "b.weight[out]", "c.weight[in]"])],
+        (1, [0, 5], "c.weight", 1, [0, 1, 2, 3, 4, 9])),
+    "chunk: equal halves tied": (
+        Halves, torch.randn(1, 3, 4, 4),
+        [(4, ["a.bias[out]", "a.weight[out]", "b.weight[in]", "c.weight[in]"])],
+        (0, [0, 1], "a.weight", 0, [0, 1, 4, 5])),
+    "flatten: a channel is a block of features": (
+        FlattenLinear, torch.randn(1, 3, 2, 2),
+        [(4, ["a.bias[out]", "a.weight[out]", "fc.weight[in]"])],
+        (0, [1], "fc.weight", 1, [4, 5, 6, 7])),
+    "grouped convolution: channels within each group": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2),
+                              nn.Conv2d(8, 4, 1)), torch.randn(1, 3, 6, 6),
+        [(4, ["0.bias[out]", "0.weight[out]", "1.weight[in]"]),
+         (4, ["1.bias[out]", "1.weight[out]", "2.weight[in]"])],
+        (0, [0, 1], "0.weight", 0, [0, 1, 4, 5])),
+    "depthwise convolution: in and out are the same channels": (
+        lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=4),
+                              nn.Conv2d(4, 2, 1)), torch.randn(1, 3, 6, 6),
+        [(4, ["0.bias[out]", "0.weight[out]", "1.bias[out]", "1.weight[out]", "2.weight[in]"])],
+        (0, [3], "1.weight", 0, [3])),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_coupling(name):
+    build, x, expected, (index, kept, tensor, dim, kept_there) = CASES[name]
+    graph = pk.DependencyGraph(build().eval(), x)
+    assert [(g.size, [str(m) for m in g.members]) for g in graph.groups] == expected
+    group = graph.groups[index]
+    plan = plan_from_keep(graph, {group.axis: torch.tensor(kept)}, {})
+    assert plan.tensors[tensor][dim] == kept_there
+
+
+def test_grouped_query_attention_ties_each_kv_head_to_its_query_heads():
+    graph = pk.DependencyGraph(GroupedQueryAttention().eval(), torch.randn(1, 5, 16))
+    (heads,) = graph.head_groups()
+    assert heads.size == 2  # key/value heads
+    plan = plan_from_keep(graph, {heads.axis: torch.tensor([0])}, {})
+    assert plan.tensors["k.weight"][0] == rows((0, 8))
+    assert plan.tensors["q.weight"][0] == rows((0, 16))  # query heads 0 and 1 read kv head 0
+    assert plan.tensors["o.weight"][1] == rows((0, 16))
+    assert plan.attributes[""]["num_heads"] == 2 and plan.attributes[""]["kv_heads"] == 1
+
+
+def test_multihead_attention_heads_are_thirds_of_the_packed_projection():
+    model = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(1, 5, 16)
+    graph = pk.DependencyGraph(model, (x, x, x))
+    (heads,) = graph.head_groups()
+    assert heads.size == 4
+    plan = plan_from_keep(graph, {heads.axis: torch.tensor([0, 1, 2])}, {})
+    assert plan.tensors["in_proj_weight"][0] == rows((0, 12), (16, 28), (32, 44))
+    assert plan.tensors["out_proj.weight"][1] == rows((0, 12))
+
+
+def test_an_op_without_a_rule_fixes_its_dims_and_is_listed():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(torch.fft.fft2(self.a(x)).real)
+
+    graph = pk.DependencyGraph(Odd().eval(), torch.randn(1, 3, 4, 4))
+    assert graph.groups == [] and any("fft2" in u.op for u in graph.unknown_ops)
+    with pytest.raises(pk.UnsupportedOpError, match="fft2"):
+        pk.DependencyGraph(Odd().eval(), torch.randn(1, 3, 4, 4), strict=True)
