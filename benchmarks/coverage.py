@@ -1,4 +1,4 @@
-"""Coverage: prune every model in ``benchmarks/models.py`` at 0.5 with FilterPruning("l1").
+"""Coverage: prune every model in ``tests/model_cases.py`` at 0.5 with FilterPruning("l1").
 
 For each model: trace and prune times, params and FLOPs before and after, the equivalence
 error of the masked vs the pruned model, output structure, and a backward pass. Writes
@@ -11,11 +11,9 @@ error of the masked vs the pruned model, output structure, and a backward pass. 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,56 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import prunekit as pk  # noqa: E402
-from benchmarks.models import ModelCase, cases  # noqa: E402
-from prunekit.calls import call_model, iter_tensors  # noqa: E402
-from prunekit.measure import count_flops  # noqa: E402
+from tests.coverage_contract import check_case  # noqa: E402
+from tests.model_cases import ModelCase, cases  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def structure(outputs: Any) -> list[tuple[int, ...]]:
-    return [tuple(t.shape) for t in iter_tensors(outputs)]
-
-
-def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
-    """Prune one model and check the whole contract; raises AssertionError when it fails."""
-    torch.manual_seed(0)
-    model, inputs = case.build()
-    model.eval()
-    original = copy.deepcopy(model)
-    with torch.no_grad():
-        before_structure = structure(call_model(model, inputs))
-    start = time.perf_counter()
-    graph = pk.DependencyGraph(model, inputs)
-    trace_s = time.perf_counter() - start
-    n_groups, unknown = len(graph.groups), sorted({u.op for u in graph.unknown_ops})
-    del graph
-    start = time.perf_counter()
-    result = pk.prune(model, inputs, pk.FilterPruning(ratio, "l1"))
-    prune_s = time.perf_counter() - start
-    with torch.no_grad():
-        after_structure = structure(call_model(model, inputs))
-    report = pk.verify(original, inputs, result.plan)
-    differentiable = [t for t in iter_tensors(call_model(model, inputs))
-                      if t.is_floating_point() and t.requires_grad]
-    if differentiable:
-        sum(t.float().mean() for t in differentiable).backward()
-    backward_ok = bool(differentiable) and any(
-        p.grad is not None for p in model.parameters())
-    row = {
-        "family": case.family, "model": case.name, "groups": n_groups,
-        "params_before": result.before.params, "params_after": result.after.params,
-        "flops_before": result.before.flops, "flops_after": count_flops(model, inputs),
-        "equivalence_error": report.relative_diff, "trace_s": trace_s, "prune_s": prune_s,
-        "skipped_groups": len(result.skipped), "unknown_ops": unknown,
-        "backward": backward_ok,
-    }
-    assert before_structure == after_structure, f"output shapes changed: {after_structure}"
-    assert result.after.params < result.before.params, "no parameter was removed"
-    assert report.ok, str(report)
-    assert backward_ok, "no gradient reached the parameters"
-    return row
 
 
 def run(selected: list[ModelCase]) -> list[dict[str, Any]]:

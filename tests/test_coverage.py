@@ -6,10 +6,12 @@ model beyond its example inputs; output shapes must be unchanged, parameters red
 and pruned outputs equal, and a backward pass must reach the parameters.
 """
 
+import gc
+
 import pytest
 
-from benchmarks.coverage import check_case
-from benchmarks.models import UNSUPPORTED, ci_cases
+from .coverage_contract import check_case
+from .model_cases import UNSUPPORTED, ci_cases
 
 
 def _param(case):
@@ -18,6 +20,13 @@ def _param(case):
     return pytest.param(case, id=case.id, marks=marks)
 
 
+@pytest.fixture(autouse=True)
+def free_each_model():
+    yield
+    gc.collect()  # the next model should not share memory with this one's cycles
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [_param(c) for c in ci_cases()])
 def test_model_prunes_and_verifies(case):
     row = check_case(case)

@@ -1,0 +1,60 @@
+"""The coverage contract for one real architecture, shared by the test sweep and the coverage
+benchmark (which records the same numbers for every model)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+import prunekit as pk
+from prunekit.calls import call_model, iter_tensors
+from prunekit.measure import count_flops
+
+from .model_cases import ModelCase
+
+
+def structure(outputs: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in iter_tensors(outputs)]
+
+
+def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
+    """Prune one model and check the whole contract; raises AssertionError when it fails."""
+    torch.manual_seed(0)
+    model, inputs = case.build()
+    model.eval()
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        before_structure = structure(call_model(model, inputs))
+    start = time.perf_counter()
+    graph = pk.DependencyGraph(model, inputs)
+    trace_s = time.perf_counter() - start
+    n_groups, unknown = len(graph.groups), sorted({u.op for u in graph.unknown_ops})
+    del graph
+    start = time.perf_counter()
+    result = pk.prune(model, inputs, pk.FilterPruning(ratio, "l1"))
+    prune_s = time.perf_counter() - start
+    with torch.no_grad():
+        after_structure = structure(call_model(model, inputs))
+    report = pk.verify(original, inputs, result.plan)
+    differentiable = [t for t in iter_tensors(call_model(model, inputs))
+                      if t.is_floating_point() and t.requires_grad]
+    if differentiable:
+        sum(t.float().mean() for t in differentiable).backward()
+    backward_ok = bool(differentiable) and any(
+        p.grad is not None for p in model.parameters())
+    row = {
+        "family": case.family, "model": case.name, "groups": n_groups,
+        "params_before": result.before.params, "params_after": result.after.params,
+        "flops_before": result.before.flops, "flops_after": count_flops(model, inputs),
+        "equivalence_error": report.relative_diff, "trace_s": trace_s, "prune_s": prune_s,
+        "skipped_groups": len(result.skipped), "unknown_ops": unknown,
+        "backward": backward_ok,
+    }
+    assert before_structure == after_structure, f"output shapes changed: {after_structure}"
+    assert result.after.params < result.before.params, "no parameter was removed"
+    assert report.ok, str(report)
+    assert backward_ok, "no gradient reached the parameters"
+    return row
