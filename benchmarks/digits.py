@@ -219,7 +219,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--no-torch-pruning", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="where digits.{json,md,png} go (a quick run should not replace "
+                             "the published ones)")
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = args.results
     targets = [float(t) for t in args.flops_targets.split(",")]
     runs = [run_seed(seed, targets, args.epochs, args.finetune_epochs,
                      not args.no_torch_pruning) for seed in range(args.seeds)]

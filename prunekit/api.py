@@ -9,7 +9,7 @@ from torch import nn
 
 from .calls import evaluating
 from .checks.bisection import SkippedGroup, largest_passing_plan
-from .checks.checks import CheckReport, shapes_allowed
+from .checks.checks import CheckReport
 from .checks.verify import DEFAULT_TOLERANCE
 from .errors import ConfigError, PruneError
 from .measure import Measurement, count_params, flops_and_shapes
@@ -95,38 +95,16 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
         flops, shapes = flops_and_shapes(model, example_inputs)
         before = Measurement(count_params(model), flops)
         outcome = largest_passing_plan(model, example_inputs, proposal,
-                                       method.check(check, tolerance, shapes))
+                                       method.check(check, tolerance, shapes), before)
         del proposal  # a traced graph holds references to the unpruned tensors
         if outcome.skipped and outcome.plan.is_empty:
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in outcome.skipped[:3])
             raise PruneError(f"nothing could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
         recovery = method.recovery(model, context)
-        after_flops = _apply(model, example_inputs, outcome.plan, shapes, recovery)
-        after = Measurement(count_params(model), after_flops)
-    return PruneResult(outcome.plan, before, after, outcome.skipped,
+        # the one place the model changes: the checked plan, and recovery in the same transaction
+        apply_plan(model, outcome.plan,
+                   check=None if recovery is None else lambda pruned: recovery(pruned,
+                                                                               outcome.plan))
+    return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
                        method.update_config(model), outcome.report)
-
-
-def _apply(model: nn.Module, example_inputs: Any, plan: Plan, shapes: list,
-           recovery: Callable[[nn.Module, Plan], None] | None) -> int:
-    """Apply the checked plan and run the method's recovery in one transaction, undone
-    unless the model still runs with output shapes no larger than before; returns the pruned
-    model's FLOPs."""
-    flops_after: list[int] = []
-
-    def finish(pruned: nn.Module) -> None:
-        if recovery is not None:
-            recovery(pruned, plan)
-        try:
-            flops, new_shapes = flops_and_shapes(pruned, example_inputs)
-        except Exception as error:
-            raise PruneError(f"the pruned model no longer runs ({type(error).__name__}: "
-                             f"{error}); the model was left unchanged") from error
-        if not shapes_allowed(new_shapes, shapes, may_narrow=True):
-            raise PruneError(f"pruning changed the output shapes {shapes} -> {new_shapes}; "
-                             f"the model was left unchanged")
-        flops_after.append(flops)
-
-    apply_plan(model, plan, check=finish)
-    return flops_after[0]

@@ -55,6 +55,14 @@ def flops_and_outputs(model: nn.Module, example_inputs: Any) -> tuple[int, list[
     return int(counter.get_total_flops()), outputs
 
 
+def size_and_outputs(model: nn.Module, example_inputs: Any
+                     ) -> tuple[Measurement, list[torch.Tensor]]:
+    """Parameters and FLOPs of ``model``, and every tensor one forward pass returns: what a
+    check reads from the pruned model, measured in the forward pass it makes anyway."""
+    flops, outputs = flops_and_outputs(model, example_inputs)
+    return Measurement(count_params(model), flops), outputs
+
+
 def measure_latency(model: nn.Module, example_inputs: Any, min_run_time: float = 0.5) -> float:
     """Median milliseconds per forward pass, in eval mode without autograd."""
     with evaluating(model):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ..measure import Measurement
 from ..plan import Plan
 from .checks import Check, CheckReport
 
@@ -34,19 +35,24 @@ class SkippedGroup:
 
 @dataclass
 class Bisection:
-    """The largest plan that passed the check, what was left out, and the check's report on
-    that plan (None when nothing was proposed)."""
+    """The largest plan that passed the check, what was left out and why, the model's size
+    before and with the plan applied, and the check's report on that plan (None when nothing
+    passed)."""
 
     plan: Plan
+    before: Measurement
+    after: Measurement
     skipped: list[SkippedGroup] = field(default_factory=list)
     report: CheckReport | None = None
     tries: int = 0
 
 
 def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Proposal,
-                         check: Check) -> Bisection:
-    """Check the whole proposal, then bisect its pieces until every failing one is found."""
-    result = Bisection(proposal.plan([]))
+                         check: Check, before: Measurement) -> Bisection:
+    """Check the whole proposal, then bisect its pieces until every failing one is found.
+    ``before`` is the unpruned model's size; ``after`` comes from the check's own forward
+    pass of the accepted plan."""
+    result = Bisection(proposal.plan([]), before, before)
     accepted: list = []
 
     def failure(pieces: list) -> str | None:
@@ -59,6 +65,7 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
         if not report.ok:
             return str(report)
         result.plan, result.report = plan, report
+        result.after = report.pruned if report.pruned is not None else before
         return None
 
     def search(pieces: list) -> None:

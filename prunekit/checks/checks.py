@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..calls import output_shapes
+from ..measure import Measurement, size_and_outputs
 from ..plan import Plan, original_name
 from ..surgery.apply import evaluate_applied
 from .verify import DEFAULT_TOLERANCE, compare_in_place
@@ -26,6 +26,7 @@ Shapes = list[tuple[int, ...]]
 
 class CheckReport(Protocol):
     ok: bool
+    pruned: Measurement | None  # the pruned model's size, measured in the check's forward pass
 
     def __str__(self) -> str: ...
 
@@ -65,6 +66,7 @@ class RunsReport:
     shapes: Shapes
     reference: Shapes
     may_narrow: bool
+    pruned: Measurement | None = None
 
     def __str__(self) -> str:
         what = "narrower or equal" if self.may_narrow else "the same"
@@ -82,9 +84,11 @@ class Runs(Check):
     may_narrow: bool = False
 
     def run(self, model, example_inputs, plan):
-        shapes = evaluate_applied(model, plan, lambda m: output_shapes(m, example_inputs))
+        size, outputs = evaluate_applied(model, plan,
+                                         lambda m: size_and_outputs(m, example_inputs))
+        shapes = [tuple(t.shape) for t in outputs]
         return RunsReport(shapes_allowed(shapes, self.reference, self.may_narrow), shapes,
-                          self.reference, self.may_narrow)
+                          self.reference, self.may_narrow, size)
 
 
 @dataclass
@@ -93,6 +97,7 @@ class BypassReport:
     removed: list[str]
     unchanged: int
     problems: list[str]
+    pruned: Measurement | None = None
 
     def __str__(self) -> str:
         if self.ok:
@@ -117,7 +122,8 @@ class BlocksBypassed(Check):
 
         def inspect(pruned: nn.Module) -> BypassReport:
             problems = []
-            shapes = output_shapes(pruned, example_inputs)
+            size, outputs = size_and_outputs(pruned, example_inputs)
+            shapes = [tuple(t.shape) for t in outputs]
             if shapes != self.reference:
                 problems.append(f"output shapes {self.reference} -> {shapes}")
             seen = set()
@@ -135,6 +141,6 @@ class BlocksBypassed(Check):
                 if layer in modules and not plan.stacks and not isinstance(modules[layer],
                                                                            nn.Identity):
                     problems.append(f"{layer} is still there")
-            return BypassReport(not problems, list(plan.layers), len(seen), problems)
+            return BypassReport(not problems, list(plan.layers), len(seen), problems, size)
 
         return evaluate_applied(model, plan, inspect)

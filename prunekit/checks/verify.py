@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..calls import call_model, evaluating, iter_tensors
+from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
 from ..surgery.apply import evaluate_applied, tensor_owners
 
@@ -32,6 +33,7 @@ class VerifyReport:
     output_scale: float
     tolerance: float
     shapes_match: bool
+    pruned: Measurement | None = None  # the pruned model's size, measured on the way
 
     @property
     def relative_diff(self) -> float:
@@ -117,8 +119,11 @@ def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
     Raises whatever the pruned model raises when it no longer runs (the model is restored).
     """
     expected = _masked_outputs(model, example_inputs, plan)
-    actual = evaluate_applied(model, plan, lambda pruned: _outputs(pruned, example_inputs))
-    return _compare(expected, actual, tolerance)
+    size, actual = evaluate_applied(model, plan,
+                                    lambda pruned: size_and_outputs(pruned, example_inputs))
+    report = _compare(expected, [t.double() for t in actual if t.is_floating_point()], tolerance)
+    report.pruned = size
+    return report
 
 
 def _compare(expected: list[torch.Tensor], actual: list[torch.Tensor],

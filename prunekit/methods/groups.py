@@ -227,8 +227,11 @@ class GroupPruning(PruningMethod):
 
     def preview(self, model, example_inputs):
         graph = self.graph(model, example_inputs)
+        groups = self.candidates(graph)
+        if not groups and self.nothing_to_prune():
+            raise PruneError(self.nothing_to_prune())
         rows = []
-        for group in self.candidates(graph):
+        for group in groups:
             removed = group.size - self.channels_to_keep(group.size, self.group_ratio(group))
             members = " => ".join(str(m) for m in group.members[:6])
             more = len(group.members) - 6
