@@ -69,6 +69,7 @@ def test_bad_input_shape_is_a_clear_error(tmp_path):
     assert "comma-separated integers" in result.output
 
 
+@pytest.mark.slow
 def test_compare_writes_every_method_at_the_budget(tmp_path):
     import json
 
@@ -95,6 +96,7 @@ def _llama_directory(tmp_path):
     return tmp_path / "llama"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, options, field, value, checked", [
     ("heads", ["--ratio", "0.5"], "num_key_value_heads", 1, "check: equivalent"),
     ("filter", ["--ratio", "0.5"], "intermediate_size", 64, "check: equivalent"),
@@ -233,6 +235,7 @@ def test_data_that_is_not_a_pair_is_a_clear_error(tmp_path, residual_source):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_prune_the_hidden_size_of_a_hugging_face_directory(tmp_path):
     import transformers
 

@@ -79,7 +79,7 @@ def test_sensitivity_prunes_one_group_at_a_time_and_leaves_the_model_alone(digit
     reference = model(probe).detach()
 
     def distance(candidate):  # how far the outputs move: zero only if nothing changed
-        return float((candidate(probe) - reference).abs().max())
+        return float((candidate(probe) - reference).detach().abs().max())
 
     table = pk.sensitivity(model, x, ratios=(0.25, 0.75), evaluate=distance)
     groups = pk.DependencyGraph(model, x).groups

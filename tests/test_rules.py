@@ -139,3 +139,10 @@ def test_an_op_without_a_rule_fixes_its_dims_and_is_listed():
     assert graph.groups == [] and any("fft2" in u.op for u in graph.unknown_ops)
     with pytest.raises(pk.UnsupportedOpError, match="fft2"):
         pk.DependencyGraph(Odd().eval(), torch.randn(1, 3, 4, 4), strict=True)
+
+
+def test_a_norm_without_tensors_keeps_its_channel_count_true():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.InstanceNorm2d(8), nn.Conv2d(8, 2, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert model[1].num_features == 4 and result.report.ok

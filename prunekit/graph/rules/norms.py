@@ -35,6 +35,11 @@ def per_channel_norm(ctx, args, kwargs, out):
     tensors = [arg(args, kwargs, i, n) for i, n in
                enumerate(("running_mean", "running_var", "weight", "bias"), start=1)]
     _per_channel(ctx, x, tensors)
+    module = ctx.current_module
+    if (all(t is None for t in tensors) and x.dim() > 1
+            and getattr(module, "num_features", None) == x.shape[1]):
+        # no tensor of its own will be sliced, so no handler runs: keep its count true here
+        ctx.attribute(module, "num_features", ctx.specs(x)[1])
     ctx.set(out, ctx.specs(x))
 
 
