@@ -85,8 +85,7 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     """
     if not isinstance(method, PruningMethod):
         raise ConfigError(f"method must be a pruning method (a pk.PruningMethod such as "
-                          f"pk.FilterPruning(...)), "
-                          f"got {type(method).__name__}")
+                          f"pk.FilterPruning(...)), got {type(method).__name__}")
     if data is not None and iter(data) is data:  # a generator would be spent by its first use
         data = list(data)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
@@ -102,9 +101,12 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             raise PruneError(f"nothing could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
         recovery = method.recovery(model, context)
-        # the one place the model changes: the checked plan, and recovery in the same transaction
-        apply_plan(model, outcome.plan,
-                   check=None if recovery is None else lambda pruned: recovery(pruned,
-                                                                               outcome.plan))
+
+        def recover(pruned: nn.Module) -> None:
+            if recovery is not None:
+                recovery(pruned, outcome.plan)
+
+        # the one place the model changes: the checked plan, with recovery in the transaction
+        apply_plan(model, outcome.plan, check=recover)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
                        method.update_config(model), outcome.report)

@@ -3,6 +3,7 @@ benchmark (which records the same numbers for every model)."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from typing import Any
@@ -19,6 +20,16 @@ from .model_cases import ModelCase
 
 def structure(outputs: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in iter_tensors(outputs)]
+
+
+def release_memory() -> None:
+    """Free what the last model left: collect cycles, then hand freed heap pages back to the
+    system (glibc keeps them otherwise, and the next model's peak lands on top of them)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
@@ -41,6 +52,7 @@ def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
     start = time.perf_counter()
     result = pk.prune(model, inputs, pk.FilterPruning(ratio, "l1"))
     prune_s = time.perf_counter() - start
+    release_memory()
     with torch.no_grad():
         after_structure = structure(call_model(model, inputs))
     differentiable = [t for t in iter_tensors(call_model(model, inputs))
@@ -51,7 +63,7 @@ def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
         p.grad is not None for p in model.parameters())
     flops_after = count_flops(model, inputs)
     del model, differentiable
-    gc.collect()
+    release_memory()
     torch.manual_seed(0)
     original, inputs = case.build()
     report = compare_in_place(original.eval(), inputs, result.plan)

@@ -6,11 +6,9 @@ model beyond its example inputs; output shapes must be unchanged, parameters red
 and pruned outputs equal, and a backward pass must reach the parameters.
 """
 
-import gc
-
 import pytest
 
-from .coverage_contract import check_case
+from .coverage_contract import check_case, release_memory
 from .model_cases import UNSUPPORTED, ci_cases
 
 
@@ -23,7 +21,7 @@ def _param(case):
 @pytest.fixture(autouse=True)
 def free_each_model():
     yield
-    gc.collect()  # the next model should not share memory with this one's cycles
+    release_memory()  # the next model starts from what the suite needs, not this one's peak
 
 
 @pytest.mark.slow

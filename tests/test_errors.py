@@ -182,3 +182,24 @@ def test_a_module_replaced_while_evaluating_takes_the_models_mode():
         assert not any(m.training for m in model.modules())
         model[1] = nn.Dropout().eval()
     assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("dims", [{0: [1, 3]}, {0: [0, 2], 1: [1]}, {1: [0], 2: [2]},
+                                  {0: [0], 1: [1, 2], 2: [0, 2]}])
+def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims):
+    from prunekit.checks.verify import _mask_parameters
+
+    holder = nn.Module()
+    holder.weight = nn.Parameter(torch.randn(4, 3, 3))
+    before = holder.weight.detach().clone()
+    plan = pk.Plan(tensors={"weight": dims})
+    (restore,) = _mask_parameters(holder, plan)
+    masked = holder.weight.detach().clone()
+    expected = before.clone()
+    for dim, kept in dims.items():
+        removed = [i for i in range(before.shape[dim]) if i not in kept]
+        expected.index_fill_(dim, torch.tensor(removed), 0)
+    assert torch.equal(masked, expected)
+    with torch.no_grad():
+        restore()
+    assert torch.equal(holder.weight, before)

@@ -68,9 +68,14 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
         result.after = report.pruned if report.pruned is not None else before
         return None
 
-    def search(pieces: list) -> None:
+    # depth first, first half before second half; a loop rather than a recursive closure,
+    # whose reference cycle would keep the proposal (and the unpruned tensors its graph
+    # holds) alive until the next garbage collection
+    pending = [list(proposal.pieces)]
+    while pending:
+        pieces = pending.pop()
         if not pieces:
-            return
+            continue
         why = failure(pieces)
         if why is None:
             accepted.extend(pieces)
@@ -78,8 +83,5 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
             result.skipped.append(SkippedGroup(proposal.describe(pieces[0]), why))
         else:
             middle = len(pieces) // 2
-            search(pieces[:middle])
-            search(pieces[middle:])
-
-    search(list(proposal.pieces))
+            pending += [pieces[middle:], pieces[:middle]]
     return result

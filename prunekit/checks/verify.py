@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -55,13 +55,42 @@ def _removed(size: int, kept: list[int]) -> torch.Tensor:
     return removed.nonzero().flatten()
 
 
-def _mask_parameters(model: nn.Module, plan: Plan) -> list[tuple[torch.Tensor, int | None,
-                                                                  torch.Tensor | None, torch.Tensor]]:
-    """Zero the removed channels in place; return what is needed to put them back.
+def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Callable[[], None]:
+    """Zero the removed channels of ``tensor`` in place and return what puts them back.
 
-    Each entry is (tensor, dim, removed indices, saved values): for a tensor pruned along one
-    dim only the removed slices are saved, otherwise (dim None) a full copy.
+    Only the zeroed values are kept: the removed slices along one dim; along two dims, every
+    removed column plus the removed rows' other columns (3/4 of a tensor that loses half
+    along each, where a copy would be all of it: the difference decides whether the largest
+    models fit in memory while they are checked).
     """
+    if len(removed) == 1:
+        (dim, index), = removed.items()
+        saved = tensor.index_select(dim, index)
+        tensor.index_fill_(dim, index, 0)
+        return lambda: tensor.index_copy_(dim, index, saved)
+    if len(removed) > 2:
+        saved = tensor.clone()
+        for dim, index in removed.items():
+            tensor.index_fill_(dim, index, 0)
+        return lambda: tensor.copy_(saved)
+    (first, rows), (second, columns) = removed.items()
+    view = tensor.movedim((first, second), (0, 1))  # writes go through to the tensor
+    other_columns = _removed(view.shape[1], columns.tolist()).to(columns.device)
+    row_index = rows[:, None]
+    saved_columns = view.index_select(1, columns)
+    saved_rows = view[row_index, other_columns[None, :]]
+    view.index_fill_(1, columns, 0)
+    view.index_fill_(0, rows, 0)
+
+    def restore() -> None:
+        view.index_copy_(1, columns, saved_columns)
+        view[row_index, other_columns[None, :]] = saved_rows
+
+    return restore
+
+
+def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
+    """Zero the removed channels of every parameter in place; return what puts each back."""
     owners = tensor_owners(model)
     undo = []
     with torch.no_grad():
@@ -72,13 +101,7 @@ def _mask_parameters(model: nn.Module, plan: Plan) -> list[tuple[torch.Tensor, i
             tensor = getattr(module, attr)
             removed = {dim: _removed(tensor.shape[dim], kept).to(tensor.device)
                        for dim, kept in dims.items()}
-            if len(removed) == 1:
-                (dim, index), = removed.items()
-                undo.append((tensor, dim, index, tensor.index_select(dim, index)))
-            else:
-                undo.append((tensor, None, None, tensor.clone()))
-            for dim, index in removed.items():
-                tensor.index_fill_(dim, index, 0)
+            undo.append(_zero_removed(tensor, removed))
     return undo
 
 
@@ -105,11 +128,8 @@ def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[t
         return _outputs(model, example_inputs)
     finally:
         with torch.no_grad():
-            for tensor, dim, index, saved in undo:
-                if dim is None:
-                    tensor.copy_(saved)
-                else:
-                    tensor.index_copy_(dim, index, saved)
+            for restore in undo:
+                restore()
 
 
 def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
