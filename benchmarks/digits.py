@@ -212,6 +212,7 @@ def plot(levels: dict[float, list[dict[str, Any]]], path: Path) -> None:
 
 
 def main() -> None:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--flops-targets", default="0.3,0.5,0.7",
@@ -223,7 +224,6 @@ def main() -> None:
                         help="where digits.{json,md,png} go (a quick run should not replace "
                              "the published ones)")
     args = parser.parse_args()
-    global RESULTS
     RESULTS = args.results
     targets = [float(t) for t in args.flops_targets.split(",")]
     runs = [run_seed(seed, targets, args.epochs, args.finetune_epochs,

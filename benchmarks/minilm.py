@@ -341,13 +341,13 @@ def plot(results: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sentences and steps")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where minilm.{json,md,png} go (a quick run should not replace "
                              "the published ones)")
     args = parser.parse_args()
-    global RESULTS
     RESULTS = args.results
     write(run(args.quick))
 
