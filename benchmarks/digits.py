@@ -148,7 +148,8 @@ def write(levels: dict[float, list[dict[str, Any]]], runs: list[list[pk.Comparis
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = goals(levels, 0.5)
     (RESULTS / "digits.json").write_text(json.dumps(
-        {"settings": vars(args), "summary": summary,
+        {"settings": {k: v for k, v in vars(args).items() if k != "results"},
+         "summary": summary,
          "levels": [{"flops_target": t, "rows": rows} for t, rows in levels.items()],
          "runs": [[comparison.to_dict() for comparison in seed] for seed in runs]}, indent=1))
     lines = [f"# Digits ResNet: {', '.join(f'{t:.0%}' for t in levels)} of FLOPs removed, "

@@ -35,7 +35,7 @@ class PruneContext:
 
     ignore: tuple[nn.Module, ...] = ()
     strict: bool = False
-    data: list | None = None
+    data: Iterable | None = None  # re-iterable: pk.prune reads a one-shot iterator into a list
     loss_fn: LossFn | None = None
 
 

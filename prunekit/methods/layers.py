@@ -48,8 +48,9 @@ class LayerPruning(PruningMethod):
     With ``flops_target``, as many layers as it takes (least important first) to remove that
     fraction of FLOPs, or every candidate if even that is not enough. Modules given to
     ``pk.prune(ignore=...)`` and the blocks holding them are never removed. The check: the
-    named blocks are bypassed, every other parameter is unchanged and the output shapes are
-    the same.
+    named blocks are bypassed, every other parameter is unchanged (exactly, so ``tolerance``
+    does not apply) and the output shapes are the same. ``strict=True`` is refused: nothing
+    is traced op by op.
 
     Example:
         >>> pk.prune(model, x, pk.LayerPruning(n=2, criterion="influence"), data=batches)
