@@ -12,7 +12,7 @@ from .checks.bisection import SkippedGroup, largest_passing_plan
 from .checks.checks import CheckReport
 from .checks.verify import DEFAULT_TOLERANCE
 from .errors import ConfigError, PruneError
-from .measure import Measurement, count_params, flops_and_shapes
+from .measure import Measurement
 from .methods.base import PruneContext, PruningMethod
 from .plan import Plan
 from .surgery.apply import apply_plan
@@ -91,10 +91,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
-        flops, shapes = flops_and_shapes(model, example_inputs)
-        before = Measurement(count_params(model), flops)
         outcome = largest_passing_plan(model, example_inputs, proposal,
-                                       method.check(check, tolerance, shapes), before)
+                                       method.check(check, tolerance))
         del proposal  # a traced graph holds references to the unpruned tensors
         if outcome.skipped and outcome.plan.is_empty:
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in outcome.skipped[:3])

@@ -158,4 +158,4 @@ def test_norm_sparsity_training_shrinks_batchnorm_scales(digits):
     train_classifier(plain, digits.train, epochs=2, lr=3e-2)
     torch.manual_seed(0)
     train_classifier(sparse, digits.train, epochs=2, lr=3e-2, norm_sparsity=1.0)
-    assert float(norm_scale_l1(sparse)) < 0.7 * float(norm_scale_l1(plain))
+    assert float(norm_scale_l1(sparse).detach()) < 0.7 * float(norm_scale_l1(plain).detach())

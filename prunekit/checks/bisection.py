@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..measure import Measurement
+from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
 from .checks import Check, CheckReport
 
@@ -48,11 +48,12 @@ class Bisection:
 
 
 def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Proposal,
-                         check: Check, before: Measurement) -> Bisection:
+                         check: Check) -> Bisection:
     """Check the whole proposal, then bisect its pieces until every failing one is found.
-    ``before`` is the unpruned model's size; ``after`` comes from the check's own forward
-    pass of the accepted plan."""
-    result = Bisection(proposal.plan([]), before, before)
+    The sizes before and after come from the checks' own forward passes (one more pass only
+    when no check ran to the end)."""
+    unmeasured = Measurement(0, 0)
+    result = Bisection(proposal.plan([]), unmeasured, unmeasured)
     accepted: list = []
 
     def failure(pieces: list) -> str | None:
@@ -62,10 +63,12 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
             report = check.run(model, example_inputs, plan)
         except Exception as error:  # the pruned model no longer runs
             return f"{type(error).__name__}: {error}"
+        if result.before is unmeasured and report.unpruned is not None:
+            result.before = report.unpruned
         if not report.ok:
             return str(report)
         result.plan, result.report = plan, report
-        result.after = report.pruned if report.pruned is not None else before
+        result.after = report.pruned if report.pruned is not None else unmeasured
         return None
 
     # depth first, first half before second half; a loop rather than a recursive closure,
@@ -84,4 +87,8 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
         else:
             middle = len(pieces) // 2
             pending += [pieces[middle:], pieces[:middle]]
+    if result.before is unmeasured:
+        result.before = size_and_outputs(model, example_inputs)[0]
+    if result.after is unmeasured:  # nothing passed: the model stays as it is
+        result.after = result.before
     return result

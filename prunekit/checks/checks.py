@@ -26,7 +26,9 @@ Shapes = list[tuple[int, ...]]
 
 class CheckReport(Protocol):
     ok: bool
-    pruned: Measurement | None  # the pruned model's size, measured in the check's forward pass
+    # the sizes of the unpruned and the pruned model, measured in the check's forward passes
+    unpruned: Measurement | None
+    pruned: Measurement | None
 
     def __str__(self) -> str: ...
 
@@ -66,6 +68,7 @@ class RunsReport:
     shapes: Shapes
     reference: Shapes
     may_narrow: bool
+    unpruned: Measurement | None = None
     pruned: Measurement | None = None
 
     def __str__(self) -> str:
@@ -77,18 +80,22 @@ class RunsReport:
 
 @dataclass
 class Runs(Check):
-    """The pruned model runs and its output shapes are the same as ``reference`` (or, with
-    ``may_narrow``, no dim is larger). Outputs are not compared."""
+    """The pruned model runs and its output shapes are the same as the unpruned model's (or,
+    with ``may_narrow``, no dim is larger). Outputs are not compared."""
 
-    reference: Shapes
     may_narrow: bool = False
 
     def run(self, model, example_inputs, plan):
-        size, outputs = evaluate_applied(model, plan,
-                                         lambda m: size_and_outputs(m, example_inputs))
-        shapes = [tuple(t.shape) for t in outputs]
-        return RunsReport(shapes_allowed(shapes, self.reference, self.may_narrow), shapes,
-                          self.reference, self.may_narrow, size)
+        unpruned, reference = _measured(model, example_inputs)
+        pruned, shapes = evaluate_applied(model, plan,
+                                          lambda m: _measured(m, example_inputs))
+        return RunsReport(shapes_allowed(shapes, reference, self.may_narrow), shapes,
+                          reference, self.may_narrow, unpruned, pruned)
+
+
+def _measured(model: nn.Module, example_inputs: Any) -> tuple[Measurement, Shapes]:
+    size, outputs = size_and_outputs(model, example_inputs)
+    return size, [tuple(t.shape) for t in outputs]
 
 
 @dataclass
@@ -97,6 +104,7 @@ class BypassReport:
     removed: list[str]
     unchanged: int
     problems: list[str]
+    unpruned: Measurement | None = None
     pruned: Measurement | None = None
 
     def __str__(self) -> str:
@@ -110,22 +118,20 @@ class BypassReport:
 @dataclass
 class BlocksBypassed(Check):
     """The plan's layers are gone (deleted from their stack or replaced by an identity), every
-    other parameter is the same tensor with the same values, and the output shapes are
-    ``reference``."""
-
-    reference: Shapes
+    other parameter is the same tensor with the same values, and the output shapes are the
+    unpruned model's."""
 
     def run(self, model, example_inputs, plan):
+        unpruned, reference = _measured(model, example_inputs)
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
         removed = {name for name in before
                    if any(name.startswith(layer + ".") for layer in plan.layers)}
 
         def inspect(pruned: nn.Module) -> BypassReport:
             problems = []
-            size, outputs = size_and_outputs(pruned, example_inputs)
-            shapes = [tuple(t.shape) for t in outputs]
-            if shapes != self.reference:
-                problems.append(f"output shapes {self.reference} -> {shapes}")
+            size, shapes = _measured(pruned, example_inputs)
+            if shapes != reference:
+                problems.append(f"output shapes {reference} -> {shapes}")
             seen = set()
             for name, p in pruned.named_parameters():
                 old = original_name(name, plan.layers, plan.stacks)
@@ -141,6 +147,7 @@ class BlocksBypassed(Check):
                 if layer in modules and not plan.stacks and not isinstance(modules[layer],
                                                                            nn.Identity):
                     problems.append(f"{layer} is still there")
-            return BypassReport(not problems, list(plan.layers), len(seen), problems, size)
+            return BypassReport(not problems, list(plan.layers), len(seen), problems, unpruned,
+                                size)
 
         return evaluate_applied(model, plan, inspect)

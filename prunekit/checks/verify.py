@@ -14,7 +14,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..calls import call_model, evaluating, iter_tensors
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
 from ..surgery.apply import evaluate_applied, tensor_owners
@@ -33,7 +32,9 @@ class VerifyReport:
     output_scale: float
     tolerance: float
     shapes_match: bool
-    pruned: Measurement | None = None  # the pruned model's size, measured on the way
+    # the unpruned (masked: same shapes) and pruned models' sizes, measured on the way
+    unpruned: Measurement | None = None
+    pruned: Measurement | None = None
 
     @property
     def relative_diff(self) -> float:
@@ -111,21 +112,23 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
-def _outputs(model: nn.Module, example_inputs: Any) -> list[torch.Tensor]:
-    """Floating-point outputs in float64."""
-    with evaluating(model), torch.no_grad():
-        return [t.detach().double() for t in iter_tensors(call_model(model, example_inputs))
-                if t.is_floating_point()]
+def _outputs(model: nn.Module, example_inputs: Any) -> tuple[Measurement, list[torch.Tensor]]:
+    """The model's size, and its floating-point outputs in float64."""
+    size, outputs = size_and_outputs(model, example_inputs)
+    return size, [t.double() for t in outputs if t.is_floating_point()]
 
 
-def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan) -> list[torch.Tensor]:
+def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan
+                    ) -> tuple[Measurement | None, list[torch.Tensor]]:
     if plan.layers:  # a removed layer's "mask" is the identity it is replaced by
         rest = Plan(tensors=plan.tensors, shapes=plan.shapes)
-        return evaluate_applied(model, Plan(layers=plan.layers, stacks=plan.stacks),
-                                lambda swapped: _masked_outputs(swapped, example_inputs, rest))
+        _, outputs = evaluate_applied(model, Plan(layers=plan.layers, stacks=plan.stacks),
+                                      lambda swapped: _masked_outputs(swapped, example_inputs,
+                                                                      rest))
+        return None, outputs  # the swapped model is not the unpruned one: no size to report
     undo = _mask_parameters(model, plan)
     try:
-        return _outputs(model, example_inputs)
+        return _outputs(model, example_inputs)  # masking changes no shape: the unpruned size
     finally:
         with torch.no_grad():
             for restore in undo:
@@ -138,11 +141,10 @@ def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
 
     Raises whatever the pruned model raises when it no longer runs (the model is restored).
     """
-    expected = _masked_outputs(model, example_inputs, plan)
-    size, actual = evaluate_applied(model, plan,
-                                    lambda pruned: size_and_outputs(pruned, example_inputs))
-    report = _compare(expected, [t.double() for t in actual if t.is_floating_point()], tolerance)
-    report.pruned = size
+    unpruned, expected = _masked_outputs(model, example_inputs, plan)
+    pruned, actual = evaluate_applied(model, plan, lambda m: _outputs(m, example_inputs))
+    report = _compare(expected, actual, tolerance)
+    report.unpruned, report.pruned = unpruned, pruned
     return report
 
 
