@@ -27,7 +27,7 @@ X = torch.randn(1, 3, 32, 32)
                                           (pk.HeadPruning(0.5), "heads")])
 def test_sensitivity_and_preview_try_exactly_the_methods_candidates(method, kind):
     model = tiny_vit()
-    rows = method.preview(model, X)
+    rows = method.preview(model, X).rows
     table = pk.sensitivity(model, X, ratios=(0.5,), method=method,
                            evaluate=lambda m: float(m(X).detach().abs().sum()))
     assert len(table.rows) == len(rows) == 2  # one per encoder layer
@@ -94,3 +94,38 @@ def test_a_generator_of_batches_serves_scoring_and_reconstruction():
     result = pk.prune(model, x, pk.ChannelPruning(0.5, "apoz", reconstruct=True), data=batches)
     assert result.report.ok and not result.plan.is_empty
     assert pk.verify(original, x, result.plan).ok
+
+
+class LayerScale(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))  # a member with no role
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+def test_a_criterion_without_a_role_wish_sees_every_parameter_member():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), LayerScale(8),
+                          nn.Conv2d(8, 2, 1)).eval()
+    (group,) = pk.DependencyGraph(model, torch.randn(1, 3, 4, 4)).groups
+    every = [str(m) for m in group.members if m.slot.kind == "parameter"]
+    assert "2.gamma[dim1]" in every and len(every) == 6
+    assert [str(m) for m in pk.GroupPruning().scored_members(group, None)] == every
+    assert [str(m) for m in pk.GroupPruning().scored_members(group, "norm")] == [
+        "1.bias[norm]", "1.weight[norm]"]
+    assert [str(m) for m in pk.FilterPruning().scored_members(group, None)] == [
+        "0.bias[out]", "0.weight[out]"]
+
+
+def test_the_preview_lists_ops_without_a_rule():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(torch.fft.fft2(self.a(x)).real)
+
+    preview = pk.FilterPruning().preview(Odd().eval(), torch.randn(1, 3, 4, 4))
+    assert preview.rows == [] and any("fft2" in op.op for op in preview.unknown_ops)

@@ -18,7 +18,6 @@ except ImportError as error:  # the command line is an extra
 
 from ..api import prune as prune_model
 from ..errors import ConfigError, PruneError
-from ..graph.dependency import DependencyGraph
 from ..importance import criterion_names
 from ..io import save
 from ..measure import measure
@@ -134,10 +133,10 @@ def analyze(
         network = load_model(model).eval()
         x = example_inputs(network, input_shape)
         with _progress(f"tracing {model}"):
-            rows = pruning.preview(network, x)
-            unknown = DependencyGraph(network, x).unknown_ops
+            preview = pruning.preview(network, x)
     except (PruneError, ConfigError) as error:
         _fail(error)
+    rows = preview.rows
     table = Table(title=f"{model}: {len(rows)} candidates for {escape(pruning.summary())}")
     for column in ("candidate", "size", "would remove"):
         table.add_column(column, justify="right")
@@ -147,7 +146,7 @@ def analyze(
     console.print(table)
     if len(rows) > limit:
         console.print(f"… and {len(rows) - limit} more")
-    for op in unknown:
+    for op in preview.unknown_ops:
         console.print(f"[yellow]no coupling rule[/] for {escape(op.op)} in {escape(op.module)}: "
                       f"its dims are left unpruned")
 

@@ -82,7 +82,7 @@ class DependencyGraph:
                  ignore: Iterable[nn.Module] = (), strict: bool = False,
                  normalised_prunable: bool = False) -> None:
         self.model = model
-        ignored = _resolve_ignored(model, ignore)
+        ignored = resolve_ignored(model, ignore)
         self.trace: TraceResult = trace(model, example_inputs, strict=strict,
                                         normalised_prunable=normalised_prunable)
         self.axes: AxisTable = self.trace.axes
@@ -273,7 +273,8 @@ def _owner(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _resolve_ignored(model: nn.Module, ignore: Iterable[nn.Module]) -> set[str]:
+def resolve_ignored(model: nn.Module, ignore: Iterable[nn.Module]) -> set[str]:
+    """The names of the ignored modules and of every module inside them."""
     names = {id(m): n for n, m in model.named_modules()}
     ignored: set[str] = set()
     for module in ignore or ():

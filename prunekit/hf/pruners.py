@@ -31,8 +31,7 @@ def head_importance(model: nn.Module, example_inputs: Any, data: Iterable | None
     """``{attention layer: one score per head}`` (higher = more important); the model is not
     changed. The layer names are the ones ``HeadPruning(heads=...)`` takes."""
     method = HeadPruning(0.0, criterion)
-    graph = method.graph(model, example_inputs)
-    groups = method.candidates(graph)
+    graph, groups = method.traced_candidates(model, example_inputs)
     scores = method.score(graph, groups, list(data) if data is not None else None, loss_fn)
     return {common_prefix(group.modules()): scores[group.axis].detach().clone()
             for group in groups}

@@ -3,6 +3,7 @@ their behaviour (see ``base.PruningMethod``)."""
 
 from .base import (
     METHODS,
+    Preview,
     PreviewRow,
     Proposal,
     PruneContext,
@@ -17,6 +18,6 @@ from .hidden import HiddenPruning
 from .layers import LayerProposal, LayerPruning
 
 __all__ = ["METHODS", "ChannelPruning", "FilterPruning", "GroupProposal", "GroupPruning",
-           "HeadPruning", "HiddenPruning", "LayerProposal", "LayerPruning", "PreviewRow",
+           "HeadPruning", "HiddenPruning", "LayerProposal", "LayerPruning", "Preview", "PreviewRow",
            "Proposal", "PruneContext", "PruningMethod", "Trial", "cli_methods",
            "method_from_dict"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
 from torch import nn
@@ -76,6 +76,15 @@ class PreviewRow:
     detail: str
 
 
+@dataclass
+class Preview:
+    """A method's candidates and what each would lose, and the ops its trace had no rule
+    for (their dims are left unpruned)."""
+
+    rows: list[PreviewRow]
+    unknown_ops: list = field(default_factory=list)
+
+
 class PruningMethod(ABC):
     """The base of every pruning method (see the module docstring).
 
@@ -119,7 +128,7 @@ class PruningMethod(ABC):
         """Each candidate pruned alone at each ratio, for sensitivity analysis."""
         raise ConfigError(f"{type(self).__name__} has no sensitivity analysis")
 
-    def preview(self, model: nn.Module, example_inputs: Any) -> list[PreviewRow]:
+    def preview(self, model: nn.Module, example_inputs: Any) -> Preview:
         """What this method would remove from each candidate, without scoring."""
         raise ConfigError(f"{type(self).__name__} has no preview")
 

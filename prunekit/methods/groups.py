@@ -19,7 +19,7 @@ from ..planning import selection
 from ..planning.budgets import ratio_for_budget
 from ..planning.plans import plan_from_keep
 from ..recover.reconstruct import reconstruct
-from .base import PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
+from .base import Preview, PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
 
 
 @dataclass
@@ -115,11 +115,22 @@ class GroupPruning(PruningMethod):
         """The error when a model has no candidate at all; None: an empty result is fine."""
         return None
 
+    def traced_candidates(self, model: nn.Module, example_inputs: Any,
+                          ignore: Iterable[nn.Module] = (), strict: bool = False
+                          ) -> tuple[DependencyGraph, list[Group]]:
+        """This method's graph and candidates: what proposing, trials, previews and score
+        tables all start from (an error when the method finds nothing it could prune)."""
+        graph = self.graph(model, example_inputs, ignore, strict)
+        groups = self.candidates(graph)
+        if not groups and self.nothing_to_prune():
+            raise PruneError(self.nothing_to_prune())
+        return graph, groups
+
     def scored_members(self, group: Group, role: str | None) -> list[Member]:
-        """The members a weight criterion sees: those with ``role`` (the criterion's wish),
-        else every parameter member."""
+        """The members a weight criterion sees: those with ``role`` (the criterion's wish,
+        if it has one and a member has it), else every parameter member."""
         members = [m for m in group.members if m.slot.kind == "parameter"]
-        return [m for m in members if m.role == role] or members
+        return [m for m in members if role is not None and m.role == role] or members
 
     def score(self, graph: DependencyGraph, groups: list[Group], data: Iterable | None = None,
               loss_fn=None) -> dict[int, torch.Tensor]:
@@ -182,10 +193,8 @@ class GroupPruning(PruningMethod):
         return None
 
     def propose(self, model, example_inputs, context):
-        graph = self.graph(model, example_inputs, context.ignore, context.strict)
-        groups = self.candidates(graph)
-        if not groups and self.nothing_to_prune():
-            raise PruneError(self.nothing_to_prune())
+        graph, groups = self.traced_candidates(model, example_inputs, context.ignore,
+                                               context.strict)
         scores = self.score(graph, groups, context.data, context.loss_fn)
         ratio, budget = None, self.budget()
         if budget is not None:
@@ -215,8 +224,8 @@ class GroupPruning(PruningMethod):
         return dataclasses.replace(self, **{f"{quantity}_target": 1 - (1 - goal) / (1 - done)})
 
     def trials(self, model, example_inputs, ratios, context):
-        graph = self.graph(model, example_inputs, context.ignore, context.strict)
-        groups = self.candidates(graph)
+        graph, groups = self.traced_candidates(model, example_inputs, context.ignore,
+                                               context.strict)
         scores = self.score(graph, groups, context.data, context.loss_fn)
         for group in groups:
             for ratio in ratios:
@@ -226,10 +235,7 @@ class GroupPruning(PruningMethod):
                             plan_from_keep(graph, keep, {}))
 
     def preview(self, model, example_inputs):
-        graph = self.graph(model, example_inputs)
-        groups = self.candidates(graph)
-        if not groups and self.nothing_to_prune():
-            raise PruneError(self.nothing_to_prune())
+        graph, groups = self.traced_candidates(model, example_inputs)
         rows = []
         for group in groups:
             removed = group.size - self.channels_to_keep(group.size, self.group_ratio(group))
@@ -237,7 +243,7 @@ class GroupPruning(PruningMethod):
             more = len(group.members) - 6
             rows.append(PreviewRow(f"group {group.id}", group.size, removed,
                                    members + (f" (+{more} more)" if more > 0 else "")))
-        return rows
+        return Preview(rows, list(graph.unknown_ops))
 
     def summary(self):
         budget = self.budget()

@@ -63,9 +63,6 @@ class HeadPruning(GroupPruning):
                 "into (heads, head_dim) in a module that keeps a head count); it was left "
                 "unchanged")
 
-    def scored_members(self, group, role):
-        return [m for m in group.members if m.slot.kind == "parameter"]  # all of each head
-
     def select(self, graph, groups, scores, ratio=None, dither=False):
         if self.heads:
             return selection.chosen_heads(groups, self.heads)

@@ -42,9 +42,6 @@ class HiddenPruning(GroupPruning):
                 "that a LayerNorm or RMSNorm normalises, outside attention heads); it was left "
                 "unchanged")
 
-    def scored_members(self, group, role):
-        return [m for m in group.members if m.slot.kind == "parameter"]
-
     def check(self, verify, tolerance):
         # a narrower hidden size cannot equal the masked model: check that it runs
         return Runs(may_narrow=True)

@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from torch import nn
-
 from ..checks.checks import BlocksBypassed, Runs
 from ..errors import ConfigError
+from ..graph.dependency import resolve_ignored
 from ..importance import get_criterion
 from ..layers import choose_layers, find_layer_candidates, layer_importance, removal
 from ..measure import count_flops
 from ..plan import Plan
 from ..planning.budgets import shortest_prefix_for_budget
 from ..surgery.stacks import find_block_stack
-from .base import PreviewRow, Proposal, PruningMethod, Trial, check_ratio
+from .base import Preview, PreviewRow, Proposal, PruningMethod, Trial, check_ratio
 
 
 @dataclass
@@ -75,8 +74,9 @@ class LayerPruning(PruningMethod):
                               "strict= does not apply; leave it False")
         scores = layer_importance(model, context.data, self.criterion, example_inputs,
                                   context.loss_fn, n=self.n)
-        ignored = _ignored_names(model, context.ignore)
-        scores = [s for s in scores if not any(_nested(s.name, name) for name in ignored)]
+        ignored = resolve_ignored(model, context.ignore)  # the modules and all inside them
+        scores = [s for s in scores if s.name not in ignored
+                  and not any(name.startswith(s.name + ".") for name in ignored)]
         stack = find_block_stack(model)
         window = get_criterion(self.criterion, "layers", "").criterion.window
         if self.flops_target is None:
@@ -114,24 +114,12 @@ class LayerPruning(PruningMethod):
 
     def preview(self, model, example_inputs):
         modules = dict(model.named_modules())
-        return [PreviewRow(name, sum(p.numel() for p in modules[name].parameters()), 0,
-                           type(modules[name]).__name__)
-                for name in find_layer_candidates(model, example_inputs)]
+        return Preview([PreviewRow(name, sum(p.numel() for p in modules[name].parameters()), 0,
+                                   type(modules[name]).__name__)
+                        for name in find_layer_candidates(model, example_inputs)])
 
     def summary(self):
         target = (f"flops_target={self.flops_target}" if self.flops_target is not None
                   else f"n={self.n}")
         return f"LayerPruning({target}, criterion={self.criterion!r})"
 
-
-def _ignored_names(model: nn.Module, ignore) -> list[str]:
-    names = {id(m): n for n, m in model.named_modules()}
-    for module in ignore or ():
-        if id(module) not in names:
-            raise ConfigError(f"ignore= names a {type(module).__name__} that is not part of "
-                              f"the model")
-    return [names[id(m)] for m in ignore or ()]
-
-
-def _nested(a: str, b: str) -> bool:
-    return a == b or not a or not b or a.startswith(b + ".") or b.startswith(a + ".")
