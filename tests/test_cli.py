@@ -253,3 +253,20 @@ def test_prune_the_hidden_size_of_a_hugging_face_directory(tmp_path):
     ids = {"input_ids": torch.randint(0, 100, (1, 6))}
     for a, b in zip(outputs(reloaded, ids), outputs(restored, ids)):
         assert torch.equal(a, b)
+
+
+def test_an_unknown_torchvision_model_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["prune", "--model", "torchvision:resnet181",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "torchvision has no model 'resnet181'" in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+
+
+def test_inputs_the_model_cannot_run_are_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
+                                 "1,3", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    printed = " ".join(result.output.split())
+    assert printed.startswith("error: the model does not run on the example inputs")
+    assert not (tmp_path / "x").exists()

@@ -75,7 +75,7 @@ def prune(
             x = first_inputs(train)
             calibration = list(itertools.islice(train, calibration_batches))
         with _progress(f"pruning {model}"):
-            before = measure(network, x)
+            before = _measure_unpruned(network, x)
             result = prune_model(network, x, pruning, data=calibration, check=check)
             after = measure(network, x)
         save(network, out, result.plan)
@@ -107,6 +107,15 @@ def prune(
     elif result.config_matches is False:
         console.print("the pruned sizes differ from what one config can describe: reload it "
                       "with pk.load")
+
+
+def _measure_unpruned(network, x):
+    """The model's size and latency before pruning; inputs it cannot run are a bad option."""
+    try:
+        return measure(network, x)
+    except Exception as error:
+        raise ConfigError(f"the model does not run on the example inputs (--input-shape or "
+                          f"--data): {type(error).__name__}: {error}") from error
 
 
 def _method(name: str, criterion: str | None, **options) -> PruningMethod:

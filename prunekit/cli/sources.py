@@ -17,6 +17,8 @@ import torch
 import typer
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def load_model(spec: str) -> nn.Module:
     """``torchvision:NAME``, ``hf:PATH`` or ``path/to/file.py:factory`` (or
@@ -27,6 +29,9 @@ def load_model(spec: str) -> nn.Module:
     if source == "torchvision":
         import torchvision
 
+        if name not in torchvision.models.list_models():
+            raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r} "
+                              f"(torchvision.models.list_models() lists them)")
         return torchvision.models.get_model(name, weights=None)
     return _factory(source, name)()
 
