@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Callable, Iterable
 
 from torch import nn
 
+from .arguments import check_example_inputs, check_model, checked_data
+from .batches import split_batch
 from .calls import evaluating
 from .checks.bisection import SkippedGroup, largest_passing_plan
 from .checks.checks import CheckReport
-from .checks.verify import DEFAULT_TOLERANCE
+from .checks.comparison import DEFAULT_TOLERANCE
+from .checks.verify import CheckInputs
 from .errors import ConfigError, PruneError
 from .measure import Measurement
 from .methods.base import PruneContext, PruningMethod
 from .plan import Plan
 from .surgery.apply import apply_plan
+
+# batches of data= the check runs on besides the example inputs
+VERIFY_BATCHES = 2
+SHOWN_SKIPPED = 5
 
 
 @dataclass
@@ -43,12 +51,18 @@ class PruneResult:
         return 1 - self.after.flops / max(self.before.flops, 1)
 
     def __str__(self) -> str:
-        text = (f"params {self.before.params:,} -> {self.after.params:,} "
-                f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
-                f"{self.after.flops:,} (-{self.flop_reduction:.1%})")
+        lines = [f"params {self.before.params:,} -> {self.after.params:,} "
+                 f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
+                 f"{self.after.flops:,} (-{self.flop_reduction:.1%})"]
+        if self.report is not None:
+            lines.append(f"check: {self.report}")
         if self.skipped:
-            text += f"; {len(self.skipped)} left unpruned (see result.skipped)"
-        return text
+            lines.append(f"{len(self.skipped)} left unpruned:")
+            lines += [f"  {s.group}: {s.reason}" for s in self.skipped[:SHOWN_SKIPPED]]
+            if len(self.skipped) > SHOWN_SKIPPED:
+                lines.append(f"  ... and {len(self.skipped) - SHOWN_SKIPPED} more "
+                             f"(result.skipped)")
+        return "\n".join(lines)
 
 
 def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
@@ -66,15 +80,18 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             layers producing the model's outputs always keep their output size.
         data: an iterable of batches, for data-driven criteria (``"apoz"``,
             ``"mean_activation"``, ``"taylor"`` …): each batch is the model's inputs or an
-            ``(inputs, targets)`` pair. A one-shot iterator is read into a list once.
+            ``(inputs, targets)`` pair. A one-shot iterator is read into a list once. The
+            check also runs on its first ``VERIFY_BATCHES`` batches.
         loss_fn: ``loss_fn(outputs, batch) -> loss`` for gradient criteria; by default the
             model's own loss or the cross-entropy of the outputs against the batch's targets.
         strict: raise on any op without a coupling rule instead of leaving its dims alone.
         check: check each proposed piece with the method's check before changing the model
-            (equivalence of the masked and pruned models within ``tolerance`` for the exact
-            methods); pieces that break the model or fail it are left unpruned and listed in
+            (equivalence of the masked and pruned models for the exact methods: every output
+            within ``tolerance`` of its own scale, looser for half precision, all finite);
+            pieces that break the model or fail it are left unpruned and listed in
             ``result.skipped``. With ``check=False`` only "it still runs, with the same output
-            shapes" is checked.
+            shapes" is checked. Only the paths the example inputs and data batches take
+            through the model's control flow are checked.
 
     Returns:
         A ``PruneResult`` with ``plan`` (JSON-able), ``before``, ``after`` and ``report``.
@@ -86,13 +103,20 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     if not isinstance(method, PruningMethod):
         raise ConfigError(f"method must be a pruning method (a pk.PruningMethod such as "
                           f"pk.FilterPruning(...)), got {type(method).__name__}")
-    if data is not None and iter(data) is data:  # a generator would be spent by its first use
-        data = list(data)
+    check_model(model)
+    check_example_inputs(example_inputs)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
+            tolerance >= 0):
+        raise ConfigError(f"tolerance must be a number >= 0 (a fraction of each output's "
+                          f"scale), got {tolerance!r}")
+    data = checked_data(model, data)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
+    # verified on a few batches of data too: control flow real data takes is checked as well
+    inputs = CheckInputs(example_inputs, [split_batch(batch)[0]
+                                          for batch in islice(data or (), VERIFY_BATCHES)])
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
-        outcome = largest_passing_plan(model, example_inputs, proposal,
-                                       method.check(check, tolerance))
+        outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance))
         del proposal  # a traced graph holds references to the unpruned tensors
         if outcome.skipped and outcome.plan.is_empty:
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in outcome.skipped[:3])

@@ -3,11 +3,16 @@ without losing the modes its modules were in."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from .errors import TraceError
 
 
 @contextmanager
@@ -27,15 +32,60 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
-    """Every tensor inside nested tuples, lists, dicts and dataclass-like outputs."""
+    """Every tensor inside what a model returns: nested tuples and named tuples, lists, dicts
+    (a Hugging Face ``ModelOutput``), dataclasses and plain objects holding tensors in their
+    attributes, in a fixed order. Each object is visited once, so a cycle ends. A key/value
+    cache is not walked (``_is_cache``)."""
+    for _, tensor in named_tensors(obj):
+        yield tensor
+
+
+def named_tensors(obj: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``iter_tensors`` with where each tensor sits: ``[0]``, ``['logits']``, ``.boxes``
+    (``"output"`` for a bare tensor)."""
+    yield from _walk(obj, path, set())
+
+
+def _walk(obj: Any, path: str, seen: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from iter_tensors(value)
+        yield path or "output", obj
+        return
+    if obj is None or isinstance(obj, (str, bytes, int, float, complex, bool, nn.Module, type)):
+        return
+    if id(obj) in seen or _is_cache(obj):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Mapping):
+        items = [(f"{path}[{key!r}]", value) for key, value in obj.items()]
     elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from iter_tensors(value)
+        items = [(f"{path}[{i}]", value) for i, value in enumerate(obj)]
+    elif dataclasses.is_dataclass(obj):
+        items = [(f"{path}.{f.name}", getattr(obj, f.name, None))
+                 for f in dataclasses.fields(obj)]
+    elif hasattr(obj, "__dict__"):
+        items = [(f"{path}.{key}", value) for key, value in vars(obj).items()]
+    else:
+        return
+    for where, value in items:
+        yield from _walk(value, where, seen)
+
+
+def _is_cache(obj: Any) -> bool:
+    """A Hugging Face key/value cache: state for the next call, whose sizes follow the pruned
+    heads, not an output to keep or compare."""
+    cache_utils = sys.modules.get("transformers.cache_utils")
+    return cache_utils is not None and isinstance(obj, cache_utils.Cache)
+
+
+def output_tensors(output: Any, who: str = "the model") -> list[torch.Tensor]:
+    """Every tensor in a model's output; an output holding none cannot be protected or
+    compared, so it is refused."""
+    tensors = list(iter_tensors(output))
+    if not tensors:
+        raise TraceError(f"{who} returned a {type(output).__name__} holding no tensors that "
+                         f"prunekit can find; return tensors in tuples, lists, dicts, "
+                         f"dataclasses or attributes of an object")
+    return tensors
 
 
 def call_model(model: nn.Module, example_inputs: Any) -> Any:

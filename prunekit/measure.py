@@ -15,11 +15,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from .calls import (  # noqa: E402
-    call_model,
-    evaluating,  # noqa: E402
-    iter_tensors,
-)
+from .calls import call_model, evaluating, named_tensors, output_tensors  # noqa: E402
 
 
 @dataclass
@@ -43,20 +39,24 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
 def flops_and_shapes(model: nn.Module, example_inputs: Any) -> tuple[int, list[tuple[int, ...]]]:
     """FLOPs of one eval-mode forward pass, and the shapes of every tensor it returns."""
     flops, outputs = flops_and_outputs(model, example_inputs)
-    return flops, [tuple(t.shape) for t in outputs]
+    return flops, [tuple(t.shape) for t in outputs.values()]
 
 
-def flops_and_outputs(model: nn.Module, example_inputs: Any) -> tuple[int, list[torch.Tensor]]:
-    """FLOPs of one eval-mode forward pass, and every tensor it returns (detached)."""
+def flops_and_outputs(model: nn.Module, example_inputs: Any
+                      ) -> tuple[int, dict[str, torch.Tensor]]:
+    """FLOPs of one eval-mode forward pass, and every tensor it returns (detached), by where
+    it sits in the output (``named_tensors``)."""
     # grad mode on: the counter's module tracker hooks autograd and fails on leaf inputs
     # (a parameter fed straight into a submodule) under no_grad
     with evaluating(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        outputs = [t.detach() for t in iter_tensors(call_model(model, example_inputs))]
+        output = call_model(model, example_inputs)
+        output_tensors(output)  # refuses an output with no tensors in it
+        outputs = {name: t.detach() for name, t in named_tensors(output)}
     return int(counter.get_total_flops()), outputs
 
 
 def size_and_outputs(model: nn.Module, example_inputs: Any
-                     ) -> tuple[Measurement, list[torch.Tensor]]:
+                     ) -> tuple[Measurement, dict[str, torch.Tensor]]:
     """Parameters and FLOPs of ``model``, and every tensor one forward pass returns: what a
     check reads from the pruned model, measured in the forward pass it makes anyway."""
     flops, outputs = flops_and_outputs(model, example_inputs)

@@ -3,8 +3,10 @@ asks for (``checks``), and the bisection that leaves out the pieces that fail it
 
 from .bisection import Bisection, SkippedGroup, largest_passing_plan
 from .checks import BlocksBypassed, Check, CheckReport, Equivalence, Runs, shapes_allowed
-from .verify import DEFAULT_TOLERANCE, VerifyReport, mask, verify
+from .comparison import DEFAULT_TOLERANCE, OutputComparison, VerifyReport, tolerance_for
+from .verify import CheckInputs, PrunedModelFailed, mask, verify
 
-__all__ = ["DEFAULT_TOLERANCE", "Bisection", "BlocksBypassed", "Check", "CheckReport",
-           "Equivalence", "Runs", "SkippedGroup", "VerifyReport", "largest_passing_plan",
-           "mask", "shapes_allowed", "verify"]
+__all__ = ["DEFAULT_TOLERANCE", "Bisection", "BlocksBypassed", "Check", "CheckInputs",
+           "CheckReport", "Equivalence", "OutputComparison", "PrunedModelFailed", "Runs",
+           "SkippedGroup", "VerifyReport", "largest_passing_plan", "mask", "shapes_allowed",
+           "tolerance_for", "verify"]

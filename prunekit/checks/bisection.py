@@ -19,6 +19,7 @@ from torch import nn
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
 from .checks import Check, CheckReport
+from .verify import PrunedModelFailed, as_check_inputs
 
 if TYPE_CHECKING:
     from ..methods.base import Proposal
@@ -47,11 +48,14 @@ class Bisection:
     tries: int = 0
 
 
-def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Proposal,
+def largest_passing_plan(model: nn.Module, inputs: Any, proposal: Proposal,
                          check: Check) -> Bisection:
     """Check the whole proposal, then bisect its pieces until every failing one is found.
-    The sizes before and after come from the checks' own forward passes (one more pass only
-    when no check ran to the end)."""
+    ``inputs``: the example inputs, or ``CheckInputs`` with data batches too. The sizes
+    before and after come from the checks' own forward passes (one more pass only when no
+    check ran to the end). A piece is left out when its plan does not apply, the pruned
+    model raises, or the check fails; an error in the check itself propagates."""
+    inputs = as_check_inputs(inputs)
     unmeasured = Measurement(0, 0)
     result = Bisection(proposal.plan([]), unmeasured, unmeasured)
     accepted: list = []
@@ -60,9 +64,9 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
         result.tries += 1
         plan = proposal.plan(accepted + pieces)
         try:
-            report = check.run(model, example_inputs, plan)
-        except Exception as error:  # the pruned model no longer runs
-            return f"{type(error).__name__}: {error}"
+            report = check.run(model, inputs, plan)
+        except PrunedModelFailed as failed:  # the plan breaks the model
+            return str(failed)
         if result.before is unmeasured and report.unpruned is not None:
             result.before = report.unpruned
         if not report.ok:
@@ -88,7 +92,7 @@ def largest_passing_plan(model: nn.Module, example_inputs: Any, proposal: Propos
             middle = len(pieces) // 2
             pending += [pieces[middle:], pieces[:middle]]
     if result.before is unmeasured:
-        result.before = size_and_outputs(model, example_inputs)[0]
+        result.before = size_and_outputs(model, inputs.example)[0]
     if result.after is unmeasured:  # nothing passed: the model stays as it is
         result.after = result.before
     return result

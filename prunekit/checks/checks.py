@@ -4,22 +4,29 @@ A method picks its check (``PruningMethod.check``): equivalence of the masked an
 models for the exact methods, "runs, outputs may narrow" for hidden-size pruning, "the named
 blocks are bypassed and nothing else changed" for layer removal, and "runs with the same
 output shapes" when the caller turns verification off. Every check runs on the model in
-place and leaves it exactly as it found it; a pruned model that raises makes ``run`` raise.
+place and leaves it exactly as it found it; a plan that does not apply, or a pruned model
+that raises, makes ``run`` raise ``PrunedModelFailed``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
+from ..calls import call_model, evaluating, iter_tensors
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan, original_name
-from ..surgery.apply import evaluate_applied
-from .verify import DEFAULT_TOLERANCE, compare_in_place
+from .comparison import DEFAULT_TOLERANCE
+from .verify import (
+    CheckInputs,
+    as_check_inputs,
+    compare_in_place,
+    run_pruned,
+)
 
 Shapes = list[tuple[int, ...]]
 
@@ -37,8 +44,10 @@ class Check(ABC):
     """A property of the pruned model, checked with the plan applied in place and undone."""
 
     @abstractmethod
-    def run(self, model: nn.Module, example_inputs: Any, plan: Plan) -> CheckReport:
-        """Check ``plan`` on ``model``; the model is left as it was."""
+    def run(self, model: nn.Module, inputs: CheckInputs, plan: Plan) -> CheckReport:
+        """Check ``plan`` on ``model`` (on every input of ``inputs``); the model is left as
+        it was. Whatever applying the plan or running the pruned model raises comes out as
+        ``PrunedModelFailed`` (use ``run_pruned``); other errors are the check's own."""
 
 
 def shapes_allowed(shapes: Shapes, reference: Shapes, may_narrow: bool = False) -> bool:
@@ -54,12 +63,13 @@ def shapes_allowed(shapes: Shapes, reference: Shapes, may_narrow: bool = False) 
 @dataclass
 class Equivalence(Check):
     """The masked model (removed channels zeroed in every member) and the pruned model give
-    the same outputs within ``tolerance`` of the output scale."""
+    the same outputs: every output tensor within ``tolerance`` of its own scale (looser for
+    half precision), all finite."""
 
     tolerance: float = DEFAULT_TOLERANCE
 
-    def run(self, model, example_inputs, plan):
-        return compare_in_place(model, example_inputs, plan, self.tolerance)
+    def run(self, model, inputs, plan):
+        return compare_in_place(model, inputs, plan, self.tolerance)
 
 
 @dataclass
@@ -68,14 +78,15 @@ class RunsReport:
     shapes: Shapes
     reference: Shapes
     may_narrow: bool
+    inputs: str = "the example inputs"
     unpruned: Measurement | None = None
     pruned: Measurement | None = None
 
     def __str__(self) -> str:
         what = "narrower or equal" if self.may_narrow else "the same"
         verdict = "runs" if self.ok else "does NOT keep its output shapes"
-        return (f"{verdict}: output shapes {what} ({self.reference} -> {self.shapes}); "
-                f"outputs not compared")
+        return (f"{verdict} on {self.inputs}: output shapes {what} ({self.reference} -> "
+                f"{self.shapes}); outputs not compared")
 
 
 @dataclass
@@ -85,17 +96,22 @@ class Runs(Check):
 
     may_narrow: bool = False
 
-    def run(self, model, example_inputs, plan):
-        unpruned, reference = _measured(model, example_inputs)
-        pruned, shapes = evaluate_applied(model, plan,
-                                          lambda m: _measured(m, example_inputs))
+    def run(self, model, inputs, plan):
+        inputs = as_check_inputs(inputs)
+        unpruned, reference = _measured(model, inputs)
+        pruned, shapes = run_pruned(model, plan, lambda m: _measured(m, inputs))
         return RunsReport(shapes_allowed(shapes, reference, self.may_narrow), shapes,
-                          reference, self.may_narrow, unpruned, pruned)
+                          reference, self.may_narrow, inputs.describe(), unpruned, pruned)
 
 
-def _measured(model: nn.Module, example_inputs: Any) -> tuple[Measurement, Shapes]:
-    size, outputs = size_and_outputs(model, example_inputs)
-    return size, [tuple(t.shape) for t in outputs]
+def _measured(model: nn.Module, inputs: CheckInputs) -> tuple[Measurement, Shapes]:
+    """The size on the example inputs, and the output shapes on every input, in order."""
+    size, outputs = size_and_outputs(model, inputs.example)
+    shapes = [tuple(t.shape) for t in outputs.values()]
+    with evaluating(model), torch.no_grad():
+        for batch in inputs.batches:
+            shapes += [tuple(t.shape) for t in iter_tensors(call_model(model, batch))]
+    return size, shapes
 
 
 @dataclass
@@ -104,6 +120,7 @@ class BypassReport:
     removed: list[str]
     unchanged: int
     problems: list[str]
+    inputs: str = "the example inputs"
     unpruned: Measurement | None = None
     pruned: Measurement | None = None
 
@@ -111,7 +128,8 @@ class BypassReport:
         if self.ok:
             return (f"blocks bypassed: {', '.join(self.removed)} removed; the other "
                     f"{self.unchanged} parameter tensors are unchanged and the output shapes "
-                    f"are the same")
+                    f"on {self.inputs} are the same (what the model computes has changed: "
+                    f"outputs are not compared)")
         return "blocks NOT cleanly bypassed: " + "; ".join(self.problems[:3])
 
 
@@ -119,35 +137,35 @@ class BypassReport:
 class BlocksBypassed(Check):
     """The plan's layers are gone (deleted from their stack or replaced by an identity), every
     other parameter is the same tensor with the same values, and the output shapes are the
-    unpruned model's."""
+    unpruned model's. Removing a block changes what the model computes, so outputs are not
+    compared: this check never claims equivalence."""
 
-    def run(self, model, example_inputs, plan):
-        unpruned, reference = _measured(model, example_inputs)
+    def run(self, model, inputs, plan):
+        inputs = as_check_inputs(inputs)
+        unpruned, reference = _measured(model, inputs)
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
         removed = {name for name in before
                    if any(name.startswith(layer + ".") for layer in plan.layers)}
 
-        def inspect(pruned: nn.Module) -> BypassReport:
-            problems = []
-            size, shapes = _measured(pruned, example_inputs)
-            if shapes != reference:
-                problems.append(f"output shapes {reference} -> {shapes}")
-            seen = set()
-            for name, p in pruned.named_parameters():
-                old = original_name(name, plan.layers, plan.stacks)
-                seen.add(old)
-                if old in removed or old not in before:
-                    problems.append(f"{name} should have been removed")
-                elif before[old].shape != p.shape or not torch.equal(before[old], p.detach()):
-                    problems.append(f"{name} changed")
-            missing = set(before) - removed - seen
-            problems += [f"{name} disappeared" for name in sorted(missing)[:3]]
+        def look(pruned: nn.Module):
+            size, shapes = _measured(pruned, inputs)
             modules = dict(pruned.named_modules())
-            for layer in plan.layers:
-                if layer in modules and not plan.stacks and not isinstance(modules[layer],
-                                                                           nn.Identity):
-                    problems.append(f"{layer} is still there")
-            return BypassReport(not problems, list(plan.layers), len(seen), problems, unpruned,
-                                size)
+            still_there = [layer for layer in plan.layers if layer in modules
+                           and not plan.stacks and not isinstance(modules[layer], nn.Identity)]
+            return size, shapes, dict(pruned.named_parameters()), still_there
 
-        return evaluate_applied(model, plan, inspect)
+        size, shapes, parameters, still_there = run_pruned(model, plan, look)
+        problems = [f"output shapes {reference} -> {shapes}"] if shapes != reference else []
+        seen = set()
+        for name, p in parameters.items():
+            old = original_name(name, plan.layers, plan.stacks)
+            seen.add(old)
+            if old in removed or old not in before:
+                problems.append(f"{name} should have been removed")
+            elif before[old].shape != p.shape or not torch.equal(before[old], p.detach()):
+                problems.append(f"{name} changed")
+        missing = set(before) - removed - seen
+        problems += [f"{name} disappeared" for name in sorted(missing)[:3]]
+        problems += [f"{layer} is still there" for layer in still_there]
+        return BypassReport(not problems, list(plan.layers), len(seen), problems,
+                            inputs.describe(), unpruned, size)

@@ -8,46 +8,62 @@ the masked model computes exactly what the smaller model computes.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
 
+from ..calls import call_model, evaluating, named_tensors
+from ..errors import ConfigError
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
 from ..surgery.apply import evaluate_applied, tensor_owners
+from .comparison import DEFAULT_TOLERANCE, VerifyReport, compare_outputs
 
-# float32 rounding differs between a masked and a pruned model (sums over fewer terms) and
-# grows through deep networks: up to about 3e-5 of the output scale in a 6-layer BERT. A real
-# mismatch is orders of magnitude larger.
-DEFAULT_TOLERANCE = 1e-4
+T = TypeVar("T")
+
+
+class PrunedModelFailed(Exception):
+    """Applying a plan or running the pruned model raised ``error``: the plan broke the
+    model (as opposed to a fault in the check itself, which propagates as it is)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+def run_pruned(model: nn.Module, plan: Plan, evaluate: Callable[[nn.Module], T]) -> T:
+    """``evaluate`` on the model with ``plan`` applied, then restored (``evaluate_applied``);
+    whatever applying or running it raises comes out as ``PrunedModelFailed``."""
+    try:
+        return evaluate_applied(model, plan, evaluate)
+    except Exception as error:
+        raise PrunedModelFailed(error) from error
 
 
 @dataclass
-class VerifyReport:
-    """How far apart the masked and pruned models are on the example inputs."""
+class CheckInputs:
+    """What a check runs the model on: the example inputs (where sizes are measured), then a
+    few batches of the user's data, so that control flow taken only by real data is checked
+    too. Only the paths these inputs take are checked."""
 
-    max_abs_diff: float
-    output_scale: float
-    tolerance: float
-    shapes_match: bool
-    # the unpruned (masked: same shapes) and pruned models' sizes, measured on the way
-    unpruned: Measurement | None = None
-    pruned: Measurement | None = None
+    example: Any
+    batches: list = field(default_factory=list)
 
-    @property
-    def relative_diff(self) -> float:
-        return self.max_abs_diff / max(self.output_scale, 1e-12)
+    def __iter__(self) -> Iterator[Any]:
+        yield self.example
+        yield from self.batches
 
-    @property
-    def ok(self) -> bool:
-        return self.shapes_match and self.relative_diff <= self.tolerance
+    def describe(self) -> str:
+        if not self.batches:
+            return "the example inputs"
+        count = len(self.batches)
+        return f"the example inputs and {count} batch{'es' if count > 1 else ''} of data"
 
-    def __str__(self) -> str:
-        verdict = "equivalent" if self.ok else "NOT equivalent"
-        return (f"{verdict}: max |masked - pruned| = {self.max_abs_diff:.3g} "
-                f"(relative {self.relative_diff:.3g}, tolerance {self.tolerance:g})")
+
+def as_check_inputs(inputs: Any) -> CheckInputs:
+    return inputs if isinstance(inputs, CheckInputs) else CheckInputs(inputs)
 
 
 def _removed(size: int, kept: list[int]) -> torch.Tensor:
@@ -112,65 +128,81 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
-def _outputs(model: nn.Module, example_inputs: Any) -> tuple[Measurement, list[torch.Tensor]]:
-    """The model's size, and its floating-point outputs in float64."""
-    size, outputs = size_and_outputs(model, example_inputs)
-    return size, [t.double() for t in outputs if t.is_floating_point()]
+def _outputs_on(model: nn.Module, inputs: CheckInputs
+                ) -> tuple[Measurement, list[dict[str, torch.Tensor]]]:
+    """The model's size (measured on the example inputs) and its outputs on every input."""
+    size, first = size_and_outputs(model, inputs.example)
+    rest = []
+    with evaluating(model), torch.no_grad():
+        for batch in inputs.batches:
+            output = call_model(model, batch)
+            rest.append({name: t.detach() for name, t in named_tensors(output)})
+    return size, [first, *rest]
 
 
-def _masked_outputs(model: nn.Module, example_inputs: Any, plan: Plan
-                    ) -> tuple[Measurement | None, list[torch.Tensor]]:
+def _masked_outputs(model: nn.Module, inputs: CheckInputs, plan: Plan
+                    ) -> tuple[Measurement | None, list[dict[str, torch.Tensor]]]:
     if plan.layers:  # a removed layer's "mask" is the identity it is replaced by
         rest = Plan(tensors=plan.tensors, shapes=plan.shapes)
         _, outputs = evaluate_applied(model, Plan(layers=plan.layers, stacks=plan.stacks),
-                                      lambda swapped: _masked_outputs(swapped, example_inputs,
-                                                                      rest))
+                                      lambda swapped: _masked_outputs(swapped, inputs, rest))
         return None, outputs  # the swapped model is not the unpruned one: no size to report
     undo = _mask_parameters(model, plan)
     try:
-        return _outputs(model, example_inputs)  # masking changes no shape: the unpruned size
+        return _outputs_on(model, inputs)  # masking changes no shape: the unpruned size
     finally:
         with torch.no_grad():
             for restore in undo:
                 restore()
 
 
-def compare_in_place(model: nn.Module, example_inputs: Any, plan: Plan,
+def compare_in_place(model: nn.Module, inputs: Any, plan: Plan,
                      tolerance: float = DEFAULT_TOLERANCE) -> VerifyReport:
-    """Masked vs pruned outputs of ``model``, computed in place and undone afterwards.
+    """Masked vs pruned outputs of ``model`` on every input of ``inputs`` (example inputs or
+    ``CheckInputs``), computed in place and undone afterwards.
 
-    Raises whatever the pruned model raises when it no longer runs (the model is restored).
+    Raises ``PrunedModelFailed`` when the plan does not apply or the pruned model no longer
+    runs (the model is restored); anything the masked model raises propagates as it is.
     """
-    unpruned, expected = _masked_outputs(model, example_inputs, plan)
-    pruned, actual = evaluate_applied(model, plan, lambda m: _outputs(m, example_inputs))
-    report = _compare(expected, actual, tolerance)
-    report.unpruned, report.pruned = unpruned, pruned
-    return report
-
-
-def _compare(expected: list[torch.Tensor], actual: list[torch.Tensor],
-             tolerance: float) -> VerifyReport:
-    shapes_match = [t.shape for t in expected] == [t.shape for t in actual]
-    diff = max(((a - e).abs().max().item() for a, e in zip(actual, expected)
-                if a.shape == e.shape and a.numel()), default=0.0)
-    scale = max((e.abs().max().item() for e in expected if e.numel()), default=1.0)
-    return VerifyReport(diff, scale, tolerance, shapes_match)
+    inputs = as_check_inputs(inputs)
+    unpruned, expected = _masked_outputs(model, inputs, plan)
+    pruned, actual = run_pruned(model, plan, lambda m: _outputs_on(m, inputs))
+    comparisons = []
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        comparisons += compare_outputs(e, a, tolerance, f" (batch {i})" if i else "")
+    return VerifyReport(comparisons, tolerance, inputs.describe(), list(plan.layers),
+                        unpruned, pruned)
 
 
 def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
            tolerance: float = DEFAULT_TOLERANCE) -> VerifyReport:
-    """Check that the plan's masked and pruned versions of a model give the same outputs.
+    """Check that the plan's masked and pruned versions of a model give the same outputs:
+    every output tensor, each within ``tolerance`` of its own largest value (looser for
+    half-precision outputs, see ``tolerance_for``), all finite.
+
+    A plan that only removes layers changes what the model computes, so there is nothing to
+    be equivalent to: it is refused (its check is ``pk.checks.BlocksBypassed``). Layers
+    removed by a plan that also prunes channels are removed from both models.
 
     Args:
         original_model: the unpruned model; it is copied, never changed.
-        example_inputs: inputs as for ``pk.prune``.
+        example_inputs: inputs as for ``pk.prune``, or ``CheckInputs`` for several.
         plan: the plan to check.
-        tolerance: largest allowed max-abs difference relative to the output scale.
+        tolerance: largest allowed max-abs difference relative to each output's scale.
 
     Returns:
-        A ``VerifyReport``; ``report.ok`` is the verdict.
+        A ``VerifyReport``; ``report.ok`` is the verdict, ``str(report)`` says what was
+        compared.
 
     Example:
         >>> report = pk.verify(original, x, result.plan); assert report.ok, report
     """
-    return compare_in_place(copy.deepcopy(original_model), example_inputs, plan, tolerance)
+    if plan.layers and not plan.tensors:
+        raise ConfigError("pk.verify: this plan only removes layers, which changes what the "
+                          "model computes, so there is no equivalent model to compare with; "
+                          "check it with pk.checks.BlocksBypassed (what pk.prune does)")
+    try:
+        return compare_in_place(copy.deepcopy(original_model), example_inputs, plan,
+                                tolerance)
+    except PrunedModelFailed as failed:
+        raise failed.error

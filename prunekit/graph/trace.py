@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..calls import call_model, evaluating, iter_tensors
+from ..calls import call_model, evaluating, iter_tensors, output_tensors
 from ..errors import TraceError, UnsupportedOpError
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import RULES
@@ -279,10 +279,10 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False,
             ctx.fix(tensor, "model input")
         with evaluating(model), torch.no_grad(), mode:
             out = call_model(model, example_inputs)
-        for tensor in iter_tensors(out):
+        for tensor in output_tensors(out):
             if not normalised_prunable:  # a narrower hidden size narrows a base model's outputs
                 ctx.fix(tensor, "model output")
-    except UnsupportedOpError:
+    except TraceError:  # an unsupported op, an output with nothing to protect
         raise
     except Exception as error:  # the user's forward failed: say so, keep the cause
         where = ctx.module_path

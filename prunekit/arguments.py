@@ -1,0 +1,62 @@
+"""Checks on what ``pk.prune`` is given, made before anything runs: a mistake is one clear
+``ConfigError`` naming the argument, and the model is not touched."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .batches import split_batch
+from .calls import call_model, evaluating, named_tensors
+from .errors import ConfigError
+
+
+def check_model(model: Any) -> None:
+    """A float ``nn.Module`` with parameters: quantized modules keep their weights packed,
+    out of prunekit's reach, so a quantized model would "prune" to nothing."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    quantized = [name for name, module in model.named_modules()
+                 if ".quantized" in type(module).__module__]
+    if quantized:
+        raise ConfigError(f"model: module {quantized[0]!r} is quantized "
+                          f"({type(dict(model.named_modules())[quantized[0]]).__name__}); "
+                          f"prune the float model, then quantize it")
+    if next(model.parameters(), None) is None:
+        raise ConfigError("model has no parameters, so there is nothing to prune")
+
+
+def check_example_inputs(example_inputs: Any, what: str = "example_inputs") -> None:
+    """At least one sample: an empty batch runs but compares nothing."""
+    for name, tensor in named_tensors(example_inputs, what):
+        if tensor.numel() == 0:
+            raise ConfigError(f"{name} is empty (shape {tuple(tensor.shape)}); give at least "
+                              f"one sample, since an empty batch verifies nothing")
+
+
+def checked_data(model: nn.Module, data: Iterable | None) -> list | Iterable | None:
+    """``data`` ready to be read several times (a one-shot iterator is read into a list once),
+    after checking that it has batches and that the model runs on the first."""
+    if data is None:
+        return None
+    if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
+        raise ConfigError(f"data must be an iterable of batches (a list or a DataLoader), "
+                          f"got {type(data).__name__}; for one batch give [batch]")
+    if iter(data) is data:  # a generator would be spent by its first use
+        data = list(data)
+    first = next(iter(data), None)
+    if first is None:
+        raise ConfigError("data has no batches; give at least one, or leave data out")
+    inputs = split_batch(first)[0]
+    check_example_inputs(inputs, "data's first batch")
+    try:
+        with evaluating(model), torch.no_grad():
+            call_model(model, inputs)
+    except Exception as error:
+        raise ConfigError(f"data: the model does not run on the first batch "
+                          f"({type(error).__name__}: {error}); each batch must be the "
+                          f"model's inputs, as example_inputs are, or an (inputs, targets) "
+                          f"pair") from error
+    return data

@@ -1,0 +1,185 @@
+"""Verification checks what it says: every output structure, per-output tolerances that follow
+dtype, NaN, empty batches, data batches for other control-flow paths, and the difference
+between a plan that breaks the model and a check that is itself broken."""
+
+from __future__ import annotations
+
+import copy
+from collections import namedtuple
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import prunekit as pk
+from prunekit.checks.checks import Check
+from prunekit.checks.comparison import compare_outputs
+from prunekit.errors import TraceError
+
+from .helpers import outputs
+
+
+@dataclass
+class Prediction:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class Holder:  # a plain object with tensors in its attributes
+    def __init__(self, logits, extra):
+        self.logits, self.extra = logits, extra
+
+
+Pair = namedtuple("Pair", "logits features")
+
+
+class Classifier(nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+        self.wrap = wrap
+
+    def forward(self, x):
+        features = self.conv2(torch.relu(self.conv1(x))).mean((2, 3))
+        return self.wrap(self.head(features), features)
+
+
+@pytest.mark.parametrize("wrap", [Prediction, Holder, Pair, lambda a, b: {"out": [a, (b,)]}],
+                         ids=["dataclass", "object", "namedtuple", "nested"])
+def test_every_output_structure_is_protected_and_compared(wrap):
+    torch.manual_seed(0)
+    model, x = Classifier(wrap), torch.randn(2, 3, 8, 8)
+    original = copy.deepcopy(model)
+    result = pk.prune(model, x, pk.FilterPruning(0.5, "l1"))
+    assert model.head.out_features == 4  # the output layer keeps its classes
+    assert model.conv1.out_channels == 8
+    assert len(result.report.outputs) == 2  # both output tensors were compared
+    for a, b in zip(outputs(original, x), outputs(model, x)):
+        assert a.shape == b.shape
+
+
+def test_an_output_without_tensors_is_refused():
+    class Opaque:
+        __slots__ = ("value",)
+
+        def __init__(self, value):
+            self.value = value
+
+    model = Classifier(lambda logits, _: Opaque(logits))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(TraceError, match="holding no tensors"):
+        pk.prune(model, torch.randn(1, 3, 8, 8), pk.FilterPruning(0.5))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_empty_batch_is_refused():
+    model = Classifier(lambda a, b: a)
+    with pytest.raises(pk.ConfigError, match="example_inputs is empty"):
+        pk.prune(model, torch.randn(0, 3, 8, 8), pk.FilterPruning(0.5))
+
+
+def test_a_quantized_model_is_refused():
+    model = torch.ao.quantization.quantize_dynamic(
+        nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), {nn.Linear})
+    with pytest.raises(pk.ConfigError, match="quantized"):
+        pk.prune(model, torch.randn(1, 8), pk.FilterPruning(0.5))
+
+
+def test_tolerance_is_per_output_and_nan_anywhere_fails():
+    scores = torch.rand(10, dtype=torch.float64)
+    big = torch.randn(10, dtype=torch.float64) * 1000
+    expected = {"[0]": big, "[1]": scores}
+    off = compare_outputs(expected, {"[0]": big, "[1]": scores + 0.02}, 1e-4)
+    assert [c.ok for c in off] == [True, False]  # 2% of a [0, 1] output, beside a x1000 one
+    nan = scores.clone()
+    nan[3] = float("nan")
+    assert not all(c.ok for c in compare_outputs(expected, {"[0]": big, "[1]": nan}, 1e-4))
+    assert all(c.ok for c in compare_outputs(expected, expected, 1e-4))
+
+
+def test_half_precision_tolerance_follows_the_dtype_and_still_catches_errors():
+    x = torch.randn(100, dtype=torch.float64)
+    rounded = x.to(torch.bfloat16)
+    one_ulp = (x * (1 + 2 ** -8)).to(torch.bfloat16)  # bf16 rounding noise
+    assert all(c.ok for c in compare_outputs({"o": rounded}, {"o": one_ulp}, 1e-4))
+    wrong = (x * 1.2).to(torch.bfloat16)
+    assert not any(c.ok for c in compare_outputs({"o": rounded}, {"o": wrong}, 1e-4))
+    # float32 keeps the caller's tolerance
+    assert not all(c.ok for c in compare_outputs({"o": x.float()}, {"o": (x * (1 + 2 ** -8)).float()},
+                                                 1e-4))
+
+
+def test_bfloat16_resnet_prunes_every_group():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).to(torch.bfloat16).eval()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.bfloat16)
+    result = pk.prune(model, x, pk.FilterPruning(0.5, "l1"))
+    assert result.skipped == [], [s.reason for s in result.skipped]
+    assert "bfloat16" in str(result.report)
+
+
+class Branchy(nn.Module):
+    """Inputs with a negative mean take a path that reads a parameter the other path never
+    touches: pruning the channels it scales breaks only that path."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(1, 16, 1, 1))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(torch.relu(self.stem(x))))
+        h = self.conv2(h) if x.mean() > 0 else h * self.scale
+        return self.head(h.mean((2, 3)))
+
+
+def test_data_batches_check_the_paths_the_example_inputs_do_not_take():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8).abs()  # positive mean: the conv2 path
+    other_path = [-torch.randn(2, 3, 8, 8).abs()]
+    unchecked = Branchy()
+    pk.prune(unchecked, x, pk.FilterPruning(0.5))
+    with pytest.raises(RuntimeError):  # verified on the example inputs only: broken elsewhere
+        unchecked(other_path[0])
+
+    model = Branchy()
+    result = pk.prune(model, x, pk.FilterPruning(0.5), data=other_path)
+    model(other_path[0])  # the groups that break the other path were left unpruned
+    assert any("conv1" in s.group for s in result.skipped)
+    assert model.stem.out_channels == 8  # what is safe on both paths was pruned
+    assert "1 batch of data" in str(result.report)
+
+
+class FaultyCheck(Check):
+    def run(self, model, inputs, plan):
+        raise TypeError("a bug in the check")
+
+
+class CheckedFilters(pk.FilterPruning):
+    def check(self, verify, tolerance):
+        return FaultyCheck()
+
+
+def test_a_fault_in_the_check_is_raised_not_taken_for_a_broken_model():
+    model = Classifier(lambda a, b: a)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(TypeError, match="a bug in the check"):
+        pk.prune(model, torch.randn(1, 3, 8, 8), CheckedFilters(0.5))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_result_says_what_was_skipped_and_what_was_checked():
+    torch.manual_seed(0)
+    model = Branchy()
+    result = pk.prune(model, torch.randn(2, 3, 8, 8).abs(), pk.FilterPruning(0.5),
+                      data=[-torch.randn(2, 3, 8, 8).abs()])
+    text = str(result)
+    assert "left unpruned" in text and "conv1" in text and "RuntimeError" in text
+    assert "check: equivalent" in text
