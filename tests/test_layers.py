@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.layers import find_layer_candidates
 from prunekit.measure import count_flops
 
 from .helpers import outputs
@@ -130,3 +131,38 @@ def test_asking_for_too_many_layers_is_a_clear_error_and_changes_nothing():
         pk.LayerPruning(n=1, criterion="nope")
     with pytest.raises(pk.ConfigError, match="data="):
         pk.layer_importance(model, None, "loss", example_inputs=data[0][0])
+
+
+def test_candidates_are_blocks_inside_sequential_stacks_never_their_containers():
+    import timm
+    import torchvision
+
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3,
+                                               num_heads=2, hidden_dim=16, mlp_dim=32)
+    assert find_layer_candidates(vit.eval(), torch.randn(1, 3, 32, 32)) == [
+        f"encoder.layers.encoder_layer_{i}" for i in range(3)]
+    convnext = timm.create_model("convnext_atto", num_classes=10).eval()
+    candidates = find_layer_candidates(convnext, torch.randn(1, 3, 64, 64))
+    assert candidates and all(".blocks." in name for name in candidates)
+    assert "stages.0" not in candidates
+    mobilenet = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    candidates = find_layer_candidates(mobilenet, torch.randn(1, 3, 64, 64))
+    assert candidates and all(name.count(".") == 1 for name in candidates)  # features.N only
+    modules = dict(mobilenet.named_modules())
+    assert not any(type(modules[name]).__name__ == "SqueezeExcitation" for name in candidates)
+
+
+def test_angular_windows_never_cross_a_change_of_shape():
+    import torchvision
+
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(2, 3, 64, 64)
+    result = pk.prune(model, x, pk.LayerPruning(n=2, criterion="angular"), data=[x])
+    first, second = result.plan.layers
+    assert first.split(".")[0] == second.split(".")[0]  # the same stage: same shapes
+
+
+def test_inputs_that_do_not_run_are_a_trace_error_naming_them():
+    model, _ = model_and_data()
+    with pytest.raises(pk.TraceError, match="example inputs do not run"):
+        pk.prune(model, torch.randn(1, 5), pk.LayerPruning(n=1, criterion="last"))

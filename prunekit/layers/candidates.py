@@ -6,10 +6,13 @@ that holds most of the parameters, see ``prunekit.surgery.stacks``); removing on
 and renumbers the rest. Elsewhere a candidate is a module (a residual block, or a single layer
 outside any block) whose input and output have the same shape, so the network still runs
 when it is replaced by an identity; the engine finds them by running the model once and
-then checks each one by actually skipping it. Only the outermost such modules count, so
-candidates are whole blocks rather than the layers inside them; plain containers
-(``nn.Sequential`` stages) are not candidates themselves, their blocks are. Normalisation
-layers and activations are not candidates: skipping them saves nothing.
+then checks each one by actually skipping it. Candidates are blocks, never containers of
+blocks: where a module holds two or more blocks of one class that keep their input's shape
+(a stack: a ResNet stage, a ViT encoder's layers, a ConvNeXt stage's blocks), those blocks
+are the candidates, the modules holding the stack (the stage, the encoder) never are, and
+nothing inside a block is (a squeeze-and-excitation gate inside a block that changes shape).
+Elsewhere the outermost modules whose removal keeps the shapes count. Normalisation layers
+and activations are not candidates: skipping them saves nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 
 from ..calls import evaluating, iter_tensors, output_shapes
+from ..errors import TraceError
 from ..plan import Plan
 from ..surgery.apply import evaluate_applied
 from ..surgery.stacks import find_block_stack, stack_blocks
@@ -35,8 +39,7 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
     keeps every shape valid; in execution order."""
     stack = find_block_stack(model)
     if stack is not None:
-        with evaluating(model):
-            shapes = output_shapes(model, example_inputs)
+        shapes = _unpruned_shapes(model, example_inputs)
         return [name for name in stack_blocks(model, stack)
                 if _skipping_keeps_shapes(model, example_inputs, name, shapes, stack)]
     same_shape: dict[str, bool] = {}
@@ -63,19 +66,66 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
             handles.append(module.register_forward_pre_hook(started(name)))
             handles.append(module.register_forward_hook(finished(name)))
     try:
-        with evaluating(model):
-            shapes = output_shapes(model, example_inputs)
+        shapes = _unpruned_shapes(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()
+    modules = dict(model.named_modules())
+    blocks = _block_names(modules, same_shape)
     candidates: list[str] = []
     for name in order:  # parents start before their children
         if any(name.startswith(outer + ".") for outer in candidates):
             continue
+        if any(name.startswith(block + ".") for block in blocks):
+            continue  # a layer inside a block of a stack: the block is the unit
+        if _holds_stack(name, modules, same_shape):
+            continue  # a container of blocks (a stage, an encoder): its blocks are candidates
         if same_shape.get(name) and _skipping_keeps_shapes(model, example_inputs, name, shapes,
                                                             None):
             candidates.append(name)
     return candidates
+
+
+def _is_stack(module: nn.Module, prefix: str, same_shape: dict[str, bool]) -> bool:
+    """Two or more direct children of one class that are blocks (modules with layers inside),
+    at least one of them keeping its input's shape: repeated blocks, as in a stage or an
+    encoder (the first block of a stage may change the shape, the others do not)."""
+    kinds: dict[type, list[bool]] = {}
+    for key, child in module.named_children():
+        name = f"{prefix}.{key}" if prefix else key
+        if any(next(c.parameters(), None) is not None for c in child.children()):
+            kinds.setdefault(type(child), []).append(bool(same_shape.get(name)))
+    return any(len(keeps) >= 2 and any(keeps) for keeps in kinds.values())
+
+
+def _holds_stack(name: str, modules: dict[str, nn.Module], same_shape: dict[str, bool]) -> bool:
+    """Whether the module or anything inside it is a stack of blocks."""
+    return any(_is_stack(module, inner, same_shape) for inner, module in modules.items()
+               if inner == name or inner.startswith(name + "."))
+
+
+def _block_names(modules: dict[str, nn.Module], same_shape: dict[str, bool]) -> list[str]:
+    """Every child of a stack that holds no stack itself: the blocks, whose insides are never
+    candidates (a squeeze-and-excitation gate inside a block that changes shape, say)."""
+    blocks = []
+    for prefix, module in modules.items():
+        if _is_stack(module, prefix, same_shape):
+            for key, _ in module.named_children():
+                name = f"{prefix}.{key}" if prefix else key
+                if not _holds_stack(name, modules, same_shape):
+                    blocks.append(name)
+    return blocks
+
+
+def _unpruned_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]]:
+    try:
+        with evaluating(model):
+            return output_shapes(model, example_inputs)
+    except TraceError:
+        raise
+    except Exception as error:
+        raise TraceError(f"the example inputs do not run through the model: "
+                         f"{type(error).__name__}: {error}") from error
 
 
 def removal(names: list[str], stack: str | None) -> Plan:

@@ -176,8 +176,13 @@ def choose_layers(scores: list[LayerScore], n: int | None, window: bool = False)
     never one inside another; with ``window`` (a windowed criterion such as ``"angular"``)
     the ``n`` consecutive layers that start at the lowest-scoring layer."""
     if window and n is not None:
-        start = min(scores, key=lambda s: (s.score, -s.position)).position
-        window = [s.name for s in scores[start:start + n]]
+        best = min(scores, key=lambda s: (s.score, -s.position))
+        if not math.isfinite(best.score):
+            raise PruneError(f"no {n} consecutive layers keep the same shape from the first's "
+                             f"input to the last's output, so no distance across them is "
+                             f"defined; use a smaller n or another criterion")
+        window = [s.name for s in scores  # ignored layers leave a gap: no window then
+                  if best.position <= s.position < best.position + n]
         if len(window) == n:
             return window
     chosen: list[str] = []
@@ -257,6 +262,9 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
                 call_model(model, given)
                 for i in range(len(candidates) - span + 1):
                     first, last = candidates[i], candidates[i + span - 1]
+                    if inputs[first].shape != outputs[last].shape:
+                        sums[i] = math.inf  # a layer between them changes the shape: no
+                        continue  # distance across the window is defined
                     total, samples = summed_distance(
                         inputs[first], outputs[last], per_token, angular,
                         token_weights(given, outputs[last]))
