@@ -123,12 +123,15 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             raise PruneError(f"nothing could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
         recovery = method.recovery(model, context)
+        config_matches: list[bool | None] = []
 
-        def recover(pruned: nn.Module) -> None:
+        def finish(pruned: nn.Module) -> None:
             if recovery is not None:
                 recovery(pruned, outcome.plan)
+            config_matches.append(method.update_config(pruned))
 
-        # the one place the model changes: the checked plan, with recovery in the transaction
-        apply_plan(model, outcome.plan, check=recover)
+        # the one place the model changes: the checked plan, then recovery and the config
+        # update inside the same transaction (an error or an interrupt undoes all of it)
+        apply_plan(model, outcome.plan, check=finish)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
-                       method.update_config(model), outcome.report)
+                       config_matches[0], outcome.report)

@@ -95,12 +95,19 @@ class Plan:
         if data.get("version") != PLAN_VERSION:
             raise PlanError(f"plan version {data.get('version')!r} is not supported "
                             f"(this prunekit reads version {PLAN_VERSION})")
-        tensors = {name: {int(d): list(map(int, idx)) for d, idx in dims.items()}
-                   for name, dims in data.get("tensors", {}).items()}
-        return cls(method=data.get("method", {}), tensors=tensors,
-                   shapes={k: list(v) for k, v in data.get("shapes", {}).items()},
-                   attributes=data.get("attributes", {}), groups=data.get("groups", []),
-                   layers=list(data.get("layers", [])), stacks=list(data.get("stacks", [])))
+        try:
+            tensors = {_text(name): {_dim(d): [_whole(i) for i in idx] for d, idx in dims.items()}
+                       for name, dims in data.get("tensors", {}).items()}
+            shapes = {_text(k): [_whole(n) for n in v] for k, v in data.get("shapes", {}).items()}
+            attributes = {_text(module): {_text(a): v for a, v in values.items()}
+                          for module, values in data.get("attributes", {}).items()}
+            layers = [_text(n) for n in data.get("layers", [])]
+            stacks = [_text(n) for n in data.get("stacks", [])]
+        except (AttributeError, TypeError, ValueError) as error:
+            raise PlanError(f"malformed plan: {error}") from error
+        return cls(method=data.get("method", {}), tensors=tensors, shapes=shapes,
+                   attributes=attributes, groups=data.get("groups", []), layers=layers,
+                   stacks=stacks)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
@@ -115,6 +122,25 @@ class Plan:
             return cls.from_json(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise PlanError(f"cannot read plan {str(path)!r}: {error}") from error
+
+
+def _whole(value: Any) -> int:
+    """An index or size: a whole number, never a float truncated to one."""
+    if type(value) is not int:
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
+
+def _dim(key: Any) -> int:
+    if not (isinstance(key, str) and key.isdigit()) and type(key) is not int:
+        raise ValueError(f"dim {key!r} is not a whole number")
+    return int(key)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a name")
+    return value
 
 
 def original_name(name: str, removed_layers: list[str], stacks: list[str]) -> str:

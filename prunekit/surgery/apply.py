@@ -3,13 +3,15 @@ remove layers.
 
 Applying is transactional: everything is checked and computed before the model is touched,
 and if anything fails afterwards (including the caller's ``check``) every touched module is
-restored to exactly what it was.
+restored to exactly what it was. A Hugging Face config is never changed in place: the pruned
+model gets its own copy, since the config object may be shared with another model.
 """
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -49,13 +51,27 @@ def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torc
     for dim, indices in sorted(dims.items()):
         if not 0 <= dim < tensor.dim():
             raise PlanError(f"plan prunes dim {dim} of {name!r}, which has {tensor.dim()} dims")
-        index = torch.as_tensor(indices, dtype=torch.long, device=tensor.device)
-        if index.numel() == 0:
+        if not indices:
             raise PlanError(f"plan removes every channel of dim {dim} of {name!r}")
-        if index.min() < 0 or index.max() >= tensor.shape[dim] or index.unique().numel() != index.numel():
+        if (min(indices) < 0 or max(indices) >= tensor.shape[dim]
+                or len(set(indices)) != len(indices)):
             raise PlanError(f"plan indices for dim {dim} of {name!r} are out of range or repeated")
+        index = torch.as_tensor(indices, dtype=torch.long, device=tensor.device)
         result = result.index_select(dim, index)  # copies
     return result if dims else result.clone()
+
+
+def _check_attribute(module_name: str, module: nn.Module, attribute: str, value: Any) -> None:
+    """Only the counts a trace records (a public integer attribute such as ``groups`` or
+    ``num_heads``), and only to a smaller positive count: an edited plan cannot set any other
+    attribute of a module."""
+    current = getattr(module, attribute, None)
+    if attribute.startswith("_") or type(current) is not int:
+        raise PlanError(f"plan sets {attribute!r} of module {module_name!r}, which is not a "
+                        f"channel count prunekit changes")
+    if type(value) is not int or not 0 < value <= current:
+        raise PlanError(f"plan sets {module_name}.{attribute} to {value!r}; it must be a whole "
+                        f"number from 1 to its current {current}")
 
 
 def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
@@ -81,39 +97,28 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
     for module_name, attributes in plan.attributes.items():
         if module_name not in modules:
             raise PlanError(f"plan names module {module_name!r}, which the model does not have")
-        for attribute in attributes:
-            if not hasattr(modules[module_name], attribute):
-                raise PlanError(f"module {module_name!r} has no attribute {attribute!r}")
+        for attribute, value in attributes.items():
+            _check_attribute(module_name, modules[module_name], attribute, value)
     return new
 
 
 @contextmanager
-def transaction(modules: list[nn.Module], objects: list[object] = ()) -> Iterator[None]:
-    """Restore the modules' attributes, parameters and buffers, and the plain attributes of
-    ``objects`` (a model config), if the block raises."""
-    saved_objects = [(obj, dict(vars(obj))) for obj in objects]
-    saved = []
-    for module in modules:
-        state = dict(module.__dict__)
-        state["_parameters"] = dict(module._parameters)
-        state["_buffers"] = dict(module._buffers)
-        state["_modules"] = dict(module._modules)
-        saved.append((module, type(module), state))  # a handler may change the class
+def transaction(modules: list[nn.Module]) -> Iterator[None]:
+    """Restore the modules' attributes, parameters and buffers if the block raises (an
+    interrupt included)."""
+    saved = [(module, type(module), dict(module.__dict__), dict(module._parameters),
+              dict(module._buffers), dict(module._modules)) for module in modules]
     try:
         yield
     except BaseException:
-        for module, cls, state in saved:
-            module.__class__ = cls
-            module._parameters.clear()
-            module._parameters.update(state.pop("_parameters"))
-            module._buffers.clear()
-            module._buffers.update(state.pop("_buffers"))
-            module._modules.clear()
-            module._modules.update(state.pop("_modules"))
-            module.__dict__.update(state)
-        for obj, state in saved_objects:
-            vars(obj).clear()
-            vars(obj).update(state)
+        for module, cls, attributes, parameters, buffers, children in saved:
+            module.__class__ = cls  # a handler may change the class
+            module.__dict__.clear()  # attributes added on the way go too
+            module.__dict__.update(attributes)
+            for registry, content in ((module._parameters, parameters),
+                                      (module._buffers, buffers), (module._modules, children)):
+                registry.clear()
+                registry.update(content)
         raise
 
 
@@ -140,7 +145,14 @@ def apply_plan(model: nn.Module, plan: Plan,
         if id(module) in touched:
             touched.update({id(modules[a]): modules[a] for a in _ancestors(name)})
     config = model_config(model)
-    with transaction(list(touched.values()), [config] if config is not None else []):
+    holders = [m for m in modules.values() if config is not None
+               and m.__dict__.get("config") is config]
+    touched.update({id(m): m for m in holders})
+    with transaction(list(touched.values())):
+        if holders:  # the config may be shared with another model (a teacher): never mutate it
+            private = copy.deepcopy(config)
+            for holder in holders:
+                holder.config = private
         _remove_layers(model, modules, plan.layers, plan.stacks)
         replaced: dict[int, torch.Tensor] = {}
         for module, attr, kind in owners.values():
