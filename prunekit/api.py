@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
 from .arguments import check_example_inputs, check_model, checked_data
@@ -18,6 +19,7 @@ from .checks.verify import CheckInputs
 from .errors import ConfigError, PruneError
 from .measure import Measurement
 from .methods.base import PruneContext, PruningMethod
+from .optimizers import rebind_optimizer
 from .plan import Plan
 from .surgery.apply import apply_plan
 
@@ -68,7 +70,8 @@ class PruneResult:
 def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
           loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
-          check: bool = True, tolerance: float = DEFAULT_TOLERANCE) -> PruneResult:
+          check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
+          optimizer: torch.optim.Optimizer | None = None) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
 
     Args:
@@ -92,6 +95,10 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             ``result.skipped``. With ``check=False`` only "it still runs, with the same output
             shapes" is checked. Only the paths the example inputs and data batches take
             through the model's control flow are checked.
+        optimizer: an optimizer built on ``model`` before this call. Pruning replaces the
+            parameters it shrinks, so an optimizer built earlier no longer trains the model;
+            given here, it is rebound to the pruned parameters, its per-parameter state
+            (momentum, moments) sliced to the kept channels. Otherwise build it afterwards.
 
     Returns:
         A ``PruneResult`` with ``plan`` (JSON-able), ``before``, ``after`` and ``report``.
@@ -109,6 +116,9 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             tolerance >= 0):
         raise ConfigError(f"tolerance must be a number >= 0 (a fraction of each output's "
                           f"scale), got {tolerance!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got "
+                          f"{type(optimizer).__name__}")
     data = checked_data(model, data)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     # verified on a few batches of data too: control flow real data takes is checked as well
@@ -132,6 +142,9 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
 
         # the one place the model changes: the checked plan, then recovery and the config
         # update inside the same transaction (an error or an interrupt undoes all of it)
+        before = dict(model.named_parameters())
         apply_plan(model, outcome.plan, check=finish)
+    if optimizer is not None:
+        rebind_optimizer(optimizer, before, model, outcome.plan)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
                        config_matches[0], outcome.report)

@@ -44,4 +44,21 @@ def batch_loss(outputs: Any, batch: Any, loss_fn: LossFn | None, who: str) -> to
     if not isinstance(outputs, torch.Tensor):
         raise ConfigError(f"{who}: the model does not return a tensor of logits; "
                           f"pass loss_fn(outputs, batch)")
+    check_labels(outputs, targets, who)
     return F.cross_entropy(outputs, targets)
+
+
+def check_labels(logits: torch.Tensor, targets: Any, who: str) -> None:
+    """Class labels that cross-entropy can read against these logits, or a ``ConfigError``
+    naming the data (torch's own error does not say which argument is wrong)."""
+    if not isinstance(targets, torch.Tensor) or targets.is_floating_point():
+        return  # probabilities, or something the user's loss_fn would have handled
+    if logits.dim() < 2 or targets.shape[0] != logits.shape[0]:
+        raise ConfigError(f"{who}: data's targets have shape {tuple(targets.shape)}, the "
+                          f"model's logits {tuple(logits.shape)}; give (inputs, class labels) "
+                          f"batches or pass loss_fn(outputs, batch)")
+    classes = logits.shape[1]
+    if targets.numel() and (targets.min() < 0 or targets.max() >= classes):
+        raise ConfigError(f"{who}: data's labels run from {targets.min().item()} to "
+                          f"{targets.max().item()}, but the model has {classes} classes "
+                          f"(labels 0 to {classes - 1})")

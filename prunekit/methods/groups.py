@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
@@ -20,6 +21,21 @@ from ..planning.budgets import ratio_for_budget
 from ..planning.plans import plan_from_keep
 from ..recover.reconstruct import reconstruct
 from .base import Preview, PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
+
+
+def _within(module: str, name: str) -> bool:
+    return module == name or not name or module.startswith(name + ".")
+
+
+def check_module_names(model: nn.Module, names: Iterable[str], who: str) -> None:
+    """Every name is a module of ``model``; a ``ConfigError`` with close matches otherwise."""
+    modules = [name for name, _ in model.named_modules() if name]
+    known = set(modules)
+    for name in names:
+        if name not in known and name != "":
+            close = difflib.get_close_matches(name, modules, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{who}: the model has no module {name!r}{hint}")
 
 
 @dataclass
@@ -53,8 +69,10 @@ class GroupPruning(PruningMethod):
         criterion: how channels are ranked; a name registered for ``target``
             (``pk.criterion_names("channels")``).
         round_to: the number of channels kept in each group is a multiple of this.
-        overrides: ``{module name: ratio}`` for groups that touch that module (the largest
-            override among a group's modules wins).
+        overrides: ``{module name: ratio}`` for groups that touch that module or a module
+            inside it (``{"layer4": 0.2}`` covers every group touching ``layer4``); the
+            largest override among a group's modules wins. A name the model does not have
+            is a ``ConfigError`` listing close matches.
         seed: seed for the ``"random"`` criterion.
         global_ranking: rank channels across the whole model (scores normalised by their
             group's mean, except a criterion whose scores share one scale, such as the heads'
@@ -86,6 +104,10 @@ class GroupPruning(PruningMethod):
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_ratio(self.ratio, f"{name}.ratio")
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(key, str) for key in self.overrides):
+            raise ConfigError(f"{name}.overrides must be a dict {{module name: ratio}}, such "
+                              f"as {{'layer4': 0.2}}; got {self.overrides!r}")
         for module, ratio in self.overrides.items():
             check_ratio(ratio, f"{name}.overrides[{module!r}]")
         get_criterion(self.criterion, self.target, f"{name}.criterion")
@@ -120,6 +142,7 @@ class GroupPruning(PruningMethod):
                           ) -> tuple[DependencyGraph, list[Group]]:
         """This method's graph and candidates: what proposing, trials, previews and score
         tables all start from (an error when the method finds nothing it could prune)."""
+        check_module_names(model, self.overrides, f"{type(self).__name__}.overrides")
         graph = self.graph(model, example_inputs, ignore, strict)
         groups = self.candidates(graph)
         if not groups and self.nothing_to_prune():
@@ -156,9 +179,11 @@ class GroupPruning(PruningMethod):
         return scores
 
     def group_ratio(self, group: Group, ratio: float | None = None) -> float:
-        """The ratio a group loses: the largest override touching it, else ``ratio``."""
-        modules = set(group.modules())
-        overrides = [r for name, r in self.overrides.items() if name in modules]
+        """The ratio a group loses: the largest override for a module it touches or one
+        containing it (``"layer4"`` covers ``layer4.0.conv1``), else ``ratio``."""
+        modules = group.modules()
+        overrides = [r for name, r in self.overrides.items()
+                     if any(_within(module, name) for module in modules)]
         return max(overrides) if overrides else (self.ratio if ratio is None else ratio)
 
     def channels_to_keep(self, size: int, ratio: float) -> int:
