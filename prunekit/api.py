@@ -122,8 +122,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     data = checked_data(model, data)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     # verified on a few batches of data too: control flow real data takes is checked as well
-    inputs = CheckInputs(example_inputs, [split_batch(batch)[0]
-                                          for batch in islice(data or (), VERIFY_BATCHES)])
+    batches = [split_batch(batch)[0] for batch in islice(data or (), VERIFY_BATCHES)]
+    inputs = CheckInputs(example_inputs, [b for b in batches if b is not example_inputs])
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
         outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance))

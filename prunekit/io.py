@@ -41,7 +41,6 @@ def save(model: nn.Module, directory: str | Path, plan: Plan) -> Path:
         >>> pk.save(model, "pruned/", result.plan)
     """
     directory = Path(directory)
-    check_matches_plan(model, plan)
     if directory.exists():
         if not directory.is_dir():
             raise PlanError(f"cannot save to {str(directory)!r}: it is a file")
@@ -50,10 +49,12 @@ def save(model: nn.Module, directory: str | Path, plan: Plan) -> Path:
             raise PlanError(f"cannot save to {str(directory)!r}: it holds other files "
                             f"({', '.join(others[:3])}), and saving replaces the folder; "
                             f"choose a new or empty folder")
-    return replace_folder(directory, lambda folder: _write(model, plan, folder))
+    return replace_folder(directory, lambda folder: write_checkpoint(model, folder, plan))
 
 
-def _write(model: nn.Module, plan: Plan, folder: Path) -> None:
+def write_checkpoint(model: nn.Module, folder: Path, plan: Plan) -> None:
+    """The checkpoint's files, written into ``folder`` as they are (``save`` stages them)."""
+    check_matches_plan(model, plan)
     save_model(model, str(folder / WEIGHTS_FILE))
     plan.save(folder / PLAN_FILE)
 

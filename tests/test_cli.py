@@ -57,7 +57,7 @@ def test_analyze_lists_groups(monkeypatch):
 def test_bad_ratio_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["prune", "--model", "torchvision:resnet18", "--ratio", "1.5",
                                  "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "ratio must be a number in [0, 1)" in result.output
     assert not (tmp_path / "x").exists()
 
@@ -258,7 +258,7 @@ def test_prune_the_hidden_size_of_a_hugging_face_directory(tmp_path):
 def test_an_unknown_torchvision_model_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["prune", "--model", "torchvision:resnet181",
                                  "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "torchvision has no model 'resnet181'" in " ".join(result.output.split())
     assert not (tmp_path / "x").exists()
 
@@ -266,7 +266,86 @@ def test_an_unknown_torchvision_model_is_a_clear_error(tmp_path):
 def test_inputs_the_model_cannot_run_are_a_clear_error(tmp_path):
     result = runner.invoke(app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
                                  "1,3", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     printed = " ".join(result.output.split())
     assert printed.startswith("error: the model does not run on the example inputs")
     assert not (tmp_path / "x").exists()
+
+
+def _sentence_encoder_directory(tmp_path):
+    """A tiny BERT saved as a sentence-transformers folder: model, tokenizer, modules.json and
+    a pooling folder, as a user's local checkout of a hub model looks."""
+    import json
+
+    import transformers
+
+    torch.manual_seed(0)
+    source = tmp_path / "encoder"
+    config = transformers.BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                     num_hidden_layers=2, vocab_size=30)
+    transformers.BertModel(config).save_pretrained(source)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "prune"]
+    (source / "vocab.txt").write_text("\n".join(words + [f"w{i}" for i in range(22)]))
+    transformers.BertTokenizerFast(vocab=str(source / "vocab.txt")).save_pretrained(source)
+    (source / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32}))
+    return source
+
+
+def test_out_is_replaced_whole_and_keeps_the_tokenizer_and_sentence_files(tmp_path):
+    import transformers
+
+    source = _sentence_encoder_directory(tmp_path)
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, ["prune", "--model", f"hf:{source}", "--method", "filter",
+                                 "--ratio", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert transformers.AutoModel.from_pretrained(out / "hf").config.intermediate_size == 32
+    for name in ("vocab.txt", "tokenizer_config.json", "modules.json", "1_Pooling/config.json"):
+        assert (out / "hf" / name).is_file(), name
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")
+    original = transformers.AutoTokenizer.from_pretrained(source)
+    assert tokenizer("hello world")["input_ids"] == original("hello world")["input_ids"]
+    assert tokenizer("hello world")["input_ids"] == [2, 5, 6, 3]  # the words, not [UNK]
+    # a second run into the same folder leaves nothing of the first (no stale hf/)
+    model_file = tmp_path / "net.py"
+    model_file.write_text(MODEL_FILE)
+    result = runner.invoke(app, ["prune", "--model", f"{model_file}:small_cnn", "--input-shape",
+                                 "1,3,16,16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "plan.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "torchvision:resnet99"], "error: --model 'torchvision:resnet99': torchvision has no"),
+    (["--model", "resnet18"], "error: --model 'resnet18': expected SOURCE:NAME"),
+    (["--model", "FACTORY", "--input-shape", "1,3,16,16"], "the factory returned NoneType"),
+    (["--input-shape", "1,3,x"], "error: --input-shape '1,3,x': expected comma-separated"),
+    (["--input-shape", "1,5,16,16"], "error: the model does not run on the example inputs"),
+    (["--out", "FILE"], "error: --out '.*' is a file"),
+    (["--out", "FULL"], "error: --out '.*' holds other files"),
+])
+def test_every_mistake_is_one_line_naming_the_option_with_exit_code_2(tmp_path, args, message):
+    import re
+
+    factory = tmp_path / "none.py"
+    factory.write_text("def make():\n    return None\n")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    given = {"--model": "torchvision:resnet18", "--input-shape": "1,3,16,16",
+             "--out": str(tmp_path / "out")}
+    for option, value in zip(args[::2], args[1::2]):
+        given[option] = {"FACTORY": f"{factory}:make", "FILE": str(tmp_path / "file"),
+                         "FULL": str(tmp_path / "full")}.get(value, value)
+    result = runner.invoke(app, ["prune", *[part for item in given.items() for part in item]])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.match(message, lines[0]) or re.search(message, lines[0]), lines
+    assert len(lines) == 1, lines
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "out").exists()

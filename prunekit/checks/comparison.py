@@ -88,7 +88,8 @@ class VerifyReport:
 
     def __str__(self) -> str:
         worst = self.worst
-        where = (f"{len(self.outputs)} output tensors on {self.inputs}"
+        count = len(self.outputs)
+        where = (f"{count} output tensor{'s' if count != 1 else ''} on {self.inputs}"
                  + (f", with {', '.join(self.bypassed)} removed from both"
                     if self.bypassed else ""))
         if worst is None:

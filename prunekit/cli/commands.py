@@ -16,12 +16,14 @@ try:
 except ImportError as error:  # the command line is an extra
     raise SystemExit("the prunekit command needs its extra: pip install 'prunekit[cli]'") from error
 
+from ..api import SHOWN_SKIPPED
 from ..api import prune as prune_model
-from ..errors import ConfigError, PruneError
-from ..importance import criterion_names
-from ..io import save
+from ..errors import ConfigError, PlanError, PruneError, TraceError
+from ..importance import criterion_names, get_criterion
+from ..io import write_checkpoint
 from ..measure import measure
-from ..methods import PruningMethod, cli_methods
+from ..methods import LayerPruning, PruningMethod, cli_methods
+from .output import check_out, copy_hf_extras, replace_out
 from .sources import example_inputs, first_inputs, load_data, load_model, parse_ratios
 
 app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help=True,
@@ -38,8 +40,11 @@ CRITERION_HELP = ("channels: " + ", ".join(criterion_names("channels"))
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(error))}")
-    raise typer.Exit(code=1)
+    """One line on stderr; exit code 2 for a mistake in the options or inputs, 1 when the
+    pruning itself could not be done."""
+    typer.echo(f"error: {error}", err=True)
+    mistake = isinstance(error, (ConfigError, TraceError, PlanError))
+    raise typer.Exit(code=2 if mistake else 1)
 
 
 @app.command()
@@ -62,8 +67,11 @@ def prune(
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
 ) -> None:
     """Prune a model and save the result (weights + plan; a Hugging Face model whose config
-    describes the pruned sizes is also saved with save_pretrained, in OUT/hf)."""
+    describes the pruned sizes is also saved with save_pretrained, in OUT/hf, with the
+    source's tokenizer and sentence-transformers files; they go to OUT/tokenizer when no
+    config can describe the pruned model). OUT is replaced as a whole."""
     try:
+        check_out(out, {"model.safetensors", "plan.json", "hf", "tokenizer"})
         pruning = _method(method, criterion, ratio=ratio, n=n, round_to=round_to,
                           flops_target=flops_target, global_ranking=global_ranking)
         network = load_model(model).eval()
@@ -78,9 +86,17 @@ def prune(
             before = _measure_unpruned(network, x)
             result = prune_model(network, x, pruning, data=calibration, check=check)
             after = measure(network, x)
-        save(network, out, result.plan)
-        if result.config_matches:
-            network.save_pretrained(out / "hf")
+        hf_source = Path(model[3:]) if model.startswith("hf:") else None
+
+        def write(folder: Path) -> None:
+            write_checkpoint(network, folder, result.plan)
+            if result.config_matches:
+                network.save_pretrained(folder / "hf")
+            if hf_source is not None:  # with the model, or alone beside the pk.load files
+                copy_hf_extras(hf_source, folder / ("hf" if result.config_matches
+                                                    else "tokenizer"))
+
+        replace_out(out, write)
     except (PruneError, ConfigError) as error:
         _fail(error)
     table = Table(title=f"{model}: {escape(pruning.summary())}")
@@ -92,21 +108,41 @@ def prune(
                   f"{after.flops / before.flops - 1:+.1%}",
                   f"{after.latency_ms / before.latency_ms - 1:+.1%}")
     console.print(table)
+    if data is None and _reads_data(pruning):
+        console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
+                      f"activations, and without --data it ran on the random example inputs "
+                      f"only; pass --data for a ranking that means something")
     if result.plan.layers:
         console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
     if result.report is not None:
         console.print(f"check: {escape(str(result.report))}")
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} left unpruned[/] because pruning them "
-                      f"failed the check, e.g. {escape(result.skipped[0].group)}: "
-                      f"{escape(result.skipped[0].reason)}")
+                      f"broke the model or failed the check:")
+        for skipped in result.skipped[:SHOWN_SKIPPED]:
+            console.print(f"  {escape(skipped.group)}: {escape(skipped.reason)}")
+        if len(result.skipped) > SHOWN_SKIPPED:
+            console.print(f"  ... and {len(result.skipped) - SHOWN_SKIPPED} more")
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")
     if result.config_matches:
         console.print(f"also saved with save_pretrained to {out / 'hf'}/ "
                       f"(AutoModel.from_pretrained reloads it)")
     elif result.config_matches is False:
         console.print("the pruned sizes differ from what one config can describe: reload it "
-                      "with pk.load")
+                      "with pk.load" + (f"; the tokenizer and other files of the source are "
+                                        f"in {out / 'tokenizer'}/" if model.startswith("hf:")
+                                        else ""))
+
+
+def _reads_data(pruning: PruningMethod) -> bool:
+    """Whether the method's criterion ranks by activations, losses or outputs on data."""
+    criterion = getattr(pruning, "criterion", None)
+    target = getattr(pruning, "target", "layers" if isinstance(pruning, LayerPruning)
+                     else "channels")
+    try:
+        return bool(criterion) and get_criterion(criterion, target, "").needs_data
+    except ConfigError:
+        return False
 
 
 def _measure_unpruned(network, x):
@@ -182,6 +218,7 @@ def iterative(
     from ..workflows.iterative import iterative_prune
 
     try:
+        check_out(out, {"model.safetensors", "plan.json", "history.json", "history.png"})
         pruning = _method(method, criterion, ratio=ratio, n=n, flops_target=flops_target)
         network = load_model(model)
         train, test = load_data(data)
@@ -192,11 +229,15 @@ def iterative(
                 finetune_epochs=finetune_epochs, lr=lr,
                 data=list(itertools.islice(train, calibration_batches)),
                 progress=lambda message: bar.update(task, description=message))
+
+        def write(folder: Path) -> None:
+            write_checkpoint(network, folder, history.plan)
+            (folder / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+            history.plot(folder / "history.png")
+
+        replace_out(out, write)
     except (PruneError, ConfigError) as error:
         _fail(error)
-    save(network, out, history.plan)
-    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
-    history.plot(out / "history.png")
     table = Table(title=f"{model}: {escape(pruning.summary())} in {steps} steps, "
                         f"{finetune_epochs} fine-tuning epochs each")
     for column in ("step", "params", "params removed", "FLOPs removed", "test accuracy"):
@@ -224,8 +265,9 @@ def sensitivity(
     (Li et al. 2017): the groups whose accuracy collapses are the ones to spare."""
     from ..workflows.sensitivity import sensitivity as run_sensitivity
 
-    tried = parse_ratios(ratios)
     try:
+        tried = parse_ratios(ratios)
+        check_out(out, {"sensitivity.md", "sensitivity.json", "sensitivity.png"})
         pruning = _method(method, criterion, ratio=0.5)
         network = load_model(model).eval()
         train, test = load_data(data)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import typer
 from torch import nn
 
 from ..errors import ConfigError
@@ -25,7 +24,7 @@ def load_model(spec: str) -> nn.Module:
     ``package.module:factory``)."""
     if spec.startswith("hf:"):
         return _load_hf(spec[3:])
-    source, name = _split(spec, "torchvision:resnet18")
+    source, name = _split(spec, "torchvision:resnet18", "--model")
     if source == "torchvision":
         import torchvision
 
@@ -33,15 +32,31 @@ def load_model(spec: str) -> nn.Module:
             raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r} "
                               f"(torchvision.models.list_models() lists them)")
         return torchvision.models.get_model(name, weights=None)
-    return _factory(source, name)()
+    try:
+        model = _factory(source, name)()
+    except ConfigError as error:
+        raise ConfigError(f"--model {spec!r}: {error}") from error
+    except Exception as error:
+        raise ConfigError(f"--model {spec!r}: the factory raised {type(error).__name__}: "
+                          f"{error}") from error
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {spec!r}: the factory returned {type(model).__name__}, "
+                          f"not a torch.nn.Module")
+    return model
 
 
 def load_data(spec: str) -> tuple[Any, Any]:
     """``(train, test)`` batches from the factory ``spec`` names."""
-    source, name = _split(spec, "prunekit.cli.data:digits_loaders")
-    loaded = _factory(source, name)()
+    source, name = _split(spec, "prunekit.cli.data:digits_loaders", "--data")
+    try:
+        loaded = _factory(source, name)()
+    except ConfigError as error:
+        raise ConfigError(f"--data {spec!r}: {error}") from error
+    except Exception as error:
+        raise ConfigError(f"--data {spec!r}: the factory raised {type(error).__name__}: "
+                          f"{error}") from error
     if not (isinstance(loaded, tuple) and len(loaded) == 2):
-        raise typer.BadParameter(f"--data {spec!r}: the factory must return (train, test), "
+        raise ConfigError(f"--data {spec!r}: the factory must return (train, test), "
                                  f"got {type(loaded).__name__}")
     return loaded
 
@@ -51,7 +66,7 @@ def first_inputs(batches: Any) -> Any:
     try:
         inputs, _ = next(iter(batches))
     except (StopIteration, TypeError, ValueError):
-        raise typer.BadParameter("--data: the batches must be (inputs, labels) pairs and "
+        raise ConfigError("--data: the batches must be (inputs, labels) pairs and "
                                  "there must be at least one")
     return inputs
 
@@ -65,8 +80,8 @@ def example_inputs(network: nn.Module, input_shape: str | None):
     if config is not None and main_input == "input_ids":
         shape = parse_shape(input_shape or "2,16")
         if len(shape) != 2:
-            raise typer.BadParameter(f"--input-shape {input_shape!r}: a text model takes "
-                                     f"BATCH,TOKENS")
+            raise ConfigError(f"--input-shape {input_shape!r}: a text model takes "
+                              f"BATCH,TOKENS")
         return {"input_ids": torch.randint(0, config.vocab_size, shape, generator=generator)}
     if config is not None and main_input == "pixel_values":
         size = getattr(config, "image_size", 224)
@@ -80,9 +95,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,3,224,224")
+        raise ConfigError(f"--input-shape {text!r}: expected comma-separated integers, "
+                          f"e.g. 1,3,224,224")
     if not shape or min(shape) < 1:
-        raise typer.BadParameter(f"{text!r}: every size must be positive")
+        raise ConfigError(f"--input-shape {text!r}: every size must be positive")
     return shape
 
 
@@ -90,16 +106,16 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     try:
         ratios = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected comma-separated ratios, e.g. 0.25,0.5")
+        raise ConfigError(f"--ratios {text!r}: expected comma-separated ratios, e.g. 0.25,0.5")
     if not ratios or not all(0 <= r < 1 for r in ratios):
-        raise typer.BadParameter(f"{text!r}: every ratio must be in [0, 1)")
+        raise ConfigError(f"--ratios {text!r}: every ratio must be in [0, 1)")
     return ratios
 
 
-def _split(spec: str, example: str) -> tuple[str, str]:
+def _split(spec: str, example: str, option: str) -> tuple[str, str]:
     source, _, name = spec.rpartition(":")
     if not source or not name:
-        raise typer.BadParameter(f"{spec!r}: expected SOURCE:NAME, e.g. {example}")
+        raise ConfigError(f"{option} {spec!r}: expected SOURCE:NAME, e.g. {example}")
     return source, name
 
 
@@ -107,7 +123,7 @@ def _factory(source: str, name: str) -> Callable[[], Any]:
     if source.endswith(".py"):
         path = Path(source)
         if not path.is_file():
-            raise typer.BadParameter(f"{source!r} does not exist")
+            raise ConfigError(f"{source!r} does not exist")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
@@ -115,17 +131,22 @@ def _factory(source: str, name: str) -> Callable[[], Any]:
         try:
             module = importlib.import_module(source)
         except ImportError as error:
-            raise typer.BadParameter(f"{source!r} cannot be imported: {error}")
+            raise ConfigError(f"{source!r} cannot be imported: {error}")
     factory = getattr(module, name, None)
     if not callable(factory):
-        raise typer.BadParameter(f"{source!r} has no factory {name!r}")
+        raise ConfigError(f"{source!r} has no factory {name!r}")
     return factory
 
 
 def _load_hf(path: str) -> nn.Module:
     if not (Path(path) / "config.json").is_file():
-        raise typer.BadParameter(f"hf:{path}: not a Hugging Face model directory (no config.json)")
+        raise ConfigError(f"--model hf:{path}: not a Hugging Face model directory (no "
+                          f"config.json)")
     import transformers
 
     transformers.logging.set_verbosity_error()
-    return transformers.AutoModel.from_pretrained(path)
+    try:
+        return transformers.AutoModel.from_pretrained(path)
+    except Exception as error:
+        raise ConfigError(f"--model hf:{path}: transformers cannot load it: "
+                          f"{type(error).__name__}: {error}") from error
