@@ -149,15 +149,23 @@ class DependencyGraph:
             return set()
 
     def _resolve_attribute_candidates(self, eligible: set[int]) -> None:
+        """Bind each attribute to the one prunable dim it was seen sizing, across every
+        view of every call; an attribute that sized several prunable dims stays unbound."""
         known = {(a.module, a.attribute) for a in self.attributes}
+        prunable: dict[tuple[str, str], dict[frozenset[int], Spec]] = {}
         for candidates in self.trace.attribute_candidates:
-            if (candidates.module, candidates.attribute) in known:
+            key = (candidates.module, candidates.attribute)
+            if key in known:
                 continue
-            prunable = [s for s in candidates.specs if self._leaves(s) & eligible]
-            if len(prunable) == 1:
-                self.attributes.append(
-                    AttributeSlot(candidates.module, candidates.attribute, prunable[0]))
-                known.add((candidates.module, candidates.attribute))
+            found = prunable.setdefault(key, {})
+            for spec in candidates.specs:
+                leaves = self._leaves(spec) & eligible
+                if leaves:
+                    found.setdefault(frozenset(leaves), spec)
+        for (module, attribute), specs in prunable.items():
+            if len(specs) == 1:
+                self.attributes.append(AttributeSlot(module, attribute,
+                                                     next(iter(specs.values()))))
 
     def _structural(self, eligible: set[int]) -> set[int]:
         """Outer factors whose inner factor can be pruned: prune within groups/heads first."""

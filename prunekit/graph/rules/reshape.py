@@ -100,8 +100,9 @@ def _inferred_dims(args, out) -> set[int]:
 def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> None:
     """A view's sizes often come from the module's own counts (``self.num_heads``,
     ``self.attn_dim``): an attribute whose value is the size of a dim counts that dim's
-    channels and is updated when they are pruned. Where several dims have that size, the
-    graph later picks the one dim that can be pruned, if there is exactly one."""
+    channels and is updated when they are pruned. Every dim of that size, in every view,
+    is a candidate: the graph later picks the one that can be pruned, if there is exactly
+    one (a batch of 2 beside ``num_heads = 2`` must not be taken for the heads)."""
     module = ctx.current_module
     for name, value in int_attributes(module).items():
         if value < 2:
@@ -109,9 +110,7 @@ def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> 
         trusted = HEAD_COUNT.match(name)  # a -1 dim's size is no one's count, unless named so
         dims = [d for d, size in enumerate(out.shape)
                 if size == value and (trusted or d not in inferred)]
-        if len(dims) == 1:
-            ctx.attribute(module, name, specs[dims[0]])
-        elif dims:
+        if dims:
             ctx.attribute_candidates_for(module, name, [specs[d] for d in dims])
 
 
