@@ -183,3 +183,17 @@ def test_the_result_says_what_was_skipped_and_what_was_checked():
     text = str(result)
     assert "left unpruned" in text and "conv1" in text and "RuntimeError" in text
     assert "check: equivalent" in text
+
+
+def test_exact_and_empty_outputs_are_reported_without_failing():
+    index = torch.tensor([1, 2, 3])
+    none = torch.zeros(0, 6)
+    values = torch.rand(4, dtype=torch.float64)
+    from prunekit.checks.comparison import VerifyReport
+    outputs = compare_outputs({"i": index, "boxes": none, "v": values},
+                              {"i": index, "boxes": none, "v": values}, 1e-4)
+    report = VerifyReport(outputs, 1e-4)
+    assert report.ok and "equivalent" in str(report)
+    assert not VerifyReport(compare_outputs({"boxes": none}, {"boxes": none}, 1e-4), 1e-4).ok
+    changed = compare_outputs({"i": index}, {"i": index + 1}, 1e-4)
+    assert not VerifyReport(changed, 1e-4).ok and "compared exactly" in str(VerifyReport(changed, 1e-4))

@@ -38,6 +38,7 @@ class OutputComparison:
     scale: float  # the masked model's largest |value| in this output
     tolerance: float  # relative, for this dtype
     problem: str | None = None  # a shape change, a value that is not finite, exact mismatch
+    empty: bool = False  # no values to compare (zero detections, say): fine unless all are
 
     @property
     def relative_diff(self) -> float:
@@ -66,8 +67,12 @@ class VerifyReport:
 
     @property
     def worst(self) -> OutputComparison | None:
-        return max(self.outputs, key=lambda o: (not o.ok, o.relative_diff / o.tolerance),
-                   default=None)
+        def badness(o: OutputComparison) -> tuple[bool, float]:
+            if o.tolerance:
+                return not o.ok, o.relative_diff / o.tolerance
+            return not o.ok, 0.0 if o.ok else math.inf  # compared exactly
+
+        return max(self.outputs, key=badness, default=None)
 
     @property
     def max_abs_diff(self) -> float:
@@ -84,7 +89,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return bool(self.outputs) and all(o.ok for o in self.outputs)
+        return any(not o.empty for o in self.outputs) and all(o.ok for o in self.outputs)
 
     def __str__(self) -> str:
         worst = self.worst
@@ -92,8 +97,8 @@ class VerifyReport:
         where = (f"{count} output tensor{'s' if count != 1 else ''} on {self.inputs}"
                  + (f", with {', '.join(self.bypassed)} removed from both"
                     if self.bypassed else ""))
-        if worst is None:
-            return f"NOT verified: the model returned no tensors to compare ({where})"
+        if worst is None or all(o.empty for o in self.outputs):
+            return f"NOT verified: the model returned no values to compare ({where})"
         if self.ok:
             return (f"equivalent: {where}; largest difference {worst.relative_diff:.3g} of "
                     f"its output's scale, in {worst.name} ({worst.dtype}, tolerance "
@@ -128,8 +133,7 @@ def compare_outputs(expected: dict[str, torch.Tensor], actual: dict[str, torch.T
                                                 f"shape {tuple(e.shape)} -> {tuple(a.shape)}"))
             continue
         if e.numel() == 0:
-            comparisons.append(OutputComparison(shown, dtype, 0.0, 0.0, tol,
-                                                "empty: nothing to compare"))
+            comparisons.append(OutputComparison(shown, dtype, 0.0, 0.0, tol, empty=True))
             continue
         if not (e.is_floating_point() or e.is_complex()):
             same = torch.equal(e, a)
