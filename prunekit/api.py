@@ -9,7 +9,13 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .arguments import check_example_inputs, check_model, checked_data
+from .arguments import (
+    check_example_inputs,
+    check_model,
+    check_optimizer,
+    check_tolerance,
+    checked_data,
+)
 from .batches import split_batch
 from .calls import evaluating
 from .checks.bisection import SkippedGroup, largest_passing_plan
@@ -112,13 +118,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
                           f"pk.FilterPruning(...)), got {type(method).__name__}")
     check_model(model)
     check_example_inputs(example_inputs)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
-            tolerance >= 0):
-        raise ConfigError(f"tolerance must be a number >= 0 (a fraction of each output's "
-                          f"scale), got {tolerance!r}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got "
-                          f"{type(optimizer).__name__}")
+    check_tolerance(tolerance)
+    check_optimizer(optimizer)
     data = checked_data(model, data)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     # verified on a few batches of data too: control flow real data takes is checked as well
@@ -142,9 +143,9 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
 
         # the one place the model changes: the checked plan, then recovery and the config
         # update inside the same transaction (an error or an interrupt undoes all of it)
-        before = dict(model.named_parameters())
+        unpruned_parameters = dict(model.named_parameters())
         apply_plan(model, outcome.plan, check=finish)
     if optimizer is not None:
-        rebind_optimizer(optimizer, before, model, outcome.plan)
+        rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
                        config_matches[0], outcome.report)

@@ -36,6 +36,19 @@ def check_example_inputs(example_inputs: Any, what: str = "example_inputs") -> N
                               f"one sample, since an empty batch verifies nothing")
 
 
+def check_tolerance(tolerance: Any) -> None:
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
+            tolerance >= 0):  # NaN fails this too
+        raise ConfigError(f"tolerance must be a number >= 0 (a fraction of each output's "
+                          f"scale), got {tolerance!r}")
+
+
+def check_optimizer(optimizer: Any) -> None:
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got "
+                          f"{type(optimizer).__name__}")
+
+
 def checked_data(model: nn.Module, data: Iterable | None) -> list | Iterable | None:
     """``data`` ready to be read several times (a one-shot iterator is read into a list once),
     after checking that it has batches and that the model runs on the first."""
