@@ -245,7 +245,7 @@ def test_prune_the_hidden_size_of_a_hugging_face_directory(tmp_path):
                                  "--ratio", "0.25", "--criterion", "l2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     printed = " ".join(result.output.split())
-    assert "check: runs: output shapes narrower or equal" in printed
+    assert "check: runs on the example inputs: output shapes narrower or equal" in printed
     assert "outputs not compared" in printed and "equivalent" not in printed
     reloaded = transformers.AutoModel.from_pretrained(out / "hf")
     assert reloaded.config.hidden_size == 48 and reloaded.embed_tokens.weight.shape == (100, 48)
