@@ -82,6 +82,7 @@ def test_an_empty_batch_is_refused():
         pk.prune(model, torch.randn(0, 3, 8, 8), pk.FilterPruning(0.5))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 def test_a_quantized_model_is_refused():
     model = torch.ao.quantization.quantize_dynamic(
         nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), {nn.Linear})

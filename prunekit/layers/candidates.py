@@ -71,14 +71,15 @@ def find_layer_candidates(model: nn.Module, example_inputs: Any) -> list[str]:
         for handle in handles:
             handle.remove()
     modules = dict(model.named_modules())
-    blocks = _block_names(modules, same_shape)
+    stacks = [name for name, module in modules.items() if _is_stack(module, name, same_shape)]
+    blocks = _block_names(modules, stacks)
     candidates: list[str] = []
     for name in order:  # parents start before their children
         if any(name.startswith(outer + ".") for outer in candidates):
             continue
         if any(name.startswith(block + ".") for block in blocks):
             continue  # a layer inside a block of a stack: the block is the unit
-        if _holds_stack(name, modules, same_shape):
+        if _holds_stack(name, stacks):
             continue  # a container of blocks (a stage, an encoder): its blocks are candidates
         if same_shape.get(name) and _skipping_keeps_shapes(model, example_inputs, name, shapes,
                                                             None):
@@ -98,22 +99,20 @@ def _is_stack(module: nn.Module, prefix: str, same_shape: dict[str, bool]) -> bo
     return any(len(keeps) >= 2 and any(keeps) for keeps in kinds.values())
 
 
-def _holds_stack(name: str, modules: dict[str, nn.Module], same_shape: dict[str, bool]) -> bool:
+def _holds_stack(name: str, stacks: list[str]) -> bool:
     """Whether the module or anything inside it is a stack of blocks."""
-    return any(_is_stack(module, inner, same_shape) for inner, module in modules.items()
-               if inner == name or inner.startswith(name + "."))
+    return any(stack == name or stack.startswith(name + ".") for stack in stacks)
 
 
-def _block_names(modules: dict[str, nn.Module], same_shape: dict[str, bool]) -> list[str]:
+def _block_names(modules: dict[str, nn.Module], stacks: list[str]) -> list[str]:
     """Every child of a stack that holds no stack itself: the blocks, whose insides are never
     candidates (a squeeze-and-excitation gate inside a block that changes shape, say)."""
     blocks = []
-    for prefix, module in modules.items():
-        if _is_stack(module, prefix, same_shape):
-            for key, _ in module.named_children():
-                name = f"{prefix}.{key}" if prefix else key
-                if not _holds_stack(name, modules, same_shape):
-                    blocks.append(name)
+    for prefix in stacks:
+        for key, _ in modules[prefix].named_children():
+            name = f"{prefix}.{key}" if prefix else key
+            if not _holds_stack(name, stacks):
+                blocks.append(name)
     return blocks
 
 
