@@ -1,5 +1,7 @@
 """The command line: prune, analyze, and what a bad argument prints."""
 
+import copy
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -383,3 +385,64 @@ def test_prune_lists_what_it_left_unpruned_and_says_when_a_criterion_had_no_data
     text = " ".join(result.output.split())
     assert "1 left unpruned" in text and "group 1" in text and "conv2.weight[out]" in text
     assert "criterion 'apoz' reads activations, and without --data" in text
+
+
+def test_prune_a_timm_model_by_name(tmp_path):
+    result = runner.invoke(app, ["prune", "--model", "timm:resnet10t", "--input-shape",
+                                 "1,3,32,32", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    import timm
+
+    model = pk.load(tmp_path / "out", timm.create_model("resnet10t", pretrained=False).eval())
+    assert sum(p.numel() for p in model.parameters()) < 4_000_000  # unpruned: 5.4M
+    result = runner.invoke(app, ["prune", "--model", "timm:resnet10", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "timm has no model 'resnet10'; did you mean" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_checkpoint_is_loaded_before_pruning(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    source = tmp_path / "net.py"
+    source.write_text(MODEL_FILE)
+    namespace: dict = {}
+    exec(MODEL_FILE, namespace)
+    torch.manual_seed(1)
+    trained = namespace["small_cnn"]().eval()
+    with torch.no_grad():
+        trained[7].bias.fill_(3.0)  # weights no freshly built model has
+    state = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    checkpoint = tmp_path / f"trained{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, checkpoint)
+    else:
+        torch.save({"state_dict": state}, checkpoint)
+    result = runner.invoke(app, ["prune", "--model", f"{source}:small_cnn", "--checkpoint",
+                                 str(checkpoint), "--input-shape", "1,3,16,16",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    pruned = pk.load(tmp_path / "out", namespace["small_cnn"]().eval())
+    assert torch.equal(pruned[7].bias, torch.full((4,), 3.0))
+    x = torch.randn(2, 3, 16, 16)
+    reference = pk.load(tmp_path / "out", copy.deepcopy(trained))  # same plan, same weights
+    assert torch.equal(outputs(pruned, x)[0], outputs(reference, x)[0])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not a checkpoint", "cannot be read as a state dict"),
+    ({"0.weight": torch.zeros(1)}, "does not fit the model"),
+])
+def test_a_bad_checkpoint_is_one_line_naming_the_option(tmp_path, content, message):
+    source = tmp_path / "net.py"
+    source.write_text(MODEL_FILE)
+    checkpoint = tmp_path / "bad.pt"
+    if isinstance(content, str):
+        checkpoint.write_text(content)
+    else:
+        torch.save(content, checkpoint)
+    result = runner.invoke(app, ["prune", "--model", f"{source}:small_cnn", "--checkpoint",
+                                 str(checkpoint), "--input-shape", "1,3,16,16",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --checkpoint") and message in lines[0]

@@ -31,6 +31,9 @@ app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help
 console = Console()
 
 METHOD_HELP = " | ".join(cli_methods())
+MODEL_HELP = "torchvision:NAME, timm:NAME, hf:PATH or path/to/file.py:factory"
+CHECKPOINT_HELP = ("trained weights to load before pruning: a state dict in .safetensors or a "
+                   "PyTorch file (read with weights_only=True)")
 # random example inputs carry no labels: rank layers by a label-free criterion by default
 DEFAULT_CRITERIA = {"layers": "influence"}
 CRITERION_HELP = ("channels: " + ", ".join(criterion_names("channels"))
@@ -42,14 +45,16 @@ CRITERION_HELP = ("channels: " + ", ".join(criterion_names("channels"))
 def _fail(error: Exception) -> None:
     """One line on stderr; exit code 2 for a mistake in the options or inputs, 1 when the
     pruning itself could not be done."""
-    typer.echo(f"error: {error}", err=True)
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    typer.echo(f"error: {text}", err=True)  # one line, whatever the message held
     mistake = isinstance(error, (ConfigError, TraceError, PlanError))
     raise typer.Exit(code=2 if mistake else 1)
 
 
 @app.command()
 def prune(
-    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
                                                "BATCH,TOKENS = 2,16 for text models)"),
     method: str = typer.Option("filter", help=METHOD_HELP),
@@ -74,7 +79,7 @@ def prune(
         check_out(out, {"model.safetensors", "plan.json", "hf", "tokenizer"})
         pruning = _method(method, criterion, ratio=ratio, n=n, round_to=round_to,
                           flops_target=flops_target, global_ranking=global_ranking)
-        network = load_model(model).eval()
+        network = load_model(model, checkpoint).eval()
         if data is None:
             x = example_inputs(network, input_shape)
             calibration = [x]  # random inputs: enough to run a data-driven criterion, no more
@@ -165,7 +170,8 @@ def _method(name: str, criterion: str | None, **options) -> PruningMethod:
 
 @app.command()
 def analyze(
-    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     input_shape: str = typer.Option(None, help="example input shape (as for prune)"),
     method: str = typer.Option("filter", help=METHOD_HELP),
     ratio: float = typer.Option(0.5, help="ratio used for the 'would remove' column"),
@@ -175,7 +181,7 @@ def analyze(
     layers) and what each would lose."""
     try:
         pruning = _method(method, None, ratio=ratio)
-        network = load_model(model).eval()
+        network = load_model(model, checkpoint).eval()
         x = example_inputs(network, input_shape)
         with _progress(f"tracing {model}"):
             preview = pruning.preview(network, x)
@@ -198,7 +204,8 @@ def analyze(
 
 @app.command()
 def iterative(
-    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
                                        "(inputs, labels), e.g. prunekit.cli.data:digits_loaders"),
     method: str = typer.Option("filter", help=METHOD_HELP),
@@ -220,7 +227,7 @@ def iterative(
     try:
         check_out(out, {"model.safetensors", "plan.json", "history.json", "history.png"})
         pruning = _method(method, criterion, ratio=ratio, n=n, flops_target=flops_target)
-        network = load_model(model)
+        network = load_model(model, checkpoint)
         train, test = load_data(data)
         x = first_inputs(test)
         with _progress(f"pruning {model} in {steps} steps") as (bar, task):
@@ -251,7 +258,8 @@ def iterative(
 
 @app.command()
 def sensitivity(
-    model: str = typer.Option(..., help="torchvision:NAME, hf:PATH or path/to/file.py:factory"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
     data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
                                        "(inputs, labels), e.g. prunekit.cli.data:digits_loaders"),
     ratios: str = typer.Option("0.25,0.5,0.75", help="comma-separated ratios to try per group"),
@@ -269,7 +277,7 @@ def sensitivity(
         tried = parse_ratios(ratios)
         check_out(out, {"sensitivity.md", "sensitivity.json", "sensitivity.png"})
         pruning = _method(method, criterion, ratio=0.5)
-        network = load_model(model).eval()
+        network = load_model(model, checkpoint).eval()
         train, test = load_data(data)
         with _progress(f"sensitivity of {model}") as (bar, task):
             table = run_sensitivity(

@@ -1,13 +1,15 @@
 """Where the command line gets models, inputs and data from.
 
-A model is ``torchvision:NAME``, ``hf:PATH`` (a Hugging Face model directory) or a factory
-``path/to/file.py:NAME`` / ``package.module:NAME``. Data is a factory in the same form that
+A model is ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` (a Hugging Face model directory)
+or a factory ``path/to/file.py:NAME`` / ``package.module:NAME``; ``--checkpoint`` loads a
+state dict into it. Data is a factory in the same form that
 returns ``(train, test)``: two re-iterable collections of ``(inputs, labels)`` batches, such as
 ``DataLoader``s (``prunekit.cli.data:digits_loaders`` is one).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from pathlib import Path
@@ -19,9 +21,17 @@ from torch import nn
 from ..errors import ConfigError
 
 
-def load_model(spec: str) -> nn.Module:
-    """``torchvision:NAME``, ``hf:PATH`` or ``path/to/file.py:factory`` (or
-    ``package.module:factory``)."""
+def load_model(spec: str, checkpoint: Path | None = None) -> nn.Module:
+    """``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or ``path/to/file.py:factory`` (or
+    ``package.module:factory``), with random weights or, given ``checkpoint``, the weights
+    of that state dict."""
+    model = _build_model(spec)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def _build_model(spec: str) -> nn.Module:
     if spec.startswith("hf:"):
         return _load_hf(spec[3:])
     source, name = _split(spec, "torchvision:resnet18", "--model")
@@ -29,9 +39,16 @@ def load_model(spec: str) -> nn.Module:
         import torchvision
 
         if name not in torchvision.models.list_models():
-            raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r} "
-                              f"(torchvision.models.list_models() lists them)")
+            raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r}"
+                              f"{_close(name, torchvision.models.list_models())}")
         return torchvision.models.get_model(name, weights=None)
+    if source == "timm":
+        import timm
+
+        if name not in timm.list_models():
+            raise ConfigError(f"--model {spec!r}: timm has no model {name!r}"
+                              f"{_close(name, timm.list_models())}")
+        return timm.create_model(name, pretrained=False)
     try:
         model = _factory(source, name)()
     except ConfigError as error:
@@ -43,6 +60,46 @@ def load_model(spec: str) -> nn.Module:
         raise ConfigError(f"--model {spec!r}: the factory returned {type(model).__name__}, "
                           f"not a torch.nn.Module")
     return model
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load a state dict into ``model``: a safetensors file, or a PyTorch file read with
+    ``weights_only=True`` (a bare state dict, or one under ``"state_dict"`` or ``"model"``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--checkpoint {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"--checkpoint {str(path)!r} cannot be read as a state dict "
+                          f"({type(error).__name__}: {_first_line(error)})") from error
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ConfigError(f"--checkpoint {str(path)!r} holds a {type(state).__name__}, not a "
+                          f"state dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # torch lists each mismatch on a line of its own
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ConfigError(f"--checkpoint {str(path)!r} does not fit the model: "
+                          f"{(lines[1] if len(lines) > 1 else lines[0])[:300]}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
+
+
+def _close(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3)
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
 def load_data(spec: str) -> tuple[Any, Any]:
