@@ -49,6 +49,8 @@ class PruneResult:
     skipped: list[SkippedGroup] = field(default_factory=list)
     config_matches: bool | None = None
     report: CheckReport | None = None
+    # ops the trace had no coupling rule for: the dims they touch were left as they are
+    unknown_ops: list = field(default_factory=list)
 
     @property
     def param_reduction(self) -> float:
@@ -64,6 +66,9 @@ class PruneResult:
                  f"{self.after.flops:,} (-{self.flop_reduction:.1%})"]
         if self.report is not None:
             lines.append(f"check: {self.report}")
+        for op in self.unknown_ops[:SHOWN_SKIPPED]:
+            lines.append(f"no coupling rule for {op.op} in {op.module or 'the model'}: the "
+                         f"dims it touches were left unpruned")
         if self.skipped:
             lines.append(f"{len(self.skipped)} left unpruned:")
             lines += [f"  {s.group}: {s.reason}" for s in self.skipped[:SHOWN_SKIPPED]]
@@ -128,6 +133,7 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
         outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance))
+        unknown_ops = proposal.unknown_ops
         del proposal  # a traced graph holds references to the unpruned tensors
         if outcome.skipped and outcome.plan.is_empty:
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in outcome.skipped[:3])
@@ -148,4 +154,4 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     if optimizer is not None:
         rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
-                       config_matches[0], outcome.report)
+                       config_matches[0], outcome.report, unknown_ops)

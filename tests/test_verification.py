@@ -198,3 +198,21 @@ def test_exact_and_empty_outputs_are_reported_without_failing():
     assert not VerifyReport(compare_outputs({"boxes": none}, {"boxes": none}, 1e-4), 1e-4).ok
     changed = compare_outputs({"i": index}, {"i": index + 1}, 1e-4)
     assert not VerifyReport(changed, 1e-4).ok and "compared exactly" in str(VerifyReport(changed, 1e-4))
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.rnn = nn.LSTM(16, 32, num_layers=2, batch_first=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, tokens):
+        output, _ = self.rnn(self.embed(tokens))
+        return self.head(output[:, -1])
+
+
+def test_an_op_without_a_rule_is_named_in_the_result_not_passed_over_in_silence():
+    result = pk.prune(Recurrent().eval(), torch.randint(0, 50, (2, 7)), pk.FilterPruning(0.5))
+    assert [(op.op, op.module) for op in result.unknown_ops] == [("torch.lstm", "rnn")]
+    assert "no coupling rule for torch.lstm in rnn" in str(result)

@@ -55,6 +55,11 @@ class Proposal(ABC):
     def plan(self, pieces: list) -> Plan:
         """The plan that removes exactly these pieces."""
 
+    @property
+    def unknown_ops(self) -> list:
+        """Ops the method's trace had no rule for, whose dims it left unpruned."""
+        return []
+
 
 @dataclass
 class Trial:

@@ -56,6 +56,10 @@ class GroupProposal(Proposal):
     def plan(self, pieces: list[int]) -> Plan:
         return plan_from_keep(self.graph, {a: self.keep[a] for a in pieces}, self.method)
 
+    @property
+    def unknown_ops(self) -> list:
+        return list(self.graph.unknown_ops)
+
 
 @dataclass
 class GroupPruning(PruningMethod):
