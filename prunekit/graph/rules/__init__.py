@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (register the rules)
     indexing,
     linear,
     norms,
+    recurrent,
     reductions,
     reshape,
 )

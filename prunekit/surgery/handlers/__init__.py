@@ -49,4 +49,4 @@ def sync_attributes(module: nn.Module) -> None:
             return
 
 
-from . import attention, conv, linear, norm  # noqa: E402,F401  (registers the built-in handlers)
+from . import attention, conv, linear, norm, recurrent  # noqa: E402,F401  (registers the built-in handlers)
