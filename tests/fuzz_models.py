@@ -2,7 +2,7 @@
 
 Each seed gives one architecture: a stem, then a random sequence of blocks (plain, grouped
 and depthwise convolutions, residual adds, concatenations, channel splits, shuffles, attention
-over spatial tokens, several normalisations), then one to three heads whose outputs come back
+and LSTM/GRU layers over spatial tokens, several normalisations), then one to three heads whose outputs come back
 in one of several structures (a tensor, a tuple, a dict, a dataclass, a named tuple).
 """
 
@@ -161,7 +161,24 @@ class Attention(nn.Module):
         return (tokens + attended).transpose(1, 2).reshape(b, c, h, w)
 
 
-BLOCKS = [ConvBlock, ConvBlock, Residual, Concat, SplitMerge, Shuffle, Attention]
+class Recurrent(nn.Module):
+    """An LSTM or GRU over the spatial positions as a sequence (stacked or bidirectional)."""
+
+    def __init__(self, rng: random.Random, channels: int):
+        super().__init__()
+        kind = rng.choice([nn.LSTM, nn.GRU])
+        hidden = rng.choice([4, 8])
+        self.rnn = kind(channels, hidden, num_layers=rng.choice([1, 2]), batch_first=True,
+                        bidirectional=rng.random() < 0.5)
+        self.out_channels = hidden * (2 if self.rnn.bidirectional else 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        sequence, _ = self.rnn(x.flatten(2).transpose(1, 2))
+        return sequence.transpose(1, 2).reshape(b, -1, h, w)
+
+
+BLOCKS = [ConvBlock, ConvBlock, Residual, Concat, SplitMerge, Shuffle, Attention, Recurrent]
 
 
 class RandomNet(nn.Module):
