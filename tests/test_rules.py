@@ -146,3 +146,42 @@ def test_a_norm_without_tensors_keeps_its_channel_count_true():
     x = torch.randn(1, 3, 4, 4)
     result = pk.prune(model, x, pk.FilterPruning(0.5))
     assert model[1].num_features == 4 and result.report.ok
+
+
+def test_baddbmm_by_keyword_is_traced_like_positional():
+    """Bloom calls ``alibi.baddbmm(batch1=..., batch2=..., beta=..., alpha=...)``."""
+
+    class Scores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(5, 3)
+
+        def forward(self, x):
+            bias = torch.zeros(x.shape[0], 5, 5)
+            scores = bias.baddbmm(batch1=self.q(x), batch2=self.k(x).transpose(1, 2), beta=1.0,
+                                  alpha=0.5)
+            return self.out(scores)
+
+    model, x = Scores().eval(), torch.randn(2, 5, 8)
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert not result.unknown_ops and model.q.out_features == 8 and model.k.out_features == 8
+
+
+def test_a_rule_that_fails_is_treated_as_no_rule_and_named():
+    from prunekit.graph.rules.base import RULES
+
+    def broken(ctx, args, kwargs, out):
+        raise KeyError("a bug in the rule")
+
+    saved = dict(RULES)
+    pk.register_rule("relu", broken)
+    try:
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        result = pk.prune(model, torch.randn(2, 4), pk.FilterPruning(0.5))
+        assert any("its rule failed: KeyError" in op.op for op in result.unknown_ops)
+        assert model[0].out_features == 8  # its dims were left alone
+        with pytest.raises(pk.UnsupportedOpError, match="coupling rule for .* failed"):
+            pk.DependencyGraph(model, torch.randn(2, 4), strict=True)
+    finally:
+        RULES.clear()
+        RULES.update(saved)

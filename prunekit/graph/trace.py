@@ -227,6 +227,14 @@ class _TracingMode(TorchFunctionMode):
         except NotRepresentable as why:
             reason = f"{op_name(func)} in {self.ctx.module_path}: {why}"
             self._fallback(inputs, outputs, reason)
+        except Exception as error:  # a rule that cannot read this call: as if it had none
+            name, module = op_name(func), self.ctx.module_path
+            if self.strict:
+                raise UnsupportedOpError(f"the coupling rule for {name} in module {module!r} "
+                                         f"failed: {type(error).__name__}: {error}") from error
+            self.ctx.unknown_ops.append(UnknownOp(f"{name} (its rule failed: "
+                                                  f"{type(error).__name__})", module))
+            self._fallback(inputs, outputs, f"the rule for {name} failed in {module}")
         return out
 
     def _unknown(self, func, inputs, outputs) -> None:

@@ -52,7 +52,10 @@ def matmul(ctx, args, kwargs, out):
 
 @rule("addmm", "baddbmm")
 def addmm(ctx, args, kwargs, out):
-    bias, a, b = args[0], args[1], args[2]
+    # by keyword too: Bloom calls alibi.baddbmm(batch1=..., batch2=..., beta=..., alpha=...)
+    bias = arg(args, kwargs, 0, "input")
+    a = arg(args, kwargs, 1, "batch1") if "batch1" in kwargs else arg(args, kwargs, 1, "mat1")
+    b = arg(args, kwargs, 2, "batch2") if "batch2" in kwargs else arg(args, kwargs, 2, "mat2")
     matmul(ctx, (a, b), {}, out)
     broadcast(ctx, [bias, out], out)
     if bias.dim() == 1:
