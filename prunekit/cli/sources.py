@@ -38,24 +38,20 @@ def _build_model(spec: str) -> nn.Module:
     if source == "torchvision":
         import torchvision
 
-        if name not in torchvision.models.list_models():
+        names = torchvision.models.list_models()
+        if name not in names:
             raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r}"
-                              f"{_close(name, torchvision.models.list_models())}")
+                              f"{_close(name, names)}")
         return torchvision.models.get_model(name, weights=None)
     if source == "timm":
         import timm
 
-        if name not in timm.list_models():
+        names = timm.list_models()
+        if name not in names:
             raise ConfigError(f"--model {spec!r}: timm has no model {name!r}"
-                              f"{_close(name, timm.list_models())}")
+                              f"{_close(name, names)}")
         return timm.create_model(name, pretrained=False)
-    try:
-        model = _factory(source, name)()
-    except ConfigError as error:
-        raise ConfigError(f"--model {spec!r}: {error}") from error
-    except Exception as error:
-        raise ConfigError(f"--model {spec!r}: the factory raised {type(error).__name__}: "
-                          f"{error}") from error
+    model = _call_factory(source, name, f"--model {spec!r}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {spec!r}: the factory returned {type(model).__name__}, "
                           f"not a torch.nn.Module")
@@ -105,13 +101,7 @@ def _close(name: str, choices: list[str]) -> str:
 def load_data(spec: str) -> tuple[Any, Any]:
     """``(train, test)`` batches from the factory ``spec`` names."""
     source, name = _split(spec, "prunekit.cli.data:digits_loaders", "--data")
-    try:
-        loaded = _factory(source, name)()
-    except ConfigError as error:
-        raise ConfigError(f"--data {spec!r}: {error}") from error
-    except Exception as error:
-        raise ConfigError(f"--data {spec!r}: the factory raised {type(error).__name__}: "
-                          f"{error}") from error
+    loaded = _call_factory(source, name, f"--data {spec!r}")
     if not (isinstance(loaded, tuple) and len(loaded) == 2):
         raise ConfigError(f"--data {spec!r}: the factory must return (train, test), "
                                  f"got {type(loaded).__name__}")
@@ -174,6 +164,17 @@ def _split(spec: str, example: str, option: str) -> tuple[str, str]:
     if not source or not name:
         raise ConfigError(f"{option} {spec!r}: expected SOURCE:NAME, e.g. {example}")
     return source, name
+
+
+def _call_factory(source: str, name: str, option: str) -> Any:
+    """What the factory returns; any failure is one ConfigError led by ``option``."""
+    try:
+        return _factory(source, name)()
+    except ConfigError as error:
+        raise ConfigError(f"{option}: {error}") from error
+    except Exception as error:
+        raise ConfigError(f"{option}: the factory raised {type(error).__name__}: "
+                          f"{error}") from error
 
 
 def _factory(source: str, name: str) -> Callable[[], Any]:
