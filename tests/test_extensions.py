@@ -127,16 +127,16 @@ def test_a_registered_rule_makes_a_custom_op_prunable():
 
 
 class Scale(nn.Module):
-    """A per-channel scale that checks its width in forward, where no trace can see it."""
+    """A per-channel scale that checks its width against a tuple, where no trace can see it."""
 
     def __init__(self, channels):
         super().__init__()
         self.weight = nn.Parameter(torch.rand(channels) + 0.5)
-        self.channels = channels
+        self.shape = (channels,)
 
     def forward(self, x):
-        if x.shape[1] != self.channels:
-            raise ValueError(f"expected {self.channels} channels")
+        if x.shape[1:2] != self.shape:
+            raise ValueError(f"expected {self.shape[0]} channels")
         return x * self.weight[:, None, None]
 
 
@@ -148,10 +148,53 @@ def test_a_registered_handler_keeps_a_custom_module_consistent():
     x = torch.randn(1, 3, 4, 4)
     with pytest.raises(pk.PruneError, match="expected 8 channels"):
         pk.prune(model(), x, pk.FilterPruning(0.5))  # the only group breaks the model
-    pk.register_handler(Scale, lambda m: setattr(m, "channels", m.weight.shape[0]))
+    pk.register_handler(Scale, lambda m: setattr(m, "shape", tuple(m.weight.shape)))
     pruned = model()
     result = pk.prune(pruned, x, pk.FilterPruning(0.5))
-    assert pruned[1].channels == 4 and result.report.ok
+    assert pruned[1].shape == (4,) and result.report.ok
+
+
+class CountedScale(nn.Module):
+    """Keeps its width as an int and compares it with the size it reads (diffusers' resamplers
+    do this): the trace sees the read, so the count follows the pruned dim."""
+
+    def __init__(self, channels, out_channels):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+        self.channels, self.out_channels = channels, out_channels
+
+    def forward(self, x):
+        if x.size(1) != self.channels:
+            raise ValueError(f"expected {self.channels} channels")
+        return x * self.weight[:, None, None]
+
+
+def test_a_count_compared_with_a_size_read_follows_the_dim():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), CountedScale(8, 5), nn.Conv2d(8, 2, 1)).eval()
+    result = pk.prune(model, torch.randn(1, 3, 4, 4), pk.FilterPruning(0.5))
+    assert result.skipped == [] and result.report.ok
+    assert model[1].channels == 4 and model[1].weight.shape == (4,)
+    assert model[1].out_channels == 5  # no size it read was 5: left as it was
+
+
+def test_a_count_that_matches_two_prunable_dims_is_left_alone():
+    class TwoWide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+            self.channels = 8
+
+        def forward(self, x):
+            p, q = self.a(x), self.b(x)
+            assert p.shape[1] == q.shape[1] == self.channels  # which one does it count?
+            return torch.cat([p, q], 1)
+
+    model = nn.Sequential(TwoWide(), nn.Conv2d(16, 2, 1)).eval()
+    with pytest.raises(pk.PruneError, match="AssertionError") as raised:
+        pk.prune(model, torch.randn(1, 3, 4, 4), pk.FilterPruning(0.5))
+    assert "group 0" in str(raised.value) and "group 1" in str(raised.value)
+    assert model[0].channels == 8 and model[0].a.out_channels == 8  # unbound, untouched
 
 
 def readme_section(title: str) -> list[str]:

@@ -185,3 +185,63 @@ def test_a_rule_that_fails_is_treated_as_no_rule_and_named():
     finally:
         RULES.clear()
         RULES.update(saved)
+
+
+class HeadSizeFromKey(nn.Module):
+    """diffusers' attention: the head size is read off the key and used for all three views,
+    with torch's default scale."""
+
+    def __init__(self, width=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = (nn.Linear(width, width) for _ in range(3))
+        self.to_out = nn.Linear(width, width)
+
+    def forward(self, x):
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        batch, head_dim = x.shape[0], k.shape[-1] // self.heads
+        q, k, v = (t.view(batch, -1, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(batch, -1, self.heads * head_dim))
+
+
+def test_a_value_head_size_read_off_the_key_keeps_its_size():
+    torch.manual_seed(0)
+    model = nn.Sequential(HeadSizeFromKey(), nn.Linear(32, 4)).eval()
+    x = torch.randn(2, 5, 32)
+    graph = pk.DependencyGraph(model, x)
+    for group in graph.groups:  # the value's rows go only with whole heads, never alone
+        names = {m.name for m in group.members if m.dim == 0}
+        assert "0.to_v.weight" not in names or "0.to_q.weight" in names, group
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert result.skipped == [] and result.report.ok
+
+
+class FunctionalAttentionPool(nn.Module):
+    """CLIP's ResNet attention pooling: F.multi_head_attention_forward called by a module of
+    its own, with separate projections."""
+
+    def __init__(self, width=16, heads=4):
+        super().__init__()
+        self.num_heads = heads
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(width, width) for _ in range(3))
+        self.c_proj = nn.Linear(width, 8)
+
+    def forward(self, x):  # x: (tokens, batch, width)
+        out, _ = F.multi_head_attention_forward(
+            x[:1], x, x, x.shape[-1], self.num_heads, None,
+            torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]), None, None,
+            False, 0.0, self.c_proj.weight, self.c_proj.bias, training=False,
+            need_weights=False, use_separate_proj_weight=True, q_proj_weight=self.q_proj.weight,
+            k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight)
+        return out
+
+
+def test_functional_attention_in_a_module_of_its_own_narrows_only_by_whole_heads():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), FunctionalAttentionPool()).eval()
+    x = torch.randn(5, 2, 6)
+    result = pk.prune(model, x, pk.HeadPruning(0.5))
+    assert result.skipped == [] and result.report.ok
+    assert model[0].out_features % 4 == 0 and model[0].out_features < 16  # whole heads of 4
+    assert model[1].num_heads == model[0].out_features // 4

@@ -150,12 +150,16 @@ class DependencyGraph:
 
     def _resolve_attribute_candidates(self, eligible: set[int]) -> None:
         """Bind each attribute to the one prunable dim it was seen sizing, across every
-        view of every call; an attribute that sized several prunable dims stays unbound."""
+        view of every call; an attribute that sized several prunable dims stays unbound.
+        An attribute that sized a view is judged by its views alone: a size read equal to
+        it (``x.shape[-1] // 2`` beside ``head_dim``) is weaker evidence."""
         known = {(a.module, a.attribute) for a in self.attributes}
+        in_views = {(c.module, c.attribute) for c in self.trace.attribute_candidates
+                    if c.seen_in == "view"}
         prunable: dict[tuple[str, str], dict[frozenset[int], Spec]] = {}
         for candidates in self.trace.attribute_candidates:
             key = (candidates.module, candidates.attribute)
-            if key in known:
+            if key in known or (candidates.seen_in != "view" and key in in_views):
                 continue
             found = prunable.setdefault(key, {})
             for spec in candidates.specs:
@@ -210,7 +214,8 @@ class DependencyGraph:
         head_sizes = [self._leaves(a.spec) for a in self.attributes
                       if a.attribute in _HEAD_SIZES]
         head_sizes += [self._leaves(spec) for c in self.trace.attribute_candidates
-                       if c.attribute in _HEAD_SIZES for spec in c.specs]
+                       if c.attribute in _HEAD_SIZES and c.seen_in == "view"
+                       for spec in c.specs]
         for outer, inner in self.axes.factorisations:
             if self._leaves(inner) in head_sizes:
                 counted |= self._leaves(outer)

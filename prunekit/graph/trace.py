@@ -10,6 +10,7 @@ and the op is listed in ``TraceResult.unknown_ops`` (or, with ``strict=True``, r
 
 from __future__ import annotations
 
+import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -56,6 +57,7 @@ class AttributeCandidates:
     module: str
     attribute: str
     specs: list[Spec]
+    seen_in: str = "view"  # or "size read": weaker evidence, used only where no view sized it
 
 
 @dataclass
@@ -179,7 +181,11 @@ class TraceContext:
             self._slots[id(tensor)].roles.setdefault(dim % max(tensor.dim(), 1), role)
 
     def attribute(self, module: nn.Module | None, attribute: str, spec: Spec) -> None:
-        if module is not None and module is self.current_module:
+        """Record that ``module.attribute`` counts the channels of ``spec``, if the module
+        keeps such a count (a module calling ``F.multi_head_attention_forward`` itself may
+        have no ``embed_dim``)."""
+        if (module is not None and module is self.current_module
+                and type(getattr(module, attribute, None)) is int):
             slot = AttributeSlot(self.module_name, attribute, spec)
             if not any((a.module, a.attribute) == (slot.module, slot.attribute)
                        for a in self.attributes):
@@ -190,6 +196,28 @@ class TraceContext:
         if module is self.current_module:
             self.attribute_candidates.append(AttributeCandidates(self.module_name, attribute,
                                                                  specs))
+
+    def shape_read(self, tensor: torch.Tensor, sizes: tuple[int, ...],
+                   dims: list[int]) -> None:
+        """The running module read ``tensor``'s size: an integer width attribute of the same
+        value (``channels``, ``out_features``, ``embed_dim`` …) may be what the size is
+        compared with (``assert x.shape[1] == self.channels``), so it is a candidate count of
+        that dim, bound later only if it sized no other prunable dim. Only width names: a
+        size read matches other counts by coincidence (two key/value heads beside
+        ``num_key_value_groups = 2``)."""
+        module = self.current_module
+        if module is None:
+            return
+        counts = {name: value for name, value in vars(module).items()
+                  if type(value) is int and value > 1 and WIDTH_COUNT.match(name)}
+        if not counts:
+            return
+        specs = self.specs(tensor)
+        for name, value in counts.items():
+            matching = [specs[d] for d, size in zip(dims, sizes) if size == value]
+            if matching:
+                self.attribute_candidates.append(AttributeCandidates(
+                    self.module_name, name, matching, seen_in="size read"))
 
     def module_output(self, name: str, output: Any) -> None:
         """Remember a module call's single-tensor output and its channels."""
@@ -206,6 +234,12 @@ class TraceContext:
                            self.module_outputs)
 
 
+# the attribute names a size read may be compared with: widths, not counts of heads or groups
+WIDTH_COUNT = re.compile(r"^(in_|out_|num_|n_|inner_|embed_|hidden_)?"
+                         r"(channels|features|dim|width|planes|size|embed_dim)$")
+_SHAPE_READS = {torch.Tensor.shape.__get__, torch.Tensor.size}
+
+
 class _TracingMode(TorchFunctionMode):
     def __init__(self, ctx: TraceContext, rules: dict[Callable, Callable], strict: bool) -> None:
         super().__init__()
@@ -214,6 +248,9 @@ class _TracingMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func in _SHAPE_READS and isinstance(args[0], torch.Tensor):
+            self._shape_read(args, kwargs, out)
+            return out
         rule = self.rules.get(func)
         outputs = list(iter_tensors(out))
         if rule is None and not outputs:
@@ -236,6 +273,15 @@ class _TracingMode(TorchFunctionMode):
                                                   f"{type(error).__name__})", module))
             self._fallback(inputs, outputs, f"the rule for {name} failed in {module}")
         return out
+
+    def _shape_read(self, args, kwargs, out) -> None:
+        tensor = args[0]
+        if isinstance(out, int):  # x.size(d)
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            if isinstance(dim, int) and -tensor.dim() <= dim < tensor.dim():
+                self.ctx.shape_read(tensor, (out,), [dim % tensor.dim()])
+        elif isinstance(out, tuple):  # x.shape, x.size()
+            self.ctx.shape_read(tensor, tuple(out), list(range(tensor.dim())))
 
     def _unknown(self, func, inputs, outputs) -> None:
         name = op_name(func)

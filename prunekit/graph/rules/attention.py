@@ -5,6 +5,7 @@ functional form describes its packed or separate projections."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..axes import NotRepresentable
 from .base import (
@@ -36,6 +37,11 @@ def attention(ctx, args, kwargs, out):
     ctx.axes.fix_spec(sk[-2], reason)
     if scale is None:  # the default scale depends on head_dim, so head_dim must not change
         ctx.axes.fix_spec(sq[-1], f"default attention scale in {ctx.module_path}")
+        # and code that leaves the scale to torch tends to read one head size off a tensor
+        # for all three views (diffusers: ``key.shape[-1] // attn.heads``), which a value
+        # head size pruned on its own would no longer match; code that passes its own scale
+        # keeps a ``head_dim`` count, which the view rule follows
+        ctx.axes.fix_spec(sv[-1], f"default attention scale in {ctx.module_path}")
     if isinstance(mask, torch.Tensor):
         ctx.fix(mask, reason)
     ctx.set(out, sq[:-1] + [sv[-1]])
@@ -61,7 +67,9 @@ def multi_head_attention(ctx, args, kwargs, out):
     """``nn.MultiheadAttention`` has heads: its q, k and v projections (thirds of the packed
     ``in_proj_weight``, or ``q/k/v_proj_weight`` when key and value have their own widths) are
     each heads × head_dim, as are ``bias_k``/``bias_v``, and its ``out_proj`` reads heads ×
-    head_dim; head_dim keeps its size (the default scale depends on it). What it reads and
+    head_dim; head_dim keeps its size (the default scale depends on it). Outside
+    ``nn.MultiheadAttention`` (whose handler lets the inner width differ from the input's),
+    the query's width is heads × head_dim too. What it reads and
     writes follows the query, key and value. Anything else is left whole: every dim it touches
     is fixed."""
     names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
@@ -84,6 +92,13 @@ def multi_head_attention(ctx, args, kwargs, out):
     head = ctx.axes.new(heads)
     qk_dim, v_dim = ctx.axes.new(width // heads, fixed), ctx.axes.new(width // heads, fixed)
     inner = {"query": [[head, qk_dim]], "key": [[head, qk_dim]], "value": [[head, v_dim]]}
+    if not isinstance(ctx.current_module, nn.MultiheadAttention):
+        # called by a module of its own (CLIP's attention pooling), which no handler
+        # rewrites: the function computes head_dim = query width // num_heads and merges
+        # the heads back to the query's width, so all three have the query's width in
+        # heads of one size, and that width narrows only by whole heads
+        ctx.unify(inner["value"], inner["query"])
+        ctx.unify(ctx.specs(query)[-1], inner["query"])
     for source, rows, columns in projections:  # rows: the inner spec of that third
         ctx.unify(rows, inner[source])
         ctx.unify(columns, ctx.specs(given[source])[-1])
