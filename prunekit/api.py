@@ -21,7 +21,7 @@ from .calls import evaluating
 from .checks.bisection import SkippedGroup, largest_passing_plan
 from .checks.checks import CheckReport
 from .checks.comparison import DEFAULT_TOLERANCE
-from .checks.verify import CheckInputs
+from .checks.verify import CheckInputs, compared_in_float64
 from .errors import ConfigError, PruneError
 from .measure import Measurement
 from .methods.base import PruneContext, PruningMethod
@@ -132,6 +132,7 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     inputs = CheckInputs(example_inputs, [b for b in batches if b is not example_inputs])
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
+        inputs = compared_in_float64(model, inputs, proposal.selections)
         outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance))
         unknown_ops = proposal.unknown_ops
         del proposal  # a traced graph holds references to the unpruned tensors

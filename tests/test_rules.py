@@ -245,3 +245,37 @@ def test_functional_attention_in_a_module_of_its_own_narrows_only_by_whole_heads
     assert result.skipped == [] and result.report.ok
     assert model[0].out_features % 4 == 0 and model[0].out_features < 16  # whole heads of 4
     assert model[1].num_heads == model[0].out_features // 4
+
+
+class DeformableSampling(nn.Module):
+    """Deformable attention's core: per-head offsets from a Linear, flattened into the batch
+    of grid_sample beside the per-head values."""
+
+    def __init__(self, width=16, heads=4, points=3):
+        super().__init__()
+        self.n_heads, self.points = heads, points
+        self.value_proj = nn.Linear(width, width)
+        self.offsets = nn.Linear(width, heads * points * 2)
+        self.out = nn.Linear(width, 5)
+
+    def forward(self, x):  # x: (batch, 4 * 4 tokens, width)
+        batch = x.shape[0]
+        value = self.value_proj(x).view(batch, 4, 4, self.n_heads, -1).permute(0, 3, 4, 1, 2)
+        grid = self.offsets(x[:, :2]).view(batch, 2, self.n_heads, self.points, 2).tanh()
+        sampled = F.grid_sample(value.flatten(0, 1), grid.transpose(1, 2).flatten(0, 1),
+                                align_corners=False)  # (batch * heads, head_dim, 2, points)
+        merged = sampled.view(batch, -1, 2, self.points).sum(-1).transpose(1, 2)
+        return self.out(merged)
+
+
+def test_grid_sample_ties_the_grid_batch_to_the_sampled_batch():
+    torch.manual_seed(0)
+    model = DeformableSampling().eval()
+    x = torch.randn(2, 16, 16)
+    graph = pk.DependencyGraph(model, x)
+    for group in graph.all_groups:  # the offsets' heads only go with the values' heads
+        names = {m.name for m in group.members}
+        assert "offsets.weight" not in names or "value_proj.weight" in names, names
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert result.skipped == [] and result.report.ok
+    assert model.offsets.out_features == model.n_heads * 3 * 2 and model.value_proj.out_features < 16

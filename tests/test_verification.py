@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
+import prunekit.api
 from prunekit.checks.checks import Check
 from prunekit.checks.comparison import compare_outputs
 from prunekit.errors import TraceError
@@ -213,3 +214,56 @@ def test_an_op_without_a_rule_is_named_in_the_result_not_passed_over_in_silence(
     result = pk.prune(RunningMax().eval(), torch.randn(2, 8), pk.FilterPruning(0.5))
     assert [(op.op, op.module) for op in result.unknown_ops] == [("torch.cummax", "<model>")]
     assert "no coupling rule for torch.cummax in <model>" in str(result)
+
+
+
+class TopScores(nn.Module):
+    """Scores close together, and the positions of the best of them as the output: a
+    detector's query selection in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv1d(8, 300, 1)
+        self.score = nn.Conv1d(300, 1, 1)
+
+    def forward(self, x):
+        scores = self.score(torch.relu(self.features(x)))[:, 0]
+        return scores.topk(200, dim=1).indices
+
+
+def _model_and_input():
+    torch.manual_seed(0)
+    model = TopScores().eval()
+    return model, 1 + 1e-4 * torch.randn(1, 8, 4000)
+
+
+def test_outputs_chosen_by_order_are_compared_in_float64():
+    model, x = _model_and_input()
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert result.skipped == [] and result.report.ok
+    assert "in float64 (Tensor.topk in <model> chooses by order)" in str(result.report)
+    assert {n: p.dtype for n, p in model.named_parameters()} == dtypes
+
+
+def test_in_float32_the_same_check_would_fail(monkeypatch):
+    """The reason for float64: with 300 channels summed, the masked and pruned models round
+    differently, and among scores this close some choices flip."""
+    model, x = _model_and_input()
+    monkeypatch.setattr(prunekit.api, "compared_in_float64", lambda m, inputs, s: inputs)
+    with pytest.raises(pk.PruneError, match="NOT equivalent"):
+        pk.prune(model, x, pk.FilterPruning(0.5))
+
+
+class Float32Inside(TopScores):
+    def forward(self, x):
+        return super().forward(x @ torch.eye(x.shape[-1], dtype=torch.float32))
+
+
+def test_a_model_that_cannot_run_in_float64_is_compared_in_its_own_precision_and_says_so():
+    torch.manual_seed(0)
+    model = Float32Inside().eval()
+    result = pk.prune(model, torch.randn(1, 8, 400), pk.FilterPruning(0.5))
+    assert result.report.ok and "in float64" not in str(result.report).split("(")[0]
+    assert "compared in its own precision although Tensor.topk" in str(result.report)
+    assert all(p.dtype == torch.float32 for p in model.parameters())

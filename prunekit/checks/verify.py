@@ -8,11 +8,13 @@ the masked model computes exactly what the smaller model computes.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..calls import call_model, evaluating, named_tensors
 from ..errors import ConfigError
@@ -50,6 +52,11 @@ class CheckInputs:
 
     example: Any
     batches: list = field(default_factory=list)
+    # why outputs are compared in float64 (None: in the model's own precision): an op that
+    # chooses by order (topk over scores) turns a rounding difference between the masked
+    # and the pruned model into a different choice, and float64 makes that vanishingly rare
+    float64_because: str | None = None
+    note: str = ""
 
     def __iter__(self) -> Iterator[Any]:
         yield self.example
@@ -57,9 +64,17 @@ class CheckInputs:
 
     def describe(self) -> str:
         if not self.batches:
-            return "the example inputs"
-        count = len(self.batches)
-        return f"the example inputs and {count} batch{'es' if count > 1 else ''} of data"
+            what = "the example inputs"
+        else:
+            count = len(self.batches)
+            what = f"the example inputs and {count} batch{'es' if count > 1 else ''} of data"
+        if self.float64_because:
+            what += f", in float64 ({self.float64_because})"
+        return what + (f" ({self.note})" if self.note else "")
+
+    def in_float64(self) -> CheckInputs:
+        return replace(self, example=_to_float64(self.example),
+                       batches=[_to_float64(b) for b in self.batches])
 
 
 def as_check_inputs(inputs: Any) -> CheckInputs:
@@ -159,12 +174,64 @@ def _masked_outputs(model: nn.Module, inputs: CheckInputs, plan: Plan
 def compare_in_place(model: nn.Module, inputs: Any, plan: Plan,
                      tolerance: float = DEFAULT_TOLERANCE) -> VerifyReport:
     """Masked vs pruned outputs of ``model`` on every input of ``inputs`` (example inputs or
-    ``CheckInputs``), computed in place and undone afterwards.
+    ``CheckInputs``), computed in place and undone afterwards; in float64 when
+    ``inputs.float64_because`` says why, if the model runs in float64 (otherwise in its own
+    precision, and the report says so).
 
     Raises ``PrunedModelFailed`` when the plan does not apply or the pruned model no longer
     runs (the model is restored); anything the masked model raises propagates as it is.
     """
     inputs = as_check_inputs(inputs)
+    if not inputs.float64_because:
+        return _compare(model, inputs, plan, tolerance)
+    with widened(model):
+        return _compare(model, inputs.in_float64(), plan, tolerance)
+
+
+@contextmanager
+def widened(model: nn.Module) -> Iterator[None]:
+    """The model's floating parameters and buffers in float64, then back in their own dtype
+    (exactly: every float32, float16 and bfloat16 value is a float64 value). The tensors stay
+    the same objects, so a plan applied and undone inside still finds them."""
+    saved = []
+    with torch.no_grad():
+        for tensor in {id(t): t for t in (*model.parameters(), *model.buffers())}.values():
+            if tensor.is_floating_point() and tensor.dtype != torch.float64:
+                saved.append((tensor, tensor.dtype))
+                tensor.data = tensor.data.double()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, dtype in saved:
+                tensor.data = tensor.data.to(dtype)
+
+
+def _to_float64(inputs: Any) -> Any:
+    return tree_map(lambda t: t.double() if isinstance(t, torch.Tensor)
+                    and t.is_floating_point() else t, inputs)
+
+
+def compared_in_float64(model: nn.Module, inputs: CheckInputs,
+                        selections: list[str]) -> CheckInputs:
+    """``inputs`` set to be compared in float64 when the model chooses by order somewhere
+    (``selections``: "Tensor.topk in model.28") and runs in float64; otherwise as they were,
+    with a note saying why not."""
+    if not selections:
+        return inputs
+    because = f"{selections[0]} chooses by order" + (
+        f", and {len(selections) - 1} more" if len(selections) > 1 else "")
+    try:
+        with widened(model), evaluating(model), torch.no_grad():
+            call_model(model, _to_float64(inputs.example))
+    except Exception as error:  # a float32 constant inside forward, a dtype check …
+        return replace(inputs, note=f"compared in its own precision although {because}: "
+                                    f"it does not run in float64 ({type(error).__name__})")
+    return replace(inputs, float64_because=because)
+
+
+def _compare(model: nn.Module, inputs: CheckInputs, plan: Plan,
+             tolerance: float) -> VerifyReport:
     unpruned, expected = _masked_outputs(model, inputs, plan)
     pruned, actual = run_pruned(model, plan, lambda m: _outputs_on(m, inputs))
     comparisons = []

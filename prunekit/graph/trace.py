@@ -84,6 +84,8 @@ class TraceResult:
     attribute_candidates: list[AttributeCandidates]
     unknown_ops: list[UnknownOp]
     module_outputs: list[ModuleOutput] = field(default_factory=list)
+    # ops that choose by order (topk, argmax …): "Tensor.topk in model.28"
+    selections: list[str] = field(default_factory=list)
 
 
 def op_name(func: Callable) -> str:
@@ -107,6 +109,7 @@ class TraceContext:
         self.attributes: list[AttributeSlot] = []
         self.attribute_candidates: list[AttributeCandidates] = []
         self.unknown_ops: list[UnknownOp] = []
+        self.selections: list[str] = []
         self.module_stack: list[str] = []
         self.module_outputs: list[ModuleOutput] = []
         self._calls: dict[str, int] = {}
@@ -231,12 +234,23 @@ class TraceContext:
     def result(self) -> TraceResult:
         return TraceResult(self.axes, list(self._slots.values()), self.attributes,
                            self.attribute_candidates, self.unknown_ops,
-                           self.module_outputs)
+                           self.module_outputs, self.selections)
 
 
 # the attribute names a size read may be compared with: widths, not counts of heads or groups
 WIDTH_COUNT = re.compile(r"^(in_|out_|num_|n_|inner_|embed_|hidden_)?"
                          r"(channels|features|dim|width|planes|size|embed_dim)$")
+# ops whose integer outputs say which elements came first: rounding can change the choice
+_ORDERINGS = {"topk", "sort", "argsort", "argmax", "argmin", "kthvalue", "max", "min",
+              "median", "nanmedian", "mode"}
+
+
+def _chooses_by_order(func, args, outputs: list[torch.Tensor]) -> bool:
+    return (op_name(func).rsplit(".", 1)[-1] in _ORDERINGS
+            and any(not t.is_floating_point() for t in outputs)
+            and any(t.is_floating_point() for t in iter_tensors(args)))
+
+
 _SHAPE_READS = {torch.Tensor.shape.__get__, torch.Tensor.size}
 
 
@@ -253,6 +267,10 @@ class _TracingMode(TorchFunctionMode):
             return out
         rule = self.rules.get(func)
         outputs = list(iter_tensors(out))
+        if _chooses_by_order(func, args, outputs):
+            where = f"{op_name(func)} in {self.ctx.module_path}"
+            if where not in self.ctx.selections:
+                self.ctx.selections.append(where)
         if rule is None and not outputs:
             return out  # shape queries, .item(), printing …
         inputs = list(iter_tensors((args, kwargs)))

@@ -60,6 +60,12 @@ class Proposal(ABC):
         """Ops the method's trace had no rule for, whose dims it left unpruned."""
         return []
 
+    @property
+    def selections(self) -> list[str]:
+        """Ops in the method's trace that choose elements by their order (``topk``,
+        ``argmax`` …), where they are: the check runs in float64 when there are any."""
+        return []
+
 
 @dataclass
 class Trial:

@@ -60,6 +60,10 @@ class GroupProposal(Proposal):
     def unknown_ops(self) -> list:
         return list(self.graph.unknown_ops)
 
+    @property
+    def selections(self) -> list[str]:
+        return list(self.graph.trace.selections)
+
 
 @dataclass
 class GroupPruning(PruningMethod):

@@ -33,8 +33,22 @@ for _k in (1, 2, 3):
     _names += [f"max_pool{_k}d_with_indices", f"adaptive_max_pool{_k}d_with_indices",
                f"fractional_max_pool{_k}d_with_indices"]
     rule(*_names)(_spatial(lambda a, k, s, n=_k: n))
-rule("interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "grid_sample")(
+rule("interpolate", "upsample", "upsample_nearest", "upsample_bilinear")(
     _spatial(lambda a, k, s: s.dim() - 2))
+
+
+@rule("grid_sample")
+def grid_sample(ctx, args, kwargs, out):
+    """``grid_sample(input (N, C, *in), grid (N, *out, k))``: each batch item is sampled at
+    its own grid, so the grid's batch is the input's (deformable attention flattens heads
+    into it); the output has the input's channels at the grid's positions."""
+    source, grid = args[0], arg(args, kwargs, 1, "grid")
+    specs, grid_specs = ctx.specs(source), ctx.specs(grid)
+    reason = f"spatial dim in {ctx.module_path}"
+    ctx.fix(source, reason, list(range(2, source.dim())))
+    ctx.fix(grid, f"sampling coordinates in {ctx.module_path}", [grid.dim() - 1])
+    ctx.unify(specs[0], grid_specs[0])
+    ctx.set(out, specs[:2] + grid_specs[1:-1])
 
 
 @rule("pad")
