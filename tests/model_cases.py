@@ -121,6 +121,171 @@ def _timm() -> list[ModelCase]:
     return [ModelCase("timm", n, build(n)) for n in TIMM_MODELS]
 
 
+ULTRALYTICS_MODELS = [
+    "yolov8n.yaml", "yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-obb.yaml",
+    "yolov8n-cls.yaml", "yolo11n.yaml", "yolo11n-seg.yaml", "yolo11n-pose.yaml",
+    "yolo11n-obb.yaml", "yolo11n-cls.yaml", "yolov10n.yaml", "yolov5nu.yaml", "yolo12n.yaml",
+    "rtdetr-l.yaml",
+]
+
+
+def ultralytics_model(name: str) -> nn.Module:
+    """The ``nn.Module`` of an Ultralytics model built from its YAML (random weights)."""
+    from ultralytics import RTDETR, YOLO
+
+    if "rtdetr" in name:
+        return RTDETR(name).model
+    return YOLO(name, verbose=False).model
+
+
+def _ultralytics() -> list[ModelCase]:
+    def build(name: str):
+        def make():
+            size = 224 if "-cls" in name else 320
+            return ultralytics_model(name), torch.randn(1, 3, size, size)
+        return make
+
+    return [ModelCase("ultralytics", n.removesuffix(".yaml"), build(n))
+            for n in ULTRALYTICS_MODELS]
+
+
+class TextTower(nn.Module):
+    """A CLIP model's text encoder as a module of its own (``encode_text`` is a method)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+        self.clip.visual = None  # the other tower: not part of this model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens)
+
+
+def _open_clip() -> list[ModelCase]:
+    def build(name: str, tower: str):
+        def make():
+            import open_clip
+
+            model = open_clip.create_model(name, pretrained=None)
+            if tower == "image":
+                size = model.visual.image_size
+                size = size[0] if isinstance(size, (tuple, list)) else size
+                return model.visual, torch.randn(1, 3, size, size)
+            return TextTower(model), open_clip.get_tokenizer(name)(["a photo of a cat"])
+        return make
+
+    return [ModelCase("open_clip", f"{name}-{tower}", build(name, tower))
+            for name in ("ViT-B-32", "RN50") for tower in ("image", "text")]
+
+
+class MaskDecoder(nn.Module):
+    """SAM's mask decoder with the prompt encoder's dense positional encoding it reads."""
+
+    def __init__(self, sam: nn.Module):
+        super().__init__()
+        self.decoder, self.prompt_encoder = sam.mask_decoder, sam.prompt_encoder
+
+    def forward(self, image_embeddings, sparse, dense):
+        return self.decoder(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                            multimask_output=True)
+
+
+def _segment_anything() -> list[ModelCase]:
+    def encoder():
+        from segment_anything.modeling import ImageEncoderViT
+
+        # ViT-B's image encoder at 512 px rather than 1024: four times fewer tokens
+        model = ImageEncoderViT(img_size=512, embed_dim=768, depth=12, num_heads=12,
+                                use_rel_pos=True, global_attn_indexes=(2, 5, 8, 11),
+                                window_size=14, out_chans=256)
+        return model, torch.randn(1, 3, 512, 512)
+
+    def prompt_encoder():
+        from segment_anything import sam_model_registry
+
+        model = sam_model_registry["vit_b"]().prompt_encoder
+        points = (torch.rand(1, 2, 2) * 1024, torch.ones(1, 2, dtype=torch.long))
+        return model, (points, torch.rand(1, 1, 4) * 1024, torch.randn(1, 1, 256, 256))
+
+    def mask_decoder():
+        from segment_anything import sam_model_registry
+
+        model = MaskDecoder(sam_model_registry["vit_b"]())
+        return model, (torch.randn(1, 256, 64, 64), torch.randn(1, 3, 256),
+                       torch.randn(1, 256, 64, 64))
+
+    return [ModelCase("segment-anything", "image_encoder_vit_b", encoder),
+            ModelCase("segment-anything", "prompt_encoder", prompt_encoder),
+            ModelCase("segment-anything", "mask_decoder", mask_decoder)]
+
+
+def _diffusers() -> list[ModelCase]:
+    def unet():
+        from diffusers import UNet2DModel
+
+        model = UNet2DModel(sample_size=32, block_out_channels=(32, 64), norm_num_groups=8,
+                            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                            up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+        return model, {"sample": torch.randn(1, 3, 32, 32), "timestep": torch.tensor([10])}
+
+    def conditional_unet():
+        from diffusers import UNet2DConditionModel
+
+        model = UNet2DConditionModel(
+            sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+            norm_num_groups=8, attention_head_dim=8)
+        return model, {"sample": torch.randn(1, 4, 16, 16), "timestep": torch.tensor([10]),
+                       "encoder_hidden_states": torch.randn(1, 7, 32)}
+
+    def dit():
+        from diffusers import DiTTransformer2DModel
+
+        model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16,
+                                      in_channels=4, num_layers=2, sample_size=8, patch_size=2,
+                                      num_embeds_ada_norm=10)
+        return model, {"hidden_states": torch.randn(1, 4, 8, 8),
+                       "timestep": torch.tensor([3]), "class_labels": torch.tensor([1])}
+
+    def vae():
+        from diffusers import AutoencoderKL
+
+        model = AutoencoderKL(block_out_channels=(32, 64), norm_num_groups=8, latent_channels=4,
+                              down_block_types=("DownEncoderBlock2D",) * 2,
+                              up_block_types=("UpDecoderBlock2D",) * 2)
+        return model, {"sample": torch.randn(1, 3, 32, 32), "sample_posterior": False}
+
+    return [ModelCase("diffusers", name, make) for name, make in (
+        ("UNet2DModel", unet), ("UNet2DConditionModel", conditional_unet),
+        ("DiTTransformer2DModel", dit), ("AutoencoderKL", vae))]
+
+
+class Tagger(nn.Module):
+    """Embedding, a stacked bidirectional recurrent layer, and a per-token head."""
+
+    def __init__(self, cell: type[nn.RNNBase], **options):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        self.rnn = cell(32, 48, num_layers=2, bidirectional=True, batch_first=True, **options)
+        width = options.get("proj_size") or 48  # what each direction returns
+        self.head = nn.Linear(2 * width, 7)
+
+    def forward(self, tokens):
+        return self.head(self.rnn(self.embed(tokens))[0])
+
+
+def _recurrent() -> list[ModelCase]:
+    def build(cell, **options):
+        def make():
+            return Tagger(cell, **options), torch.randint(0, 50, (2, 9))
+        return make
+
+    return [ModelCase("recurrent", "lstm_tagger", build(nn.LSTM)),
+            ModelCase("recurrent", "lstm_projected_tagger", build(nn.LSTM, proj_size=24)),
+            ModelCase("recurrent", "gru_tagger", build(nn.GRU))]
+
+
 # Models the tests run besides every torchvision classification model: one or two per family,
 # chosen to cover its distinct designs while keeping CI short. The benchmark runs everything.
 CI_SUBSET = {
@@ -133,10 +298,22 @@ CI_SUBSET = {
              "dla34", "dpn48b", "vit_tiny_patch16_224", "swin_tiny_patch4_window7_224",
              "xcit_nano_12_p16_224", "levit_128s", "mixer_s16_224", "poolformer_s12",
              "efficientformer_l1", "mobilevit_xxs", "coatnet_nano_rw_224", "fastvit_t8"],
+    "ultralytics": ["yolov8n", "yolov8n-seg", "yolov8n-pose", "yolov8n-obb", "yolov8n-cls",
+                    "yolo11n", "yolov10n", "rtdetr-l"],
+    "open_clip": ["ViT-B-32-image", "ViT-B-32-text", "RN50-image", "RN50-text"],
+    "segment-anything": ["image_encoder_vit_b", "prompt_encoder", "mask_decoder"],
+    "diffusers": ["UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel",
+                  "AutoencoderKL"],
+    "recurrent": ["lstm_tagger", "lstm_projected_tagger", "gru_tagger"],
 }
 
 # Models that cannot be supported ({case id: reason}); their tests are expected failures.
-UNSUPPORTED: dict[str, str] = {}
+UNSUPPORTED: dict[str, str] = {
+    "segment-anything:prompt_encoder": (
+        "nothing to prune exactly: its only hidden channels (the mask downscaler's 4 and 16) "
+        "are normalised across channels by LayerNorm2d, and every other dim is its 256-wide "
+        "output"),
+}
 
 
 def ci_cases() -> list[ModelCase]:
@@ -151,7 +328,8 @@ def all_cases() -> list[ModelCase]:
             + _torchvision("torchvision-detection", "detection", _detection_inputs, _detection_kwargs)
             + _torchvision("torchvision-video", "video", _video_inputs, lambda n: {})
             + _torchvision("torchvision-optical-flow", "optical_flow", _flow_inputs, lambda n: {})
-            + _timm())
+            + _timm() + _ultralytics() + _open_clip() + _segment_anything() + _diffusers()
+            + _recurrent())
 
 
 def cases(family: str | None = None) -> list[ModelCase]:

@@ -446,3 +446,32 @@ def test_a_bad_checkpoint_is_one_line_naming_the_option(tmp_path, content, messa
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --checkpoint") and message in lines[0]
+
+
+def test_ultralytics_models_come_from_a_yaml_or_a_checkpoint_on_disk(tmp_path):
+    from ultralytics import YOLO
+
+    result = runner.invoke(app, ["prune", "--model", "ultralytics:yolov8n.yaml", "--input-shape",
+                                 "1,3,64,64", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    model = pk.load(tmp_path / "out", YOLO("yolov8n.yaml", verbose=False).model)
+    assert sum(p.numel() for p in model.parameters()) < 1_500_000  # unpruned: 3.2M
+
+    checkpoint = tmp_path / "trained.pt"
+    YOLO("yolov8n.yaml", verbose=False).save(checkpoint)
+    result = runner.invoke(app, ["prune", "--model", f"ultralytics:{checkpoint}", "--input-shape",
+                                 "1,3,64,64", "--out", str(tmp_path / "from-pt")])
+    assert result.exit_code == 0, result.output
+    for spec, message in [("ultralytics:yolov8n", "give a YAML config"),
+                          ("ultralytics:missing.pt", "no checkpoint 'missing.pt' on disk"),
+                          ("open_clip:ViT-B-23", "did you mean 'ViT-B-32'")]:
+        result = runner.invoke(app, ["prune", "--model", spec, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "x").exists()
+
+
+def test_open_clip_models_are_their_image_tower(tmp_path):
+    result = runner.invoke(app, ["prune", "--model", "open_clip:RN50", "--input-shape",
+                                 "1,3,224,224", "--ratio", "0.3", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "equivalent" in result.output and (tmp_path / "out" / "plan.json").is_file()

@@ -31,7 +31,8 @@ app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help
 console = Console()
 
 METHOD_HELP = " | ".join(cli_methods())
-MODEL_HELP = "torchvision:NAME, timm:NAME, hf:PATH or path/to/file.py:factory"
+MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:PATH, ultralytics:yolo11n.yaml (or a .pt file), "
+              "open_clip:NAME (its image tower) or path/to/file.py:factory")
 CHECKPOINT_HELP = ("trained weights to load before pruning: a state dict in .safetensors or a "
                    "PyTorch file (read with weights_only=True)")
 # random example inputs carry no labels: rank layers by a label-free criterion by default

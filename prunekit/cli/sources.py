@@ -1,6 +1,7 @@
 """Where the command line gets models, inputs and data from.
 
-A model is ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` (a Hugging Face model directory)
+A model is ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` (a Hugging Face model directory),
+``ultralytics:CONFIG.yaml`` or ``ultralytics:FILE.pt``, ``open_clip:NAME`` (its image tower)
 or a factory ``path/to/file.py:NAME`` / ``package.module:NAME``; ``--checkpoint`` loads a
 state dict into it. Data is a factory in the same form that
 returns ``(train, test)``: two re-iterable collections of ``(inputs, labels)`` batches, such as
@@ -51,11 +52,53 @@ def _build_model(spec: str) -> nn.Module:
             raise ConfigError(f"--model {spec!r}: timm has no model {name!r}"
                               f"{_close(name, names)}")
         return timm.create_model(name, pretrained=False)
+    if source == "ultralytics":
+        return _load_ultralytics(spec, name)
+    if source == "open_clip":
+        return _load_open_clip(spec, name)
     model = _call_factory(source, name, f"--model {spec!r}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model {spec!r}: the factory returned {type(model).__name__}, "
                           f"not a torch.nn.Module")
     return model
+
+
+def _load_ultralytics(spec: str, name: str) -> nn.Module:
+    """An Ultralytics model's network: built from one of its YAML configs (``yolo11n.yaml``,
+    ``rtdetr-l.yaml``: random weights) or read from a ``.pt`` checkpoint on disk."""
+    ultralytics = _package("ultralytics", spec)
+    if name.endswith(".pt"):
+        if not Path(name).is_file():  # Ultralytics would try to download it
+            raise ConfigError(f"--model {spec!r}: no checkpoint {name!r} on disk (give a file "
+                              f"path, or a YAML config such as yolo11n.yaml)")
+    elif not name.endswith((".yaml", ".yml")):
+        raise ConfigError(f"--model {spec!r}: give a YAML config (yolo11n.yaml, "
+                          f"rtdetr-l.yaml) or a .pt checkpoint file")
+    builder = ultralytics.RTDETR if "rtdetr" in Path(name).name else ultralytics.YOLO
+    try:
+        return builder(name).model
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise ConfigError(f"--model {spec!r}: Ultralytics cannot build it "
+                          f"({type(error).__name__}: {_first_line(error)})") from error
+
+
+def _load_open_clip(spec: str, name: str) -> nn.Module:
+    """The image tower of an open_clip model (random weights): its ``visual`` module."""
+    open_clip = _package("open_clip", spec)
+    names = open_clip.list_models()
+    if name not in names:
+        raise ConfigError(f"--model {spec!r}: open_clip has no model {name!r}"
+                          f"{_close(name, names)}")
+    return open_clip.create_model(name, pretrained=None).visual
+
+
+def _package(module: str, spec: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        pip_name = {"open_clip": "open-clip-torch"}.get(module, module)
+        raise ConfigError(f"--model {spec!r} needs the {module} package: pip install "
+                          f"{pip_name}") from error
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:

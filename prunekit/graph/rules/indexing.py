@@ -9,6 +9,7 @@ from .base import (
     arg,
     attributes_equal_to,
     dims_of,
+    int_attributes,
     rule,
 )
 
@@ -59,7 +60,11 @@ def _split_pieces(ctx, source, pieces) -> tuple[int | None, list[Spec]]:
 
 @rule("chunk")
 def chunk(ctx, args, kwargs, out):
-    """Chunks are sized from the input, so they stay equal only if pruned alike: tie them."""
+    """Chunks are sized from the input, so they stay equal only if pruned alike: tie them.
+    A count of the module's equal to a chunk's width may size the same cut on a path the
+    trace does not take (Ultralytics' C2f chunks in ``forward`` and splits by ``self.c`` in
+    the ``forward_split`` its ONNX export runs): it follows the chunks' width, if that is
+    the only prunable dim it was seen with."""
     dim, parts = _split_pieces(ctx, args[0], list(out))
     if dim is None:
         return
@@ -68,6 +73,10 @@ def chunk(ctx, args, kwargs, out):
         return
     for part in parts[1:]:
         ctx.unify(parts[0], part)
+    module = ctx.current_module
+    for name, value in int_attributes(module).items():
+        if value == out[0].shape[dim] and value > 1:
+            ctx.attribute_candidates_for(module, name, [parts[0]])
 
 
 @rule("split", "split_with_sizes", "tensor_split", "hsplit", "vsplit")
