@@ -55,7 +55,8 @@ def _count(model) -> int:
 
 
 @pytest.mark.slow
-def test_a_pruned_yolo_predicts_validates_trains_exports_and_reloads(tmp_path):
+def test_a_pruned_yolo_predicts_validates_trains_exports_and_reloads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # export writes yolov8n.onnx into the working directory
     yolo, result, before = _pruned_yolo()
     pruned = _count(yolo.model)
     assert pruned < 0.5 * before
