@@ -2,7 +2,9 @@
 
 Both libraries prune every model at ratio 0.5 with their default L1-magnitude settings; the
 only thing Torch-Pruning is told is which layer is the classifier (it ignores that layer),
-which is what its own examples do. prunekit is told nothing. For each model: whether each
+which is what its own examples do, or for the families whose outputs are not a classifier's
+(detectors, CLIP towers, diffusion models) every layer that writes an output, found from
+prunekit's trace. prunekit is told nothing. For each model: whether each
 library handles it (prunes something and the model still runs with unchanged output shapes),
 the time to build the graph and prune, and params/FLOPs afterwards. Writes
 ``benchmarks/results/vs_torch_pruning.{json,md}``.
@@ -10,6 +12,8 @@ the time to build the graph and prune, and params/FLOPs afterwards. Writes
     pip install -e ".[benchmark]"
     python benchmarks/vs_torch_pruning.py                       # torchvision classification
     python benchmarks/vs_torch_pruning.py --only resnet18 vit_b_16
+    python benchmarks/vs_torch_pruning.py --out vs_torch_pruning_families \
+        --family ultralytics,open_clip,segment-anything,diffusers,recurrent
 """
 
 from __future__ import annotations
@@ -62,6 +66,30 @@ def classifier_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
             or (isinstance(m, nn.Conv2d) and m.out_channels == n_classes)]
 
 
+def output_layers(model: nn.Module, inputs: Any) -> list[nn.Module]:
+    """The layers whose output channels are the model's outputs (a detector's box, class and
+    mask convolutions), found from prunekit's trace: what Torch-Pruning must be told for a
+    model whose outputs are not one classifier's logits."""
+    graph = pk.DependencyGraph(model, inputs)
+    modules = dict(model.named_modules())
+    found = {}
+    for slot in graph.trace.slots:
+        if slot.roles.get(0) != "out":
+            continue
+        leaves = graph._leaves(slot.specs[0])
+        if any(graph.axes.fixed_reason(leaf) == "model output" for leaf in leaves):
+            module = modules.get(slot.name.rsplit(".", 1)[0])
+            if module is not None:
+                found[id(module)] = module
+    return list(found.values())
+
+
+# what Torch-Pruning is told to leave alone: the classifier of a classification model, every
+# layer writing an output for the other families (set by --family)
+CLASSIFIERS = {"torchvision-classification", "timm"}
+ignored_layers: Callable[[nn.Module, Any], list[nn.Module]] = classifier_layers
+
+
 def prune_with_prunekit(model: nn.Module, inputs: Any) -> dict[str, float]:
     """``pk.prune`` end to end: trace, rank, verify masked vs pruned, apply, count FLOPs.
 
@@ -85,7 +113,7 @@ def prune_with_torch_pruning(model: nn.Module, inputs: Any) -> dict[str, float]:
 
     pruner = tp.pruner.MagnitudePruner(
         model, inputs, importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=RATIO, ignored_layers=classifier_layers(model, inputs))
+        pruning_ratio=RATIO, ignored_layers=ignored_layers(model, inputs))
     pruner.step()
     return {}
 
@@ -116,7 +144,7 @@ def run_library(prune: Callable[[nn.Module, Any], None], case: ModelCase) -> dic
 
 
 def compare(case: ModelCase) -> dict[str, Any]:
-    row = {"model": case.name,
+    row = {"family": case.family, "model": case.name,
            "prunekit": run_library(prune_with_prunekit, case),
            "torch_pruning": run_library(prune_with_torch_pruning, case)}
     gc.collect()
@@ -182,11 +210,16 @@ def write(rows: list[dict[str, Any]], stem: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="torchvision-classification")
+    parser.add_argument("--family", default="torchvision-classification",
+                        help="a family of tests/model_cases.py, or several joined by commas")
     parser.add_argument("--only", nargs="*", help="only these model names")
     parser.add_argument("--out", default="vs_torch_pruning", help="result file stem")
     args = parser.parse_args()
-    selected = [c for c in cases(args.family) if not args.only or c.name in args.only]
+    families = args.family.split(",")
+    global ignored_layers
+    ignored_layers = classifier_layers if set(families) <= CLASSIFIERS else output_layers
+    selected = [c for family in families for c in cases(family)
+                if not args.only or c.name in args.only]
     rows = []
     for index, case in enumerate(selected, 1):
         rows.append(compare(case))

@@ -14,7 +14,6 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
-import prunekit.api
 from prunekit.checks.checks import Check
 from prunekit.checks.comparison import compare_outputs
 from prunekit.errors import TraceError
@@ -238,21 +237,15 @@ def _model_and_input():
 
 
 def test_outputs_chosen_by_order_are_compared_in_float64():
+    """With 300 channels summed, the masked and the pruned model may round differently (how
+    often depends on the CPU's summation blocking), and among scores this close a flipped
+    choice would fail the check; in float64 it passes wherever it runs."""
     model, x = _model_and_input()
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     result = pk.prune(model, x, pk.FilterPruning(0.5))
     assert result.skipped == [] and result.report.ok
     assert "in float64 (Tensor.topk in <model> chooses by order)" in str(result.report)
     assert {n: p.dtype for n, p in model.named_parameters()} == dtypes
-
-
-def test_in_float32_the_same_check_would_fail(monkeypatch):
-    """The reason for float64: with 300 channels summed, the masked and pruned models round
-    differently, and among scores this close some choices flip."""
-    model, x = _model_and_input()
-    monkeypatch.setattr(prunekit.api, "compared_in_float64", lambda m, inputs, s: inputs)
-    with pytest.raises(pk.PruneError, match="NOT equivalent"):
-        pk.prune(model, x, pk.FilterPruning(0.5))
 
 
 class Float32Inside(TopScores):
