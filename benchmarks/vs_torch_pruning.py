@@ -12,7 +12,8 @@ the time to build the graph and prune, and params/FLOPs afterwards. Writes
     pip install -e ".[benchmark]"
     python benchmarks/vs_torch_pruning.py                       # torchvision classification
     python benchmarks/vs_torch_pruning.py --only resnet18 vit_b_16
-    python benchmarks/vs_torch_pruning.py --out vs_torch_pruning_families \
+    python benchmarks/vs_torch_pruning.py --out vs_torch_pruning_families --time-limit 60 \
+        --memory-limit-gb 16 \
         --family ultralytics,open_clip,segment-anything,diffusers,recurrent
 """
 
@@ -209,14 +210,26 @@ def write(rows: list[dict[str, Any]], stem: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    global TIME_LIMIT_S, ignored_layers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="torchvision-classification",
                         help="a family of tests/model_cases.py, or several joined by commas")
     parser.add_argument("--only", nargs="*", help="only these model names")
     parser.add_argument("--out", default="vs_torch_pruning", help="result file stem")
+    parser.add_argument("--time-limit", type=int, default=TIME_LIMIT_S,
+                        help="seconds per library and model before it counts as failed")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="cap the process's address space: a library that outgrows it "
+                             "fails that model with a MemoryError instead of exhausting the "
+                             "machine")
     args = parser.parse_args()
+    TIME_LIMIT_S = args.time_limit
+    if args.memory_limit_gb:
+        import resource
+
+        limit = int(args.memory_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     families = args.family.split(",")
-    global ignored_layers
     ignored_layers = classifier_layers if set(families) <= CLASSIFIERS else output_layers
     selected = [c for family in families for c in cases(family)
                 if not args.only or c.name in args.only]
