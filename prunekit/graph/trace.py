@@ -23,6 +23,7 @@ from ..calls import call_model, evaluating, iter_tensors, output_tensors
 from ..errors import TraceError, UnsupportedOpError
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import RULES
+from .rules.base import int_attributes
 
 
 @dataclass
@@ -211,8 +212,8 @@ class TraceContext:
         module = self.current_module
         if module is None:
             return
-        counts = {name: value for name, value in vars(module).items()
-                  if type(value) is int and value > 1 and WIDTH_COUNT.match(name)}
+        counts = {name: value for name, value in int_attributes(module).items()
+                  if value > 1 and WIDTH_COUNT.match(name)}
         if not counts:
             return
         specs = self.specs(tensor)
