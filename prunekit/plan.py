@@ -49,13 +49,19 @@ class Plan:
         """One plan doing this plan and then ``later`` (made on the model this one pruned),
         so a model pruned in several steps saves and reloads with a single plan."""
         later = self._renamed_back(later)
-        tensors = {name: dict(dims) for name, dims in self.tensors.items()}
+        # what this plan did inside a block that ``later`` deletes is moot: the block is gone,
+        # and its tensors are no longer in the model a save checks the plan against
+        gone = tuple(layer + "." for layer in later.layers)
+        tensors = {name: dict(dims) for name, dims in self.tensors.items()
+                   if not name.startswith(gone)}
         for name, dims in later.tensors.items():
             mine = tensors.setdefault(name, {})
             for dim, kept in dims.items():
                 mine[dim] = [mine[dim][i] for i in kept] if dim in mine else list(kept)
-        shapes = {**later.shapes, **self.shapes}  # the shapes before the first step
-        attributes = {name: dict(values) for name, values in self.attributes.items()}
+        shapes = {name: shape for name, shape in {**later.shapes, **self.shapes}.items()
+                  if not name.startswith(gone)}  # the shapes before the first step
+        attributes = {name: dict(values) for name, values in self.attributes.items()
+                      if not (name + ".").startswith(gone)}
         for name, values in later.attributes.items():
             attributes.setdefault(name, {}).update(values)
         steps = self.method.get("steps", [self.method] if self.method else [])

@@ -374,6 +374,23 @@ def test_plans_chain_across_a_layer_removal(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_plans_chain_when_a_later_step_removes_a_pruned_block(tmp_path):
+    """Heads pruned, then the block holding some of them removed: what was pruned inside the
+    removed block is moot and leaves the chained plan, which saves and replays."""
+    original = CASES["llama_gqa"].build()
+    model = copy.deepcopy(original)
+    heads = pk.prune(model, TOKENS, pk.HeadPruning(0.5, "l1"))
+    layers = pk.prune(model, TOKENS, pk.LayerPruning(1, "last"))
+    chained = heads.plan.then(layers.plan)
+    assert layers.plan.layers == [f"layers.{LAYERS - 1}"]
+    assert not any(name.startswith(f"layers.{LAYERS - 1}.") for name in chained.tensors)
+    assert "layers.0.self_attn.k_proj.weight" in chained.tensors
+    pk.save(model, tmp_path / "both", chained)
+    restored = pk.load(tmp_path / "both", copy.deepcopy(original))
+    for a, b in zip(outputs(model, TOKENS), outputs(restored, TOKENS)):
+        assert torch.equal(a, b)
+
+
 def test_label_free_criteria_ignore_padding_tokens():
     """What sits in padded positions is no one's output: changing it changes no score."""
     model = CASES["bert"].build()
