@@ -248,3 +248,53 @@ def test_multihead_attention_with_its_other_options_loses_whole_heads(build, inp
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
             if kwargs.get("average_attn_weights") is False:  # the extra tokens included
                 assert got_weights.shape[-1] == expected_weights.shape[-1]
+
+
+class RelativeBiasAttention(torch.nn.Module):
+    """Attention whose per-head position bias (an embedding with one column per head, as in
+    T5) reaches the scores as scaled_dot_product_attention's float mask."""
+
+    def __init__(self, width=32, num_heads=4, buckets=8):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, width // num_heads
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.out = torch.nn.Linear(width, width)
+        self.position_bias = torch.nn.Embedding(buckets, num_heads)
+
+    def forward(self, x):
+        batch, tokens, _ = x.shape
+        q, k, v = (t.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+                   for t in self.qkv(x).chunk(3, dim=-1))
+        distance = torch.arange(tokens)[None, :] - torch.arange(tokens)[:, None]
+        bias = self.position_bias(distance.clamp(0, 7)).permute(2, 0, 1).unsqueeze(0)
+        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                                 scale=self.head_dim ** -0.5)
+        return self.out(mixed.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+def test_a_per_head_bias_in_the_attention_mask_loses_the_pruned_heads(tmp_path):
+    """The mask's head dim is the scores' head dim, so the bias column of a removed head goes
+    with it; before, the mask was fixed whole and no head could be removed."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 32)
+    result = check_pruned(RelativeBiasAttention(), x, pk.HeadPruning(0.5, "l1"), tmp_path)
+    assert len(result.plan.tensors["position_bias.weight"][1]) == 2
+    assert result.plan.attributes[""]["num_heads"] == 2
+
+
+def test_t5_heads_go_with_their_relative_position_bias(tmp_path):
+    """T5 computes the bias once per stack and hands it to every layer: each head is one
+    group across the stack, its bias column included, and T5's ``key_value_proj_dim`` is
+    taken as the head size, so the dims inside heads are left to HeadPruning."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                   vocab_size=100)
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    inputs = {**INPUTS, "decoder_input_ids": INPUTS["input_ids"].flip(-1)}
+    result = check_pruned(model, inputs, pk.HeadPruning(0.5, "l1"), tmp_path)
+    bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    assert len(result.plan.tensors[bias][1]) == 2
+    assert not result.skipped
+    mlp = pk.prune(copy.deepcopy(model), inputs, pk.FilterPruning(0.5, "l1"))
+    assert not mlp.skipped and not any("SelfAttention" in name or "EncDecAttention" in name
+                                       for name in mlp.plan.tensors)

@@ -19,7 +19,9 @@ from .axes import AxisTable, NotRepresentable, Spec
 from .rules import HEAD_COUNT, is_layer_norm
 from .trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
 
-_HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head"}
+# head sizes under the names architectures give them (T5: key_value_proj_dim; Funnel: d_head)
+_HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head",
+               "key_value_proj_dim", "d_head", "attention_head_dim"}
 
 
 @dataclass

@@ -43,8 +43,21 @@ def attention(ctx, args, kwargs, out):
         # keeps a ``head_dim`` count, which the view rule follows
         ctx.axes.fix_spec(sv[-1], f"default attention scale in {ctx.module_path}")
     if isinstance(mask, torch.Tensor):
-        ctx.fix(mask, reason)
+        _mask_follows_scores(ctx, mask, q, reason)
     ctx.set(out, sq[:-1] + [sv[-1]])
+
+
+def _mask_follows_scores(ctx, mask, q, reason: str) -> None:
+    """A float mask is added to the scores (batch…, heads, queries, keys), broadcasting from
+    the right: a dim it has in full is the scores' dim, so a per-head bias (T5's relative
+    position bias, ALiBi slopes) loses the pruned heads with them. Query and key positions
+    are fixed above; a broadcast dim (size 1) carries no channel."""
+    sm, sq = ctx.specs(mask), ctx.specs(q)
+    for offset in range(1, mask.dim() + 1):
+        if offset > 2 and offset <= q.dim() and mask.shape[-offset] == q.shape[-offset] > 1:
+            ctx.unify(sm[-offset], sq[-offset])
+        else:
+            ctx.axes.fix_spec(sm[-offset], reason)
 
 
 def _group_query_heads(ctx, q, k) -> None:
