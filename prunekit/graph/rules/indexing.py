@@ -201,13 +201,23 @@ def _advanced_index(ctx, source, index, out):
 
 @rule("expand", "expand_as", "broadcast_to")
 def expand(ctx, args, kwargs, out):
+    """Dims the source has in full pass; a broadcast dim takes its size from ``expand_as``'s
+    other tensor (and so its channels: a mask expanded to the scores keeps their heads), or
+    from constant sizes (a new dim no one can prune)."""
     source = args[0]
     specs = ctx.specs(source)
+    like = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else None
+
+    def expanded(d: int) -> Spec:
+        if like is not None and like.shape == out.shape:
+            return ctx.specs(like)[d]
+        return ctx.axes.fresh_spec(out.shape[d], "expanded dim")
+
     offset = out.dim() - source.dim()
-    result = [ctx.axes.fresh_spec(out.shape[d], "expanded dim") for d in range(offset)]
+    result = [expanded(d) for d in range(offset)]
     for d in range(source.dim()):
         same = source.shape[d] == out.shape[offset + d]
-        result.append(specs[d] if same else ctx.axes.fresh_spec(out.shape[offset + d], "expanded dim"))
+        result.append(specs[d] if same else expanded(offset + d))
     ctx.set(out, result)
 
 
