@@ -16,12 +16,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .axes import AxisTable, NotRepresentable, Spec
-from .rules import HEAD_COUNT, is_layer_norm
+from .rules import FUSED_PER_HEAD, HEAD_COUNT, HEAD_SIZES, is_layer_norm
 from .trace import AttributeSlot, ModuleOutput, TensorSlot, TraceResult, trace
-
-# head sizes under the names architectures give them (T5: key_value_proj_dim; Funnel: d_head)
-_HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head",
-               "key_value_proj_dim", "d_head", "attention_head_dim"}
 
 
 @dataclass
@@ -161,6 +157,8 @@ class DependencyGraph:
         prunable: dict[tuple[str, str], dict[frozenset[int], Spec]] = {}
         for candidates in self.trace.attribute_candidates:
             key = (candidates.module, candidates.attribute)
+            if candidates.seen_in == FUSED_PER_HEAD:  # marks heads; sizes a multiple of it
+                continue
             if key in known or (candidates.seen_in != "view" and key in in_views):
                 continue
             found = prunable.setdefault(key, {})
@@ -214,9 +212,9 @@ class DependencyGraph:
         # a head size that is not pruned stays an unresolved candidate when another dim of
         # the view has the same size (16 tokens of head_dim 16): any of its dims may match
         head_sizes = [self._leaves(a.spec) for a in self.attributes
-                      if a.attribute in _HEAD_SIZES]
+                      if a.attribute in HEAD_SIZES]
         head_sizes += [self._leaves(spec) for c in self.trace.attribute_candidates
-                       if c.attribute in _HEAD_SIZES and c.seen_in == "view"
+                       if c.attribute in HEAD_SIZES and c.seen_in in ("view", FUSED_PER_HEAD)
                        for spec in c.specs]
         for outer, inner in self.axes.factorisations:
             if self._leaves(inner) in head_sizes:

@@ -58,7 +58,9 @@ class AttributeCandidates:
     module: str
     attribute: str
     specs: list[Spec]
-    seen_in: str = "view"  # or "size read": weaker evidence, used only where no view sized it
+    # or "size read": weaker evidence, used only where no view sized it; or a view's fused
+    # q/k/v of one head, a multiple of the head size (marks heads, never binds)
+    seen_in: str = "view"
 
 
 @dataclass
@@ -196,10 +198,10 @@ class TraceContext:
                 self.attributes.append(slot)
 
     def attribute_candidates_for(self, module: nn.Module, attribute: str,
-                                 specs: list[Spec]) -> None:
+                                 specs: list[Spec], seen_in: str = "view") -> None:
         if module is self.current_module:
             self.attribute_candidates.append(AttributeCandidates(self.module_name, attribute,
-                                                                 specs))
+                                                                 specs, seen_in))
 
     def shape_read(self, tensor: torch.Tensor, sizes: tuple[int, ...],
                    dims: list[int]) -> None:

@@ -15,7 +15,7 @@ from . import (  # noqa: F401  (register the rules)
 from .base import RULES, broadcast, register_rule, rule
 from .elementwise import pointwise
 from .reductions import is_layer_norm
-from .reshape import HEAD_COUNT
+from .reshape import FUSED_PER_HEAD, HEAD_COUNT, HEAD_SIZES
 
-__all__ = ["HEAD_COUNT", "RULES", "broadcast", "is_layer_norm", "pointwise", "register_rule",
+__all__ = ["FUSED_PER_HEAD", "HEAD_COUNT", "HEAD_SIZES", "RULES", "broadcast", "is_layer_norm", "pointwise", "register_rule",
            "rule"]

@@ -3,6 +3,7 @@ features (flatten before a Linear) or a dim splits into (heads, head_dim)."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
 
@@ -46,7 +47,16 @@ def reshape_specs(ctx, specs: list[Spec], in_shape, out_shape) -> list[Spec]:
                 break
         combined: Spec = [[]]
         for d in block_in:
-            combined = axes.product(combined, axes.expand(specs[d]))
+            try:
+                combined = axes.product(combined, axes.expand(specs[d]))
+            except NotRepresentable:
+                # ``heads × (rotated ⊕ passed)`` merged back (GPT-NeoX's partial rotary, its
+                # q/k/v chunks tied, so v's head_dim is cut too) has no layout as segments;
+                # with the cut factor fixed whole it has one, and the heads stay prunable
+                reason = f"a dim cut in parts, merged in {ctx.module_path}"
+                axes.fix_spec(specs[d], reason)
+                whole = axes.fresh_spec(math.prod(in_shape[d:d + 1]), reason)
+                combined = axes.product(combined, axes.expand(whole))
         remaining, total = combined, p_in
         for k, d in enumerate(block_out):
             if k == len(block_out) - 1:
@@ -85,6 +95,12 @@ def reshape(ctx, args, kwargs, out):
 
 
 HEAD_COUNT = re.compile(r"^(num|n)_\w*heads?$")  # num_heads, n_head, num_attention_heads
+# head sizes under the names architectures give them (T5: key_value_proj_dim; Funnel: d_head)
+HEAD_SIZES = {"head_dim", "attention_head_size", "head_size", "dim_head", "dim_per_head",
+              "key_value_proj_dim", "d_head", "attention_head_dim"}
+# a view's last dim holding q, k and v (or k and v) of one head side by side
+# (GPT-NeoX: ``view(..., -1, 3 * head_size)``): what it splits off is heads
+FUSED_PER_HEAD = "view, fused per head"
 
 
 def _inferred_dims(args, out) -> set[int]:
@@ -112,6 +128,8 @@ def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> 
                 if size == value and (trusted or d not in inferred)]
         if dims:
             ctx.attribute_candidates_for(module, name, [specs[d] for d in dims])
+        if name in HEAD_SIZES and out.dim() > 1 and out.shape[-1] in (2 * value, 3 * value):
+            ctx.attribute_candidates_for(module, name, [specs[-1]], seen_in=FUSED_PER_HEAD)
 
 
 def _permute_rule(order_of: Callable):
