@@ -44,7 +44,7 @@ def update_config(model: nn.Module) -> bool | None:
     candidate, current = _with_pinned_head_dim(model, config, original), original
     for name in SIZE_FIELDS:  # one field at a time, kept only if more shapes then agree
         value = getattr(candidate, name, None)
-        if not isinstance(value, int) or value <= 0:
+        if not isinstance(value, int) or value <= 0 or _derived(candidate, name):
             continue
         inferred = _infer(model, candidate, name, value, current, actual)
         if inferred is None or inferred == value:
@@ -60,16 +60,23 @@ def update_config(model: nn.Module) -> bool | None:
     if not _fits(current, actual) or not _same_scalars(model, candidate):
         return False
     for name in SIZE_FIELDS:
-        if hasattr(candidate, name):
+        if hasattr(candidate, name) and not _derived(candidate, name):
             setattr(config, name, getattr(candidate, name))
     return True
+
+
+def _derived(config: Any, name: str) -> bool:
+    """A size the config computes from others (Falcon's ``head_dim`` property): it follows
+    them and cannot be set."""
+    return isinstance(getattr(type(config), name, None), property)
 
 
 def _with_pinned_head_dim(model: nn.Module, config: Any, original: dict[str, tuple]) -> Any:
     """A config that states ``head_dim`` where the model reads it but the config left it to
     be ``hidden_size // num_attention_heads`` (Qwen2), so that the head count can change."""
     heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
-    if getattr(config, "head_dim", None) is not None or not heads or not hidden or hidden % heads:
+    if (getattr(config, "head_dim", None) is not None or not heads or not hidden
+            or hidden % heads or _derived(config, "head_dim")):
         return config
     pinned = copy.deepcopy(config)
     pinned.head_dim = hidden // heads
@@ -93,7 +100,7 @@ def _infer(model: nn.Module, config: Any, name: str, value: int,
         if param not in actual or doubled.get(param) == shape:
             continue
         for before, after, pruned in zip(shape, doubled.get(param, shape), actual[param]):
-            if before != after:
+            if before != after and before:  # (an empty dim implies nothing)
                 implied.add(pruned * value // before if pruned * value % before == 0 else None)
     return implied.pop() if len(implied) == 1 and None not in implied else None
 

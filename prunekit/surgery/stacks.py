@@ -1,7 +1,7 @@
 """Stacks of blocks held in an ``nn.ModuleList`` (a transformer's layers).
 
 Removing a block from such a stack deletes it, so the list, the blocks' ``layer_idx`` (which
-key the KV cache) and the model config's ``num_hidden_layers`` and ``layer_types`` all
+key the KV cache) and the model config's ``num_hidden_layers`` and per-layer lists all
 describe the shorter stack, and the model saves and reloads as the smaller architecture.
 """
 
@@ -51,9 +51,11 @@ def remove_blocks(model: nn.Module, stack: nn.ModuleList, removed: set[str]) -> 
     config = model_config(model)
     if config is not None and getattr(config, "num_hidden_layers", None) == before:
         config.num_hidden_layers = len(kept)
-        layer_types = getattr(config, "layer_types", None)
-        if isinstance(layer_types, list) and len(layer_types) == before:
-            config.layer_types = [layer_types[i] for i in kept_positions]
+        # the lists with an entry per layer (``layer_types``, ``mlp_layer_types`` …) lose the
+        # removed layers' entries, or the config no longer validates
+        for key, value in list(vars(config).items()):
+            if "layer" in key and isinstance(value, list) and len(value) == before:
+                setattr(config, key, [value[i] for i in kept_positions])
 
 
 def model_config(model: nn.Module) -> Any:
