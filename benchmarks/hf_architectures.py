@@ -1,17 +1,19 @@
-"""Every Hugging Face architecture transformers maps to a causal LM (or a base model), pruned.
+"""Every text architecture transformers maps in its auto classes, pruned three ways.
 
-Each model type in the auto mappings is built from a small config derived from its own
-defaults (2 layers, width 64, 4 heads, a 128-token vocabulary: every such field the config
-has), with random weights, and run once unpruned on random ``input_ids``. Types whose small
-config does not build or run are listed as such: that is a limit of this sweep's config
-shrinking, not of prunekit. Every other type is pruned with ``pk.FilterPruning(0.5, "l1")``
-(the MLP neurons; verified equivalent by ``pk.prune``), a dozen types to a process, each
-under a time limit.
+Each decoder-only (``AutoModelForCausalLM``), encoder (``AutoModelForMaskedLM``) and
+encoder-decoder (``AutoModelForSeq2SeqLM``) model type goes through the contract in
+``tests/hf_contract.py``: a small config derived from its own defaults, random weights, then
+heads, MLP neurons and one layer pruned (each verified), the chained plan saved and reloaded,
+and causal LMs' greedy generation compared with the masked model. Types whose small config
+does not build or run on token ids alone (speech and multimodal models need other inputs) are
+listed as such: a limit of this sweep's config shrinking, not of prunekit.
+
+Types run in worker processes (a dozen to a process, one thread, each type under a time and
+memory limit; a worker that dies fails the type it was on and the rest go to a new one).
 Writes ``benchmarks/results/hf_architectures.{json,md}``.
 
-    python benchmarks/hf_architectures.py                 # every causal-LM type (~20 min)
-    python benchmarks/hf_architectures.py --base          # and every base-model type
-    python benchmarks/hf_architectures.py --only llama,gpt2
+    python benchmarks/hf_architectures.py                     # every type (about an hour)
+    python benchmarks/hf_architectures.py --only llama,t5,bert  # printed, no result files
 """
 
 from __future__ import annotations
@@ -19,111 +21,71 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-TIME_LIMIT_S = 120
-
-# the size fields a config may have, under their various names, and a small value for each
-SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=128, max_position_embeddings=64, head_dim=16,
-             n_layer=2, n_embd=64, n_head=4, n_inner=128, d_model=64, num_layers=2, num_heads=4,
-             d_ff=128, ffn_dim=128, encoder_layers=2, decoder_layers=2,
-             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
-             decoder_ffn_dim=128, n_positions=64, num_experts=4, num_local_experts=4,
-             num_experts_per_tok=2, moe_intermediate_size=64)
-
-# one process prunes a batch of types (importing torch and transformers once), each under an
-# alarm; a line of JSON per type
-BATCH = r'''
-import json, signal, sys, time, warnings
-warnings.filterwarnings("ignore")
-import torch, transformers
-transformers.logging.set_verbosity_error()
-import prunekit as pk
-
-def over_time(signum, frame):
-    raise TimeoutError("over the time limit")
-
-signal.signal(signal.SIGALRM, over_time)
-small, limit = json.loads(sys.argv[1]), int(sys.argv[2])
-for index, (model_type, class_name) in enumerate(json.loads(sys.argv[3])):
-    row = {"index": index, "model_type": model_type, "class": class_name}
-    signal.alarm(limit)
-    try:
-        config = transformers.AutoConfig.for_model(model_type)
-        for key, value in small.items():
-            current = getattr(config, key, None)
-            if isinstance(current, int) and not isinstance(current, bool):
-                setattr(config, key, value)
-        torch.manual_seed(0)
-        model = getattr(transformers, class_name)(config).eval()
-        tokens = {"input_ids": torch.randint(0, 100, (2, 8),
-                                             generator=torch.Generator().manual_seed(0))}
-        with torch.no_grad():
-            model(**tokens)
-    except Exception as error:
-        signal.alarm(0)
-        row.update(status="small config does not run",
-                   reason=f"{type(error).__name__}: {str(error)[:160]}")
-        print(json.dumps(row), flush=True)
-        continue
-    start = time.perf_counter()
-    try:
-        result = pk.prune(model, tokens, pk.FilterPruning(0.5, "l1"))
-        row.update(status="pruned", params_before=result.before.params,
-                   params_after=result.after.params, reduction=result.param_reduction,
-                   skipped=len(result.skipped), seconds=time.perf_counter() - start)
-    except pk.PruneError as error:
-        row.update(status="refused", reason=f"{type(error).__name__}: {str(error)[:160]}",
-                   seconds=time.perf_counter() - start)
-    except Exception as error:
-        row.update(status="FAILED", reason=f"{type(error).__name__}: {str(error)[:160]}",
-                   seconds=time.perf_counter() - start)
-    signal.alarm(0)
-    del model
-    print(json.dumps(row), flush=True)
-'''
+TIME_LIMIT_S = 240
+MEMORY_LIMIT_GB = 8
 BATCH_SIZE = 12
 
 
-def model_types(base: bool) -> list[tuple[str, str, str]]:
-    """(mapping, model type, class name) for every causal-LM type (and base-model type)."""
-    from transformers.models.auto import modeling_auto
+def worker(batch: list[list[str]], limit_s: int) -> None:
+    """Check each (kind, model type) in turn, printing a line of JSON for each."""
+    import warnings
 
-    found = []
-    mappings = [("causal", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)]
-    if base:
-        mappings.append(("base", modeling_auto.MODEL_MAPPING_NAMES))
-    for mapping, names in mappings:
-        for model_type, class_name in sorted(names.items()):
-            if isinstance(class_name, str):
-                found.append((mapping, model_type, class_name))
-    return found
+    warnings.filterwarnings("ignore")
+    import torch
+    import transformers
+
+    from tests.hf_contract import check_type
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(1)
+    # a default config too big for the machine fails with MemoryError, not the OOM killer
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_GB << 30, resource.RLIM_INFINITY))
+
+    def over_time(signum, frame):
+        raise TimeoutError(f"over the {limit_s} s limit")
+
+    signal.signal(signal.SIGALRM, over_time)
+    for kind, model_type in batch:
+        signal.alarm(limit_s)
+        try:
+            row = check_type(kind, model_type)
+        except TimeoutError as error:
+            row = {"kind": kind, "model_type": model_type, "status": "FAILED",
+                   "reason": str(error)}
+        finally:
+            signal.alarm(0)
+        print(json.dumps(row), flush=True)
 
 
-def run_batch(batch: list[tuple[str, str, str]]) -> list[dict]:
-    """Prune a batch of model types in one process; a type it never reported is a failure
-    (the process died on it)."""
-    done = subprocess.run([sys.executable, "-c", BATCH, json.dumps(SMALL), str(TIME_LIMIT_S),
-                           json.dumps([[t, c] for _, t, c in batch])], capture_output=True,
-                          text=True, cwd=ROOT)
-    reported = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            reported[row.pop("index")] = row
-    died = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-    rows = []
-    for index, (mapping, model_type, class_name) in enumerate(batch):
-        row = reported.get(index) or {"model_type": model_type, "class": class_name,
-                                           "status": "FAILED", "reason": f"died: {died}"}
-        row["mapping"] = mapping
-        rows.append(row)
+# --------------------------------------------------------------------------- driver side
+
+def run_batch(batch: list[tuple[str, str]]) -> list[dict]:
+    """Check a batch of types in worker processes. A worker that dies (killed for memory, a
+    crash in native code) fails the type it was on; the types after it go to a new worker."""
+    rows: list[dict] = []
+    while len(rows) < len(batch):
+        rest = batch[len(rows):]
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
+                               json.dumps(rest), "--limit", str(TIME_LIMIT_S)],
+                              capture_output=True, text=True, cwd=ROOT)
+        reported = [json.loads(line) for line in done.stdout.splitlines()
+                    if line.startswith("{")]
+        rows += reported
+        if len(reported) < len(rest):
+            kind, model_type = rest[len(reported)]
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            rows.append({"kind": kind, "model_type": model_type, "status": "FAILED",
+                         "reason": f"worker died: {last[:150]}"})
     return rows
 
 
@@ -131,45 +93,74 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    runnable = len(rows) - counts.get("small config does not run", 0)
-    lines = [f"# Hugging Face architectures (transformers {meta['transformers']}, "
-             f"{meta['machine']})", "",
-             "`python benchmarks/hf_architectures.py`: every causal-LM and base-model type, "
-             "small random config, `pk.FilterPruning(0.5, \"l1\")`, verified by `pk.prune`.",
-             "", f"Of {len(rows)} (mapping, type) pairs, {runnable} run with a small config; "
-             f"of those, {counts.get('pruned', 0)} pruned, {counts.get('refused', 0)} refused "
-             f"with a PruneError, {counts.get('FAILED', 0)} failed.", "",
-             "| mapping | model type | class | status | params removed | skipped groups | "
-             "time (s) | reason |", "|---|---|---|---|---|---|---|---|"]
+    runnable = [row for row in rows if row["status"] != "small config does not run"]
+    lines = [f"# Hugging Face text architectures (transformers {meta['transformers']}, "
+             f"torch {meta['torch']}, {meta['machine']})", "",
+             "`python benchmarks/hf_architectures.py`: every model type in the causal-LM, "
+             "masked-LM and seq2seq auto mappings, a small random config derived from its own "
+             "defaults, no per-type settings. Heads (`HeadPruning(0.5, \"l1\")`), then MLP "
+             "neurons (`FilterPruning(0.5, \"l1\")`), then one layer (`LayerPruning(1, "
+             "\"last\")`), each verified by `pk.prune`; the chained plan saved with `pk.save` and "
+             "reloaded with `pk.load` (and `from_pretrained` where the config describes the "
+             "pruned model), bit-identical outputs; causal LMs' greedy generation against the "
+             "masked model. A step's figure is the share of the parameters the model had before that step that it removed.", "",
+             f"Of {len(rows)} model types, {len(runnable)} run with a small config on token ids; "
+             f"of those, **{counts.get('passed', 0)} pass every step**, "
+             f"{counts.get('partial', 0)} pass some (the row says which step and why), "
+             f"{counts.get('FAILED', 0)} failed outright.", "",
+             "| kind | model type | class | heads | MLP | layers | reload | generation | "
+             "time (s) | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(text) -> str:
+        return str(text if text is not None else "").replace("|", "/")
+
+    for row in sorted(runnable, key=lambda r: (r["status"] != "passed", r["kind"],
+                                               r["model_type"])):
+        lines.append("| " + " | ".join(cell(row.get(key)) for key in (
+            "kind", "model_type", "class", "heads", "mlp", "layers", "reload", "generate",
+            "seconds")) + " | " + row["status"] + (f": {cell(row.get('error') or row.get('reason'))}"
+                                                   if row.get("error") or row.get("reason")
+                                                   else "") + " |")
+    lines += ["", "## Small config does not run on token ids", "",
+              "| kind | model type | reason |", "|---|---|---|"]
     for row in rows:
-        removed = f"{row['reduction']:.0%}" if "reduction" in row else ""
-        seconds = f"{row['seconds']:.1f}" if "seconds" in row else ""
-        reason = row.get("reason", "").replace("|", "/").replace("\n", " ")
-        lines.append(f"| {row['mapping']} | {row['model_type']} | {row['class']} | "
-                     f"{row['status']} | {removed} | {row.get('skipped', '')} | {seconds} | "
-                     f"{reason} |")
+        if row["status"] == "small config does not run":
+            lines.append(f"| {row['kind']} | {row['model_type']} | {cell(row['reason'])} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="comma-separated model types")
-    parser.add_argument("--base", action="store_true", help="base-model types too")
+    parser.add_argument("--only", help="comma-separated model types (printed, not written)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=TIME_LIMIT_S, help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.worker:
+        worker(json.loads(options.worker), options.limit)
+        return
+    import torch
     import transformers
 
-    selected = model_types(options.base or bool(options.only))
+    from tests.hf_contract import model_types
+
+    selected = model_types()
     if options.only:
         wanted = set(options.only.split(","))
+        unknown = wanted - {model_type for _, model_type in selected}
+        if unknown:
+            parser.error(f"--only: not a text model type transformers maps: {sorted(unknown)}")
         selected = [entry for entry in selected if entry[1] in wanted]
     rows: list[dict] = []
     for start in range(0, len(selected), BATCH_SIZE):
         for row in run_batch(selected[start:start + BATCH_SIZE]):
             rows.append(row)
-            print(f"{row['mapping']:6} {row['model_type']:32} {row['status']:28} "
-                  f"{row.get('reason', '')[:70]}", flush=True)
-    meta = {"transformers": transformers.__version__,
-            "machine": f"{platform.machine()}, Python {platform.python_version()}",
+            print(f"{row['kind']:15} {row['model_type']:28} {row['status']:9} "
+                  f"{row.get('heads', '')[:18]:18} {row.get('mlp', '')[:18]:18} "
+                  f"{row.get('layers', '')[:14]:14} {row.get('reload', '')[:20]:20} "
+                  f"{row.get('generate', '')[:20]:20} {row.get('error') or row.get('reason') or ''}"[:400],
+                  flush=True)
+    meta = {"transformers": transformers.__version__, "torch": torch.__version__.split("+")[0],
+            "machine": f"{platform.machine()}, Python {platform.python_version()}, 1 thread",
             "when": time.strftime("%Y-%m-%d")}
     if not options.only:
         RESULTS.mkdir(parents=True, exist_ok=True)

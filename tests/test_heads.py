@@ -298,3 +298,23 @@ def test_t5_heads_go_with_their_relative_position_bias(tmp_path):
     mlp = pk.prune(copy.deepcopy(model), inputs, pk.FilterPruning(0.5, "l1"))
     assert not mlp.skipped and not any("SelfAttention" in name or "EncDecAttention" in name
                                        for name in mlp.plan.tensors)
+
+
+@pytest.mark.parametrize("model_type, attention, count", [
+    # the padding mask is expanded to the scores (expand_as): it carries their heads
+    ("flaubert", "attentions.0", "n_heads"),
+    # q/k/v fused per head (a view to 3 × head_size), the rotated part of head_size merged back
+    ("gpt_neox", "layers.0.attention", None),
+])
+def test_heads_are_found_where_the_view_does_not_show_them_plainly(model_type, attention, count,
+                                                                   tmp_path):
+    from .hf_contract import small_config
+
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(small_config(model_type)).eval()
+    result = check_pruned(model, INPUTS, pk.HeadPruning(0.5, "l1"), tmp_path)
+    assert not result.skipped
+    if count:
+        assert result.plan.attributes[attention][count] == 2
+    mlp = pk.prune(copy.deepcopy(model), INPUTS, pk.FilterPruning(0.5, "l1"))
+    assert not any(name.startswith(attention + ".") for name in mlp.plan.tensors)
