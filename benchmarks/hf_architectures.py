@@ -47,6 +47,7 @@ def worker(batch: list[list[str]], limit_s: int) -> None:
     from tests.hf_contract import check_type
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.set_num_threads(1)
     # a default config too big for the machine fails with MemoryError, not the OOM killer
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_GB << 30, resource.RLIM_INFINITY))
