@@ -46,3 +46,28 @@ def test_reconstruction_needs_data():
     model = net()
     with pytest.raises(pk.ConfigError, match="reconstruct=True.*data="):
         pk.prune(model, calibration()[0], pk.ChannelPruning(0.5, reconstruct=True))
+
+
+class TokenMLP(nn.Module):
+    """Linear layers on (batch, tokens, channels): their channels are the last dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.mid, self.down = nn.Linear(8, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.mid(torch.relu(self.up(x)))))
+
+
+def test_reconstruction_of_linear_layers_on_token_sequences():
+    """A re-fitted Linear that also lost outputs is fitted to its kept outputs, picked along
+    the last dim (it used to pick along dim 1, the tokens, and fail or fit the wrong ones)."""
+    torch.manual_seed(0)
+    original = TokenMLP().eval()
+    data = [torch.randn(4, 40, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    plain, rebuilt = copy.deepcopy(original), copy.deepcopy(original)
+    pk.prune(plain, data[0][:1], pk.ChannelPruning(0.5, "l2"))
+    pk.prune(rebuilt, data[0][:1], pk.ChannelPruning(0.5, "l2", reconstruct=True), data=data)
+    assert rebuilt.mid.weight.shape == (16, 16)
+    held_out = [torch.randn(4, 40, 8, generator=torch.Generator().manual_seed(9))]
+    assert output_error(rebuilt, original, held_out) < 0.5 * output_error(plain, original, held_out)

@@ -39,8 +39,9 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
         inputs = _captured(pruned, name, batches, capture_input=True)
         targets = _captured(original, name, batches, capture_input=False)
         kept_out = plan.tensors.get(f"{name}.weight", {}).get(0)
-        if kept_out is not None:
-            targets = [t.index_select(1, torch.as_tensor(kept_out)) for t in targets]
+        if kept_out is not None:  # a Linear's channels are its output's last dim
+            channels = 1 if isinstance(layer, nn.Conv2d) else -1
+            targets = [t.index_select(channels, torch.as_tensor(kept_out)) for t in targets]
         _refit(layer, inputs, targets, generator)
         fitted.append(name)
     return fitted
