@@ -279,3 +279,25 @@ def test_grid_sample_ties_the_grid_batch_to_the_sampled_batch():
     result = pk.prune(model, x, pk.FilterPruning(0.5))
     assert result.skipped == [] and result.report.ok
     assert model.offsets.out_features == model.n_heads * 3 * 2 and model.value_proj.out_features < 16
+
+
+class RotatesAll(nn.Module):
+    """Rotary code that splits off a pass-through part, here empty (``x[..., 16:]`` of 16)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 4 * 16), nn.Linear(4 * 16, 8)
+
+    def forward(self, x):
+        heads = self.up(x).view(*x.shape[:-1], -1, 16)
+        rotated, passed = heads[..., :16], heads[..., 16:]
+        return self.down(torch.cat([rotated.flip(-1), passed], dim=-1).flatten(-2))
+
+
+def test_an_empty_slice_has_no_channels_and_breaks_nothing(tmp_path):
+    """It used to crash the slicing rule, which then counted as no rule and fixed every dim."""
+    x = torch.randn(2, 5, 8)
+    graph = pk.DependencyGraph(RotatesAll(), x, strict=True)
+    assert any("up.weight" in str(group) for group in graph.groups)
+    result = pk.prune(RotatesAll(), x, pk.FilterPruning(0.5, "l1"))
+    assert result.after.params < result.before.params

@@ -148,6 +148,8 @@ def _slice_dims(ctx, source, out, slices: dict[int, slice]) -> None:
 
 def _slice_spec(ctx, spec: Spec, start: int, stop: int, size: int) -> Spec:
     """The channels ``start:stop`` of a dim of ``size`` channels."""
+    if stop <= start:  # no channels (the pass-through part of a rotary that rotates all)
+        return []
     offsets = [offset for offset in (start, stop) if 0 < offset < size]
     return ctx.axes.cut(spec, offsets)[1 if start else 0]
 
