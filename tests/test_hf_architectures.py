@@ -19,6 +19,7 @@ SUBSET = {
     "fnet": "encoder",  # no attention at all: no heads is the right answer
     "gpt_neox": "decoder",  # q/k/v fused per head and partial rotary
     "beam": "decoder",  # per-layer lists in the config follow a removed layer
+    "mixtral": "decoder",  # experts fused in 3-d parameters, run as grouped matmuls
     "llama": "decoder",
 }
 

@@ -301,3 +301,29 @@ def test_an_empty_slice_has_no_channels_and_breaks_nothing(tmp_path):
     assert any("up.weight" in str(group) for group in graph.groups)
     result = pk.prune(RotatesAll(), x, pk.FilterPruning(0.5, "l1"))
     assert result.after.params < result.before.params
+
+
+class Experts(nn.Module):
+    """Two experts' MLPs as one grouped matmul each (the tokens sorted by expert), as
+    transformers' mixture-of-experts layers run them."""
+
+    def __init__(self, width=8, inner=16, experts=2):
+        super().__init__()
+        self.up = nn.Parameter(torch.randn(experts, width, inner) / width ** 0.5)
+        self.down = nn.Parameter(torch.randn(experts, inner, width) / inner ** 0.5)
+
+    def forward(self, x):
+        offsets = torch.tensor([x.shape[0] // 2, x.shape[0]], dtype=torch.int32)
+        hidden = torch.relu(F.grouped_mm(x, self.up, offs=offsets))
+        return F.grouped_mm(hidden, self.down, offs=offsets)
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch without grouped_mm")
+def test_grouped_matmul_prunes_each_inner_channel_in_every_expert(tmp_path):
+    from .helpers import check_pruned
+
+    torch.manual_seed(0)
+    result = check_pruned(Experts(), torch.randn(6, 8), pk.FilterPruning(0.5, "l1"), tmp_path)
+    assert {name: list(dims) for name, dims in result.plan.tensors.items()} == {
+        "up": [2], "down": [1]}
+    assert len(result.plan.tensors["up"][2]) == 8

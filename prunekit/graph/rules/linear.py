@@ -50,6 +50,20 @@ def matmul(ctx, args, kwargs, out):
         ctx.role(b, 1, "out")
 
 
+@rule("grouped_mm", "_grouped_mm")
+def grouped_mm(ctx, args, kwargs, out):
+    """Mixture-of-experts matmul: rows of ``a`` (tokens sorted by expert) times their expert's
+    matrix in ``b`` (experts, in, out). Every expert shares the in and out channels, so one
+    channel is pruned in every expert at once; the experts themselves stay."""
+    a, b = args[0], args[1]
+    if a.dim() != 2 or b.dim() != 3 or out.dim() != 2:
+        raise NotRepresentable("grouped matmul other than (tokens, in) × (experts, in, out)")
+    sa, sb = ctx.specs(a), ctx.specs(b)
+    ctx.unify(sa[-1], sb[-2])
+    ctx.fix(b, f"experts in {ctx.module_path}", [0])
+    ctx.set(out, [sa[0], sb[-1]])
+
+
 @rule("addmm", "baddbmm")
 def addmm(ctx, args, kwargs, out):
     # by keyword too: Bloom calls alibi.baddbmm(batch1=..., batch2=..., beta=..., alpha=...)
