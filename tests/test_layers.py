@@ -166,3 +166,30 @@ def test_inputs_that_do_not_run_are_a_trace_error_naming_them():
     model, _ = model_and_data()
     with pytest.raises(pk.TraceError, match="example inputs do not run"):
         pk.prune(model, torch.randn(1, 5), pk.LayerPruning(n=1, criterion="last"))
+
+
+def test_a_config_that_refuses_a_new_layer_count_keeps_its_own_and_the_layer_still_goes():
+    """ProphetNet's config raises on setting ``num_hidden_layers``: removing a block used to
+    crash there, after the block was gone."""
+    from prunekit.surgery.stacks import remove_blocks
+
+    class StrictConfig:
+        def __init__(self):
+            self.__dict__["layers"] = 3
+
+        @property
+        def num_hidden_layers(self):
+            return self.layers
+
+        @num_hidden_layers.setter
+        def num_hidden_layers(self, value):
+            raise NotImplementedError("set num_encoder_layers instead")
+
+        def to_dict(self):
+            return {"num_hidden_layers": self.layers}
+
+    model = nn.Module()
+    model.config = StrictConfig()
+    model.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+    remove_blocks(model, model.blocks, {"1"})
+    assert len(model.blocks) == 2 and model.config.num_hidden_layers == 3

@@ -50,7 +50,10 @@ def remove_blocks(model: nn.Module, stack: nn.ModuleList, removed: set[str]) -> 
                 module.layer_idx = index
     config = model_config(model)
     if config is not None and getattr(config, "num_hidden_layers", None) == before:
-        config.num_hidden_layers = len(kept)
+        try:
+            config.num_hidden_layers = len(kept)
+        except (AttributeError, NotImplementedError):  # ProphetNet's config refuses it: the
+            return  # config keeps the old count, and the model saves with pk.save
         # the lists with an entry per layer (``layer_types``, ``mlp_layer_types`` …) lose the
         # removed layers' entries, or the config no longer validates
         for key, value in list(vars(config).items()):
