@@ -17,5 +17,5 @@ from .elementwise import pointwise
 from .reductions import is_layer_norm
 from .reshape import FUSED_PER_HEAD, HEAD_COUNT, HEAD_SIZES
 
-__all__ = ["FUSED_PER_HEAD", "HEAD_COUNT", "HEAD_SIZES", "RULES", "broadcast", "is_layer_norm", "pointwise", "register_rule",
-           "rule"]
+__all__ = ["FUSED_PER_HEAD", "HEAD_COUNT", "HEAD_SIZES", "RULES", "broadcast", "is_layer_norm",
+           "pointwise", "register_rule", "rule"]

@@ -3,7 +3,6 @@ features (flatten before a Linear) or a dim splits into (heads, head_dim)."""
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Callable
 
@@ -55,7 +54,7 @@ def reshape_specs(ctx, specs: list[Spec], in_shape, out_shape) -> list[Spec]:
                 # with the cut factor fixed whole it has one, and the heads stay prunable
                 reason = f"a dim cut in parts, merged in {ctx.module_path}"
                 axes.fix_spec(specs[d], reason)
-                whole = axes.fresh_spec(math.prod(in_shape[d:d + 1]), reason)
+                whole = axes.fresh_spec(in_shape[d], reason)
                 combined = axes.product(combined, axes.expand(whole))
         remaining, total = combined, p_in
         for k, d in enumerate(block_out):
