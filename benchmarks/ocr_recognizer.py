@@ -220,6 +220,13 @@ def main() -> None:
     stem.with_suffix(".md").write_text(to_markdown(rows, meta))
 
 
+def control_said(base: dict) -> str:
+    if "accuracy_tuned" in base:
+        return "the unpruned model too"
+    return ("the unpruned model not (no control in this file: `--only unpruned` adds it), so "
+            "tuned figures mix recovery with adapting to the rendered words")
+
+
 def to_markdown(rows: list[dict], meta: dict) -> str:
     base = next(row for row in rows if row["method"] == "unpruned")
     lines = ["# EasyOCR English recognizer (pretrained), pruned", "",
@@ -227,7 +234,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
              f"words from Python's help texts; word accuracy is an exact match by greedy CTC "
              f"decoding; agreement is the share read exactly as the unpruned model reads it; "
              f"fine-tuned: {meta['steps']} Adam steps of {meta['batch']} words (CTC) on "
-             f"{meta['train_words']} other words, the unpruned model too. Reconstruction "
+             f"{meta['train_words']} other words, "
+             f"{control_said(base)}. Reconstruction "
              f"calibrates on {meta['calibration_words']} further words. torch {meta['torch']}, "
              f"2 threads.", "",
              "| method | params | FLOPs | prune (s) | accuracy as pruned | agreement | "
