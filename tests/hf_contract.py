@@ -27,8 +27,9 @@ import torch
 import transformers
 
 import prunekit as pk
-from prunekit.calls import iter_tensors
 from prunekit.checks.verify import mask
+
+from .helpers import outputs
 
 # the auto class of each kind; a type in several mappings is taken as the first kind listed
 # (BART, which also has a decoder-only head, as encoder-decoder; BERT, which also has a causal
@@ -104,18 +105,18 @@ def _token_ids_in_vocabulary(config) -> dict:
     usual = {"bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
              "decoder_start_token_id": 2}
 
-    def small(key: str, value: int) -> int:
-        return usual.get(key) if key in usual else next(spare)
+    def small(key: str) -> int:
+        return usual[key] if key in usual else next(spare)
 
     found = {}
     for key, value in sorted(config.to_dict().items()):
         if not key.endswith(("token_id", "token_index")):
             continue
         if isinstance(value, int) and value >= vocabulary:
-            found[key] = small(key, value)
+            found[key] = small(key)
         elif isinstance(value, list) and any(isinstance(v, int) and v >= vocabulary
                                              for v in value):
-            found[key] = [small(key, v) if v >= vocabulary else v for v in value]
+            found[key] = [small(key) if v >= vocabulary else v for v in value]
     return found
 
 
@@ -141,11 +142,6 @@ def reason_of(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:150]}"
 
 
-def _outputs(model, inputs) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [t for t in iter_tensors(model(**inputs)) if t.is_floating_point()]
-
-
 def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y)
                                     for x, y in zip(a, b))
@@ -167,7 +163,7 @@ def check_type(kind: str, model_type: str) -> dict:
 
         original = build()
         row["class"] = type(original).__name__
-        _outputs(original, inputs)
+        outputs(original, inputs)
     except Exception as error:  # noqa: BLE001 - any failure here is the config, reported
         row.update(status="small config does not run", reason=reason_of(error))
         return row
@@ -227,18 +223,18 @@ def _check_reload(model, results: dict, build, inputs) -> str:
     plan = plans[0]
     for later in plans[1:]:
         plan = plan.then(later)
-    expected = _outputs(model, inputs)
+    expected = outputs(model, inputs)
     with tempfile.TemporaryDirectory() as directory:
         pk.save(model, Path(directory) / "pk", plan)
         restored = pk.load(Path(directory) / "pk", build())
-        if not _same(expected, _outputs(restored, inputs)):
+        if not _same(expected, outputs(restored, inputs)):
             return "pk.load DIFFERS"
         if not all(result.config_matches for result in results.values()):
             return "equal (pk.load)"
         model.save_pretrained(Path(directory) / "hf")
         # the model's own class: an auto class may not map the config a part saves (Emu3)
         reloaded = type(model).from_pretrained(Path(directory) / "hf").eval()
-        if not _same(expected, _outputs(reloaded, inputs)):
+        if not _same(expected, outputs(reloaded, inputs)):
             return "pk.load equal, from_pretrained DIFFERS"
         return "equal (pk.load, from_pretrained)"
 
