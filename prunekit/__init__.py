@@ -26,6 +26,7 @@ from .importance import (
     register_criterion,
 )
 from .io import load, save
+from .latency import Speedup, Timing, compare_latency
 from .layers import (
     LayerCriterion,
     LayerScore,
@@ -58,8 +59,9 @@ __all__ = [
     "DependencyGraph", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
-    "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
-    "VerifyReport", "WeightCriterion", "apply_plan", "compare", "criterion_names",
+    "Speedup", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
+    "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
+    "criterion_names",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
     "layer_importance", "load", "measure", "prune", "register_criterion", "register_handler",
     "register_rule", "rules", "save", "sensitivity", "verify",

@@ -1,28 +1,28 @@
 """Honest numbers: parameters, FLOPs (``torch.utils.flop_counter``) and measured latency
-(``torch.utils.benchmark``)."""
+(``latency``: median and quartiles over interleaved rounds)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-# torch.utils.benchmark imports cpp_extension, which warns about CUDA on CPU-only machines
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-from torch.utils import benchmark  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from .calls import call_model, evaluating, named_tensors, output_tensors  # noqa: E402
+from .calls import call_model, evaluating, named_tensors, output_tensors
+from .latency import Timing, measure_latency
 
 
 @dataclass
 class Measurement:
     params: int
     flops: int
-    latency_ms: float | None = None  # median over repeated runs, batch as given
+    latency: Timing | None = None  # median and quartiles over repeated runs, batch as given
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.latency is None else self.latency.median_ms
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,26 +63,19 @@ def size_and_outputs(model: nn.Module, example_inputs: Any
     return Measurement(count_params(model), flops), outputs
 
 
-def measure_latency(model: nn.Module, example_inputs: Any, min_run_time: float = 0.5) -> float:
-    """Median milliseconds per forward pass, in eval mode without autograd."""
-    with evaluating(model):
-        timer = benchmark.Timer(
-            stmt="with torch.no_grad(): call_model(model, inputs)",
-            globals={"torch": torch, "call_model": call_model, "model": model,
-                     "inputs": example_inputs},
-            num_threads=torch.get_num_threads())
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
-def measure(model: nn.Module, example_inputs: Any, latency: bool = True,
-            min_run_time: float = 0.5) -> Measurement:
-    """Parameters, FLOPs and (optionally) latency of ``model`` on ``example_inputs``.
+def measure(model: nn.Module, example_inputs: Any, latency: bool = True, *,
+            threads: int | None = None, min_time: float = 0.5) -> Measurement:
+    """Parameters, FLOPs and (optionally) latency of ``model`` on ``example_inputs``: the
+    median and quartiles of a forward pass over repeated rounds after a warm-up, on
+    ``threads`` threads (default: as set now). To compare two models, time them together
+    with ``pk.compare_latency``: two separate measurements also measure the machine.
 
     Example:
         >>> pk.measure(model, torch.randn(1, 3, 224, 224))
-        Measurement(params=11689512, flops=3638525952, latency_ms=...)
+        Measurement(params=11689512, flops=3638525952, latency=Timing(median_ms=...))
     """
     return Measurement(
         params=count_params(model),
         flops=count_flops(model, example_inputs),
-        latency_ms=measure_latency(model, example_inputs, min_run_time) if latency else None)
+        latency=(measure_latency(model, example_inputs, threads=threads, min_time=min_time)
+                 if latency else None))

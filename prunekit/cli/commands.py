@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from ..api import prune as prune_model
 from ..errors import ConfigError, PlanError, PruneError, TraceError
 from ..importance import criterion_names, get_criterion
 from ..io import write_checkpoint
+from ..latency import compare_latency
 from ..measure import measure
 from ..methods import LayerPruning, PruningMethod, cli_methods
 from .output import check_out, copy_hf_extras, replace_out
@@ -71,6 +73,11 @@ def prune(
     calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
+    latency: bool = typer.Option(True, help="time the model before and after pruning, "
+                                            "interleaved in one process (holds a copy of "
+                                            "the unpruned model meanwhile)"),
+    threads: int = typer.Option(None, help="threads latency is timed with (default: as many "
+                                           "as torch uses)"),
 ) -> None:
     """Prune a model and save the result (weights + plan; a Hugging Face model whose config
     describes the pruned sizes is also saved with save_pretrained, in OUT/hf, with the
@@ -90,8 +97,14 @@ def prune(
             calibration = list(itertools.islice(train, calibration_batches))
         with _progress(f"pruning {model}"):
             before = _measure_unpruned(network, x)
+            original = copy.deepcopy(network) if latency else None
             result = prune_model(network, x, pruning, data=calibration, check=check)
-            after = measure(network, x)
+            after = measure(network, x, latency=False)
+        speed = None
+        if original is not None:
+            with _progress("timing the unpruned and pruned models, interleaved"):
+                speed = compare_latency(original, network, x, threads=threads)
+            del original
         hf_source = Path(model[3:]) if model.startswith("hf:") else None
 
         def write(folder: Path) -> None:
@@ -105,15 +118,7 @@ def prune(
         replace_out(out, write)
     except (PruneError, ConfigError) as error:
         _fail(error)
-    table = Table(title=f"{model}: {escape(pruning.summary())}")
-    for column in ("", "params", "FLOPs", "latency (ms)"):
-        table.add_column(column, justify="right")
-    for label, m in (("before", before), ("after", after)):
-        table.add_row(label, f"{m.params:,}", f"{m.flops:,}", f"{m.latency_ms:.2f}")
-    table.add_row("change", f"{after.params / before.params - 1:+.1%}",
-                  f"{after.flops / before.flops - 1:+.1%}",
-                  f"{after.latency_ms / before.latency_ms - 1:+.1%}")
-    console.print(table)
+    _print_sizes(model, pruning, before, after, speed)
     if data is None and _reads_data(pruning):
         console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
                       f"activations, and without --data it ran on the random example inputs "
@@ -144,6 +149,27 @@ def prune(
                                         else ""))
 
 
+def _print_sizes(model: str, pruning: PruningMethod, before, after, speed) -> None:
+    """Params, FLOPs and latency before and after; the latency change only where the
+    interleaved rounds can tell the two apart."""
+    table = Table(title=f"{model}: {escape(pruning.summary())}")
+    columns = ("", "params", "FLOPs") + (("latency ms, median (quartiles)",) if speed else ())
+    for column in columns:
+        table.add_column(column, justify="right")
+    timings = (speed.before, speed.after) if speed else (None, None)
+    for label, m, timing in (("before", before, timings[0]), ("after", after, timings[1])):
+        table.add_row(label, f"{m.params:,}", f"{m.flops:,}",
+                      *((f"{timing.median_ms:.2f} ({timing.low_ms:.2f}–{timing.high_ms:.2f})",)
+                        if timing else ()))
+    change = "within the noise" if speed and speed.within_noise else (
+        f"{speed.change:+.1%}" if speed else None)
+    table.add_row("change", f"{after.params / before.params - 1:+.1%}",
+                  f"{after.flops / before.flops - 1:+.1%}", *((change,) if speed else ()))
+    console.print(table)
+    if speed is not None:
+        console.print(f"latency: {escape(speed.describe())}; {escape(speed.conditions())}")
+
+
 def _reads_data(pruning: PruningMethod) -> bool:
     """Whether the method's criterion ranks by activations, losses or outputs on data."""
     criterion = getattr(pruning, "criterion", None)
@@ -156,9 +182,9 @@ def _reads_data(pruning: PruningMethod) -> bool:
 
 
 def _measure_unpruned(network, x):
-    """The model's size and latency before pruning; inputs it cannot run are a bad option."""
+    """The model's size before pruning; inputs it cannot run are a bad option."""
     try:
-        return measure(network, x)
+        return measure(network, x, latency=False)
     except Exception as error:
         raise ConfigError(f"the model does not run on the example inputs (--input-shape or "
                           f"--data): {type(error).__name__}: {error}") from error
@@ -357,17 +383,20 @@ def compare(
 
 
 def _print_comparison(comparison) -> None:
-    from ..workflows.compare import verdict
+    from ..workflows.compare import speedup_text, verdict
 
     base = comparison.baseline
     table = Table(title=f"digits ResNet: {comparison.flops_target:.0%} of FLOPs removed, "
-                        f"{comparison.finetune_epochs} fine-tuning epochs")
-    for column in ("method", "params", "FLOPs removed", "latency ms", "acc one-shot",
-                   "acc fine-tuned", "verified"):
+                        f"{comparison.finetune_epochs} fine-tuning epochs",
+                  caption=f"latency: median (quartiles), {comparison.timing}; speed-up against "
+                          f"the unpruned model in the same rounds (95% CI)")
+    for column in ("method", "params", "FLOPs removed", "latency ms", "speed-up",
+                   "acc one-shot", "acc fine-tuned", "verified"):
         table.add_column(column, justify="right")
     for r in comparison.rows:
         table.add_row(escape(r.method), f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
-                      f"{r.latency_ms:.2f}", f"{r.accuracy_one_shot:.1%}",
+                      str(r.latency).replace(" ms", ""), speedup_text(r.speedup),
+                      f"{r.accuracy_one_shot:.1%}",
                       "—" if r.accuracy_fine_tuned is None else f"{r.accuracy_fine_tuned:.1%}",
                       verdict(r.verified))
     console.print(table)

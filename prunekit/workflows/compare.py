@@ -1,7 +1,8 @@
 """Compare pruning methods on one trained model, one dataset and one FLOPs budget.
 
 Each method prunes its own copy of the model to the same fraction of FLOPs removed, is
-verified, measured (params, FLOPs, CPU latency) and evaluated one-shot — by default after
+verified, measured (params, FLOPs, and CPU latency timed interleaved with the unpruned
+model, so each row's speed-up is measured in the same rounds) and evaluated one-shot — by default after
 re-estimating BatchNorm statistics on the calibration data, which changes no weight — then
 fine-tuned with the same budget of epochs and evaluated again.
 """
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from ..api import prune
-from ..measure import count_flops, count_params, measure_latency
+from ..latency import Speedup, Timing, compare_latency, measure_latency
+from ..measure import count_flops, count_params
 from ..methods import ChannelPruning, FilterPruning, LayerPruning
 from ..recover import evaluate_accuracy, recalibrate_norms, train_classifier
 from .plots import new_figure, save, series_colour
@@ -43,11 +45,16 @@ class ComparisonRow:
     method: str
     params: int
     flops: int
-    latency_ms: float
+    latency: Timing  # median and quartiles, ms
     accuracy_one_shot: float
     accuracy_fine_tuned: float | None
     verified: bool | None  # None: pruned by an outside function, not checkable
     accuracy_as_pruned: float | None = None  # one-shot before BatchNorm re-estimation
+    speedup: Speedup | None = None  # against the unpruned model, timed in the same rounds
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency.median_ms
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Comparison:
     finetune_epochs: int
     recalibrated: bool = True
     rows: list[ComparisonRow] = field(default_factory=list)
+    timing: str = ""  # how latency was measured (batch, threads, rounds)
 
     @property
     def baseline(self) -> ComparisonRow:
@@ -63,7 +71,9 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"flops_target": self.flops_target, "finetune_epochs": self.finetune_epochs,
-                "recalibrated": self.recalibrated, "rows": [asdict(r) for r in self.rows]}
+                "recalibrated": self.recalibrated, "timing": self.timing,
+                "rows": [{**asdict(r), "speedup": r.speedup and r.speedup.to_dict()}
+                         for r in self.rows]}
 
     def to_markdown(self) -> str:
         base = self.baseline
@@ -71,17 +81,21 @@ class Comparison:
                     "training (as pruned: before that)" if self.recalibrated
                     else "one-shot: no change after pruning")
         lines = [f"FLOPs budget: remove {self.flops_target:.0%}; fine-tuning: "
-                 f"{self.finetune_epochs} epochs for every method; {one_shot}", "",
-                 "| method | params | FLOPs removed | latency (ms) | accuracy as pruned | "
-                 "accuracy one-shot | accuracy fine-tuned | verified |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 f"{self.finetune_epochs} epochs for every method; {one_shot}; latency: "
+                 f"median (quartiles) ms, {self.timing}; speed-up: against the unpruned model "
+                 f"in the same rounds, with its 95% confidence interval ('≈ 1' where that "
+                 f"interval holds 1)", "",
+                 "| method | params | FLOPs removed | latency (ms) | speed-up | "
+                 "accuracy as pruned | accuracy one-shot | accuracy fine-tuned | verified |",
+                 "|---|---|---|---|---|---|---|---|---|"]
 
         def percent(value: float | None) -> str:
             return "—" if value is None else f"{value:.1%}"
 
         for r in self.rows:
             lines.append(f"| {r.method} | {r.params:,} | {1 - r.flops / base.flops:.1%} | "
-                         f"{r.latency_ms:.2f} | {percent(r.accuracy_as_pruned)} | "
+                         f"{r.latency} | {speedup_text(r.speedup)} | "
+                         f"{percent(r.accuracy_as_pruned)} | "
                          f"{r.accuracy_one_shot:.1%} | {percent(r.accuracy_fine_tuned)} | "
                          f"{verdict(r.verified)} |")
         return "\n".join(lines) + "\n"
@@ -109,6 +123,14 @@ class Comparison:
         return figure
 
 
+def speedup_text(speedup: Speedup | None) -> str:
+    """``1.84× (1.80–1.88)``, ``≈ 1 (0.97–1.05)`` within the noise, ``—`` for none."""
+    if speedup is None:
+        return "—"
+    value = "≈ 1" if speedup.within_noise else f"{speedup.speedup:.2f}×"
+    return f"{value} ({speedup.low:.2f}–{speedup.high:.2f})"
+
+
 def verdict(verified: bool | None) -> str:
     return "n/a" if verified is None else "yes" if verified else "NO"
 
@@ -116,8 +138,8 @@ def verdict(verified: bool | None) -> str:
 def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_data: Iterable,
             flops_target: float = 0.5, finetune_epochs: int = 5, lr: float = 1e-3,
             methods: dict[str, Any] | None = None, data: Iterable | None = None,
-            timing_inputs: Any = None, seed: int = 0, recalibrate: bool = True,
-            progress: Callable[[str], None] = lambda message: None) -> Comparison:
+            timing_inputs: Any = None, threads: int | None = None, seed: int = 0,
+            recalibrate: bool = True, progress: Callable[[str], None] = lambda message: None) -> Comparison:
     """Run every method on its own copy of ``model``; the model itself is not changed.
 
     Args:
@@ -131,6 +153,7 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
             in place (another library, say); its rows are marked as not verified.
         data: calibration batches for data-driven criteria (default: ``train_data``).
         timing_inputs: the batch latency is measured on (default: ``example_inputs``).
+        threads: the threads latency is measured with (default: as set now).
         recalibrate: re-estimate BatchNorm statistics on ``data`` after pruning, before the
             one-shot evaluation (no weights change).
 
@@ -146,13 +169,20 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     def row(label: str, candidate: nn.Module, one_shot: float, tuned: float | None,
             verified: bool | None, as_pruned: float | None) -> ComparisonRow:
         candidate.eval()
-        return ComparisonRow(label, count_params(candidate), count_flops(candidate, example_inputs),
-                             measure_latency(candidate, timing_inputs, min_run_time=0.2),
-                             one_shot, tuned, verified, as_pruned)
+        # timed in the same rounds as the unpruned model: the speed-up is of the models,
+        # not of whatever else the machine did between two measurements
+        speedup = compare_latency(model, candidate, timing_inputs, threads=threads,
+                                  min_time=0.5)
+        result.timing = speedup.conditions()
+        return ComparisonRow(label, count_params(candidate),
+                             count_flops(candidate, example_inputs), speedup.after, one_shot,
+                             tuned, verified, as_pruned, speedup)
 
     result = Comparison(flops_target, finetune_epochs, recalibrate)
     unpruned = evaluate_accuracy(model, eval_data)
-    result.rows.append(row("unpruned", model, unpruned, None, True, unpruned))
+    result.rows.append(ComparisonRow(
+        "unpruned", count_params(model), count_flops(model, example_inputs),
+        measure_latency(model, timing_inputs, threads=threads), unpruned, None, True, unpruned))
     for label, method in methods.items():
         progress(f"{label}: prune to {flops_target:.0%} fewer FLOPs")
         pruned = copy.deepcopy(model)

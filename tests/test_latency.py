@@ -1,0 +1,117 @@
+"""Latency: models timed interleaved, with their spread, and a verdict that can say "noise"."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import prunekit as pk
+from prunekit.cli import commands as cli
+from prunekit.errors import ConfigError
+from prunekit.latency import (
+    Speedup,
+    Timing,
+    batch_size,
+    fixed_threads,
+    median_interval,
+    time_models,
+)
+
+
+class Sleeper(nn.Module):
+    """A model whose forward pass takes a known time, and that logs when it ran."""
+
+    def __init__(self, name: str, seconds: float, log: list[str]):
+        super().__init__()
+        self.name, self.seconds, self.log = name, seconds, log
+
+    def forward(self, x):
+        self.log.append(self.name)
+        time.sleep(self.seconds)
+        return x
+
+
+def test_models_run_in_alternating_order_after_a_warm_up():
+    log: list[str] = []
+    a, b = Sleeper("a", 0.002, log), Sleeper("b", 0.002, log)
+    samples = time_models([a, b], torch.zeros(1), warmup=2, min_rounds=4, max_rounds=4,
+                          min_time=0)
+    assert log == ["a", "a", "b", "b"] + ["a", "b", "b", "a"] * 2
+    assert [len(s) for s in samples] == [4, 4]
+
+
+def test_a_slower_model_is_measured_slower_and_the_verdict_says_by_how_much():
+    log: list[str] = []
+    slow, fast = Sleeper("slow", 0.006, log), Sleeper("fast", 0.002, log)
+    speed = pk.compare_latency(slow, fast, torch.zeros(3, 1), min_time=0.2)
+    assert speed.after.median_ms < speed.before.median_ms
+    assert speed.low > 1.5 and not speed.within_noise  # 3× by construction
+    assert speed.batch == 3 and speed.threads == torch.get_num_threads()
+    assert "faster" in speed.describe() and "interleaved rounds" in str(speed)
+
+
+def test_rounds_that_cannot_tell_two_models_apart_say_so():
+    before = Timing(10.0, 9.0, 11.0, 20)
+    speed = Speedup(before, before, speedup=1.01, low=0.97, high=1.06, threads=2, batch=1)
+    assert speed.within_noise
+    assert speed.describe().startswith("no measurable difference")
+    slower = Speedup(before, before, speedup=0.5, low=0.45, high=0.55, threads=2, batch=1)
+    assert not slower.within_noise and slower.describe().startswith("2.00× slower")
+    assert slower.change == pytest.approx(1.0)
+
+
+def test_the_median_interval_holds_the_middle_and_widens_with_fewer_rounds():
+    values = [float(v) for v in range(1, 101)]
+    low, high = median_interval(values)
+    assert low < 50.5 < high and high - low < 25
+    few_low, few_high = median_interval(values[::10])
+    assert few_high - few_low > high - low
+
+
+def test_threads_are_fixed_while_timing_and_restored_after():
+    before = torch.get_num_threads()
+    with fixed_threads(1) as threads:
+        assert threads == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads=0"):
+        with fixed_threads(0):
+            pass
+
+
+def test_the_batch_is_the_first_dim_of_the_first_tensor():
+    assert batch_size(torch.zeros(8, 3)) == 8
+    assert batch_size({"input_ids": torch.zeros(2, 16, dtype=torch.long)}) == 2
+    assert batch_size((torch.tensor(1.0),)) is None
+
+
+def test_measure_gives_the_median_with_quartiles():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    measured = pk.measure(model, torch.randn(2, 16), min_time=0.05)
+    timing = measured.latency
+    assert timing.low_ms <= timing.median_ms <= timing.high_ms and timing.rounds >= 10
+    assert measured.latency_ms == timing.median_ms
+    assert pk.measure(model, torch.randn(2, 16), latency=False).latency is None
+
+
+def test_models_keep_their_training_mode_after_timing():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    time_models([model], torch.randn(1, 4), min_time=0)
+    assert model.training and model[1].training
+
+
+def test_the_command_line_prints_both_timings_and_how_they_were_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "width", 200)
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18",
+                                     "--input-shape", "2,3,32,32", "--threads", "1",
+                                     "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "latency ms, median (quartiles)" in result.output
+    assert "batch 2, 1 thread, " in result.output and "interleaved rounds" in result.output
+    quiet = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18",
+                                    "--input-shape", "1,3,32,32", "--no-latency",
+                                    "--out", str(tmp_path / "quiet")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "latency" not in quiet.output
