@@ -140,12 +140,27 @@ def compare_latency(before: nn.Module, after: nn.Module, example_inputs: Any, *,
         >>> print(speed)   # 1.82× faster (95% CI 1.79–1.86×); batch 1, 2 threads, ...
     """
     inputs = [example_inputs, example_inputs if after_inputs is None else after_inputs]
-    before_s, after_s = time_models([before, after], example_inputs, threads=threads,
-                                    min_time=min_time, inputs=inputs)
-    ratios = [b / a for b, a in zip(before_s, after_s)]
-    low, high = median_interval(ratios)
-    return Speedup(timing(before_s), timing(after_s), statistics.median(ratios), low, high,
-                   threads or torch.get_num_threads(), batch_size(example_inputs))
+    return speedups_over_first([before, after], example_inputs, threads=threads,
+                               min_time=min_time, inputs=inputs)[0]
+
+
+def speedups_over_first(models: Sequence[nn.Module], example_inputs: Any, *,
+                        threads: int | None = None, min_time: float = 1.0,
+                        min_rounds: int = 10, inputs: Sequence[Any] | None = None
+                        ) -> list[Speedup]:
+    """Every model after the first against the first, all timed in the same rounds (one
+    set of rounds for a whole table, so its rows share one baseline)."""
+    samples = time_models(models, example_inputs, threads=threads, min_time=min_time,
+                          min_rounds=min_rounds, inputs=inputs)
+    used = threads or torch.get_num_threads()
+    base = samples[0]
+    results = []
+    for other in samples[1:]:
+        ratios = [b / a for b, a in zip(base, other)]
+        low, high = median_interval(ratios)
+        results.append(Speedup(timing(base), timing(other), statistics.median(ratios), low,
+                               high, used, batch_size(example_inputs)))
+    return results
 
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from .sources import example_inputs, first_inputs, load_data, load_model, parse_
 
 app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console()
+# without a terminal (a pipe, a CI log) rich would assume 80 columns and cut table cells to
+# "(influen…"; a log has room, so tables keep their full text there
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 METHOD_HELP = " | ".join(cli_methods())
 MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:PATH, ultralytics:yolo11n.yaml (or a .pt file), "

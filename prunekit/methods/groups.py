@@ -261,11 +261,11 @@ class GroupPruning(PruningMethod):
                                                context.strict)
         scores = self.score(graph, groups, context.data, context.loss_fn)
         for group in groups:
+            label = _group_label(model, group.modules())
             for ratio in ratios:
                 n_keep = self.channels_to_keep(group.size, ratio)
                 keep = {group.axis: selection.highest(scores[group.axis], n_keep)}
-                yield Trial(group.modules()[0], group.size, ratio,
-                            plan_from_keep(graph, keep, {}))
+                yield Trial(label, group.size, ratio, plan_from_keep(graph, keep, {}))
 
     def preview(self, model, example_inputs):
         graph, groups = self.traced_candidates(model, example_inputs)
@@ -335,3 +335,15 @@ def refit_from(method: GroupPruning, model: nn.Module, context: PruneContext):
                           f"calibration data; pass data=, a non-empty iterable of batches")
     original = copy.deepcopy(model)
     return lambda pruned, plan: reconstruct(original, pruned, plan, context.data)
+
+
+def _group_label(model: nn.Module, modules: list[str]) -> str:
+    """A group by its first module's path and kind, and how many more it couples:
+    ``0 (Conv2d) + 8 coupled``; a bare index such as ``0`` (a Sequential's first child) says
+    nothing on its own, and a residual stream is more than its first conv."""
+    name = modules[0]
+    try:
+        label = f"{name} ({type(model.get_submodule(name)).__name__})"
+    except AttributeError:  # a parameter or a function's output, not a module
+        label = name
+    return label + (f" + {len(modules) - 1} coupled" if len(modules) > 1 else "")

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from ..api import prune
-from ..latency import Speedup, Timing, compare_latency, measure_latency
+from ..latency import Speedup, Timing, measure_latency, speedups_over_first
 from ..measure import count_flops, count_params
 from ..methods import ChannelPruning, FilterPruning, LayerPruning
 from ..recover import evaluate_accuracy, recalibrate_norms, train_classifier
-from .plots import new_figure, save, series_colour
+from .plots import new_figure, save
 
 
 def default_methods(flops_target: float) -> dict[str, Any]:
@@ -45,7 +45,7 @@ class ComparisonRow:
     method: str
     params: int
     flops: int
-    latency: Timing  # median and quartiles, ms
+    latency: Timing | None  # median and quartiles, ms
     accuracy_one_shot: float
     accuracy_fine_tuned: float | None
     verified: bool | None  # None: pruned by an outside function, not checkable
@@ -53,8 +53,8 @@ class ComparisonRow:
     speedup: Speedup | None = None  # against the unpruned model, timed in the same rounds
 
     @property
-    def latency_ms(self) -> float:
-        return self.latency.median_ms
+    def latency_ms(self) -> float | None:
+        return None if self.latency is None else self.latency.median_ms
 
 
 @dataclass
@@ -101,25 +101,50 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | Path) -> Path:
-        """Accuracy against FLOPs, one-shot and fine-tuned, one colour per method."""
+        """Accuracy per method (as pruned, one-shot, fine-tuned) beside its measured speed-up."""
         figure = self.figure()
         return save(figure, path)
 
     def figure(self):
-        """The plot as a matplotlib ``Figure`` (not attached to pyplot)."""
-        figure = new_figure(7, 4.5)
-        axes = figure.subplots()
+        """The plot as a matplotlib ``Figure`` (not attached to pyplot): one row per method;
+        left, its accuracy at each stage as bars; right, its speed-up over the unpruned model
+        with the 95% interval, and the FLOPs it removed."""
+        rows = self.rows
+        figure = new_figure(11, 0.42 * len(rows) + 1.6)
+        accuracy_axes, speed_axes = figure.subplots(
+            1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+        positions = list(range(len(rows)))[::-1]  # the first row on top
+        stages = [("as pruned", "accuracy_as_pruned", "#c6dbef"),
+                  ("one-shot", "accuracy_one_shot", "#6baed6"),
+                  ("fine-tuned", "accuracy_fine_tuned", "#08519c")]
+        height = 0.8 / len(stages)
+        for offset, (label, name, colour) in enumerate(stages):
+            values = [getattr(r, name) for r in rows]
+            shifted = [y + (1 - offset) * height for y in positions]
+            accuracy_axes.barh(shifted, [0 if v is None else v * 100 for v in values], height,
+                               color=colour, label=label)
+        accuracy_axes.set_yticks(positions, [r.method for r in rows])
+        accuracy_axes.set_xlim(0, 100)
+        accuracy_axes.set_xlabel("test accuracy (%)")
+        accuracy_axes.legend(loc="lower left", fontsize=8, framealpha=0.9)
         base = self.baseline
-        for index, r in enumerate(self.rows):
-            colour = series_colour(index)
-            x = r.flops / base.flops * 100
-            axes.scatter(x, r.accuracy_one_shot * 100, marker="o", color=colour,
-                         facecolors="none", label=f"{r.method}")
-            if r.accuracy_fine_tuned is not None:
-                axes.scatter(x, r.accuracy_fine_tuned * 100, marker="*", s=90, color=colour)
-        axes.set_xlabel("FLOPs kept (% of unpruned)")
-        axes.set_ylabel("test accuracy (%)  ○ one-shot  ★ fine-tuned")
-        axes.legend(fontsize=7, loc="lower right")
+        for y, r in zip(positions, rows):
+            speed = r.speedup
+            value = 1.0 if speed is None else speed.speedup
+            error = ([[0], [0]] if speed is None
+                     else [[value - speed.low], [speed.high - value]])
+            colour = "#999999" if speed is None or speed.within_noise else "#31a354"
+            speed_axes.barh(y, value, 0.6, color=colour, xerr=error, capsize=3)
+            removed = 1 - r.flops / base.flops
+            note = "unpruned" if speed is None else (
+                f"{value:.2f}×{' (noise)' if speed.within_noise else ''}, "
+                f"FLOPs −{removed:.0%}")
+            speed_axes.text(0.05, y, note, va="center", fontsize=8, color="black")
+        speed_axes.axvline(1.0, color="black", linestyle=":", linewidth=1)
+        speed_axes.set_xlabel("measured speed-up over unpruned (95% CI)")
+        speed_axes.set_title(self.timing, fontsize=8)
+        accuracy_axes.set_title(f"every method removes {self.flops_target:.0%} of FLOPs; "
+                                f"{self.finetune_epochs} fine-tuning epochs", fontsize=9)
         return figure
 
 
@@ -166,23 +191,11 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     timing_inputs = timing_inputs if timing_inputs is not None else example_inputs
     model.eval()
 
-    def row(label: str, candidate: nn.Module, one_shot: float, tuned: float | None,
-            verified: bool | None, as_pruned: float | None) -> ComparisonRow:
-        candidate.eval()
-        # timed in the same rounds as the unpruned model: the speed-up is of the models,
-        # not of whatever else the machine did between two measurements
-        speedup = compare_latency(model, candidate, timing_inputs, threads=threads,
-                                  min_time=0.5)
-        result.timing = speedup.conditions()
-        return ComparisonRow(label, count_params(candidate),
-                             count_flops(candidate, example_inputs), speedup.after, one_shot,
-                             tuned, verified, as_pruned, speedup)
-
     result = Comparison(flops_target, finetune_epochs, recalibrate)
     unpruned = evaluate_accuracy(model, eval_data)
-    result.rows.append(ComparisonRow(
-        "unpruned", count_params(model), count_flops(model, example_inputs),
-        measure_latency(model, timing_inputs, threads=threads), unpruned, None, True, unpruned))
+    rows = [ComparisonRow("unpruned", count_params(model), count_flops(model, example_inputs),
+                          None, unpruned, None, True, unpruned)]
+    pruned_models = []
     for label, method in methods.items():
         progress(f"{label}: prune to {flops_target:.0%} fewer FLOPs")
         pruned = copy.deepcopy(model)
@@ -203,5 +216,20 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
             torch.manual_seed(seed)
             train_classifier(pruned, train_data, epochs=finetune_epochs, lr=lr)
             tuned = evaluate_accuracy(pruned, eval_data)
-        result.rows.append(row(label, pruned, one_shot, tuned, verified, as_pruned))
+        pruned.eval()
+        rows.append(ComparisonRow(label, count_params(pruned),
+                                  count_flops(pruned, example_inputs), None, one_shot, tuned,
+                                  verified, as_pruned))
+        pruned_models.append(pruned)
+    progress(f"timing all {len(rows)} models interleaved")
+    # one set of rounds for the whole table: every model runs once per round, so each
+    # row's speed-up is against the unpruned model in the very same rounds
+    speeds = speedups_over_first([model] + pruned_models, timing_inputs, threads=threads,
+                                 min_time=2.0, min_rounds=20)
+    rows[0].latency = (speeds[0].before if speeds else
+                       measure_latency(model, timing_inputs, threads=threads))
+    for row, speed in zip(rows[1:], speeds):
+        row.latency, row.speedup = speed.after, speed
+    result.timing = speeds[0].conditions() if speeds else ""
+    result.rows = rows
     return result

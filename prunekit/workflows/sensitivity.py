@@ -60,15 +60,20 @@ class Sensitivity:
 
     def figure(self):
         """The plot as a matplotlib ``Figure`` (not attached to pyplot)."""
-        figure = new_figure(7, 4)
+        figure = new_figure(9, 4)
         axes = figure.subplots()
+        ratios = sorted({row.ratio for row in self.rows})
         for group, rows in self.by_group().items():
             axes.plot([r.ratio for r in rows], [r.accuracy * 100 for r in rows], "o-",
                       label=group)
         axes.axhline(self.baseline * 100, color="black", linestyle=":", label="unpruned")
+        axes.set_xticks(ratios)  # the ratios tried, nothing between
         axes.set_xlabel("fraction of the group's channels removed")
         axes.set_ylabel("accuracy (%)")
-        axes.legend(fontsize=7, ncol=2)
+        axes.set_title("each group pruned alone; a group is named by its first module",
+                       fontsize=9)
+        # beside the plot, not over the lines
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return figure
 
 

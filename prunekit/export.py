@@ -1,0 +1,309 @@
+"""Deployment formats, checked: ONNX and ``torch.export``, each run back and compared.
+
+A pruned model is only deployed once it leaves PyTorch, and an export can go wrong quietly
+(a shape baked in, an op lowered differently). So every export is loaded back — ONNX in ONNX
+Runtime, a ``torch.export`` program with ``torch.export.load`` — and its outputs are
+compared with the PyTorch model's on the example inputs and on fresh inputs of the same
+shapes. The file appears at ``path`` only when that check passed; otherwise nothing there
+changes. ONNX uses the dynamo-based exporter and falls back to the TorchScript one only
+where the dynamo one fails, and says so. ``quantize="int8"`` adds ONNX Runtime's dynamic
+int8 quantization of the checked model; its outputs are compared and reported, not held to
+the float tolerance (they differ by design).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .calls import call_model, evaluating, named_tensors
+from .errors import ConfigError, PruneError
+
+FORMATS = {".onnx": "onnx", ".pt2": "torch.export"}
+
+
+class ExportError(PruneError):
+    """The export failed, or its outputs differ from the PyTorch model's."""
+
+
+@dataclass
+class ExportReport:
+    """What was written and what the check found."""
+
+    path: Path
+    format: str  # "onnx" or "torch.export"
+    exporter: str  # "dynamo", "torchscript" (ONNX) or "torch.export"
+    checked_on: str  # which inputs the outputs were compared on
+    outputs: int  # output tensors compared on each input
+    largest_difference: float  # relative to each output's largest magnitude
+    tolerance: float
+    fallback_reason: str | None = None  # why the dynamo exporter was not used
+    quantized_path: Path | None = None
+    quantized_difference: float | None = None  # int8 against float, relative, on the same inputs
+
+    def __str__(self) -> str:
+        text = (f"{self.format} ({self.exporter} exporter) written to {self.path}; checked in "
+                f"{'ONNX Runtime' if self.format == 'onnx' else 'torch.export.load'} against "
+                f"PyTorch: {self.outputs} output tensor{'s' if self.outputs != 1 else ''} on "
+                f"{self.checked_on}, largest difference {self.largest_difference:.2e} of the "
+                f"output's scale (tolerance {self.tolerance:g})")
+        if self.fallback_reason:
+            text += f"; the dynamo exporter failed ({self.fallback_reason})"
+        if self.quantized_path is not None:
+            text += (f"; int8 (dynamic) written to {self.quantized_path}, largest difference "
+                     f"{self.quantized_difference:.2e} of the output's scale")
+        return text
+
+
+def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
+           format: str | None = None, quantize: str | None = None, tolerance: float = 1e-4,
+           fresh_inputs: int = 2, seed: int = 0) -> ExportReport:
+    """Export ``model`` to ``path`` and check the export computes what the model computes.
+
+    Args:
+        model: any model ``pk.prune`` returns (or any other).
+        example_inputs: what the model is called with (tensor, tuple or dict).
+        path: ``*.onnx`` for ONNX, ``*.pt2`` for ``torch.export``.
+        format: ``"onnx"`` or ``"torch.export"`` (default: from the suffix).
+        quantize: ``"int8"``: also write ``<name>.int8.onnx``, ONNX Runtime's dynamic int8
+            quantization of the checked model.
+        tolerance: the largest difference allowed, relative to each output's largest value.
+        fresh_inputs: how many fresh inputs of the example's shapes to check on, besides it.
+
+    Example:
+        >>> pk.export(pruned, torch.randn(1, 3, 224, 224), "pruned.onnx", quantize="int8")
+    """
+    path = Path(path)
+    format = _format(path, format)
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"quantize={quantize!r}: use None or 'int8'")
+    if quantize and format != "onnx":
+        raise ConfigError(f"quantize='int8' is ONNX Runtime's quantizer: export to a .onnx path "
+                          f"(got {path.name})")
+    if not path.parent.is_dir():
+        raise ConfigError(f"path {str(path)!r}: its folder does not exist")
+    inputs = [example_inputs] + [fresh_like(example_inputs, seed + i) for i in range(fresh_inputs)]
+    with evaluating(model), torch.no_grad():
+        expected = [_outputs(call_model(model, x)) for x in inputs]
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+            written = Path(scratch) / path.name
+            if format == "onnx":
+                exporter, fallback = _export_onnx(model, example_inputs, written)
+                run = _onnx_runner(written)
+            else:
+                exporter, fallback = "torch.export", None
+                _export_program(model, example_inputs, written)
+                run = _program_runner(written)
+            difference = max(_difference(run(x), want) for x, want in zip(inputs, expected))
+            checked_on = (f"the example inputs and {fresh_inputs} fresh input"
+                          f"{'s' if fresh_inputs != 1 else ''} of their shapes"
+                          if fresh_inputs else "the example inputs")
+            if not difference <= tolerance:
+                raise ExportError(
+                    f"the {format} export of {type(model).__name__} differs from the model: "
+                    f"largest difference {difference:.2e} of the output's scale on "
+                    f"{checked_on} (tolerance {tolerance:g}); nothing was written to {path}")
+            report = ExportReport(path, format, exporter, checked_on, len(expected[0]),
+                                  difference, tolerance, fallback)
+            if quantize:
+                quantized = Path(scratch) / f"{path.stem}.int8.onnx"
+                _quantize_int8(written, quantized)
+                run_quantized = _onnx_runner(quantized)
+                report.quantized_difference = max(
+                    _difference(run_quantized(x), want) for x, want in zip(inputs, expected))
+                report.quantized_path = path.with_name(quantized.name)
+                os.replace(quantized, report.quantized_path)
+            _move_into_place(written, path)
+    return report
+
+
+def fresh_like(example_inputs: Any, seed: int) -> Any:
+    """Inputs of the example's shapes and dtypes with new values: floats drawn with the
+    example's mean and spread, integers (token ids, masks) within the example's range."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def fresh(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point():
+                spread = value.float().std() if value.numel() > 1 else torch.tensor(1.0)
+                noise = torch.randn(value.shape, generator=generator)
+                return (noise * spread + value.float().mean()).to(value.dtype)
+            if value.dtype == torch.bool or value.numel() == 0:
+                return value.clone()
+            low, high = int(value.min()), int(value.max())
+            return torch.randint(low, high + 1, value.shape, generator=generator,
+                                 dtype=value.dtype)
+        if isinstance(value, dict):
+            return {key: fresh(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(fresh(item) for item in value)
+        return value
+
+    return fresh(example_inputs)
+
+
+def _format(path: Path, format: str | None) -> str:
+    if format is None:
+        if path.suffix not in FORMATS:
+            raise ConfigError(f"path {str(path)!r}: name it *.onnx or *.pt2, or pass format=")
+        return FORMATS[path.suffix]
+    if format not in FORMATS.values():
+        raise ConfigError(f"format={format!r}: use one of {sorted(FORMATS.values())}")
+    return format
+
+
+def _arguments(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def _export_onnx(model: nn.Module, example_inputs: Any, path: Path) -> tuple[str, str | None]:
+    """The dynamo-based exporter, or the TorchScript one where it fails (and why)."""
+    args, kwargs = _arguments(example_inputs)
+    try:
+        with _quiet():
+            program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True,
+                                        verbose=False, optimize=True)
+            program.save(str(path))
+        return "dynamo", None
+    except Exception as error:  # noqa: BLE001 - any failure of the new exporter: try the old
+        reason = f"{type(error).__name__}: {_first_line(error)}"
+    try:
+        with _quiet():
+            torch.onnx.export(model, args + ((kwargs,) if kwargs else ()), str(path),
+                              dynamo=False, input_names=_input_names(example_inputs))
+    except Exception as error:
+        raise ExportError(f"ONNX export of {type(model).__name__} failed with both exporters: "
+                          f"dynamo ({reason}); torchscript ({type(error).__name__}: "
+                          f"{_first_line(error)})") from error
+    return "torchscript", reason
+
+
+def _export_program(model: nn.Module, example_inputs: Any, path: Path) -> None:
+    args, kwargs = _arguments(example_inputs)
+    try:
+        with _quiet():
+            program = torch.export.export(model, args, kwargs or None)
+            torch.export.save(program, str(path))
+    except Exception as error:
+        raise ExportError(f"torch.export of {type(model).__name__} failed: "
+                          f"{type(error).__name__}: {_first_line(error)}") from error
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(example_inputs: Any) -> list[torch.Tensor]:
+        given = _flat_inputs(example_inputs)
+        if all(name in given for name in names):  # by name where the names are the model's
+            feed = {name: given[name] for name in names}
+        else:  # else by position (the exporter drops inputs the graph does not read)
+            feed = dict(zip(names, given.values()))
+        return [torch.from_numpy(array) for array in session.run(None, feed)]
+
+    return run
+
+
+def _program_runner(path: Path):
+    program = torch.export.load(str(path)).module()
+
+    def run(example_inputs: Any) -> list[torch.Tensor]:
+        args, kwargs = _arguments(example_inputs)
+        return _outputs(program(*args, **kwargs))
+
+    return run
+
+
+def _flat_inputs(example_inputs: Any) -> dict[str, Any]:
+    """Every tensor input by the name the exporters give it, as numpy arrays."""
+    return {name: value.detach().cpu().numpy()
+            for name, value in zip(_input_names(example_inputs),
+                                   _input_tensors(example_inputs))}
+
+
+def _input_tensors(example_inputs: Any) -> list[torch.Tensor]:
+    args, kwargs = _arguments(example_inputs)
+    return [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor)]
+
+
+def _input_names(example_inputs: Any) -> list[str]:
+    if isinstance(example_inputs, dict):
+        return [k for k, v in example_inputs.items() if isinstance(v, torch.Tensor)]
+    return [f"input_{i}" for i, _ in enumerate(_input_tensors(example_inputs))]
+
+
+def _outputs(output: Any) -> list[torch.Tensor]:
+    return [t.detach().float() for _, t in named_tensors(output)]
+
+
+def _difference(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest difference over all outputs, each relative to its largest magnitude;
+    a different count or shape of outputs is an infinite difference."""
+    if len(actual) != len(expected):
+        return float("inf")
+    worst = 0.0
+    for got, want in zip(actual, expected):
+        if tuple(got.shape) != tuple(want.shape):
+            return float("inf")
+        if want.numel() == 0:
+            continue
+        scale = max(float(want.abs().max()), 1e-12)
+        worst = max(worst, float((got.float() - want).abs().max()) / scale)
+    return worst
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+
+
+def _move_into_place(written: Path, path: Path) -> None:
+    """The checked file replaces ``path`` in one step; an ONNX model too large for one file
+    keeps its weights beside it (``<name>.data``), moved along."""
+    for extra in written.parent.iterdir():
+        if extra != written and extra.name.startswith(written.name):
+            os.replace(extra, path.with_name(extra.name))
+    os.replace(written, path)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters print progress and warnings of their own; the report says what matters."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export",
+                                                    "torch._dynamo", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
