@@ -13,6 +13,7 @@ around it ``layers``, ``hf``, ``recover``, ``workflows`` and ``cli``.
 
 from .api import PruneResult, prune
 from .checks import VerifyReport, verify
+from .deploy import ExportReport, export
 from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedOpError
 from .graph import rules
 from .graph.dependency import DependencyGraph, Group
@@ -56,12 +57,12 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
-    "DependencyGraph", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
+    "DependencyGraph", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
     "Speedup", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
     "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
-    "criterion_names",
+    "criterion_names", "export",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
     "layer_importance", "load", "measure", "prune", "register_criterion", "register_handler",
     "register_rule", "rules", "save", "sensitivity", "verify",

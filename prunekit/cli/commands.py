@@ -203,6 +203,53 @@ def _method(name: str, criterion: str | None, **options) -> PruningMethod:
 
 
 @app.command()
+def export(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    pruned: Path = typer.Option(None, help="a folder `prunekit prune` wrote: its plan and "
+                                           "weights are loaded onto --model first"),
+    input_shape: str = typer.Option(None, help="example input shape (as for prune); the "
+                                               "export takes these shapes"),
+    out: Path = typer.Option(..., help="the file to write: NAME.onnx (ONNX) or NAME.pt2 "
+                                       "(torch.export)"),
+    int8: bool = typer.Option(False, help="also write NAME.int8.onnx, ONNX Runtime's dynamic "
+                                          "int8 quantization, and report how far it moved"),
+    tolerance: float = typer.Option(1e-4, help="largest difference from PyTorch allowed, "
+                                               "relative to each output's largest value"),
+) -> None:
+    """Export a model (pruned or not) to ONNX or torch.export and check the file: it is run
+    back (ONNX Runtime, torch.export.load) on the example inputs and fresh inputs of their
+    shapes and compared with PyTorch. OUT is written only when the check passes."""
+    from ..deploy import FORMATS
+    from ..deploy import export as export_model
+    from ..io import load as load_pruned
+
+    try:
+        if out.suffix not in FORMATS:
+            raise ConfigError(f"--out {str(out)!r}: name it NAME.onnx (ONNX) or NAME.pt2 "
+                              f"(torch.export)")
+        if int8 and out.suffix != ".onnx":
+            raise ConfigError(f"--int8 is ONNX Runtime's quantizer: give an --out NAME.onnx "
+                              f"(got {out.name})")
+        if not out.parent.is_dir():
+            raise ConfigError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not "
+                              f"exist")
+        network = load_model(model, checkpoint).eval()
+        if pruned is not None:
+            if not (pruned / "plan.json").is_file():
+                raise ConfigError(f"--pruned {str(pruned)!r}: no plan.json there; give the "
+                                  f"folder `prunekit prune --out` wrote")
+            load_pruned(pruned, network)
+        x = example_inputs(network, input_shape)
+        with _progress(f"exporting to {out.name} and checking it"):
+            report = export_model(network, x, out, quantize="int8" if int8 else None,
+                                  tolerance=tolerance)
+    except (PruneError, ConfigError) as error:
+        _fail(error)
+    console.print(f"[green]checked:[/] {escape(str(report))}")
+
+
+@app.command()
 def analyze(
     model: str = typer.Option(..., help=MODEL_HELP),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),

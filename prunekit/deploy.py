@@ -295,8 +295,10 @@ def _first_line(error: Exception) -> str:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The exporters print progress and warnings of their own; the report says what matters."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export",
-                                                    "torch._dynamo", "torch._export")]
+    # "" is the root logger, where ONNX Runtime's quantizer logs its advice
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "onnxscript",
+                                                    "torch.export", "torch._dynamo",
+                                                    "torch._export")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
