@@ -23,6 +23,7 @@ from .checks.checks import CheckReport
 from .checks.comparison import DEFAULT_TOLERANCE
 from .checks.verify import CheckInputs, compared_in_float64
 from .errors import ConfigError, PruneError
+from .latency import LatencyReached
 from .measure import Measurement
 from .methods.base import PruneContext, PruningMethod
 from .optimizers import rebind_optimizer
@@ -51,6 +52,9 @@ class PruneResult:
     report: CheckReport | None = None
     # ops the trace had no coupling rule for: the dims they touch were left as they are
     unknown_ops: list = field(default_factory=list)
+    # a latency target and what the search reached, timed against the unpruned model (for
+    # the plan as proposed: pieces the check skipped, listed in ``skipped``, stay unpruned)
+    latency: LatencyReached | None = None
 
     @property
     def param_reduction(self) -> float:
@@ -64,6 +68,8 @@ class PruneResult:
         lines = [f"params {self.before.params:,} -> {self.after.params:,} "
                  f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
                  f"{self.after.flops:,} (-{self.flop_reduction:.1%})"]
+        if self.latency is not None:
+            lines.append(str(self.latency))
         if self.report is not None:
             lines.append(f"check: {self.report}")
         for op in self.unknown_ops[:SHOWN_SKIPPED]:
@@ -135,6 +141,7 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
         inputs = compared_in_float64(model, inputs, proposal.selections)
         outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance))
         unknown_ops = proposal.unknown_ops
+        latency = getattr(proposal, "latency", None)
         del proposal  # a traced graph holds references to the unpruned tensors
         if outcome.skipped and outcome.plan.is_empty:
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in outcome.skipped[:3])
@@ -155,4 +162,4 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     if optimizer is not None:
         rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
-                       config_matches[0], outcome.report, unknown_ops)
+                       config_matches[0], outcome.report, unknown_ops, latency)

@@ -84,6 +84,32 @@ class Speedup:
         return {**asdict(self), "within_noise": self.within_noise}
 
 
+@dataclass(frozen=True)
+class LatencyReached:
+    """A latency target and what the chosen plan reached, timed against the unpruned model."""
+
+    target: float  # fraction of the unpruned latency asked for
+    measured: Speedup
+
+    @property
+    def reached(self) -> float:
+        """The fraction of the unpruned latency the pruned model runs in."""
+        return 1 / self.measured.speedup
+
+    @property
+    def met(self) -> bool:
+        """Within 5% of the target (the search's tolerance)."""
+        return abs(self.reached - self.target) <= 0.05 * self.target
+
+    def __str__(self) -> str:
+        text = (f"latency target {self.target:.0%} of the unpruned model's, reached "
+                f"{self.reached:.0%} ({self.measured})")
+        if not self.met:
+            text += ("; not within 5% of the target: the timings on this machine vary more "
+                     "than that, or no ratio lands closer")
+        return text
+
+
 def time_models(models: Sequence[nn.Module], example_inputs: Any, *, threads: int | None = None,
                 warmup: int = 3, min_rounds: int = 10, max_rounds: int = 200,
                 min_time: float = 1.0, inputs: Sequence[Any] | None = None

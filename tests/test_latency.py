@@ -115,3 +115,56 @@ def test_the_command_line_prints_both_timings_and_how_they_were_taken(tmp_path, 
                                     "--out", str(tmp_path / "quiet")])
     assert quiet.exit_code == 0, quiet.output
     assert "latency" not in quiet.output
+
+
+def wide_mlp() -> tuple[nn.Module, torch.Tensor]:
+    """Most of its time is the hidden layer's matmuls, so fewer neurons is less time."""
+    torch.manual_seed(0)
+    return (nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval(),
+            torch.randn(64, 256))
+
+
+def test_a_latency_target_searches_by_timing_and_reports_what_it_reached():
+    model, x = wide_mlp()
+    result = pk.prune(model, x, pk.FilterPruning(latency_target=0.6))
+    reached = result.latency
+    assert reached is not None and reached.target == 0.6
+    assert reached.reached == pytest.approx(1 / reached.measured.speedup)
+    assert model[0].out_features < 1024  # something was removed to get there
+    assert "latency target 60% of the unpruned model's, reached" in str(result)
+    assert result.report.ok  # still the verified prune
+
+
+def test_an_unreachable_latency_target_says_why_and_leaves_the_model_alone():
+    model, x = wide_mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.PruneError, match="cannot reach 1% of the unpruned latency"):
+        pk.prune(model, x, pk.FilterPruning(latency_target=0.01, max_ratio=0.1))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"latency_target": 1.5}, "latency_target is the fraction of the unpruned latency"),
+    ({"latency_target": 0.0}, "latency_target is the fraction"),
+    ({"latency_target": 0.5, "flops_target": 0.5}, "not flops_target and latency_target"),
+])
+def test_bad_latency_targets_are_clear_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        pk.ChannelPruning(**options)
+
+
+def test_a_latency_target_is_one_shot():
+    model, x = wide_mlp()
+    with pytest.raises(ConfigError, match="latency_target is reached in one step"):
+        pk.iterative_prune(model, x, pk.FilterPruning(latency_target=0.5), steps=2)
+
+
+def test_the_command_line_takes_a_latency_target_for_channel_methods_only(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
+                                     "1,3,32,32", "--method", "layers", "--latency-target",
+                                     "0.5", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--latency-target: --method layers has no latency target" in result.output
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 try:
     import typer
     from rich.console import Console
@@ -69,6 +71,10 @@ def prune(
     criterion: str = typer.Option(None, help=CRITERION_HELP),
     round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
     flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
+    latency_target: float = typer.Option(None, help="filter/channel: run in this fraction of "
+                                                    "the unpruned time (0.5: twice as fast), "
+                                                    "timed on this machine with these inputs "
+                                                    "and --threads, instead of --ratio"),
     global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
     data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches; "
                                         "data-driven criteria read up to --calibration-batches "
@@ -89,7 +95,15 @@ def prune(
     try:
         check_out(out, {"model.safetensors", "plan.json", "hf", "tokenizer"})
         pruning = _method(method, criterion, ratio=ratio, n=n, round_to=round_to,
-                          flops_target=flops_target, global_ranking=global_ranking)
+                          flops_target=flops_target, latency_target=latency_target,
+                          global_ranking=global_ranking)
+        if latency_target is not None and not hasattr(pruning, "latency_target"):
+            raise ConfigError(f"--latency-target: --method {method} has no latency target; "
+                              f"use --method filter or channel")
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"--threads {threads}: give a positive number")
+            torch.set_num_threads(threads)  # for the search's timings as for the report's
         network = load_model(model, checkpoint).eval()
         if data is None:
             x = example_inputs(network, input_shape)
@@ -132,6 +146,8 @@ def prune(
                       f"unpruned")
     if result.plan.layers:
         console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
+    if result.latency is not None:
+        console.print(escape(str(result.latency)))
     if result.report is not None:
         console.print(f"check: {escape(str(result.report))}")
     if result.skipped:

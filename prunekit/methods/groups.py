@@ -15,9 +15,10 @@ from torch import nn
 from ..errors import ConfigError, PruneError
 from ..graph.dependency import DependencyGraph, Group, Member
 from ..importance import ChannelView, get_criterion
+from ..latency import LatencyReached
 from ..plan import Plan
 from ..planning import selection
-from ..planning.budgets import ratio_for_budget
+from ..planning.budgets import ratio_for_budget, ratio_for_latency
 from ..planning.plans import plan_from_keep
 from ..recover.reconstruct import reconstruct
 from .base import Preview, PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
@@ -45,6 +46,7 @@ class GroupProposal(Proposal):
     graph: DependencyGraph
     keep: dict[int, torch.Tensor]
     method: dict[str, Any]
+    latency: LatencyReached | None = None  # what a latency target reached, as timed
 
     @property
     def pieces(self) -> list[int]:
@@ -89,6 +91,11 @@ class GroupPruning(PruningMethod):
         flops_target: remove this fraction of the model's FLOPs (``ratio`` is then searched
             for, within ``max_ratio``); met within 2 percentage points.
         params_target: the same for parameters.
+        latency_target: run in this fraction of the unpruned model's time (0.5: twice as
+            fast), measured on this machine with the example inputs and torch's thread
+            count; ``ratio`` is searched for, each candidate timed interleaved with a copy
+            of the unpruned model, until within 5% of the target (``result.latency`` says
+            what was reached). One-shot only.
 
     Example:
         >>> @dataclass
@@ -106,6 +113,7 @@ class GroupPruning(PruningMethod):
     max_ratio: float = 0.9
     flops_target: float | None = None
     params_target: float | None = None
+    latency_target: float | None = None
 
     target: ClassVar[str] = "channels"  # what its criteria score
 
@@ -123,8 +131,18 @@ class GroupPruning(PruningMethod):
         for target in ("flops_target", "params_target"):
             if getattr(self, target) is not None:
                 check_ratio(getattr(self, target), f"{name}.{target}")
-        if self.flops_target is not None and self.params_target is not None:
-            raise ConfigError(f"{name}: give flops_target or params_target, not both")
+        targets = [t for t in ("flops_target", "params_target", "latency_target")
+                   if getattr(self, t) is not None]
+        if len(targets) > 1:
+            raise ConfigError(f"{name}: give one of flops_target, params_target and "
+                              f"latency_target, not {' and '.join(targets)}")
+        if self.latency_target is not None and (
+                isinstance(self.latency_target, bool)
+                or not isinstance(self.latency_target, (int, float))
+                or not 0 < self.latency_target < 1):
+            raise ConfigError(f"{name}.latency_target is the fraction of the unpruned "
+                              f"latency to reach, in (0, 1) (0.5: twice as fast); got "
+                              f"{self.latency_target!r}")
         if (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
                 or self.round_to < 1):
             raise ConfigError(f"{name}.round_to must be a positive integer, got {self.round_to!r}")
@@ -223,21 +241,28 @@ class GroupPruning(PruningMethod):
             return "flops", self.flops_target
         if self.params_target is not None:
             return "params", self.params_target
+        if self.latency_target is not None:
+            return "latency", self.latency_target
         return None
 
     def propose(self, model, example_inputs, context):
         graph, groups = self.traced_candidates(model, example_inputs, context.ignore,
                                                context.strict)
         scores = self.score(graph, groups, context.data, context.loss_fn)
-        ratio, budget = None, self.budget()
+        ratio, budget, latency = None, self.budget(), None
         if budget is not None:
             def plan_at(r: float) -> Plan:
                 return plan_from_keep(graph, self.select(graph, groups, scores, r, dither=True),
                                       {})
-            ratio = ratio_for_budget(model, example_inputs, plan_at, *budget,
-                                     self.max_ratio, type(self).__name__)
+            if budget[0] == "latency":
+                ratio, speed = ratio_for_latency(model, example_inputs, plan_at, budget[1],
+                                                 self.max_ratio, type(self).__name__)
+                latency = LatencyReached(budget[1], speed)
+            else:
+                ratio = ratio_for_budget(model, example_inputs, plan_at, *budget,
+                                         self.max_ratio, type(self).__name__)
         keep = self.select(graph, groups, scores, ratio, dither=ratio is not None)
-        return GroupProposal(graph, keep, self.to_dict())
+        return GroupProposal(graph, keep, self.to_dict(), latency)
 
     # -- workflows -------------------------------------------------------------------------------
     def step(self, step, steps, removed):
@@ -250,6 +275,10 @@ class GroupPruning(PruningMethod):
         budget = self.budget()
         if budget is None:
             return dataclasses.replace(self, ratio=1 - (1 - self.ratio) ** (1 / steps))
+        if budget[0] == "latency":
+            raise ConfigError(f"{type(self).__name__}.latency_target is reached in one step "
+                              f"(each step would need its own timing); prune iteratively "
+                              f"with flops_target, then check the latency")
         quantity, target = budget
         goal, done = target * step / steps, removed.get(quantity, 0.0)
         if goal <= done:

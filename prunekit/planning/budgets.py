@@ -1,21 +1,26 @@
-"""Budgets: find how much to prune so that a fraction of FLOPs or parameters goes.
+"""Budgets: find how much to prune so that a fraction of FLOPs or parameters goes, or so
+that the model runs in a fraction of its time.
 
 Every candidate is applied in place, measured and undone (``evaluate_applied``), so the
-numbers are the pruned model's own, not an estimate.
+numbers are the pruned model's own, not an estimate; latency is timed, interleaved with a
+copy of the unpruned model, on this machine.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import PruneError
+from ..latency import Speedup, compare_latency
 from ..measure import count_flops, count_params
 from ..plan import Plan
 from ..surgery.apply import evaluate_applied
 
 TOLERANCE = 0.005  # a budget is met within half a percentage point when it can be
+LATENCY_TOLERANCE = 0.05  # a latency target is met within 5% of itself
 
 
 def size_of(model: nn.Module, example_inputs: Any, quantity: str) -> int:
@@ -51,6 +56,44 @@ def ratio_for_budget(model: nn.Module, example_inputs: Any, plan_at: Callable[[f
             break
         low, high = (middle, high) if achieved < target else (low, middle)
     return best[1]
+
+
+def ratio_for_latency(model: nn.Module, example_inputs: Any, plan_at: Callable[[float], Plan],
+                      target: float, max_ratio: float, who: str) -> tuple[float, Speedup]:
+    """The ratio whose pruned model runs in ``target`` of the unpruned model's time (within
+    5% of the target), and that model's measured speed-up. Each candidate is timed
+    interleaved with a copy of the unpruned model (held for the search), on the example
+    inputs with torch's thread count: measured, not predicted from FLOPs."""
+    reference = copy.deepcopy(model)
+
+    def timed(ratio: float) -> Speedup:
+        return evaluate_applied(model, plan_at(ratio), lambda pruned: compare_latency(
+            reference, pruned, example_inputs, min_time=1.0))
+
+    tolerance = LATENCY_TOLERANCE * target
+    most = timed(max_ratio)
+    if 1 / most.speedup > target + tolerance:
+        raise PruneError(f"{who}: cannot reach {target:.0%} of the unpruned latency on this "
+                         f"machine: removing max_ratio={max_ratio} of every group runs in "
+                         f"{1 / most.speedup:.0%} of it ({most}). Raise max_ratio, prune "
+                         f"layers as well, or aim higher; the model was left unchanged")
+    best = (abs(1 / most.speedup - target), max_ratio, most)
+    low, high = 0.0, max_ratio
+    for _ in range(12):
+        if best[0] <= tolerance:
+            break
+        middle = (low + high) / 2
+        speed = timed(middle)
+        reached = 1 / speed.speedup
+        if abs(reached - target) < best[0]:
+            best = (abs(reached - target), middle, speed)
+        low, high = (middle, high) if reached > target else (low, middle)
+    # the search timed each candidate briefly; the plan it settled on is timed at length,
+    # and that is the number reported
+    chosen = best[1]
+    final = evaluate_applied(model, plan_at(chosen), lambda pruned: compare_latency(
+        reference, pruned, example_inputs, min_time=2.0))
+    return chosen, final
 
 
 def shortest_prefix_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
