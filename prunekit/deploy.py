@@ -241,13 +241,16 @@ def _flat_inputs(example_inputs: Any) -> dict[str, Any]:
 
 
 def _input_tensors(example_inputs: Any) -> list[torch.Tensor]:
+    """Every tensor in the inputs, nested lists (a detector's list of images) included, in
+    the order the exporters flatten them."""
     args, kwargs = _arguments(example_inputs)
-    return [v for v in list(args) + list(kwargs.values()) if isinstance(v, torch.Tensor)]
+    return [t for _, t in named_tensors(list(args) + list(kwargs.values()))]
 
 
 def _input_names(example_inputs: Any) -> list[str]:
-    if isinstance(example_inputs, dict):
-        return [k for k, v in example_inputs.items() if isinstance(v, torch.Tensor)]
+    if isinstance(example_inputs, dict) and all(
+            isinstance(v, torch.Tensor) for v in example_inputs.values()):
+        return list(example_inputs)
     return [f"input_{i}" for i, _ in enumerate(_input_tensors(example_inputs))]
 
 
@@ -303,7 +306,8 @@ def _quiet() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

