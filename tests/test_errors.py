@@ -184,10 +184,18 @@ def test_a_module_replaced_while_evaluating_takes_the_models_mode():
     assert all(m.training for m in model.modules())
 
 
+@pytest.mark.parametrize("copy_limit", [0, 2**20], ids=["saved-slices", "whole-copy"])
 @pytest.mark.parametrize("dims", [{0: [1, 3]}, {0: [0, 2], 1: [1]}, {1: [0], 2: [2]},
                                   {0: [0], 1: [1, 2], 2: [0, 2]}])
-def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims):
+def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, copy_limit,
+                                                                          monkeypatch):
+    import importlib
+
     from prunekit.checks.verify import _mask_parameters
+
+    # the module (``prunekit.checks.verify`` the attribute is the function of that name)
+    monkeypatch.setattr(importlib.import_module("prunekit.checks.verify"), "COPY_LIMIT",
+                        copy_limit)
 
     holder = nn.Module()
     holder.weight = nn.Parameter(torch.randn(4, 3, 3))

@@ -75,7 +75,8 @@ def test_a_failed_check_leaves_the_file_that_was_there(tmp_path, monkeypatch):
         return lambda inputs: [t + 1 for t in run(inputs)]
 
     monkeypatch.setattr(export_module, "_onnx_runner", off_by_one)
-    with pytest.raises(ExportError, match="differs from the model: largest difference"):
+    with pytest.raises(ExportError, match="dynamo: largest difference .*; torchscript: "
+                                          "largest difference"):
         pk.export(model, x, target)
     assert target.read_bytes() == b"the user's earlier file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no scratch left
@@ -96,6 +97,22 @@ def test_the_torchscript_exporter_is_the_fallback_and_the_report_says_why(tmp_pa
     assert report.exporter == "torchscript"
     assert "RuntimeError: unsupported op for this test" in report.fallback_reason
     assert report.largest_difference <= 1e-5
+
+
+def test_a_dynamo_file_that_onnx_runtime_cannot_load_falls_back_too(tmp_path, monkeypatch):
+    model, x = pruned_cnn()
+    real_runner = export_module._onnx_runner
+    calls = []
+
+    def refuse_the_first(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise RuntimeError("[ONNXRuntimeError] ShapeInferenceError for this test")
+        return real_runner(path)
+
+    monkeypatch.setattr(export_module, "_onnx_runner", refuse_the_first)
+    report = pk.export(model, x, tmp_path / "model.onnx")
+    assert report.exporter == "torchscript" and "ShapeInferenceError" in report.fallback_reason
 
 
 def test_int8_quantization_is_written_beside_and_its_difference_reported(tmp_path):

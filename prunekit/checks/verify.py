@@ -87,14 +87,35 @@ def _removed(size: int, kept: list[int]) -> torch.Tensor:
     return removed.nonzero().flatten()
 
 
+COPY_LIMIT = 16 * 2**20  # bytes: a tensor this size or smaller is copied to be masked
+
+
+def _removed_mask(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> torch.Tensor:
+    """True where any dim's index is removed, shaped to broadcast over ``tensor``."""
+    mask = torch.zeros((), dtype=torch.bool, device=tensor.device)
+    for dim, index in removed.items():
+        along = torch.zeros(tensor.shape[dim], dtype=torch.bool, device=tensor.device)
+        along[index] = True
+        shape = [1] * tensor.dim()
+        shape[dim] = tensor.shape[dim]
+        mask = mask | along.view(shape)
+    return mask
+
+
 def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Callable[[], None]:
     """Zero the removed channels of ``tensor`` in place and return what puts them back.
 
-    Only the zeroed values are kept: the removed slices along one dim; along two dims, every
-    removed column plus the removed rows' other columns (3/4 of a tensor that loses half
-    along each, where a copy would be all of it: the difference decides whether the largest
-    models fit in memory while they are checked).
+    A tensor up to ``COPY_LIMIT`` bytes is copied whole and zeroed with one broadcast mask:
+    a plain copy and one vectorised fill are several times faster than gathering the removed
+    slices. A larger one keeps only the zeroed values: the removed slices along one dim;
+    along two dims, every removed column plus the removed rows' other columns (3/4 of a
+    tensor that loses half along each, where a copy would be all of it: the difference
+    decides whether the largest models fit in memory while they are checked).
     """
+    if tensor.numel() * tensor.element_size() <= COPY_LIMIT:
+        saved = tensor.clone()
+        tensor.masked_fill_(_removed_mask(tensor, removed), 0)
+        return lambda: tensor.copy_(saved)
     if len(removed) == 1:
         (dim, index), = removed.items()
         saved = tensor.index_select(dim, index)
