@@ -28,6 +28,12 @@ def _within(module: str, name: str) -> bool:
     return module == name or not name or module.startswith(name + ".")
 
 
+# Widths a latency target keeps by default: a multiple of 8 channels. Measured here: ResNet-50
+# at half its FLOPs ran 1.68x faster with widths rounded to 8 (and to 16), 1.45x with
+# arbitrary widths; MobileNetV3-Large 1.24x against 1.04x.
+LATENCY_ROUND_TO = 8
+
+
 def check_module_names(model: nn.Module, names: Iterable[str], who: str) -> None:
     """Every name is a module of ``model``; a ``ConfigError`` with close matches otherwise."""
     modules = [name for name, _ in model.named_modules() if name]
@@ -95,7 +101,8 @@ class GroupPruning(PruningMethod):
             fast), measured on this machine with the example inputs and torch's thread
             count; ``ratio`` is searched for, each candidate timed interleaved with a copy
             of the unpruned model, until within 5% of the target (``result.latency`` says
-            what was reached). One-shot only.
+            what was reached). Kept widths are multiples of 8 unless ``round_to`` says
+            otherwise (arbitrary widths ran 15% slower on ResNet-50 here). One-shot only.
 
     Example:
         >>> @dataclass
@@ -250,10 +257,14 @@ class GroupPruning(PruningMethod):
                                                context.strict)
         scores = self.score(graph, groups, context.data, context.loss_fn)
         ratio, budget, latency = None, self.budget(), None
+        # a latency target keeps widths the CPU kernels run fast, unless told otherwise
+        chooser = (dataclasses.replace(self, round_to=LATENCY_ROUND_TO)
+                   if budget is not None and budget[0] == "latency" and self.round_to == 1
+                   else self)
         if budget is not None:
             def plan_at(r: float) -> Plan:
-                return plan_from_keep(graph, self.select(graph, groups, scores, r, dither=True),
-                                      {})
+                return plan_from_keep(graph, chooser.select(graph, groups, scores, r,
+                                                            dither=True), {})
             if budget[0] == "latency":
                 ratio, speed = ratio_for_latency(model, example_inputs, plan_at, budget[1],
                                                  self.max_ratio, type(self).__name__)
@@ -261,7 +272,7 @@ class GroupPruning(PruningMethod):
             else:
                 ratio = ratio_for_budget(model, example_inputs, plan_at, *budget,
                                          self.max_ratio, type(self).__name__)
-        keep = self.select(graph, groups, scores, ratio, dither=ratio is not None)
+        keep = chooser.select(graph, groups, scores, ratio, dither=ratio is not None)
         return GroupProposal(graph, keep, self.to_dict(), latency)
 
     # -- workflows -------------------------------------------------------------------------------
