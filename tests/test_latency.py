@@ -169,3 +169,13 @@ def test_the_command_line_takes_a_latency_target_for_channel_methods_only(tmp_pa
     assert result.exit_code == 2
     assert "--latency-target: --method layers has no latency target" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_iterative_steps_are_timed_against_the_unpruned_model():
+    model, x = wide_mlp()
+    history = pk.iterative_prune(model, x, pk.FilterPruning(0.5), steps=2, timing_inputs=x)
+    assert history.records[0].speedup is None
+    for step in history.steps:
+        assert step.speedup_low <= step.speedup <= step.speedup_high
+    untimed = pk.iterative_prune(wide_mlp()[0], x, pk.FilterPruning(0.5), steps=1)
+    assert untimed.steps[0].speedup is None

@@ -316,9 +316,12 @@ def iterative(
     lr: float = typer.Option(1e-3, help="Adam learning rate for fine-tuning"),
     calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
     out: Path = typer.Option(..., help="directory for the model, plan, history.json and plot"),
+    latency: bool = typer.Option(True, help="time every step's model against the unpruned "
+                                            "one, interleaved, on a test batch"),
+    threads: int = typer.Option(None, help="threads latency is timed with"),
 ) -> None:
     """Prune to a target in several steps, fine-tuning (cross-entropy) between them; record
-    params, FLOPs and test accuracy after every step."""
+    params, FLOPs, test accuracy and measured speed-up after every step."""
     from ..workflows.iterative import iterative_prune
 
     try:
@@ -332,6 +335,7 @@ def iterative(
                 network, x, pruning, steps, train_data=train, eval_data=test,
                 finetune_epochs=finetune_epochs, lr=lr,
                 data=list(itertools.islice(train, calibration_batches)),
+                timing_inputs=x if latency else None, threads=threads,
                 progress=lambda message: bar.update(task, description=message))
 
         def write(folder: Path) -> None:
@@ -344,12 +348,16 @@ def iterative(
         _fail(error)
     table = Table(title=f"{model}: {escape(pruning.summary())} in {steps} steps, "
                         f"{finetune_epochs} fine-tuning epochs each")
-    for column in ("step", "params", "params removed", "FLOPs removed", "test accuracy"):
+    for column in ("step", "params", "params removed", "FLOPs removed", "test accuracy",
+                   "speed-up (95% CI)"):
         table.add_column(column, justify="right")
     for r in history.records:
+        speed = ("—" if r.speedup is None else
+                 f"{r.speedup:.2f}× ({r.speedup_low:.2f}–{r.speedup_high:.2f})")
         table.add_row(str(r.step), f"{r.params:,}", f"{r.sparsity:.1%}", f"{r.flop_reduction:.1%}",
-                      f"{r.accuracy:.1%}")
-    console.print(table)
+                      f"{r.accuracy:.1%}", speed)
+    console.print(table, "speed-up: against the unpruned model, timed interleaved on a test "
+                         "batch" if latency else "")
     console.print(f"saved to {out}/ (model.safetensors, plan.json, history.json, history.png)")
 
 

@@ -7,6 +7,7 @@ final model saves and reloads with one plan.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..api import prune
 from ..errors import ConfigError
+from ..latency import compare_latency
 from ..measure import Measurement, count_flops, count_params
 from ..methods import PruningMethod
 from ..plan import Plan
@@ -33,6 +35,10 @@ class StepRecord:
     sparsity: float  # fraction of the original parameters removed
     flop_reduction: float
     accuracy: float | None
+    # against the unpruned model, timed interleaved in the same rounds (with timing_inputs)
+    speedup: float | None = None
+    speedup_low: float | None = None  # its 95% interval
+    speedup_high: float | None = None
 
 
 @dataclass
@@ -88,7 +94,8 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
                     finetune_epochs: int = 1, lr: float = 1e-3,
                     finetune: Callable[[nn.Module, int], None] | None = None,
                     evaluate: Callable[[nn.Module], float] | None = None,
-                    data: Iterable | None = None,
+                    data: Iterable | None = None, timing_inputs: Any = None,
+                    threads: int | None = None,
                     progress: Callable[[str], None] = lambda message: None) -> History:
     """Prune ``model`` in place to ``method``'s target in ``steps`` steps, fine-tuning after each.
 
@@ -103,6 +110,9 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
         finetune: your own ``finetune(model, step)`` instead of the built-in trainer.
         evaluate: your own ``evaluate(model) -> float`` instead of accuracy on ``eval_data``.
         data: calibration batches for data-driven criteria.
+        timing_inputs: with these, every step's model is timed against a copy of the
+            unpruned model (held for the run), interleaved in the same rounds
+            (``pk.compare_latency``), on ``threads`` threads.
 
     Returns:
         A ``History`` with one record for the unpruned model and one per step, and the
@@ -123,11 +133,17 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
             return evaluate_accuracy(pruned, eval_data)
 
     base = Measurement(count_params(model), count_flops(model, example_inputs))
+    unpruned = copy.deepcopy(model).eval() if timing_inputs is not None else None
 
     def record(step: int, size: Measurement) -> StepRecord:
-        return StepRecord(step, size.params, size.flops, 1 - size.params / base.params,
-                          1 - size.flops / max(base.flops, 1),
-                          evaluate(model) if evaluate is not None else None)
+        row = StepRecord(step, size.params, size.flops, 1 - size.params / base.params,
+                         1 - size.flops / max(base.flops, 1),
+                         evaluate(model) if evaluate is not None else None)
+        if unpruned is not None and step > 0:
+            progress(f"step {step}/{steps}: timing against the unpruned model")
+            speed = compare_latency(unpruned, model, timing_inputs, threads=threads)
+            row.speedup, row.speedup_low, row.speedup_high = speed.speedup, speed.low, speed.high
+        return row
 
     history = History([record(0, base)])
     size = base
