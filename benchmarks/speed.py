@@ -24,6 +24,7 @@ import argparse
 import copy
 import gc
 import json
+import math
 import sys
 import tempfile
 import time
@@ -196,6 +197,90 @@ def run_model(name: str, runtimes: tuple[str, ...], min_time: float) -> list[dic
     return rows
 
 
+def breakdown(name: str, repeats: int = 20) -> list[dict]:
+    """Where the time goes in eager at batch 1: milliseconds per kind of leaf module
+    (convolutions by kernel size and grouping), unpruned and pruned, timed with forward
+    hooks (which add a little to every module alike)."""
+    from collections import defaultdict
+
+    build, inputs, prune = MODELS[name]
+    torch.manual_seed(0)
+    unpruned = build()
+    pruned = copy.deepcopy(unpruned)
+    prune(pruned, inputs(1))
+    x = inputs(1)
+
+    def kind(module: nn.Module) -> str:
+        if isinstance(module, nn.Conv2d):
+            grouping = ("depthwise" if module.groups == module.in_channels > 1
+                        else "grouped" if module.groups > 1 else "")
+            return f"Conv2d {module.kernel_size[0]}×{module.kernel_size[1]} {grouping}".strip()
+        return type(module).__name__
+
+    def layer_flops(module: nn.Module, output: Any) -> int:
+        """Multiply-adds ×2 of a convolution or linear layer, from its output's size."""
+        if isinstance(output, torch.Tensor) and isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            return 2 * output.numel() * per_output
+        if isinstance(output, torch.Tensor) and isinstance(module, nn.Linear):
+            return 2 * output.numel() * module.in_features
+        return 0
+
+    def per_kind(model: nn.Module) -> tuple[dict[str, float], dict[str, int]]:
+        totals: dict[str, float] = defaultdict(float)
+        flops: dict[str, int] = defaultdict(int)
+        started: dict[int, float] = {}
+
+        def finished(module: nn.Module, _: Any, output: Any) -> None:
+            totals[kind(module)] += time.perf_counter() - started[id(module)]
+            flops[kind(module)] += layer_flops(module, output)
+
+        handles = []
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                handles.append(module.register_forward_pre_hook(
+                    lambda m, _: started.__setitem__(id(m), time.perf_counter())))
+                handles.append(module.register_forward_hook(finished))
+        with torch.inference_mode():
+            for _ in range(3):
+                pk.calls.call_model(model, x)
+            totals.clear()
+            flops.clear()
+            for _ in range(repeats):
+                pk.calls.call_model(model, x)
+        for handle in handles:
+            handle.remove()
+        return ({k: v / repeats * 1e3 for k, v in totals.items()},
+                {k: v // repeats for k, v in flops.items()})
+
+    (before, flops_before), (after, flops_after) = per_kind(unpruned), per_kind(pruned)
+    rows = [{"model": name, "kind": k, "unpruned_ms": before[k], "pruned_ms": after.get(k, 0.0),
+             "flops_factor": (flops_before[k] / flops_after[k] if flops_after.get(k)
+                              else None)}
+            for k in sorted(before, key=lambda k: -before[k])]
+    return rows
+
+
+def breakdown_markdown(rows: list[dict]) -> str:
+    lines = ["# Where the time goes (eager, batch 1)", "",
+             f"{THREADS} threads; milliseconds per forward pass by kind of leaf module, timed "
+             "with forward hooks, a mean over 20 passes after a warm-up: a guide to where "
+             "the time goes, not a figure to quote alone; functions called in `forward` "
+             "outside modules are not shown. Reproduce: `python benchmarks/speed.py --breakdown NAME ...`.", ""]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"## {name}", "",
+                  "| kind | unpruned ms | pruned ms | speed-up | FLOPs ÷ (conv, linear) |",
+                  "|---|---|---|---|---|"]
+        for r in (r for r in rows if r["model"] == name):
+            speed = (f"{r['unpruned_ms'] / r['pruned_ms']:.2f}×" if r["pruned_ms"] > 0.05
+                     else "—")
+            factor = f"{r['flops_factor']:.2f}×" if r.get("flops_factor") else ""
+            lines.append(f"| {r['kind']} | {r['unpruned_ms']:.1f} | {r['pruned_ms']:.1f} | "
+                         f"{speed} | {factor} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def to_markdown(rows: list[dict]) -> str:
     lines = ["# FLOPs saved, time saved", "",
              "Each model pruned to about half its FLOPs, then timed against the unpruned model "
@@ -226,6 +311,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(MODELS), help="models to run")
     parser.add_argument("--runtimes", nargs="*", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--breakdown", nargs="*", choices=sorted(MODELS),
+                        help="instead: time per kind of module for these models "
+                             "(speed_breakdown.md)")
     parser.add_argument("--round-to", type=int, default=ROUND_TO,
                         help="kept channels a multiple of this (1: any width)")
     parser.add_argument("--min-time", type=float, default=3.0,
@@ -233,6 +321,13 @@ def main() -> None:
     args = parser.parse_args()
     ROUND_TO = args.round_to
     torch.set_num_threads(THREADS)
+    if args.breakdown:
+        found = [row for name in args.breakdown for row in breakdown(name)]
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "speed_breakdown.json").write_text(json.dumps(found, indent=1))
+        (RESULTS / "speed_breakdown.md").write_text(breakdown_markdown(found))
+        print(breakdown_markdown(found))
+        return
     names = args.only or list(MODELS)
     rows = []
     for name in names:
