@@ -316,7 +316,7 @@ def main() -> None:
                              "(speed_breakdown.md)")
     parser.add_argument("--round-to", type=int, default=ROUND_TO,
                         help="kept channels a multiple of this (1: any width)")
-    parser.add_argument("--min-time", type=float, default=3.0,
+    parser.add_argument("--min-time", type=float, default=2.0,
                         help="seconds of interleaved rounds per measurement (at least 10)")
     args = parser.parse_args()
     ROUND_TO = args.round_to
