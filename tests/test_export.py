@@ -189,3 +189,12 @@ def test_export_mistakes_are_one_line_naming_the_option(tmp_path, args, message)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and re.search(message, lines[0]), lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_counts_convolutions_onnx_runtime_runs_slowly(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 16, 3)).eval()
+    report = pk.export(model, torch.randn(1, 3, 12, 12), tmp_path / "odd.onnx")
+    assert report.odd_widths == 1
+    assert "1 convolution has a width that is not a multiple of 8" in str(report)
+    assert "round_to=8" in str(report)
