@@ -7,8 +7,15 @@ compared with the PyTorch model's on the example inputs and on fresh inputs of t
 shapes. The file appears at ``path`` only when that check passed; otherwise nothing there
 changes. ONNX uses the dynamo-based exporter and falls back to the TorchScript one only
 where the dynamo one fails, and says so. ``quantize="int8"`` adds ONNX Runtime's dynamic
-int8 quantization of the checked model; its outputs are compared and reported, not held to
-the float tolerance (they differ by design).
+int8 quantization of the checked model's matrix multiplies (``MatMul``, ``Gemm``); its
+outputs are compared and reported, not held to the float tolerance (they differ by design).
+Convolutions stay float: ONNX Runtime's dynamic int8 convolution (``ConvInteger``) ran the
+digits ResNet 14× slower here (``benchmarks/results/quantize.md``).
+
+ONNX Runtime's fast convolution kernels work on blocks of 8 channels: a convolution whose
+width is not a multiple of 8 takes a slower path (a pruned digits ResNet with widths 23 and
+45 ran 2.1× slower than the unpruned model in ONNX Runtime, 1.6× faster with widths rounded
+to 8; same file). The report counts such convolutions; prune with ``round_to=8`` for ONNX.
 """
 
 from __future__ import annotations
