@@ -13,9 +13,9 @@ Convolutions stay float: ONNX Runtime's dynamic int8 convolution (``ConvInteger`
 digits ResNet 14× slower here (``benchmarks/results/quantize.md``).
 
 ONNX Runtime's fast convolution kernels work on blocks of 8 channels: a convolution whose
-width is not a multiple of 8 takes a slower path (a pruned digits ResNet with widths 23 and
-45 ran 2.1× slower than the unpruned model in ONNX Runtime, 1.6× faster with widths rounded
-to 8; same file). The report counts such convolutions; prune with ``round_to=8`` for ONNX.
+width is not a multiple of 8 takes a slower path (a digits ResNet pruned at the widths its
+FLOPs budget chose ran 2.1× slower than the unpruned model in ONNX Runtime, 1.6× faster
+with widths rounded to 8; same file). The report counts such convolutions; prune with ``round_to=8`` for ONNX.
 """
 
 from __future__ import annotations
