@@ -110,6 +110,18 @@ class LatencyReached:
         return text
 
 
+def speedup_cell(speedup: float | None, low: float | None = None,
+                 high: float | None = None) -> str:
+    """A table cell: ``1.84× (1.80–1.88)``, ``≈ 1 (0.97–1.05)`` where the interval holds 1,
+    ``—`` for none."""
+    if speedup is None:
+        return "—"
+    if low is None or high is None:
+        return f"{speedup:.2f}×"
+    value = "≈ 1" if low <= 1.0 <= high else f"{speedup:.2f}×"
+    return f"{value} ({low:.2f}–{high:.2f})"
+
+
 def time_models(models: Sequence[nn.Module], example_inputs: Any, *, threads: int | None = None,
                 warmup: int = 3, min_rounds: int = 10, max_rounds: int = 200,
                 min_time: float = 1.0, inputs: Sequence[Any] | None = None

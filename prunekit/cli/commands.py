@@ -25,7 +25,7 @@ from ..api import prune as prune_model
 from ..errors import ConfigError, PlanError, PruneError, TraceError
 from ..importance import criterion_names, get_criterion
 from ..io import write_checkpoint
-from ..latency import compare_latency
+from ..latency import compare_latency, speedup_cell
 from ..measure import measure
 from ..methods import LayerPruning, PruningMethod, cli_methods
 from .output import check_out, copy_hf_extras, replace_out
@@ -352,8 +352,7 @@ def iterative(
                    "speed-up (95% CI)"):
         table.add_column(column, justify="right")
     for r in history.records:
-        speed = ("—" if r.speedup is None else
-                 f"{r.speedup:.2f}× ({r.speedup_low:.2f}–{r.speedup_high:.2f})")
+        speed = speedup_cell(r.speedup, r.speedup_low, r.speedup_high)
         table.add_row(str(r.step), f"{r.params:,}", f"{r.sparsity:.1%}", f"{r.flop_reduction:.1%}",
                       f"{r.accuracy:.1%}", speed)
     console.print(table, "speed-up: against the unpruned model, timed interleaved on a test "

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..latency import speedup_cell
 from ..methods import FilterPruning
 from ..recover import train_classifier
 from ..workflows.compare import Comparison, compare
@@ -107,12 +108,12 @@ def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epo
               "![accuracy against FLOPs](comparison.png)", "",
               f"## Iterative pruning ({steps} steps, fine-tuning between)", "",
               "Speed-up: against the unpruned model, timed interleaved in the same rounds "
-              f"on a test batch of {timing_batch.shape[0]}, with its 95% interval.", "",
+              f"on a test batch of {timing_batch.shape[0]}, with its 95% interval ('≈ 1' "
+              "where that interval holds 1).", "",
               "| step | params removed | FLOPs removed | accuracy | speed-up |",
               "|---|---|---|---|---|"]
     report += [f"| {r.step} | {r.sparsity:.1%} | {r.flop_reduction:.1%} | {r.accuracy:.1%} | "
-               + ("—" if r.speedup is None else
-                  f"{r.speedup:.2f}× ({r.speedup_low:.2f}–{r.speedup_high:.2f})") + " |"
+               + speedup_cell(r.speedup, r.speedup_low, r.speedup_high) + " |"
                for r in history.records]
     report += ["", "![iterative pruning](iterative.png)", "", "## Sensitivity", "",
                table.to_markdown(), "![sensitivity](sensitivity.png)", ""]

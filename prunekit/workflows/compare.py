@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..api import prune
-from ..latency import Speedup, Timing, measure_latency, speedups_over_first
+from ..latency import Speedup, Timing, measure_latency, speedup_cell, speedups_over_first
 from ..measure import count_flops, count_params
 from ..methods import ChannelPruning, FilterPruning, LayerPruning
 from ..recover import evaluate_accuracy, recalibrate_norms, train_classifier
@@ -110,7 +110,7 @@ class Comparison:
         left, its accuracy at each stage as bars; right, its speed-up over the unpruned model
         with the 95% interval, and the FLOPs it removed."""
         rows = self.rows
-        figure = new_figure(11, 0.42 * len(rows) + 1.6)
+        figure = new_figure(11, 0.42 * len(rows) + 2.0)
         accuracy_axes, speed_axes = figure.subplots(
             1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
         positions = list(range(len(rows)))[::-1]  # the first row on top
@@ -126,7 +126,9 @@ class Comparison:
         accuracy_axes.set_yticks(positions, [r.method for r in rows])
         accuracy_axes.set_xlim(0, 100)
         accuracy_axes.set_xlabel("test accuracy (%)")
-        accuracy_axes.legend(loc="lower left", fontsize=8, framealpha=0.9)
+        # an empty band below the last method holds the legend, clear of every bar
+        accuracy_axes.set_ylim(-1.6, len(rows) - 0.4)
+        accuracy_axes.legend(loc="lower center", fontsize=8, ncol=3, frameon=False)
         base = self.baseline
         for y, r in zip(positions, rows):
             speed = r.speedup
@@ -152,8 +154,7 @@ def speedup_text(speedup: Speedup | None) -> str:
     """``1.84× (1.80–1.88)``, ``≈ 1 (0.97–1.05)`` within the noise, ``—`` for none."""
     if speedup is None:
         return "—"
-    value = "≈ 1" if speedup.within_noise else f"{speedup.speedup:.2f}×"
-    return f"{value} ({speedup.low:.2f}–{speedup.high:.2f})"
+    return speedup_cell(speedup.speedup, speedup.low, speedup.high)
 
 
 def verdict(verified: bool | None) -> str:
