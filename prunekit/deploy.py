@@ -212,7 +212,11 @@ def _write(exporter: str, model: nn.Module, example_inputs: Any, path: Path):
 
 
 def _onnx_runner(path: Path):
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError("checking an ONNX export needs ONNX Runtime: "
+                          "pip install 'prunekit[export]'") from error
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
