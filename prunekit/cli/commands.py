@@ -114,7 +114,7 @@ def prune(
             calibration = list(itertools.islice(train, calibration_batches))
         with _progress(f"pruning {model}"):
             before = _measure_unpruned(network, x)
-            original = copy.deepcopy(network) if latency else None
+            original = _copy_for_timing(network) if latency else None
             result = prune_model(network, x, pruning, data=calibration, check=check)
             after = measure(network, x, latency=False)
         speed = None
@@ -166,6 +166,17 @@ def prune(
                       "with pk.load" + (f"; the tokenizer and other files of the source are "
                                         f"in {out / 'tokenizer'}/" if model.startswith("hf:")
                                         else ""))
+
+
+def _copy_for_timing(network):
+    """The unpruned model, kept to time against the pruned one; a model that cannot be
+    copied is not timed (the command says so) rather than not pruned."""
+    try:
+        return copy.deepcopy(network)
+    except Exception as error:  # noqa: BLE001 - any reason a copy fails
+        console.print(f"[yellow]note:[/] latency not timed: the model cannot be copied to "
+                      f"time it against ({type(error).__name__}: {escape(str(error))[:120]})")
+        return None
 
 
 def _print_sizes(model: str, pruning: PruningMethod, before, after, speed) -> None:
