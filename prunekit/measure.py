@@ -60,7 +60,7 @@ class FlopCount(TorchDispatchMode):
     """FLOPs of the ops run inside it, by ``torch.utils.flop_counter``'s formulas (matmuls,
     convolutions, attention). ``FlopCounterMode`` counts the same ops but also tracks the
     module of every call and decomposes every op it has no formula for into smaller ones,
-    which made a counted forward pass 2–4× slower than a plain one; the ops those
+    which made a counted forward pass about twice as slow as this; the ops those
     decompositions run (batch norm, pointwise) have no formula either."""
 
     def __init__(self) -> None:
