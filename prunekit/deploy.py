@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .arguments import check_tolerance
 from .calls import call_model, evaluating, named_tensors
 from .errors import ConfigError, PruneError
 
@@ -105,6 +106,9 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                           f"(got {path.name})")
     if not path.parent.is_dir():
         raise ConfigError(f"path {str(path)!r}: its folder does not exist")
+    check_tolerance(tolerance)
+    if isinstance(fresh_inputs, bool) or not isinstance(fresh_inputs, int) or fresh_inputs < 0:
+        raise ConfigError(f"fresh_inputs must be a whole number >= 0, got {fresh_inputs!r}")
     inputs = [example_inputs] + [fresh_like(example_inputs, seed + i) for i in range(fresh_inputs)]
     with evaluating(model), torch.no_grad():
         expected = [_outputs(call_model(model, x)) for x in inputs]

@@ -129,6 +129,8 @@ def test_int8_quantization_is_written_beside_and_its_difference_reported(tmp_pat
     ({"path": "model.onnx", "quantize": "int4"}, "quantize='int4'"),
     ({"path": "missing/model.onnx"}, "its folder does not exist"),
     ({"path": "model.bin", "format": "tflite"}, "format='tflite'"),
+    ({"path": "model.onnx", "tolerance": -1}, "tolerance must be a number >= 0"),
+    ({"path": "model.onnx", "fresh_inputs": -1}, "fresh_inputs must be a whole number"),
 ])
 def test_bad_export_arguments_are_one_clear_error(tmp_path, kwargs, message):
     model, x = pruned_cnn()
@@ -178,6 +180,7 @@ def test_the_command_line_exports_what_prune_wrote(tmp_path, monkeypatch):
     (["--out", "OUT/r.pt2", "--int8"], "error: --int8 is ONNX Runtime's quantizer"),
     (["--out", "OUT/none/r.onnx"], "error: --out '.*': the folder .* does not exist"),
     (["--out", "OUT/r.onnx", "--pruned", "OUT"], "error: --pruned '.*': no plan.json there"),
+    (["--out", "OUT/r.onnx", "--tolerance", "-1"], "error: --tolerance -1.0: give a fraction"),
 ])
 def test_export_mistakes_are_one_line_naming_the_option(tmp_path, args, message):
     import re

@@ -261,6 +261,9 @@ def export(
         if not out.parent.is_dir():
             raise ConfigError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not "
                               f"exist")
+        if not tolerance >= 0:
+            raise ConfigError(f"--tolerance {tolerance}: give a fraction >= 0 of each "
+                              f"output's scale (default 1e-4)")
         network = load_model(model, checkpoint).eval()
         if pruned is not None:
             if not (pruned / "plan.json").is_file():
