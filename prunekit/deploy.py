@@ -21,6 +21,7 @@ with widths rounded to 8; same file). The report counts such convolutions; prune
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -107,6 +108,7 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
     if not path.parent.is_dir():
         raise ConfigError(f"path {str(path)!r}: its folder does not exist")
     check_tolerance(tolerance)
+    example_inputs = _without_cache(model, example_inputs)
     if isinstance(fresh_inputs, bool) or not isinstance(fresh_inputs, int) or fresh_inputs < 0:
         raise ConfigError(f"fresh_inputs must be a whole number >= 0, got {fresh_inputs!r}")
     inputs = [example_inputs] + [fresh_like(example_inputs, seed + i) for i in range(fresh_inputs)]
@@ -154,6 +156,19 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                 os.replace(quantized, report.quantized_path)
             _move_into_place(written, path)
     return report
+
+
+def _without_cache(model: nn.Module, example_inputs: Any) -> Any:
+    """A Hugging Face model is exported without its key/value cache (``use_cache=False``,
+    unless the inputs say otherwise): the graph is one whole forward pass, and a cache object
+    is no tensor an exporter can return."""
+    if not isinstance(example_inputs, dict) or "use_cache" in example_inputs:
+        return example_inputs
+    try:
+        takes_cache = "use_cache" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return example_inputs
+    return {**example_inputs, "use_cache": False} if takes_cache else example_inputs
 
 
 def fresh_like(example_inputs: Any, seed: int) -> Any:
@@ -264,9 +279,12 @@ def _input_tensors(example_inputs: Any) -> list[torch.Tensor]:
 
 
 def _input_names(example_inputs: Any) -> list[str]:
-    if isinstance(example_inputs, dict) and all(
-            isinstance(v, torch.Tensor) for v in example_inputs.values()):
-        return list(example_inputs)
+    """The names the exporters give the tensor inputs: a dict's keys (its flags such as
+    ``use_cache`` are constants, not inputs), else ``input_0``, ``input_1`` …"""
+    if isinstance(example_inputs, dict):
+        names = [k for k, v in example_inputs.items() if isinstance(v, torch.Tensor)]
+        if len(names) == len(_input_tensors(example_inputs)):
+            return names
     return [f"input_{i}" for i, _ in enumerate(_input_tensors(example_inputs))]
 
 
@@ -318,7 +336,12 @@ def _move_into_place(written: Path, path: Path) -> None:
 
 
 def _first_line(error: Exception) -> str:
+    """The line that says what went wrong: the exporters' own summary where they give one
+    (torch.onnx puts the cause under "Exception summary", after its advice)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for index, line in enumerate(lines[:-1]):
+        if "Exception summary" in line:
+            return lines[index + 1][:300]
     return lines[0][:300] if lines else ""
 
 

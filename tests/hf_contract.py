@@ -147,10 +147,12 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
                                     for x, y in zip(a, b))
 
 
-def check_type(kind: str, model_type: str) -> dict:
+def check_type(kind: str, model_type: str, export: bool = False) -> dict:
     """Every step above for one model type: a row saying what each step found, and
     ``status``: "passed" (every step), "partial" (the row says which did not and why) or
-    "small config does not run" (it does not build or run on token ids alone)."""
+    "small config does not run" (it does not build or run on token ids alone). With
+    ``export``, the pruned model is also exported to ONNX and checked in ONNX Runtime
+    (``row["onnx"]``; not part of the status, which the sweep records without it)."""
     auto = KINDS[kind][1]
     row: dict = {"kind": kind, "model_type": model_type}
     inputs = model_inputs(kind)
@@ -182,6 +184,8 @@ def check_type(kind: str, model_type: str) -> dict:
             row["reload"] = _check_reload(model, results, build, inputs)
         if kind == "decoder":
             row["generate"] = _check_generation(original, results, inputs, methods)
+        if export:
+            row["onnx"] = _check_export(model, inputs)
     except Exception as error:  # noqa: BLE001 - reported in the row
         row["error"] = reason_of(error)
     row["seconds"] = round(time.perf_counter() - start, 1)
@@ -216,6 +220,16 @@ def _has_attention(model) -> bool:
     """Whether any module is attention by its class name (FNet mixes tokens with a Fourier
     transform instead: no heads to find is then the right answer)."""
     return any("attention" in type(module).__name__.lower() for module in model.modules())
+
+
+def _check_export(model, inputs) -> str:
+    """The pruned model exported to ONNX and run back in ONNX Runtime (``pk.export``)."""
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            report = pk.export(model, inputs, Path(directory) / "model.onnx", fresh_inputs=1)
+        except pk.PruneError as error:
+            return "FAILED " + reason_of(error)
+    return f"{report.exporter}, largest difference {report.largest_difference:.1e}"
 
 
 def _check_reload(model, results: dict, build, inputs) -> str:

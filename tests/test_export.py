@@ -201,3 +201,16 @@ def test_the_report_counts_convolutions_onnx_runtime_runs_slowly(tmp_path):
     assert report.odd_widths == 1
     assert "1 convolution has a width that is not a multiple of 8" in str(report)
     assert "round_to=8" in str(report)
+
+
+def test_a_causal_language_model_exports_without_its_cache(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2,
+                                      vocab_size=50)
+    model = transformers.LlamaForCausalLM(config).eval()
+    tokens = {"input_ids": torch.randint(0, 50, (1, 8))}
+    report = pk.export(model, tokens, tmp_path / "llama.onnx")
+    assert report.exporter == "dynamo" and report.outputs == 1  # the logits, no cache
+    assert "use_cache" not in tokens  # the caller's inputs are not changed

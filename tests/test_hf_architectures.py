@@ -43,11 +43,20 @@ def test_small_configs_shrink_sub_configs_and_keep_token_ids_in_the_vocabulary()
     assert 0 <= marian.decoder_start_token_id < marian.vocab_size
 
 
+# exported to ONNX after pruning, except where no exporter can (said beside it)
+NOT_EXPORTED = {
+    "mixtral": "its experts run through transformers' grouped_mm custom op, which has no ONNX "
+               "translation",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", SUBSET)
 def test_architecture_passes_every_step(model_type):
-    row = check_type(SUBSET[model_type], model_type)
+    row = check_type(SUBSET[model_type], model_type, export=model_type not in NOT_EXPORTED)
     assert row["status"] == "passed", row
+    if model_type not in NOT_EXPORTED:
+        assert row["onnx"].startswith("dynamo, largest difference"), row
 
 
 @pytest.mark.slow
