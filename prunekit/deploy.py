@@ -37,6 +37,7 @@ from torch import nn
 from .arguments import check_tolerance
 from .calls import call_model, evaluating, named_tensors
 from .errors import ConfigError, PruneError
+from .latency import batch_size
 
 FORMATS = {".onnx": "onnx", ".pt2": "torch.export"}
 
@@ -60,6 +61,7 @@ class ExportReport:
     quantized_path: Path | None = None
     quantized_difference: float | None = None  # int8 against float, relative, on the same inputs
     odd_widths: int = 0  # convolutions whose output width is not a multiple of 8
+    dynamic_batch: bool = False
 
     def __str__(self) -> str:
         text = (f"{self.format} ({self.exporter} exporter) written to {self.path}; checked in "
@@ -82,7 +84,7 @@ class ExportReport:
 
 def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
            format: str | None = None, quantize: str | None = None, tolerance: float = 1e-4,
-           fresh_inputs: int = 2, seed: int = 0) -> ExportReport:
+           fresh_inputs: int = 2, dynamic_batch: bool = False, seed: int = 0) -> ExportReport:
     """Export ``model`` to ``path`` and check the export computes what the model computes.
 
     Args:
@@ -94,6 +96,10 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
             quantization of the checked model.
         tolerance: the largest difference allowed, relative to each output's largest value.
         fresh_inputs: how many fresh inputs of the example's shapes to check on, besides it.
+        dynamic_batch: the first dim of every input (the batch) is left free in the file,
+            and the check also runs a batch of another size. An example of batch 1 cannot
+            be traced with a free batch (the exporters fix a size-1 dim), so the trace runs
+            on a fresh batch of 2.
 
     Example:
         >>> pk.export(pruned, torch.randn(1, 3, 224, 224), "pruned.onnx", quantize="int8")
@@ -112,11 +118,22 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
     if isinstance(fresh_inputs, bool) or not isinstance(fresh_inputs, int) or fresh_inputs < 0:
         raise ConfigError(f"fresh_inputs must be a whole number >= 0, got {fresh_inputs!r}")
     inputs = [example_inputs] + [fresh_like(example_inputs, seed + i) for i in range(fresh_inputs)]
+    traced = example_inputs
+    batch = batch_size(example_inputs)
+    if dynamic_batch:
+        if batch is None:
+            raise ConfigError("dynamic_batch=True: the example inputs have no batch dim (their "
+                              "first tensor has no dims)")
+        if batch == 1:
+            traced = fresh_like(example_inputs, seed + 100, batch=2)
+        inputs.append(fresh_like(example_inputs, seed + 101, batch=batch + 2))
     with evaluating(model), torch.no_grad():
         expected = [_outputs(call_model(model, x)) for x in inputs]
         checked_on = (f"the example inputs and {fresh_inputs} fresh input"
                       f"{'s' if fresh_inputs != 1 else ''} of their shapes"
                       if fresh_inputs else "the example inputs")
+        if dynamic_batch:
+            checked_on += f", and a batch of {batch + 2} (the batch dim is free)"
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
             written = Path(scratch) / path.name
             exporters = ("dynamo", "torchscript") if format == "onnx" else ("torch.export",)
@@ -125,7 +142,7 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                 # the dynamo exporter first; the TorchScript one only where its file does not
                 # export, load, run or agree
                 try:
-                    run = _write(exporter, model, example_inputs, written)
+                    run = _write(exporter, model, traced, written, dynamic_batch)
                     difference = max(_difference(run(x), want)
                                      for x, want in zip(inputs, expected))
                 except Exception as error:  # noqa: BLE001 - each failure is reported
@@ -145,7 +162,8 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                                   difference, tolerance, fallback,
                                   odd_widths=sum(1 for m in model.modules()
                                                  if isinstance(m, nn.modules.conv._ConvNd)
-                                                 and m.out_channels % 8))
+                                                 and m.out_channels % 8),
+                                  dynamic_batch=dynamic_batch)
             if quantize:
                 quantized = Path(scratch) / f"{path.stem}.int8.onnx"
                 _quantize_int8(written, quantized)
@@ -171,22 +189,28 @@ def _without_cache(model: nn.Module, example_inputs: Any) -> Any:
     return {**example_inputs, "use_cache": False} if takes_cache else example_inputs
 
 
-def fresh_like(example_inputs: Any, seed: int) -> Any:
+def fresh_like(example_inputs: Any, seed: int, batch: int | None = None) -> Any:
     """Inputs of the example's shapes and dtypes with new values: floats drawn with the
-    example's mean and spread, integers (token ids, masks) within the example's range."""
+    example's mean and spread, integers (token ids, masks) within the example's range. With
+    ``batch``, every tensor whose first dim is the example's batch gets that many rows."""
     generator = torch.Generator().manual_seed(seed)
+    example_batch = batch_size(example_inputs)
 
     def fresh(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
+            shape = list(value.shape)
+            if batch is not None and shape and shape[0] == example_batch:
+                shape[0] = batch
             if value.is_floating_point():
                 spread = value.float().std() if value.numel() > 1 else torch.tensor(1.0)
-                noise = torch.randn(value.shape, generator=generator)
+                noise = torch.randn(shape, generator=generator)
                 return (noise * spread + value.float().mean()).to(value.dtype)
             if value.dtype == torch.bool or value.numel() == 0:
-                return value.clone()
+                # a mask keeps its pattern: for another batch size, its first row repeated
+                return (value.clone() if shape == list(value.shape)
+                        else value[:1].expand(shape).clone())
             low, high = int(value.min()), int(value.max())
-            return torch.randint(low, high + 1, value.shape, generator=generator,
-                                 dtype=value.dtype)
+            return torch.randint(low, high + 1, shape, generator=generator, dtype=value.dtype)
         if isinstance(value, dict):
             return {key: fresh(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
@@ -214,20 +238,47 @@ def _arguments(example_inputs: Any) -> tuple[tuple, dict]:
     return (example_inputs,), {}
 
 
-def _write(exporter: str, model: nn.Module, example_inputs: Any, path: Path):
+def _write(exporter: str, model: nn.Module, example_inputs: Any, path: Path,
+           dynamic_batch: bool = False):
     """Export with one exporter to ``path``; return what runs the written file."""
     args, kwargs = _arguments(example_inputs)
+    shapes = _dynamic_shapes(model, example_inputs) if dynamic_batch else None
     with _quiet():
         if exporter == "dynamo":
             program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True,
-                                        verbose=False, optimize=True)
+                                        verbose=False, optimize=True, dynamic_shapes=shapes)
             program.save(str(path))
         elif exporter == "torchscript":
+            names = _input_names(example_inputs)
             torch.onnx.export(model, args + ((kwargs,) if kwargs else ()), str(path),
-                              dynamo=False, input_names=_input_names(example_inputs))
+                              dynamo=False, input_names=names,
+                              dynamic_axes=({name: {0: "batch"} for name in names}
+                                            if dynamic_batch else None))
         else:
-            torch.export.save(torch.export.export(model, args, kwargs or None), str(path))
+            torch.export.save(torch.export.export(model, args, kwargs or None,
+                                                  dynamic_shapes=shapes), str(path))
     return _program_runner(path) if exporter == "torch.export" else _onnx_runner(path)
+
+
+def _dynamic_shapes(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
+    """``{forward's parameter: {0: Dim.DYNAMIC}}`` for every tensor input with the batch's
+    first dim; other inputs stay fixed."""
+    from torch.export import Dim
+
+    args, kwargs = _arguments(example_inputs)
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    batch = batch_size(example_inputs)
+
+    def spec(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return {0: Dim.DYNAMIC} if value.dim() and value.shape[0] == batch else None
+        if isinstance(value, (list, tuple)):
+            return type(value)(spec(item) for item in value)
+        if isinstance(value, dict):
+            return {key: spec(item) for key, item in value.items()}
+        return None
+
+    return {name: spec(value) for name, value in bound.arguments.items()}
 
 
 def _onnx_runner(path: Path):

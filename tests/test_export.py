@@ -214,3 +214,27 @@ def test_a_causal_language_model_exports_without_its_cache(tmp_path):
     report = pk.export(model, tokens, tmp_path / "llama.onnx")
     assert report.exporter == "dynamo" and report.outputs == 1  # the logits, no cache
     assert "use_cache" not in tokens  # the caller's inputs are not changed
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_a_free_batch_dim_is_checked_on_another_batch_size(tmp_path, suffix):
+    model, _ = pruned_cnn()
+    one = torch.randn(1, 3, 16, 16)  # batch 1 cannot be traced free: a batch of 2 is
+    report = pk.export(model, one, tmp_path / f"model{suffix}", dynamic_batch=True)
+    assert report.dynamic_batch and "a batch of 3 (the batch dim is free)" in report.checked_on
+    five = torch.randn(5, 3, 16, 16)
+    if suffix == ".onnx":
+        session = onnxruntime.InferenceSession(str(report.path),
+                                               providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: five.numpy()})[0])
+    else:
+        got = torch.export.load(str(report.path)).module()(five)
+    torch.testing.assert_close(got, outputs(model, five)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_fresh_inputs_of_another_batch_keep_masks_and_other_dims():
+    tokens = {"input_ids": torch.randint(5, 50, (2, 8)),
+              "attention_mask": torch.ones(2, 8, dtype=torch.bool)}
+    fresh = fresh_like(tokens, seed=0, batch=5)
+    assert fresh["input_ids"].shape == (5, 8) and fresh["attention_mask"].shape == (5, 8)
+    assert fresh["attention_mask"].all()

@@ -243,6 +243,8 @@ def export(
                                           "int8 quantization, and report how far it moved"),
     tolerance: float = typer.Option(1e-4, help="largest difference from PyTorch allowed, "
                                                "relative to each output's largest value"),
+    dynamic_batch: bool = typer.Option(False, help="leave the batch dim free in the file (and "
+                                                   "check a batch of another size too)"),
 ) -> None:
     """Export a model (pruned or not) to ONNX or torch.export and check the file: it is run
     back (ONNX Runtime, torch.export.load) on the example inputs and fresh inputs of their
@@ -273,7 +275,7 @@ def export(
         x = example_inputs(network, input_shape)
         with _progress(f"exporting to {out.name} and checking it"):
             report = export_model(network, x, out, quantize="int8" if int8 else None,
-                                  tolerance=tolerance)
+                                  tolerance=tolerance, dynamic_batch=dynamic_batch)
     except (PruneError, ConfigError) as error:
         _fail(error)
     console.print(f"[green]checked:[/] {escape(str(report))}")
