@@ -109,7 +109,7 @@ def digits() -> dict[str, Any]:
         for variant, session in sessions.items():
             correct = total = 0
             for images, labels, real in padded_batches(data.test, size):
-                logits = torch.from_numpy(session(images)[0])[:real]
+                logits = session(images)[0][:real]
                 correct += int((logits.argmax(1) == labels).sum())
                 total += real
             accuracy[variant] = correct / total
@@ -136,7 +136,7 @@ def minilm() -> dict[str, Any]:
         for variant, session in sessions.items():
             embeddings = []
             for batch in fixed:
-                hidden = torch.from_numpy(session(**batch)[0])
+                hidden = session(**batch)[0]
                 embeddings.append(F.normalize(embed_hidden(hidden, batch), dim=-1))
             quality[variant] = float((torch.cat(embeddings) * reference).sum(-1).mean())
         timed = latencies(sessions, fixed[0])

@@ -37,6 +37,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prunekit as pk  # noqa: E402
+from prunekit.deploy import onnx_runner  # noqa: E402
 from prunekit.latency import speedups_over_first  # noqa: E402
 from prunekit.measure import count_flops  # noqa: E402
 
@@ -108,28 +109,15 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any], Callable]
 
 
 class OnnxModule(nn.Module):
-    """An ONNX Runtime session called like the model it was exported from."""
+    """An ONNX Runtime session called like the model it was exported from (``pk.export``'s
+    runner, on ``threads`` threads without spinning between calls)."""
 
     def __init__(self, path: Path, threads: int) -> None:
         super().__init__()
-        import onnxruntime
+        self.run = onnx_runner(path, threads)
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # no spinning between calls: two sessions timed in turns would otherwise each keep
-        # a core busy waiting while the other runs
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> list:
-        given = list(args) + list(kwargs.values())
-        feed = ({name: kwargs[name].numpy() for name in self.names} if kwargs
-                else {name: value.numpy() for name, value in zip(self.names, given)})
-        return self.session.run(None, feed)
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> list[torch.Tensor]:
+        return self.run(kwargs if kwargs else args[0] if len(args) == 1 else args)
 
 
 def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,

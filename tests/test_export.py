@@ -68,13 +68,13 @@ def test_a_failed_check_leaves_the_file_that_was_there(tmp_path, monkeypatch):
     model, x = pruned_cnn()
     target = tmp_path / "model.onnx"
     target.write_bytes(b"the user's earlier file")
-    real_runner = export_module._onnx_runner
+    real_runner = export_module.onnx_runner
 
     def off_by_one(path):
         run = real_runner(path)
         return lambda inputs: [t + 1 for t in run(inputs)]
 
-    monkeypatch.setattr(export_module, "_onnx_runner", off_by_one)
+    monkeypatch.setattr(export_module, "onnx_runner", off_by_one)
     with pytest.raises(ExportError, match="dynamo: largest difference .*; torchscript: "
                                           "largest difference"):
         pk.export(model, x, target)
@@ -101,7 +101,7 @@ def test_the_torchscript_exporter_is_the_fallback_and_the_report_says_why(tmp_pa
 
 def test_a_dynamo_file_that_onnx_runtime_cannot_load_falls_back_too(tmp_path, monkeypatch):
     model, x = pruned_cnn()
-    real_runner = export_module._onnx_runner
+    real_runner = export_module.onnx_runner
     calls = []
 
     def refuse_the_first(path):
@@ -110,7 +110,7 @@ def test_a_dynamo_file_that_onnx_runtime_cannot_load_falls_back_too(tmp_path, mo
             raise RuntimeError("[ONNXRuntimeError] ShapeInferenceError for this test")
         return real_runner(path)
 
-    monkeypatch.setattr(export_module, "_onnx_runner", refuse_the_first)
+    monkeypatch.setattr(export_module, "onnx_runner", refuse_the_first)
     report = pk.export(model, x, tmp_path / "model.onnx")
     assert report.exporter == "torchscript" and "ShapeInferenceError" in report.fallback_reason
 
