@@ -41,18 +41,26 @@ def ratio_for_budget(model: nn.Module, example_inputs: Any, plan_at: Callable[[f
         return 1 - remaining / max(base, 1)
 
     what = "FLOPs" if quantity == "flops" else "parameters"
-    low, high = 0.0, max_ratio
-    most = reduction(high)
+    most = reduction(max_ratio)
     if most < target - TOLERANCE:
         raise PruneError(f"{who}: cannot remove {target:.1%} of {what}; removing up to "
                          f"max_ratio={max_ratio} of every group removes {most:.1%}. The model "
                          f"was left unchanged")
+    return _bisect(reduction, target, TOLERANCE, max_ratio, most, steps=20)
+
+
+def _bisect(reduction: Callable[[float], float], target: float, tolerance: float,
+            max_ratio: float, most: float, steps: int) -> float:
+    """The ratio in [0, max_ratio] whose ``reduction`` (growing with the ratio; ``most`` at
+    ``max_ratio``) is within ``tolerance`` of ``target``, by bisection, else the closest
+    ratio tried."""
+    low, high = 0.0, max_ratio
     best = (abs(most - target), high)
-    for _ in range(20):
+    for _ in range(steps):
         middle = (low + high) / 2
         achieved = reduction(middle)
         best = min(best, (abs(achieved - target), middle))
-        if best[0] <= TOLERANCE:
+        if best[0] <= tolerance:
             break
         low, high = (middle, high) if achieved < target else (low, middle)
     return best[1]
@@ -66,34 +74,27 @@ def ratio_for_latency(model: nn.Module, example_inputs: Any, plan_at: Callable[[
     inputs with torch's thread count: measured, not predicted from FLOPs."""
     reference = copy.deepcopy(model)
 
-    def timed(ratio: float) -> Speedup:
+    def timed(ratio: float, min_time: float = 1.0) -> Speedup:
         return evaluate_applied(model, plan_at(ratio), lambda pruned: compare_latency(
-            reference, pruned, example_inputs, min_time=1.0))
+            reference, pruned, example_inputs, min_time=min_time))
+
+    def reduction(ratio: float) -> float:  # of latency: 1 - the fraction it runs in
+        return 1 - 1 / timed(ratio).speedup
 
     tolerance = LATENCY_TOLERANCE * target
-    most = timed(max_ratio)
-    if 1 / most.speedup > target + tolerance:
+    fastest = timed(max_ratio)
+    most = 1 - 1 / fastest.speedup
+    if 1 - most > target + tolerance:
         raise PruneError(f"{who}: cannot reach {target:.0%} of the unpruned latency on this "
                          f"machine: removing max_ratio={max_ratio} of every group runs in "
-                         f"{1 / most.speedup:.0%} of it ({most}). Raise max_ratio, prune "
-                         f"layers as well, or aim higher; the model was left unchanged")
-    best = (abs(1 / most.speedup - target), max_ratio, most)
-    low, high = 0.0, max_ratio
-    for _ in range(12):
-        if best[0] <= tolerance:
-            break
-        middle = (low + high) / 2
-        speed = timed(middle)
-        reached = 1 / speed.speedup
-        if abs(reached - target) < best[0]:
-            best = (abs(reached - target), middle, speed)
-        low, high = (middle, high) if reached > target else (low, middle)
+                         f"{1 - most:.0%} of it ({fastest}). Raise max_ratio, prune layers "
+                         f"as well, or aim higher; the model was left unchanged")
+    chosen = max_ratio
+    if abs(1 - most - target) > tolerance:
+        chosen = _bisect(reduction, 1 - target, tolerance, max_ratio, most, steps=12)
     # the search timed each candidate briefly; the plan it settled on is timed at length,
     # and that is the number reported
-    chosen = best[1]
-    final = evaluate_applied(model, plan_at(chosen), lambda pruned: compare_latency(
-        reference, pruned, example_inputs, min_time=2.0))
-    return chosen, final
+    return chosen, timed(chosen, min_time=2.0)
 
 
 def shortest_prefix_for_budget(model: nn.Module, example_inputs: Any, ranked: list[str],
