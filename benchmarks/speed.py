@@ -46,8 +46,7 @@ THREADS = 2
 BATCHES = (1, 8)
 RUNTIMES = ("eager", "onnx", "compile")
 FLOPS_TARGET = 0.5
-ROUND_TO = 8  # kept channels a multiple of 8: on this CPU ResNet-50 at batch 1 ran 1.68×
-# faster at half the FLOPs this way against 1.45× at arbitrary widths (--round-to 1)
+ROUND_TO = 8  # kept channels a multiple of 8; --round-to 1 gives the rows at any width
 
 
 def image_batch(size: int) -> Callable[[int], torch.Tensor]:

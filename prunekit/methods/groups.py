@@ -28,9 +28,9 @@ def _within(module: str, name: str) -> bool:
     return module == name or not name or module.startswith(name + ".")
 
 
-# Widths a latency target keeps by default: a multiple of 8 channels. Measured here: ResNet-50
-# at half its FLOPs ran 1.68x faster with widths rounded to 8 (and to 16), 1.45x with
-# arbitrary widths; MobileNetV3-Large 1.24x against 1.04x.
+# Widths a latency target keeps by default: a multiple of 8 channels. ResNet-50 pruned to half
+# its FLOPs ran 1.45x faster at the widths the budget picked and 1.64x with them rounded to
+# 8 (eager, batch 1; 1.44x and 1.88x in ONNX Runtime): benchmarks/results/speed.md.
 LATENCY_ROUND_TO = 8
 
 
@@ -102,7 +102,7 @@ class GroupPruning(PruningMethod):
             count; ``ratio`` is searched for, each candidate timed interleaved with a copy
             of the unpruned model, until within 5% of the target (``result.latency`` says
             what was reached). Kept widths are multiples of 8 unless ``round_to`` says
-            otherwise (arbitrary widths ran 15% slower on ResNet-50 here). One-shot only.
+            otherwise (see ``LATENCY_ROUND_TO``). One-shot only.
 
     Example:
         >>> @dataclass
