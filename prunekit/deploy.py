@@ -128,7 +128,12 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
             traced = fresh_like(example_inputs, seed + 100, batch=2)
         inputs.append(fresh_like(example_inputs, seed + 101, batch=batch + 2))
     with evaluating(model), torch.no_grad():
-        expected = [_outputs(call_model(model, x)) for x in inputs]
+        try:
+            expected = [_outputs(call_model(model, x)) for x in inputs]
+        except Exception as error:  # noqa: BLE001 - the inputs do not fit the model
+            raise ConfigError(f"example_inputs: the model does not run on them "
+                              f"({type(error).__name__}: {_first_line(error)}); nothing was "
+                              f"written to {path}") from error
         checked_on = (f"the example inputs and {fresh_inputs} fresh input"
                       f"{'s' if fresh_inputs != 1 else ''} of their shapes"
                       if fresh_inputs else "the example inputs")

@@ -124,6 +124,8 @@ def test_int8_quantization_is_written_beside_and_its_difference_reported(tmp_pat
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    ({"path": "model.onnx", "example": torch.randn(1, 5, 16, 16)},
+     "example_inputs: the model does not run on them \\(RuntimeError"),
     ({"path": "model.tflite"}, "name it \\*.onnx or \\*.pt2"),
     ({"path": "model.pt2", "quantize": "int8"}, "export to a .onnx path"),
     ({"path": "model.onnx", "quantize": "int4"}, "quantize='int4'"),
@@ -134,7 +136,9 @@ def test_int8_quantization_is_written_beside_and_its_difference_reported(tmp_pat
 ])
 def test_bad_export_arguments_are_one_clear_error(tmp_path, kwargs, message):
     model, x = pruned_cnn()
-    kwargs = {**kwargs, "path": tmp_path / kwargs["path"]}
+    x = kwargs.get("example", x)
+    kwargs = {**{k: v for k, v in kwargs.items() if k != "example"},
+              "path": tmp_path / kwargs["path"]}
     with pytest.raises(ConfigError, match=message):
         pk.export(model, x, **kwargs)
     assert list(tmp_path.iterdir()) == []
@@ -181,6 +185,8 @@ def test_the_command_line_exports_what_prune_wrote(tmp_path, monkeypatch):
     (["--out", "OUT/none/r.onnx"], "error: --out '.*': the folder .* does not exist"),
     (["--out", "OUT/r.onnx", "--pruned", "OUT"], "error: --pruned '.*': no plan.json there"),
     (["--out", "OUT/r.onnx", "--tolerance", "-1"], "error: --tolerance -1.0: give a fraction"),
+    (["--out", "OUT/r.onnx", "--input-shape", "1,5,32,32"],
+     "error: the model does not run on the example inputs \\(--input-shape"),
 ])
 def test_export_mistakes_are_one_line_naming_the_option(tmp_path, args, message):
     import re

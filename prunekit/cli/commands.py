@@ -212,7 +212,7 @@ def _reads_data(pruning: PruningMethod) -> bool:
 
 
 def _measure_unpruned(network, x):
-    """The model's size before pruning; inputs it cannot run are a bad option."""
+    """The model's size as it is; inputs it cannot run are a bad option."""
     try:
         return measure(network, x, latency=False)
     except Exception as error:
@@ -273,6 +273,7 @@ def export(
                                   f"folder `prunekit prune --out` wrote")
             load_pruned(pruned, network)
         x = example_inputs(network, input_shape)
+        _measure_unpruned(network, x)  # inputs the model cannot run name --input-shape
         with _progress(f"exporting to {out.name} and checking it"):
             report = export_model(network, x, out, quantize="int8" if int8 else None,
                                   tolerance=tolerance, dynamic_batch=dynamic_batch)
