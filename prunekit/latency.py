@@ -90,6 +90,7 @@ class LatencyReached:
 
     target: float  # fraction of the unpruned latency asked for
     measured: Speedup
+    widths: str = ""  # how the kept widths were chosen, when by timing
 
     @property
     def reached(self) -> float:
@@ -107,6 +108,8 @@ class LatencyReached:
         if not self.met:
             text += ("; not within 5% of the target: the timings on this machine vary more "
                      "than that, or no ratio lands closer")
+        if self.widths:
+            text += f"; {self.widths}"
         return text
 
 

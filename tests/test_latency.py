@@ -131,9 +131,18 @@ def test_a_latency_target_searches_by_timing_and_reports_what_it_reached():
     assert reached is not None and reached.target == 0.6
     assert reached.reached == pytest.approx(1 / reached.measured.speedup)
     assert model[0].out_features < 1024  # something was removed to get there
-    assert model[0].out_features % 8 == 0  # widths the CPU kernels run fast
     assert "latency target 60% of the unpruned model's, reached" in str(result)
+    assert model[0].out_features % 8 == 0  # widths the CPU kernels run fast
     assert result.report.ok  # still the verified prune
+    assert result.latency.widths == ""  # none timed per layer
+
+
+def test_a_latency_target_can_keep_widths_timed_per_layer():
+    model, x = wide_mlp()
+    result = pk.prune(model, x, pk.FilterPruning(latency_target=0.6, round_to="measured"))
+    assert model[0].out_features < 1024
+    # the kept width was chosen by timing both linear layers at the widths near it
+    assert "kept widths timed on this machine for 2 layer shapes" in result.latency.widths
 
 
 def test_an_unreachable_latency_target_says_why_and_leaves_the_model_alone():

@@ -69,7 +69,8 @@ def prune(
     ratio: float = typer.Option(0.5, help="fraction of each group's channels (or heads) to remove"),
     n: int = typer.Option(1, help="--method layers: how many layers or blocks to remove"),
     criterion: str = typer.Option(None, help=CRITERION_HELP),
-    round_to: int = typer.Option(1, help="keep a multiple of this many channels"),
+    round_to: str = typer.Option("1", help="keep a multiple of this many channels, or "
+                                           "'measured': widths timed on this machine"),
     flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
     latency_target: float = typer.Option(None, help="filter/channel: run in this fraction of "
                                                     "the unpruned time (0.5: twice as fast), "
@@ -94,7 +95,7 @@ def prune(
     config can describe the pruned model). OUT is replaced as a whole."""
     try:
         check_out(out, {"model.safetensors", "plan.json", "hf", "tokenizer"})
-        pruning = _method(method, criterion, ratio=ratio, n=n, round_to=round_to,
+        pruning = _method(method, criterion, ratio=ratio, n=n, round_to=_round_to(round_to),
                           flops_target=flops_target, latency_target=latency_target,
                           global_ranking=global_ranking)
         if latency_target is not None and not hasattr(pruning, "latency_target"):
@@ -218,6 +219,17 @@ def _measure_unpruned(network, x):
     except Exception as error:
         raise ConfigError(f"the model does not run on the example inputs (--input-shape or "
                           f"--data): {type(error).__name__}: {error}") from error
+
+
+def _round_to(text: str) -> int | str:
+    """``--round-to``: a number of channels, or ``measured``."""
+    try:
+        return int(text)
+    except ValueError:
+        if text == "measured":
+            return text
+        raise typer.BadParameter(f"--round-to {text!r}: give a number of channels (8) or "
+                                 f"'measured' (widths timed on this machine)") from None
 
 
 def _method(name: str, criterion: str | None, **options) -> PruningMethod:

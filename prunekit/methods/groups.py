@@ -7,7 +7,7 @@ import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from ..plan import Plan
 from ..planning import selection
 from ..planning.budgets import ratio_for_budget, ratio_for_latency
 from ..planning.plans import plan_from_keep
+from ..planning.widths import LayerCall, WidthTable, layer_calls
 from ..recover.reconstruct import reconstruct
 from .base import Preview, PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
 
@@ -28,10 +29,11 @@ def _within(module: str, name: str) -> bool:
     return module == name or not name or module.startswith(name + ".")
 
 
-# Widths a latency target keeps by default: a multiple of 8 channels. ResNet-50 pruned to half
-# its FLOPs ran 1.45x faster at the widths the budget picked and 1.64x with them rounded to
-# 8 (eager, batch 1; 1.44x and 1.88x in ONNX Runtime): benchmarks/results/speed.md.
+# Widths a latency target keeps by default: a multiple of 8 channels. ResNet-50 pruned to half its
+# FLOPs ran 1.45x faster at the widths the budget picked and 1.64x with them rounded to 8
+# (eager, batch 1; 1.44x and 1.88x in ONNX Runtime): benchmarks/results/speed.md.
 LATENCY_ROUND_TO = 8
+MEASURED = "measured"  # round_to that times each layer shape for its fast widths
 
 
 def check_module_names(model: nn.Module, names: Iterable[str], who: str) -> None:
@@ -84,7 +86,12 @@ class GroupPruning(PruningMethod):
         ratio: fraction of each group's channels to remove, in [0, 1).
         criterion: how channels are ranked; a name registered for ``target``
             (``pk.criterion_names("channels")``).
-        round_to: the number of channels kept in each group is a multiple of this.
+        round_to: the number of channels kept in each group is a multiple of this; or
+            ``"measured"``: each group keeps the widest width, from what the ratio asks up
+            to 15 channels more, that its convolutions and linear layers run as fast as the
+            narrowest, timed per layer shape on this machine and cached on disk
+            (``prunekit.planning.widths``; ``benchmarks/results/fast_widths.md`` measures
+            what it gives).
         overrides: ``{module name: ratio}`` for groups that touch that module or a module
             inside it (``{"layer4": 0.2}`` covers every group touching ``layer4``); the
             largest override among a group's modules wins. A name the model does not have
@@ -113,7 +120,7 @@ class GroupPruning(PruningMethod):
 
     ratio: float = 0.5
     criterion: str = "l1"
-    round_to: int = 1
+    round_to: int | str = 1
     overrides: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     global_ranking: bool = False
@@ -150,9 +157,12 @@ class GroupPruning(PruningMethod):
             raise ConfigError(f"{name}.latency_target is the fraction of the unpruned "
                               f"latency to reach, in (0, 1) (0.5: twice as fast); got "
                               f"{self.latency_target!r}")
-        if (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
-                or self.round_to < 1):
-            raise ConfigError(f"{name}.round_to must be a positive integer, got {self.round_to!r}")
+        if self.round_to != MEASURED and (isinstance(self.round_to, bool)
+                                          or not isinstance(self.round_to, int)
+                                          or self.round_to < 1):
+            raise ConfigError(f"{name}.round_to must be a positive integer or "
+                              f"{MEASURED!r} (widths timed on this machine), got "
+                              f"{self.round_to!r}")
 
     # -- the steps of propose, each one a method to override ------------------------------------
     def graph(self, model: nn.Module, example_inputs: Any, ignore: Iterable[nn.Module] = (),
@@ -220,13 +230,18 @@ class GroupPruning(PruningMethod):
         return max(overrides) if overrides else (self.ratio if ratio is None else ratio)
 
     def channels_to_keep(self, size: int, ratio: float) -> int:
-        return selection.channels_to_keep(size, ratio, self.round_to)
+        """Before ``round_to="measured"`` widens it (``select``)."""
+        round_to = 1 if self.round_to == MEASURED else self.round_to
+        return selection.channels_to_keep(size, ratio, round_to)
 
     def select(self, graph: DependencyGraph, groups: list[Group],
                scores: dict[int, torch.Tensor], ratio: float | None = None,
-               dither: bool = False) -> dict[int, torch.Tensor]:
+               dither: bool = False, widths: Callable[[Group, int], int] | None = None
+               ) -> dict[int, torch.Tensor]:
         """``{group axis: kept indices}`` removing ``ratio`` (default ``self.ratio``) per
-        group, dithered (see ``selection.dithered_ratios``) or ranked model-wide."""
+        group, dithered (see ``selection.dithered_ratios``) or ranked model-wide;
+        ``widths(group, n)`` turns the number of channels a group would keep into the number
+        it keeps."""
         ratio = self.ratio if ratio is None else ratio
         if self.global_ranking:
             comparable = get_criterion(self.criterion, self.target, "").comparable
@@ -238,6 +253,8 @@ class GroupPruning(PruningMethod):
         keep: dict[int, torch.Tensor] = {}
         for group in groups:
             n_keep = self.channels_to_keep(group.size, ratios[group.axis])
+            if widths is not None:
+                n_keep = widths(group, n_keep)
             if n_keep < group.size:
                 keep[group.axis] = selection.highest(scores[group.axis], n_keep)
         return keep
@@ -257,23 +274,38 @@ class GroupPruning(PruningMethod):
                                                context.strict)
         scores = self.score(graph, groups, context.data, context.loss_fn)
         ratio, budget, latency = None, self.budget(), None
-        # a latency target keeps widths the CPU kernels run fast, unless told otherwise
-        chooser = (dataclasses.replace(self, round_to=LATENCY_ROUND_TO)
-                   if budget is not None and budget[0] == "latency" and self.round_to == 1
-                   else self)
+        table, widths, chooser = None, None, self
+        if self.round_to == MEASURED:
+            table = WidthTable()
+            widths = self._fast_widths(table, layer_calls(model, example_inputs, graph, groups))
+        elif budget is not None and budget[0] == "latency" and self.round_to == 1:
+            # a latency target keeps widths the CPU kernels run fast, unless told otherwise
+            chooser = dataclasses.replace(self, round_to=LATENCY_ROUND_TO)
         if budget is not None:
             def plan_at(r: float) -> Plan:
                 return plan_from_keep(graph, chooser.select(graph, groups, scores, r,
-                                                            dither=True), {})
+                                                            dither=True, widths=widths), {})
             if budget[0] == "latency":
                 ratio, speed = ratio_for_latency(model, example_inputs, plan_at, budget[1],
                                                  self.max_ratio, type(self).__name__)
-                latency = LatencyReached(budget[1], speed)
+                latency = LatencyReached(budget[1], speed, "" if table is None else (
+                    f"kept widths timed on this machine for {len(table.used)} layer shapes "
+                    f"({len(table.measured)} timed now, the rest read from {table.path})"))
             else:
                 ratio = ratio_for_budget(model, example_inputs, plan_at, *budget,
                                          self.max_ratio, type(self).__name__)
-        keep = chooser.select(graph, groups, scores, ratio, dither=ratio is not None)
+        keep = chooser.select(graph, groups, scores, ratio, dither=ratio is not None,
+                              widths=widths)
+        if table is not None:
+            table.save()
         return GroupProposal(graph, keep, self.to_dict(), latency)
+
+    @staticmethod
+    def _fast_widths(table: WidthTable, calls: dict[int, list[LayerCall]]
+                     ) -> Callable[[Group, int], int]:
+        def width(group: Group, wanted: int) -> int:  # nothing to time: as the ratio asks
+            return table.fast_width(calls.get(group.axis, []), wanted, group.size)
+        return width
 
     # -- workflows -------------------------------------------------------------------------------
     def step(self, step, steps, removed):

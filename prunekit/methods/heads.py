@@ -63,10 +63,10 @@ class HeadPruning(GroupPruning):
                 "into (heads, head_dim) in a module that keeps a head count); it was left "
                 "unchanged")
 
-    def select(self, graph, groups, scores, ratio=None, dither=False):
+    def select(self, graph, groups, scores, ratio=None, dither=False, widths=None):
         if self.heads:
             return selection.chosen_heads(groups, self.heads)
-        return super().select(graph, groups, scores, ratio, dither)
+        return super().select(graph, groups, scores, ratio, dither, widths)
 
     def recovery(self, model, context):
         return refit_from(self, model, context)
