@@ -3,9 +3,10 @@ touches is timed at the widths a latency target considers, on this machine, and 
 kept in a table on disk so each layer shape is measured once.
 
 Why measure: the time of a layer is a staircase in its channel count, and where the steps fall
-depends on the layer's shape, the CPU and the kernel library. On a two-core AVX2 machine a 3×3
-convolution taking 41 to 48 input channels at 28×28 ran 16% slower than at 40, and one taking
-49 to 56 slower again, while its output channels from 40 to 56 all cost the same time.
+depends on the layer's shape, the CPU and the kernel library (blocks of 8 channels on AVX2,
+16 on AVX-512; an input channel past a block edge can cost a whole block, an output channel
+sometimes nothing). ``benchmarks/results/fast_widths.md`` measures what choosing by the table
+gives.
 """
 
 from __future__ import annotations
