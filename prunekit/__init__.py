@@ -55,15 +55,23 @@ from .workflows.sensitivity import Sensitivity, sensitivity
 
 __version__ = "0.2.0"
 
+
+def __getattr__(name: str):
+    # streamed pruning needs transformers; importing prunekit does not
+    if name in ("prune_streamed", "StreamedResult"):
+        from .hf import streaming
+        return getattr(streaming, name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+
 __all__ = [
     "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
     "DependencyGraph", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
-    "Speedup", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
+    "Speedup", "StreamedResult", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
     "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
     "criterion_names", "export",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
-    "layer_importance", "load", "measure", "prune", "register_criterion", "register_handler",
+    "layer_importance", "load", "measure", "prune", "prune_streamed", "register_criterion", "register_handler",
     "register_rule", "rules", "save", "sensitivity", "verify",
 ]

@@ -88,16 +88,24 @@ def prune(
                                             "the unpruned model meanwhile)"),
     threads: int = typer.Option(None, help="threads latency is timed with (default: as many "
                                            "as torch uses)"),
+    stream: bool = typer.Option(False, help="for hf:PATH decoders bigger than memory: read, "
+                                            "prune and write one block at a time from the "
+                                            "folder's safetensors; OUT becomes a Hugging Face "
+                                            "folder (filter/channel/heads: --ratio of every "
+                                            "block; layers: --n)"),
 ) -> None:
     """Prune a model and save the result (weights + plan; a Hugging Face model whose config
     describes the pruned sizes is also saved with save_pretrained, in OUT/hf, with the
     source's tokenizer and sentence-transformers files; they go to OUT/tokenizer when no
     config can describe the pruned model). OUT is replaced as a whole."""
     try:
-        check_out(out, {"model.safetensors", "plan.json", "hf", "tokenizer"})
         pruning = _method(method, criterion, ratio=ratio, n=n, round_to=_round_to(round_to),
                           flops_target=flops_target, latency_target=latency_target,
                           global_ranking=global_ranking)
+        if stream:
+            _prune_streamed(model, checkpoint, pruning, data, calibration_batches, out)
+            return
+        check_out(out, {"model.safetensors", "plan.json", "hf", "tokenizer"})
         if latency_target is not None and not hasattr(pruning, "latency_target"):
             raise ConfigError(f"--latency-target: --method {method} has no latency target; "
                               f"use --method filter or channel")
@@ -167,6 +175,32 @@ def prune(
                       "with pk.load" + (f"; the tokenizer and other files of the source are "
                                         f"in {out / 'tokenizer'}/" if model.startswith("hf:")
                                         else ""))
+
+
+def _prune_streamed(model: str, checkpoint: Path | None, pruning: PruningMethod,
+                    data: str | None, calibration_batches: int, out: Path) -> None:
+    """``prune --stream``: the folder pruned block by block into OUT, a Hugging Face folder."""
+    from ..hf.streaming import prune_streamed
+
+    if not model.startswith("hf:"):
+        raise ConfigError(f"--stream reads a Hugging Face model folder block by block: give "
+                          f"--model hf:PATH, not {model!r}")
+    if checkpoint is not None:
+        raise ConfigError("--checkpoint: --stream reads the weights from the hf:PATH folder "
+                          "itself; leave --checkpoint out")
+    earlier = out.is_dir() and (out / "config.json").is_file() and (out / "plan.json").is_file()
+    check_out(out, {p.name for p in out.iterdir()} if earlier else set())
+    calibration = None
+    if data is not None:
+        train, _ = load_data(data)
+        calibration = list(itertools.islice(train, calibration_batches))
+    result = prune_streamed(model[3:], out, pruning, calibration, progress=True)
+    console.print(escape(str(result)))
+    if result.plan.layers:
+        console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
+    slowest = max(result.blocks, key=lambda b: b.seconds)
+    console.print(f"per block: {sum(b.seconds for b in result.blocks) / len(result.blocks):.2f} s "
+                  f"on average, slowest {escape(slowest.name)} {slowest.seconds:.2f} s")
 
 
 def _copy_for_timing(network):

@@ -1,0 +1,81 @@
+"""A Hugging Face model without its weights: parameters on the meta device (shapes, no
+memory), buffers real, and the parts streamed pruning needs loaded from the checkpoint one at a
+time and released again."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+import transformers
+from torch import nn
+
+from ..errors import ConfigError
+from .checkpoint import CheckpointReader
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside the block keep their parameters on the meta device, so neither
+    the memory nor the time of initialising them is spent. Buffers stay real: a rotary
+    embedding's frequencies are computed at construction and are in no checkpoint."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"),
+                                                    requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def empty_model(config: Any) -> nn.Module:
+    """The class the folder was saved from (``config.architectures``), else a causal LM,
+    built from ``config`` with no weights, in eval mode."""
+    names = getattr(config, "architectures", None) or []
+    model_class = getattr(transformers, names[0], None) if names else None
+    with parameters_on_meta():
+        if model_class is not None:
+            model = model_class(config)
+        else:
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+def load_module(module: nn.Module, reader: CheckpointReader, prefix: str) -> None:
+    """Give ``module`` its weights from the checkpoint (the tensors named ``prefix…``), in
+    the checkpoint's dtype."""
+    tensors = reader.under(prefix)
+    expected = set(module.state_dict())
+    if set(tensors) != expected:
+        missing = sorted(expected - set(tensors))[:3]
+        extra = sorted(set(tensors) - expected)[:3]
+        raise ConfigError(f"{reader.folder}: the checkpoint's tensors under {prefix!r} are not "
+                          f"the model's (missing {missing}, unexpected {extra}): this "
+                          f"architecture renames or fuses weights when it loads, which "
+                          f"streamed pruning does not do; prune it in memory with pk.prune")
+    module.load_state_dict(tensors, strict=True, assign=True)
+
+
+def release(module: nn.Module) -> None:
+    """Drop ``module``'s weights, keeping their shapes on the meta device."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None and param.device.type != "meta":
+                sub._parameters[name] = nn.Parameter(torch.empty_like(param, device="meta"),
+                                                     requires_grad=param.requires_grad)
+
+
+def output_embeddings(model: nn.Module) -> set[str]:
+    """Names of the output layer's parameters (a language model's head): not needed to
+    calibrate, the blocks come before it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return set()
+    return {name for name, module in model.named_modules() if module is head}

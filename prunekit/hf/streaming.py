@@ -1,0 +1,452 @@
+"""Streamed pruning: a Hugging Face decoder pruned from its folder on disk with one block's
+weights in memory at a time, for models larger than memory.
+
+How it goes:
+
+1. The model is built from its config with its parameters on the meta device (shapes, no
+   memory); the parts before the first block (the token embeddings) get their weights.
+2. The calibration batches run up to the first block, whose inputs are kept: hidden states
+   and the keyword arguments the model hands its blocks (position embeddings, masks), which
+   are recorded for every block, since a model may give different blocks different masks.
+3. Each block in turn is read from the checkpoint, run on the cached hidden states (its
+   outputs, unpruned, become the next block's inputs), and then:
+   - width (``FilterPruning``/``ChannelPruning``: MLP neurons; ``HeadPruning``: attention
+     heads, grouped-query aware): pruned with ``pk.prune`` on the block itself, so the
+     engine's tracing decides what goes together and the masked-versus-pruned check runs on
+     every block; the pruned block is written to the new checkpoint at once;
+   - depth (``LayerPruning``): its block influence (1 − cosine between its input and output)
+     or angular distance is measured; once every block is scored, the chosen blocks are left
+     out and the rest are copied, renumbered.
+4. The rest of the checkpoint (embeddings, final norm, output layer) is copied, the config is
+   updated to the pruned sizes (uniform sizes keep a config ``from_pretrained`` loads), and
+   the tokenizer files and the plan are written beside the weights. The folder appears only
+   when everything succeeded.
+
+Scores are those of the unpruned model, as ``pk.prune`` on the loaded model computes them, so
+with the same criterion and data the plan and weights are the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import transformers
+from torch import nn
+
+from .. import io
+from ..api import prune
+from ..batches import split_batch
+from ..calls import call_model
+from ..distance import first_tensor, summed_distance, token_weights
+from ..errors import ConfigError, PruneError
+from ..layers import choose_layers, removal
+from ..layers.criteria import LayerScore
+from ..methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
+from ..methods.base import PruningMethod
+from ..plan import Plan
+from ..surgery.stacks import find_block_stack, remove_blocks
+from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
+from .skeleton import empty_model, load_module, output_embeddings, release
+
+# criteria a block alone computes as the whole model does: weights, and activations at each
+# neuron or head (the heads' "output" and the gradient criteria read the model's output or loss)
+WIDTH_CRITERIA = {"l1", "l2", "fpgm", "random", "apoz", "mean_activation", "entropy"}
+DEPTH_CRITERIA = {"influence", "block_influence", "angular", "last"}
+
+
+@dataclass
+class BlockRecord:
+    """One block as the stream went through it."""
+
+    name: str
+    seconds: float
+    params_before: int
+    params_after: int
+
+
+@dataclass
+class StreamedResult:
+    """What ``prune_streamed`` wrote and how long each block took."""
+
+    folder: Path
+    plan: Plan
+    params_before: int
+    params_after: int
+    blocks: list[BlockRecord] = field(default_factory=list)
+    config_matches: bool | None = None  # the written config describes the pruned shapes
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        change = 1 - self.params_after / max(self.params_before, 1)
+        config = ("config updated: from_pretrained loads it" if self.config_matches
+                  else "the config cannot describe the pruned sizes: load with pk.load")
+        return (f"params {self.params_before:,} -> {self.params_after:,} (-{change:.1%}); "
+                f"{len(self.blocks)} blocks streamed in {self.seconds:.1f} s; {config}; "
+                f"written to {self.folder}")
+
+
+class _StopForward(Exception):
+    """Raised by a recorder to end a forward pass once the blocks' inputs are known."""
+
+
+class _Recorder(nn.Module):
+    """Stands in for a block: records what the model hands it and passes the hidden states
+    on unchanged, in the block's own output structure."""
+
+    def __init__(self, calls: list, template: Any, last: bool):
+        super().__init__()
+        self.calls, self.template, self.last = calls, template, last
+
+    def forward(self, *args, **kwargs):
+        hidden, rest = _split_hidden(args, kwargs)
+        self.calls.append((hidden, rest))
+        if self.last or self.template is None:
+            raise _StopForward
+        return _like(self.template, hidden)
+
+
+def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """A block's hidden-states input and everything else it was given, as keywords."""
+    if args:
+        if len(args) > 1:
+            raise PruneError("streamed pruning: the model passes its blocks more than the "
+                             "hidden states positionally; prune it in memory with pk.prune")
+        return args[0], dict(kwargs)
+    rest = dict(kwargs)
+    return rest.pop("hidden_states"), rest
+
+
+def _like(template: Any, hidden: torch.Tensor) -> Any:
+    """``hidden`` in the structure a block returns (a tensor, or a tuple led by it)."""
+    if isinstance(template, torch.Tensor):
+        return hidden
+    if isinstance(template, tuple):
+        return (hidden, *template[1:])
+    raise PruneError(f"streamed pruning: a block returns {type(template).__name__}, not the "
+                     f"hidden states or a tuple led by them; prune it in memory with pk.prune")
+
+
+def check_streamable(method: PruningMethod) -> str:
+    """``"width"`` or ``"depth"``, or a ``ConfigError`` saying what streaming cannot do."""
+    name = type(method).__name__
+    if isinstance(method, LayerPruning):
+        if method.flops_target is not None:
+            raise ConfigError("streamed LayerPruning takes n (a number of layers), not "
+                              "flops_target")
+        if method.criterion not in DEPTH_CRITERIA:
+            raise ConfigError(f"streamed LayerPruning.criterion {method.criterion!r} needs the "
+                              f"whole model's output; choose one of {sorted(DEPTH_CRITERIA)}")
+        return "depth"
+    if type(method) in (FilterPruning, ChannelPruning, HeadPruning):
+        if method.criterion not in WIDTH_CRITERIA:
+            raise ConfigError(f"streamed {name}.criterion {method.criterion!r} reads the "
+                              f"model's loss, which one block does not have; choose one of "
+                              f"{sorted(WIDTH_CRITERIA)}")
+        budget = method.budget()
+        if budget is not None or method.global_ranking or method.overrides:
+            raise ConfigError(f"streamed {name} removes ratio= of every block's heads or "
+                              f"neurons; budgets, global_ranking and overrides need every "
+                              f"block at once (prune in memory with pk.prune)")
+        return "width"
+    raise ConfigError(f"streamed pruning takes FilterPruning or ChannelPruning (MLP neurons), "
+                      f"HeadPruning or LayerPruning, not {name}")
+
+
+def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
+                   data: Iterable | None = None, *, progress: bool = False,
+                   max_shard_bytes: int = 2 << 30) -> StreamedResult:
+    """Prune the Hugging Face decoder in folder ``source`` into folder ``out``, holding one
+    block's weights in memory at a time (see the module docstring).
+
+    Args:
+        source: a folder with ``config.json`` and ``*.safetensors`` (``save_pretrained``).
+        out: the folder to write; replaced only when everything succeeded.
+        method: ``FilterPruning``/``ChannelPruning`` (MLP neurons, ``ratio`` of each block),
+            ``HeadPruning`` (heads, ``ratio`` of each layer's) or ``LayerPruning`` (``n``
+            blocks by ``"influence"``, ``"angular"`` or ``"last"``).
+        data: calibration batches, each the model's keyword inputs (``input_ids``,
+            ``attention_mask``) or an ``(inputs, targets)`` pair. Without it, one batch of
+            32 tokens (enough for the weight criteria and the per-block check).
+        progress: show a progress bar per block, with the time left.
+        max_shard_bytes: the largest shard written.
+    """
+    started = time.perf_counter()
+    kind = check_streamable(method)
+    reader = CheckpointReader(source)
+    out = Path(out)
+    if out.resolve() == reader.folder.resolve():
+        raise ConfigError(f"--out {out}: the pruned model cannot replace the folder it is read "
+                          f"from while it is read; write it elsewhere")
+    config = transformers.AutoConfig.from_pretrained(reader.folder)
+    model = empty_model(config)
+    stack_name = find_block_stack(model)
+    if stack_name is None:
+        raise ConfigError(f"{reader.folder}: no stack of decoder blocks found in "
+                          f"{type(model).__name__}; streamed pruning prunes block by block")
+    stack = model.get_submodule(stack_name)
+    batches = _calibration(data, config)
+    _check_padding(method, batches)
+    params_before = _count(model)  # before loading unties the output layer from the embeddings
+    _load_outside(model, reader, stack_name)
+    hidden, block_kwargs = _block_inputs(model, stack, stack_name, reader, batches)
+
+    def write(folder: Path) -> StreamedResult:
+        writer = ShardWriter(folder, max_shard_bytes)
+        with _progress(progress, len(stack), kind) as advance:
+            if kind == "width":
+                def check_config(pruned: nn.Module) -> None:
+                    _check_config(model, stack_name, pruned, method, reader.folder)
+
+                plan, records = _stream_width(method, reader, stack, stack_name, hidden,
+                                              block_kwargs, writer, advance, check_config)
+                config_matches = bool(method.update_config(model))
+            else:
+                plan, records = _stream_depth(method, reader, stack, stack_name, hidden,
+                                              block_kwargs, batches, writer, advance)
+                remove_blocks(model, stack, {name.rsplit(".", 1)[1] for name in plan.layers})
+                config_matches = True
+        for name in reader.names():  # embeddings, final norm, output layer: as they were
+            if not name.startswith(stack_name + "."):
+                writer.add({name: reader.tensor(name)})
+        writer.close()
+        model.config.save_pretrained(folder)
+        copy_other_files(reader, folder)
+        plan.save(folder / io.PLAN_FILE)
+        removed = sum(r.params_before - r.params_after for r in records)
+        return StreamedResult(out, plan, params_before, params_before - removed, records,
+                              config_matches)
+
+    holder: list[StreamedResult] = []
+    io.replace_folder(out, lambda folder: holder.append(write(folder)))
+    result = holder[0]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _calibration(data: Iterable | None, config: Any) -> list[dict]:
+    if data is None:
+        generator = torch.Generator().manual_seed(0)
+        return [{"input_ids": torch.randint(0, config.vocab_size, (1, 32), generator=generator)}]
+    batches = [split_batch(batch)[0] for batch in data]
+    if not batches or not all(isinstance(b, dict) and "input_ids" in b for b in batches):
+        raise ConfigError("data: give calibration batches as the model's keyword inputs "
+                          "({'input_ids': ..., 'attention_mask': ...}), at least one")
+    return batches
+
+
+def _check_padding(method: PruningMethod, batches: list[dict]) -> None:
+    """Attention entropy skips padded positions using the model's attention mask, which a
+    block alone does not see; rather than count them, ask for batches without padding."""
+    if getattr(method, "criterion", None) != "entropy":
+        return
+    for batch in batches:
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and not bool(mask.all()):
+            raise ConfigError("data: streamed HeadPruning with criterion 'entropy' needs "
+                              "calibration batches without padding (attention_mask all 1); "
+                              "give equal-length batches or a weight criterion")
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _load_outside(model: nn.Module, reader: CheckpointReader, stack: str) -> None:
+    """Weights for every parameter outside the blocks but the output layer's own; a tensor
+    tied to several places (embeddings shared with the output layer) is loaded once and put
+    in all of them, so the ties hold."""
+    head = output_embeddings(model)
+    places: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for leaf, param in module._parameters.items():
+            if param is not None:
+                full = f"{name}.{leaf}" if name else leaf
+                places.setdefault(id(param), []).append((module, leaf, full))
+    stored = set(reader.names())
+    for shared in places.values():
+        names = [full for _, _, full in shared]
+        if any(n.startswith(stack + ".") for n in names):
+            continue
+        if all(n.rpartition(".")[0] in head for n in names):
+            continue  # the output layer alone: calibration stops before it
+        found = [n for n in names if n in stored]
+        if found:
+            param = nn.Parameter(reader.tensor(found[0]), requires_grad=False)
+            for module, leaf, _ in shared:
+                module._parameters[leaf] = param
+
+
+def _block_inputs(model: nn.Module, stack: nn.ModuleList, stack_name: str,
+                  reader: CheckpointReader, batches: list[dict]
+                  ) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """The first block's hidden states per batch, and every block's other inputs per batch
+    (``kwargs[block][batch]``), recorded by stand-ins for the blocks."""
+    blocks = list(stack)
+    try:
+        first: list[tuple[torch.Tensor, dict]] = []
+        stack[0] = _Recorder(first, None, last=True)
+        for batch in batches:  # the first block's inputs
+            _run_until_stop(model, batch)
+        # what a block returns, from the first block run for real on the first batch
+        load_module(blocks[0], reader, f"{stack_name}.0.")
+        with torch.no_grad():
+            template = blocks[0](first[0][0], **first[0][1])
+        release(blocks[0])
+        calls: list[list[tuple[torch.Tensor, dict]]] = [[] for _ in blocks]
+        for index in range(len(blocks)):
+            stack[index] = _Recorder(calls[index], template, last=index == len(blocks) - 1)
+        for batch in batches:
+            _run_until_stop(model, batch)
+    finally:
+        for index, block in enumerate(blocks):
+            stack[index] = block
+    return [h for h, _ in first], [[kw for _, kw in block_calls] for block_calls in calls]
+
+
+def _run_until_stop(model: nn.Module, batch: dict) -> None:
+    try:
+        with torch.no_grad():
+            call_model(model, {**batch, "use_cache": False})
+    except _StopForward:
+        return
+    raise PruneError("streamed pruning: the model's forward pass did not reach its last "
+                     "block; prune it in memory with pk.prune")
+
+
+def _stream_width(method, reader, stack, stack_name, hidden, block_kwargs, writer, advance,
+                  check_config) -> tuple[Plan, list[BlockRecord]]:
+    plan, records = Plan(method=method.to_dict()), []
+    for index, block in enumerate(stack):
+        started = time.perf_counter()
+        name = f"{stack_name}.{index}"
+        load_module(block, reader, name + ".")
+        before = _count(block)
+        inputs = [{"hidden_states": h, **kw} for h, kw in zip(hidden, block_kwargs[index])]
+        hidden = _run_block(block, inputs)  # the unpruned outputs feed the next block
+        result = prune(block, inputs[0], method, data=inputs)
+        _merge(plan, result.plan, name)
+        writer.add({f"{name}.{key}": value for key, value in block.state_dict().items()})
+        records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block)))
+        release(block)
+        if index == 0:
+            check_config(block)
+        advance()
+    return plan, records
+
+
+def _stream_depth(method, reader, stack, stack_name, hidden, block_kwargs, batches, writer,
+                  advance) -> tuple[Plan, list[BlockRecord]]:
+    count = len(stack)
+    span = method.n if method.criterion == "angular" else 1
+    sums, samples = [0.0] * count, [0] * count
+    window: deque[list[torch.Tensor]] = deque(maxlen=span)  # inputs of the last span blocks
+    records = []
+    for index, block in enumerate(stack):
+        started = time.perf_counter()
+        params = _count(block)
+        if method.criterion != "last":
+            load_module(block, reader, f"{stack_name}.{index}.")
+            window.append(hidden)
+            inputs = [{"hidden_states": h, **kw} for h, kw in zip(hidden, block_kwargs[index])]
+            hidden = _run_block(block, inputs)
+            release(block)
+            start = index - span + 1  # the window that ends at this block
+            if start >= 0:
+                for batch, x, y in zip(batches, window[0], hidden):
+                    total, n = summed_distance(x, y, True, method.criterion == "angular",
+                                               token_weights(batch, y))
+                    sums[start] += total
+                    samples[start] += n
+        records.append(BlockRecord(f"{stack_name}.{index}", time.perf_counter() - started,
+                                   params, params))
+        advance()
+    if method.criterion == "last":
+        scores = [float(count - i) for i in range(count)]
+    else:
+        scores = [sums[i] / samples[i] if samples[i] else math.inf for i in range(count)]
+    ranked = [LayerScore(f"{stack_name}.{i}", scores[i], records[i].params_before, i)
+              for i in range(count)]
+    removed = choose_layers(ranked, method.n, method.criterion == "angular")
+    plan = removal(removed, stack_name)
+    plan.method = method.to_dict()
+    kept = [i for i in range(count) if f"{stack_name}.{i}" not in removed]
+    for new, old in enumerate(kept):
+        tensors = reader.under(f"{stack_name}.{old}.")
+        writer.add({f"{stack_name}.{new}.{key}": value for key, value in tensors.items()})
+        records[old].params_after = records[old].params_before
+    for name in removed:
+        records[int(name.rsplit(".", 1)[1])].params_after = 0
+    return plan, records
+
+
+def _check_config(model: nn.Module, stack_name: str, pruned: nn.Module,
+                  method: PruningMethod, folder: Path) -> None:
+    """After the first block: can one config describe every block pruned like it? Asked on
+    a weightless copy of the model whose blocks all take the pruned block's shapes, so a model
+    whose result could not be written as a loadable folder stops now, not after the last
+    block."""
+    real = {id(t): t for t in (*model.parameters(), *model.buffers())
+            if t.device.type != "meta"}
+    trial = copy.deepcopy(model, memo=dict(real))  # the loaded tensors are shared, not copied
+    blocks = trial.get_submodule(stack_name)
+    for index in range(len(blocks)):
+        blocks[index] = copy.deepcopy(pruned)
+    if not method.update_config(trial):
+        raise PruneError(f"{folder}: {type(model).__name__}'s config cannot describe its "
+                         f"blocks pruned by {method.summary()} (a size it derives from "
+                         f"others, such as the head size from the hidden size), so the "
+                         f"result could not be loaded with from_pretrained; nothing was "
+                         f"written. Prune it in memory with pk.prune and save it with pk.save")
+
+
+def _run_block(block: nn.Module, inputs: list[dict]) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [first_tensor(block(**x)) for x in inputs]
+
+
+def _merge(plan: Plan, block_plan: Plan, prefix: str) -> None:
+    """Add a block's plan to the model's, its names prefixed with the block's."""
+    def named(name: str) -> str:
+        return f"{prefix}.{name}" if name else prefix
+
+    plan.tensors.update({named(n): dims for n, dims in block_plan.tensors.items()})
+    plan.shapes.update({named(n): shape for n, shape in block_plan.shapes.items()})
+    plan.attributes.update({named(n): values for n, values in block_plan.attributes.items()})
+    plan.groups.extend({**group, "block": prefix} for group in block_plan.groups)
+
+
+class _progress:
+    """A progress bar per block with the time left (rich), or nothing."""
+
+    def __init__(self, show: bool, total: int, kind: str):
+        self.show, self.total, self.kind = show, total, kind
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.show:
+            return lambda: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        self.bar = Progress(TextColumn(f"streaming blocks ({self.kind})"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
+                            TimeRemainingColumn())
+        self.bar.__enter__()
+        task = self.bar.add_task("blocks", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self.show:
+            self.bar.__exit__(*exc)
+
