@@ -55,9 +55,10 @@ from ..surgery.stacks import find_block_stack, remove_blocks
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
 from .skeleton import empty_model, load_module, output_embeddings, release
 
-# criteria a block alone computes as the whole model does: weights, and activations at each
-# neuron or head (the heads' "output" and the gradient criteria read the model's output or loss)
-WIDTH_CRITERIA = {"l1", "l2", "fpgm", "random", "apoz", "mean_activation", "entropy"}
+# criteria a block alone computes as the whole model does: weights, and the activations of
+# each neuron (the heads' "output" and "entropy" and the gradient criteria read the whole
+# model's output, attention probabilities or loss)
+WIDTH_CRITERIA = {"l1", "l2", "fpgm", "random", "apoz", "mean_activation"}
 DEPTH_CRITERIA = {"influence", "block_influence", "angular", "last"}
 
 
@@ -147,7 +148,8 @@ def check_streamable(method: PruningMethod) -> str:
     if type(method) in (FilterPruning, ChannelPruning, HeadPruning):
         if method.criterion not in WIDTH_CRITERIA:
             raise ConfigError(f"streamed {name}.criterion {method.criterion!r} reads the "
-                              f"model's loss, which one block does not have; choose one of "
+                              f"whole model's loss or outputs, which one block does not "
+                              f"give; choose one of "
                               f"{sorted(WIDTH_CRITERIA)}")
         budget = method.budget()
         if budget is not None or method.global_ranking or method.overrides:
@@ -192,7 +194,6 @@ def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
                           f"{type(model).__name__}; streamed pruning prunes block by block")
     stack = model.get_submodule(stack_name)
     batches = _calibration(data, config)
-    _check_padding(method, batches)
     params_before = _count(model)  # before loading unties the output layer from the embeddings
     _load_outside(model, reader, stack_name)
     hidden, block_kwargs = _block_inputs(model, stack, stack_name, reader, batches)
@@ -239,19 +240,6 @@ def _calibration(data: Iterable | None, config: Any) -> list[dict]:
         raise ConfigError("data: give calibration batches as the model's keyword inputs "
                           "({'input_ids': ..., 'attention_mask': ...}), at least one")
     return batches
-
-
-def _check_padding(method: PruningMethod, batches: list[dict]) -> None:
-    """Attention entropy skips padded positions using the model's attention mask, which a
-    block alone does not see; rather than count them, ask for batches without padding."""
-    if getattr(method, "criterion", None) != "entropy":
-        return
-    for batch in batches:
-        mask = batch.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and not bool(mask.all()):
-            raise ConfigError("data: streamed HeadPruning with criterion 'entropy' needs "
-                              "calibration batches without padding (attention_mask all 1); "
-                              "give equal-length batches or a weight criterion")
 
 
 def _count(model: nn.Module) -> int:

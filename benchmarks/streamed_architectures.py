@@ -1,0 +1,151 @@
+"""Streamed pruning against in-memory pruning on every Hugging Face decoder architecture.
+
+For every model type in transformers' causal-LM mapping: a small random model (4 layers,
+hidden 64, the sizes of ``tests/hf_contract.py``) saved with ``save_pretrained`` in shards;
+then, for each of three methods — MLP neurons (``FilterPruning(0.5, "l1")``), heads
+(``HeadPruning(0.5, "l2")``) and depth (``LayerPruning(2, "influence")``) — the folder is pruned
+with ``pk.prune_streamed`` and, separately, the loaded model with ``pk.prune`` on the same two
+calibration batches. Outcomes:
+
+- identical: the streamed folder reloads with ``from_pretrained`` and its state dict equals
+  the in-memory pruned model's, tensor for tensor;
+- both refuse: neither can prune it (the same reason);
+- streamed refuses: the in-memory prune works, the streamed one says why it cannot;
+- differs / fails: anything else (a bug).
+
+    python benchmarks/streamed_architectures.py      # about 10 minutes on two cores
+
+Results: ``benchmarks/results/streamed_architectures.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit as pk  # noqa: E402
+from tests.hf_contract import model_inputs, model_types, small_config  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+METHODS = {"mlp": lambda: pk.FilterPruning(0.5, "l1"), "heads": lambda: pk.HeadPruning(0.5, "l2"),
+           "layers": lambda: pk.LayerPruning(2, "influence")}
+LAYERS = 4
+
+
+def four_layers(model_type: str):
+    config = small_config(model_type)
+    fields = {key: value for key, value in config.to_dict().items()
+              if not (isinstance(value, list) and key.endswith("types"))}  # per-layer lists
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(fields.get(key), int):
+            fields[key] = LAYERS
+    return type(config).from_dict(fields)
+
+
+def reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+def compare(source: Path, method_for, batches) -> str:
+    streamed_error = memory_error = None
+    out = Path(tempfile.mkdtemp()) / "out"
+    try:
+        pk.prune_streamed(source, out, method_for(), batches)
+    except Exception as error:  # noqa: BLE001 - every failure is an outcome
+        streamed_error = error
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    try:
+        pk.prune(reference, batches[0], method_for(), data=batches)
+    except Exception as error:  # noqa: BLE001
+        memory_error = error
+    if streamed_error is not None:
+        if memory_error is not None:
+            return f"both refuse ({reason(memory_error)})"
+        return f"streamed refuses ({reason(streamed_error)})"
+    if memory_error is not None:
+        return f"fails: in memory only ({reason(memory_error)})"
+    try:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    except Exception as error:  # noqa: BLE001
+        return f"fails: reload ({reason(error)})"
+    a, b = reference.state_dict(), loaded.state_dict()
+    if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
+        return "identical"
+    return "differs"
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    rows = []
+    for kind, model_type in model_types():
+        if kind != "decoder":
+            continue
+        row = {"model_type": model_type}
+        try:
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(four_layers(model_type))
+            source = Path(tempfile.mkdtemp())
+            model.save_pretrained(source, max_shard_size="200KB")
+            del model
+        except Exception as error:  # noqa: BLE001
+            row["build"] = reason(error)
+            rows.append(row)
+            print(model_type, row, flush=True)
+            continue
+        batches = [model_inputs("decoder") for _ in range(2)]
+        for name, method_for in METHODS.items():
+            row[name] = compare(source, method_for, batches)
+        rows.append(row)
+        print(model_type, row, flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "streamed_architectures.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / "streamed_architectures.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+def outcome(text: str) -> str:
+    return text.split(" (")[0]
+
+
+def markdown(rows: list[dict]) -> str:
+    built = [r for r in rows if "build" not in r]
+    lines = ["# Streamed pruning against in-memory pruning, every decoder architecture", "",
+             "Reproduce: `python benchmarks/streamed_architectures.py`. Each causal-LM type in "
+             f"transformers {transformers.__version__}, 4 layers, random weights, saved in "
+             "shards; streamed (`pk.prune_streamed`) and in memory (`pk.prune`) with the same "
+             "method and calibration batches. *identical*: the reloaded streamed folder's "
+             "state dict equals the in-memory result, tensor for tensor.", "",
+             f"{len(rows)} types; {len(rows) - len(built)} cannot be built from a small "
+             "config here.", "",
+             "| method | " + " | ".join(["identical", "both refuse", "streamed refuses",
+                                         "differs", "fails"]) + " |",
+             "|---|---|---|---|---|---|"]
+    for method in METHODS:
+        counts = collections.Counter(outcome(r[method]) for r in built)
+        fails = sum(v for k, v in counts.items() if k.startswith("fails"))
+        lines.append(f"| {method} | {counts['identical']} | {counts['both refuse']} | "
+                     f"{counts['streamed refuses']} | {counts['differs']} | {fails} |")
+    lines += ["", "| type | mlp | heads | layers |", "|---|---|---|---|"]
+    for row in rows:
+        if "build" in row:
+            lines.append(f"| {row['model_type']} | not built: {row['build'][:80]} | | |")
+        else:
+            lines.append(f"| {row['model_type']} | " + " | ".join(
+                row[m].replace("|", "/") for m in METHODS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

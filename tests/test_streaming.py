@@ -1,0 +1,182 @@
+"""Streamed pruning from disk: the same plan, weights and outputs as pk.prune on the loaded
+model, one block's weights in memory at a time, and clear errors that write nothing."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from typer.testing import CliRunner
+
+import prunekit as pk
+from prunekit.cli import commands as cli
+from prunekit.errors import ConfigError, PruneError
+from prunekit.hf import streaming
+from tests.hf_contract import small_config
+
+transformers.logging.set_verbosity_error()
+
+
+def saved(tmp_path, model_type="llama", layers=4, **sizes):
+    """A small random decoder saved in several shards, with a tokenizer file beside it."""
+    config = small_config(model_type)
+    fields = {k: v for k, v in config.to_dict().items()
+              if not (isinstance(v, list) and k.endswith("types"))}
+    fields.update(num_hidden_layers=layers, **sizes)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(type(config).from_dict(fields))
+    source = tmp_path / "source"
+    model.save_pretrained(source, max_shard_size="100KB")
+    (source / "tokenizer.json").write_text('{"made up": true}')
+    return source
+
+
+def batches(padded=False):
+    generator = torch.Generator().manual_seed(1)
+    found = []
+    for _ in range(3):
+        batch = {"input_ids": torch.randint(3, 100, (2, 12), generator=generator)}
+        if padded:
+            batch["attention_mask"] = torch.ones(2, 12, dtype=torch.long)
+            batch["attention_mask"][1, 8:] = 0
+        found.append(batch)
+    return found
+
+
+CASES = [
+    ("llama", lambda: pk.FilterPruning(0.5, "l1"), False),
+    ("llama", lambda: pk.HeadPruning(0.5, "l2"), False),  # 4 query heads on 2 key/value heads
+    ("qwen3", lambda: pk.ChannelPruning(0.25, "mean_activation"), True),
+    ("gemma", lambda: pk.FilterPruning(0.5, "apoz"), False),  # embeddings tied to the head
+    ("mistral", lambda: pk.HeadPruning(0.5, "fpgm"), False),
+    ("llama", lambda: pk.LayerPruning(2, "influence"), True),
+    ("qwen2", lambda: pk.LayerPruning(2, "angular"), False),
+    ("gemma", lambda: pk.LayerPruning(1, "last"), False),
+]
+
+
+@pytest.mark.parametrize("model_type, method, padded", CASES)
+def test_streamed_is_identical_to_pruning_the_loaded_model(tmp_path, model_type, method,
+                                                           padded):
+    source = saved(tmp_path, model_type)
+    data = batches(padded)
+    result = pk.prune_streamed(source, tmp_path / "out", method(), data,
+                               max_shard_bytes=40_000)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    expected = pk.prune(reference, data[0], method(), data=data)
+
+    assert not result.plan.is_empty
+    assert result.plan.tensors == expected.plan.tensors
+    assert result.plan.layers == expected.plan.layers
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    a, b = reference.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
+    with torch.no_grad():
+        assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
+    assert result.config_matches
+    assert result.params_after == sum(p.numel() for p in loaded.parameters())
+    assert result.params_before > result.params_after
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"config.json", "tokenizer.json", "plan.json",
+            "model.safetensors.index.json"} <= written  # several shards and their index
+    assert pk.Plan.load(tmp_path / "out" / "plan.json").layers == result.plan.layers
+
+
+def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
+    source = saved(tmp_path)
+    loaded_blocks = []
+    load = streaming.load_module
+
+    def watched(module, reader, prefix):
+        if prefix.startswith("model.layers."):
+            stack = module_stack[0]
+            real = [i for i, block in enumerate(stack)
+                    if any(p.device.type != "meta" for p in block.parameters())]
+            loaded_blocks.append((prefix, real))
+        load(module, reader, prefix)
+
+    module_stack = []
+    build = streaming.empty_model
+
+    def remembered(config):
+        model = build(config)
+        module_stack.append(model.model.layers)
+        return model
+
+    monkeypatch.setattr(streaming, "load_module", watched)
+    monkeypatch.setattr(streaming, "empty_model", remembered)
+    pk.prune_streamed(source, tmp_path / "out", pk.FilterPruning(0.5), batches())
+    assert len(loaded_blocks) == 5  # block 0 once to learn its output, then every block
+    assert all(real == [] for _, real in loaded_blocks)  # no other block held weights then
+
+
+def test_each_block_is_timed_and_counted(tmp_path):
+    source = saved(tmp_path, layers=2)
+    result = pk.prune_streamed(source, tmp_path / "out", pk.FilterPruning(0.5),
+                               batches(), progress=True)
+    assert [b.name for b in result.blocks] == ["model.layers.0", "model.layers.1"]
+    assert all(b.seconds > 0 and b.params_after < b.params_before for b in result.blocks)
+    assert "2 blocks streamed" in str(result)
+
+
+def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        pk.prune_streamed(empty, tmp_path / "out", pk.FilterPruning(0.5))
+    (empty / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (empty / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no \\*.safetensors weights .*pytorch_model.bin"):
+        pk.prune_streamed(empty, tmp_path / "out", pk.FilterPruning(0.5))
+    with pytest.raises(ConfigError, match="no such folder"):
+        pk.prune_streamed(tmp_path / "missing", tmp_path / "out", pk.FilterPruning(0.5))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method, message", [
+    (lambda: pk.HiddenPruning(0.25), "takes FilterPruning or ChannelPruning"),
+    (lambda: pk.FilterPruning(0.5, "taylor"), "reads the whole model's loss or outputs"),
+    (lambda: pk.HeadPruning(0.5, "entropy"), "reads the whole model's loss or outputs"),
+    (lambda: pk.FilterPruning(flops_target=0.5), "budgets, global_ranking and overrides"),
+    (lambda: pk.LayerPruning(2, "loss"), "needs the whole model's output"),
+    (lambda: pk.LayerPruning(flops_target=0.3, criterion="influence"), "not flops_target"),
+])
+def test_what_streaming_cannot_do_is_refused_before_reading(tmp_path, method, message):
+    with pytest.raises(ConfigError, match=message):
+        pk.prune_streamed(tmp_path / "not read", tmp_path / "out", method())
+
+
+def test_a_failure_leaves_the_output_folder_as_it_was(tmp_path):
+    source = saved(tmp_path, "gpt_neox")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(PruneError, match="config cannot describe its blocks pruned by"):
+        pk.prune_streamed(source, out, pk.HeadPruning(0.5, "l2"), batches())
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    with pytest.raises(ConfigError, match="cannot replace the folder it is read from"):
+        pk.prune_streamed(source, source, pk.FilterPruning(0.5))
+
+
+def test_the_command_line_streams_a_folder(tmp_path):
+    source = saved(tmp_path, layers=3)
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(cli.app, ["prune", "--model", f"hf:{source}", "--stream",
+                                     "--method", "layers", "--n", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3 blocks streamed" in result.output and "removed layers: model.layers." in result.output
+    assert transformers.AutoConfig.from_pretrained(out).num_hidden_layers == 2
+    again = runner.invoke(cli.app, ["prune", "--model", f"hf:{source}", "--stream",
+                                    "--method", "heads", "--ratio", "0.5", "--out", str(out)])
+    assert again.exit_code == 0, again.output  # a streamed folder may be replaced
+    assert transformers.AutoConfig.from_pretrained(out).num_attention_heads == 2
+
+    wrong = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18", "--stream",
+                                    "--out", str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "--stream reads a Hugging Face model folder" in wrong.output
+    missing = runner.invoke(cli.app, ["prune", "--model", f"hf:{tmp_path / 'nope'}", "--stream",
+                                      "--out", str(tmp_path / "y")])
+    assert missing.exit_code == 2 and "no such folder" in missing.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
