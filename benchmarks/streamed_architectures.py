@@ -63,8 +63,8 @@ def compare(source: Path, method_for, batches) -> str:
         pk.prune_streamed(source, out, method_for(), batches)
     except Exception as error:  # noqa: BLE001 - every failure is an outcome
         streamed_error = error
-    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
     try:
+        reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
         pk.prune(reference, batches[0], method_for(), data=batches)
     except Exception as error:  # noqa: BLE001
         memory_error = error

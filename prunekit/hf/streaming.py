@@ -29,6 +29,7 @@ with the same criterion and data the plan and weights are the same.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections import deque
@@ -101,27 +102,40 @@ class _Recorder(nn.Module):
     """Stands in for a block: records what the model hands it and passes the hidden states
     on unchanged, in the block's own output structure."""
 
-    def __init__(self, calls: list, template: Any, last: bool):
+    def __init__(self, signature: inspect.Signature, calls: list, template: Any, last: bool):
         super().__init__()
-        self.calls, self.template, self.last = calls, template, last
+        self.signature, self.calls, self.template, self.last = signature, calls, template, last
 
     def forward(self, *args, **kwargs):
-        hidden, rest = _split_hidden(args, kwargs)
+        hidden, rest = _as_keywords(self.signature, args, kwargs)
         self.calls.append((hidden, rest))
         if self.last or self.template is None:
             raise _StopForward
         return _like(self.template, hidden)
 
 
-def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
-    """A block's hidden-states input and everything else it was given, as keywords."""
-    if args:
-        if len(args) > 1:
-            raise PruneError("streamed pruning: the model passes its blocks more than the "
-                             "hidden states positionally; prune it in memory with pk.prune")
-        return args[0], dict(kwargs)
-    rest = dict(kwargs)
-    return rest.pop("hidden_states"), rest
+def _as_keywords(signature: inspect.Signature, args: tuple, kwargs: dict
+                 ) -> tuple[torch.Tensor, dict]:
+    """A block call's hidden states (its forward's first parameter) and everything else it
+    was given, named as its forward names them, so it can be called again by keywords."""
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise PruneError(f"streamed pruning: the model calls its blocks with arguments their "
+                         f"forward does not take ({error}); prune it in memory with "
+                         f"pk.prune") from None
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise PruneError("streamed pruning: the model passes its blocks unnamed extra "
+                                 "arguments; prune it in memory with pk.prune")
+        else:
+            named[name] = value
+    return named.pop(next(iter(signature.parameters))), named
 
 
 def _like(template: Any, hidden: torch.Tensor) -> Any:
@@ -196,21 +210,16 @@ def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
     batches = _calibration(data, config)
     params_before = _count(model)  # before loading unties the output layer from the embeddings
     _load_outside(model, reader, stack_name)
-    hidden, block_kwargs = _block_inputs(model, stack, stack_name, reader, batches)
+    stream = _block_inputs(model, stack_name, reader, batches)
 
     def write(folder: Path) -> StreamedResult:
         writer = ShardWriter(folder, max_shard_bytes)
         with _progress(progress, len(stack), kind) as advance:
             if kind == "width":
-                def check_config(pruned: nn.Module) -> None:
-                    _check_config(model, stack_name, pruned, method, reader.folder)
-
-                plan, records = _stream_width(method, reader, stack, stack_name, hidden,
-                                              block_kwargs, writer, advance, check_config)
+                plan, records = _stream_width(method, stream, writer, advance)
                 config_matches = bool(method.update_config(model))
             else:
-                plan, records = _stream_depth(method, reader, stack, stack_name, hidden,
-                                              block_kwargs, batches, writer, advance)
+                plan, records = _stream_depth(method, stream, writer, advance)
                 remove_blocks(model, stack, {name.rsplit(".", 1)[1] for name in plan.layers})
                 config_matches = True
         for name in reader.names():  # embeddings, final norm, output layer: as they were
@@ -271,15 +280,39 @@ def _load_outside(model: nn.Module, reader: CheckpointReader, stack: str) -> Non
                 module._parameters[leaf] = param
 
 
-def _block_inputs(model: nn.Module, stack: nn.ModuleList, stack_name: str,
-                  reader: CheckpointReader, batches: list[dict]
-                  ) -> tuple[list[torch.Tensor], list[list[dict]]]:
-    """The first block's hidden states per batch, and every block's other inputs per batch
-    (``kwargs[block][batch]``), recorded by stand-ins for the blocks."""
+@dataclass
+class _Stream:
+    """What the stages of a stream share: the model without weights, where its blocks are,
+    the checkpoint, and the calibration: each batch, the first block's hidden states for it,
+    and the other inputs the model gives each block (``calls[block][batch]``)."""
+
+    model: nn.Module
+    stack_name: str
+    reader: CheckpointReader
+    batches: list[dict]
+    hidden_name: str  # the blocks' parameter for the hidden states
+    hidden: list[torch.Tensor]
+    calls: list[list[dict]]
+
+    @property
+    def stack(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.stack_name)
+
+    def inputs(self, index: int, hidden: list[torch.Tensor]) -> list[dict]:
+        """Each batch's keyword inputs to block ``index`` given the hidden states arriving."""
+        return [{self.hidden_name: h, **call} for h, call in zip(hidden, self.calls[index])]
+
+
+def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
+                  batches: list[dict]) -> _Stream:
+    """The first block's hidden states per batch and every block's other inputs per batch,
+    recorded by stand-ins for the blocks."""
+    stack = model.get_submodule(stack_name)
     blocks = list(stack)
+    signature = inspect.signature(blocks[0].forward)
     try:
         first: list[tuple[torch.Tensor, dict]] = []
-        stack[0] = _Recorder(first, None, last=True)
+        stack[0] = _Recorder(signature, first, None, last=True)
         for batch in batches:  # the first block's inputs
             _run_until_stop(model, batch)
         # what a block returns, from the first block run for real on the first batch
@@ -289,13 +322,15 @@ def _block_inputs(model: nn.Module, stack: nn.ModuleList, stack_name: str,
         release(blocks[0])
         calls: list[list[tuple[torch.Tensor, dict]]] = [[] for _ in blocks]
         for index in range(len(blocks)):
-            stack[index] = _Recorder(calls[index], template, last=index == len(blocks) - 1)
+            stack[index] = _Recorder(signature, calls[index], template,
+                                     last=index == len(blocks) - 1)
         for batch in batches:
             _run_until_stop(model, batch)
     finally:
         for index, block in enumerate(blocks):
             stack[index] = block
-    return [h for h, _ in first], [[kw for _, kw in block_calls] for block_calls in calls]
+    return _Stream(model, stack_name, reader, batches, next(iter(signature.parameters)),
+                   [h for h, _ in first], [[kw for _, kw in block] for block in calls])
 
 
 def _run_until_stop(model: nn.Module, batch: dict) -> None:
@@ -308,15 +343,16 @@ def _run_until_stop(model: nn.Module, batch: dict) -> None:
                      "block; prune it in memory with pk.prune")
 
 
-def _stream_width(method, reader, stack, stack_name, hidden, block_kwargs, writer, advance,
-                  check_config) -> tuple[Plan, list[BlockRecord]]:
+def _stream_width(method: PruningMethod, stream: _Stream, writer: ShardWriter,
+                  advance: Callable[[], None]) -> tuple[Plan, list[BlockRecord]]:
     plan, records = Plan(method=method.to_dict()), []
-    for index, block in enumerate(stack):
+    hidden = stream.hidden
+    for index, block in enumerate(stream.stack):
         started = time.perf_counter()
-        name = f"{stack_name}.{index}"
-        load_module(block, reader, name + ".")
+        name = f"{stream.stack_name}.{index}"
+        load_module(block, stream.reader, name + ".")
         before = _count(block)
-        inputs = [{"hidden_states": h, **kw} for h, kw in zip(hidden, block_kwargs[index])]
+        inputs = stream.inputs(index, hidden)
         hidden = _run_block(block, inputs)  # the unpruned outputs feed the next block
         result = prune(block, inputs[0], method, data=inputs)
         _merge(plan, result.plan, name)
@@ -324,30 +360,29 @@ def _stream_width(method, reader, stack, stack_name, hidden, block_kwargs, write
         records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block)))
         release(block)
         if index == 0:
-            check_config(block)
+            _check_config(stream, block, method)
         advance()
     return plan, records
 
 
-def _stream_depth(method, reader, stack, stack_name, hidden, block_kwargs, batches, writer,
-                  advance) -> tuple[Plan, list[BlockRecord]]:
-    count = len(stack)
+def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
+                  advance: Callable[[], None]) -> tuple[Plan, list[BlockRecord]]:
+    stack_name, count = stream.stack_name, len(stream.stack)
     span = method.n if method.criterion == "angular" else 1
     sums, samples = [0.0] * count, [0] * count
     window: deque[list[torch.Tensor]] = deque(maxlen=span)  # inputs of the last span blocks
-    records = []
-    for index, block in enumerate(stack):
+    records, hidden = [], stream.hidden
+    for index, block in enumerate(stream.stack):
         started = time.perf_counter()
         params = _count(block)
         if method.criterion != "last":
-            load_module(block, reader, f"{stack_name}.{index}.")
+            load_module(block, stream.reader, f"{stack_name}.{index}.")
             window.append(hidden)
-            inputs = [{"hidden_states": h, **kw} for h, kw in zip(hidden, block_kwargs[index])]
-            hidden = _run_block(block, inputs)
+            hidden = _run_block(block, stream.inputs(index, hidden))
             release(block)
             start = index - span + 1  # the window that ends at this block
             if start >= 0:
-                for batch, x, y in zip(batches, window[0], hidden):
+                for batch, x, y in zip(stream.batches, window[0], hidden):
                     total, n = summed_distance(x, y, True, method.criterion == "angular",
                                                token_weights(batch, y))
                     sums[start] += total
@@ -366,32 +401,37 @@ def _stream_depth(method, reader, stack, stack_name, hidden, block_kwargs, batch
     plan.method = method.to_dict()
     kept = [i for i in range(count) if f"{stack_name}.{i}" not in removed]
     for new, old in enumerate(kept):
-        tensors = reader.under(f"{stack_name}.{old}.")
+        tensors = stream.reader.under(f"{stack_name}.{old}.")
         writer.add({f"{stack_name}.{new}.{key}": value for key, value in tensors.items()})
-        records[old].params_after = records[old].params_before
     for name in removed:
         records[int(name.rsplit(".", 1)[1])].params_after = 0
     return plan, records
 
 
-def _check_config(model: nn.Module, stack_name: str, pruned: nn.Module,
-                  method: PruningMethod, folder: Path) -> None:
+def _check_config(stream: _Stream, pruned: nn.Module, method: PruningMethod) -> None:
     """After the first block: can one config describe every block pruned like it? Asked on
     a weightless copy of the model whose blocks all take the pruned block's shapes, so a model
     whose result could not be written as a loadable folder stops now, not after the last
     block."""
+    model = stream.model
     real = {id(t): t for t in (*model.parameters(), *model.buffers())
             if t.device.type != "meta"}
     trial = copy.deepcopy(model, memo=dict(real))  # the loaded tensors are shared, not copied
-    blocks = trial.get_submodule(stack_name)
+    blocks = trial.get_submodule(stream.stack_name)
     for index in range(len(blocks)):
         blocks[index] = copy.deepcopy(pruned)
     if not method.update_config(trial):
-        raise PruneError(f"{folder}: {type(model).__name__}'s config cannot describe its "
+        raise PruneError(f"{stream.reader.folder}: {type(model).__name__}'s config cannot describe its "
                          f"blocks pruned by {method.summary()} (a size it derives from "
                          f"others, such as the head size from the hidden size), so the "
                          f"result could not be loaded with from_pretrained; nothing was "
                          f"written. Prune it in memory with pk.prune and save it with pk.save")
+
+
+def _inputs(name: str, hidden: list[torch.Tensor], calls: list[dict]) -> list[dict]:
+    """Each batch's keyword inputs to a block: the hidden states the stream brings, under
+    ``name``, with the rest of the call the model made."""
+    return [{name: h, **call} for h, call in zip(hidden, calls)]
 
 
 def _run_block(block: nn.Module, inputs: list[dict]) -> list[torch.Tensor]:
