@@ -83,6 +83,24 @@ def test_streamed_is_identical_to_pruning_the_loaded_model(tmp_path, model_type,
     assert pk.Plan.load(tmp_path / "out" / "plan.json").layers == result.plan.layers
 
 
+def test_heads_then_neurons_in_one_pass(tmp_path):
+    source = saved(tmp_path, "llama")
+    data = batches()
+    methods = [pk.HeadPruning(0.5, "l2"), pk.FilterPruning(0.5, "l1")]
+    result = pk.prune_streamed(source, tmp_path / "out", methods, data)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    plan = pk.prune(reference, data[0], methods[0], data=data).plan
+    plan = plan.then(pk.prune(reference, data[0], methods[1], data=data).plan)
+    assert result.plan.tensors == plan.tensors
+    assert result.plan.method == {"steps": [m.to_dict() for m in methods]}
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    a, b = reference.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config.num_attention_heads == 2 and loaded.config.intermediate_size == 64
+    with pytest.raises(ConfigError, match="stream layer removal in a call of its own"):
+        pk.prune_streamed(source, tmp_path / "x", [pk.LayerPruning(1, "last"), methods[1]])
+
+
 def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
     source = saved(tmp_path)
     loaded_blocks = []

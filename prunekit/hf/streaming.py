@@ -35,7 +35,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import transformers
@@ -175,7 +175,8 @@ def check_streamable(method: PruningMethod) -> str:
                       f"HeadPruning or LayerPruning, not {name}")
 
 
-def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
+def prune_streamed(source: str | Path, out: str | Path,
+                   method: PruningMethod | Sequence[PruningMethod],
                    data: Iterable | None = None, *, progress: bool = False,
                    max_shard_bytes: int = 2 << 30) -> StreamedResult:
     """Prune the Hugging Face decoder in folder ``source`` into folder ``out``, holding one
@@ -186,7 +187,8 @@ def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
         out: the folder to write; replaced only when everything succeeded.
         method: ``FilterPruning``/``ChannelPruning`` (MLP neurons, ``ratio`` of each block),
             ``HeadPruning`` (heads, ``ratio`` of each layer's) or ``LayerPruning`` (``n``
-            blocks by ``"influence"``, ``"angular"`` or ``"last"``).
+            blocks by ``"influence"``, ``"angular"`` or ``"last"``); or a list of width
+            methods, applied to each block in turn (heads, then neurons) in one pass.
         data: calibration batches, each the model's keyword inputs (``input_ids``,
             ``attention_mask``) or an ``(inputs, targets)`` pair. Without it, one batch of
             32 tokens (enough for the weight criteria and the per-block check).
@@ -194,7 +196,13 @@ def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
         max_shard_bytes: the largest shard written.
     """
     started = time.perf_counter()
-    kind = check_streamable(method)
+    methods = [method] if isinstance(method, PruningMethod) else list(method)
+    kinds = [check_streamable(m) for m in methods]
+    if not methods or ("depth" in kinds and len(methods) > 1):
+        raise ConfigError("method: give one LayerPruning, or one or more width methods "
+                          "(FilterPruning, ChannelPruning, HeadPruning); stream layer removal "
+                          "in a call of its own")
+    kind = kinds[0]
     reader = CheckpointReader(source)
     out = Path(out)
     if out.resolve() == reader.folder.resolve():
@@ -216,10 +224,10 @@ def prune_streamed(source: str | Path, out: str | Path, method: PruningMethod,
         writer = ShardWriter(folder, max_shard_bytes)
         with _progress(progress, len(stack), kind) as advance:
             if kind == "width":
-                plan, records = _stream_width(method, stream, writer, advance)
-                config_matches = bool(method.update_config(model))
+                plan, records = _stream_width(methods, stream, writer, advance)
+                config_matches = bool(methods[-1].update_config(model))
             else:
-                plan, records = _stream_depth(method, stream, writer, advance)
+                plan, records = _stream_depth(methods[0], stream, writer, advance)
                 remove_blocks(model, stack, {name.rsplit(".", 1)[1] for name in plan.layers})
                 config_matches = True
         for name in reader.names():  # embeddings, final norm, output layer: as they were
@@ -343,9 +351,11 @@ def _run_until_stop(model: nn.Module, batch: dict) -> None:
                      "block; prune it in memory with pk.prune")
 
 
-def _stream_width(method: PruningMethod, stream: _Stream, writer: ShardWriter,
+def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWriter,
                   advance: Callable[[], None]) -> tuple[Plan, list[BlockRecord]]:
-    plan, records = Plan(method=method.to_dict()), []
+    steps = [m.to_dict() for m in methods]
+    plan = Plan(method=steps[0] if len(steps) == 1 else {"steps": steps})
+    records = []
     hidden = stream.hidden
     for index, block in enumerate(stream.stack):
         started = time.perf_counter()
@@ -354,13 +364,16 @@ def _stream_width(method: PruningMethod, stream: _Stream, writer: ShardWriter,
         before = _count(block)
         inputs = stream.inputs(index, hidden)
         hidden = _run_block(block, inputs)  # the unpruned outputs feed the next block
-        result = prune(block, inputs[0], method, data=inputs)
-        _merge(plan, result.plan, name)
+        block_plan = None
+        for method in methods:  # each on the block as the one before left it
+            step = prune(block, inputs[0], method, data=inputs).plan
+            block_plan = step if block_plan is None else block_plan.then(step)
+        _merge(plan, block_plan, name)
         writer.add({f"{name}.{key}": value for key, value in block.state_dict().items()})
         records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block)))
         release(block)
         if index == 0:
-            _check_config(stream, block, method)
+            _check_config(stream, block, methods)
         advance()
     return plan, records
 
@@ -408,7 +421,7 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
     return plan, records
 
 
-def _check_config(stream: _Stream, pruned: nn.Module, method: PruningMethod) -> None:
+def _check_config(stream: _Stream, pruned: nn.Module, methods: list[PruningMethod]) -> None:
     """After the first block: can one config describe every block pruned like it? Asked on
     a weightless copy of the model whose blocks all take the pruned block's shapes, so a model
     whose result could not be written as a loadable folder stops now, not after the last
@@ -420,18 +433,13 @@ def _check_config(stream: _Stream, pruned: nn.Module, method: PruningMethod) -> 
     blocks = trial.get_submodule(stream.stack_name)
     for index in range(len(blocks)):
         blocks[index] = copy.deepcopy(pruned)
-    if not method.update_config(trial):
-        raise PruneError(f"{stream.reader.folder}: {type(model).__name__}'s config cannot describe its "
-                         f"blocks pruned by {method.summary()} (a size it derives from "
+    if not methods[-1].update_config(trial):
+        how = " then ".join(m.summary() for m in methods)
+        raise PruneError(f"{stream.reader.folder}: {type(model).__name__}'s config cannot "
+                         f"describe its blocks pruned by {how} (a size it derives from "
                          f"others, such as the head size from the hidden size), so the "
                          f"result could not be loaded with from_pretrained; nothing was "
                          f"written. Prune it in memory with pk.prune and save it with pk.save")
-
-
-def _inputs(name: str, hidden: list[torch.Tensor], calls: list[dict]) -> list[dict]:
-    """Each batch's keyword inputs to a block: the hidden states the stream brings, under
-    ``name``, with the rest of the call the model made."""
-    return [{name: h, **call} for h, call in zip(hidden, calls)]
 
 
 def _run_block(block: nn.Module, inputs: list[dict]) -> list[torch.Tensor]:
