@@ -318,3 +318,18 @@ def test_heads_are_found_where_the_view_does_not_show_them_plainly(model_type, a
         assert result.plan.attributes[attention][count] == 2
     mlp = pk.prune(copy.deepcopy(model), INPUTS, pk.FilterPruning(0.5, "l1"))
     assert not any(name.startswith(attention + ".") for name in mlp.plan.tensors)
+
+
+def test_a_layer_index_equal_to_the_head_count_is_not_a_head_count():
+    """Cohere's third attention layer has layer_idx 2 beside two key/value heads; taking it
+    for a head count once broke that layer's cache, so its heads were left unpruned."""
+    config = transformers.CohereConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=4, num_attention_heads=4,
+                                       num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    inputs = {"input_ids": torch.randint(3, 100, (2, 8))}
+    result = pk.prune(model, inputs, pk.HeadPruning(0.5, "l2"))
+    assert result.skipped == []
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
+    assert not any("layer_idx" in values for values in result.plan.attributes.values())

@@ -12,6 +12,7 @@ tracer.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -124,9 +125,16 @@ def attributes_equal_to(module, size: int) -> list[str]:
     return [name for name in names if "split" in name] or names
 
 
+# integer attributes that say where a module is, not how wide: an attention layer's
+# ``layer_idx`` of 2 beside two heads is a coincidence, and updating it breaks the cache
+POSITION_NAME = re.compile(r"(^|_)(idx|index|id|number|position)$")
+
+
 def int_attributes(module) -> dict[str, int]:
-    """A module's public integer attributes: the counts a view or split may be sized by."""
+    """A module's public integer attributes that may be counts: what a view or split may be
+    sized by (not its position, ``layer_idx``)."""
     if module is None:
         return {}
     return {name: value for name, value in vars(module).items()
-            if not name.startswith("_") and type(value) is int}
+            if not name.startswith("_") and type(value) is int
+            and not POSITION_NAME.search(name)}
