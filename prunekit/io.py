@@ -9,6 +9,7 @@ meta device) before it touches the model, and loads inside the transaction that 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from .errors import PlanError
@@ -25,6 +26,7 @@ from .plan import Plan, original_name
 from .surgery.apply import apply_plan, tensor_owners
 
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 PLAN_FILE = "plan.json"
 CHECKPOINT_FILES = {WEIGHTS_FILE, PLAN_FILE}
 
@@ -125,16 +127,20 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
         >>> model = pk.load("pruned/", torchvision.models.resnet18())
     """
     directory = Path(directory)
-    for name in (PLAN_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise PlanError(f"{str(directory)!r} has no {name}; was it written by pk.save?")
+    if not (directory / PLAN_FILE).is_file():
+        raise PlanError(f"{str(directory)!r} has no {PLAN_FILE}; was it written by pk.save "
+                        f"or pk.prune_streamed?")
+    files = weight_files(directory)
     plan = Plan.load(directory / PLAN_FILE)
-    weights = str(directory / WEIGHTS_FILE)
-    _check_weights_fit(model, plan, weights, directory)
+    _check_weights_fit(model, plan, files, directory)
 
     def load_weights(pruned: nn.Module) -> None:
         try:
-            load_model(pruned, weights, strict=True)
+            if len(files) == 1:
+                load_model(pruned, str(files[0]), strict=True)
+            else:  # shards, as save_pretrained and prune_streamed write them
+                for file in files:
+                    pruned.load_state_dict(load_file(str(file)), strict=False)
         except RuntimeError as error:
             raise PlanError(f"weights in {str(directory)!r} do not fit the model: "
                             f"{error}") from error
@@ -144,7 +150,27 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
     return model
 
 
-def _check_weights_fit(model: nn.Module, plan: Plan, weights: str, directory: Path) -> None:
+def weight_files(directory: Path) -> list[Path]:
+    """``model.safetensors``, or the shards ``model.safetensors.index.json`` lists."""
+    if (directory / WEIGHTS_FILE).is_file():
+        return [directory / WEIGHTS_FILE]
+    index = directory / INDEX_FILE
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as error:
+            raise PlanError(f"{str(index)!r} is not a safetensors index ({error})") from None
+        missing = [name for name in shards if not (directory / name).is_file()]
+        if missing:
+            raise PlanError(f"{str(directory)!r} lacks the shard {missing[0]!r} its index "
+                            f"names")
+        return [directory / name for name in shards]
+    raise PlanError(f"{str(directory)!r} has no {WEIGHTS_FILE} (nor shards with an index); "
+                    f"was it written by pk.save or pk.prune_streamed?")
+
+
+def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
+                       directory: Path) -> None:
     """Replay the plan on a copy of ``model`` whose tensors hold no data and compare its
     tensors with the file's names and shapes (read from its header)."""
     memo = {}
@@ -161,8 +187,10 @@ def _check_weights_fit(model: nn.Module, plan: Plan, weights: str, directory: Pa
     for name, tensor in shadow.state_dict(keep_vars=True).items():
         expected[name] = tuple(tensor.shape)
         tied.setdefault(id(tensor), set()).add(name)
-    with safe_open(weights, framework="pt") as file:
-        stored = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    stored = {}
+    for weights in files:
+        with safe_open(str(weights), framework="pt") as file:
+            stored.update({key: tuple(file.get_slice(key).get_shape()) for key in file.keys()})
     where = repr(str(directory))
     for key, shape in stored.items():
         if key not in expected:

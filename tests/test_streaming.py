@@ -165,14 +165,37 @@ def test_what_streaming_cannot_do_is_refused_before_reading(tmp_path, method, me
         pk.prune_streamed(tmp_path / "not read", tmp_path / "out", method())
 
 
-def test_a_failure_leaves_the_output_folder_as_it_was(tmp_path):
-    source = saved(tmp_path, "gpt_neox")
+def test_sizes_no_config_can_describe_reload_with_pk_load(tmp_path):
+    source = saved(tmp_path, "biogpt")  # its head size is hidden_size / heads
+    data = batches()
+    result = pk.prune_streamed(source, tmp_path / "out", pk.HeadPruning(0.5, "l2"), data,
+                               max_shard_bytes=40_000)
+    assert result.config_matches is False and "load it with pk.load" in str(result)
+    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()  # pk.load reads shards
+    config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
+    assert config.num_attention_heads == 4  # the original config, kept
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    expected = pk.prune(reference, data[0], pk.HeadPruning(0.5, "l2"), data=data)
+    assert expected.config_matches is False  # in memory too
+    loaded = pk.load(tmp_path / "out", transformers.AutoModelForCausalLM.from_config(config))
+    a, b = reference.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failure_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch):
+    source = saved(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    with pytest.raises(PruneError, match="config cannot describe its blocks pruned by"):
+
+    def broken(*args, **kwargs):
+        raise PruneError("broken on purpose")
+
+    monkeypatch.setattr(streaming, "prune", broken)
+    with pytest.raises(PruneError, match="broken on purpose"):
         pk.prune_streamed(source, out, pk.HeadPruning(0.5, "l2"), batches())
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left
     with pytest.raises(ConfigError, match="cannot replace the folder it is read from"):
         pk.prune_streamed(source, source, pk.FilterPruning(0.5))
 

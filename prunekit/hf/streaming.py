@@ -18,9 +18,11 @@ How it goes:
      or angular distance is measured; once every block is scored, the chosen blocks are left
      out and the rest are copied, renumbered.
 4. The rest of the checkpoint (embeddings, final norm, output layer) is copied, the config is
-   updated to the pruned sizes (uniform sizes keep a config ``from_pretrained`` loads), and
-   the tokenizer files and the plan are written beside the weights. The folder appears only
-   when everything succeeded.
+   updated to the pruned sizes (uniform sizes keep a config ``from_pretrained`` loads; where
+   no config can describe them, as when the head size is derived from the hidden size, the
+   original config stays and ``pk.load`` rebuilds the model from the plan), and the tokenizer
+   files and the plan are written beside the weights. The folder appears only when
+   everything succeeded.
 
 Scores are those of the unpruned model, as ``pk.prune`` on the loaded model computes them, so
 with the same criterion and data the plan and weights are the same.
@@ -28,7 +30,6 @@ with the same criterion and data the plan and weights are the same.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import time
@@ -88,7 +89,8 @@ class StreamedResult:
     def __str__(self) -> str:
         change = 1 - self.params_after / max(self.params_before, 1)
         config = ("config updated: from_pretrained loads it" if self.config_matches
-                  else "the config cannot describe the pruned sizes: load with pk.load")
+                  else "no config can describe the pruned sizes, so the folder keeps the "
+                       "original one: load it with pk.load(folder, a model built from it)")
         return (f"params {self.params_before:,} -> {self.params_after:,} (-{change:.1%}); "
                 f"{len(self.blocks)} blocks streamed in {self.seconds:.1f} s; {config}; "
                 f"written to {self.folder}")
@@ -372,8 +374,6 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
         writer.add({f"{name}.{key}": value for key, value in block.state_dict().items()})
         records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block)))
         release(block)
-        if index == 0:
-            _check_config(stream, block, methods)
         advance()
     return plan, records
 
@@ -419,27 +419,6 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
     for name in removed:
         records[int(name.rsplit(".", 1)[1])].params_after = 0
     return plan, records
-
-
-def _check_config(stream: _Stream, pruned: nn.Module, methods: list[PruningMethod]) -> None:
-    """After the first block: can one config describe every block pruned like it? Asked on
-    a weightless copy of the model whose blocks all take the pruned block's shapes, so a model
-    whose result could not be written as a loadable folder stops now, not after the last
-    block."""
-    model = stream.model
-    real = {id(t): t for t in (*model.parameters(), *model.buffers())
-            if t.device.type != "meta"}
-    trial = copy.deepcopy(model, memo=dict(real))  # the loaded tensors are shared, not copied
-    blocks = trial.get_submodule(stream.stack_name)
-    for index in range(len(blocks)):
-        blocks[index] = copy.deepcopy(pruned)
-    if not methods[-1].update_config(trial):
-        how = " then ".join(m.summary() for m in methods)
-        raise PruneError(f"{stream.reader.folder}: {type(model).__name__}'s config cannot "
-                         f"describe its blocks pruned by {how} (a size it derives from "
-                         f"others, such as the head size from the hidden size), so the "
-                         f"result could not be loaded with from_pretrained; nothing was "
-                         f"written. Prune it in memory with pk.prune and save it with pk.save")
 
 
 def _run_block(block: nn.Module, inputs: list[dict]) -> list[torch.Tensor]:
