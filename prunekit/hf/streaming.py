@@ -180,7 +180,7 @@ def check_streamable(method: PruningMethod) -> str:
 def prune_streamed(source: str | Path, out: str | Path,
                    method: PruningMethod | Sequence[PruningMethod],
                    data: Iterable | None = None, *, progress: bool = False,
-                   max_shard_bytes: int = 2 << 30) -> StreamedResult:
+                   max_shard_bytes: int = 512 << 20) -> StreamedResult:
     """Prune the Hugging Face decoder in folder ``source`` into folder ``out``, holding one
     block's weights in memory at a time (see the module docstring).
 
@@ -195,7 +195,8 @@ def prune_streamed(source: str | Path, out: str | Path,
             ``attention_mask``) or an ``(inputs, targets)`` pair. Without it, one batch of
             32 tokens (enough for the weight criteria and the per-block check).
         progress: show a progress bar per block, with the time left.
-        max_shard_bytes: the largest shard written.
+        max_shard_bytes: the largest shard written; a shard is held in memory until it is
+            full, so this adds to the memory the stream needs.
     """
     started = time.perf_counter()
     methods = [method] if isinstance(method, PruningMethod) else list(method)
@@ -221,6 +222,7 @@ def prune_streamed(source: str | Path, out: str | Path,
     params_before = _count(model)  # before loading unties the output layer from the embeddings
     _load_outside(model, reader, stack_name)
     stream = _block_inputs(model, stack_name, reader, batches)
+    _release_outside(model, stack_name)  # the blocks read the cached hidden states from now on
 
     def write(folder: Path) -> StreamedResult:
         writer = ShardWriter(folder, max_shard_bytes)
@@ -311,6 +313,20 @@ class _Stream:
     def inputs(self, index: int, hidden: list[torch.Tensor]) -> list[dict]:
         """Each batch's keyword inputs to block ``index`` given the hidden states arriving."""
         return [{self.hidden_name: h, **call} for h, call in zip(hidden, self.calls[index])]
+
+
+def _release_outside(model: nn.Module, stack: str) -> None:
+    """Drop the weights loaded outside the blocks (the embeddings: a gigabyte in an 8B
+    model), once the calibration has gone through them."""
+    emptied: dict[int, nn.Parameter] = {}  # a tied tensor stays one tensor
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name != stack and not name.startswith(stack + "."):
+            for leaf, param in list(module._parameters.items()):
+                if param is not None and param.device.type != "meta":
+                    if id(param) not in emptied:
+                        emptied[id(param)] = nn.Parameter(
+                            torch.empty_like(param, device="meta"), requires_grad=False)
+                    module._parameters[leaf] = emptied[id(param)]
 
 
 def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
