@@ -7,8 +7,9 @@ then, for each of three methods — MLP neurons (``FilterPruning(0.5, "l1")``), 
 with ``pk.prune_streamed`` and, separately, the loaded model with ``pk.prune`` on the same two
 calibration batches. Outcomes:
 
-- identical: the streamed folder reloads with ``from_pretrained`` and its state dict equals
-  the in-memory pruned model's, tensor for tensor;
+- identical: the streamed folder reloads (``from_pretrained``, or ``pk.load`` where no config
+  can describe the pruned sizes) and its state dict equals the in-memory pruned model's,
+  tensor for tensor;
 - both refuse: neither can prune it (the same reason);
 - streamed refuses: the in-memory prune works, the streamed one says why it cannot;
 - differs / fails: anything else (a bug).
@@ -56,15 +57,22 @@ def reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
 
 
+def model_class(source: Path):
+    """The class the folder was saved from, as ``pk.prune_streamed`` builds it."""
+    names = transformers.AutoConfig.from_pretrained(source).architectures or []
+    return getattr(transformers, names[0], None) if names else None
+
+
 def compare(source: Path, method_for, batches) -> str:
+    build = model_class(source) or transformers.AutoModelForCausalLM
     streamed_error = memory_error = None
     out = Path(tempfile.mkdtemp()) / "out"
     try:
-        pk.prune_streamed(source, out, method_for(), batches)
+        streamed = pk.prune_streamed(source, out, method_for(), batches)
     except Exception as error:  # noqa: BLE001 - every failure is an outcome
         streamed_error = error
     try:
-        reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+        reference = build.from_pretrained(source).eval()
         pk.prune(reference, batches[0], method_for(), data=batches)
     except Exception as error:  # noqa: BLE001
         memory_error = error
@@ -75,7 +83,11 @@ def compare(source: Path, method_for, batches) -> str:
     if memory_error is not None:
         return f"fails: in memory only ({reason(memory_error)})"
     try:
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        if streamed.config_matches:
+            loaded = build.from_pretrained(out).eval()
+        else:  # the original config, kept: the plan rebuilds the pruned model
+            config = transformers.AutoConfig.from_pretrained(out)
+            loaded = pk.load(out, build(config))
     except Exception as error:  # noqa: BLE001
         return f"fails: reload ({reason(error)})"
     a, b = reference.state_dict(), loaded.state_dict()

@@ -13,7 +13,8 @@ weights (normal, std 0.02; norms 1), written once to disk in bfloat16 (16 GB, sh
 - for each result: ``from_pretrained`` in bfloat16 and 8 tokens of greedy generation.
 
 Calibration: 4 sequences of 128 random token ids (the weights are random, so no text means
-more). Reported: peak resident memory (``ru_maxrss``) of each process, wall time per block and
+more). Blocks are computed in float32 (``dtype=torch.float32``: a CPU without bfloat16 arithmetic
+runs bfloat16 matrix products several times slower) and written back in bfloat16. Reported: peak resident memory (``ru_maxrss``) of each process, wall time per block and
 in all, parameters before and after.
 
     python benchmarks/streamed_llm.py --dir /path/with/40GB/free   # about 30 minutes
@@ -93,7 +94,8 @@ def prune_phase(kind: str, source: Path, out: Path, vocabulary: int) -> dict:
 
     methods = ([pk.HeadPruning(0.5, "l2"), pk.FilterPruning(0.6, "l1", round_to=128)]
                if kind == "width" else pk.LayerPruning(8, "angular"))
-    result = pk.prune_streamed(source, out, methods, calibration(vocabulary), progress=True)
+    result = pk.prune_streamed(source, out, methods, calibration(vocabulary),
+                               dtype=torch.float32, progress=True)
     seconds = [b.seconds for b in result.blocks]
     return {"params_before": result.params_before, "params_after": result.params_after,
             "removed": 1 - result.params_after / result.params_before,
@@ -135,7 +137,7 @@ def markdown(report: dict) -> str:
               f"Random weights in bfloat16, {source['params'] / 1e9:.2f}B parameters, written "
               f"once in {source['seconds']:.0f} s. Two cores ({THREADS} threads), 24 GB; each "
               "step in its own process, its peak resident memory (`ru_maxrss`) reported. "
-              "Calibration: 4 × 128 random tokens.", "",
+              "Calibration: 4 × 128 random tokens; blocks computed in float32, written in bfloat16.", "",
               "| step | params after | removed | peak memory | wall time | per block, median "
               "(max) | reload + 8 tokens |", "|---|---|---|---|---|---|---|"]
     for kind, label in (("width", "width: ½ heads, then 60% MLP neurons (one pass)"),

@@ -101,18 +101,34 @@ def test_heads_then_neurons_in_one_pass(tmp_path):
         pk.prune_streamed(source, tmp_path / "x", [pk.LayerPruning(1, "last"), methods[1]])
 
 
+def test_a_bfloat16_checkpoint_computed_in_float32_is_written_back_in_bfloat16(tmp_path):
+    source = saved(tmp_path, "llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+    source = tmp_path / "bfloat16"
+    model.save_pretrained(source, max_shard_size="50KB")
+    data = batches()
+    result = pk.prune_streamed(source, tmp_path / "out", pk.FilterPruning(0.5, "l2"), data,
+                               dtype=torch.float32)
+    expected = pk.prune(model.eval(), data[0], pk.FilterPruning(0.5, "l2"), data=data)
+    assert result.plan.tensors == expected.plan.tensors  # the same weights ranked the same
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out",
+                                                               dtype=torch.bfloat16)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert all(b[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
+
+
 def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
     source = saved(tmp_path)
     loaded_blocks = []
     load = streaming.load_module
 
-    def watched(module, reader, prefix):
+    def watched(module, reader, prefix, dtype=None):
         if prefix.startswith("model.layers."):
             stack = module_stack[0]
             real = [i for i, block in enumerate(stack)
                     if any(p.device.type != "meta" for p in block.parameters())]
             loaded_blocks.append((prefix, real))
-        load(module, reader, prefix)
+        return load(module, reader, prefix, dtype)
 
     module_stack = []
     build = streaming.empty_model

@@ -48,10 +48,16 @@ def empty_model(config: Any) -> nn.Module:
     return model.eval()
 
 
-def load_module(module: nn.Module, reader: CheckpointReader, prefix: str) -> None:
+def load_module(module: nn.Module, reader: CheckpointReader, prefix: str,
+                dtype: torch.dtype | None = None) -> dict[str, torch.dtype]:
     """Give ``module`` its weights from the checkpoint (the tensors named ``prefix…``), in
-    the checkpoint's dtype."""
+    the checkpoint's dtype or, floating-point ones, in ``dtype``; returns each tensor's dtype
+    in the checkpoint."""
     tensors = reader.under(prefix)
+    stored = {key: tensor.dtype for key, tensor in tensors.items()}
+    if dtype is not None:
+        tensors = {key: t.to(dtype) if t.is_floating_point() else t
+                   for key, t in tensors.items()}
     expected = set(module.state_dict())
     if set(tensors) != expected:
         missing = sorted(expected - set(tensors))[:3]
@@ -61,6 +67,7 @@ def load_module(module: nn.Module, reader: CheckpointReader, prefix: str) -> Non
                           f"architecture renames or fuses weights when it loads, which "
                           f"streamed pruning does not do; prune it in memory with pk.prune")
     module.load_state_dict(tensors, strict=True, assign=True)
+    return stored
 
 
 def release(module: nn.Module) -> None:
