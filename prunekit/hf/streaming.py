@@ -30,6 +30,7 @@ with the same criterion and data the plan and weights are the same.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
@@ -218,7 +219,7 @@ def prune_streamed(source: str | Path, out: str | Path,
         raise ConfigError(f"--out {out}: the pruned model cannot replace the folder it is read "
                           f"from while it is read; write it elsewhere")
     config = transformers.AutoConfig.from_pretrained(reader.folder)
-    model = empty_model(config)
+    model = empty_model(copy.deepcopy(config))  # the original stays, for sizes no config fits
     stack_name = find_block_stack(model)
     if stack_name is None:
         raise ConfigError(f"{reader.folder}: no stack of decoder blocks found in "
@@ -245,7 +246,8 @@ def prune_streamed(source: str | Path, out: str | Path,
             if not name.startswith(stack_name + "."):
                 writer.add({name: reader.tensor(name)})
         writer.close()
-        model.config.save_pretrained(folder)
+        # where no config describes the result, the original one: pk.load replays the plan
+        (model.config if config_matches else config).save_pretrained(folder)
         copy_other_files(reader, folder)
         plan.save(folder / io.PLAN_FILE)
         removed = sum(r.params_before - r.params_after for r in records)
