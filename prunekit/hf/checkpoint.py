@@ -26,7 +26,7 @@ class CheckpointReader:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        where = f"--model hf:{folder}"
+        where = f"model folder {str(folder)!r}"
         if not self.folder.is_dir():
             raise ConfigError(f"{where}: no such folder; give a Hugging Face model folder "
                               f"(config.json and *.safetensors, as save_pretrained writes)")
@@ -53,7 +53,7 @@ class CheckpointReader:
                             if p.suffix in WEIGHT_SUFFIXES)
             hint = (f" (it has {', '.join(others[:3])}: load the model and save it with "
                     f"save_pretrained, which writes safetensors)" if others else "")
-            raise ConfigError(f"--model hf:{self.folder}: the folder has no *.safetensors "
+            raise ConfigError(f"model folder {str(self.folder)!r} has no *.safetensors "
                               f"weights{hint}")
         files = {}
         for shard in shards:

@@ -4,7 +4,8 @@ weights in memory at a time, for models larger than memory.
 How it goes:
 
 1. The model is built from its config with its parameters on the meta device (shapes, no
-   memory); the parts before the first block (the token embeddings) get their weights.
+   memory); the parts before the first block (the token embeddings) get their weights, which
+   are dropped again once the calibration has passed them.
 2. The calibration batches run up to the first block, whose inputs are kept: hidden states
    and the keyword arguments the model hands its blocks (position embeddings, masks), which
    are recorded for every block, since a model may give different blocks different masks.
@@ -216,8 +217,8 @@ def prune_streamed(source: str | Path, out: str | Path,
     reader = CheckpointReader(source)
     out = Path(out)
     if out.resolve() == reader.folder.resolve():
-        raise ConfigError(f"--out {out}: the pruned model cannot replace the folder it is read "
-                          f"from while it is read; write it elsewhere")
+        raise ConfigError(f"out {str(out)!r}: the pruned model cannot replace the folder it is "
+                          f"read from while it is read; write it elsewhere")
     config = transformers.AutoConfig.from_pretrained(reader.folder)
     model = empty_model(copy.deepcopy(config))  # the original stays, for sizes no config fits
     stack_name = find_block_stack(model)
@@ -226,7 +227,7 @@ def prune_streamed(source: str | Path, out: str | Path,
                           f"{type(model).__name__}; streamed pruning prunes block by block")
     stack = model.get_submodule(stack_name)
     batches = _calibration(data, config)
-    params_before = _count(model)  # before loading unties the output layer from the embeddings
+    params_before = _count(model)  # tied tensors once, as pk.prune counts them
     _load_outside(model, reader, stack_name)
     stream = _block_inputs(model, stack_name, reader, batches, dtype)
     _release_outside(model, stack_name)  # the blocks read the cached hidden states from now on
