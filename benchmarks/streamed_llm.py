@@ -17,7 +17,8 @@ more). Blocks are computed in float32 (``dtype=torch.float32``: a CPU without bf
 runs bfloat16 matrix products several times slower) and written back in bfloat16. Reported: peak resident memory (``ru_maxrss``) of each process, wall time per block and
 in all, parameters before and after.
 
-    python benchmarks/streamed_llm.py --dir /path/with/40GB/free   # about 30 minutes
+    python benchmarks/streamed_llm.py --dir /path/with/40GB/free   # about 10 minutes, plus 2
+                                                                   # to write the checkpoint
 
 Results: ``benchmarks/results/streamed_llm.{json,md}``.
 """
