@@ -158,9 +158,10 @@ class WidthTable:
 
     def _read(self) -> dict[str, Any]:
         try:
-            return json.loads(self.path.read_text())
+            content = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return content if isinstance(content, dict) else {}
 
     def milliseconds(self, call: LayerCall, widths: list[int]) -> dict[int, float]:
         """The call's median time at every width, timing those the table lacks together,
@@ -179,9 +180,9 @@ class WidthTable:
         return {w: known[str(w)] for w in widths}
 
     def fast_width(self, calls: list[LayerCall], wanted: int, size: int) -> int:
-        """The widest width from ``wanted`` to ``wanted + WINDOW - 1`` (at most ``size``)
-        whose summed time over ``calls`` is within ``TOLERANCE`` of the fastest there: the
-        channels a layer's kernel would spend the time on anyway are kept."""
+        """Of ``wanted`` and the multiples of ``STEP`` up to ``wanted + WINDOW - 1`` (at most
+        ``size``), the widest whose summed time over ``calls`` is within ``TOLERANCE`` of the
+        fastest: the channels a layer's kernel would spend the time on anyway are kept."""
         if not calls or wanted >= size:
             return min(wanted, size)
         widths = [wanted] + [w for w in range(wanted + 1, min(size, wanted + WINDOW - 1) + 1)
