@@ -4,7 +4,7 @@ Runs each tier in its own process (``python -m pytest -q``, the fast tier with
 ``-m "not slow"``) and records its wall time, its pytest summary line and its peak resident
 memory (the child's ``ru_maxrss``). Writes ``benchmarks/results/test_suite.{json,md}``.
 
-    python benchmarks/test_suite.py            # both tiers (about 35 minutes on 2 cores)
+    python benchmarks/test_suite.py            # both tiers (about 40 minutes on 2 cores)
 """
 
 from __future__ import annotations
