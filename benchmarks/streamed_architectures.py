@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import sys
 import tempfile
 import warnings
@@ -54,7 +55,8 @@ def four_layers(model_type: str):
 
 
 def reason(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+    text = re.sub(r"/\S*/tmp\w+", "FOLDER", " ".join(str(error).split()))  # no local paths
+    return f"{type(error).__name__}: {text[:160]}"
 
 
 def model_class(source: Path):

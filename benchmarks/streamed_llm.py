@@ -103,7 +103,7 @@ def prune_phase(kind: str, source: Path, out: Path, vocabulary: int) -> dict:
             "seconds": result.seconds, "block_seconds_median": statistics.median(seconds),
             "block_seconds_max": max(seconds), "block_seconds": seconds,
             "removed_layers": result.plan.layers, "config_matches": result.config_matches,
-            "peak_gb": peak_gb(), "summary": str(result)}
+            "peak_gb": peak_gb(), "summary": str(result).replace(str(out), kind)}
 
 
 def reload_phase(out: Path, vocabulary: int) -> dict:
