@@ -14,6 +14,7 @@ around it ``layers``, ``hf``, ``recover``, ``workflows`` and ``cli``.
 from .api import PruneResult, prune
 from .checks import VerifyReport, verify
 from .deploy import ExportReport, export
+from .distributed import rank_share
 from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedOpError
 from .graph import rules
 from .graph.dependency import DependencyGraph, Group
@@ -47,6 +48,7 @@ from .methods import (
     PruningMethod,
 )
 from .plan import Plan
+from .recover import Distillation, DistillResult, distill
 from .surgery.apply import apply_plan
 from .surgery.handlers import register_handler
 from .workflows.compare import Comparison, compare
@@ -65,13 +67,13 @@ def __getattr__(name: str):
 
 __all__ = [
     "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
-    "DependencyGraph", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
+    "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
     "Speedup", "StreamedResult", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
     "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
-    "criterion_names", "export",
+    "criterion_names", "distill", "export",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
-    "layer_importance", "load", "measure", "prune", "prune_streamed", "register_criterion", "register_handler",
+    "layer_importance", "load", "measure", "prune", "prune_streamed", "rank_share", "register_criterion", "register_handler",
     "register_rule", "rules", "save", "sensitivity", "verify",
 ]

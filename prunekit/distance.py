@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .calls import call_model, iter_tensors
+from .distributed import sum_across
 
 
 def first_tensor(value: Any) -> torch.Tensor:
@@ -60,4 +61,5 @@ def mean_output_distance(model, inputs: list, reference: list[torch.Tensor],
         part, count = summed_distance(first_tensor(call_model(model, batch)), expected, per_token,
                                       weights=token_weights(batch, expected))
         total, samples = total + part, samples + count
+    total, samples = sum_across(total, samples)  # over every process's batches
     return total / max(samples, 1)

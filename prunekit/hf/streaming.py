@@ -49,6 +49,7 @@ from ..api import prune
 from ..batches import split_batch
 from ..calls import call_model
 from ..distance import first_tensor, summed_distance, token_weights
+from ..distributed import sum_across
 from ..errors import ConfigError, PruneError
 from ..layers import choose_layers, removal
 from ..layers.criteria import LayerScore
@@ -459,8 +460,10 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
         advance()
     if method.criterion == "last":
         scores = [float(count - i) for i in range(count)]
-    else:
-        scores = [sums[i] / samples[i] if samples[i] else math.inf for i in range(count)]
+    else:  # on several processes, over all of their calibration batches
+        totals, seen = sum_across(torch.tensor(sums, dtype=torch.float64), torch.tensor(samples))
+        scores = [totals[i].item() / seen[i].item() if seen[i] else math.inf
+                  for i in range(count)]
     ranked = [LayerScore(f"{stack_name}.{i}", scores[i], records[i].params_before, i)
               for i in range(count)]
     removed = choose_layers(ranked, method.n, method.criterion == "angular")

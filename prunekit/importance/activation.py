@@ -23,6 +23,7 @@ import torch
 
 from ..batches import LossFn, batch_loss, split_batch
 from ..calls import call_model, evaluating
+from ..distributed import require_data_everywhere, sum_across
 from ..errors import ConfigError
 from .base import DataCriterion
 
@@ -76,8 +77,13 @@ class ActivationStatistic(DataCriterion):
             for handle in handles:
                 handle.remove()
             captured.clear()
-        if not any(counts.values()):
-            raise ConfigError(f"criterion {self.statistic!r}: data= gave no batches")
+        require_data_everywhere(max(counts.values(), default=0), f"criterion {self.statistic!r}")
+        # on several processes: the sums of all of them (the same hooks fired on each)
+        for key, places in by_call.items():
+            (counts[key],) = sum_across(counts[key])
+            for place in places:
+                if place in totals[key]:
+                    (totals[key][place],) = sum_across(totals[key][place])
         scores: dict[int, torch.Tensor] = {}
         for axis, places in sites.items():
             per_place = [totals[(o.module, o.call)][(axis, d)] / counts[(o.module, o.call)]

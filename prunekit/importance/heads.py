@@ -34,6 +34,7 @@ from torch import nn
 from ..batches import LossFn, batch_loss, model_loss, split_batch
 from ..calls import call_model, evaluating, iter_tensors
 from ..distance import first_tensor, mean_output_distance, query_weights, token_weights
+from ..distributed import require_data_everywhere, sum_across
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
 from .base import DataCriterion
@@ -83,8 +84,9 @@ class HeadGradient(DataCriterion):
             for handle in handles:
                 handle.remove()
             captured.clear()
-        if not samples:
-            raise ConfigError("criterion 'gradient': data= gave no batches")
+        require_data_everywhere(samples, "criterion 'gradient'")
+        (samples,) = sum_across(samples)
+        totals = {axis: sum_across(totals[axis])[0] for axis in sorted(totals)}
         mean = {axis: total / samples for axis, total in totals.items()}
         return {axis: m.sqrt() if projected else m for axis, m in mean.items()}
 
@@ -98,8 +100,7 @@ class HeadAblation(DataCriterion):
         model = graph.model
         sites = {g.axis: _projection_input(graph, g) for g in groups}
         batches = [split_batch(batch)[0] for batch in data]
-        if not batches:
-            raise ConfigError("criterion 'output': data= gave no batches")
+        require_data_everywhere(len(batches), "criterion 'output'")
         modules = dict(model.named_modules())
         scores = {}
         with evaluating(model), torch.no_grad():
@@ -194,8 +195,8 @@ class AttentionEntropy(DataCriterion):
         finally:
             if implementation is not None:
                 model.set_attn_implementation(implementation)
-        if not batches:
-            raise ConfigError("criterion 'entropy': data= gave no batches")
+        require_data_everywhere(batches, "criterion 'entropy'")
+        batches, *totals = sum_across(batches, *totals)
         return _match_layers(groups, [t / batches for t in totals])
 
 

@@ -33,6 +33,7 @@ from ..distance import (
     summed_distance,
     token_weights,
 )
+from ..distributed import sum_across
 from ..errors import ConfigError, PruneError
 from ..importance.registry import get_criterion, register_criterion
 from ..surgery.apply import evaluate_applied
@@ -217,6 +218,7 @@ def _evaluate(model: nn.Module, batches: list, criterion: str, loss_fn) -> float
                 continue
             loss = batch_loss(outputs, batch, loss_fn, f"layer criterion {criterion!r}")
             total, count = total + float(loss), count + 1
+    total, count = sum_across(total, count)  # over every process's batches
     return total / max(count, 1)
 
 
@@ -275,7 +277,9 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
             handle.remove()
         inputs.clear()
         outputs.clear()
-    return [sums[i] / counts[i] if counts[i] else math.inf for i in range(len(candidates))]
+    sums, counts = sum_across(torch.tensor(sums, dtype=torch.float64), torch.tensor(counts))
+    return [sums[i].item() / counts[i].item() if counts[i] else math.inf
+            for i in range(len(candidates))]
 
 
 def _output_change(model: nn.Module, candidates: list[str], batches: list,

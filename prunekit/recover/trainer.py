@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..calls import evaluating
+from ..distributed import is_distributed, sum_across
 
 
 def norm_scale_l1(model: nn.Module) -> torch.Tensor:
@@ -33,6 +34,10 @@ def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: f
         on_epoch: called as ``on_epoch(epoch, mean_loss)`` after each epoch.
         norm_sparsity: weight of the L1 penalty on BatchNorm scales (``norm_scale_l1``),
             e.g. 1e-4, for sparsity training before ``bn_scale`` pruning.
+
+    Launched by ``torchrun``, the model trains under DistributedDataParallel: ``batches`` is
+    this process's share (a ``DistributedSampler``, or ``pk.rank_share``), gradients are
+    averaged over the processes, and the losses returned are over all of their samples.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     # cosine decay to zero over the run, so a short run still ends converged
@@ -40,17 +45,21 @@ def train_classifier(model: nn.Module, batches: Iterable, epochs: int = 1, lr: f
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if steps else None
     losses = []
     model.train()
+    # parameters that get no gradient (a frozen branch) must not stall DDP's reduction
+    forward = (nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+               if is_distributed() else model)
     for epoch in range(epochs):
         total, count = 0.0, 0
         for inputs, labels in batches:
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(inputs), labels)
+            loss = nn.functional.cross_entropy(forward(inputs), labels)
             objective = loss + norm_sparsity * norm_scale_l1(model) if norm_sparsity else loss
             objective.backward()
             optimizer.step()
             if schedule is not None:
                 schedule.step()
             total, count = total + loss.item() * len(labels), count + len(labels)
+        total, count = sum_across(total, count)
         losses.append(total / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])

@@ -22,6 +22,7 @@ from ..measure import Measurement, count_flops, count_params
 from ..methods import PruningMethod
 from ..plan import Plan
 from ..recover import evaluate_accuracy, train_classifier
+from ..recover.distill import Distillation, run_distillation
 from .plots import new_figure, save
 
 
@@ -39,6 +40,7 @@ class StepRecord:
     speedup: float | None = None
     speedup_low: float | None = None  # its 95% interval
     speedup_high: float | None = None
+    distill_loss: float | None = None  # the last step's loss when the step was distilled
 
 
 @dataclass
@@ -96,6 +98,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
                     evaluate: Callable[[nn.Module], float] | None = None,
                     data: Iterable | None = None, timing_inputs: Any = None,
                     threads: int | None = None,
+                    distill: Distillation | None = None, distill_data: Iterable | None = None,
                     progress: Callable[[str], None] = lambda message: None) -> History:
     """Prune ``model`` in place to ``method``'s target in ``steps`` steps, fine-tuning after each.
 
@@ -110,6 +113,10 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
         finetune: your own ``finetune(model, step)`` instead of the built-in trainer.
         evaluate: your own ``evaluate(model) -> float`` instead of accuracy on ``eval_data``.
         data: calibration batches for data-driven criteria.
+        distill: recover after each step by distilling from a copy of the unpruned model
+            (``pk.Distillation(steps=…, …)``; the chained plan maps the remaining blocks
+            to theirs), on ``distill_data`` (unlabelled batches; ``data`` without it).
+            Runs before ``finetune`` or the built-in trainer, if those are given too.
         timing_inputs: with these, every step's model is timed against a copy of the
             unpruned model (held for the run), interleaved in the same rounds
             (``pk.compare_latency``), on ``threads`` threads.
@@ -132,14 +139,19 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
         def evaluate(pruned: nn.Module) -> float:
             return evaluate_accuracy(pruned, eval_data)
 
+    if distill is not None and not isinstance(distill, Distillation):
+        raise ConfigError(f"distill must be a pk.Distillation, got {type(distill).__name__}")
+    if distill is not None and distill_data is None and data is None:
+        raise ConfigError("distill needs batches: pass distill_data= (or data=)")
     base = Measurement(count_params(model), count_flops(model, example_inputs))
-    unpruned = copy.deepcopy(model).eval() if timing_inputs is not None else None
+    held = timing_inputs is not None or distill is not None
+    unpruned = copy.deepcopy(model).eval() if held else None
 
     def record(step: int, size: Measurement) -> StepRecord:
         row = StepRecord(step, size.params, size.flops, 1 - size.params / base.params,
                          1 - size.flops / max(base.flops, 1),
                          evaluate(model) if evaluate is not None else None)
-        if unpruned is not None and step > 0:
+        if timing_inputs is not None and step > 0:
             progress(f"step {step}/{steps}: timing against the unpruned model")
             speed = compare_latency(unpruned, model, timing_inputs, threads=threads)
             row.speedup, row.speedup_low, row.speedup_high = speed.speedup, speed.low, speed.high
@@ -156,9 +168,18 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
             result = prune(model, example_inputs, this_step, data=data)
             history.plan = result.plan if history.plan.is_empty else history.plan.then(result.plan)
             size = result.after
+        recovery = None
+        if distill is not None:
+            progress(f"step {step}/{steps}: distil")
+            folder = distill.checkpoint and Path(distill.checkpoint) / f"step-{step}"
+            recovery = run_distillation(model, unpruned, distill_data if distill_data is not None
+                                        else data, dataclasses.replace(
+                                            distill, plan=history.plan, checkpoint=folder))
         if finetune is not None:  # fine-tuning changes weights, not sizes
             progress(f"step {step}/{steps}: fine-tune")
             finetune(model, step)
         model.eval()
         history.records.append(record(step, size))
+        if recovery is not None:
+            history.records[-1].distill_loss = recovery.losses[-1]
     return history

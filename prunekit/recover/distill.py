@@ -1,0 +1,498 @@
+"""Recovering a pruned model by distillation: the student (pruned) learns to reproduce the
+teacher (the model before pruning) on unlabelled batches.
+
+The loss is ``output_weight × output term + hidden_weight × Σ hidden terms``:
+
+- the output term compares what the two models return: KL divergence of the softened
+  distributions for logits, mean squared error (relative to the teacher's variance) or
+  1 − cosine for features such as a sentence embedding;
+- a hidden term compares the output of each remaining block of the student with the output
+  of the teacher block it was before layer removal (the pruning plan says which blocks went),
+  through a learned projection when hidden-size pruning narrowed it.
+
+Training is AdamW with linear warm-up and then a cosine (or linear, or constant) schedule,
+gradient clipping and accumulation; the state is written every ``checkpoint_every`` steps and
+a later call with the same ``checkpoint`` folder resumes from it. Launched by ``torchrun``, the
+student trains under DistributedDataParallel, each process on its own share of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ..batches import split_batch
+from ..calls import call_model, evaluating
+from ..distance import first_tensor
+from ..distributed import barrier, is_distributed, is_main_process, sum_across, world_size
+from ..errors import ConfigError
+from ..plan import Plan
+from ..surgery.stacks import find_block_stack
+from .losses import (
+    HIDDEN_LOSSES,
+    OUTPUT_LOSSES,
+    OutputFn,
+    Projection,
+    check_temperature,
+    distance,
+    feature_dim,
+    pick_output,
+    row_weights,
+)
+
+SCHEDULES = ("cosine", "linear", "constant")
+CHECKPOINT_FILE = "distill.pt"
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """How to distil; every field is a keyword of ``pk.distill``.
+
+    Args:
+        steps: optimiser steps.
+        output: which tensor of the models' outputs to compare: ``"auto"`` (a Hugging Face
+            output's ``logits``, else its ``last_hidden_state``, else the tensor returned, else
+            the first tensor found) or ``output(outputs, inputs) -> tensor``.
+        output_loss: ``"kl"``, ``"cosine"`` or ``"mse"``; ``"auto"`` is KL for logits (a
+            ``logits`` field or a 2-D tensor) and MSE for anything else; None drops the term.
+        temperature: the softening of KL.
+        hidden: match the blocks of the models' layer stacks (``"auto"``: when both have
+            one), True (and fail when there is none) or False.
+        layer_map: ``{student module: teacher module}`` whose outputs to match instead.
+        plan: the plan that pruned the student: the blocks it removed map the rest of the
+            student's stack to their teacher blocks (needed when the stacks' lengths differ).
+        hidden_loss: ``"mse"`` or ``"cosine"``.
+        output_weight, hidden_weight: the terms' weights (hidden terms are summed).
+        lr, weight_decay: AdamW's.
+        warmup: the fraction of steps over which the learning rate rises linearly.
+        schedule: after warm-up, ``"cosine"`` or ``"linear"`` decay to zero, or ``"constant"``.
+        accumulate: batches whose gradients add up to one step.
+        max_grad_norm: gradients are clipped to this norm (None: not clipped).
+        checkpoint: a folder; the state is written there and a later call resumes from it.
+        checkpoint_every: write the state every this many steps (and always at the end).
+    """
+
+    steps: int = 100
+    output: str | OutputFn = "auto"
+    output_loss: str | None = "auto"
+    temperature: float = 2.0
+    hidden: bool | str = "auto"
+    layer_map: dict[str, str] | None = None
+    plan: Plan | None = None
+    hidden_loss: str = "mse"
+    output_weight: float = 1.0
+    hidden_weight: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    schedule: str = "cosine"
+    accumulate: int = 1
+    max_grad_norm: float | None = 1.0
+    checkpoint: str | Path | None = None
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "accumulate") + (("checkpoint_every",)
+                                                if self.checkpoint_every is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.output != "auto" and not callable(self.output):
+            raise ConfigError(f"output must be 'auto' or a function (outputs, inputs) -> "
+                              f"tensor, got {self.output!r}")
+        if self.output_loss not in ("auto", None, *OUTPUT_LOSSES):
+            raise ConfigError(f"output_loss must be one of 'auto', {', '.join(OUTPUT_LOSSES)} "
+                              f"or None, got {self.output_loss!r}")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ConfigError(f"hidden_loss must be one of {', '.join(HIDDEN_LOSSES)}, got "
+                              f"{self.hidden_loss!r}")
+        if self.hidden not in (True, False, "auto"):
+            raise ConfigError(f"hidden must be True, False or 'auto', got {self.hidden!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got "
+                              f"{self.schedule!r}")
+        if isinstance(self.warmup, bool) or not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup!r}")
+        for name in ("lr", "output_weight", "hidden_weight", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number ≥ 0, got {value!r}")
+        check_temperature(self.temperature)
+        if self.checkpoint_every is not None and self.checkpoint is None:
+            raise ConfigError("checkpoint_every needs checkpoint= (the folder to write to)")
+        if self.plan is not None and not isinstance(self.plan, Plan):
+            raise ConfigError(f"plan must be a pk.Plan, got {type(self.plan).__name__}")
+        if self.output_loss is None and self.hidden is False and not self.layer_map:
+            raise ConfigError("nothing to distil: output_loss=None and no hidden states")
+
+
+@dataclass
+class DistillResult:
+    """What a distillation did. Losses are of the whole (global) batch, one per step."""
+
+    losses: list[float] = field(default_factory=list)
+    output_losses: list[float] = field(default_factory=list)
+    hidden_losses: list[float] = field(default_factory=list)
+    steps: int = 0  # steps done, counting those before a resume
+    resumed_from: int = 0  # the step a checkpoint resumed from (0: started afresh)
+    seconds: float = 0.0  # this call's training time
+    processes: int = 1
+    layer_map: dict[str, str] = field(default_factory=dict)  # student module → teacher module
+    projections: dict[str, Projection] = field(default_factory=dict)
+
+    @property
+    def steps_per_second(self) -> float:
+        return (self.steps - self.resumed_from) / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["projections"] = sorted(self.projections)
+        data["steps_per_second"] = self.steps_per_second
+        return data
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: Iterable, steps: int = 100,
+            progress: Callable[[int, float], None] | None = None,
+            **options: Any) -> DistillResult:
+    """Train ``student`` in place to reproduce ``teacher`` on ``data``.
+
+    Args:
+        student: the pruned model; trained in place, left in the mode it was in.
+        teacher: the reference (usually the model before pruning); never changed.
+        data: batches of inputs (or ``(inputs, targets)`` pairs, targets unused), called as
+            ``pk.prune`` calls example inputs; cycled when shorter than the run. Under
+            ``torchrun``: this process's share (a ``DistributedSampler``, or
+            ``pk.rank_share(batches)``).
+        steps: optimiser steps.
+        progress: called as ``progress(step, loss)`` after every step.
+        **options: the fields of ``pk.Distillation`` (losses, layer map, schedule,
+            accumulation, checkpointing).
+
+    Returns:
+        A ``DistillResult``: the loss of every step, steps per second, the layer map used
+        and the projections learned.
+
+    Example:
+        >>> pruned = copy.deepcopy(model)
+        >>> result = pk.prune(pruned, x, pk.LayerPruning(n=2, criterion="angular"), data=calib)
+        >>> pk.distill(pruned, model, batches, steps=500, plan=result.plan)
+    """
+    return run_distillation(student, teacher, data, Distillation(steps=steps, **options),
+                            progress)
+
+
+def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
+                     config: Distillation,
+                     progress: Callable[[int, float], None] | None = None) -> DistillResult:
+    """``pk.distill`` with its options as a ``Distillation``; ``progress(step, loss)`` after
+    every step."""
+    if student is teacher:
+        raise ConfigError("student and teacher are the same model; distil a pruned copy "
+                          "(copy.deepcopy the model before pruning it)")
+    pairs = _layer_map(student, teacher, config)
+    batches = _cycle(data)
+    first = next(batches)
+    with _captured(student, list(pairs)) as student_states, \
+            _captured(teacher, list(pairs.values())) as teacher_states:
+        objective = _Objective(student, teacher, pairs, config, student_states, teacher_states)
+        objective.prepare(split_batch(first)[0])
+        result = _train(objective, _prepend(first, batches), config, progress)
+    result.layer_map = dict(pairs)
+    result.projections = dict(objective.projections.items())
+    return result
+
+
+class _Objective(nn.Module):
+    """The student, the projections and the loss: one module, so DistributedDataParallel
+    sees every trained parameter used inside its forward."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: dict[str, str],
+                 config: Distillation, student_states: dict, teacher_states: dict):
+        super().__init__()
+        self.student = student
+        self.teacher = [teacher]  # in a list: not a submodule, never trained or synchronised
+        self.pairs, self.config = pairs, config
+        self.student_states, self.teacher_states = student_states, teacher_states
+        self.projections = nn.ModuleDict()
+        self.output_kind = "features"
+
+    @torch.no_grad()
+    def prepare(self, inputs: Any) -> None:
+        """Run both models once: which output to compare, and a projection (fitted on this
+        batch) wherever the student is narrower."""
+        teacher_output, teacher_hidden = self.targets(inputs)
+        with evaluating(self.student):
+            picked, self.output_kind = pick_output(call_model(self.student, inputs), inputs,
+                                                   self.config.output)
+        for name in self.pairs:
+            self._project_if_narrower(name, self.student_states[name], teacher_hidden[name])
+        if self.output_loss is not None and self.output_loss != "kl":
+            self._project_if_narrower("output", picked, teacher_output)
+
+    @property
+    def output_loss(self) -> str | None:
+        wanted = self.config.output_loss
+        if wanted == "auto":
+            return "kl" if self.output_kind == "logits" else "mse"
+        return wanted
+
+    def _project_if_narrower(self, name: str, student: torch.Tensor,
+                             teacher: torch.Tensor) -> None:
+        width, wanted = student.shape[feature_dim(student)], teacher.shape[feature_dim(teacher)]
+        if width != wanted:
+            projection = Projection(width, wanted).to(student.device)
+            projection.fit(student, teacher)
+            self.projections[_key(name)] = projection
+
+    @torch.no_grad()
+    def targets(self, inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher = self.teacher[0]
+        with evaluating(teacher):
+            output, _ = pick_output(call_model(teacher, inputs), inputs, self.config.output)
+        return output, {name: self.teacher_states[block] for name, block in self.pairs.items()}
+
+    def forward(self, inputs: Any, teacher_output: torch.Tensor,
+                teacher_hidden: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        output, _ = pick_output(call_model(self.student, inputs), inputs, self.config.output)
+        zero = output.new_zeros(())
+        output_term = zero
+        if self.output_loss is not None:
+            output = self._projected("output", output)
+            output_term = distance(self.output_loss, output, teacher_output,
+                                   row_weights(inputs, teacher_output), self.config.temperature)
+        hidden_term = zero
+        for name, wanted in teacher_hidden.items():
+            mine = self._projected(name, self.student_states[name])
+            hidden_term = hidden_term + distance(self.config.hidden_loss, mine, wanted,
+                                                 row_weights(inputs, wanted), 1.0)
+        total = self.config.output_weight * output_term + self.config.hidden_weight * hidden_term
+        return total, output_term.detach(), hidden_term.detach()
+
+    def _projected(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        key = _key(name)
+        return self.projections[key](x) if key in self.projections else x
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")  # a ModuleDict key may not hold dots
+
+
+def _train(objective: _Objective, batches: Iterator, config: Distillation,
+           progress: Callable[[int, float], None] | None) -> DistillResult:
+    student = objective.student
+    parameters = [p for p in objective.parameters() if p.requires_grad]
+    if not parameters:
+        raise ConfigError("the student has no parameter that requires grad")
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    result = DistillResult(processes=world_size())
+    used = _resume(config, objective, optimizer, schedule, result)
+    for _ in range(used):  # the batches the resumed run already trained on
+        next(batches)
+    model: nn.Module = objective
+    if is_distributed():
+        # parameters the loss does not reach (a pooler whose output is not compared) get
+        # no gradient; DDP must be told to expect that
+        model = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
+    mode = student.training
+    student.train()
+    started = time.perf_counter()
+    try:
+        for step in range(result.steps, config.steps):
+            sums = torch.zeros(3, dtype=torch.float64)
+            for micro in range(config.accumulate):
+                inputs = split_batch(next(batches))[0]
+                used += 1
+                teacher_output, teacher_hidden = objective.targets(inputs)
+                last = micro == config.accumulate - 1
+                with _syncing(model, last):
+                    terms = model(inputs, teacher_output, teacher_hidden)
+                    (terms[0] / config.accumulate).backward()
+                sums += torch.stack([t.detach().double() for t in terms])
+            if config.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            # each process's terms are its share of the global mean: the sum is the mean
+            total, output_part, hidden_part = (
+                value / config.accumulate / world_size() for value in sum_across(sums)[0])
+            result.losses.append(total.item())
+            result.output_losses.append(output_part.item())
+            result.hidden_losses.append(hidden_part.item())
+            result.steps = step + 1
+            if progress is not None:
+                progress(result.steps, result.losses[-1])
+            if config.checkpoint is not None and (
+                    result.steps == config.steps
+                    or (config.checkpoint_every and result.steps % config.checkpoint_every == 0)):
+                _save(config, objective, optimizer, schedule, result, used)
+    finally:
+        student.train(mode)
+        optimizer.zero_grad(set_to_none=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+class _syncing:
+    """DDP's ``no_sync`` for all but the last accumulated batch (gradients are all-reduced
+    once per step); nothing on one process."""
+
+    def __init__(self, model: nn.Module, sync: bool):
+        self.context = None if sync or not hasattr(model, "no_sync") else model.no_sync()
+
+    def __enter__(self):
+        return self.context.__enter__() if self.context is not None else None
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc) if self.context is not None else False
+
+
+def _lr_factor(config: Distillation) -> Callable[[int], float]:
+    warm = round(config.warmup * config.steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        progress = (step - warm) / max(1, config.steps - warm)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if config.schedule == "linear":
+            return 1 - progress
+        return 1.0
+    return factor
+
+
+def _layer_map(student: nn.Module, teacher: nn.Module, config: Distillation) -> dict[str, str]:
+    """Student module → teacher module whose outputs are matched."""
+    if config.layer_map:
+        for side, model, names in (("student", student, config.layer_map),
+                                   ("teacher", teacher, config.layer_map.values())):
+            modules = dict(model.named_modules())
+            missing = [name for name in names if name not in modules]
+            if missing:
+                raise ConfigError(f"layer_map: the {side} has no module {missing[0]!r}")
+        return dict(config.layer_map)
+    if config.hidden is False:
+        return {}
+    stack, teacher_stack = find_block_stack(student), find_block_stack(teacher)
+    if stack is None or stack != teacher_stack:
+        if config.hidden is True:
+            raise ConfigError("hidden=True: the student and the teacher have no common stack "
+                              "of blocks to match; pass layer_map={student module: teacher "
+                              "module}")
+        return {}
+    count = len(student.get_submodule(stack))
+    removed = set(config.plan.layers) if config.plan is not None else set()
+    kept = [i for i in range(len(teacher.get_submodule(stack)))
+            if f"{stack}.{i}" not in removed]
+    if len(kept) != count:
+        how = ("the plan's removed layers leave " f"{len(kept)}" if removed
+               else f"the teacher has {len(kept)}")
+        raise ConfigError(f"the student has {count} blocks in {stack}, {how}; pass plan= (the "
+                          f"plan that pruned the student) or layer_map=")
+    return {f"{stack}.{new}": f"{stack}.{old}" for new, old in enumerate(kept)}
+
+
+class _captured:
+    """Forward hooks that keep the latest output tensor of each named module."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        self.model, self.names, self.states, self.handles = model, names, {}, []
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        modules = dict(self.model.named_modules())
+        for name in self.names:
+            def hook(_module, _args, output, name=name):
+                self.states[name] = first_tensor(output)
+            self.handles.append(modules[name].register_forward_hook(hook))
+        return self.states
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.states.clear()
+
+
+def _cycle(data: Iterable) -> Iterator:
+    """The batches over and over; a one-shot iterator that runs out is an error."""
+    if isinstance(data, (torch.Tensor, dict)) or not hasattr(data, "__iter__"):
+        raise ConfigError(f"data must be an iterable of batches (a list or a DataLoader), "
+                          f"got a {type(data).__name__}")
+    seen = 0
+    while True:
+        passed = 0
+        for batch in data:
+            passed += 1
+            seen += 1
+            yield batch
+        if passed == 0:
+            raise ConfigError(f"data ran out after {seen} batches; pass a re-iterable (a list "
+                              f"or a DataLoader), not an iterator" if seen else
+                              "data= gave no batches")
+
+
+def _prepend(first: Any, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _checkpoint_file(config: Distillation) -> Path:
+    return Path(config.checkpoint) / CHECKPOINT_FILE
+
+
+def _save(config: Distillation, objective: _Objective, optimizer, schedule,
+          result: DistillResult, used: int) -> None:
+    """Write the state (tensors and numbers only; no pickled code) atomically, on the main
+    process; the others wait so that none reads a half-written file later."""
+    if is_main_process():
+        path = _checkpoint_file(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"steps": config.steps, "step": result.steps, "batches_used": used,
+                 "student": objective.student.state_dict(),
+                 "projections": objective.projections.state_dict(),
+                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "losses": [result.losses, result.output_losses, result.hidden_losses],
+                 "rng": torch.get_rng_state()}
+        temporary = path.with_name(path.name + ".partial")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    barrier()
+
+
+def _resume(config: Distillation, objective: _Objective, optimizer, schedule,
+            result: DistillResult) -> int:
+    """Load the checkpoint if there is one; how many batches the run had used."""
+    if config.checkpoint is None or not _checkpoint_file(config).exists():
+        return 0
+    path = _checkpoint_file(config)
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"checkpoint: {path} cannot be read ({type(error).__name__}: "
+                          f"{error}); delete it to start afresh") from error
+    if state.get("steps") != config.steps:
+        raise ConfigError(f"checkpoint: {path} is of a run of {state.get('steps')} steps, "
+                          f"this one asks for {config.steps}; give the same steps or another "
+                          f"checkpoint folder")
+    try:
+        objective.student.load_state_dict(state["student"])
+        objective.projections.load_state_dict(state["projections"])
+    except RuntimeError as error:
+        raise ConfigError(f"checkpoint: {path} holds another student's weights; give the "
+                          f"student it was written for, or another checkpoint folder") from error
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    result.losses, result.output_losses, result.hidden_losses = (
+        list(values) for values in state["losses"])
+    result.steps = result.resumed_from = state["step"]
+    return state["batches_used"]
