@@ -26,7 +26,10 @@ How it goes:
    everything succeeded.
 
 Scores are those of the unpruned model, as ``pk.prune`` on the loaded model computes them, so
-with the same criterion and data the plan and weights are the same.
+with the same criterion and data the plan and weights are the same. Launched by ``torchrun``,
+each process streams its own share of the calibration batches; the statistics are summed over
+the processes (``prunekit.distributed``), so all derive the same plan, and the first process
+writes the folder.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,7 +53,7 @@ from ..api import prune
 from ..batches import split_batch
 from ..calls import call_model
 from ..distance import first_tensor, summed_distance, token_weights
-from ..distributed import sum_across
+from ..distributed import barrier, is_main_process, sum_across
 from ..errors import ConfigError, PruneError
 from ..layers import choose_layers, removal
 from ..layers.criteria import LayerScore
@@ -257,7 +261,12 @@ def prune_streamed(source: str | Path, out: str | Path,
                               config_matches)
 
     holder: list[StreamedResult] = []
-    io.replace_folder(out, lambda folder: holder.append(write(folder)))
+    if is_main_process():
+        io.replace_folder(out, lambda folder: holder.append(write(folder)))
+    else:  # under torchrun every process computes the same result; the first one writes it
+        with tempfile.TemporaryDirectory(prefix="prunekit-stream-") as scratch:
+            holder.append(write(Path(scratch)))
+    barrier()  # no process returns before the folder is complete
     result = holder[0]
     result.seconds = time.perf_counter() - started
     return result

@@ -136,10 +136,15 @@ class Projection(nn.Module):
     def fit(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
         """Start from the least-squares map between the two on a first batch: after hidden
         size pruning that is nearly the selection of the kept channels, so distillation
-        starts from the pruned model's own quality rather than from noise."""
+        starts from the pruned model's own quality rather than from noise. On several
+        processes the normal equations are summed over all of their rows, so every process
+        fits the same map."""
         s, t = _rows(student).double(), _rows(teacher).double()
-        ridge = 1e-4 * s.square().mean().clamp_min(1e-12) * torch.eye(s.shape[1], dtype=s.dtype)
-        solution = torch.linalg.solve(s.T @ s + ridge * len(s), s.T @ t)  # (student, teacher)
+        gram, cross, squares, rows = sum_across(s.T @ s, s.T @ t, s.square().sum(),
+                                                torch.tensor(float(s.numel()), dtype=s.dtype))
+        # a small ridge, relative to the inputs' scale: collinear inputs still solve
+        ridge = 1e-4 * (squares / rows).clamp_min(1e-12) * torch.eye(s.shape[1], dtype=s.dtype)
+        solution = torch.linalg.solve(gram + ridge * rows / s.shape[1], cross)  # (student, teacher)
         self.linear.weight.copy_(solution.T.to(self.linear.weight.dtype))
 
 
