@@ -130,10 +130,17 @@ def distilled() -> tuple[dict, dict[str, torch.Tensor]]:
     plan = pk.prune(student, data[0], pk.LayerPruning(1, "last")).plan
     result = pk.distill(student, teacher, pk.rank_share(data), steps=4, lr=1e-3, warmup=0,
                         plan=plan)
+    sharded = copy.deepcopy(teacher)
+    pk.prune(sharded, data[0], pk.LayerPruning(1, "last"))
+    fsdp = pk.distill(sharded, teacher, pk.rank_share(data), steps=4, lr=1e-3, warmup=0,
+                      plan=plan, parallel="fsdp", accumulate=2)
+    # the sharded copy trained; the model given back is a plain module holding its weights
+    assert type(sharded) is transformers.BertModel
+    assert all(type(p) is nn.Parameter for p in sharded.parameters())
     narrow = copy.deepcopy(teacher)
     pk.prune(narrow, data[0], pk.HiddenPruning(0.5))
     projected = pk.distill(narrow, teacher, pk.rank_share(data), steps=3, lr=1e-3,
-                           hidden_loss="cosine")
+                           hidden_loss="cosine", parallel="fsdp")
     classifier, trained = cnn(norms=False), cnn(norms=False)
     pk.prune(trained, images()[0][0], pk.FilterPruning(0.5, "l1"))
     logits = pk.distill(trained, classifier, pk.rank_share([x for x, _ in images()]), steps=3,
@@ -141,10 +148,12 @@ def distilled() -> tuple[dict, dict[str, torch.Tensor]]:
     tuned = cnn(norms=False)
     epochs = train_classifier(tuned, pk.rank_share(images()), epochs=2, lr=1e-2)
     losses = {"layers": result.losses, "hidden": result.hidden_losses,
-              "projected": projected.losses, "logits": logits.losses, "fine-tuned": epochs,
+              "projected": projected.losses, "fsdp": fsdp.losses, "logits": logits.losses, "fine-tuned": epochs,
               "processes": result.processes}
     weights = {**{f"layers/{k}": v for k, v in student.state_dict().items()},
                **{f"projected/{k}": v for k, v in narrow.state_dict().items()},
+               **{f"fsdp/{k}": v for k, v in sharded.state_dict().items()},
+               **{f"projection/{k}": p.linear.weight for k, p in projected.projections.items()},
                **{f"logits/{k}": v for k, v in trained.state_dict().items()},
                **{f"fine-tuned/{k}": v for k, v in tuned.state_dict().items()}}
     return losses, {k: v.detach().contiguous().clone() for k, v in weights.items()}

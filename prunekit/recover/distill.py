@@ -13,11 +13,13 @@ The loss is ``output_weight × output term + hidden_weight × Σ hidden terms``:
 Training is AdamW with linear warm-up and then a cosine (or linear, or constant) schedule,
 gradient clipping and accumulation; the state is written every ``checkpoint_every`` steps and
 a later call with the same ``checkpoint`` folder resumes from it. Launched by ``torchrun``, the
-student trains under DistributedDataParallel, each process on its own share of the data.
+student trains under DistributedDataParallel, or fully sharded (``parallel="fsdp"``,
+``prunekit.recover.sharding``), each process on its own share of the data.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -36,6 +38,7 @@ from ..distributed import barrier, is_distributed, is_main_process, sum_across, 
 from ..errors import ConfigError
 from ..plan import Plan
 from ..surgery.stacks import find_block_stack
+from . import sharding
 from .losses import (
     HIDDEN_LOSSES,
     OUTPUT_LOSSES,
@@ -49,6 +52,7 @@ from .losses import (
 )
 
 SCHEDULES = ("cosine", "linear", "constant")
+PARALLEL = ("ddp", "fsdp")
 CHECKPOINT_FILE = "distill.pt"
 
 
@@ -78,6 +82,9 @@ class Distillation:
         max_grad_norm: gradients are clipped to this norm (None: not clipped).
         checkpoint: a folder; the state is written there and a later call resumes from it.
         checkpoint_every: write the state every this many steps (and always at the end).
+        parallel: under ``torchrun``, ``"ddp"`` (DistributedDataParallel: every process holds
+            the weights, gradients and optimiser state) or ``"fsdp"`` (fully sharded: each
+            holds 1/N of them; no checkpointing yet). One process: plain training either way.
     """
 
     steps: int = 100
@@ -98,6 +105,7 @@ class Distillation:
     max_grad_norm: float | None = 1.0
     checkpoint: str | Path | None = None
     checkpoint_every: int | None = None
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         for name in ("steps", "accumulate") + (("checkpoint_every",)
@@ -126,6 +134,12 @@ class Distillation:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{name} must be a number ≥ 0, got {value!r}")
         check_temperature(self.temperature)
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got "
+                              f"{self.parallel!r}")
+        if self.parallel == "fsdp" and self.checkpoint is not None:
+            raise ConfigError("checkpoint= is not supported with parallel='fsdp' yet; use "
+                              "parallel='ddp' to checkpoint and resume")
         if self.checkpoint_every is not None and self.checkpoint is None:
             raise ConfigError("checkpoint_every needs checkpoint= (the folder to write to)")
         if self.plan is not None and not isinstance(self.plan, Plan):
@@ -200,13 +214,26 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
     pairs = _layer_map(student, teacher, config)
     batches = _cycle(data)
     first = next(batches)
-    with _captured(student, list(pairs)) as student_states, \
+    sharded = config.parallel == "fsdp" and is_distributed()
+    trained = copy.deepcopy(student) if sharded else student  # see recover/sharding.py
+    with _captured(trained, list(pairs)) as student_states, \
             _captured(teacher, list(pairs.values())) as teacher_states:
-        objective = _Objective(student, teacher, pairs, config, student_states, teacher_states)
+        objective = _Objective(trained, teacher, pairs, config, student_states, teacher_states)
         objective.prepare(split_batch(first)[0])
-        result = _train(objective, _prepend(first, batches), config, progress)
+        result = _train(objective, _prepend(first, batches), config, progress, sharded)
     result.layer_map = dict(pairs)
-    result.projections = dict(objective.projections.items())
+    if sharded:
+        weights = sharding.full_state(objective)
+        student.load_state_dict({name[len("student."):]: value for name, value in weights.items()
+                                 if name.startswith("student.")})
+        projections = {name: Projection(p.linear.in_features, p.linear.out_features)
+                       for name, p in objective.projections.items()}
+        for name, projection in projections.items():
+            projection.linear.weight.data.copy_(weights[f"projections.{name}.linear.weight"])
+        result.projections = projections
+        del objective, trained
+    else:
+        result.projections = dict(objective.projections.items())
     return result
 
 
@@ -286,8 +313,10 @@ def _key(name: str) -> str:
 
 
 def _train(objective: _Objective, batches: Iterator, config: Distillation,
-           progress: Callable[[int, float], None] | None) -> DistillResult:
+           progress: Callable[[int, float], None] | None, sharded: bool) -> DistillResult:
     student = objective.student
+    if sharded:  # before the optimiser is made: it must hold the sharded parameters
+        sharding.shard(objective, student)
     parameters = [p for p in objective.parameters() if p.requires_grad]
     if not parameters:
         raise ConfigError("the student has no parameter that requires grad")
@@ -298,7 +327,7 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
     for _ in range(used):  # the batches the resumed run already trained on
         next(batches)
     model: nn.Module = objective
-    if is_distributed():
+    if is_distributed() and not sharded:
         # parameters the loss does not reach (a pooler whose output is not compared) get
         # no gradient; DDP must be told to expect that
         model = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
@@ -343,10 +372,13 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
 
 
 class _syncing:
-    """DDP's ``no_sync`` for all but the last accumulated batch (gradients are all-reduced
-    once per step); nothing on one process."""
+    """No gradient synchronisation for all but the last accumulated batch (gradients are
+    reduced once per step): DDP's ``no_sync``, FSDP's ``set_requires_gradient_sync``; nothing
+    on one process."""
 
     def __init__(self, model: nn.Module, sync: bool):
+        if hasattr(model, "set_requires_gradient_sync"):  # fully sharded
+            model.set_requires_gradient_sync(sync)
         self.context = None if sync or not hasattr(model, "no_sync") else model.no_sync()
 
     def __enter__(self):
