@@ -45,8 +45,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def collective_device() -> torch.device:
+    """Where tensors must be for a collective: NCCL reduces GPU tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def sum_across(*values: torch.Tensor | float | int) -> list[Any]:
-    """Each value summed over every process, in the same types (floats stay floats).
+    """Each value summed over every process, in the same types and on the same devices
+    (floats stay floats).
 
     Tensors are reduced in float64 so the order in which processes are added changes the
     last bits only; every process gets the same result.
@@ -54,11 +62,12 @@ def sum_across(*values: torch.Tensor | float | int) -> list[Any]:
     if not is_distributed():
         return list(values)
     summed = []
+    device = collective_device()
     for value in values:
-        tensor = torch.as_tensor(value, dtype=torch.float64).clone()
+        tensor = torch.as_tensor(value, dtype=torch.float64).to(device, copy=True)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         if isinstance(value, torch.Tensor):
-            summed.append(tensor.to(value.dtype))
+            summed.append(tensor.to(value.device, value.dtype))
         elif isinstance(value, int) and not isinstance(value, bool):
             summed.append(int(round(tensor.item())))
         else:
@@ -72,6 +81,7 @@ def require_data_everywhere(count: int, who: str) -> None:
     waiting."""
     seen = torch.tensor([count], dtype=torch.float64)
     if is_distributed():
+        seen = seen.to(collective_device())
         dist.all_reduce(seen, op=dist.ReduceOp.MIN)
     if seen.item() == 0:
         where = " on at least one process; give every process a share" if is_distributed() else ""

@@ -345,7 +345,7 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
                 with _syncing(model, last):
                     terms = model(inputs, teacher_output, teacher_hidden)
                     (terms[0] / config.accumulate).backward()
-                sums += torch.stack([t.detach().double() for t in terms])
+                sums += torch.stack([t.detach().double().cpu() for t in terms])
             if config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()

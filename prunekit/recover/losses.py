@@ -139,12 +139,13 @@ class Projection(nn.Module):
         starts from the pruned model's own quality rather than from noise. On several
         processes the normal equations are summed over all of their rows, so every process
         fits the same map."""
-        s, t = _rows(student).double(), _rows(teacher).double()
+        s, t = _rows(student).double(), _rows(teacher).double()  # (rows, width)
         gram, cross, squares, rows = sum_across(s.T @ s, s.T @ t, s.square().sum(),
-                                                torch.tensor(float(s.numel()), dtype=s.dtype))
-        # a small ridge, relative to the inputs' scale: collinear inputs still solve
-        ridge = 1e-4 * (squares / rows).clamp_min(1e-12) * torch.eye(s.shape[1], dtype=s.dtype)
-        solution = torch.linalg.solve(gram + ridge * rows / s.shape[1], cross)  # (student, teacher)
+                                                torch.tensor(float(len(s)), dtype=s.dtype))
+        # a small ridge, relative to the inputs' mean square: collinear inputs still solve
+        scale = (squares / (rows * s.shape[1])).clamp_min(1e-12)
+        ridge = 1e-4 * scale * rows * torch.eye(s.shape[1], dtype=s.dtype, device=s.device)
+        solution = torch.linalg.solve(gram + ridge, cross)  # (student width, teacher width)
         self.linear.weight.copy_(solution.T.to(self.linear.weight.dtype))
 
 
