@@ -193,6 +193,27 @@ def test_iterative_records_every_step_and_saves_a_loadable_model(tmp_path, resid
     assert (out / "history.png").stat().st_size > 1000
 
 
+def test_iterative_can_recover_by_distillation_alone(tmp_path, residual_source):
+    import json
+
+    source, _ = residual_source
+    out = tmp_path / "distilled"
+    result = runner.invoke(app, ["iterative", "--model", f"{source}:residual_cnn", "--data",
+                                 f"{source}:loaders", "--steps", "2", "--ratio", "0.5",
+                                 "--finetune-epochs", "0", "--distill-steps", "3",
+                                 "--no-latency", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "0 fine-tuning epochs after 3 distillation steps" in " ".join(result.output.split())
+    records = json.loads((out / "history.json").read_text())["records"]
+    assert records[0]["distill_loss"] is None
+    assert all(r["distill_loss"] is not None for r in records[1:])
+    refused = runner.invoke(app, ["iterative", "--model", f"{source}:residual_cnn", "--data",
+                                  f"{source}:loaders", "--distill-steps", "-2", "--out",
+                                  str(tmp_path / "never")])
+    assert refused.exit_code != 0 and "--distill-steps must be 0" in refused.output
+    assert not (tmp_path / "never").exists()
+
+
 def test_sensitivity_tries_every_group_at_every_ratio(tmp_path, residual_source):
     import json
 

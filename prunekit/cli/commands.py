@@ -376,18 +376,26 @@ def iterative(
     flops_target: float = typer.Option(None, help="final fraction of FLOPs removed, "
                                                   "instead of --ratio"),
     finetune_epochs: int = typer.Option(1, help="fine-tuning epochs after each step"),
-    lr: float = typer.Option(1e-3, help="Adam learning rate for fine-tuning"),
+    lr: float = typer.Option(1e-3, help="learning rate for fine-tuning and distillation"),
+    distill_steps: int = typer.Option(0, help="after each step, distil this many steps from "
+                                      "the unpruned model on the training images (before "
+                                      "fine-tuning; --finetune-epochs 0 for distillation alone)"),
     calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
     out: Path = typer.Option(..., help="directory for the model, plan, history.json and plot"),
     latency: bool = typer.Option(True, help="time every step's model against the unpruned "
                                             "one, interleaved, on a test batch"),
     threads: int = typer.Option(None, help="threads latency is timed with"),
 ) -> None:
-    """Prune to a target in several steps, fine-tuning (cross-entropy) between them; record
-    params, FLOPs, test accuracy and measured speed-up after every step."""
+    """Prune to a target in several steps, fine-tuning (cross-entropy) or distilling between
+    them; record params, FLOPs, test accuracy and measured speed-up after every step."""
+    from ..recover import Distillation
     from ..workflows.iterative import iterative_prune
 
     try:
+        if distill_steps < 0:
+            raise ConfigError(f"--distill-steps must be 0 (no distillation) or more, got "
+                              f"{distill_steps}")
+        distill = Distillation(steps=distill_steps, lr=lr) if distill_steps else None
         check_out(out, {"model.safetensors", "plan.json", "history.json", "history.png"})
         pruning = _method(method, criterion, ratio=ratio, n=n, flops_target=flops_target)
         network = load_model(model, checkpoint)
@@ -396,7 +404,7 @@ def iterative(
         with _progress(f"pruning {model} in {steps} steps") as (bar, task):
             history = iterative_prune(
                 network, x, pruning, steps, train_data=train, eval_data=test,
-                finetune_epochs=finetune_epochs, lr=lr,
+                finetune_epochs=finetune_epochs, lr=lr, distill=distill, distill_data=train,
                 data=list(itertools.islice(train, calibration_batches)),
                 timing_inputs=x if latency else None, threads=threads,
                 progress=lambda message: bar.update(task, description=message))
@@ -409,8 +417,10 @@ def iterative(
         replace_out(out, write)
     except (PruneError, ConfigError) as error:
         _fail(error)
+    recovery = f"{finetune_epochs} fine-tuning epochs" + (
+        f" after {distill_steps} distillation steps" if distill_steps else "")
     table = Table(title=f"{model}: {escape(pruning.summary())} in {steps} steps, "
-                        f"{finetune_epochs} fine-tuning epochs each")
+                        f"{recovery} each")
     for column in ("step", "params", "params removed", "FLOPs removed", "test accuracy",
                    "speed-up (95% CI)"):
         table.add_column(column, justify="right")
