@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prunekit as pk  # noqa: E402
 from prunekit.distributed import barrier, is_main_process, world_size  # noqa: E402
-from prunekit.recover import train_classifier  # noqa: E402
+from prunekit.recover import recalibrate_norms, train_classifier  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -97,6 +97,20 @@ def plans() -> dict[str, dict]:
     return {name: _kept(plan) for name, plan in derived.items()}
 
 
+def refitted() -> dict[str, torch.Tensor]:
+    """Weights fitted to data rather than trained: least-squares reconstruction (the normal
+    equations summed over the processes, so one process's fit) and re-estimated BatchNorm
+    statistics (each process's averaged, so every process holds the same)."""
+    fitted, data = cnn(), images()
+    pk.prune(fitted, data[0][0], pk.ChannelPruning(0.5, "l1", reconstruct=True),
+             data=pk.rank_share(data))
+    renormed = cnn()
+    pk.prune(renormed, data[0][0], pk.FilterPruning(0.5, "l1"))
+    recalibrate_norms(renormed, pk.rank_share(data))
+    return {**{f"reconstructed/{k}": v for k, v in fitted.state_dict().items()},
+            **{f"norms/{k}": v for k, v in renormed.state_dict().items()}}
+
+
 def streamed(out: Path) -> dict[str, dict]:
     source = out / "llama"
     if is_main_process():
@@ -164,11 +178,14 @@ def main(out: Path) -> None:
         dist.init_process_group("gloo")
     torch.set_num_threads(1)
     try:
-        found = {"world_size": world_size(), "plans": {**plans(), **streamed(out)}}
+        found = {"out": str(out), "world_size": world_size(), "plans": {**plans(), **streamed(out)}}
         found["losses"], weights = distilled()
+        fitted = refitted()
         if is_main_process():
             (out / "derived.json").write_text(json.dumps(found, indent=1))
             save_file(weights, out / "weights.safetensors")
+        save_file(fitted, out / f"fitted-{dist.get_rank() if dist.is_initialized() else 0}"
+                                f".safetensors")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -55,6 +55,21 @@ def test_two_process_training_follows_one_process_on_the_same_global_batches(one
         torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_weights_fitted_to_data_agree_across_processes(one_and_two):
+    """Least-squares reconstruction sums the normal equations, so two processes fit what one
+    fits; BatchNorm statistics re-estimated on each process's rows are averaged, so both
+    processes hold the same (not one process's: a half batch has its own variance)."""
+    root = Path(one_and_two[0][0]["out"]).parent
+    one = load_file(root / "one" / "fitted-0.safetensors")
+    first, second = (load_file(root / "two" / f"fitted-{rank}.safetensors") for rank in (0, 1))
+    for name, value in first.items():
+        torch.testing.assert_close(second[name], value, rtol=0, atol=0, msg=name)
+        if name.startswith("reconstructed/"):
+            torch.testing.assert_close(value, one[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert any(not torch.equal(one[name], first[name]) for name in one
+               if name.startswith("norms/") and "running_var" in name)
+
+
 def test_a_share_of_the_data_alone_gives_other_plans():
     """The control: what the processes agree on depends on all of the data, so a process
     scoring its own half without the sums would disagree."""

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..batches import split_batch
 from ..calls import call_model, evaluating
+from ..distributed import sum_across
 
 
 def recalibrate_norms(model: nn.Module, data: Iterable) -> int:
@@ -36,7 +37,20 @@ def recalibrate_norms(model: nn.Module, data: Iterable) -> int:
                 norm.train()
             for batch in data:
                 call_model(model, split_batch(batch)[0])
+        _average_across_processes(norms)
     finally:
         for norm, value in momentum.items():
             norm.momentum = value
     return len(norms)
+
+
+def _average_across_processes(norms: list[nn.Module]) -> None:
+    """Under torchrun, every process's statistics weighted by the batches it read, so all of
+    them hold the same (no-op on one process)."""
+    for norm in norms:
+        batches = norm.num_batches_tracked.double()
+        mean, variance, batches = sum_across(norm.running_mean * batches,
+                                             norm.running_var * batches, batches)
+        if batches > 0:
+            norm.running_mean.copy_(mean / batches)
+            norm.running_var.copy_(variance / batches)

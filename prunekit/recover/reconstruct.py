@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from ..batches import split_batch
 from ..calls import call_model, evaluating
+from ..distributed import sum_across
 from ..plan import Plan
 
 MAX_ROWS = 20_000  # least-squares rows kept per layer (random positions), plenty for a fit
@@ -105,11 +106,12 @@ def _refit(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Ten
     fit_bias = layer.bias is not None  # the bias absorbs the mean the lost inputs carried
     if fit_bias:
         rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
-    gram = rows.T @ rows
+    # summed over every process's rows (torchrun), so all of them fit the same weights
+    gram, cross = sum_across(rows.T @ rows, rows.T @ wanted)
     ridge = RIDGE * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
     if fit_bias:
         ridge[-1, -1] = 0  # no pull of the bias towards zero
-    solution = torch.linalg.solve(gram + ridge, rows.T @ wanted)  # (inputs [+ 1], outputs)
+    solution = torch.linalg.solve(gram + ridge, cross)  # (inputs [+ 1], outputs)
     with torch.no_grad():
         weights = solution[:-1] if fit_bias else solution
         layer.weight.copy_(weights.T.reshape(layer.weight.shape).to(layer.weight.dtype))
