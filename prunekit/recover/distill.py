@@ -223,15 +223,7 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
         result = _train(objective, _prepend(first, batches), config, progress, sharded)
     result.layer_map = dict(pairs)
     if sharded:
-        weights = sharding.full_state(objective)
-        student.load_state_dict({name[len("student."):]: value for name, value in weights.items()
-                                 if name.startswith("student.")})
-        projections = {name: Projection(p.linear.in_features, p.linear.out_features)
-                       for name, p in objective.projections.items()}
-        for name, projection in projections.items():
-            projection.linear.weight.data.copy_(weights[f"projections.{name}.linear.weight"])
-        result.projections = projections
-        del objective, trained
+        result.projections = sharding.gather_into(student, objective)
     else:
         result.projections = dict(objective.projections.items())
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..surgery.stacks import find_block_stack
+from .losses import Projection
 
 
 def shard(objective: nn.Module, student: nn.Module) -> None:
@@ -26,8 +27,17 @@ def shard(objective: nn.Module, student: nn.Module) -> None:
     fully_shard(objective)
 
 
-def full_state(module: nn.Module) -> dict:
-    """The whole weights of a sharded module, on every process."""
+def gather_into(student: nn.Module, objective: nn.Module) -> dict[str, Projection]:
+    """Load the sharded copy's whole weights (``objective.student``) into the plain
+    ``student``, on every process; the projections trained beside it, as plain modules."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    weights = get_model_state_dict(objective, options=StateDictOptions(full_state_dict=True))
+    student.load_state_dict({name.removeprefix("student."): value
+                             for name, value in weights.items() if name.startswith("student.")})
+    projections = {}
+    for name, sharded in objective.projections.items():
+        projection = Projection(sharded.linear.in_features, sharded.linear.out_features)
+        projection.linear.weight.data.copy_(weights[f"projections.{name}.linear.weight"])
+        projections[name] = projection
+    return projections
