@@ -12,6 +12,7 @@ around it ``layers``, ``hf``, ``recover``, ``workflows`` and ``cli``.
 """
 
 from .api import PruneResult, prune
+from .batches import Batch
 from .checks import VerifyReport, verify
 from .deploy import ExportReport, export
 from .distributed import rank_share
@@ -66,7 +67,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
 
 __all__ = [
-    "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
+    "Batch", "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
     "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",

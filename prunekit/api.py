@@ -131,7 +131,7 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     check_example_inputs(example_inputs)
     check_tolerance(tolerance)
     check_optimizer(optimizer)
-    data = checked_data(model, data)
+    data = checked_data(model, data, example_inputs)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     # verified on a few batches of data too: control flow real data takes is checked as well
     batches = [split_batch(batch)[0] for batch in islice(data or (), VERIFY_BATCHES)]

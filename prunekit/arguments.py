@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .batches import split_batch
+from .batches import check_batch_form, split_batch
 from .calls import call_model, evaluating, named_tensors
 from .errors import ConfigError
 
@@ -49,9 +49,11 @@ def check_optimizer(optimizer: Any) -> None:
                           f"{type(optimizer).__name__}")
 
 
-def checked_data(model: nn.Module, data: Iterable | None) -> list | Iterable | None:
+def checked_data(model: nn.Module, data: Iterable | None,
+                 example_inputs: Any = None) -> list | Iterable | None:
     """``data`` ready to be read several times (a one-shot iterator is read into a list once),
-    after checking that it has batches and that the model runs on the first."""
+    after checking that it has batches, that the first cannot be misread (``pk.Batch``) and
+    that the model runs on it."""
     if data is None:
         return None
     if isinstance(data, (torch.Tensor, str, bytes)) or not isinstance(data, Iterable):
@@ -62,6 +64,7 @@ def checked_data(model: nn.Module, data: Iterable | None) -> list | Iterable | N
     first = next(iter(data), None)
     if first is None:
         raise ConfigError("data has no batches; give at least one, or leave data out")
+    check_batch_form(first, example_inputs)
     inputs = split_batch(first)[0]
     check_example_inputs(inputs, "data's first batch")
     try:
@@ -70,6 +73,6 @@ def checked_data(model: nn.Module, data: Iterable | None) -> list | Iterable | N
     except Exception as error:
         raise ConfigError(f"data: the model does not run on the first batch "
                           f"({type(error).__name__}: {error}); each batch must be the "
-                          f"model's inputs, as example_inputs are, or an (inputs, targets) "
-                          f"pair") from error
+                          f"model's inputs, as example_inputs are, an (inputs, targets) "
+                          f"pair, or a pk.Batch(inputs, targets)") from error
     return data

@@ -1,14 +1,17 @@
 """What a batch is, for everything that reads calibration or evaluation data.
 
 A batch is the model's inputs (called as ``pk.prune`` calls example inputs) or an
-``(inputs, targets)`` pair. Losses come from the user's ``loss_fn(outputs, batch)``, else
-the model's own (a Hugging Face model given ``labels``), else cross-entropy of the outputs
-against the targets.
+``(inputs, targets)`` pair, or, when that could be misread, a ``pk.Batch(inputs, targets)``:
+a model whose inputs are themselves a pair (``model(image, text)``) cannot tell its two
+inputs from inputs and targets, so ``pk.prune`` refuses such batches (``check_batch_form``)
+and ``pk.Batch`` says which is which. Losses come from the user's ``loss_fn(outputs, batch)``,
+else the model's own (a Hugging Face model given ``labels``), else cross-entropy of the
+outputs against the targets.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -18,11 +21,56 @@ from .errors import ConfigError
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 
+class Batch(NamedTuple):
+    """One batch that cannot be misread: the model's inputs (a tensor, a tuple called as
+    ``model(*inputs)``, a dict called as ``model(**inputs)``) and the targets, if any.
+
+    Example:
+        >>> data = [pk.Batch((images, texts), labels) for images, texts, labels in loader]
+    """
+
+    inputs: Any
+    targets: Any = None
+
+
 def split_batch(batch: Any) -> tuple[Any, Any]:
-    """``(inputs, targets)`` or ``[inputs, targets]`` → both; anything else is inputs only."""
+    """``pk.Batch``, ``(inputs, targets)`` or ``[inputs, targets]`` → both; anything else is
+    inputs only."""
+    if isinstance(batch, Batch):
+        return batch.inputs, batch.targets
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     return batch, None
+
+
+def check_batch_form(batch: Any, example_inputs: Any, what: str = "data") -> None:
+    """A ``ConfigError`` when a plain pair of a batch could be either of its readings: the
+    model's example inputs are a pair too, and the batch is shaped like them rather than like
+    ``(inputs, targets)``. A wrong guess would calibrate on the first input alone."""
+    if isinstance(batch, Batch) or not _is_pair(batch) or not _is_pair(example_inputs):
+        return
+    if _form(batch[0]) == _form(example_inputs):
+        return  # (inputs, targets): the first item is shaped like the example inputs
+    if _form(batch) == _form(example_inputs):
+        raise ConfigError(f"{what}: a batch of two items is read as (inputs, targets), but "
+                          f"the model's example inputs are a pair as well, so this batch may "
+                          f"be its two inputs; give each batch as pk.Batch(inputs) or "
+                          f"pk.Batch(inputs, targets)")
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and not isinstance(value, Batch) and len(value) == 2
+
+
+def _form(value: Any) -> Any:
+    """The nesting of a value, without sizes: what tells inputs from (inputs, targets)."""
+    if isinstance(value, torch.Tensor):
+        return "tensor"
+    if isinstance(value, (tuple, list)):
+        return tuple(_form(item) for item in value)
+    if isinstance(value, dict):
+        return tuple(sorted(value))
+    return type(value).__name__
 
 
 def model_loss(outputs: Any) -> torch.Tensor | None:

@@ -3,6 +3,8 @@ was; overrides take module-name prefixes; an optimizer can follow the pruned par
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -85,3 +87,50 @@ def test_an_optimizer_given_to_prune_trains_the_pruned_model():
     model(X).sum().backward()
     optimizer.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, params) if p.grad is not None)
+
+
+class ImageAndText(torch.nn.Module):
+    """A model called as model(image, text): its example inputs are a pair."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.embed = torch.nn.Embedding(20, 8)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, image, text):
+        features = self.conv(image).relu().mean((2, 3)) + self.embed(text).mean(1)
+        return self.head(features)
+
+
+def two_input_batches(count=3):
+    generator = torch.Generator().manual_seed(0)
+    return [((torch.randn(4, 3, 8, 8, generator=generator),
+              torch.randint(0, 20, (4, 5), generator=generator)),
+             torch.randint(0, 4, (4,), generator=generator)) for _ in range(count)]
+
+
+def test_a_pair_of_inputs_is_not_taken_for_inputs_and_targets():
+    torch.manual_seed(0)
+    model = ImageAndText().eval()
+    batches = two_input_batches()
+    example = batches[0][0]
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(pk.ConfigError, match=r"pk.Batch\(inputs\)"):
+        pk.prune(model, example, pk.FilterPruning(0.5, "apoz"),
+                 data=[inputs for inputs, _ in batches])  # (image, text): two inputs, or x, y?
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    plans = []
+    for data in ([pk.Batch(inputs) for inputs, _ in batches],  # said plainly
+                 batches):  # ((image, text), labels): the first item is shaped like the inputs
+        pruned = copy.deepcopy(model)
+        plans.append(pk.prune(pruned, example, pk.FilterPruning(0.5, "apoz"), data=data).plan)
+    assert plans[0].tensors == plans[1].tensors and plans[0].tensors
+    labelled = [pk.Batch(inputs, labels) for inputs, labels in batches]
+    taylor = pk.prune(copy.deepcopy(model), example, pk.FilterPruning(0.5, "taylor"),
+                      data=labelled).plan
+    assert taylor.tensors == pk.prune(copy.deepcopy(model), example,
+                                      pk.FilterPruning(0.5, "taylor"), data=batches).plan.tensors
+    with pytest.raises(pk.ConfigError, match="needs labelled batches"):
+        pk.prune(copy.deepcopy(model), example, pk.FilterPruning(0.5, "taylor"),
+                 data=[pk.Batch(inputs) for inputs, _ in batches])
