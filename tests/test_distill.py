@@ -9,6 +9,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.recover.distill import Distillation, _lr_factor
+from prunekit.recover.losses import kl_loss, row_weights
 
 transformers.logging.set_verbosity_error()
 
@@ -202,3 +203,28 @@ def test_iterative_pruning_recovers_each_step_by_distillation():
     with pytest.raises(pk.ConfigError, match="distill needs batches"):
         pk.iterative_prune(tiny_bert(), x, pk.LayerPruning(1, "last"), steps=1,
                            distill=pk.Distillation(steps=1))
+
+
+def test_a_causal_language_model_learns_its_teachers_next_token_distribution():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2)
+    teacher = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # random weights predict nearly uniformly: sharpen them
+        teacher.lm_head.weight.mul_(30)
+    student = copy.deepcopy(teacher)
+    data = text_batches(count=6)
+    pk.prune(student, data[0], pk.FilterPruning(0.75, "l1"))
+    result = pk.distill(student, teacher, data, steps=40, lr=1e-3, hidden=False)
+    assert result.output_losses == result.losses  # logits by KL, nothing else
+    assert sum(result.losses[-5:]) < sum(result.losses[:5]) / 2
+    # padding counts for nothing: logits at padded positions may be anything
+    padded = data[0]["attention_mask"] == 0
+    with torch.no_grad():
+        s, t = student(**data[0]).logits, teacher(**data[0]).logits
+        weights = row_weights(data[0], s)
+        assert torch.equal(weights.reshape(padded.shape) == 0, padded)
+        scrambled = s.clone()
+        scrambled[padded] = torch.randn_like(scrambled[padded]) * 100
+        assert kl_loss(scrambled, t, weights, 2.0) == pytest.approx(kl_loss(s, t, weights, 2.0))
