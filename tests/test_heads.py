@@ -333,3 +333,33 @@ def test_a_layer_index_equal_to_the_head_count_is_not_a_head_count():
     assert result.skipped == []
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
     assert not any("layer_idx" in values for values in result.plan.attributes.values())
+
+
+def _text_batches():
+    generator = torch.Generator().manual_seed(3)
+    return [{"input_ids": torch.randint(0, 100, (4, 10), generator=generator)}
+            for _ in range(2)]
+
+
+@pytest.mark.parametrize("criterion", ["output", "gradient"])
+def test_heads_removed_in_rounds_are_those_of_pruning_again_after_each_round(criterion):
+    """Silencing the heads chosen so far scores the rest as removing them would: two rounds
+    remove what two physical prunes in a row remove."""
+    data = _text_batches()
+    rounds = bert()
+    result = pk.prune(rounds, data[0], pk.HeadPruning(0.5, criterion, rounds=2), data=data)
+    twice = bert()
+    first = pk.prune(twice, data[0], pk.HeadPruning(0.25, criterion), data=data).plan
+    second = pk.prune(twice, data[0], pk.HeadPruning(0.34, criterion), data=data).plan
+    chained = first.then(second)
+    assert result.plan.tensors == chained.tensors
+    assert [m.num_attention_heads for m in rounds.modules()
+            if type(m).__name__ == "BertSelfAttention"] == [2, 2]
+    assert pk.verify(bert(), data[0], result.plan).ok
+
+
+def test_rounds_are_refused_where_they_cannot_apply():
+    with pytest.raises(pk.ConfigError, match="rounds must be a positive integer"):
+        pk.HeadPruning(0.5, "output", rounds=0)
+    with pytest.raises(pk.ConfigError, match="does not combine with a budget"):
+        pk.HeadPruning(criterion="output", rounds=2, flops_target=0.2)

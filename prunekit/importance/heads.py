@@ -25,8 +25,9 @@ Padded positions (``attention_mask`` 0 in a batch) take no part in the label-fre
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -127,6 +128,33 @@ class HeadAblation(DataCriterion):
         try:
             return mean_output_distance(model, batches, reference, per_token)
         finally:
+            handle.remove()
+
+
+@contextmanager
+def silenced_heads(graph, groups, heads: dict[int, list[int]]) -> Iterator[None]:
+    """Inside the block, the heads listed per group axis contribute nothing: their channels
+    are zeroed where they enter the output projection, as their removal would leave it."""
+    modules = dict(graph.model.named_modules())
+    handles = []
+    try:
+        for group in groups:
+            chosen = heads.get(group.axis)
+            site = _projection_input(graph, group) if chosen else None
+            if site is None:
+                continue
+            name, heads_of = site
+            channels = heads_of[torch.as_tensor(chosen)].flatten()
+
+            def silence(_module, args, channels=channels):
+                silenced = args[0].clone()
+                silenced[..., channels] = 0
+                return (silenced, *args[1:])
+
+            handles.append(modules[name].register_forward_pre_hook(silence))
+        yield
+    finally:
+        for handle in handles:
             handle.remove()
 
 
