@@ -13,6 +13,7 @@ Every process must reach a collective in the same order, so the criteria call
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Iterable, Iterator
 
@@ -73,6 +74,13 @@ def sum_across(*values: torch.Tensor | float | int) -> list[Any]:
         else:
             summed.append(tensor.item())
     return summed
+
+
+def means_across(sums: list[float], counts: list[int]) -> list[float]:
+    """``sums[i] / counts[i]`` over every process's sums and counts; infinity where no
+    process counted anything (nothing was measured there)."""
+    totals, seen = sum_across(torch.tensor(sums, dtype=torch.float64), torch.tensor(counts))
+    return [totals[i].item() / seen[i].item() if seen[i] else math.inf for i in range(len(sums))]
 
 
 def require_data_everywhere(count: int, who: str) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import tempfile
 import time
 from collections import deque
@@ -53,7 +52,7 @@ from ..api import prune
 from ..batches import split_batch
 from ..calls import call_model
 from ..distance import first_tensor, summed_distance, token_weights
-from ..distributed import barrier, is_main_process, sum_across
+from ..distributed import barrier, is_main_process, means_across
 from ..errors import ConfigError, PruneError
 from ..layers import choose_layers, removal
 from ..layers.criteria import LayerScore
@@ -470,9 +469,7 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
     if method.criterion == "last":
         scores = [float(count - i) for i in range(count)]
     else:  # on several processes, over all of their calibration batches
-        totals, seen = sum_across(torch.tensor(sums, dtype=torch.float64), torch.tensor(samples))
-        scores = [totals[i].item() / seen[i].item() if seen[i] else math.inf
-                  for i in range(count)]
+        scores = means_across(sums, samples)
     ranked = [LayerScore(f"{stack_name}.{i}", scores[i], records[i].params_before, i)
               for i in range(count)]
     removed = choose_layers(ranked, method.n, method.criterion == "angular")

@@ -33,7 +33,7 @@ from ..distance import (
     summed_distance,
     token_weights,
 )
-from ..distributed import sum_across
+from ..distributed import means_across, sum_across
 from ..errors import ConfigError, PruneError
 from ..importance.registry import get_criterion, register_criterion
 from ..surgery.apply import evaluate_applied
@@ -277,9 +277,7 @@ def _distances(model: nn.Module, candidates: list[str], batches: list, per_token
             handle.remove()
         inputs.clear()
         outputs.clear()
-    sums, counts = sum_across(torch.tensor(sums, dtype=torch.float64), torch.tensor(counts))
-    return [sums[i].item() / counts[i].item() if counts[i] else math.inf
-            for i in range(len(candidates))]
+    return means_across(sums, counts)
 
 
 def _output_change(model: nn.Module, candidates: list[str], batches: list,
