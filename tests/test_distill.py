@@ -171,6 +171,7 @@ def test_the_learning_rate_warms_up_then_decays_to_zero():
     (dict(layer_map={"0": "nowhere"}), "the teacher has no module 'nowhere'"),
     (dict(hidden=True), "no common stack of blocks"),
     (dict(parallel="ddp2"), "parallel must be one of"),
+    (dict(temprature=2.0), "no option 'temprature'; the options are"),
     (dict(parallel="fsdp", checkpoint="somewhere"), "not supported with parallel='fsdp'"),
 ])
 def test_bad_options_are_named_and_leave_the_student_alone(options, message):

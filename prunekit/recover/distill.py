@@ -199,6 +199,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable, steps: int =
         >>> result = pk.prune(pruned, x, pk.LayerPruning(n=2, criterion="angular"), data=calib)
         >>> pk.distill(pruned, model, batches, steps=500, plan=result.plan)
     """
+    known = {f.name for f in dataclasses.fields(Distillation)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"pk.distill got no option {unknown[0]!r}; the options are "
+                          f"{', '.join(sorted(known - {'steps'}))}")
     return run_distillation(student, teacher, data, Distillation(steps=steps, **options),
                             progress)
 
