@@ -71,3 +71,80 @@ def test_reconstruction_of_linear_layers_on_token_sequences():
     assert rebuilt.mid.weight.shape == (16, 16)
     held_out = [torch.randn(4, 40, 8, generator=torch.Generator().manual_seed(9))]
     assert output_error(rebuilt, original, held_out) < 0.5 * output_error(plain, original, held_out)
+
+
+class Recurrent(nn.Module):
+    """Features into a recurrent layer, its output sequence into a head. The projection's last
+    six features are a tenth of its first six, and the recurrent layer reads them through
+    weights of half the norm, so an L2 channel criterion drops exactly those and their share can be
+    carried by their twins: a re-fit of the input weights can then be exact."""
+
+    def __init__(self, kind: type[nn.RNNBase], layers: int = 1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(6, 12)
+        self.rnn = kind(12, 16, num_layers=layers, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 3)
+        with torch.no_grad():
+            self.proj.weight[6:] = 0.1 * self.proj.weight[:6]
+            self.proj.bias[6:] = 0.1 * self.proj.bias[:6]
+            for name, weight in self.rnn.named_parameters():
+                if name.startswith("weight_ih_l0"):
+                    weight[:, 6:] *= 0.5
+
+    def forward(self, x):
+        return self.head(self.rnn(self.proj(x))[0])
+
+
+class InputsOnly(pk.ChannelPruning):
+    """Only the projection's features: the recurrent layer keeps its hidden size."""
+
+    def candidates(self, graph):
+        return [g for g in super().candidates(graph) if "proj" in g.modules()]
+
+
+def sequences(seed: int, count: int = 4):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, 20, 6, generator=generator) for _ in range(count)]
+
+
+def relative_error(pruned, original, batches) -> float:
+    with torch.no_grad():
+        return sum(float((pruned(x) - original(x)).pow(2).mean() / original(x).pow(2).mean())
+                   for x in batches) / len(batches)
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_input_weights_absorb_the_inputs_they_lost(kind):
+    original, data, held_out = Recurrent(kind).eval(), sequences(1), sequences(9, 2)
+    plain, rebuilt = copy.deepcopy(original), copy.deepcopy(original)
+    pk.prune(plain, data[0][:1], InputsOnly(0.5, "l2"))
+    pk.prune(rebuilt, data[0][:1], InputsOnly(0.5, "l2", reconstruct=True), data=data)
+    assert rebuilt.rnn.weight_ih_l0.shape[1] == 6 and rebuilt.rnn.hidden_size == 16
+    # the lost features were a tenth of the kept ones: the fit carries them exactly
+    assert relative_error(rebuilt, original, held_out) < 1e-6
+    assert relative_error(plain, original, held_out) > 1e-4
+    assert torch.equal(plain.rnn.weight_hh_l0, rebuilt.rnn.weight_hh_l0)  # recurrent: as pruned
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_layers_that_lost_hidden_units_come_closer(kind):
+    original, data, held_out = Recurrent(kind).eval(), sequences(1), sequences(9, 2)
+    plain, rebuilt = copy.deepcopy(original), copy.deepcopy(original)
+    pk.prune(plain, data[0][:1], pk.ChannelPruning(0.5, "l2"))
+    pk.prune(rebuilt, data[0][:1], pk.ChannelPruning(0.5, "l2", reconstruct=True), data=data)
+    assert rebuilt.rnn.weight_hh_l0.shape[1] == 8  # the hidden size was pruned too
+    assert not torch.equal(plain.rnn.weight_ih_l0_reverse, rebuilt.rnn.weight_ih_l0_reverse)
+    assert (relative_error(rebuilt, original, held_out)
+            < 0.5 * relative_error(plain, original, held_out))
+
+
+def test_stacked_recurrent_layers_are_left_as_pruned():
+    """A second layer's input is inside the module, out of reach of a hook: no re-fit."""
+    original, data = Recurrent(nn.LSTM, layers=2).eval(), sequences(1)
+    plain, rebuilt = copy.deepcopy(original), copy.deepcopy(original)
+    pk.prune(plain, data[0][:1], pk.ChannelPruning(0.5, "l2"))
+    pk.prune(rebuilt, data[0][:1], pk.ChannelPruning(0.5, "l2", reconstruct=True), data=data)
+    for (name, a), b in zip(plain.rnn.named_parameters(), rebuilt.rnn.parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(plain.head.weight, rebuilt.head.weight)  # the head is re-fitted
