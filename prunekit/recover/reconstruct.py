@@ -65,7 +65,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
 
 
 def _consumers(model: nn.Module, plan: Plan, batch: Any) -> list[str]:
-    """Layers whose input channels were pruned, in execution order."""
+    """Layers to re-fit, in execution order: those whose input channels were pruned, and
+    one-layer recurrent layers that lost inputs or hidden units."""
     candidates = {name for name, module in model.named_modules()
                   if ((isinstance(module, nn.Linear)
                        or (isinstance(module, nn.Conv2d) and module.groups == 1))
