@@ -34,6 +34,13 @@ def test_ratio_outside_range(ratio):
         pk.FilterPruning(ratio=ratio)
 
 
+def test_a_criterion_given_as_the_ratio_says_where_it_goes():
+    with pytest.raises(pk.ConfigError, match=r"ChannelPruning.ratio .* got 'l2' \(the criterion "
+                                             r"is the second argument or criterion=, e.g. "
+                                             r"criterion='l2'\)"):
+        pk.ChannelPruning("l2", flops_target=0.5)
+
+
 def test_unknown_criterion_names_the_choices():
     with pytest.raises(pk.ConfigError, match="unknown criterion 'l3'.*l1"):
         pk.ChannelPruning(criterion="l3")

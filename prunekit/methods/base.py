@@ -174,7 +174,11 @@ def method_from_dict(data: dict[str, Any]) -> PruningMethod:
 
 def check_ratio(ratio: Any, what: str) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ConfigError(f"{what} must be a number in [0, 1), got {ratio!r}")
+        # a method's first argument is its ratio: a criterion there is an easy slip
+        hint = (f" (the criterion is the second argument or criterion=, e.g. "
+                f"criterion={ratio!r})" if isinstance(ratio, str) and what.endswith(".ratio")
+                else "")
+        raise ConfigError(f"{what} must be a number in [0, 1), got {ratio!r}{hint}")
 
 
 def cli_methods() -> dict[str, type[PruningMethod]]:
