@@ -14,10 +14,13 @@ decoding; it counts when it equals the rendered word exactly. Pages for the dete
 (EasyOCR's own post-processing) are matched to the unpruned detector's at IoU 0.5, and box F1
 is what that gives.
 
-Every method is one call with nothing per layer (``flops_target`` finds the ratio), for every
-channel criterion on the recognizer and three on the (slower) detector, as pruned and with least-squares reconstruction (64 calibration words or 4
-pages, no training); some rows then get a short recovery (``--steps`` Adam steps of CTC on
-other words), and the unpruned model is fine-tuned the same way as the control. Torch-Pruning
+Every method is one call with nothing per layer (``flops_target`` finds the ratio): channel
+pruning with every channel criterion on the recognizer (taylor reads a CTC loss on labelled
+words, given as ``pk.Batch(images, words)``) and three on the (slower) detector, as pruned
+and with least-squares reconstruction (64 calibration words or 4 pages, no training); some
+rows then get a short recovery (``--steps`` Adam steps of CTC on other words), and the
+unpruned model is fine-tuned the same way as the control. Filter pruning, which has no
+reconstruction, runs on the recognizer as pruned. Torch-Pruning
 1.6.1 (``MagnitudePruner``, L2) runs side by side on the same models and budgets, its ratio
 bisected to the same FLOPs; it fails on the LSTMs (an ``IndexError`` pruning their hidden
 size), so its rows leave them out. Latency: one word or one page, batch 1, the pruned and the
@@ -27,6 +30,8 @@ Writes ``benchmarks/results/ocr.{json,md,png}``.
     pip install -e ".[benchmark]"
     python benchmarks/ocr.py                  # about 45 minutes on 2 cores
     python benchmarks/ocr.py --replot         # the table and plot again from ocr.json
+    python benchmarks/ocr.py --only "ChannelPruning(taylor);FilterPruning(l1)"
+                                              # those recognizer rows again, merged in
     python benchmarks/ocr.py --quick          # a smoke run: fewer words, pages, budgets,
                                               # criteria and steps
 """
@@ -56,7 +61,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 HEIGHT, WIDTH = 64, 256
 BATCH = 32
 BUDGETS = (0.5, 0.7, 0.8, 0.9)  # fractions of the FLOPs removed
-CRITERIA = ("l1", "l2", "fpgm", "apoz", "mean_activation", "random")
+CRITERIA = ("l1", "l2", "fpgm", "apoz", "mean_activation", "taylor", "random")
+FILTER_CRITERIA = ("l1", "l2", "fpgm", "random")
 DETECTOR_BUDGETS = (0.5, 0.7)
 DETECTOR_CRITERIA = ("l2", "fpgm", "random")
 PAGE = 320
@@ -149,20 +155,30 @@ def accuracy(read_words: list[str], batches) -> float:
     return sum(a == b for a, b in zip(read_words, truth)) / len(truth)
 
 
+def ctc_loss(characters: str):
+    """``loss(logits, words)``: CTC of the recognizer's logits against the words."""
+    index = {c: i + 1 for i, c in enumerate(characters)}
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+
+    def loss(logits: torch.Tensor, labels: list[str]) -> torch.Tensor:
+        targets = torch.tensor([index[c] for word in labels for c in word])
+        lengths = torch.tensor([len(word) for word in labels])
+        log_probs = logits.log_softmax(-1).permute(1, 0, 2)
+        steps = torch.full((len(labels),), log_probs.shape[0], dtype=torch.long)
+        return ctc(log_probs, targets, steps, lengths)
+
+    return loss
+
+
 def fine_tune(model: nn.Module, train, characters: str, steps: int) -> float:
     """CTC fine-tuning with Adam on the training words; seconds taken."""
-    index = {c: i + 1 for i, c in enumerate(characters)}
-    loss_fn = nn.CTCLoss(blank=0, zero_infinity=True)
+    loss_fn = ctc_loss(characters)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     start = time.perf_counter()
     model.train()
     for step in range(steps):
         images, labels = train[step % len(train)]
-        targets = torch.tensor([index[c] for word in labels for c in word])
-        lengths = torch.tensor([len(word) for word in labels])
-        log_probs = model(images).log_softmax(-1).permute(1, 0, 2)
-        steps_out = torch.full((len(labels),), log_probs.shape[0], dtype=torch.long)
-        loss = loss_fn(log_probs, targets, steps_out, lengths)
+        loss = loss_fn(model(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -172,6 +188,18 @@ def fine_tune(model: nn.Module, train, characters: str, steps: int) -> float:
 
 def channel_pruning(criterion: str, budget: float, **options) -> pk.ChannelPruning:
     return pk.ChannelPruning(criterion=criterion, flops_target=budget, **options)
+
+
+def recognizer_grid(quick: bool) -> list[tuple[str, type, str, bool]]:
+    """(row name, method class, criterion, reconstructed) at every budget: channel pruning
+    with every criterion, as pruned and reconstructed (taylor reads a CTC loss on labelled
+    words), and filter pruning, which has no reconstruction."""
+    if quick:
+        return [(f"ChannelPruning({c})", pk.ChannelPruning, c, rebuilt)
+                for c in ("l2", "random") for rebuilt in (False, True)]
+    return ([(f"ChannelPruning({c})", pk.ChannelPruning, c, rebuilt)
+             for c in CRITERIA for rebuilt in (False, True)]
+            + [(f"FilterPruning({c})", pk.FilterPruning, c, False) for c in FILTER_CRITERIA])
 
 
 def torch_pruning(model: nn.Module, example: torch.Tensor, budget: float,
@@ -233,21 +261,32 @@ def recognizer_rows(options, steps: int) -> tuple[list[dict], dict]:
         return entry
 
     rows = [row(original, "unpruned", 0.0, before, None)]
-    budgets, criteria = ((0.7,), ("l2", "random")) if options.quick else (BUDGETS, CRITERIA)
-    for budget in budgets:
-        for criterion in criteria:
-            for rebuilt in (False, True):
-                model = copy.deepcopy(original)
-                start = time.perf_counter()
-                result = pk.prune(model, example, channel_pruning(criterion, budget,
-                                                                  reconstruct=rebuilt), data=data)
-                seconds = time.perf_counter() - start
-                # widths depend on the budget alone, so one timing per budget says it
-                speed = (pk.compare_latency(original, model, one_word)
-                         if criterion == "l2" and rebuilt else None)
-                rows.append(row(model, f"ChannelPruning({criterion})", budget, result.after,
-                                seconds, speed, reconstructed=rebuilt))
-                del model
+    grid = recognizer_grid(options.quick)
+    if options.only:
+        grid = [entry for entry in grid if entry[0] in options.only]
+    # labelled batches for taylor (pk.Batch: images in, words as targets), images for the rest
+    labelled = [pk.Batch(images, labels) for images, labels in calibration]
+    loss = ctc_loss(characters)
+    for budget in (0.7,) if options.quick else BUDGETS:
+        for name, kind, criterion, rebuilt in grid:
+            model = copy.deepcopy(original)
+            method = kind(criterion=criterion, flops_target=budget,
+                          **({"reconstruct": True} if rebuilt else {}))
+            start = time.perf_counter()
+            if criterion == "taylor":
+                result = pk.prune(model, example, method, data=labelled,
+                                  loss_fn=lambda logits, batch: loss(logits, batch.targets))
+            else:
+                result = pk.prune(model, example, method, data=data)
+            seconds = time.perf_counter() - start
+            # widths depend on the budget alone, so one timing per budget says it
+            speed = (pk.compare_latency(original, model, one_word)
+                     if name == "ChannelPruning(l2)" and rebuilt else None)
+            rows.append(row(model, name, budget, result.after, seconds, speed,
+                            reconstructed=rebuilt))
+            del model
+        if options.only:
+            continue
         model = copy.deepcopy(original)
         lstms = [m for m in model.modules() if isinstance(m, nn.LSTM)]
         ratio, seconds = torch_pruning(model, example, budget,
@@ -256,6 +295,8 @@ def recognizer_rows(options, steps: int) -> tuple[list[dict], dict]:
                         seconds, pk.compare_latency(original, model, one_word),
                         reconstructed=False, ratio=round(ratio, 4)))
         del model
+    if options.only:  # the named rows alone, merged into the saved results by main
+        return rows, None
     # the short recovery: CTC fine-tuning on other words, the unpruned model as the control
     train = dataset(words(256 if options.quick else TRAIN_WORDS, 64), seed=2)
     for label, budget, extra in (("unpruned", 0.0, None), *RECOVERED[:1 if options.quick else None]):
@@ -398,6 +439,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer words, pages, budgets, criteria and steps")
     parser.add_argument("--steps", type=int, default=200, help="recovery steps per model")
     parser.add_argument("--part", choices=("recognizer", "detector", "both"), default="both")
+    parser.add_argument("--only", type=lambda text: text.split(";"),
+                        help="measure only these recognizer rows again, ';'-separated as the "
+                             "table names them (e.g. 'ChannelPruning(taylor);FilterPruning(l1)'), "
+                             "and merge them into the saved results")
     parser.add_argument("--replot", action="store_true",
                         help="rewrite the table and plot from the saved results, measure nothing")
     options = parser.parse_args()
@@ -412,6 +457,10 @@ def main() -> None:
         plot(rows, stem.with_suffix(".png"))
         return
     parts = ("recognizer", "detector") if options.part == "both" else (options.part,)
+    if options.only:
+        new, _ = recognizer_rows(options, 0)
+        rows = merged(rows, new[1:])
+        parts = ()
     for part in parts:  # a part run alone replaces its own rows and keeps the other's
         if part == "recognizer":
             new, part_meta = recognizer_rows(options, 20 if options.quick else options.steps)
@@ -425,6 +474,24 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     stem.with_suffix(".md").write_text(to_markdown(rows, meta))
     plot(rows, stem.with_suffix(".png"))
+
+
+def merged(rows: list[dict], new: list[dict]) -> list[dict]:
+    """The saved rows with ``new`` in place of the recognizer grid rows they measure again,
+    the grid kept in budget order (the recovery rows stay last)."""
+    def key(r: dict) -> tuple:
+        return (r["model"], r["method"], r["budget"], bool(r.get("reconstructed")),
+                bool(r.get("recovery")))
+
+    fresh = {key(r) for r in new}
+    kept = [r for r in rows if key(r) not in fresh]
+    grid = [r for r in kept + new if r["model"] == "recognizer" and not r.get("recovery")]
+    order = {name: i for i, (name, *_rest) in enumerate(recognizer_grid(False))}
+    last = max(order.values()) + 1  # Torch-Pruning after prunekit's rows
+    grid.sort(key=lambda r: (r["budget"], order.get(r["method"], last),
+                             bool(r.get("reconstructed"))))
+    return (grid + [r for r in kept if r["model"] == "recognizer" and r.get("recovery")]
+            + [r for r in kept if r["model"] != "recognizer"])
 
 
 def removed(row: dict, base: dict, key: str) -> str:
@@ -520,7 +587,10 @@ def plot(rows: list[dict], path: Path) -> None:
             continue
         base = chosen[0]
         ax.axhline(base[key], color="grey", lw=1, ls=":", label="unpruned")
-        lines = sorted({(r["method"], bool(r.get("reconstructed"))) for r in chosen[1:]})
+        # filter pruning's rows (as pruned only) are in the table; drawn, they would crowd
+        # the lines near zero
+        lines = sorted({(r["method"], bool(r.get("reconstructed"))) for r in chosen[1:]
+                        if not r["method"].startswith("FilterPruning")})
         colours = {}
         for method, rebuilt in lines:
             points = sorted((1 - r["flops"] / base["flops"], r[key]) for r in chosen[1:]
