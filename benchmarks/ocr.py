@@ -234,7 +234,7 @@ def torch_pruning(model: nn.Module, example: torch.Tensor, budget: float,
 
 
 # -- the recognizer ---------------------------------------------------------------------------
-def recognizer_rows(options, steps: int) -> tuple[list[dict], dict]:
+def recognizer_rows(options, steps: int) -> tuple[list[dict], dict | None]:
     original, characters = load_recognizer()
     calibration = dataset(words(64, 0), seed=1)
     # 3,071 distinct words in all: 64 to calibrate, 1,536 to train on, 1,024 (or the rest) to test
