@@ -507,6 +507,16 @@ def speed_cell(row: dict) -> str:
     return f"{speed['speedup']:.2f}× ({speed['low']:.2f}–{speed['high']:.2f})"
 
 
+def grid_row(r: dict, base: dict, flops: str, quality: str) -> str:
+    """One row of a model's grid table: budget, method, size, then ``quality`` (that model's
+    own columns), prune time and speed-up."""
+    return (f"| {r['budget']:.0%} | {r['method']} | {'yes' if r.get('reconstructed') else ''} "
+            f"| {r['params'] / 1e6:.2f}M ({removed(r, base, 'params')}) "
+            f"| {flops} ({removed(r, base, 'flops')}) | {quality} "
+            f"| {r['prune_seconds'] if r['prune_seconds'] is not None else ''} "
+            f"| {speed_cell(r)} |")
+
+
 def to_markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# EasyOCR's pretrained recognizer and detector, pruned", "",
              "`python benchmarks/ocr.py` (torch " + meta["torch"] + ", 2 threads). Every "
@@ -530,13 +540,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         for r in recognizer:
             if r.get("recovery"):
                 continue
-            lines.append(
-                f"| {r['budget']:.0%} | {r['method']} | {'yes' if r.get('reconstructed') else ''} "
-                f"| {r['params'] / 1e6:.2f}M ({removed(r, base, 'params')}) "
-                f"| {r['flops'] / 1e6:.0f}M ({removed(r, base, 'flops')}) "
-                f"| {r['accuracy']:.1%} | {r['agreement']:.1%} "
-                f"| {r['prune_seconds'] if r['prune_seconds'] is not None else ''} "
-                f"| {speed_cell(r)} |")
+            lines.append(grid_row(r, base, f"{r['flops'] / 1e6:.0f}M",
+                                  f"{r['accuracy']:.1%} | {r['agreement']:.1%}"))
         tuned = [r for r in recognizer if r.get("recovery")]
         if tuned:
             lines += ["", f"Short recovery: {info['steps']} Adam steps of 32 words (CTC, lr "
@@ -561,12 +566,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                   "| FLOPs removed (target) | method | reconstructed | params | FLOPs | box F1 | "
                   "prune (s) | speed-up |", "|---|---|---|---|---|---|---|---|"]
         for r in detector:
-            lines.append(
-                f"| {r['budget']:.0%} | {r['method']} | {'yes' if r.get('reconstructed') else ''} "
-                f"| {r['params'] / 1e6:.2f}M ({removed(r, base, 'params')}) "
-                f"| {r['flops'] / 1e9:.2f}G ({removed(r, base, 'flops')}) | {r['box_f1']:.3f} "
-                f"| {r['prune_seconds'] if r['prune_seconds'] is not None else ''} "
-                f"| {speed_cell(r)} |")
+            lines.append(grid_row(r, base, f"{r['flops'] / 1e9:.2f}G", f"{r['box_f1']:.3f}"))
     return "\n".join(lines) + "\n"
 
 
