@@ -4,20 +4,25 @@ streamed pruning reads from and writes to, so no more than a block's weights are
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError
+from .memory import return_freed_memory
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+_DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class CheckpointReader:
@@ -68,10 +73,25 @@ class CheckpointReader:
         with safe_open(self.files[name], framework="pt") as handle:
             return handle.get_tensor(name)
 
+    def shape(self, name: str) -> list[int]:
+        """A tensor's shape, read from the shard's header (the tensor is not loaded)."""
+        with safe_open(self.files[name], framework="pt") as handle:
+            return list(handle.get_slice(name).get_shape())
+
+    def nbytes(self, name: str) -> int:
+        with safe_open(self.files[name], framework="pt") as handle:
+            view = handle.get_slice(name)
+            return math.prod(view.get_shape()) * _DTYPE_BYTES.get(view.get_dtype(), 4)
+
     def under(self, prefix: str) -> dict[str, torch.Tensor]:
         """The tensors named ``prefix…``, keyed by the rest of their names."""
-        return {name[len(prefix):]: self.tensor(name) for name in self.files
-                if name.startswith(prefix)}
+        return dict(self.under_lazily(prefix))
+
+    def under_lazily(self, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+        """``under``, one tensor at a time: each is read when the loop reaches it."""
+        for name in self.files:
+            if name.startswith(prefix):
+                yield name[len(prefix):], self.tensor(name)
 
     def other_files(self) -> list[Path]:
         """Everything in the folder but the weights and the config: tokenizer files, the
@@ -84,8 +104,9 @@ class CheckpointReader:
 
 class ShardWriter:
     """Writes tensors into ``model-0000k-of-0000N.safetensors`` shards of at most
-    ``max_shard_bytes`` each (a tensor larger than that gets a shard of its own) and the
-    index ``from_pretrained`` reads."""
+    ``max_shard_bytes`` each (a tensor larger than that gets a shard of its own, written at
+    once, so that two such tensors, embeddings and output layer, are never held together)
+    and the index ``from_pretrained`` reads."""
 
     def __init__(self, folder: Path, max_shard_bytes: int = 2 << 30):
         self.folder = folder
@@ -103,6 +124,14 @@ class ShardWriter:
             self.pending[name] = tensor.detach().contiguous()
             self.pending_bytes += size
             self.total_bytes += size
+            if self.pending_bytes >= self.max_shard_bytes:
+                self._flush()
+
+    def reserve(self, nbytes: int) -> None:
+        """Write out the pending shard if a tensor of ``nbytes`` would not fit in it: called
+        before reading that tensor, so the two are never in memory together."""
+        if self.pending and self.pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
 
     def _flush(self) -> None:
         if not self.pending:
@@ -110,6 +139,7 @@ class ShardWriter:
         save_file(self.pending, str(self._temporary(len(self.shards))), metadata={"format": "pt"})
         self.shards.append(list(self.pending))
         self.pending, self.pending_bytes = {}, 0
+        return_freed_memory(collect=False)  # nothing cyclic was freed: trimming is enough
 
     def _temporary(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.partial"

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .checkpoint import CheckpointReader
+from .memory import return_freed_memory
 
 
 @contextmanager
@@ -53,11 +54,11 @@ def load_module(module: nn.Module, reader: CheckpointReader, prefix: str,
     """Give ``module`` its weights from the checkpoint (the tensors named ``prefix…``), in
     the checkpoint's dtype or, floating-point ones, in ``dtype``; returns each tensor's dtype
     in the checkpoint."""
-    tensors = reader.under(prefix)
-    stored = {key: tensor.dtype for key, tensor in tensors.items()}
-    if dtype is not None:
-        tensors = {key: t.to(dtype) if t.is_floating_point() else t
-                   for key, t in tensors.items()}
+    tensors, stored = {}, {}
+    for key, tensor in reader.under_lazily(prefix):  # cast one at a time: no second copy
+        stored[key] = tensor.dtype
+        cast = dtype is not None and tensor.is_floating_point()
+        tensors[key] = tensor.to(dtype) if cast else tensor
     expected = set(module.state_dict())
     if set(tensors) != expected:
         missing = sorted(expected - set(tensors))[:3]
@@ -71,12 +72,14 @@ def load_module(module: nn.Module, reader: CheckpointReader, prefix: str,
 
 
 def release(module: nn.Module) -> None:
-    """Drop ``module``'s weights, keeping their shapes on the meta device."""
+    """Drop ``module``'s weights, keeping their shapes on the meta device, and hand the
+    memory they held back to the system."""
     for sub in module.modules():
         for name, param in list(sub._parameters.items()):
             if param is not None and param.device.type != "meta":
                 sub._parameters[name] = nn.Parameter(torch.empty_like(param, device="meta"),
                                                      requires_grad=param.requires_grad)
+    return_freed_memory()
 
 
 def output_embeddings(model: nn.Module) -> set[str]:
