@@ -169,7 +169,10 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("method, message", [
-    (lambda: pk.HiddenPruning(0.25), "takes FilterPruning or ChannelPruning"),
+    (lambda: type("MyFilters", (pk.FilterPruning,), {})(0.5),  # a subclass may change anything
+     "takes FilterPruning or ChannelPruning"),
+    (lambda: pk.HiddenPruning(0.25, "mean_activation"), "ranked from the weights alone"),
+    (lambda: pk.HiddenPruning(flops_target=0.3), "budgets and overrides need the model"),
     (lambda: pk.FilterPruning(0.5, "taylor"), "reads the whole model's loss or outputs"),
     (lambda: pk.HeadPruning(0.5, "entropy"), "reads the whole model's loss or outputs"),
     (lambda: pk.FilterPruning(flops_target=0.5), "budgets, global_ranking and overrides"),
@@ -179,6 +182,58 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
 def test_what_streaming_cannot_do_is_refused_before_reading(tmp_path, method, message):
     with pytest.raises(ConfigError, match=message):
         pk.prune_streamed(tmp_path / "not read", tmp_path / "out", method())
+
+
+HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2")]
+
+
+@pytest.mark.parametrize("model_type, criterion", HIDDEN_CASES)
+def test_streamed_hidden_size_is_identical_to_pruning_the_loaded_model(
+        tmp_path, model_type, criterion, monkeypatch):
+    from prunekit.hf import streamed_hidden
+
+    monkeypatch.setattr(streamed_hidden, "SLICE_BYTES", 2_000)  # norms taken in slices
+    source = saved(tmp_path, model_type)
+    method = pk.HiddenPruning(0.25, criterion)
+    result = pk.prune_streamed(source, tmp_path / "out", method, max_shard_bytes=40_000)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    expected = pk.prune(reference, batches()[0], pk.HiddenPruning(0.25, criterion))
+
+    assert result.plan.tensors == expected.plan.tensors  # every block, embeddings, head
+    assert result.plan.attributes == expected.plan.attributes
+    assert result.config_matches == expected.config_matches
+    if result.config_matches:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    else:  # Gemma scales its embeddings by √hidden_size: no config can describe the result
+        config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
+        loaded = pk.load(tmp_path / "out",
+                         transformers.AutoModelForCausalLM.from_config(config)).eval()
+    a, b = reference.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
+    with torch.no_grad():
+        assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
+    assert result.params_after == sum(p.numel() for p in loaded.parameters())
+    assert "streamed tensor by tensor" in str(result)
+
+
+def test_streamed_hidden_size_takes_norms_in_slices_exactly():
+    from prunekit.hf.streamed_hidden import _channel_norms
+
+    tensor = torch.randn(40, 24, 3)
+    for dim in range(3):
+        for p in (1, 2):
+            whole = torch.linalg.vector_norm(tensor.movedim(dim, 0).reshape(
+                tensor.shape[dim], -1), ord=p, dim=1)
+            torch.testing.assert_close(_channel_norms(tensor, dim, p), whole)
+    from prunekit.hf import streamed_hidden
+    assert streamed_hidden.SLICE_BYTES < 40 * 24 * 3 * 4 * 2**20  # (slices are real here)
+
+
+def test_streamed_hidden_size_is_a_call_of_its_own(tmp_path):
+    with pytest.raises(ConfigError, match="stream hidden-size pruning in a call of its own"):
+        pk.prune_streamed(tmp_path / "not read", tmp_path / "out",
+                          [pk.HiddenPruning(0.25), pk.FilterPruning(0.5)])
 
 
 def test_sizes_no_config_can_describe_reload_with_pk_load(tmp_path):
@@ -229,6 +284,11 @@ def test_the_command_line_streams_a_folder(tmp_path):
                                     "--method", "heads", "--ratio", "0.5", "--out", str(out)])
     assert again.exit_code == 0, again.output  # a streamed folder may be replaced
     assert transformers.AutoConfig.from_pretrained(out).num_attention_heads == 2
+    hidden = runner.invoke(cli.app, ["prune", "--model", f"hf:{source}", "--stream",
+                                     "--method", "hidden", "--ratio", "0.25", "--out", str(out)])
+    assert hidden.exit_code == 0, hidden.output
+    assert "streamed tensor by tensor" in hidden.output
+    assert transformers.AutoConfig.from_pretrained(out).hidden_size == 48
 
     wrong = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18", "--stream",
                                     "--out", str(tmp_path / "x")])

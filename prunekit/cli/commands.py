@@ -198,9 +198,10 @@ def _prune_streamed(model: str, checkpoint: Path | None, pruning: PruningMethod,
     console.print(escape(str(result)))
     if result.plan.layers:
         console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
-    slowest = max(result.blocks, key=lambda b: b.seconds)
-    console.print(f"per block: {sum(b.seconds for b in result.blocks) / len(result.blocks):.2f} s "
-                  f"on average, slowest {escape(slowest.name)} {slowest.seconds:.2f} s")
+    if result.blocks:  # (hidden size is streamed tensor by tensor, not block by block)
+        slowest = max(result.blocks, key=lambda b: b.seconds)
+        console.print(f"per block: {sum(b.seconds for b in result.blocks) / len(result.blocks):.2f} "
+                      f"s on average, slowest {escape(slowest.name)} {slowest.seconds:.2f} s")
 
 
 def _copy_for_timing(network):

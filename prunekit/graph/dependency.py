@@ -302,5 +302,11 @@ def resolve_ignored(model: nn.Module, ignore: Iterable[nn.Module]) -> set[str]:
 
 
 def _member_order(member: Member) -> tuple:
+    return member_sort_key(member.role, member.slot.name, member.dim)
+
+
+def member_sort_key(role: str | None, name: str, dim: int) -> tuple:
+    """The order of a group's members (and so of the sums over them): outputs, norms, the
+    rest, inputs; then by name and dim."""
     order = {"out": 0, "norm": 1, None: 2, "in": 3}
-    return (order.get(member.role, 2), member.slot.name, member.dim)
+    return (order.get(role, 2), name, dim)

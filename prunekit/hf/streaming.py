@@ -18,6 +18,8 @@ How it goes:
    - depth (``LayerPruning``): its block influence (1 − cosine between its input and output)
      or angular distance is measured; once every block is scored, the chosen blocks are left
      out and the rest are copied, renumbered.
+   Hidden size (``HiddenPruning``) is shared by every block, so it skips steps 1-3: it is
+   ranked from the weights alone and written tensor by tensor (``streamed_hidden.py``).
 4. The rest of the checkpoint (embeddings, final norm, output layer) is copied, the config is
    updated to the pruned sizes (uniform sizes keep a config ``from_pretrained`` loads; where
    no config can describe them, as when the head size is derived from the hidden size, the
@@ -56,12 +58,13 @@ from ..distributed import barrier, is_main_process, means_across
 from ..errors import ConfigError, PruneError
 from ..layers import choose_layers, removal
 from ..layers.criteria import LayerScore
-from ..methods import ChannelPruning, FilterPruning, HeadPruning, LayerPruning
+from ..methods import ChannelPruning, FilterPruning, HeadPruning, HiddenPruning, LayerPruning
 from ..methods.base import PruningMethod
 from ..plan import Plan
 from ..surgery.stacks import find_block_stack, remove_blocks
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
 from .skeleton import empty_model, load_module, output_embeddings, release
+from .streamed_hidden import HIDDEN_CRITERIA, narrow_skeleton, plan_hidden, write_sliced
 
 # criteria a block alone computes as the whole model does: weights, and the activations of
 # each neuron (the heads' "output" and "entropy" and the gradient criteria read the whole
@@ -97,9 +100,10 @@ class StreamedResult:
         config = ("config updated: from_pretrained loads it" if self.config_matches
                   else "no config can describe the pruned sizes, so the folder keeps the "
                        "original one: load it with pk.load(folder, a model built from it)")
+        streamed = (f"{len(self.blocks)} blocks streamed" if self.blocks
+                    else "streamed tensor by tensor")
         return (f"params {self.params_before:,} -> {self.params_after:,} (-{change:.1%}); "
-                f"{len(self.blocks)} blocks streamed in {self.seconds:.1f} s; {config}; "
-                f"written to {self.folder}")
+                f"{streamed} in {self.seconds:.1f} s; {config}; written to {self.folder}")
 
 
 class _StopForward(Exception):
@@ -168,6 +172,15 @@ def check_streamable(method: PruningMethod) -> str:
             raise ConfigError(f"streamed LayerPruning.criterion {method.criterion!r} needs the "
                               f"whole model's output; choose one of {sorted(DEPTH_CRITERIA)}")
         return "depth"
+    if isinstance(method, HiddenPruning):
+        if method.criterion not in HIDDEN_CRITERIA:
+            raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r}: the "
+                              f"hidden size is shared by every block, so it is ranked from the "
+                              f"weights alone; choose one of {sorted(HIDDEN_CRITERIA)}")
+        if method.budget() is not None or method.overrides:
+            raise ConfigError("streamed HiddenPruning removes ratio= of the hidden size; "
+                              "budgets and overrides need the model in memory (pk.prune)")
+        return "hidden"
     if type(method) in (FilterPruning, ChannelPruning, HeadPruning):
         if method.criterion not in WIDTH_CRITERIA:
             raise ConfigError(f"streamed {name}.criterion {method.criterion!r} reads the "
@@ -181,7 +194,7 @@ def check_streamable(method: PruningMethod) -> str:
                               f"block at once (prune in memory with pk.prune)")
         return "width"
     raise ConfigError(f"streamed pruning takes FilterPruning or ChannelPruning (MLP neurons), "
-                      f"HeadPruning or LayerPruning, not {name}")
+                      f"HeadPruning, HiddenPruning or LayerPruning, not {name}")
 
 
 def prune_streamed(source: str | Path, out: str | Path,
@@ -213,10 +226,12 @@ def prune_streamed(source: str | Path, out: str | Path,
     started = time.perf_counter()
     methods = [method] if isinstance(method, PruningMethod) else list(method)
     kinds = [check_streamable(m) for m in methods]
-    if not methods or ("depth" in kinds and len(methods) > 1):
-        raise ConfigError("method: give one LayerPruning, or one or more width methods "
-                          "(FilterPruning, ChannelPruning, HeadPruning); stream layer removal "
-                          "in a call of its own")
+    alone = {"depth": "layer removal", "hidden": "hidden-size pruning"}
+    if not methods or (len(methods) > 1 and set(kinds) & set(alone)):
+        what = " and ".join(alone[k] for k in alone if k in kinds) or "it"
+        raise ConfigError(f"method: give one LayerPruning or HiddenPruning, or one or more "
+                          f"width methods (FilterPruning, ChannelPruning, HeadPruning); stream "
+                          f"{what} in a call of its own")
     kind = kinds[0]
     reader = CheckpointReader(source)
     out = Path(out)
@@ -230,33 +245,47 @@ def prune_streamed(source: str | Path, out: str | Path,
         raise ConfigError(f"{reader.folder}: no stack of decoder blocks found in "
                           f"{type(model).__name__}; streamed pruning prunes block by block")
     stack = model.get_submodule(stack_name)
-    batches = _calibration(data, config)
     params_before = _count(model)  # tied tensors once, as pk.prune counts them
-    _load_outside(model, reader, stack_name)
-    stream = _block_inputs(model, stack_name, reader, batches, dtype)
-    _release_outside(model, stack_name)  # the blocks read the cached hidden states from now on
+    if kind == "hidden":  # decided from the weights alone: no calibration to run
+        hidden_plan = plan_hidden(methods[0], config, reader, stack_name, len(stack))
+    else:
+        batches = _calibration(data, config)
+        _load_outside(model, reader, stack_name)
+        stream = _block_inputs(model, stack_name, reader, batches, dtype)
+        _release_outside(model, stack_name)  # the blocks read the cached hidden states now
 
     def write(folder: Path) -> StreamedResult:
         writer = ShardWriter(folder, max_shard_bytes)
-        with _progress(progress, len(stack), kind) as advance:
-            if kind == "width":
-                plan, records = _stream_width(methods, stream, writer, advance)
-                config_matches = bool(methods[-1].update_config(model))
-            else:
-                plan, records = _stream_depth(methods[0], stream, writer, advance)
-                remove_blocks(model, stack, {name.rsplit(".", 1)[1] for name in plan.layers})
-                # the layer count may have another name (Whisper's decoder_layers)
-                config_matches = bool(methods[0].update_config(model))
-        for name in reader.names():  # embeddings, final norm, output layer: as they were
-            if not name.startswith(stack_name + "."):
-                writer.add({name: reader.tensor(name)})
+        if kind == "hidden":
+            plan, records = hidden_plan, []
+            with _progress(progress, len(reader.names()), "tensors", kind) as advance:
+                write_sliced(reader, plan, writer, advance)
+            narrow_skeleton(model, plan)
+            config_matches = bool(methods[0].update_config(model))
+            params_after = _count(model)
+        else:
+            with _progress(progress, len(stack), "blocks", kind) as advance:
+                if kind == "width":
+                    plan, records = _stream_width(methods, stream, writer, advance)
+                    config_matches = bool(methods[-1].update_config(model))
+                else:
+                    plan, records = _stream_depth(methods[0], stream, writer, advance)
+                    remove_blocks(model, stack,
+                                  {name.rsplit(".", 1)[1] for name in plan.layers})
+                    # the layer count may have another name (Whisper's decoder_layers)
+                    config_matches = bool(methods[0].update_config(model))
+            for name in reader.names():  # embeddings, final norm, output layer: as they were
+                if not name.startswith(stack_name + "."):
+                    writer.reserve(reader.nbytes(name))
+                    writer.add({name: reader.tensor(name)})
+            params_after = params_before - sum(r.params_before - r.params_after
+                                               for r in records)
         writer.close()
         # where no config describes the result, the original one: pk.load replays the plan
         (model.config if config_matches else config).save_pretrained(folder)
         copy_other_files(reader, folder)
         plan.save(folder / io.PLAN_FILE)
-        removed = sum(r.params_before - r.params_after for r in records)
-        return StreamedResult(out, plan, params_before, params_before - removed, records,
+        return StreamedResult(out, plan, params_before, params_after, records,
                               config_matches)
 
     holder: list[StreamedResult] = []
@@ -501,10 +530,10 @@ def _merge(plan: Plan, block_plan: Plan, prefix: str) -> None:
 
 
 class _progress:
-    """A progress bar per block with the time left (rich), or nothing."""
+    """A progress bar per block (or per tensor) with the time left (rich), or nothing."""
 
-    def __init__(self, show: bool, total: int, kind: str):
-        self.show, self.total, self.kind = show, total, kind
+    def __init__(self, show: bool, total: int, unit: str, kind: str):
+        self.show, self.total, self.unit, self.kind = show, total, unit, kind
 
     def __enter__(self) -> Callable[[], None]:
         if not self.show:
@@ -517,11 +546,11 @@ class _progress:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
-        self.bar = Progress(TextColumn(f"streaming blocks ({self.kind})"), BarColumn(),
+        self.bar = Progress(TextColumn(f"streaming {self.unit} ({self.kind})"), BarColumn(),
                             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
                             TimeRemainingColumn())
         self.bar.__enter__()
-        task = self.bar.add_task("blocks", total=self.total)
+        task = self.bar.add_task(self.unit, total=self.total)
         return lambda: self.bar.advance(task)
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,232 @@
+"""Streamed hidden-size pruning: a decoder's residual stream narrowed from its folder on disk,
+one tensor in memory at a time.
+
+The hidden size is shared by every block, so it is decided once for the whole model, from
+the weights alone, in two passes over the checkpoint:
+
+1. **What moves together.** A miniature of the same architecture (one block, a tiny
+   vocabulary, the real hidden size; zero weights, built from the config) is traced by the
+   engine with ``HiddenPruning``'s graph: its hidden group names every tensor that reads or
+   writes the residual stream and along which dim. Names do not depend on sizes, so block 0's
+   members stand for every block's, and the tensors outside the blocks (embeddings, final
+   norm, output layer) are named as they are. No per-architecture table.
+2. **Scores.** Each member tensor is read from the shards, its channels' norms taken (in
+   slices, so a 128k-token embedding is never widened to float32 whole) and summed in the
+   engine's member order: the same scores ``pk.prune`` computes on the loaded model.
+3. **Write.** Every tensor is read once more, sliced to the kept channels where it is a
+   member, and written; nothing else of the model is ever in memory.
+
+The plan is checked on the miniature: pruned by it, it must still run.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..calls import call_model
+from ..errors import ConfigError, PruneError
+from ..graph.dependency import Group, Member, member_sort_key
+from ..methods import HiddenPruning
+from ..plan import Plan
+from ..planning import selection
+from ..planning.plans import plan_from_keep
+from ..surgery.apply import apply_plan
+from .checkpoint import CheckpointReader, ShardWriter
+from .memory import return_freed_memory
+from .skeleton import empty_model
+
+HIDDEN_CRITERIA = {"l1", "l2", "random"}
+MINIATURE_VOCABULARY = 64
+SLICE_BYTES = 256 << 20  # a member is scored in slices of about this much float32
+
+
+def plan_hidden(method: HiddenPruning, config: Any, reader: CheckpointReader,
+                stack_name: str, blocks: int) -> Plan:
+    """The plan that narrows every block and the tensors around them (module docstring)."""
+    miniature, example = _miniature(config, stack_name)
+    graph, groups = method.traced_candidates(miniature, example)
+    if len(groups) != 1:
+        raise PruneError(f"streamed HiddenPruning: the engine found {len(groups)} hidden sizes "
+                         f"in {type(miniature).__name__}, not one shared by every block; "
+                         f"prune it in memory with pk.prune")
+    group = groups[0]
+    members = sorted((member_sort_key(m.role, full, m.dim), full, m.dim)
+                     for m in group.members for full in _full_names(m, group, stack_name, blocks))
+    missing = sorted({full for _, full, _ in members} - set(reader.names()))
+    if missing:
+        raise ConfigError(f"{reader.folder}: the checkpoint lacks {missing[:3]}, which the "
+                          f"model built from its config has: this architecture renames "
+                          f"weights when it loads, which streamed pruning does not do; prune "
+                          f"it in memory with pk.prune")
+    scores = _scores(method, reader, members, group.size)
+    kept = selection.highest(scores, method.channels_to_keep(group.size, method.ratio))
+    small = plan_from_keep(graph, {group.axis: kept}, method.to_dict())
+    _check_runs(miniature, small, example)
+    del miniature, graph
+    return_freed_memory()
+    return _expanded(small, reader, stack_name, blocks)
+
+
+def _miniature(config: Any, stack_name: str) -> tuple[nn.Module, dict]:
+    """The architecture with one block and a tiny vocabulary, zero weights: built in
+    moments even for an 8B model's block, enough for the engine to trace."""
+    small = copy.deepcopy(config)
+    small.num_hidden_layers = 1
+    for name, value in vars(small).items():  # per-layer settings (Gemma 3's layer_types)
+        if name.endswith("layer_types") and isinstance(value, list):
+            setattr(small, name, value[:1])
+    small.vocab_size = MINIATURE_VOCABULARY
+    small.pad_token_id = None  # an id past the tiny vocabulary would be refused
+    model = empty_model(small)
+    zeros: dict[int, nn.Parameter] = {}  # a tied tensor (embeddings and head) stays one
+    for module in model.modules():
+        for leaf, param in list(module._parameters.items()):
+            if param is not None and param.device.type == "meta":
+                if id(param) not in zeros:
+                    zeros[id(param)] = nn.Parameter(torch.zeros(param.shape),
+                                                    requires_grad=False)
+                module._parameters[leaf] = zeros[id(param)]
+    if len(model.get_submodule(stack_name)) != 1:
+        raise PruneError("streamed HiddenPruning: the model's config does not set its number "
+                         "of blocks with num_hidden_layers; prune it in memory with pk.prune")
+    example = {"input_ids": torch.arange(8).reshape(1, 8) % MINIATURE_VOCABULARY,
+               "use_cache": False}
+    return model, example
+
+
+def _full_names(member: Member, group: Group, stack_name: str, blocks: int) -> list[str]:
+    """The checkpoint tensors a miniature member stands for: every block's, for one inside
+    block 0. A member that holds the hidden size only in part (packed with other sizes) is
+    refused."""
+    name = member.slot.name
+    if member.slot.kind != "parameter":
+        raise PruneError(f"streamed HiddenPruning: the hidden size reaches {name}, which is "
+                         f"not a weight in the checkpoint; prune it in memory with pk.prune")
+    if [list(segment) for segment in member.segments] != [[group.axis]]:
+        raise PruneError(f"streamed HiddenPruning: {name} holds the hidden size together with "
+                         f"other sizes along one dim; prune it in memory with pk.prune")
+    inside = f"{stack_name}.0."
+    if name.startswith(inside):
+        return [f"{stack_name}.{i}.{name[len(inside):]}" for i in range(blocks)]
+    return [name]
+
+
+def _scores(method: HiddenPruning, reader: CheckpointReader,
+            members: list[tuple[tuple, str, int]], size: int) -> torch.Tensor:
+    """Each channel's score over every member, as ``pk.prune`` ranks the loaded model:
+    ``Magnitude`` takes a float32 norm per member and sums them in float64 in the engine's
+    member order (``members`` comes sorted so); ``RandomScore`` draws once from the seed."""
+    if method.criterion not in HIDDEN_CRITERIA:
+        raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r}: choose one "
+                          f"of {sorted(HIDDEN_CRITERIA)} (the weights alone decide)")
+    if method.criterion == "random":
+        generator = torch.Generator().manual_seed(method.seed)
+        return torch.rand(size, generator=generator, dtype=torch.float64)
+    p = 1 if method.criterion == "l1" else 2
+    total = torch.zeros(size, dtype=torch.float64)
+    for _, name, dim in members:
+        total += _channel_norms(reader.tensor(name), dim, p).double()
+    return total
+
+
+def _channel_norms(tensor: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    """The p-norm of each index along ``dim`` over everything else, in float32, taken in
+    slices along another dim so that no more than ``SLICE_BYTES`` is widened at a time."""
+    if tensor.dim() == 1:
+        return tensor.float().abs()
+    other = 0 if dim != 0 else 1
+    step = max(1, SLICE_BYTES // max(1, 4 * tensor.numel() // tensor.shape[other]))
+    if step >= tensor.shape[other]:
+        return _norms(tensor, dim, p)
+    parts = [_norms(part, dim, p) for part in tensor.split(step, dim=other)]
+    return torch.linalg.vector_norm(torch.stack(parts, dim=1), ord=p, dim=1)
+
+
+def _norms(tensor: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    matrix = tensor.movedim(dim, 0).reshape(tensor.shape[dim], -1)
+    return torch.linalg.vector_norm(matrix.float(), ord=p, dim=1)
+
+
+def _check_runs(miniature: nn.Module, plan: Plan, example: dict) -> None:
+    """The miniature pruned by the plan must still run: the narrower hidden size is one the
+    architecture can compute with."""
+    try:
+        apply_plan(miniature, plan)
+        with torch.no_grad():
+            call_model(miniature, example)
+    except Exception as error:
+        raise PruneError(f"streamed HiddenPruning: a one-block model of this architecture no "
+                         f"longer runs at the narrower hidden size ({type(error).__name__}: "
+                         f"{error}); nothing was written") from None
+
+
+def _expanded(small: Plan, reader: CheckpointReader, stack_name: str, blocks: int) -> Plan:
+    """The miniature's plan for the whole model: block 0's entries repeated for every block,
+    shapes as the checkpoint stores them."""
+    inside = f"{stack_name}.0."
+
+    def names(name: str) -> list[str]:
+        if name.startswith(inside) or name == inside[:-1]:
+            rest = name[len(inside):] if name.startswith(inside) else ""
+            return [f"{stack_name}.{i}.{rest}".rstrip(".") for i in range(blocks)]
+        return [name]
+
+    plan = Plan(method=small.method)
+    for name, dims in small.tensors.items():
+        for full in names(name):
+            plan.tensors[full] = dims
+            plan.shapes[full] = list(reader.shape(full))
+    for module, values in small.attributes.items():
+        for full in names(module):
+            plan.attributes[full] = dict(values)
+    for group in small.groups:
+        members = [full for member in group["members"] for full in _member_names(member, names)]
+        plan.groups.append({**group, "members": members})
+    return plan
+
+
+def _member_names(member: str, names) -> list[str]:
+    """``"model.layers.0.mlp.down_proj.weight[out]"`` for every block."""
+    base, bracket, role = member.partition("[")
+    return [f"{full}{bracket}{role}" for full in names(base)]
+
+
+def write_sliced(reader: CheckpointReader, plan: Plan, writer: ShardWriter,
+                 advance: Callable[[], None] = lambda: None) -> None:
+    """Every tensor of the checkpoint, sliced to the plan's kept channels where it names
+    it, one tensor in memory at a time."""
+    for name in reader.names():
+        writer.reserve(reader.nbytes(name))  # write out what is pending before reading
+        tensor = reader.tensor(name)
+        for dim, kept in plan.tensors.get(name, {}).items():
+            tensor = tensor.index_select(dim, torch.as_tensor(kept, dtype=torch.long))
+        writer.add({name: tensor})
+        del tensor
+        advance()
+
+
+def narrow_skeleton(model: nn.Module, plan: Plan) -> None:
+    """Give the weightless model the plan's shapes, so that its config can be updated to
+    them. A tied tensor (embeddings and output layer) is named once in the plan and
+    narrowed in every place it sits."""
+    places: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for leaf, param in module._parameters.items():
+            if param is not None:
+                full = f"{module_name}.{leaf}" if module_name else leaf
+                places.setdefault(id(param), []).append((module, leaf, full))
+    for shared in places.values():
+        named = [full for _, _, full in shared if full in plan.tensors]
+        if not named:
+            continue
+        module, leaf, _ = shared[0]
+        shape = list(module._parameters[leaf].shape)
+        for dim, kept in plan.tensors[named[0]].items():
+            shape[dim] = len(kept)
+        narrowed = nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False)
+        for module, leaf, _ in shared:
+            module._parameters[leaf] = narrowed
