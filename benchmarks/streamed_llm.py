@@ -10,6 +10,10 @@ weights (normal, std 0.02; norms 1), written once to disk in bfloat16 (16 GB, sh
   half the parameters;
 - depth: ``pk.prune_streamed`` with ``LayerPruning(8, "angular")``: the 8 consecutive blocks
   whose input and output are closest in angle;
+- depth again with ``hidden_memory_bytes=0``: every block's calibration hidden states written
+  to disk and read back, what a calibration set larger than memory costs;
+- hidden: ``pk.prune_streamed`` with ``HiddenPruning(0.5, "l2")``: half the hidden size, ranked
+  from the weights and written tensor by tensor (no calibration);
 - for each result: ``from_pretrained`` in bfloat16 and 8 tokens of greedy generation.
 
 Calibration: 4 sequences of 128 random token ids (the weights are random, so no text means
@@ -47,6 +51,7 @@ SHAPE = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
              max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False,
              bos_token_id=128000, eos_token_id=128001)
 THREADS = 2
+KINDS = ("width", "depth", "depth_spilled", "hidden")
 SMALL = dict(SHAPE, vocab_size=1000, hidden_size=256, intermediate_size=512,
              num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=2,
              bos_token_id=1, eos_token_id=2)  # --small: the same steps in seconds
@@ -93,16 +98,21 @@ def calibration(vocabulary: int) -> list[dict]:
 def prune_phase(kind: str, source: Path, out: Path, vocabulary: int) -> dict:
     import prunekit as pk
 
-    methods = ([pk.HeadPruning(0.5, "l2"), pk.FilterPruning(0.6, "l1", round_to=128)]
-               if kind == "width" else pk.LayerPruning(8, "angular"))
+    methods = {"width": [pk.HeadPruning(0.5, "l2"), pk.FilterPruning(0.6, "l1", round_to=128)],
+               "depth": pk.LayerPruning(8, "angular"),
+               "depth_spilled": pk.LayerPruning(8, "angular"),
+               "hidden": pk.HiddenPruning(0.5, "l2")}[kind]
+    # depth_spilled: every block's hidden states written to disk and read back
+    memory = {"hidden_memory_bytes": 0} if kind == "depth_spilled" else {}
     result = pk.prune_streamed(source, out, methods, calibration(vocabulary),
-                               dtype=torch.float32, progress=True)
-    seconds = [b.seconds for b in result.blocks]
+                               dtype=torch.float32, progress=True, **memory)
+    seconds = [b.seconds for b in result.blocks] or [float("nan")]  # hidden: no blocks
     return {"params_before": result.params_before, "params_after": result.params_after,
             "removed": 1 - result.params_after / result.params_before,
             "seconds": result.seconds, "block_seconds_median": statistics.median(seconds),
             "block_seconds_max": max(seconds), "block_seconds": seconds,
             "removed_layers": result.plan.layers, "config_matches": result.config_matches,
+            "spilled_bytes": result.spilled_bytes,
             "peak_gb": peak_gb(), "summary": str(result).replace(str(out), kind)}
 
 
@@ -121,7 +131,8 @@ def reload_phase(out: Path, vocabulary: int) -> dict:
             "params": sum(p.numel() for p in model.parameters()),
             "layers": model.config.num_hidden_layers, "heads": model.config.num_attention_heads,
             "kv_heads": model.config.num_key_value_heads,
-            "intermediate": model.config.intermediate_size, "peak_gb": peak_gb()}
+            "intermediate": model.config.intermediate_size, "hidden": model.config.hidden_size,
+            "peak_gb": peak_gb()}
 
 
 def child(*args: str) -> dict:
@@ -129,6 +140,12 @@ def child(*args: str) -> dict:
     completed = subprocess.run([sys.executable, __file__, *args], check=True,
                                stdout=subprocess.PIPE, text=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _per_block(r: dict) -> str:
+    if r["block_seconds_median"] != r["block_seconds_median"]:  # NaN: not block by block
+        return "—"
+    return f"{r['block_seconds_median']:.1f} s ({r['block_seconds_max']:.1f} s)"
 
 
 def markdown(report: dict) -> str:
@@ -142,26 +159,32 @@ def markdown(report: dict) -> str:
               "| step | params after | removed | peak memory | wall time | per block, median "
               "(max) | reload + 8 tokens |", "|---|---|---|---|---|---|---|"]
     for kind, label in (("width", "width: ½ heads, then 60% MLP neurons (one pass)"),
-                        ("depth", "depth: 8 blocks by angular distance")):
+                        ("depth", "depth: 8 blocks by angular distance"),
+                        ("depth_spilled", "the same, every block's hidden states spilled to "
+                                          "disk"),
+                        ("hidden", "hidden size: ½, by L2 (tensor by tensor)")):
         r, reload = report[kind], report[f"{kind}_reload"]
+        if r.get("spilled_bytes"):
+            label += f" ({r['spilled_bytes'] / 2**30:.2f} GB written)"
         lines.append(f"| {label} | {r['params_after'] / 1e9:.2f}B | {r['removed']:.1%} | "
                      f"{r['peak_gb']:.2f} GB | {r['seconds'] / 60:.1f} min | "
-                     f"{r['block_seconds_median']:.1f} s ({r['block_seconds_max']:.1f} s) | "
+                     f"{_per_block(r)} | "
                      f"{reload['load_seconds']:.0f} s + {reload['generate_seconds']:.0f} s, "
                      f"{reload['peak_gb']:.1f} GB |")
-    width, depth = report["width_reload"], report["depth_reload"]
+    width, depth, hidden = report["width_reload"], report["depth_reload"], report["hidden_reload"]
     lines += ["", f"Width result as reloaded: {width['layers']} layers, {width['heads']} heads "
               f"on {width['kv_heads']} key/value heads, intermediate {width['intermediate']}; "
               f"generated {width['new_tokens']}. Depth result: {depth['layers']} layers "
               f"(removed {', '.join(n.rsplit('.', 1)[1] for n in report['depth']['removed_layers'])}); "
-              f"generated {depth['new_tokens']}.", ""]
+              f"generated {depth['new_tokens']}. Hidden-size result: hidden size "
+              f"{hidden['hidden']}, {hidden['layers']} layers; generated {hidden['new_tokens']}.", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "llama3-8b-shaped")
-    parser.add_argument("--phase", choices=["write", "width", "depth", "reload"])
+    parser.add_argument("--phase", choices=["write", *KINDS, "reload"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--small", action="store_true", help="a small model: check the steps")
     args = parser.parse_args()
@@ -171,7 +194,7 @@ def main() -> None:
     source = args.dir / "source"
     if args.phase == "write":
         print(json.dumps(write_model(source, shape)))
-    elif args.phase in ("width", "depth"):
+    elif args.phase in KINDS:
         print(json.dumps(prune_phase(args.phase, source, args.out, shape["vocab_size"])))
     elif args.phase == "reload":
         print(json.dumps(reload_phase(args.out, shape["vocab_size"])))
@@ -181,7 +204,7 @@ def main() -> None:
             written = child("--dir", str(args.dir), "--phase", "write", *size)
             (args.dir / "written.json").write_text(json.dumps(written))
         report["source"] = json.loads((args.dir / "written.json").read_text())
-        for kind in ("width", "depth"):
+        for kind in KINDS:
             out = args.dir / kind
             report[kind] = child("--dir", str(args.dir), "--phase", kind, "--out", str(out),
                                  *size)

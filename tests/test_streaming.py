@@ -184,6 +184,42 @@ def test_what_streaming_cannot_do_is_refused_before_reading(tmp_path, method, me
         pk.prune_streamed(tmp_path / "not read", tmp_path / "out", method())
 
 
+@pytest.mark.parametrize("method", [lambda: pk.ChannelPruning(0.5, "mean_activation"),
+                                    lambda: pk.LayerPruning(2, "angular")])
+def test_hidden_states_spilled_to_disk_give_the_same_result(tmp_path, method):
+    source = saved(tmp_path, "llama")
+    data = batches(padded=True)
+    kept = pk.prune_streamed(source, tmp_path / "kept", method(), data)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    spilled = pk.prune_streamed(source, tmp_path / "spilled", method(), data,
+                                hidden_memory_bytes=0, spill_dir=spill)
+    assert kept.spilled_bytes == 0 and "spilled to disk" not in str(kept)
+    # every block's inputs and outputs went to disk: 3 batches of 2 × 12 × 64 float32 each
+    assert spilled.spilled_bytes >= 4 * 3 * 2 * 12 * 64 * 4 and "spilled to disk" in str(spilled)
+    assert list(spill.iterdir()) == []  # and were removed
+    assert spilled.plan.tensors == kept.plan.tensors and spilled.plan.layers == kept.plan.layers
+    a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "kept").state_dict()
+    b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "spilled").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):
+    from prunekit.hf.activations import HiddenStates, SpillFolder
+
+    folder = SpillFolder(tmp_path)
+    states = HiddenStates(budget=2 * 4 * 10, spill=folder)  # room for two of the tensors
+    tensors = [torch.randn(10) for _ in range(5)]
+    for t in tensors:
+        states.append(t)
+    assert folder.bytes_written == 3 * 4 * 10
+    assert len(states) == 5 and all(torch.equal(a, b) for a, b in zip(states, tensors))
+    states.discard()
+    assert len(states) == 0 and not any(p.suffix == ".pt" for p in tmp_path.rglob("*"))
+    folder.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2")]
 
 

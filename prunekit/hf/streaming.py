@@ -43,7 +43,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import transformers
@@ -62,6 +62,7 @@ from ..methods import ChannelPruning, FilterPruning, HeadPruning, HiddenPruning,
 from ..methods.base import PruningMethod
 from ..plan import Plan
 from ..surgery.stacks import find_block_stack, remove_blocks
+from .activations import HiddenStates, SpillFolder
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
 from .skeleton import empty_model, load_module, output_embeddings, release
 from .streamed_hidden import HIDDEN_CRITERIA, narrow_skeleton, plan_hidden, write_sliced
@@ -94,6 +95,7 @@ class StreamedResult:
     blocks: list[BlockRecord] = field(default_factory=list)
     config_matches: bool | None = None  # the written config describes the pruned shapes
     seconds: float = 0.0
+    spilled_bytes: int = 0  # calibration hidden states written to disk, all blocks together
 
     def __str__(self) -> str:
         change = 1 - self.params_after / max(self.params_before, 1)
@@ -102,8 +104,11 @@ class StreamedResult:
                        "original one: load it with pk.load(folder, a model built from it)")
         streamed = (f"{len(self.blocks)} blocks streamed" if self.blocks
                     else "streamed tensor by tensor")
+        spilled = (f"; {self.spilled_bytes / 2**30:.2f} GB of hidden states spilled to disk"
+                   if self.spilled_bytes else "")
         return (f"params {self.params_before:,} -> {self.params_after:,} (-{change:.1%}); "
-                f"{streamed} in {self.seconds:.1f} s; {config}; written to {self.folder}")
+                f"{streamed} in {self.seconds:.1f} s{spilled}; {config}; written to "
+                f"{self.folder}")
 
 
 class _StopForward(Exception):
@@ -120,7 +125,9 @@ class _Recorder(nn.Module):
 
     def forward(self, *args, **kwargs):
         hidden, rest = _as_keywords(self.signature, args, kwargs)
-        self.calls.append((hidden, rest))
+        # the hidden states passing through a stand-in are the first block's again: only
+        # the first stand-in keeps them, so one batch's are in memory at a time
+        self.calls.append((hidden if self.template is None else None, rest))
         if self.last or self.template is None:
             raise _StopForward
         return _like(self.template, hidden)
@@ -200,8 +207,9 @@ def check_streamable(method: PruningMethod) -> str:
 def prune_streamed(source: str | Path, out: str | Path,
                    method: PruningMethod | Sequence[PruningMethod],
                    data: Iterable | None = None, *, dtype: torch.dtype | None = None,
-                   progress: bool = False,
-                   max_shard_bytes: int = 512 << 20) -> StreamedResult:
+                   progress: bool = False, max_shard_bytes: int = 512 << 20,
+                   hidden_memory_bytes: int = 2 << 30,
+                   spill_dir: str | Path | None = None) -> StreamedResult:
     """Prune the Hugging Face decoder in folder ``source`` into folder ``out``, holding one
     block's weights in memory at a time (see the module docstring).
 
@@ -222,6 +230,10 @@ def prune_streamed(source: str | Path, out: str | Path,
         progress: show a progress bar per block, with the time left.
         max_shard_bytes: the largest shard written; a shard is held in memory until it is
             full, so this adds to the memory the stream needs.
+        hidden_memory_bytes: the calibration hidden states kept in memory between blocks,
+            at most; the rest are written to a temporary folder in ``spill_dir`` (default:
+            the system's) and read back memory-mapped, so a large calibration set does not
+            need the memory. The result says how much was spilled.
     """
     started = time.perf_counter()
     methods = [method] if isinstance(method, PruningMethod) else list(method)
@@ -246,54 +258,59 @@ def prune_streamed(source: str | Path, out: str | Path,
                           f"{type(model).__name__}; streamed pruning prunes block by block")
     stack = model.get_submodule(stack_name)
     params_before = _count(model)  # tied tensors once, as pk.prune counts them
-    if kind == "hidden":  # decided from the weights alone: no calibration to run
-        hidden_plan = plan_hidden(methods[0], config, reader, stack_name, len(stack))
-    else:
-        batches = _calibration(data, config)
-        _load_outside(model, reader, stack_name)
-        stream = _block_inputs(model, stack_name, reader, batches, dtype)
-        _release_outside(model, stack_name)  # the blocks read the cached hidden states now
-
-    def write(folder: Path) -> StreamedResult:
-        writer = ShardWriter(folder, max_shard_bytes)
-        if kind == "hidden":
-            plan, records = hidden_plan, []
-            with _progress(progress, len(reader.names()), "tensors", kind) as advance:
-                write_sliced(reader, plan, writer, advance)
-            narrow_skeleton(model, plan)
-            config_matches = bool(methods[0].update_config(model))
-            params_after = _count(model)
+    spill = SpillFolder(spill_dir)  # (nothing is made there unless something is spilled)
+    try:
+        if kind == "hidden":  # decided from the weights alone: no calibration to run
+            hidden_plan = plan_hidden(methods[0], config, reader, stack_name, len(stack))
         else:
-            with _progress(progress, len(stack), "blocks", kind) as advance:
-                if kind == "width":
-                    plan, records = _stream_width(methods, stream, writer, advance)
-                    config_matches = bool(methods[-1].update_config(model))
-                else:
-                    plan, records = _stream_depth(methods[0], stream, writer, advance)
-                    remove_blocks(model, stack,
-                                  {name.rsplit(".", 1)[1] for name in plan.layers})
-                    # the layer count may have another name (Whisper's decoder_layers)
-                    config_matches = bool(methods[0].update_config(model))
-            for name in reader.names():  # embeddings, final norm, output layer: as they were
-                if not name.startswith(stack_name + "."):
-                    writer.reserve(reader.nbytes(name))
-                    writer.add({name: reader.tensor(name)})
-            params_after = params_before - sum(r.params_before - r.params_after
-                                               for r in records)
-        writer.close()
-        # where no config describes the result, the original one: pk.load replays the plan
-        (model.config if config_matches else config).save_pretrained(folder)
-        copy_other_files(reader, folder)
-        plan.save(folder / io.PLAN_FILE)
-        return StreamedResult(out, plan, params_before, params_after, records,
-                              config_matches)
+            batches = _calibration(data, config)
+            _load_outside(model, reader, stack_name)
+            stream = _block_inputs(model, stack_name, reader, batches, dtype,
+                                   _Budget(hidden_memory_bytes, spill))
+            _release_outside(model, stack_name)  # the blocks read the cached hidden states now
 
-    holder: list[StreamedResult] = []
-    if is_main_process():
-        io.replace_folder(out, lambda folder: holder.append(write(folder)))
-    else:  # under torchrun every process computes the same result; the first one writes it
-        with tempfile.TemporaryDirectory(prefix="prunekit-stream-") as scratch:
-            holder.append(write(Path(scratch)))
+        def write(folder: Path) -> StreamedResult:
+            writer = ShardWriter(folder, max_shard_bytes)
+            if kind == "hidden":
+                plan, records = hidden_plan, []
+                with _progress(progress, len(reader.names()), "tensors", kind) as advance:
+                    write_sliced(reader, plan, writer, advance)
+                narrow_skeleton(model, plan)
+                config_matches = bool(methods[0].update_config(model))
+                params_after = _count(model)
+            else:
+                with _progress(progress, len(stack), "blocks", kind) as advance:
+                    if kind == "width":
+                        plan, records = _stream_width(methods, stream, writer, advance)
+                        config_matches = bool(methods[-1].update_config(model))
+                    else:
+                        plan, records = _stream_depth(methods[0], stream, writer, advance)
+                        remove_blocks(model, stack,
+                                      {name.rsplit(".", 1)[1] for name in plan.layers})
+                        # the layer count may have another name (Whisper's decoder_layers)
+                        config_matches = bool(methods[0].update_config(model))
+                for name in reader.names():  # embeddings, final norm, output layer: as they were
+                    if not name.startswith(stack_name + "."):
+                        writer.reserve(reader.nbytes(name))
+                        writer.add({name: reader.tensor(name)})
+                params_after = params_before - sum(r.params_before - r.params_after
+                                                   for r in records)
+            writer.close()
+            # where no config describes the result, the original one: pk.load replays the plan
+            (model.config if config_matches else config).save_pretrained(folder)
+            copy_other_files(reader, folder)
+            plan.save(folder / io.PLAN_FILE)
+            return StreamedResult(out, plan, params_before, params_after, records,
+                                  config_matches, spilled_bytes=spill.bytes_written)
+
+        holder: list[StreamedResult] = []
+        if is_main_process():
+            io.replace_folder(out, lambda folder: holder.append(write(folder)))
+        else:  # under torchrun every process computes the same result; the first writes it
+            with tempfile.TemporaryDirectory(prefix="prunekit-stream-") as scratch:
+                holder.append(write(Path(scratch)))
+    finally:
+        spill.close()
     barrier()  # no process returns before the folder is complete
     result = holder[0]
     result.seconds = time.perf_counter() - started
@@ -351,8 +368,9 @@ class _Stream:
     reader: CheckpointReader
     batches: list[dict]
     hidden_name: str  # the blocks' parameter for the hidden states
-    hidden: list[torch.Tensor]
+    hidden: HiddenStates
     calls: list[list[dict]]
+    budget: _Budget
     dtype: torch.dtype | None = None  # what the blocks compute in; None: as stored
     stored: dict[str, torch.dtype] = field(default_factory=dict)  # block tensors' own dtypes
 
@@ -371,9 +389,41 @@ class _Stream:
         return {f"{self.stack_name}.{index}.{key}": value.to(self.stored.get(key, value.dtype))
                 for key, value in block.state_dict().items()}
 
-    def inputs(self, index: int, hidden: list[torch.Tensor]) -> list[dict]:
+    def inputs(self, index: int, hidden: HiddenStates) -> _BlockInputs:
         """Each batch's keyword inputs to block ``index`` given the hidden states arriving."""
-        return [{self.hidden_name: h, **call} for h, call in zip(hidden, self.calls[index])]
+        return _BlockInputs(self.hidden_name, hidden, self.calls[index])
+
+
+@dataclass
+class _Budget:
+    """The memory for hidden states, shared by the ``HiddenStates`` alive at one time."""
+
+    total: int
+    spill: SpillFolder
+
+    def states(self, alive: int) -> HiddenStates:
+        """A new ``HiddenStates`` with its share, ``alive`` of them sharing the budget."""
+        return HiddenStates(self.total // max(alive, 1), self.spill)
+
+
+@dataclass
+class _BlockInputs:
+    """A block's keyword inputs for every calibration batch, built one batch at a time as
+    they are read (the hidden states may come from disk): data for ``pk.prune`` that can be
+    read again and again."""
+
+    hidden_name: str
+    hidden: HiddenStates
+    calls: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, index: int) -> dict:
+        return {self.hidden_name: self.hidden[index], **self.calls[index]}
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(len(self)))
 
 
 def _release_outside(model: nn.Module, stack: str) -> None:
@@ -391,22 +441,24 @@ def _release_outside(model: nn.Module, stack: str) -> None:
 
 
 def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
-                  batches: list[dict], dtype: torch.dtype | None) -> _Stream:
+                  batches: list[dict], dtype: torch.dtype | None, budget: _Budget) -> _Stream:
     """The first block's hidden states per batch and every block's other inputs per batch
     (floating-point ones in ``dtype``), recorded by stand-ins for the blocks."""
     stack = model.get_submodule(stack_name)
     blocks = list(stack)
     signature = inspect.signature(blocks[0].forward)
+    hidden = budget.states(alive=2)  # the first block's inputs, and its outputs soon
     try:
         first: list[tuple[torch.Tensor, dict]] = []
         stack[0] = _Recorder(signature, first, None, last=True)
-        for batch in batches:  # the first block's inputs
+        for batch in batches:  # the first block's inputs, kept or spilled batch by batch
             _run_until_stop(model, batch)
-        first = [_cast((h, kw), dtype) for h, kw in first]
+            hidden.append(_cast(first[-1][0], dtype))
+            first[-1] = (None, first[-1][1])
         # what a block returns, from the first block run for real on the first batch
         load_module(blocks[0], reader, f"{stack_name}.0.", dtype)
         with torch.no_grad():
-            template = blocks[0](first[0][0], **first[0][1])
+            template = blocks[0](hidden[0], **_cast(first[0][1], dtype))
         release(blocks[0])
         calls: list[list[tuple[torch.Tensor, dict]]] = [[] for _ in blocks]
         for index in range(len(blocks)):
@@ -418,8 +470,8 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
         for index, block in enumerate(blocks):
             stack[index] = block
     return _Stream(model, stack_name, reader, batches, next(iter(signature.parameters)),
-                   [h for h, _ in first],
-                   [[_cast(kw, dtype) for _, kw in block] for block in calls], dtype)
+                   hidden, [[_cast(kw, dtype) for _, kw in block] for block in calls],
+                   budget, dtype)
 
 
 def _cast(value: Any, dtype: torch.dtype | None) -> Any:
@@ -457,16 +509,20 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
         stream.load(index)
         before = _count(block)
         inputs = stream.inputs(index, hidden)
-        hidden = _run_block(block, inputs)  # the unpruned outputs feed the next block
+        # the unpruned outputs feed the next block
+        outputs = _run_block(block, inputs, stream.budget.states(alive=2))
         block_plan = None
         for method in methods:  # each on the block as the one before left it
             step = prune(block, inputs[0], method, data=inputs).plan
             block_plan = step if block_plan is None else block_plan.then(step)
+        hidden.discard()
+        hidden = outputs
         _merge(plan, block_plan, name)
         writer.add(stream.as_stored(block, index))
         records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block)))
         release(block)
         advance()
+    hidden.discard()
     return plan, records
 
 
@@ -475,15 +531,18 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
     stack_name, count = stream.stack_name, len(stream.stack)
     span = method.n if method.criterion == "angular" else 1
     sums, samples = [0.0] * count, [0] * count
-    window: deque[list[torch.Tensor]] = deque(maxlen=span)  # inputs of the last span blocks
+    window: deque[HiddenStates] = deque()  # the inputs of the last span blocks
     records, hidden = [], stream.hidden
     for index, block in enumerate(stream.stack):
         started = time.perf_counter()
         params = _count(block)
         if method.criterion != "last":
             stream.load(index)
+            if len(window) == span:
+                window.popleft().discard()
             window.append(hidden)
-            hidden = _run_block(block, stream.inputs(index, hidden))
+            hidden = _run_block(block, stream.inputs(index, hidden),
+                                stream.budget.states(alive=span + 1))
             release(block)
             start = index - span + 1  # the window that ends at this block
             if start >= 0:
@@ -495,6 +554,8 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
         records.append(BlockRecord(f"{stack_name}.{index}", time.perf_counter() - started,
                                    params, params))
         advance()
+    for states in (*window, hidden):
+        states.discard()
     if method.criterion == "last":
         scores = [float(count - i) for i in range(count)]
     else:  # on several processes, over all of their calibration batches
@@ -513,9 +574,11 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
     return plan, records
 
 
-def _run_block(block: nn.Module, inputs: list[dict]) -> list[torch.Tensor]:
+def _run_block(block: nn.Module, inputs: _BlockInputs, outputs: HiddenStates) -> HiddenStates:
     with torch.no_grad():
-        return [first_tensor(block(**x)) for x in inputs]
+        for x in inputs:
+            outputs.append(first_tensor(block(**x)))
+    return outputs
 
 
 def _merge(plan: Plan, block_plan: Plan, prefix: str) -> None:
