@@ -171,7 +171,7 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
 @pytest.mark.parametrize("method, message", [
     (lambda: type("MyFilters", (pk.FilterPruning,), {})(0.5),  # a subclass may change anything
      "takes FilterPruning or ChannelPruning"),
-    (lambda: pk.HiddenPruning(0.25, "mean_activation"), "ranked from the weights alone"),
+    (lambda: pk.HiddenPruning(0.25, "taylor"), "reads the whole model's loss or outputs"),
     (lambda: pk.HiddenPruning(flops_target=0.3), "budgets and overrides need the model"),
     (lambda: pk.FilterPruning(0.5, "taylor"), "reads the whole model's loss or outputs"),
     (lambda: pk.HeadPruning(0.5, "entropy"), "reads the whole model's loss or outputs"),
@@ -220,7 +220,8 @@ def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2")]
+HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2"),
+                ("llama", "mean_activation"), ("qwen2", "apoz"), ("gemma", "mean_activation")]
 
 
 @pytest.mark.parametrize("model_type, criterion", HIDDEN_CASES)
@@ -231,9 +232,11 @@ def test_streamed_hidden_size_is_identical_to_pruning_the_loaded_model(
     monkeypatch.setattr(streamed_hidden, "SLICE_BYTES", 2_000)  # norms taken in slices
     source = saved(tmp_path, model_type)
     method = pk.HiddenPruning(0.25, criterion)
-    result = pk.prune_streamed(source, tmp_path / "out", method, max_shard_bytes=40_000)
+    data = batches(padded=True)
+    result = pk.prune_streamed(source, tmp_path / "out", method, data, max_shard_bytes=40_000,
+                               hidden_memory_bytes=5_000)  # some hidden states spilled
     reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
-    expected = pk.prune(reference, batches()[0], pk.HiddenPruning(0.25, criterion))
+    expected = pk.prune(reference, data[0], pk.HiddenPruning(0.25, criterion), data=data)
 
     assert result.plan.tensors == expected.plan.tensors  # every block, embeddings, head
     assert result.plan.attributes == expected.plan.attributes
@@ -251,6 +254,28 @@ def test_streamed_hidden_size_is_identical_to_pruning_the_loaded_model(
         assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
     assert result.params_after == sum(p.numel() for p in loaded.parameters())
     assert "streamed tensor by tensor" in str(result)
+
+
+@pytest.mark.parametrize("criterion", ["mean_activation", "apoz", "l1"])
+def test_streamed_hidden_scores_are_the_in_memory_scores(tmp_path, monkeypatch, criterion):
+    """Sharper than equal plans: every channel's score, so a site read wrong (or not at all)
+    shows even where it would not change which channels are kept."""
+    source = saved(tmp_path, "llama")
+    data = batches(padded=True)
+    seen = []
+    decide = streaming.plan_from_scores
+
+    def capture(method, structure, scores, *args):
+        seen.append(scores)
+        return decide(method, structure, scores, *args)
+
+    monkeypatch.setattr(streaming, "plan_from_scores", capture)
+    pk.prune_streamed(source, tmp_path / "out", pk.HiddenPruning(0.25, criterion), data)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    method = pk.HiddenPruning(0.25, criterion)
+    graph, groups = method.traced_candidates(reference, data[0])
+    expected = method.score(graph, groups, data)[groups[0].axis]
+    torch.testing.assert_close(seen[0], expected, rtol=1e-12, atol=0)
 
 
 def test_streamed_hidden_size_takes_norms_in_slices_exactly():

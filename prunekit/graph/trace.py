@@ -328,9 +328,8 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False,
     ``HiddenPruning``). The model's training flags are restored afterwards; nothing else about
     it changes.
     """
-
-
     ctx = TraceContext(model, normalised_prunable)
+
     def enter(name):
         def pre_hook(_module, _args):
             ctx.module_stack.append(name)

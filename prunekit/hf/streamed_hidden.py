@@ -1,8 +1,7 @@
 """Streamed hidden-size pruning: a decoder's residual stream narrowed from its folder on disk,
-one tensor in memory at a time.
+one tensor (or, to read activations, one block) in memory at a time.
 
-The hidden size is shared by every block, so it is decided once for the whole model, from
-the weights alone, in two passes over the checkpoint:
+The hidden size is shared by every block, so it is decided once for the whole model:
 
 1. **What moves together.** A miniature of the same architecture (one block, a tiny
    vocabulary, the real hidden size; zero weights, built from the config) is traced by the
@@ -10,9 +9,13 @@ the weights alone, in two passes over the checkpoint:
    writes the residual stream and along which dim. Names do not depend on sizes, so block 0's
    members stand for every block's, and the tensors outside the blocks (embeddings, final
    norm, output layer) are named as they are. No per-architecture table.
-2. **Scores.** Each member tensor is read from the shards, its channels' norms taken (in
-   slices, so a 128k-token embedding is never widened to float32 whole) and summed in the
-   engine's member order: the same scores ``pk.prune`` computes on the loaded model.
+2. **Scores.** From the weights (``l1``, ``l2``, ``random``): each member tensor is read from
+   the shards, its channels' norms taken (in slices, so a 128k-token embedding is never
+   widened to float32 whole) and summed in the engine's member order. From activations
+   (``mean_activation``, ``apoz``; Minitron's kind of score): the calibration batches are
+   streamed through the blocks (``streaming.py``) with hooks at every module output the
+   engine found carrying the hidden size, and the per-site means are averaged. Either way
+   the same scores ``pk.prune`` computes on the loaded model.
 3. **Write.** Every tensor is read once more, sliced to the kept channels where it is a
    member, and written; nothing else of the model is ever in memory.
 
@@ -22,31 +25,60 @@ The plan is checked on the miniature: pruned by it, it must still run.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from ..calls import call_model
+from ..distributed import sum_across
 from ..errors import ConfigError, PruneError
-from ..graph.dependency import Group, Member, member_sort_key
+from ..graph.dependency import DependencyGraph, Group, Member, member_sort_key
+from ..importance.activation import ActivationStatistic
 from ..methods import HiddenPruning
 from ..plan import Plan
 from ..planning import selection
 from ..planning.plans import plan_from_keep
 from ..surgery.apply import apply_plan
 from .checkpoint import CheckpointReader, ShardWriter
-from .memory import return_freed_memory
 from .skeleton import empty_model
 
-HIDDEN_CRITERIA = {"l1", "l2", "random"}
+WEIGHT_CRITERIA = {"l1", "l2", "random"}
+ACTIVATION_CRITERIA = {"mean_activation", "apoz"}  # Minitron's: activations, every block
+HIDDEN_CRITERIA = WEIGHT_CRITERIA | ACTIVATION_CRITERIA
 MINIATURE_VOCABULARY = 64
 SLICE_BYTES = 256 << 20  # a member is scored in slices of about this much float32
 
+Site = tuple[str, int, int]  # a module's name, which call of it, the dim carrying the channels
 
-def plan_hidden(method: HiddenPruning, config: Any, reader: CheckpointReader,
-                stack_name: str, blocks: int) -> Plan:
-    """The plan that narrows every block and the tensors around them (module docstring)."""
+
+@dataclass
+class HiddenStructure:
+    """What the engine found on the miniature, named for the whole model: the tensors that
+    carry the hidden size (sorted as the engine sums them) and the module outputs where
+    its activations are read, before the blocks, in block 0 (for every block) and after."""
+
+    miniature: nn.Module
+    example: dict
+    graph: DependencyGraph
+    group: Group
+    members: list[tuple[tuple, str, int]]  # (sort key, checkpoint name, dim)
+    before: list[Site] = field(default_factory=list)
+    inside: list[Site] = field(default_factory=list)  # names relative to a block
+    after: list[Site] = field(default_factory=list)
+
+    def sites(self, stack_name: str, blocks: int) -> list[Site]:
+        """Every site of the whole model, in the order a forward pass reaches them."""
+        every = [(f"{stack_name}.{i}.{name}", call, dim)
+                 for i in range(blocks) for name, call, dim in self.inside]
+        return self.before + every + self.after
+
+
+def hidden_structure(method: HiddenPruning, config: Any, reader: CheckpointReader,
+                     stack_name: str, blocks: int) -> HiddenStructure:
+    """Trace the miniature and name its hidden group's members and sites for the model."""
     miniature, example = _miniature(config, stack_name)
     graph, groups = method.traced_candidates(miniature, example)
     if len(groups) != 1:
@@ -62,13 +94,104 @@ def plan_hidden(method: HiddenPruning, config: Any, reader: CheckpointReader,
                           f"model built from its config has: this architecture renames "
                           f"weights when it loads, which streamed pruning does not do; prune "
                           f"it in memory with pk.prune")
-    scores = _scores(method, reader, members, group.size)
+    structure = HiddenStructure(miniature, example, graph, group, members)
+    inside = f"{stack_name}.0."
+    for output, dim in graph.activation_sites(group):
+        if output.module.startswith(inside):
+            structure.inside.append((output.module[len(inside):], output.call, dim))
+        elif structure.inside:
+            structure.after.append((output.module, output.call, dim))
+        else:
+            structure.before.append((output.module, output.call, dim))
+    return structure
+
+
+def weight_scores(method: HiddenPruning, reader: CheckpointReader,
+                  structure: HiddenStructure) -> torch.Tensor:
+    """Each channel's score over every member, as ``pk.prune`` ranks the loaded model:
+    ``Magnitude`` takes a float32 norm per member and sums them in float64 in the engine's
+    member order; ``RandomScore`` draws once from the seed."""
+    size = structure.group.size
+    if method.criterion == "random":
+        generator = torch.Generator().manual_seed(method.seed)
+        return torch.rand(size, generator=generator, dtype=torch.float64)
+    p = 1 if method.criterion == "l1" else 2
+    total = torch.zeros(size, dtype=torch.float64)
+    for _, name, dim in structure.members:
+        total += _channel_norms(reader.tensor(name), dim, p).double()
+    return total
+
+
+def plan_from_scores(method: HiddenPruning, structure: HiddenStructure, scores: torch.Tensor,
+                     reader: CheckpointReader, stack_name: str, blocks: int) -> Plan:
+    """Keep the highest-scoring channels; the miniature's plan, checked by running the
+    pruned miniature, then named for every block and the tensors around them."""
+    group = structure.group
     kept = selection.highest(scores, method.channels_to_keep(group.size, method.ratio))
-    small = plan_from_keep(graph, {group.axis: kept}, method.to_dict())
-    _check_runs(miniature, small, example)
-    del miniature, graph
-    return_freed_memory()
+    small = plan_from_keep(structure.graph, {group.axis: kept}, method.to_dict())
+    _check_runs(structure.miniature, small, structure.example)
     return _expanded(small, reader, stack_name, blocks)
+
+
+class SiteStatistics:
+    """Per-channel activation statistics at the hidden size's sites, summed over batches
+    as ``pk.prune``'s activation criteria sum them; read with forward hooks."""
+
+    def __init__(self, criterion: str):
+        self.statistic = ActivationStatistic(criterion)
+        self.totals: dict[Site, torch.Tensor] = {}
+        self.counts: dict[Site, int] = {}
+
+    @contextmanager
+    def reading(self, modules: dict[str, nn.Module], sites: list[Site],
+                stop_after: Site | None = None) -> Iterator[Callable[[], None]]:
+        """Hooks on the sites' modules while inside; yields what to call before each batch
+        (the call counts restart). ``stop_after``: raise ``StopAfterSite`` once that site is
+        read, so the rest of the forward pass is not run."""
+        by_module: dict[str, list[Site]] = {}
+        for site in sites:
+            by_module.setdefault(site[0], []).append(site)
+        calls: dict[str, int] = {}
+
+        def hook_for(name: str):
+            def hook(_module, _args, output):
+                call = calls.get(name, 0)
+                calls[name] = call + 1
+                for site in by_module[name]:
+                    if site[1] == call and isinstance(output, torch.Tensor):
+                        self.add(site, output)
+                        if site == stop_after:
+                            raise StopAfterSite
+            return hook
+
+        handles = [modules[name].register_forward_hook(hook_for(name)) for name in by_module]
+        try:
+            yield calls.clear
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def add(self, site: Site, output: torch.Tensor) -> None:
+        score = self.statistic._batch_score(output.detach().double(), None, site[2])
+        self.totals[site] = self.totals.get(site, 0) + score
+        self.counts[site] = self.counts.get(site, 0) + 1
+
+    def scores(self, sites: list[Site]) -> torch.Tensor:
+        """The mean over ``sites`` (in that order) of each site's mean over batches (over
+        every process's batches under torchrun)."""
+        per_site = []
+        for site in sites:
+            if self.counts.get(site):
+                total, count = sum_across(self.totals[site], self.counts[site])
+                per_site.append(total / count)
+        if not per_site:
+            raise PruneError("streamed HiddenPruning: the calibration never reached a module "
+                             "whose output carries the hidden size")
+        return torch.stack(per_site).mean(0)
+
+
+class StopAfterSite(Exception):
+    """Ends a forward pass once the last site after the blocks has been read."""
 
 
 def _miniature(config: Any, stack_name: str) -> tuple[nn.Module, dict]:
@@ -113,24 +236,6 @@ def _full_names(member: Member, group: Group, stack_name: str, blocks: int) -> l
     if name.startswith(inside):
         return [f"{stack_name}.{i}.{name[len(inside):]}" for i in range(blocks)]
     return [name]
-
-
-def _scores(method: HiddenPruning, reader: CheckpointReader,
-            members: list[tuple[tuple, str, int]], size: int) -> torch.Tensor:
-    """Each channel's score over every member, as ``pk.prune`` ranks the loaded model:
-    ``Magnitude`` takes a float32 norm per member and sums them in float64 in the engine's
-    member order (``members`` comes sorted so); ``RandomScore`` draws once from the seed."""
-    if method.criterion not in HIDDEN_CRITERIA:
-        raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r}: choose one "
-                          f"of {sorted(HIDDEN_CRITERIA)} (the weights alone decide)")
-    if method.criterion == "random":
-        generator = torch.Generator().manual_seed(method.seed)
-        return torch.rand(size, generator=generator, dtype=torch.float64)
-    p = 1 if method.criterion == "l1" else 2
-    total = torch.zeros(size, dtype=torch.float64)
-    for _, name, dim in members:
-        total += _channel_norms(reader.tensor(name), dim, p).double()
-    return total
 
 
 def _channel_norms(tensor: torch.Tensor, dim: int, p: int) -> torch.Tensor:

@@ -18,8 +18,10 @@ How it goes:
    - depth (``LayerPruning``): its block influence (1 − cosine between its input and output)
      or angular distance is measured; once every block is scored, the chosen blocks are left
      out and the rest are copied, renumbered.
-   Hidden size (``HiddenPruning``) is shared by every block, so it skips steps 1-3: it is
-   ranked from the weights alone and written tensor by tensor (``streamed_hidden.py``).
+   Hidden size (``HiddenPruning``) is shared by every block, so it is decided once for all
+   of them, from the weights (read tensor by tensor) or from the activations at every place
+   it is read (the blocks streamed as above, nothing pruned on the way), and then written
+   tensor by tensor (``streamed_hidden.py``).
 4. The rest of the checkpoint (embeddings, final norm, output layer) is copied, the config is
    updated to the pruned sizes (uniform sizes keep a config ``from_pretrained`` loads; where
    no config can describe them, as when the head size is derived from the hidden size, the
@@ -41,6 +43,7 @@ import inspect
 import tempfile
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -64,8 +67,20 @@ from ..plan import Plan
 from ..surgery.stacks import find_block_stack, remove_blocks
 from .activations import HiddenStates, SpillFolder
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
+from .memory import return_freed_memory
 from .skeleton import empty_model, load_module, output_embeddings, release
-from .streamed_hidden import HIDDEN_CRITERIA, narrow_skeleton, plan_hidden, write_sliced
+from .streamed_hidden import (
+    HIDDEN_CRITERIA,
+    WEIGHT_CRITERIA,
+    HiddenStructure,
+    SiteStatistics,
+    StopAfterSite,
+    hidden_structure,
+    narrow_skeleton,
+    plan_from_scores,
+    weight_scores,
+    write_sliced,
+)
 
 # criteria a block alone computes as the whole model does: weights, and the activations of
 # each neuron (the heads' "output" and "entropy" and the gradient criteria read the whole
@@ -181,9 +196,9 @@ def check_streamable(method: PruningMethod) -> str:
         return "depth"
     if isinstance(method, HiddenPruning):
         if method.criterion not in HIDDEN_CRITERIA:
-            raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r}: the "
-                              f"hidden size is shared by every block, so it is ranked from the "
-                              f"weights alone; choose one of {sorted(HIDDEN_CRITERIA)}")
+            raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r} reads "
+                              f"the whole model's loss or outputs, which a stream of blocks "
+                              f"does not give; choose one of {sorted(HIDDEN_CRITERIA)}")
         if method.budget() is not None or method.overrides:
             raise ConfigError("streamed HiddenPruning removes ratio= of the hidden size; "
                               "budgets and overrides need the model in memory (pk.prune)")
@@ -260,8 +275,10 @@ def prune_streamed(source: str | Path, out: str | Path,
     params_before = _count(model)  # tied tensors once, as pk.prune counts them
     spill = SpillFolder(spill_dir)  # (nothing is made there unless something is spilled)
     try:
-        if kind == "hidden":  # decided from the weights alone: no calibration to run
-            hidden_plan = plan_hidden(methods[0], config, reader, stack_name, len(stack))
+        if kind == "hidden":  # one decision for every block, before anything is written
+            hidden_plan = _plan_hidden(methods[0], model, config, reader, stack_name, data,
+                                       dtype, _Budget(hidden_memory_bytes, spill),
+                                       progress)
         else:
             batches = _calibration(data, config)
             _load_outside(model, reader, stack_name)
@@ -276,25 +293,16 @@ def prune_streamed(source: str | Path, out: str | Path,
                 with _progress(progress, len(reader.names()), "tensors", kind) as advance:
                     write_sliced(reader, plan, writer, advance)
                 narrow_skeleton(model, plan)
-                config_matches = bool(methods[0].update_config(model))
                 params_after = _count(model)
             else:
                 with _progress(progress, len(stack), "blocks", kind) as advance:
-                    if kind == "width":
-                        plan, records = _stream_width(methods, stream, writer, advance)
-                        config_matches = bool(methods[-1].update_config(model))
-                    else:
-                        plan, records = _stream_depth(methods[0], stream, writer, advance)
-                        remove_blocks(model, stack,
-                                      {name.rsplit(".", 1)[1] for name in plan.layers})
-                        # the layer count may have another name (Whisper's decoder_layers)
-                        config_matches = bool(methods[0].update_config(model))
-                for name in reader.names():  # embeddings, final norm, output layer: as they were
-                    if not name.startswith(stack_name + "."):
-                        writer.reserve(reader.nbytes(name))
-                        writer.add({name: reader.tensor(name)})
+                    plan, records = _stream_blocks(kind, methods, stream, writer, advance)
+                _copy_outside(reader, stack_name, writer)
                 params_after = params_before - sum(r.params_before - r.params_after
                                                    for r in records)
+            # the layer count may have another name (Whisper's decoder_layers): the method
+            # that changed the model updates the config
+            config_matches = bool(methods[-1].update_config(model))
             writer.close()
             # where no config describes the result, the original one: pk.load replays the plan
             (model.config if config_matches else config).save_pretrained(folder)
@@ -315,6 +323,132 @@ def prune_streamed(source: str | Path, out: str | Path,
     result = holder[0]
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _plan_hidden(method: HiddenPruning, model: nn.Module, config: Any,
+                 reader: CheckpointReader, stack_name: str, data: Iterable | None,
+                 dtype: torch.dtype | None, budget: _Budget, progress: bool) -> Plan:
+    """The hidden size's plan: scores from the weights (read tensor by tensor), or, for the
+    activation criteria, from every site's activations on the calibration batches, the
+    blocks streamed one at a time (Minitron's scores)."""
+    blocks = len(model.get_submodule(stack_name))
+    structure = hidden_structure(method, config, reader, stack_name, blocks)
+    if method.criterion in WEIGHT_CRITERIA:
+        scores = weight_scores(method, reader, structure)
+    else:
+        statistics = SiteStatistics(method.criterion)
+        batches = _calibration(data, config)
+        with _progress(progress, blocks, "blocks", "hidden") as advance:
+            _read_hidden_activations(statistics, structure, model, stack_name, reader,
+                                     batches, dtype, budget, advance)
+        scores = statistics.scores(structure.sites(stack_name, blocks))
+    plan = plan_from_scores(method, structure, scores, reader, stack_name, blocks)
+    del structure
+    return_freed_memory()
+    return plan
+
+
+def _read_hidden_activations(statistics: SiteStatistics, structure: HiddenStructure,
+                             model: nn.Module, stack_name: str, reader: CheckpointReader,
+                             batches: list[dict], dtype: torch.dtype | None, budget: _Budget,
+                             advance: Callable[[], None]) -> None:
+    """Each site's activations on every batch: the sites before the blocks as the batches
+    pass the embeddings, each block's as it runs (one block in memory at a time), and those
+    after the blocks (the final norm) in a last pass that hands the model the last block's
+    outputs."""
+    modules = dict(model.named_modules())
+    _load_outside(model, reader, stack_name)
+    stack = model.get_submodule(stack_name)
+    signature = inspect.signature(stack[0].forward)
+    with statistics.reading(modules, structure.before) as next_batch:
+        for batch in batches:
+            next_batch()
+            with _standing_in(stack, {0: _Recorder(signature, [], None, last=True)}):
+                _run_until_stop(model, batch)
+    stream = _block_inputs(model, stack_name, reader, batches, dtype, budget)
+    _release_outside(model, stack_name)
+    hidden = stream.hidden
+    for index, block in enumerate(stream.stack):
+        stream.load(index)
+        sites = [(f"{stack_name}.{index}.{name}", call, dim)
+                 for name, call, dim in structure.inside]
+        outputs = budget.states(alive=2)
+        with statistics.reading(modules, sites) as next_batch, torch.no_grad():
+            for x in stream.inputs(index, hidden):
+                next_batch()
+                outputs.append(first_tensor(block(**x)))
+        hidden.discard()
+        hidden = outputs
+        release(block)
+        advance()
+    if structure.after:
+        _load_outside(model, reader, stack_name)
+        replay = _Replay(stream.template, hidden)
+        passing = {i: _Recorder(signature, [], stream.template, last=False)
+                   for i in range(len(stack) - 1)}
+        with _standing_in(stack, {**passing, len(stack) - 1: replay}), \
+                statistics.reading(modules, structure.after,
+                                   stop_after=structure.after[-1]) as next_batch:
+            for replay.batch, batch in enumerate(batches):
+                next_batch()
+                _run_until_site(model, batch)
+        _release_outside(model, stack_name)
+    hidden.discard()
+
+
+class _Replay(nn.Module):
+    """Stands in for the last block: returns its recorded outputs for batch ``batch``."""
+
+    def __init__(self, template: Any, outputs: HiddenStates):
+        super().__init__()
+        self.template, self.outputs, self.batch = template, outputs, 0
+
+    def forward(self, *args, **kwargs):
+        return _like(self.template, self.outputs[self.batch])
+
+
+@contextmanager
+def _standing_in(stack: nn.ModuleList, stand_ins: dict[int, nn.Module]) -> Iterator[None]:
+    """The stack's blocks ``stand_ins`` names replaced while inside, then put back."""
+    blocks = {index: stack[index] for index in stand_ins}
+    try:
+        for index, stand_in in stand_ins.items():
+            stack[index] = stand_in
+        yield
+    finally:
+        for index, block in blocks.items():
+            stack[index] = block
+
+
+def _run_until_site(model: nn.Module, batch: dict) -> None:
+    try:
+        with torch.no_grad():
+            call_model(model, {**batch, "use_cache": False})
+    except StopAfterSite:
+        return
+    raise PruneError("streamed HiddenPruning: the model's forward pass did not reach the "
+                     "module after its blocks that the trace found; prune it in memory "
+                     "with pk.prune")
+
+
+def _stream_blocks(kind: str, methods: list[PruningMethod], stream: _Stream,
+                   writer: ShardWriter, advance: Callable[[], None]
+                   ) -> tuple[Plan, list[BlockRecord]]:
+    """Width or depth, block by block; the weightless model takes the pruned shapes."""
+    if kind == "width":
+        return _stream_width(methods, stream, writer, advance)
+    plan, records = _stream_depth(methods[0], stream, writer, advance)
+    remove_blocks(stream.model, stream.stack, {name.rsplit(".", 1)[1] for name in plan.layers})
+    return plan, records
+
+
+def _copy_outside(reader: CheckpointReader, stack_name: str, writer: ShardWriter) -> None:
+    """The tensors outside the blocks (embeddings, final norm, output layer), as they were;
+    each large one written before the next is read."""
+    for name in reader.names():
+        if not name.startswith(stack_name + "."):
+            writer.reserve(reader.nbytes(name))
+            writer.add({name: reader.tensor(name)})
 
 
 def _calibration(data: Iterable | None, config: Any) -> list[dict]:
@@ -371,6 +505,7 @@ class _Stream:
     hidden: HiddenStates
     calls: list[list[dict]]
     budget: _Budget
+    template: Any  # what a block returns (its structure), from block 0 on the first batch
     dtype: torch.dtype | None = None  # what the blocks compute in; None: as stored
     stored: dict[str, torch.dtype] = field(default_factory=dict)  # block tensors' own dtypes
 
@@ -471,7 +606,7 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
             stack[index] = block
     return _Stream(model, stack_name, reader, batches, next(iter(signature.parameters)),
                    hidden, [[_cast(kw, dtype) for _, kw in block] for block in calls],
-                   budget, dtype)
+                   budget, template, dtype)
 
 
 def _cast(value: Any, dtype: torch.dtype | None) -> Any:
