@@ -221,7 +221,9 @@ def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):
 
 
 HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2"),
-                ("llama", "mean_activation"), ("qwen2", "apoz"), ("gemma", "mean_activation")]
+                ("llama", "mean_activation"), ("qwen2", "apoz"), ("gemma", "mean_activation"),
+                # blocks of two kinds (convolution and attention): a miniature with both
+                ("lfm2", "l2"), ("lfm2", "mean_activation")]
 
 
 @pytest.mark.parametrize("model_type, criterion", HIDDEN_CASES)

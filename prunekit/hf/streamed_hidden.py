@@ -3,12 +3,13 @@ one tensor (or, to read activations, one block) in memory at a time.
 
 The hidden size is shared by every block, so it is decided once for the whole model:
 
-1. **What moves together.** A miniature of the same architecture (one block, a tiny
-   vocabulary, the real hidden size; zero weights, built from the config) is traced by the
-   engine with ``HiddenPruning``'s graph: its hidden group names every tensor that reads or
-   writes the residual stream and along which dim. Names do not depend on sizes, so block 0's
-   members stand for every block's, and the tensors outside the blocks (embeddings, final
-   norm, output layer) are named as they are. No per-architecture table.
+1. **What moves together.** A miniature of the same architecture (a tiny vocabulary, the
+   real hidden size, zero weights, built from the config; one block, or as many as it takes
+   to hold one of each kind of block the checkpoint has) is traced by the engine with
+   ``HiddenPruning``'s graph: its hidden group names every tensor that reads or writes the
+   residual stream and along which dim. Names do not depend on sizes, so a miniature block's
+   members stand for every block of its kind, and the tensors outside the blocks
+   (embeddings, final norm, output layer) are named as they are. No per-architecture table.
 2. **Scores.** From the weights (``l1``, ``l2``, ``random``): each member tensor is read from
    the shards, its channels' norms taken (in slices, so a 128k-token embedding is never
    widened to float32 whole) and summed in the engine's member order. From activations
@@ -55,31 +56,82 @@ Site = tuple[str, int, int]  # a module's name, which call of it, the dim carryi
 
 
 @dataclass
+class BlockKinds:
+    """Which block of the miniature stands for each of the model's blocks: the first block
+    with the same tensors (a model may mix kinds: dense and mixture-of-experts MLPs,
+    attention and convolution blocks), so the miniature needs blocks up to the first of the
+    last kind to appear, and names found in one of them hold for every block of its kind."""
+
+    stack_name: str
+    kinds: list[int]  # per block of the model, the miniature block that stands for it
+
+    @classmethod
+    def of(cls, reader: CheckpointReader, stack_name: str, blocks: int) -> BlockKinds:
+        first: dict[frozenset, int] = {}
+        kinds = []
+        names = reader.names()
+        for i in range(blocks):
+            prefix = f"{stack_name}.{i}."
+            tensors = frozenset(n[len(prefix):] for n in names if n.startswith(prefix))
+            kinds.append(first.setdefault(tensors, i))
+        return cls(stack_name, kinds)
+
+    @property
+    def miniature_blocks(self) -> int:
+        return max(self.kinds) + 1
+
+    def stands_for(self, name: str) -> list[str]:
+        """The model's names a miniature name (a tensor or a module) stands for: itself
+        outside the blocks, the same name in every block of its kind inside them."""
+        prefix = self.stack_name + "."
+        if not name.startswith(prefix):
+            return [name]
+        index, _, rest = name[len(prefix):].partition(".")
+        if not index.isdigit():
+            return [name]
+        return [f"{self.stack_name}.{i}" + (f".{rest}" if rest else "")
+                for i, kind in enumerate(self.kinds) if kind == int(index)]
+
+    def block_of(self, name: str) -> int | None:
+        prefix = self.stack_name + "."
+        index = name[len(prefix):].partition(".")[0] if name.startswith(prefix) else ""
+        return int(index) if index.isdigit() else None
+
+
+@dataclass
 class HiddenStructure:
     """What the engine found on the miniature, named for the whole model: the tensors that
-    carry the hidden size (sorted as the engine sums them) and the module outputs where
-    its activations are read, before the blocks, in block 0 (for every block) and after."""
+    carry the hidden size (sorted as the engine sums them) and the module outputs where its
+    activations are read: before the blocks, in each miniature block (for every block of
+    its kind), and after them."""
 
     miniature: nn.Module
     example: dict
     graph: DependencyGraph
     group: Group
+    blocks: BlockKinds
     members: list[tuple[tuple, str, int]]  # (sort key, checkpoint name, dim)
     before: list[Site] = field(default_factory=list)
-    inside: list[Site] = field(default_factory=list)  # names relative to a block
+    inside: dict[int, list[Site]] = field(default_factory=dict)  # names relative to a block
     after: list[Site] = field(default_factory=list)
 
-    def sites(self, stack_name: str, blocks: int) -> list[Site]:
+    def block_sites(self, index: int) -> list[Site]:
+        """The sites in the model's block ``index``, full names."""
+        stack = self.blocks.stack_name
+        return [(f"{stack}.{index}.{name}", call, dim)
+                for name, call, dim in self.inside.get(self.blocks.kinds[index], [])]
+
+    def sites(self) -> list[Site]:
         """Every site of the whole model, in the order a forward pass reaches them."""
-        every = [(f"{stack_name}.{i}.{name}", call, dim)
-                 for i in range(blocks) for name, call, dim in self.inside]
+        every = [site for i in range(len(self.blocks.kinds)) for site in self.block_sites(i)]
         return self.before + every + self.after
 
 
 def hidden_structure(method: HiddenPruning, config: Any, reader: CheckpointReader,
                      stack_name: str, blocks: int) -> HiddenStructure:
     """Trace the miniature and name its hidden group's members and sites for the model."""
-    miniature, example = _miniature(config, stack_name)
+    kinds = BlockKinds.of(reader, stack_name, blocks)
+    miniature, example = _miniature(config, stack_name, kinds.miniature_blocks)
     graph, groups = method.traced_candidates(miniature, example)
     if len(groups) != 1:
         raise PruneError(f"streamed HiddenPruning: the engine found {len(groups)} hidden sizes "
@@ -87,18 +139,19 @@ def hidden_structure(method: HiddenPruning, config: Any, reader: CheckpointReade
                          f"prune it in memory with pk.prune")
     group = groups[0]
     members = sorted((member_sort_key(m.role, full, m.dim), full, m.dim)
-                     for m in group.members for full in _full_names(m, group, stack_name, blocks))
+                     for m in group.members for full in _full_names(m, group, kinds))
     missing = sorted({full for _, full, _ in members} - set(reader.names()))
     if missing:
         raise ConfigError(f"{reader.folder}: the checkpoint lacks {missing[:3]}, which the "
                           f"model built from its config has: this architecture renames "
                           f"weights when it loads, which streamed pruning does not do; prune "
                           f"it in memory with pk.prune")
-    structure = HiddenStructure(miniature, example, graph, group, members)
-    inside = f"{stack_name}.0."
+    structure = HiddenStructure(miniature, example, graph, group, kinds, members)
     for output, dim in graph.activation_sites(group):
-        if output.module.startswith(inside):
-            structure.inside.append((output.module[len(inside):], output.call, dim))
+        block = kinds.block_of(output.module)
+        if block is not None:
+            relative = output.module[len(f"{stack_name}.{block}."):]
+            structure.inside.setdefault(block, []).append((relative, output.call, dim))
         elif structure.inside:
             structure.after.append((output.module, output.call, dim))
         else:
@@ -123,14 +176,14 @@ def weight_scores(method: HiddenPruning, reader: CheckpointReader,
 
 
 def plan_from_scores(method: HiddenPruning, structure: HiddenStructure, scores: torch.Tensor,
-                     reader: CheckpointReader, stack_name: str, blocks: int) -> Plan:
+                     reader: CheckpointReader) -> Plan:
     """Keep the highest-scoring channels; the miniature's plan, checked by running the
     pruned miniature, then named for every block and the tensors around them."""
     group = structure.group
     kept = selection.highest(scores, method.channels_to_keep(group.size, method.ratio))
     small = plan_from_keep(structure.graph, {group.axis: kept}, method.to_dict())
     _check_runs(structure.miniature, small, structure.example)
-    return _expanded(small, reader, stack_name, blocks)
+    return _expanded(small, reader, structure.blocks)
 
 
 class SiteStatistics:
@@ -194,16 +247,18 @@ class StopAfterSite(Exception):
     """Ends a forward pass once the last site after the blocks has been read."""
 
 
-def _miniature(config: Any, stack_name: str) -> tuple[nn.Module, dict]:
-    """The architecture with one block and a tiny vocabulary, zero weights: built in
-    moments even for an 8B model's block, enough for the engine to trace."""
+def _miniature(config: Any, stack_name: str, blocks: int) -> tuple[nn.Module, dict]:
+    """The architecture with its first ``blocks`` blocks and a tiny vocabulary, zero
+    weights: built in moments even for an 8B model's blocks, enough for the engine to
+    trace."""
     small = copy.deepcopy(config)
-    small.num_hidden_layers = 1
+    small.num_hidden_layers = blocks
     for name, value in vars(small).items():  # per-layer settings (Gemma 3's layer_types)
         if name.endswith("layer_types") and isinstance(value, list):
-            setattr(small, name, value[:1])
+            setattr(small, name, value[:blocks])
     small.vocab_size = MINIATURE_VOCABULARY
-    small.pad_token_id = None  # an id past the tiny vocabulary would be refused
+    if getattr(small, "pad_token_id", None) is not None:
+        small.pad_token_id = 0  # an id past the tiny vocabulary would be refused
     model = empty_model(small)
     zeros: dict[int, nn.Parameter] = {}  # a tied tensor (embeddings and head) stays one
     for module in model.modules():
@@ -213,7 +268,7 @@ def _miniature(config: Any, stack_name: str) -> tuple[nn.Module, dict]:
                     zeros[id(param)] = nn.Parameter(torch.zeros(param.shape),
                                                     requires_grad=False)
                 module._parameters[leaf] = zeros[id(param)]
-    if len(model.get_submodule(stack_name)) != 1:
+    if len(model.get_submodule(stack_name)) != blocks:
         raise PruneError("streamed HiddenPruning: the model's config does not set its number "
                          "of blocks with num_hidden_layers; prune it in memory with pk.prune")
     example = {"input_ids": torch.arange(8).reshape(1, 8) % MINIATURE_VOCABULARY,
@@ -221,10 +276,10 @@ def _miniature(config: Any, stack_name: str) -> tuple[nn.Module, dict]:
     return model, example
 
 
-def _full_names(member: Member, group: Group, stack_name: str, blocks: int) -> list[str]:
-    """The checkpoint tensors a miniature member stands for: every block's, for one inside
-    block 0. A member that holds the hidden size only in part (packed with other sizes) is
-    refused."""
+def _full_names(member: Member, group: Group, kinds: BlockKinds) -> list[str]:
+    """The checkpoint tensors a miniature member stands for: every block's of its kind, for
+    one inside a block. A member that holds the hidden size only in part (packed with other
+    sizes) is refused."""
     name = member.slot.name
     if member.slot.kind != "parameter":
         raise PruneError(f"streamed HiddenPruning: the hidden size reaches {name}, which is "
@@ -232,10 +287,7 @@ def _full_names(member: Member, group: Group, stack_name: str, blocks: int) -> l
     if [list(segment) for segment in member.segments] != [[group.axis]]:
         raise PruneError(f"streamed HiddenPruning: {name} holds the hidden size together with "
                          f"other sizes along one dim; prune it in memory with pk.prune")
-    inside = f"{stack_name}.0."
-    if name.startswith(inside):
-        return [f"{stack_name}.{i}.{name[len(inside):]}" for i in range(blocks)]
-    return [name]
+    return kinds.stands_for(name)
 
 
 def _channel_norms(tensor: torch.Tensor, dim: int, p: int) -> torch.Tensor:
@@ -264,38 +316,31 @@ def _check_runs(miniature: nn.Module, plan: Plan, example: dict) -> None:
         with torch.no_grad():
             call_model(miniature, example)
     except Exception as error:
-        raise PruneError(f"streamed HiddenPruning: a one-block model of this architecture no "
+        raise PruneError(f"streamed HiddenPruning: a few-block model of this architecture no "
                          f"longer runs at the narrower hidden size ({type(error).__name__}: "
                          f"{error}); nothing was written") from None
 
 
-def _expanded(small: Plan, reader: CheckpointReader, stack_name: str, blocks: int) -> Plan:
-    """The miniature's plan for the whole model: block 0's entries repeated for every block,
-    shapes as the checkpoint stores them."""
-    inside = f"{stack_name}.0."
-
-    def names(name: str) -> list[str]:
-        if name.startswith(inside) or name == inside[:-1]:
-            rest = name[len(inside):] if name.startswith(inside) else ""
-            return [f"{stack_name}.{i}.{rest}".rstrip(".") for i in range(blocks)]
-        return [name]
-
+def _expanded(small: Plan, reader: CheckpointReader, kinds: BlockKinds) -> Plan:
+    """The miniature's plan for the whole model: each miniature block's entries for every
+    block of its kind, shapes as the checkpoint stores them."""
     plan = Plan(method=small.method)
     for name, dims in small.tensors.items():
-        for full in names(name):
+        for full in kinds.stands_for(name):
             plan.tensors[full] = dims
             plan.shapes[full] = list(reader.shape(full))
     for module, values in small.attributes.items():
-        for full in names(module):
+        for full in kinds.stands_for(module):
             plan.attributes[full] = dict(values)
     for group in small.groups:
-        members = [full for member in group["members"] for full in _member_names(member, names)]
+        members = [full for member in group["members"]
+                   for full in _member_names(member, kinds.stands_for)]
         plan.groups.append({**group, "members": members})
     return plan
 
 
 def _member_names(member: str, names) -> list[str]:
-    """``"model.layers.0.mlp.down_proj.weight[out]"`` for every block."""
+    """``"model.layers.0.mlp.down_proj.weight[out]"`` for every block of its kind."""
     base, bracket, role = member.partition("[")
     return [f"{full}{bracket}{role}" for full in names(base)]
 

@@ -341,8 +341,8 @@ def _plan_hidden(method: HiddenPruning, model: nn.Module, config: Any,
         with _progress(progress, blocks, "blocks", "hidden") as advance:
             _read_hidden_activations(statistics, structure, model, stack_name, reader,
                                      batches, dtype, budget, advance)
-        scores = statistics.scores(structure.sites(stack_name, blocks))
-    plan = plan_from_scores(method, structure, scores, reader, stack_name, blocks)
+        scores = statistics.scores(structure.sites())
+    plan = plan_from_scores(method, structure, scores, reader)
     del structure
     return_freed_memory()
     return plan
@@ -370,10 +370,9 @@ def _read_hidden_activations(statistics: SiteStatistics, structure: HiddenStruct
     hidden = stream.hidden
     for index, block in enumerate(stream.stack):
         stream.load(index)
-        sites = [(f"{stack_name}.{index}.{name}", call, dim)
-                 for name, call, dim in structure.inside]
         outputs = budget.states(alive=2)
-        with statistics.reading(modules, sites) as next_batch, torch.no_grad():
+        with statistics.reading(modules, structure.block_sites(index)) as next_batch, \
+                torch.no_grad():
             for x in stream.inputs(index, hidden):
                 next_batch()
                 outputs.append(first_tensor(block(**x)))
