@@ -280,6 +280,13 @@ def test_streamed_hidden_scores_are_the_in_memory_scores(tmp_path, monkeypatch, 
     torch.testing.assert_close(seen[0], expected, rtol=1e-12, atol=0)
 
 
+def test_streamed_hidden_size_that_breaks_the_model_writes_nothing(tmp_path):
+    source = saved(tmp_path, "rwkv")  # sizes its recurrent state from config.hidden_size
+    with pytest.raises(PruneError, match="no longer runs at the narrower hidden size"):
+        pk.prune_streamed(source, tmp_path / "out", pk.HiddenPruning(0.25, "l2"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_streamed_hidden_size_takes_norms_in_slices_exactly():
     from prunekit.hf.streamed_hidden import _channel_norms
 

@@ -313,8 +313,8 @@ def _check_runs(miniature: nn.Module, plan: Plan, example: dict) -> None:
     architecture can compute with."""
     try:
         apply_plan(miniature, plan)
-        with torch.no_grad():
-            call_model(miniature, example)
+        with torch.no_grad():  # as a user would call it: its cache too (RWKV sizes its state
+            call_model(miniature, {"input_ids": example["input_ids"]})  # from the config)
     except Exception as error:
         raise PruneError(f"streamed HiddenPruning: a few-block model of this architecture no "
                          f"longer runs at the narrower hidden size ({type(error).__name__}: "
