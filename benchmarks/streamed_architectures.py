@@ -2,8 +2,9 @@
 
 For every model type in transformers' causal-LM mapping: a small random model (4 layers,
 hidden 64, the sizes of ``tests/hf_contract.py``) saved with ``save_pretrained`` in shards;
-then, for each of three methods — MLP neurons (``FilterPruning(0.5, "l1")``), heads
-(``HeadPruning(0.5, "l2")``) and depth (``LayerPruning(2, "influence")``) — the folder is pruned
+then, for each of four methods — MLP neurons (``FilterPruning(0.5, "l1")``), heads
+(``HeadPruning(0.5, "l2")``), depth (``LayerPruning(2, "influence")``) and hidden size
+(``HiddenPruning(0.25, "l2")``) — the folder is pruned
 with ``pk.prune_streamed`` and, separately, the loaded model with ``pk.prune`` on the same two
 calibration batches. Outcomes:
 
@@ -14,13 +15,15 @@ calibration batches. Outcomes:
 - streamed refuses: the in-memory prune works, the streamed one says why it cannot;
 - differs / fails: anything else (a bug).
 
-    python benchmarks/streamed_architectures.py      # about 10 minutes on two cores
+    python benchmarks/streamed_architectures.py      # about 15 minutes on two cores
+    python benchmarks/streamed_architectures.py --only hidden   # one method again, merged in
 
 Results: ``benchmarks/results/streamed_architectures.{json,md}``.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import re
@@ -40,7 +43,8 @@ from tests.hf_contract import model_inputs, model_types, small_config  # noqa: E
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = {"mlp": lambda: pk.FilterPruning(0.5, "l1"), "heads": lambda: pk.HeadPruning(0.5, "l2"),
-           "layers": lambda: pk.LayerPruning(2, "influence")}
+           "layers": lambda: pk.LayerPruning(2, "influence"),
+           "hidden": lambda: pk.HiddenPruning(0.25, "l2")}
 LAYERS = 4
 
 
@@ -99,6 +103,15 @@ def compare(source: Path, method_for, batches) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(METHODS),
+                        help="measure these methods again; the rest are read from the results")
+    args = parser.parse_args()
+    methods = args.only or list(METHODS)
+    earlier = {}
+    if args.only and (RESULTS / "streamed_architectures.json").is_file():
+        earlier = {r["model_type"]: r for r in
+                   json.loads((RESULTS / "streamed_architectures.json").read_text())}
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -106,7 +119,7 @@ def main() -> None:
     for kind, model_type in model_types():
         if kind != "decoder":
             continue
-        row = {"model_type": model_type}
+        row = {**earlier.get(model_type, {}), "model_type": model_type}
         try:
             torch.manual_seed(0)
             model = transformers.AutoModelForCausalLM.from_config(four_layers(model_type))
@@ -119,8 +132,8 @@ def main() -> None:
             print(model_type, row, flush=True)
             continue
         batches = [model_inputs("decoder") for _ in range(2)]
-        for name, method_for in METHODS.items():
-            row[name] = compare(source, method_for, batches)
+        for name in methods:
+            row[name] = compare(source, METHODS[name], batches)
         rows.append(row)
         print(model_type, row, flush=True)
     RESULTS.mkdir(exist_ok=True)
@@ -147,17 +160,18 @@ def markdown(rows: list[dict]) -> str:
                                          "differs", "fails"]) + " |",
              "|---|---|---|---|---|---|"]
     for method in METHODS:
-        counts = collections.Counter(outcome(r[method]) for r in built)
+        counts = collections.Counter(outcome(r.get(method, "not measured")) for r in built)
         fails = sum(v for k, v in counts.items() if k.startswith("fails"))
         lines.append(f"| {method} | {counts['identical']} | {counts['both refuse']} | "
                      f"{counts['streamed refuses']} | {counts['differs']} | {fails} |")
-    lines += ["", "| type | mlp | heads | layers |", "|---|---|---|---|"]
+    lines += ["", "| type | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
     for row in rows:
         if "build" in row:
-            lines.append(f"| {row['model_type']} | not built: {row['build'][:80]} | | |")
+            lines.append(f"| {row['model_type']} | not built: {row['build'][:80]} |"
+                         + " |" * (len(METHODS) - 1))
         else:
             lines.append(f"| {row['model_type']} | " + " | ".join(
-                row[m].replace("|", "/") for m in METHODS) + " |")
+                row.get(m, "not measured").replace("|", "/") for m in METHODS) + " |")
     return "\n".join(lines) + "\n"
 
 

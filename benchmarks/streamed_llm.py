@@ -13,7 +13,9 @@ weights (normal, std 0.02; norms 1), written once to disk in bfloat16 (16 GB, sh
 - depth again with ``hidden_memory_bytes=0``: every block's calibration hidden states written
   to disk and read back, what a calibration set larger than memory costs;
 - hidden: ``pk.prune_streamed`` with ``HiddenPruning(0.5, "l2")``: half the hidden size, ranked
-  from the weights and written tensor by tensor (no calibration);
+  from the weights and written tensor by tensor (no calibration); and again with
+  ``"mean_activation"``, ranked by the activations at every module output carrying the hidden
+  size (the blocks streamed over the calibration batches, as Minitron scores it);
 - for each result: ``from_pretrained`` in bfloat16 and 8 tokens of greedy generation.
 
 Calibration: 4 sequences of 128 random token ids (the weights are random, so no text means
@@ -21,7 +23,7 @@ more). Blocks are computed in float32 (``dtype=torch.float32``: a CPU without bf
 runs bfloat16 matrix products several times slower) and written back in bfloat16. Reported: peak resident memory (``ru_maxrss``) of each process, wall time per block and
 in all, parameters before and after.
 
-    python benchmarks/streamed_llm.py --dir /path/with/40GB/free   # about 10 minutes, plus 2
+    python benchmarks/streamed_llm.py --dir /path/with/40GB/free   # about 20 minutes, plus 2
                                                                    # to write the checkpoint
 
 Results: ``benchmarks/results/streamed_llm.{json,md}``.
@@ -51,7 +53,7 @@ SHAPE = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
              max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False,
              bos_token_id=128000, eos_token_id=128001)
 THREADS = 2
-KINDS = ("width", "depth", "depth_spilled", "hidden")
+KINDS = ("width", "depth", "depth_spilled", "hidden", "hidden_activations")
 SMALL = dict(SHAPE, vocab_size=1000, hidden_size=256, intermediate_size=512,
              num_hidden_layers=10, num_attention_heads=8, num_key_value_heads=2,
              bos_token_id=1, eos_token_id=2)  # --small: the same steps in seconds
@@ -101,7 +103,8 @@ def prune_phase(kind: str, source: Path, out: Path, vocabulary: int) -> dict:
     methods = {"width": [pk.HeadPruning(0.5, "l2"), pk.FilterPruning(0.6, "l1", round_to=128)],
                "depth": pk.LayerPruning(8, "angular"),
                "depth_spilled": pk.LayerPruning(8, "angular"),
-               "hidden": pk.HiddenPruning(0.5, "l2")}[kind]
+               "hidden": pk.HiddenPruning(0.5, "l2"),
+               "hidden_activations": pk.HiddenPruning(0.5, "mean_activation")}[kind]
     # depth_spilled: every block's hidden states written to disk and read back
     memory = {"hidden_memory_bytes": 0} if kind == "depth_spilled" else {}
     result = pk.prune_streamed(source, out, methods, calibration(vocabulary),
@@ -162,7 +165,9 @@ def markdown(report: dict) -> str:
                         ("depth", "depth: 8 blocks by angular distance"),
                         ("depth_spilled", "the same, every block's hidden states spilled to "
                                           "disk"),
-                        ("hidden", "hidden size: ½, by L2 (tensor by tensor)")):
+                        ("hidden", "hidden size: ½, by L2 (tensor by tensor)"),
+                        ("hidden_activations", "hidden size: ½, by mean activation at every "
+                                               "site (Minitron-style; blocks streamed)")):
         r, reload = report[kind], report[f"{kind}_reload"]
         if r.get("spilled_bytes"):
             label += f" ({r['spilled_bytes'] / 2**30:.2f} GB written)"
@@ -176,8 +181,10 @@ def markdown(report: dict) -> str:
               f"on {width['kv_heads']} key/value heads, intermediate {width['intermediate']}; "
               f"generated {width['new_tokens']}. Depth result: {depth['layers']} layers "
               f"(removed {', '.join(n.rsplit('.', 1)[1] for n in report['depth']['removed_layers'])}); "
-              f"generated {depth['new_tokens']}. Hidden-size result: hidden size "
-              f"{hidden['hidden']}, {hidden['layers']} layers; generated {hidden['new_tokens']}.", ""]
+              f"generated {depth['new_tokens']}. Hidden-size results: hidden size "
+              f"{hidden['hidden']}, {hidden['layers']} layers; generated {hidden['new_tokens']} "
+              f"(by L2) and {report['hidden_activations_reload']['new_tokens']} (by mean "
+              f"activation).", ""]
     return "\n".join(lines)
 
 
@@ -187,6 +194,8 @@ def main() -> None:
     parser.add_argument("--phase", choices=["write", *KINDS, "reload"])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--small", action="store_true", help="a small model: check the steps")
+    parser.add_argument("--only", nargs="*", choices=KINDS,
+                        help="run these steps again; the others are read from the results")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     shape = SMALL if args.small else SHAPE
@@ -200,11 +209,13 @@ def main() -> None:
         print(json.dumps(reload_phase(args.out, shape["vocab_size"])))
     else:
         report = {}
+        if args.only and (RESULTS / "streamed_llm.json").is_file():
+            report = json.loads((RESULTS / "streamed_llm.json").read_text())
         if not source.exists():
             written = child("--dir", str(args.dir), "--phase", "write", *size)
             (args.dir / "written.json").write_text(json.dumps(written))
         report["source"] = json.loads((args.dir / "written.json").read_text())
-        for kind in KINDS:
+        for kind in args.only or KINDS:
             out = args.dir / kind
             report[kind] = child("--dir", str(args.dir), "--phase", kind, "--out", str(out),
                                  *size)
