@@ -171,7 +171,7 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
 @pytest.mark.parametrize("method, message", [
     (lambda: type("MyFilters", (pk.FilterPruning,), {})(0.5),  # a subclass may change anything
      "takes FilterPruning or ChannelPruning"),
-    (lambda: pk.HiddenPruning(0.25, "taylor"), "reads the whole model's loss or outputs"),
+    (lambda: pk.HiddenPruning(0.25, "taylor"), "needs the whole model in memory"),
     (lambda: pk.HiddenPruning(flops_target=0.3), "budgets and overrides need the model"),
     (lambda: pk.FilterPruning(0.5, "taylor"), "reads the whole model's loss or outputs"),
     (lambda: pk.HeadPruning(0.5, "entropy"), "reads the whole model's loss or outputs"),
@@ -202,6 +202,16 @@ def test_hidden_states_spilled_to_disk_give_the_same_result(tmp_path, method):
     a = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "kept").state_dict()
     b = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "spilled").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_wrong_memory_budget_or_spill_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="hidden_memory_bytes is the calibration"):
+        pk.prune_streamed(tmp_path / "x", tmp_path / "out", pk.FilterPruning(0.5),
+                          hidden_memory_bytes=-1)
+    with pytest.raises(ConfigError, match="spill_dir .* is not a folder"):
+        pk.prune_streamed(tmp_path / "x", tmp_path / "out", pk.FilterPruning(0.5),
+                          spill_dir=tmp_path / "missing")
+    assert not (tmp_path / "out").exists()
 
 
 def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):

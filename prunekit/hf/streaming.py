@@ -196,9 +196,9 @@ def check_streamable(method: PruningMethod) -> str:
         return "depth"
     if isinstance(method, HiddenPruning):
         if method.criterion not in HIDDEN_CRITERIA:
-            raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r} reads "
-                              f"the whole model's loss or outputs, which a stream of blocks "
-                              f"does not give; choose one of {sorted(HIDDEN_CRITERIA)}")
+            raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r} needs "
+                              f"the whole model in memory (its loss, or every channel compared "
+                              f"at once); choose one of {sorted(HIDDEN_CRITERIA)}")
         if method.budget() is not None or method.overrides:
             raise ConfigError("streamed HiddenPruning removes ratio= of the hidden size; "
                               "budgets and overrides need the model in memory (pk.prune)")
@@ -260,6 +260,14 @@ def prune_streamed(source: str | Path, out: str | Path,
                           f"width methods (FilterPruning, ChannelPruning, HeadPruning); stream "
                           f"{what} in a call of its own")
     kind = kinds[0]
+    if (isinstance(hidden_memory_bytes, bool) or not isinstance(hidden_memory_bytes, int)
+            or hidden_memory_bytes < 0):
+        raise ConfigError(f"hidden_memory_bytes is the calibration hidden states kept in "
+                          f"memory, in bytes (0 or more; 0 spills them all), got "
+                          f"{hidden_memory_bytes!r}")
+    if spill_dir is not None and not Path(spill_dir).is_dir():
+        raise ConfigError(f"spill_dir {str(spill_dir)!r} is not a folder; give an existing "
+                          f"folder with room for the hidden states, or leave it out")
     reader = CheckpointReader(source)
     out = Path(out)
     if out.resolve() == reader.folder.resolve():
