@@ -52,6 +52,10 @@ CASES = [
     ("llama", lambda: pk.LayerPruning(2, "influence"), True),
     ("qwen2", lambda: pk.LayerPruning(2, "angular"), False),
     ("gemma", lambda: pk.LayerPruning(1, "last"), False),
+    # ranked model-wide: a scoring pass over every block, then each block at its own ratio
+    ("llama", lambda: pk.FilterPruning(0.5, "l1", global_ranking=True), False),
+    ("qwen3", lambda: pk.ChannelPruning(0.4, "mean_activation", global_ranking=True), True),
+    ("mistral", lambda: pk.HeadPruning(0.5, "l2", global_ranking=True), False),
 ]
 
 
@@ -68,13 +72,18 @@ def test_streamed_is_identical_to_pruning_the_loaded_model(tmp_path, model_type,
     assert not result.plan.is_empty
     assert result.plan.tensors == expected.plan.tensors
     assert result.plan.layers == expected.plan.layers
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert result.config_matches == expected.config_matches
+    if result.config_matches:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    else:  # sizes that differ per block (global ranking): the plan rebuilds the model
+        config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
+        loaded = pk.load(tmp_path / "out",
+                         transformers.AutoModelForCausalLM.from_config(config)).eval()
     a, b = reference.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
     with torch.no_grad():
         assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
-    assert result.config_matches
     assert result.params_after == sum(p.numel() for p in loaded.parameters())
     assert result.params_before > result.params_after
     written = {p.name for p in (tmp_path / "out").iterdir()}
@@ -175,7 +184,7 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
     (lambda: pk.HiddenPruning(flops_target=0.3), "budgets and overrides need the model"),
     (lambda: pk.FilterPruning(0.5, "taylor"), "reads the whole model's loss or outputs"),
     (lambda: pk.HeadPruning(0.5, "entropy"), "reads the whole model's loss or outputs"),
-    (lambda: pk.FilterPruning(flops_target=0.5), "budgets, global_ranking and overrides"),
+    (lambda: pk.FilterPruning(flops_target=0.5), "budgets and overrides need every block"),
     (lambda: pk.LayerPruning(2, "loss"), "needs the whole model's output"),
     (lambda: pk.LayerPruning(flops_target=0.3, criterion="influence"), "not flops_target"),
 ])
@@ -308,6 +317,12 @@ def test_streamed_hidden_size_takes_norms_in_slices_exactly():
             torch.testing.assert_close(_channel_norms(tensor, dim, p), whole)
     from prunekit.hf import streamed_hidden
     assert streamed_hidden.SLICE_BYTES < 40 * 24 * 3 * 4 * 2**20  # (slices are real here)
+
+
+def test_global_ranking_streams_one_method_at_a_time(tmp_path):
+    with pytest.raises(ConfigError, match="global_ranking ranks one method's channels"):
+        pk.prune_streamed(tmp_path / "not read", tmp_path / "out",
+                          [pk.HeadPruning(0.5, global_ranking=True), pk.FilterPruning(0.5)])
 
 
 def test_streamed_hidden_size_is_a_call_of_its_own(tmp_path):

@@ -39,6 +39,7 @@ writes the folder.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import tempfile
 import time
@@ -46,6 +47,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -59,11 +61,14 @@ from ..calls import call_model
 from ..distance import first_tensor, summed_distance, token_weights
 from ..distributed import barrier, is_main_process, means_across
 from ..errors import ConfigError, PruneError
+from ..importance.registry import get_criterion
 from ..layers import choose_layers, removal
 from ..layers.criteria import LayerScore
 from ..methods import ChannelPruning, FilterPruning, HeadPruning, HiddenPruning, LayerPruning
 from ..methods.base import PruningMethod
+from ..methods.groups import GroupPruning
 from ..plan import Plan
+from ..planning import selection
 from ..surgery.stacks import find_block_stack, remove_blocks
 from .activations import HiddenStates, SpillFolder
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
@@ -210,10 +215,11 @@ def check_streamable(method: PruningMethod) -> str:
                               f"give; choose one of "
                               f"{sorted(WIDTH_CRITERIA)}")
         budget = method.budget()
-        if budget is not None or method.global_ranking or method.overrides:
-            raise ConfigError(f"streamed {name} removes ratio= of every block's heads or "
-                              f"neurons; budgets, global_ranking and overrides need every "
-                              f"block at once (prune in memory with pk.prune)")
+        if budget is not None or method.overrides:
+            raise ConfigError(f"streamed {name} removes ratio= of the heads or neurons, of "
+                              f"every block or (global_ranking=True) model-wide; budgets "
+                              f"and overrides need every block at once (prune in memory with "
+                              f"pk.prune)")
         return "width"
     raise ConfigError(f"streamed pruning takes FilterPruning or ChannelPruning (MLP neurons), "
                       f"HeadPruning, HiddenPruning or LayerPruning, not {name}")
@@ -260,6 +266,9 @@ def prune_streamed(source: str | Path, out: str | Path,
                           f"width methods (FilterPruning, ChannelPruning, HeadPruning); stream "
                           f"{what} in a call of its own")
     kind = kinds[0]
+    if len(methods) > 1 and any(getattr(m, "global_ranking", False) for m in methods):
+        raise ConfigError("method: global_ranking ranks one method's channels model-wide, "
+                          "in a pass of its own; stream one width method with it, or none")
     if (isinstance(hidden_memory_bytes, bool) or not isinstance(hidden_memory_bytes, int)
             or hidden_memory_bytes < 0):
         raise ConfigError(f"hidden_memory_bytes is the calibration hidden states kept in "
@@ -643,6 +652,10 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
                   advance: Callable[[], None]) -> tuple[Plan, list[BlockRecord]]:
     steps = [m.to_dict() for m in methods]
     plan = Plan(method=steps[0] if len(steps) == 1 else {"steps": steps})
+    # model-wide ranking: a first pass scores every block, the ratios it gives each block's
+    # group are then applied block by block as usual
+    ratios = (_global_ratios(methods[0], stream) if getattr(methods[0], "global_ranking", False)
+              else None)
     records = []
     hidden = stream.hidden
     for index, block in enumerate(stream.stack):
@@ -653,10 +666,14 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
         inputs = stream.inputs(index, hidden)
         # the unpruned outputs feed the next block
         outputs = _run_block(block, inputs, stream.budget.states(alive=2))
-        block_plan = None
+        block_plan = Plan()
         for method in methods:  # each on the block as the one before left it
+            if ratios is not None:
+                if not ratios[index]:  # nothing of this block's group ranks low enough
+                    continue
+                method = dataclasses.replace(method, ratio=ratios[index], global_ranking=False)
             step = prune(block, inputs[0], method, data=inputs).plan
-            block_plan = step if block_plan is None else block_plan.then(step)
+            block_plan = step if block_plan.is_empty else block_plan.then(step)
         hidden.discard()
         hidden = outputs
         _merge(plan, block_plan, name)
@@ -666,6 +683,39 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
         advance()
     hidden.discard()
     return plan, records
+
+
+def _global_ratios(method: GroupPruning, stream: _Stream) -> list[float]:
+    """The ratio each block's group loses when ``method`` ranks every block's channels
+    together (``selection.global_ratios``, as ``pk.prune`` ranks the loaded model): a pass
+    over the blocks that scores each one's group on its calibration inputs and prunes
+    nothing. A block with several groups (or none) is refused: its ratio could not be given
+    to ``pk.prune`` alone."""
+    sizes, scores = [], {}
+    hidden = stream.hidden
+    for index, block in enumerate(stream.stack):
+        stream.load(index)
+        inputs = stream.inputs(index, hidden)
+        outputs = _run_block(block, inputs, stream.budget.states(alive=3))
+        graph, groups = method.traced_candidates(block, inputs[0])
+        if len(groups) != 1:
+            raise PruneError(f"streamed {type(method).__name__}(global_ranking=True): block "
+                             f"{index} has {len(groups)} groups to prune, not one; prune it in "
+                             f"memory with pk.prune")
+        scores[index] = method.score(graph, groups, inputs)[groups[0].axis]
+        sizes.append(groups[0].size)
+        del graph, groups
+        if hidden is not stream.hidden:  # the first block's inputs serve the second pass
+            hidden.discard()
+        hidden = outputs
+        release(block)
+    if hidden is not stream.hidden:
+        hidden.discard()
+    stand_ins = [SimpleNamespace(axis=index, size=size) for index, size in enumerate(sizes)]
+    comparable = get_criterion(method.criterion, method.target, "").comparable
+    ratios = selection.global_ratios(stand_ins, scores, method.ratio, method.max_ratio,
+                                     comparable)
+    return [ratios[index] for index in range(len(sizes))]
 
 
 def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
