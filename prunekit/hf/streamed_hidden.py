@@ -225,7 +225,7 @@ class SiteStatistics:
                 handle.remove()
 
     def add(self, site: Site, output: torch.Tensor) -> None:
-        score = self.statistic._batch_score(output.detach().double(), None, site[2])
+        score = self.statistic.batch_score(output.detach().double(), None, site[2])
         self.totals[site] = self.totals.get(site, 0) + score
         self.counts[site] = self.counts.get(site, 0) + 1
 

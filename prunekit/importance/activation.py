@@ -112,13 +112,14 @@ class ActivationStatistic(DataCriterion):
         for (key, tensor), gradient in zip(captured, gradients):
             values = tensor.detach().double()
             for axis, dim in by_call[key]:
-                totals[key][(axis, dim)] = totals[key].get((axis, dim), 0) + self._batch_score(
+                totals[key][(axis, dim)] = totals[key].get((axis, dim), 0) + self.batch_score(
                     values, None if gradient is None else gradient.double(), dim)
             counts[key] += 1
 
-    def _batch_score(self, values: torch.Tensor, gradient: torch.Tensor | None,
-                     dim: int) -> torch.Tensor:
-        """One batch's score per channel (averaged over batches by the caller)."""
+    def batch_score(self, values: torch.Tensor, gradient: torch.Tensor | None,
+                    dim: int) -> torch.Tensor:
+        """One batch's score per channel (averaged over batches by the caller; streamed
+        hidden-size pruning sums it the same way, site by site)."""
         positions = values.numel() / values.shape[dim]
         if self.statistic == "apoz":
             return _per_channel((values != 0).double(), dim) / positions
