@@ -237,10 +237,12 @@ def prune_streamed(source: str | Path, out: str | Path,
     Args:
         source: a folder with ``config.json`` and ``*.safetensors`` (``save_pretrained``).
         out: the folder to write; replaced only when everything succeeded.
-        method: ``FilterPruning``/``ChannelPruning`` (MLP neurons, ``ratio`` of each block),
-            ``HeadPruning`` (heads, ``ratio`` of each layer's) or ``LayerPruning`` (``n``
-            blocks by ``"influence"``, ``"angular"`` or ``"last"``); or a list of width
-            methods, applied to each block in turn (heads, then neurons) in one pass.
+        method: ``FilterPruning``/``ChannelPruning`` (MLP neurons, ``ratio`` of each block,
+            or model-wide with ``global_ranking=True``), ``HeadPruning`` (heads, likewise),
+            ``HiddenPruning`` (the hidden size, by weights or by activations) or
+            ``LayerPruning`` (``n`` blocks by ``"influence"``, ``"angular"`` or ``"last"``);
+            or a list of width methods, applied to each block in turn (heads, then neurons)
+            in one pass.
         data: calibration batches, each the model's keyword inputs (``input_ids``,
             ``attention_mask``) or an ``(inputs, targets)`` pair. Without it, one batch of
             32 tokens (enough for the weight criteria and the per-block check).
