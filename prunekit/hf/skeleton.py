@@ -82,6 +82,19 @@ def release(module: nn.Module) -> None:
     return_freed_memory()
 
 
+def parameter_places(model: nn.Module) -> list[list[tuple[nn.Module, str, str]]]:
+    """Every parameter, once, with each place it sits: ``(module, attribute, full name)``;
+    a tied tensor (embeddings shared with the output layer) has several places, so what is
+    put in one of them can be put in all and the ties hold."""
+    places: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for leaf, param in module._parameters.items():
+            if param is not None:
+                full = f"{name}.{leaf}" if name else leaf
+                places.setdefault(id(param), []).append((module, leaf, full))
+    return list(places.values())
+
+
 def output_embeddings(model: nn.Module) -> set[str]:
     """Names of the output layer's parameters (a language model's head): not needed to
     calibrate, the blocks come before it."""

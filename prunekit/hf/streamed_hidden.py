@@ -44,7 +44,7 @@ from ..planning import selection
 from ..planning.plans import plan_from_keep
 from ..surgery.apply import apply_plan
 from .checkpoint import CheckpointReader, ShardWriter
-from .skeleton import empty_model
+from .skeleton import empty_model, parameter_places
 
 WEIGHT_CRITERIA = {"l1", "l2", "random"}
 ACTIVATION_CRITERIA = {"mean_activation", "apoz"}  # Minitron's: activations, every block
@@ -363,13 +363,7 @@ def narrow_skeleton(model: nn.Module, plan: Plan) -> None:
     """Give the weightless model the plan's shapes, so that its config can be updated to
     them. A tied tensor (embeddings and output layer) is named once in the plan and
     narrowed in every place it sits."""
-    places: dict[int, list[tuple[nn.Module, str, str]]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for leaf, param in module._parameters.items():
-            if param is not None:
-                full = f"{module_name}.{leaf}" if module_name else leaf
-                places.setdefault(id(param), []).append((module, leaf, full))
-    for shared in places.values():
+    for shared in parameter_places(model):
         named = [full for _, _, full in shared if full in plan.tensors]
         if not named:
             continue

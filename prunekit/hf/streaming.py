@@ -73,7 +73,7 @@ from ..surgery.stacks import find_block_stack, remove_blocks
 from .activations import HiddenStates, SpillFolder
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
 from .memory import return_freed_memory
-from .skeleton import empty_model, load_module, output_embeddings, release
+from .skeleton import empty_model, load_module, output_embeddings, parameter_places, release
 from .streamed_hidden import (
     HIDDEN_CRITERIA,
     WEIGHT_CRITERIA,
@@ -409,7 +409,9 @@ def _read_hidden_activations(statistics: SiteStatistics, structure: HiddenStruct
                                    stop_after=structure.after[-1]) as next_batch:
             for replay.batch, batch in enumerate(batches):
                 next_batch()
-                _run_until_site(model, batch)
+                _run_until_stop(model, batch, StopAfterSite,
+                                "streamed HiddenPruning: the model's forward pass did not "
+                                "reach the module after its blocks that the trace found")
         _release_outside(model, stack_name)
     hidden.discard()
 
@@ -436,17 +438,6 @@ def _standing_in(stack: nn.ModuleList, stand_ins: dict[int, nn.Module]) -> Itera
     finally:
         for index, block in blocks.items():
             stack[index] = block
-
-
-def _run_until_site(model: nn.Module, batch: dict) -> None:
-    try:
-        with torch.no_grad():
-            call_model(model, {**batch, "use_cache": False})
-    except StopAfterSite:
-        return
-    raise PruneError("streamed HiddenPruning: the model's forward pass did not reach the "
-                     "module after its blocks that the trace found; prune it in memory "
-                     "with pk.prune")
 
 
 def _stream_blocks(kind: str, methods: list[PruningMethod], stream: _Stream,
@@ -489,14 +480,8 @@ def _load_outside(model: nn.Module, reader: CheckpointReader, stack: str) -> Non
     tied to several places (embeddings shared with the output layer) is loaded once and put
     in all of them, so the ties hold."""
     head = output_embeddings(model)
-    places: dict[int, list[tuple[nn.Module, str, str]]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        for leaf, param in module._parameters.items():
-            if param is not None:
-                full = f"{name}.{leaf}" if name else leaf
-                places.setdefault(id(param), []).append((module, leaf, full))
     stored = set(reader.names())
-    for shared in places.values():
+    for shared in parameter_places(model):
         names = [full for _, _, full in shared]
         if any(n.startswith(stack + ".") for n in names):
             continue
@@ -640,14 +625,17 @@ def _cast(value: Any, dtype: torch.dtype | None) -> Any:
     return value
 
 
-def _run_until_stop(model: nn.Module, batch: dict) -> None:
+def _run_until_stop(model: nn.Module, batch: dict, stop: type[Exception] = _StopForward,
+                    missed: str = "streamed pruning: the model's forward pass did not reach "
+                                  "its last block") -> None:
+    """Run the model on ``batch`` until a stand-in or hook raises ``stop``; a pass that
+    ends without it is an error (``missed``)."""
     try:
         with torch.no_grad():
             call_model(model, {**batch, "use_cache": False})
-    except _StopForward:
+    except stop:
         return
-    raise PruneError("streamed pruning: the model's forward pass did not reach its last "
-                     "block; prune it in memory with pk.prune")
+    raise PruneError(f"{missed}; prune it in memory with pk.prune")
 
 
 def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWriter,
