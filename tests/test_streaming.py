@@ -43,6 +43,24 @@ def batches(padded=False):
     return found
 
 
+def assert_reloads_as(reference, result):
+    """The streamed folder, reloaded (``from_pretrained``, or ``pk.load`` where no config can
+    describe the pruned sizes: sizes differing per block, Gemma's √hidden_size embedding
+    scale), equals ``reference`` tensor for tensor and computes the same logits."""
+    if result.config_matches:
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(result.folder).eval()
+    else:
+        config = transformers.AutoConfig.from_pretrained(result.folder)
+        loaded = pk.load(result.folder,
+                         transformers.AutoModelForCausalLM.from_config(config)).eval()
+    a, b = reference.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
+    with torch.no_grad():
+        assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
+    assert result.params_after == sum(p.numel() for p in loaded.parameters())
+
+
 CASES = [
     ("llama", lambda: pk.FilterPruning(0.5, "l1"), False),
     ("llama", lambda: pk.HeadPruning(0.5, "l2"), False),  # 4 query heads on 2 key/value heads
@@ -73,18 +91,7 @@ def test_streamed_is_identical_to_pruning_the_loaded_model(tmp_path, model_type,
     assert result.plan.tensors == expected.plan.tensors
     assert result.plan.layers == expected.plan.layers
     assert result.config_matches == expected.config_matches
-    if result.config_matches:
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    else:  # sizes that differ per block (global ranking): the plan rebuilds the model
-        config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
-        loaded = pk.load(tmp_path / "out",
-                         transformers.AutoModelForCausalLM.from_config(config)).eval()
-    a, b = reference.state_dict(), loaded.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
-    with torch.no_grad():
-        assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
-    assert result.params_after == sum(p.numel() for p in loaded.parameters())
+    assert_reloads_as(reference, result)
     assert result.params_before > result.params_after
     written = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "tokenizer.json", "plan.json",
@@ -262,18 +269,7 @@ def test_streamed_hidden_size_is_identical_to_pruning_the_loaded_model(
     assert result.plan.tensors == expected.plan.tensors  # every block, embeddings, head
     assert result.plan.attributes == expected.plan.attributes
     assert result.config_matches == expected.config_matches
-    if result.config_matches:
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    else:  # Gemma scales its embeddings by √hidden_size: no config can describe the result
-        config = transformers.AutoConfig.from_pretrained(tmp_path / "out")
-        loaded = pk.load(tmp_path / "out",
-                         transformers.AutoModelForCausalLM.from_config(config)).eval()
-    a, b = reference.state_dict(), loaded.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
-    with torch.no_grad():
-        assert torch.equal(reference(**fresh).logits, loaded(**fresh).logits)
-    assert result.params_after == sum(p.numel() for p in loaded.parameters())
+    assert_reloads_as(reference, result)
     assert "streamed tensor by tensor" in str(result)
 
 
