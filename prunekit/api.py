@@ -139,7 +139,21 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
         inputs = compared_in_float64(model, inputs, proposal.selections)
-        outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance))
+        recovery = method.recovery(model, context)
+        config_matches: list[bool | None] = []
+
+        def finish(pruned: nn.Module, plan: Plan) -> None:
+            if recovery is not None:
+                recovery(pruned, plan)
+            config_matches.append(method.update_config(pruned))
+
+        # the model changes only as a checked plan, with recovery and the config update
+        # inside the same transaction (an error or an interrupt undoes all of it): kept by
+        # the check when the whole proposal passes, applied below otherwise
+        unpruned_parameters = dict(model.named_parameters())
+        outcome = largest_passing_plan(
+            model, inputs, proposal, method.check(check, tolerance),
+            keep=finish)
         unknown_ops = proposal.unknown_ops
         latency = getattr(proposal, "latency", None)
         del proposal  # a traced graph holds references to the unpruned tensors
@@ -147,18 +161,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             reasons = "; ".join(f"{s.group}: {s.reason}" for s in outcome.skipped[:3])
             raise PruneError(f"nothing could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
-        recovery = method.recovery(model, context)
-        config_matches: list[bool | None] = []
-
-        def finish(pruned: nn.Module) -> None:
-            if recovery is not None:
-                recovery(pruned, outcome.plan)
-            config_matches.append(method.update_config(pruned))
-
-        # the one place the model changes: the checked plan, then recovery and the config
-        # update inside the same transaction (an error or an interrupt undoes all of it)
-        unpruned_parameters = dict(model.named_parameters())
-        apply_plan(model, outcome.plan, check=finish)
+        if not outcome.kept:
+            apply_plan(model, outcome.plan, check=lambda pruned: finish(pruned, outcome.plan))
     if optimizer is not None:
         rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,

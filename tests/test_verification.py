@@ -176,6 +176,69 @@ def test_a_fault_in_the_check_is_raised_not_taken_for_a_broken_model():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+class CountedApplications:
+    def __init__(self, monkeypatch):
+        from prunekit.surgery import apply
+        self.count, prepare = 0, apply.prepare
+
+        def counted(model, plan):
+            self.count += 1
+            return prepare(model, plan)
+
+        monkeypatch.setattr(apply, "prepare", counted)
+
+
+def test_a_plan_that_passes_at_once_is_kept_not_undone_and_applied_again(monkeypatch):
+    torch.manual_seed(0)
+    model, x = Classifier(lambda a, b: a), torch.randn(2, 3, 8, 8)
+    original = copy.deepcopy(model)
+    applications = CountedApplications(monkeypatch)
+    result = pk.prune(model, x, pk.FilterPruning(0.5, "l1"))
+    assert applications.count == 1 and result.report.ok
+    assert model.conv1.out_channels == 8
+    assert pk.verify(original, torch.randn(2, 3, 8, 8), result.plan).ok
+
+
+@pytest.mark.parametrize("other_path", [False, True], ids=["passes", "bisected"])
+def test_only_a_whole_proposal_that_passes_at_once_is_kept(other_path):
+    from prunekit.checks import CheckInputs, Equivalence, largest_passing_plan
+
+    torch.manual_seed(0)
+    model, x = Branchy(), torch.randn(2, 3, 8, 8).abs()
+    inputs = CheckInputs(x, [-torch.randn(2, 3, 8, 8).abs()] if other_path else [])
+    proposal = pk.FilterPruning(0.5).propose(model, x, pk.PruneContext())
+    before, kept = copy.deepcopy(model.state_dict()), []
+    outcome = largest_passing_plan(model, inputs, proposal, Equivalence(),
+                                   keep=lambda pruned, plan: kept.append(plan))
+    if other_path:  # the first try failed: nothing kept, the model left as it was found
+        assert outcome.skipped and not outcome.kept and kept == []
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    else:
+        assert outcome.kept and kept == [outcome.plan] and outcome.tries == 1
+        assert model.stem.out_channels == 8
+
+
+class OnlyRuns(Check):
+    """A check written as the base class asks: ``run`` alone, no ``run_and_keep``."""
+
+    def run(self, model, inputs, plan):
+        return pk.checks.Equivalence().run(model, inputs, plan)
+
+
+class OnlyRunsFilters(pk.FilterPruning):
+    def check(self, verify, tolerance):
+        return OnlyRuns()
+
+
+def test_a_check_that_only_runs_is_kept_by_applying_its_plan_after_it_passes():
+    torch.manual_seed(0)
+    model, x = Classifier(lambda a, b: a), torch.randn(2, 3, 8, 8)
+    original = copy.deepcopy(model)
+    result = pk.prune(model, x, OnlyRunsFilters(0.5))
+    assert result.report.ok and model.conv1.out_channels == 8
+    assert pk.verify(original, x, result.plan).ok
+
+
 def test_the_result_says_what_was_skipped_and_what_was_checked():
     torch.manual_seed(0)
     model = Branchy()

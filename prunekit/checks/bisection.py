@@ -12,7 +12,7 @@ model is always left as it was found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
 
@@ -46,25 +46,36 @@ class Bisection:
     skipped: list[SkippedGroup] = field(default_factory=list)
     report: CheckReport | None = None
     tries: int = 0
+    kept: bool = False  # the plan is applied to the model (see ``largest_passing_plan``)
 
 
-def largest_passing_plan(model: nn.Module, inputs: Any, proposal: Proposal,
-                         check: Check) -> Bisection:
+def largest_passing_plan(model: nn.Module, inputs: Any, proposal: Proposal, check: Check,
+                         keep: Callable[[nn.Module, Plan], None] | None = None) -> Bisection:
     """Check the whole proposal, then bisect its pieces until every failing one is found.
     ``inputs``: the example inputs, or ``CheckInputs`` with data batches too. The sizes
     before and after come from the checks' own forward passes (one more pass only when no
     check ran to the end). A piece is left out when its plan does not apply, the pruned
-    model raises, or the check fails; an error in the check itself propagates."""
+    model raises, or the check fails; an error in the check itself propagates.
+
+    With ``keep``, a whole proposal that passes at the first try stays applied, and
+    ``keep(pruned, plan)`` runs inside the transaction that applied it (``result.kept``): the
+    common case applies its plan once instead of checking, undoing and applying it again.
+    Otherwise the model is left as it was found, and the caller applies ``result.plan``."""
     inputs = as_check_inputs(inputs)
     unmeasured = Measurement(0, 0)
     result = Bisection(proposal.plan([]), unmeasured, unmeasured)
     accepted: list = []
 
     def failure(pieces: list) -> str | None:
+        first = result.tries == 0
         result.tries += 1
         plan = proposal.plan(accepted + pieces)
         try:
-            report = check.run(model, inputs, plan)
+            if first and keep is not None:
+                report = check.run_and_keep(model, inputs, plan, keep)
+                result.kept = report.ok
+            else:
+                report = check.run(model, inputs, plan)
         except PrunedModelFailed as failed:  # the plan breaks the model
             return str(failed)
         if result.before is unmeasured and report.unpruned is not None:

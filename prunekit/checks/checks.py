@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -20,12 +20,13 @@ from torch import nn
 from ..calls import call_model, evaluating, iter_tensors
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan, original_name
+from ..surgery.apply import apply_plan
 from .comparison import DEFAULT_TOLERANCE
 from .verify import (
     CheckInputs,
     as_check_inputs,
     compare_in_place,
-    run_pruned,
+    judge_pruned,
 )
 
 Shapes = list[tuple[int, ...]]
@@ -49,6 +50,28 @@ class Check(ABC):
         it was. Whatever applying the plan or running the pruned model raises comes out as
         ``PrunedModelFailed`` (use ``run_pruned``); other errors are the check's own."""
 
+    def run_and_keep(self, model: nn.Module, inputs: CheckInputs, plan: Plan,
+                     keep: Callable[[nn.Module, Plan], None]) -> CheckReport:
+        """``run``, except that a plan that passes stays applied, ``keep(pruned, plan)`` run before
+        the transaction that applies it closes (an error in ``keep`` restores the model and
+        propagates). This default checks and then applies the plan again; the built-in
+        checks judge the pruned model and keep it in one application (``judge_pruned``)."""
+        report = self.run(model, inputs, plan)
+        if report.ok:
+            apply_plan(model, plan, check=lambda pruned: keep(pruned, plan))
+        return report
+
+
+class _KeptInOneApplication(Check):
+    """A check whose ``run`` takes ``keep`` itself, so the plan it passes is applied once."""
+
+    @abstractmethod
+    def run(self, model, inputs, plan, keep=None):
+        """As ``Check.run``; with ``keep``, as ``Check.run_and_keep``."""
+
+    def run_and_keep(self, model, inputs, plan, keep):
+        return self.run(model, inputs, plan, keep)
+
 
 def shapes_allowed(shapes: Shapes, reference: Shapes, may_narrow: bool = False) -> bool:
     """The same output shapes, or with ``may_narrow`` the same outputs and ranks with no dim
@@ -61,15 +84,15 @@ def shapes_allowed(shapes: Shapes, reference: Shapes, may_narrow: bool = False) 
 
 
 @dataclass
-class Equivalence(Check):
+class Equivalence(_KeptInOneApplication):
     """The masked model (removed channels zeroed in every member) and the pruned model give
     the same outputs: every output tensor within ``tolerance`` of its own scale (looser for
     half precision), all finite."""
 
     tolerance: float = DEFAULT_TOLERANCE
 
-    def run(self, model, inputs, plan):
-        return compare_in_place(model, inputs, plan, self.tolerance)
+    def run(self, model, inputs, plan, keep=None):
+        return compare_in_place(model, inputs, plan, self.tolerance, keep)
 
 
 @dataclass
@@ -90,18 +113,22 @@ class RunsReport:
 
 
 @dataclass
-class Runs(Check):
+class Runs(_KeptInOneApplication):
     """The pruned model runs and its output shapes are the same as the unpruned model's (or,
     with ``may_narrow``, no dim is larger). Outputs are not compared."""
 
     may_narrow: bool = False
 
-    def run(self, model, inputs, plan):
+    def run(self, model, inputs, plan, keep=None):
         inputs = as_check_inputs(inputs)
         unpruned, reference = _measured(model, inputs)
-        pruned, shapes = run_pruned(model, plan, lambda m: _measured(m, inputs))
-        return RunsReport(shapes_allowed(shapes, reference, self.may_narrow), shapes,
-                          reference, self.may_narrow, inputs.describe(), unpruned, pruned)
+
+        def judge(read: tuple[Measurement, Shapes]) -> RunsReport:
+            pruned, shapes = read
+            return RunsReport(shapes_allowed(shapes, reference, self.may_narrow), shapes,
+                              reference, self.may_narrow, inputs.describe(), unpruned, pruned)
+
+        return judge_pruned(model, plan, lambda m: _measured(m, inputs), judge, keep)
 
 
 def _measured(model: nn.Module, inputs: CheckInputs) -> tuple[Measurement, Shapes]:
@@ -134,13 +161,13 @@ class BypassReport:
 
 
 @dataclass
-class BlocksBypassed(Check):
+class BlocksBypassed(_KeptInOneApplication):
     """The plan's layers are gone (deleted from their stack or replaced by an identity), every
     other parameter is the same tensor with the same values, and the output shapes are the
     unpruned model's. Removing a block changes what the model computes, so outputs are not
     compared: this check never claims equivalence."""
 
-    def run(self, model, inputs, plan):
+    def run(self, model, inputs, plan, keep=None):
         inputs = as_check_inputs(inputs)
         unpruned, reference = _measured(model, inputs)
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -154,18 +181,21 @@ class BlocksBypassed(Check):
                            and not plan.stacks and not isinstance(modules[layer], nn.Identity)]
             return size, shapes, dict(pruned.named_parameters()), still_there
 
-        size, shapes, parameters, still_there = run_pruned(model, plan, look)
-        problems = [f"output shapes {reference} -> {shapes}"] if shapes != reference else []
-        seen = set()
-        for name, p in parameters.items():
-            old = original_name(name, plan.layers, plan.stacks)
-            seen.add(old)
-            if old in removed or old not in before:
-                problems.append(f"{name} should have been removed")
-            elif before[old].shape != p.shape or not torch.equal(before[old], p.detach()):
-                problems.append(f"{name} changed")
-        missing = set(before) - removed - seen
-        problems += [f"{name} disappeared" for name in sorted(missing)[:3]]
-        problems += [f"{layer} is still there" for layer in still_there]
-        return BypassReport(not problems, list(plan.layers), len(seen), problems,
-                            inputs.describe(), unpruned, size)
+        def judge(read) -> BypassReport:
+            size, shapes, parameters, still_there = read
+            problems = [f"output shapes {reference} -> {shapes}"] if shapes != reference else []
+            seen = set()
+            for name, p in parameters.items():
+                old = original_name(name, plan.layers, plan.stacks)
+                seen.add(old)
+                if old in removed or old not in before:
+                    problems.append(f"{name} should have been removed")
+                elif before[old].shape != p.shape or not torch.equal(before[old], p.detach()):
+                    problems.append(f"{name} changed")
+            missing = set(before) - removed - seen
+            problems += [f"{name} disappeared" for name in sorted(missing)[:3]]
+            problems += [f"{layer} is still there" for layer in still_there]
+            return BypassReport(not problems, list(plan.layers), len(seen), problems,
+                                inputs.describe(), unpruned, size)
+
+        return judge_pruned(model, plan, look, judge, keep)

@@ -20,10 +20,11 @@ from ..calls import call_model, evaluating, named_tensors
 from ..errors import ConfigError
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
-from ..surgery.apply import evaluate_applied, tensor_owners
+from ..surgery.apply import Rollback, apply_plan, evaluate_applied, tensor_owners
 from .comparison import DEFAULT_TOLERANCE, VerifyReport, compare_outputs
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PrunedModelFailed(Exception):
@@ -36,12 +37,50 @@ class PrunedModelFailed(Exception):
 
 
 def run_pruned(model: nn.Module, plan: Plan, evaluate: Callable[[nn.Module], T]) -> T:
-    """``evaluate`` on the model with ``plan`` applied, then restored (``evaluate_applied``);
-    whatever applying or running it raises comes out as ``PrunedModelFailed``."""
+    """``evaluate`` on the model with ``plan`` applied, then restored; whatever applying or
+    running it raises comes out as ``PrunedModelFailed``."""
+    return judge_pruned(model, plan, evaluate, lambda read: read)
+
+
+def judge_pruned(model: nn.Module, plan: Plan, evaluate: Callable[[nn.Module], T],
+                 judge: Callable[[T], R], keep: Callable[[nn.Module, Plan], None] | None = None
+                 ) -> R:
+    """The report ``judge`` makes of what ``evaluate`` reads from the model with ``plan``
+    applied in place.
+
+    The model is restored afterwards, unless ``keep`` is given and the report is ok: then
+    ``keep(pruned, plan)`` runs inside the transaction that applied the plan, and the model stays
+    pruned. That saves undoing a plan that passed only to apply it again. Whatever applying
+    the plan or ``evaluate`` raises comes out as ``PrunedModelFailed`` (the plan broke the
+    model); an error in ``judge`` or ``keep`` is the caller's own and propagates as it is,
+    the model restored either way.
+    """
+    reports: list[R] = []
+    applied = False
+
+    def read_judge_keep_or_undo(pruned: nn.Module) -> None:
+        nonlocal applied
+        applied = True
+        try:
+            read = evaluate(pruned)
+        except Exception as error:
+            raise PrunedModelFailed(error) from error
+        reports.append(judge(read))
+        if keep is None or not reports[0].ok:
+            raise Rollback
+        keep(pruned, plan)
+
     try:
-        return evaluate_applied(model, plan, evaluate)
+        apply_plan(model, plan, check=read_judge_keep_or_undo)
+    except Rollback:
+        pass
+    except PrunedModelFailed:
+        raise
     except Exception as error:
+        if applied:  # from judge or keep
+            raise
         raise PrunedModelFailed(error) from error
+    return reports[0]
 
 
 @dataclass
@@ -193,20 +232,27 @@ def _masked_outputs(model: nn.Module, inputs: CheckInputs, plan: Plan
 
 
 def compare_in_place(model: nn.Module, inputs: Any, plan: Plan,
-                     tolerance: float = DEFAULT_TOLERANCE) -> VerifyReport:
+                     tolerance: float = DEFAULT_TOLERANCE,
+                     keep: Callable[[nn.Module, Plan], None] | None = None) -> VerifyReport:
     """Masked vs pruned outputs of ``model`` on every input of ``inputs`` (example inputs or
     ``CheckInputs``), computed in place and undone afterwards; in float64 when
     ``inputs.float64_because`` says why, if the model runs in float64 (otherwise in its own
     precision, and the report says so).
+
+    With ``keep``, a plan that passes stays applied and ``keep(pruned, plan)`` runs before the
+    transaction that applied it closes (see ``judge_pruned``).
 
     Raises ``PrunedModelFailed`` when the plan does not apply or the pruned model no longer
     runs (the model is restored); anything the masked model raises propagates as it is.
     """
     inputs = as_check_inputs(inputs)
     if not inputs.float64_because:
-        return _compare(model, inputs, plan, tolerance)
-    with widened(model):
-        return _compare(model, inputs.in_float64(), plan, tolerance)
+        return _compare(model, inputs, plan, tolerance, keep)
+    with widened(model):  # the pruned model's new tensors would stay in float64: not kept
+        report = _compare(model, inputs.in_float64(), plan, tolerance)
+    if report.ok and keep is not None:
+        apply_plan(model, plan, check=lambda pruned: keep(pruned, plan))
+    return report
 
 
 @contextmanager
@@ -251,15 +297,19 @@ def compared_in_float64(model: nn.Module, inputs: CheckInputs,
     return replace(inputs, float64_because=because)
 
 
-def _compare(model: nn.Module, inputs: CheckInputs, plan: Plan,
-             tolerance: float) -> VerifyReport:
+def _compare(model: nn.Module, inputs: CheckInputs, plan: Plan, tolerance: float,
+             keep: Callable[[nn.Module, Plan], None] | None = None) -> VerifyReport:
     unpruned, expected = _masked_outputs(model, inputs, plan)
-    pruned, actual = run_pruned(model, plan, lambda m: _outputs_on(m, inputs))
-    comparisons = []
-    for i, (e, a) in enumerate(zip(expected, actual)):
-        comparisons += compare_outputs(e, a, tolerance, f" (batch {i})" if i else "")
-    return VerifyReport(comparisons, tolerance, inputs.describe(), list(plan.layers),
-                        unpruned, pruned)
+
+    def judge(read: tuple[Measurement, list[dict[str, torch.Tensor]]]) -> VerifyReport:
+        pruned, actual = read
+        comparisons = []
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            comparisons += compare_outputs(e, a, tolerance, f" (batch {i})" if i else "")
+        return VerifyReport(comparisons, tolerance, inputs.describe(), list(plan.layers),
+                            unpruned, pruned)
+
+    return judge_pruned(model, plan, lambda m: _outputs_on(m, inputs), judge, keep)
 
 
 def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
