@@ -120,21 +120,14 @@ def as_check_inputs(inputs: Any) -> CheckInputs:
     return inputs if isinstance(inputs, CheckInputs) else CheckInputs(inputs)
 
 
-def _removed(size: int, kept: list[int]) -> torch.Tensor:
-    removed = torch.ones(size, dtype=torch.bool)
-    removed[torch.as_tensor(kept, dtype=torch.long)] = False
-    return removed.nonzero().flatten()
-
-
 COPY_LIMIT = 16 * 2**20  # bytes: a tensor this size or smaller is copied to be masked
 
 
 def _removed_mask(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> torch.Tensor:
-    """True where any dim's index is removed, shaped to broadcast over ``tensor``."""
+    """True where any dim's index is removed, shaped to broadcast over ``tensor``
+    (``removed``: dim -> True at each removed index)."""
     mask = torch.zeros((), dtype=torch.bool, device=tensor.device)
-    for dim, index in removed.items():
-        along = torch.zeros(tensor.shape[dim], dtype=torch.bool, device=tensor.device)
-        along[index] = True
+    for dim, along in removed.items():
         shape = [1] * tensor.dim()
         shape[dim] = tensor.shape[dim]
         mask = mask | along.view(shape)
@@ -142,32 +135,38 @@ def _removed_mask(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> tor
 
 
 def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Callable[[], None]:
-    """Zero the removed channels of ``tensor`` in place and return what puts them back.
+    """Zero the removed channels of ``tensor`` (``removed``: dim -> True at each removed
+    index) and return what puts them back.
 
-    A tensor up to ``COPY_LIMIT`` bytes is copied whole and zeroed with one broadcast mask:
-    a plain copy and one vectorised fill are several times faster than gathering the removed
-    slices. A larger one keeps only the zeroed values: the removed slices along one dim;
-    along two dims, every removed column plus the removed rows' other columns (3/4 of a
-    tensor that loses half along each, where a copy would be all of it: the difference
+    A tensor up to ``COPY_LIMIT`` bytes gets a zeroed copy as its data, made with one
+    broadcast mask, and its own data back afterwards: no copy to save, none to restore. A
+    larger one is zeroed in place and keeps only the zeroed values: the removed slices along
+    one dim; along two dims, every removed column plus the removed rows' other columns (3/4
+    of a tensor that loses half along each, where a copy would be all of it: the difference
     decides whether the largest models fit in memory while they are checked).
     """
     if tensor.numel() * tensor.element_size() <= COPY_LIMIT:
-        saved = tensor.clone()
-        tensor.masked_fill_(_removed_mask(tensor, removed), 0)
-        return lambda: tensor.copy_(saved)
-    if len(removed) == 1:
-        (dim, index), = removed.items()
+        own = tensor.data
+        tensor.data = torch.where(~_removed_mask(tensor, removed), own, 0)
+
+        def give_back() -> None:
+            tensor.data = own
+
+        return give_back
+    indices = {dim: along.nonzero().flatten() for dim, along in removed.items()}
+    if len(indices) == 1:
+        (dim, index), = indices.items()
         saved = tensor.index_select(dim, index)
         tensor.index_fill_(dim, index, 0)
         return lambda: tensor.index_copy_(dim, index, saved)
-    if len(removed) > 2:
+    if len(indices) > 2:
         saved = tensor.clone()
-        for dim, index in removed.items():
+        for dim, index in indices.items():
             tensor.index_fill_(dim, index, 0)
         return lambda: tensor.copy_(saved)
-    (first, rows), (second, columns) = removed.items()
+    (first, rows), (second, columns) = indices.items()
     view = tensor.movedim((first, second), (0, 1))  # writes go through to the tensor
-    other_columns = _removed(view.shape[1], columns.tolist()).to(columns.device)
+    other_columns = (~removed[second]).nonzero().flatten()
     row_index = rows[:, None]
     saved_columns = view.index_select(1, columns)
     saved_rows = view[row_index, other_columns[None, :]]
@@ -182,8 +181,20 @@ def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Cal
 
 
 def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
-    """Zero the removed channels of every parameter in place; return what puts each back."""
+    """Zero the removed channels of every parameter; return what puts each back (to be
+    called in reverse order)."""
     owners = tensor_owners(model)
+    # a group's members share one list of kept indices: its mask is built once
+    masks: dict[tuple[int, int, torch.device], tuple[list[int], torch.Tensor]] = {}
+
+    def removed_along(kept: list[int], size: int, device: torch.device) -> torch.Tensor:
+        key = (id(kept), size, device)
+        if key not in masks:
+            along = torch.ones(size, dtype=torch.bool)
+            along[torch.as_tensor(kept, dtype=torch.long)] = False
+            masks[key] = (kept, along.to(device))  # holding kept keeps its id unique
+        return masks[key][1]
+
     undo = []
     with torch.no_grad():
         for name, dims in plan.tensors.items():
@@ -191,7 +202,7 @@ def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
             if kind != "parameter":
                 continue
             tensor = getattr(module, attr)
-            removed = {dim: _removed(tensor.shape[dim], kept).to(tensor.device)
+            removed = {dim: removed_along(kept, tensor.shape[dim], tensor.device)
                        for dim, kept in dims.items()}
             undo.append(_zero_removed(tensor, removed))
     return undo
@@ -227,7 +238,7 @@ def _masked_outputs(model: nn.Module, inputs: CheckInputs, plan: Plan
         return _outputs_on(model, inputs)  # masking changes no shape: the unpruned size
     finally:
         with torch.no_grad():
-            for restore in undo:
+            for restore in reversed(undo):  # a tensor masked twice (tied) ends as it began
                 restore()
 
 
