@@ -3,8 +3,9 @@ latency (``latency``: median and quartiles over interleaved rounds)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -47,13 +48,24 @@ def flops_and_outputs(model: nn.Module, example_inputs: Any
                       ) -> tuple[int, dict[str, torch.Tensor]]:
     """FLOPs of one eval-mode forward pass, and every tensor it returns (detached), by where
     it sits in the output (``named_tensors``)."""
-    # grad mode on: some modules take another path without autograd (MultiheadAttention's
-    # fused fast path) whose op has no FLOP formula, and the count must not depend on that
-    with evaluating(model), torch.enable_grad(), FlopCount() as counter:
+    with evaluating(model), torch.no_grad(), without_fused_attention(), FlopCount() as counter:
         output = call_model(model, example_inputs)
         output_tensors(output)  # refuses an output with no tensors in it
         outputs = {name: t.detach() for name, t in named_tensors(output)}
     return counter.flops, outputs
+
+
+@contextmanager
+def without_fused_attention() -> Iterator[None]:
+    """``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` off their fused inference
+    path, whose op has no FLOP formula: the count must not depend on it. (Turning autograd
+    on would do it too, at the cost of recording a graph in every counted pass.)"""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 class FlopCount(TorchDispatchMode):

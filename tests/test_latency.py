@@ -95,6 +95,22 @@ def test_measure_gives_the_median_with_quartiles():
     assert pk.measure(model, torch.randn(2, 16), latency=False).latency is None
 
 
+@pytest.mark.parametrize("build, calls", [
+    (lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), lambda x: (x,)),
+    (lambda: nn.MultiheadAttention(32, 4, batch_first=True), lambda x: (x, x, x))],
+    ids=["encoder layer", "multi-head attention"])
+def test_attention_flops_do_not_depend_on_the_fused_inference_path(build, calls):
+    """Without autograd, in eval mode, these modules run one fused op that has no FLOP
+    formula: counted there, attention would cost nothing."""
+    from prunekit.measure import FlopCount, count_flops
+
+    module, x = build().eval(), torch.randn(2, 8, 32)
+    with torch.enable_grad(), FlopCount() as unfused:  # autograd forces the unfused path
+        module(*calls(x))
+    assert count_flops(module, calls(x)) == unfused.flops > 0
+    assert torch.backends.mha.get_fastpath_enabled()  # given back as it was
+
+
 def test_models_keep_their_training_mode_after_timing():
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
     time_models([model], torch.randn(1, 4), min_time=0)
