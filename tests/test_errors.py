@@ -192,8 +192,8 @@ def test_a_module_replaced_while_evaluating_takes_the_models_mode():
 
 
 @pytest.mark.parametrize("copy_limit", [0, 2**20], ids=["saved-slices", "whole-copy"])
-@pytest.mark.parametrize("dims", [{0: [1, 3]}, {0: [0, 2], 1: [1]}, {1: [0], 2: [2]},
-                                  {0: [0], 1: [1, 2], 2: [0, 2]}])
+@pytest.mark.parametrize("dims", [{0: [1, 3]}, {0: [0, 2], 1: [1]}, {1: [1], 0: [0, 2]},
+                                  {1: [0], 2: [2]}, {0: [0], 1: [1, 2], 2: [0, 2]}])
 def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, copy_limit,
                                                                           monkeypatch):
     import importlib

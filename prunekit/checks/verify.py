@@ -141,7 +141,7 @@ def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Cal
     A tensor up to ``COPY_LIMIT`` bytes gets a zeroed copy as its data, made with one
     broadcast mask, and its own data back afterwards: no copy to save, none to restore. A
     larger one is zeroed in place and keeps only the zeroed values: the removed slices along
-    one dim; along two dims, every removed column plus the removed rows' other columns (3/4
+    one dim; along two dims, the removed rows whole plus the kept rows' removed columns (3/4
     of a tensor that loses half along each, where a copy would be all of it: the difference
     decides whether the largest models fit in memory while they are checked).
     """
@@ -164,18 +164,19 @@ def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Cal
         for dim, index in indices.items():
             tensor.index_fill_(dim, index, 0)
         return lambda: tensor.copy_(saved)
-    (first, rows), (second, columns) = indices.items()
+    # rows: the outer of the two dims, whose removed slices are copied whole and fast
+    first, second = sorted(indices, key=tensor.stride, reverse=True)
     view = tensor.movedim((first, second), (0, 1))  # writes go through to the tensor
-    other_columns = (~removed[second]).nonzero().flatten()
-    row_index = rows[:, None]
-    saved_columns = view.index_select(1, columns)
-    saved_rows = view[row_index, other_columns[None, :]]
-    view.index_fill_(1, columns, 0)
+    rows, columns = indices[first], indices[second]
+    kept_rows = (~removed[first]).nonzero().flatten()[:, None]
+    saved_rows = view.index_select(0, rows)
+    saved_columns = view[kept_rows, columns[None, :]]
     view.index_fill_(0, rows, 0)
+    view.index_fill_(1, columns, 0)
 
     def restore() -> None:
-        view.index_copy_(1, columns, saved_columns)
-        view[row_index, other_columns[None, :]] = saved_rows
+        view[kept_rows, columns[None, :]] = saved_columns
+        view.index_copy_(0, rows, saved_rows)
 
     return restore
 
