@@ -279,7 +279,7 @@ def channel_matrix(axes: AxisTable, tensor: torch.Tensor, dim: int, segments: Sp
             part = part.movedim(segment.index(axis), 0)
             columns.append(part.reshape(axes.size(axis), -1))
         offset += size
-    return torch.cat(columns, dim=1)
+    return columns[0] if len(columns) == 1 else torch.cat(columns, dim=1)  # cat would copy
 
 
 def _owner(name: str) -> str:
