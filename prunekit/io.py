@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import PlanError
 from .hf.config import update_config
+from .hf.conversion import StoredNames
 from .plan import Plan, original_name
 from .surgery.apply import apply_plan, tensor_owners
 
@@ -132,11 +133,16 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
                         f"or pk.prune_streamed?")
     files = weight_files(directory)
     plan = Plan.load(directory / PLAN_FILE)
-    _check_weights_fit(model, plan, files, directory)
+    converted = _check_weights_fit(model, plan, files, directory)
 
     def load_weights(pruned: nn.Module) -> None:
         try:
-            if len(files) == 1:
+            if converted:  # fused on loading: the parts of one tensor may lie in two shards
+                stored: dict[str, torch.Tensor] = {}
+                for file in files:
+                    stored.update(load_file(str(file)))
+                pruned.load_state_dict(StoredNames(pruned).as_loaded(stored), strict=False)
+            elif len(files) == 1:
                 load_model(pruned, str(files[0]), strict=True)
             else:  # shards, as save_pretrained and prune_streamed write them
                 for file in files:
@@ -170,9 +176,11 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
-                       directory: Path) -> None:
+                       directory: Path) -> bool:
     """Replay the plan on a copy of ``model`` whose tensors hold no data and compare its
-    tensors with the file's names and shapes (read from its header)."""
+    tensors with the file's names and shapes (read from its header), converted first where
+    they are not the model's as transformers converts them when it loads them (experts
+    stored apart, fused in the model); returns whether they were."""
     memo = {}
     for module, attr, kind in tensor_owners(model).values():
         tensor = getattr(module, attr)
@@ -187,10 +195,21 @@ def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
     for name, tensor in shadow.state_dict(keep_vars=True).items():
         expected[name] = tuple(tensor.shape)
         tied.setdefault(id(tensor), set()).add(name)
-    stored = {}
+    headers = {}
     for weights in files:
         with safe_open(str(weights), framework="pt") as file:
-            stored.update({key: tuple(file.get_slice(key).get_shape()) for key in file.keys()})
+            headers.update({key: torch.empty(file.get_slice(key).get_shape(), device="meta")
+                            for key in file.keys()})
+    converted = not headers.keys() <= expected.keys()
+    if converted:
+        try:
+            headers = StoredNames(shadow).as_loaded(headers)
+        except Exception as error:  # a rule that does not fit what is stored
+            raise PlanError(f"weights in {str(directory)!r} are not the model's, and do not "
+                            f"convert as transformers loads them ({type(error).__name__}: "
+                            f"{error}); was the model built as the one that was pruned?"
+                            ) from error
+    stored = {key: tuple(tensor.shape) for key, tensor in headers.items()}
     where = repr(str(directory))
     for key, shape in stored.items():
         if key not in expected:
@@ -202,3 +221,4 @@ def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
     for names in tied.values():
         if not names & stored.keys():
             raise PlanError(f"weights in {where} lack {sorted(names)[0]!r}")
+    return converted

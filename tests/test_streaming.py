@@ -74,6 +74,10 @@ CASES = [
     ("llama", lambda: pk.FilterPruning(0.5, "l1", global_ranking=True), False),
     ("qwen3", lambda: pk.ChannelPruning(0.4, "mean_activation", global_ranking=True), True),
     ("mistral", lambda: pk.HeadPruning(0.5, "l2", global_ranking=True), False),
+    # experts stored apart, fused when loaded: converted on reading, split again on writing
+    ("qwen2_moe", lambda: pk.FilterPruning(0.5, "l1"), False),
+    ("mixtral", lambda: pk.HeadPruning(0.5, "l2"), True),
+    ("olmoe", lambda: pk.LayerPruning(1, "influence"), False),
 ]
 
 
@@ -138,13 +142,13 @@ def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
     loaded_blocks = []
     load = streaming.load_module
 
-    def watched(module, reader, prefix, dtype=None):
+    def watched(module, reader, prefix, dtype=None, names=None):
         if prefix.startswith("model.layers."):
             stack = module_stack[0]
             real = [i for i, block in enumerate(stack)
                     if any(p.device.type != "meta" for p in block.parameters())]
             loaded_blocks.append((prefix, real))
-        return load(module, reader, prefix, dtype)
+        return load(module, reader, prefix, dtype, names)
 
     module_stack = []
     build = streaming.empty_model

@@ -72,6 +72,7 @@ from ..planning import selection
 from ..surgery.stacks import find_block_stack, remove_blocks
 from .activations import HiddenStates, SpillFolder
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
+from .conversion import StoredNames
 from .memory import return_freed_memory
 from .skeleton import empty_model, load_module, output_embeddings, parameter_places, release
 from .streamed_hidden import (
@@ -509,8 +510,10 @@ class _Stream:
     calls: list[list[dict]]
     budget: _Budget
     template: Any  # what a block returns (its structure), from block 0 on the first batch
+    names: StoredNames  # the tensors as stored and as loaded (fused experts)
     dtype: torch.dtype | None = None  # what the blocks compute in; None: as stored
     stored: dict[str, torch.dtype] = field(default_factory=dict)  # block tensors' own dtypes
+    converted: bool = False  # the block loaded last was converted from what is stored
 
     @property
     def stack(self) -> nn.ModuleList:
@@ -519,13 +522,16 @@ class _Stream:
     def load(self, index: int) -> nn.Module:
         """Block ``index`` with its weights, in the compute dtype."""
         block = self.stack[index]
-        self.stored = load_module(block, self.reader, f"{self.stack_name}.{index}.", self.dtype)
+        self.stored, self.converted = load_module(
+            block, self.reader, f"{self.stack_name}.{index}.", self.dtype, self.names)
         return block
 
     def as_stored(self, block: nn.Module, index: int) -> dict[str, torch.Tensor]:
-        """The block's tensors as the checkpoint holds them: full names, stored dtypes."""
-        return {f"{self.stack_name}.{index}.{key}": value.to(self.stored.get(key, value.dtype))
-                for key, value in block.state_dict().items()}
+        """The block's tensors as the checkpoint holds them: full names, stored dtypes, and
+        split again where they were converted when loaded."""
+        tensors = {f"{self.stack_name}.{index}.{key}": value.to(self.stored.get(key, value.dtype))
+                   for key, value in block.state_dict().items()}
+        return self.names.as_stored(tensors) if self.converted else tensors
 
     def inputs(self, index: int, hidden: HiddenStates) -> _BlockInputs:
         """Each batch's keyword inputs to block ``index`` given the hidden states arriving."""
@@ -594,7 +600,8 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
             hidden.append(_cast(first[-1][0], dtype))
             first[-1] = (None, first[-1][1])
         # what a block returns, from the first block run for real on the first batch
-        load_module(blocks[0], reader, f"{stack_name}.0.", dtype)
+        names = StoredNames(model)
+        load_module(blocks[0], reader, f"{stack_name}.0.", dtype, names)
         with torch.no_grad():
             template = blocks[0](hidden[0], **_cast(first[0][1], dtype))
         release(blocks[0])
@@ -609,7 +616,7 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
             stack[index] = block
     return _Stream(model, stack_name, reader, batches, next(iter(signature.parameters)),
                    hidden, [[_cast(kw, dtype) for _, kw in block] for block in calls],
-                   budget, template, dtype)
+                   budget, template, names, dtype)
 
 
 def _cast(value: Any, dtype: torch.dtype | None) -> Any:
