@@ -143,9 +143,10 @@ def hidden_structure(method: HiddenPruning, config: Any, reader: CheckpointReade
     missing = sorted({full for _, full, _ in members} - set(reader.names()))
     if missing:
         raise ConfigError(f"{reader.folder}: the checkpoint lacks {missing[:3]}, which the "
-                          f"model built from its config has: this architecture renames "
-                          f"weights when it loads, which streamed pruning does not do; prune "
-                          f"it in memory with pk.prune")
+                          f"model built from its config has: this architecture renames or "
+                          f"fuses weights when it loads (experts stored apart), which "
+                          f"streamed hidden-size pruning does not do (width and depth do); "
+                          f"prune it in memory with pk.prune")
     structure = HiddenStructure(miniature, example, graph, group, kinds, members)
     for output, dim in graph.activation_sites(group):
         block = kinds.block_of(output.module)
