@@ -151,9 +151,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
         # inside the same transaction (an error or an interrupt undoes all of it): kept by
         # the check when the whole proposal passes, applied below otherwise
         unpruned_parameters = dict(model.named_parameters())
-        outcome = largest_passing_plan(
-            model, inputs, proposal, method.check(check, tolerance),
-            keep=finish)
+        outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance),
+                                       keep=finish)
         unknown_ops = proposal.unknown_ops
         latency = getattr(proposal, "latency", None)
         del proposal  # a traced graph holds references to the unpruned tensors
