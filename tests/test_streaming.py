@@ -142,13 +142,13 @@ def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
     loaded_blocks = []
     load = streaming.load_module
 
-    def watched(module, reader, prefix, dtype=None, names=None):
+    def watched(module, reader, prefix, dtype=None):
         if prefix.startswith("model.layers."):
             stack = module_stack[0]
             real = [i for i, block in enumerate(stack)
                     if any(p.device.type != "meta" for p in block.parameters())]
             loaded_blocks.append((prefix, real))
-        return load(module, reader, prefix, dtype, names)
+        return load(module, reader, prefix, dtype)
 
     module_stack = []
     build = streaming.empty_model
@@ -253,7 +253,9 @@ def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):
 HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2"),
                 ("llama", "mean_activation"), ("qwen2", "apoz"), ("gemma", "mean_activation"),
                 # blocks of two kinds (convolution and attention): a miniature with both
-                ("lfm2", "l2"), ("lfm2", "mean_activation")]
+                ("lfm2", "l2"), ("lfm2", "mean_activation"),
+                # experts stored apart, fused when loaded
+                ("qwen2_moe", "l1"), ("mixtral", "mean_activation")]
 
 
 @pytest.mark.parametrize("model_type, criterion", HIDDEN_CASES)

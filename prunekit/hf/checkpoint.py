@@ -83,6 +83,22 @@ class CheckpointReader:
             view = handle.get_slice(name)
             return math.prod(view.get_shape()) * _DTYPE_BYTES.get(view.get_dtype(), 4)
 
+    def headers(self) -> dict[str, tuple[list[int], str]]:
+        """Every tensor's shape and dtype as the headers give them (``"BF16"``), each shard
+        opened once and no tensor loaded."""
+        found = {}
+        for shard in sorted(set(self.files.values())):
+            with safe_open(shard, framework="pt") as handle:
+                for name in handle.keys():
+                    view = handle.get_slice(name)
+                    found[name] = (list(view.get_shape()), view.get_dtype())
+        return found
+
+    def as_stored(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors named as this reader names them, as the checkpoint stores them: the same
+        (a ``LoadedView`` converts them back)."""
+        return tensors
+
     def under(self, prefix: str) -> dict[str, torch.Tensor]:
         """The tensors named ``prefix…``, keyed by the rest of their names."""
         return dict(self.under_lazily(prefix))

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .checkpoint import CheckpointReader
-from .conversion import StoredNames
+from .conversion import LoadedView
 from .memory import return_freed_memory
 
 
@@ -50,44 +50,26 @@ def empty_model(config: Any) -> nn.Module:
     return model.eval()
 
 
-def load_module(module: nn.Module, reader: CheckpointReader, prefix: str,
-                dtype: torch.dtype | None = None, names: StoredNames | None = None
-                ) -> tuple[dict[str, torch.dtype], bool]:
-    """Give ``module`` its weights from the checkpoint (the tensors named ``prefix…``), in
-    the checkpoint's dtype or, floating-point ones, in ``dtype``. Where the stored tensors
-    are not the module's, they are converted as ``from_pretrained`` converts them (``names``:
-    fused experts), for a moment twice the block's memory. Returns each tensor's dtype in the
-    checkpoint, and whether they were converted (``names.as_stored`` turns them back)."""
-    expected = set(module.state_dict())
-    as_stored = {name[len(prefix):] for name in reader.names() if name.startswith(prefix)}
-    converted = names is not None and as_stored != expected
-    if converted:
-        everything = {prefix + key: value for key, value in reader.under(prefix).items()}
-        try:
-            loaded = names.as_loaded(everything)
-        except Exception as error:  # a rule that does not fit what is stored
-            raise ConfigError(f"{reader.folder}: the checkpoint's tensors under {prefix!r} "
-                              f"are not the model's and do not convert as transformers loads "
-                              f"them ({type(error).__name__}: {error}); prune it in memory "
-                              f"with pk.prune") from error
-        del everything
-        pairs = ((name[len(prefix):], value) for name, value in loaded.items())
-    else:
-        pairs = reader.under_lazily(prefix)  # cast one at a time: no second copy
+def load_module(module: nn.Module, reader: CheckpointReader | LoadedView, prefix: str,
+                dtype: torch.dtype | None = None) -> dict[str, torch.dtype]:
+    """Give ``module`` its weights from the checkpoint (the tensors named ``prefix…``, as the
+    loaded model names them), in the checkpoint's dtype or, floating-point ones, in
+    ``dtype``; returns each tensor's dtype in the checkpoint."""
     tensors, stored = {}, {}
-    for key, tensor in pairs:
+    for key, tensor in reader.under_lazily(prefix):  # cast one at a time: no second copy
         stored[key] = tensor.dtype
         cast = dtype is not None and tensor.is_floating_point()
         tensors[key] = tensor.to(dtype) if cast else tensor
+    expected = set(module.state_dict())
     if set(tensors) != expected:
         missing = sorted(expected - set(tensors))[:3]
         extra = sorted(set(tensors) - expected)[:3]
-        how = ", converted as transformers loads them" if converted else ""
         raise ConfigError(f"{reader.folder}: the checkpoint's tensors under {prefix!r} are not "
-                          f"the model's (missing {missing}, unexpected {extra}{how}); prune it "
-                          f"in memory with pk.prune")
+                          f"the model's (missing {missing}, unexpected {extra}), even as "
+                          f"transformers converts them when it loads them; prune it in "
+                          f"memory with pk.prune")
     module.load_state_dict(tensors, strict=True, assign=True)
-    return stored, converted
+    return stored
 
 
 def release(module: nn.Module) -> None:

@@ -143,10 +143,8 @@ def hidden_structure(method: HiddenPruning, config: Any, reader: CheckpointReade
     missing = sorted({full for _, full, _ in members} - set(reader.names()))
     if missing:
         raise ConfigError(f"{reader.folder}: the checkpoint lacks {missing[:3]}, which the "
-                          f"model built from its config has: this architecture renames or "
-                          f"fuses weights when it loads (experts stored apart), which "
-                          f"streamed hidden-size pruning does not do (width and depth do); "
-                          f"prune it in memory with pk.prune")
+                          f"model built from its config has, even as transformers converts "
+                          f"them when it loads them; prune it in memory with pk.prune")
     structure = HiddenStructure(miniature, example, graph, group, kinds, members)
     for output, dim in graph.activation_sites(group):
         block = kinds.block_of(output.module)
@@ -355,7 +353,7 @@ def write_sliced(reader: CheckpointReader, plan: Plan, writer: ShardWriter,
         tensor = reader.tensor(name)
         for dim, kept in plan.tensors.get(name, {}).items():
             tensor = tensor.index_select(dim, torch.as_tensor(kept, dtype=torch.long))
-        writer.add({name: tensor})
+        writer.add(reader.as_stored({name: tensor}))
         del tensor
         advance()
 

@@ -72,7 +72,7 @@ from ..planning import selection
 from ..surgery.stacks import find_block_stack, remove_blocks
 from .activations import HiddenStates, SpillFolder
 from .checkpoint import CheckpointReader, ShardWriter, copy_other_files
-from .conversion import StoredNames
+from .conversion import loaded_view
 from .memory import return_freed_memory
 from .skeleton import empty_model, load_module, output_embeddings, parameter_places, release
 from .streamed_hidden import (
@@ -287,6 +287,7 @@ def prune_streamed(source: str | Path, out: str | Path,
                           f"read from while it is read; write it elsewhere")
     config = transformers.AutoConfig.from_pretrained(reader.folder)
     model = empty_model(copy.deepcopy(config))  # the original stays, for sizes no config fits
+    reader = loaded_view(reader, model)  # read as from_pretrained converts it: fused experts
     stack_name = find_block_stack(model)
     if stack_name is None:
         raise ConfigError(f"{reader.folder}: no stack of decoder blocks found in "
@@ -458,7 +459,7 @@ def _copy_outside(reader: CheckpointReader, stack_name: str, writer: ShardWriter
     for name in reader.names():
         if not name.startswith(stack_name + "."):
             writer.reserve(reader.nbytes(name))
-            writer.add({name: reader.tensor(name)})
+            writer.add(reader.as_stored({name: reader.tensor(name)}))
 
 
 def _calibration(data: Iterable | None, config: Any) -> list[dict]:
@@ -510,10 +511,8 @@ class _Stream:
     calls: list[list[dict]]
     budget: _Budget
     template: Any  # what a block returns (its structure), from block 0 on the first batch
-    names: StoredNames  # the tensors as stored and as loaded (fused experts)
     dtype: torch.dtype | None = None  # what the blocks compute in; None: as stored
     stored: dict[str, torch.dtype] = field(default_factory=dict)  # block tensors' own dtypes
-    converted: bool = False  # the block loaded last was converted from what is stored
 
     @property
     def stack(self) -> nn.ModuleList:
@@ -522,16 +521,15 @@ class _Stream:
     def load(self, index: int) -> nn.Module:
         """Block ``index`` with its weights, in the compute dtype."""
         block = self.stack[index]
-        self.stored, self.converted = load_module(
-            block, self.reader, f"{self.stack_name}.{index}.", self.dtype, self.names)
+        self.stored = load_module(block, self.reader, f"{self.stack_name}.{index}.", self.dtype)
         return block
 
     def as_stored(self, block: nn.Module, index: int) -> dict[str, torch.Tensor]:
         """The block's tensors as the checkpoint holds them: full names, stored dtypes, and
-        split again where they were converted when loaded."""
+        split again where they were fused when loaded."""
         tensors = {f"{self.stack_name}.{index}.{key}": value.to(self.stored.get(key, value.dtype))
                    for key, value in block.state_dict().items()}
-        return self.names.as_stored(tensors) if self.converted else tensors
+        return self.reader.as_stored(tensors)
 
     def inputs(self, index: int, hidden: HiddenStates) -> _BlockInputs:
         """Each batch's keyword inputs to block ``index`` given the hidden states arriving."""
@@ -600,8 +598,7 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
             hidden.append(_cast(first[-1][0], dtype))
             first[-1] = (None, first[-1][1])
         # what a block returns, from the first block run for real on the first batch
-        names = StoredNames(model)
-        load_module(blocks[0], reader, f"{stack_name}.0.", dtype, names)
+        load_module(blocks[0], reader, f"{stack_name}.0.", dtype)
         with torch.no_grad():
             template = blocks[0](hidden[0], **_cast(first[0][1], dtype))
         release(blocks[0])
@@ -616,7 +613,7 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
             stack[index] = block
     return _Stream(model, stack_name, reader, batches, next(iter(signature.parameters)),
                    hidden, [[_cast(kw, dtype) for _, kw in block] for block in calls],
-                   budget, template, names, dtype)
+                   budget, template, dtype)
 
 
 def _cast(value: Any, dtype: torch.dtype | None) -> Any:
@@ -757,7 +754,8 @@ def _stream_depth(method: LayerPruning, stream: _Stream, writer: ShardWriter,
     kept = [i for i in range(count) if f"{stack_name}.{i}" not in removed]
     for new, old in enumerate(kept):
         tensors = stream.reader.under(f"{stack_name}.{old}.")
-        writer.add({f"{stack_name}.{new}.{key}": value for key, value in tensors.items()})
+        writer.add(stream.reader.as_stored({f"{stack_name}.{new}.{key}": value
+                                            for key, value in tensors.items()}))
     for name in removed:
         records[int(name.rsplit(".", 1)[1])].params_after = 0
     return plan, records
