@@ -136,12 +136,29 @@ class _StopForward(Exception):
     """Raised by a recorder to end a forward pass once the blocks' inputs are known."""
 
 
-class _Recorder(nn.Module):
+class _StandIn(nn.Module):
+    """A module in a block's place. What the model's forward reads from its blocks besides
+    calling them (a layer's attention type, its block type) comes from the block it stands
+    for, which it does not hold as a submodule."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "block", block)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.block, name)
+
+
+class _Recorder(_StandIn):
     """Stands in for a block: records what the model hands it and passes the hidden states
     on unchanged, in the block's own output structure."""
 
-    def __init__(self, signature: inspect.Signature, calls: list, template: Any, last: bool):
-        super().__init__()
+    def __init__(self, block: nn.Module, signature: inspect.Signature, calls: list,
+                 template: Any, last: bool):
+        super().__init__(block)
         self.signature, self.calls, self.template, self.last = signature, calls, template, last
 
     def forward(self, *args, **kwargs):
@@ -384,7 +401,7 @@ def _read_hidden_activations(statistics: SiteStatistics, structure: HiddenStruct
     with statistics.reading(modules, structure.before) as next_batch:
         for batch in batches:
             next_batch()
-            with _standing_in(stack, {0: _Recorder(signature, [], None, last=True)}):
+            with _standing_in(stack, {0: _Recorder(stack[0], signature, [], None, last=True)}):
                 _run_until_stop(model, batch)
     stream = _block_inputs(model, stack_name, reader, batches, dtype, budget)
     _release_outside(model, stack_name)
@@ -403,8 +420,8 @@ def _read_hidden_activations(statistics: SiteStatistics, structure: HiddenStruct
         advance()
     if structure.after:
         _load_outside(model, reader, stack_name)
-        replay = _Replay(stream.template, hidden)
-        passing = {i: _Recorder(signature, [], stream.template, last=False)
+        replay = _Replay(stack[len(stack) - 1], stream.template, hidden)
+        passing = {i: _Recorder(stack[i], signature, [], stream.template, last=False)
                    for i in range(len(stack) - 1)}
         with _standing_in(stack, {**passing, len(stack) - 1: replay}), \
                 statistics.reading(modules, structure.after,
@@ -418,11 +435,11 @@ def _read_hidden_activations(statistics: SiteStatistics, structure: HiddenStruct
     hidden.discard()
 
 
-class _Replay(nn.Module):
+class _Replay(_StandIn):
     """Stands in for the last block: returns its recorded outputs for batch ``batch``."""
 
-    def __init__(self, template: Any, outputs: HiddenStates):
-        super().__init__()
+    def __init__(self, block: nn.Module, template: Any, outputs: HiddenStates):
+        super().__init__(block)
         self.template, self.outputs, self.batch = template, outputs, 0
 
     def forward(self, *args, **kwargs):
@@ -592,7 +609,7 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
     hidden = budget.states(alive=2)  # the first block's inputs, and its outputs soon
     try:
         first: list[tuple[torch.Tensor, dict]] = []
-        stack[0] = _Recorder(signature, first, None, last=True)
+        stack[0] = _Recorder(blocks[0], signature, first, None, last=True)
         for batch in batches:  # the first block's inputs, kept or spilled batch by batch
             _run_until_stop(model, batch)
             hidden.append(_cast(first[-1][0], dtype))
@@ -604,7 +621,7 @@ def _block_inputs(model: nn.Module, stack_name: str, reader: CheckpointReader,
         release(blocks[0])
         calls: list[list[tuple[torch.Tensor, dict]]] = [[] for _ in blocks]
         for index in range(len(blocks)):
-            stack[index] = _Recorder(signature, calls[index], template,
+            stack[index] = _Recorder(blocks[index], signature, calls[index], template,
                                      last=index == len(blocks) - 1)
         for batch in batches:
             _run_until_stop(model, batch)
