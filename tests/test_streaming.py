@@ -123,6 +123,28 @@ def test_heads_then_neurons_in_one_pass(tmp_path):
         pk.prune_streamed(source, tmp_path / "x", [pk.LayerPruning(1, "last"), methods[1]])
 
 
+def test_blocks_without_the_methods_candidates_are_left_as_they_were(tmp_path):
+    """LFM2 mixes attention blocks and convolution blocks, which have no heads."""
+    source = saved(tmp_path, "lfm2")
+    data = batches()
+    result = pk.prune_streamed(source, tmp_path / "out", pk.HeadPruning(0.5, "l2"), data)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    expected = pk.prune(reference, data[0], pk.HeadPruning(0.5, "l2"), data=data)
+    assert result.plan.tensors == expected.plan.tensors
+    assert_reloads_as(reference, result)
+    left = [b for b in result.blocks if b.left]
+    assert len(left) == 2 and all("no attention heads" in b.left for b in left)
+    assert all(b.params_after == b.params_before for b in left)
+    assert "2 blocks left as they were" in str(result)
+
+
+def test_a_model_with_nothing_to_prune_in_any_block_writes_nothing(tmp_path):
+    source = saved(tmp_path, "rwkv")  # no attention heads anywhere
+    with pytest.raises(PruneError, match="no block could be pruned.*no attention heads"):
+        pk.prune_streamed(source, tmp_path / "out", pk.HeadPruning(0.5, "l2"), batches())
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bfloat16_checkpoint_computed_in_float32_is_written_back_in_bfloat16(tmp_path):
     source = saved(tmp_path, "llama")
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)

@@ -103,6 +103,7 @@ class BlockRecord:
     seconds: float
     params_before: int
     params_after: int
+    left: str = ""  # why a width method left the block as it was (it had nothing to prune)
 
 
 @dataclass
@@ -127,8 +128,12 @@ class StreamedResult:
                     else "streamed tensor by tensor")
         spilled = (f"; {self.spilled_bytes / 2**30:.2f} GB of hidden states spilled to disk"
                    if self.spilled_bytes else "")
+        left = [b for b in self.blocks if b.left]
+        whole = (f"; {len(left)} block{'s' if len(left) > 1 else ''} left as "
+                 f"{'they were' if len(left) > 1 else 'it was'} ({left[0].name}: "
+                 f"{left[0].left})" if left else "")
         return (f"params {self.params_before:,} -> {self.params_after:,} (-{change:.1%}); "
-                f"{streamed} in {self.seconds:.1f} s{spilled}; {config}; written to "
+                f"{streamed} in {self.seconds:.1f} s{spilled}{whole}; {config}; written to "
                 f"{self.folder}")
 
 
@@ -677,22 +682,33 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
         inputs = stream.inputs(index, hidden)
         # the unpruned outputs feed the next block
         outputs = _run_block(block, inputs, stream.budget.states(alive=2))
-        block_plan = Plan()
+        block_plan, left = Plan(), ""
         for method in methods:  # each on the block as the one before left it
             if ratios is not None:
                 if not ratios[index]:  # nothing of this block's group ranks low enough
                     continue
                 method = dataclasses.replace(method, ratio=ratios[index], global_ranking=False)
-            step = prune(block, inputs[0], method, data=inputs).plan
+            try:
+                step = prune(block, inputs[0], method, data=inputs).plan
+            except PruneError as error:
+                # nothing of the method's in this block (LFM2's convolution blocks have no
+                # heads), or nothing that passes its check: left as it is, as pk.prune on
+                # the whole model leaves such a block
+                left = left or str(error)
+                continue
             block_plan = step if block_plan.is_empty else block_plan.then(step)
         hidden.discard()
         hidden = outputs
         _merge(plan, block_plan, name)
         writer.add(stream.as_stored(block, index))
-        records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block)))
+        records.append(BlockRecord(name, time.perf_counter() - started, before, _count(block),
+                                   "" if block_plan.tensors else left))
         release(block)
         advance()
     hidden.discard()
+    if not plan.tensors:
+        raise PruneError(f"no block could be pruned, so nothing was written "
+                         f"({records[0].name}: {records[0].left})")
     return plan, records
 
 
