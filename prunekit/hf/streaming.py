@@ -60,7 +60,7 @@ from ..batches import split_batch
 from ..calls import call_model
 from ..distance import first_tensor, summed_distance, token_weights
 from ..distributed import barrier, is_main_process, means_across
-from ..errors import ConfigError, PruneError
+from ..errors import ConfigError, PlanError, PruneError, TraceError
 from ..importance.registry import get_criterion
 from ..layers import choose_layers, removal
 from ..layers.criteria import LayerScore
@@ -691,6 +691,8 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
             try:
                 step = prune(block, inputs[0], method, data=inputs).plan
             except PruneError as error:
+                if isinstance(error, (ConfigError, PlanError, TraceError)):
+                    raise  # about the block's inputs or its trace, not what it holds
                 # nothing of the method's in this block (LFM2's convolution blocks have no
                 # heads), or nothing that passes its check: left as it is, as pk.prune on
                 # the whole model leaves such a block
@@ -706,9 +708,10 @@ def _stream_width(methods: list[PruningMethod], stream: _Stream, writer: ShardWr
         release(block)
         advance()
     hidden.discard()
-    if not plan.tensors:
+    refused = [r for r in records if r.left]
+    if not plan.tensors and refused:  # as pk.prune refuses a model with nothing to prune
         raise PruneError(f"no block could be pruned, so nothing was written "
-                         f"({records[0].name}: {records[0].left})")
+                         f"({refused[0].name}: {refused[0].left})")
     return plan, records
 
 
