@@ -173,9 +173,13 @@ def _split(rules: list) -> tuple[list, list]:
 
 
 def _rules(model: nn.Module) -> list | None:
-    """Transformers' conversion rules for ``model``; None without any (or before 5.0)."""
+    """Transformers' conversion rules for ``model``; None without any, for a model that is
+    not a transformers model, or before transformers 5.0."""
     try:
+        from transformers import PreTrainedModel
         from transformers.conversion_mapping import get_model_conversion_mapping
     except ImportError:
+        return None
+    if not isinstance(model, PreTrainedModel):
         return None
     return get_model_conversion_mapping(model) or None
