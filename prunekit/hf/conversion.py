@@ -36,6 +36,7 @@ class StoredNames:
         self.model = model
         self.rules = _rules(model)
         self.own = set(model.state_dict())
+        self.renamings, self.converters = _split(self.rules) if self.rules else ([], [])
 
     def renamed(self, name: str) -> str:
         """The loaded name a stored tensor goes to (the first, where it goes to several)."""
@@ -43,8 +44,7 @@ class StoredNames:
             return name
         from transformers.core_model_loading import rename_source_key
 
-        renamings, converters = _split(self.rules)
-        return rename_source_key(name, renamings, converters)[0]
+        return rename_source_key(name, self.renamings, self.converters)[0]
 
     def as_loaded(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tensors as the loaded model holds them, from the tensors as stored; as they
@@ -57,8 +57,7 @@ class StoredNames:
             rename_source_key,
         )
 
-        renamings, converters = _split(self.rules)
-        by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
+        by_pattern = {pattern: c for c in self.converters for pattern in c.source_patterns}
         # each loaded name gathers what it is made of (every expert's projection), in
         # natural order (expert 2 before expert 10), as from_pretrained gathers them
         gathered: dict[str, Any] = {}
@@ -66,7 +65,7 @@ class StoredNames:
             if key in self.own:
                 loaded, pattern = key, None
             else:
-                loaded, pattern = rename_source_key(key, renamings, converters)
+                loaded, pattern = rename_source_key(key, self.renamings, self.converters)
             if pattern is None:
                 rule = gathered.setdefault(loaded, WeightRenaming(key, loaded))
                 pattern = key
@@ -117,8 +116,7 @@ class LoadedView:
         return list(self.sources)
 
     def tensor(self, name: str) -> torch.Tensor:
-        parts = {source: self.stored.tensor(source) for source in self.sources[name]}
-        return self.converter.as_loaded(parts)[name]
+        return self._read(self.sources[name])[name]
 
     def shape(self, name: str) -> list[int]:
         return self.shapes[name]
@@ -137,12 +135,15 @@ class LoadedView:
         for name, group in self.sources.items():
             if not name.startswith(prefix) or name in done:
                 continue
-            parts = {source: self.stored.tensor(source) for source in group}
-            for loaded, tensor in self.converter.as_loaded(parts).items():
+            for loaded, tensor in self._read(group).items():
                 done.add(loaded)
                 if loaded.startswith(prefix):
                     yield loaded[len(prefix):], tensor
-            del parts
+
+    def _read(self, group: list[str]) -> dict[str, torch.Tensor]:
+        """The loaded tensors one group of stored tensors makes."""
+        return self.converter.as_loaded({source: self.stored.tensor(source)
+                                         for source in group})
 
     def other_files(self):
         return self.stored.other_files()
