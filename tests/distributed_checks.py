@@ -82,7 +82,7 @@ def plans() -> dict[str, dict]:
         result = pk.prune(model, data[0][0], pk.FilterPruning(0.5, criterion),
                           data=pk.rank_share(data))
         derived[f"filters/{criterion}"] = result.plan
-    for criterion in ("gradient", "output", "entropy"):
+    for criterion in ("gradient", "output", "entropy", "reconstruction"):
         model = bert(classifier=criterion == "gradient")
         data = texts(labels=criterion == "gradient")
         example = {k: v for k, v in data[0].items() if k != "labels"}

@@ -67,6 +67,7 @@ CASES = [
     ("qwen3", lambda: pk.ChannelPruning(0.25, "mean_activation"), True),
     ("gemma", lambda: pk.FilterPruning(0.5, "apoz"), False),  # embeddings tied to the head
     ("mistral", lambda: pk.HeadPruning(0.5, "fpgm"), False),
+    ("llama", lambda: pk.HeadPruning(0.5, "reconstruction"), False),  # the block's o_proj alone
     ("llama", lambda: pk.LayerPruning(2, "influence"), True),
     ("qwen2", lambda: pk.LayerPruning(2, "angular"), False),
     ("gemma", lambda: pk.LayerPruning(1, "last"), False),
@@ -226,6 +227,16 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
 def test_what_streaming_cannot_do_is_refused_before_reading(tmp_path, method, message):
     with pytest.raises(ConfigError, match=message):
         pk.prune_streamed(tmp_path / "not read", tmp_path / "out", method())
+
+
+def test_a_padding_aware_criterion_on_padded_batches_is_refused_writing_nothing(tmp_path):
+    """'reconstruction' leaves padded positions out in memory; a block alone is not told
+    which they are, so streaming it on padded batches would differ: refused instead."""
+    source = saved(tmp_path, "llama")
+    with pytest.raises(ConfigError, match="leaves padded positions out"):
+        pk.prune_streamed(source, tmp_path / "out", pk.HeadPruning(0.5, "reconstruction"),
+                          batches(padded=True))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("method", [lambda: pk.ChannelPruning(0.5, "mean_activation"),

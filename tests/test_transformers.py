@@ -224,7 +224,7 @@ def test_causal_lm_generates_with_its_cache_after_pruning(name, method, tmp_path
         assert torch.equal(tokens, greedy(mask(copy.deepcopy(original), result.plan), prompt))
 
 
-@pytest.mark.parametrize("criterion", ["gradient", "output"])
+@pytest.mark.parametrize("criterion", ["gradient", "output", "reconstruction"])
 def test_head_criteria_remove_a_head_whose_output_is_zero(criterion):
     model = CASES["bert"].build()
     attention = model.encoder.layer[1].attention
@@ -255,6 +255,87 @@ def test_head_output_scores_are_how_far_removing_each_head_moves_the_output():
                            for batch, reference in zip(data, expected)])
         assert scores[layer][head].item() == pytest.approx(moved.mean().item(), abs=1e-6)
     assert scores[layer].min() > 0 and len(set(scores[layer].tolist())) == scores[layer].numel()
+
+
+def _many_rows() -> list[dict]:
+    """Batches with several times more tokens than a projection has inputs: a least-squares
+    fit on them explains what the inputs carry, not noise."""
+    return [{"input_ids": torch.randint(0, VOCAB, (8, 12), generator=torch.Generator().manual_seed(s))}
+            for s in range(6)]
+
+
+def _projection_rows(model, layer: int, data: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs (with a column of ones) and outputs of one BERT layer's output projection."""
+    dense = model.encoder.layer[layer].attention.output.dense
+    rows, wanted = [], []
+
+    def capture(_module, args, output):
+        rows.append(args[0].reshape(-1, HIDDEN))
+        wanted.append(output.reshape(-1, HIDDEN))
+
+    handle = dense.register_forward_hook(capture)
+    with torch.no_grad():
+        for batch in data:
+            model(**batch)
+    handle.remove()
+    rows = torch.cat(rows).double()
+    return torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1), torch.cat(wanted).double()
+
+
+def test_reconstruction_scores_are_greedy_least_squares_removal():
+    """Each head's score is the fraction of the projection's output variance a ridge
+    least-squares re-fit leaves unexplained once it and the heads removed before it are gone,
+    the heads going in the order a brute-force greedy search picks."""
+    from prunekit.recover.reconstruct import RIDGE
+
+    model = CASES["bert"].build()
+    data = _many_rows()
+    scores = pk.head_importance(model, TOKENS, data, criterion="reconstruction")
+    head_size = HIDDEN // HEADS
+    for layer in range(LAYERS):
+        rows, wanted = _projection_rows(model, layer, data)
+        gram = rows.T @ rows
+        ridge = RIDGE * gram.diagonal()[:-1].mean() * torch.eye(HIDDEN + 1, dtype=gram.dtype)
+        ridge[-1, -1] = 0
+        variance = (wanted - wanted.mean(0)).square().sum()
+
+        def error(heads: list[int]) -> float:
+            columns = [h * head_size + c for h in heads for c in range(head_size)] + [HIDDEN]
+            a = rows[:, columns]
+            solution = torch.linalg.solve(gram[columns][:, columns] + ridge[columns][:, columns],
+                                          a.T @ wanted)
+            penalty = (solution * (ridge[columns][:, columns] @ solution)).sum()
+            return ((a @ solution - wanted).square().sum() + penalty).item()
+
+        kept, expected = list(range(HEADS)), torch.empty(HEADS, dtype=torch.float64)
+        while kept:
+            costs = {h: error([k for k in kept if k != h]) for h in kept}
+            gone = min(costs, key=costs.get)
+            expected[gone] = min(costs[gone] / variance.item(), 1.0)
+            kept.remove(gone)
+        torch.testing.assert_close(scores[f"encoder.layer.{layer}.attention"], expected,
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_reconstruction_removes_one_of_two_heads_that_duplicate_each_other():
+    """A head whose output another head repeats costs nothing once the projection is
+    re-fitted: one of the pair goes first, which scoring heads one at a time cannot see."""
+    model = CASES["bert"].build()
+    attention = model.encoder.layer[1].attention.self
+    head = HIDDEN // HEADS
+    with torch.no_grad():
+        for projection in (attention.query, attention.key, attention.value):
+            projection.weight[head:2 * head] = projection.weight[:head]
+            projection.bias[head:2 * head] = projection.bias[:head]
+    data = _many_rows()
+    scores = pk.head_importance(model, TOKENS, data, criterion="reconstruction")
+    layer = scores["encoder.layer.1.attention"]
+    assert layer[:2].min() < 1e-3 < layer[2:].min()
+    assert layer.max() == pytest.approx(1.0)  # the last head left explains nothing but the mean
+    result = pk.prune(model, TOKENS, pk.HeadPruning(0.25, "reconstruction", reconstruct=True),
+                      data=data)
+    kept = result.plan.tensors["encoder.layer.1.attention.self.value.weight"][0]
+    assert len(kept) == 3 * head and (0 not in kept or head not in kept)
 
 
 def test_attention_entropy_removes_a_head_that_attends_uniformly():
@@ -400,7 +481,7 @@ def test_label_free_criteria_ignore_padding_tokens():
     other_padding = ids.clone()
     other_padding[mask == 0] = (ids[mask == 0] + 1) % VOCAB
     data, changed = ([{"input_ids": x, "attention_mask": mask}] for x in (ids, other_padding))
-    for criterion in ("output", "gradient", "entropy"):
+    for criterion in ("output", "gradient", "entropy", "reconstruction"):
         heads, heads_changed = (pk.head_importance(model, TOKENS, d, criterion=criterion)
                                 for d in (data, changed))
         for layer in heads:

@@ -88,10 +88,11 @@ from .streamed_hidden import (
     write_sliced,
 )
 
-# criteria a block alone computes as the whole model does: weights, and the activations of
-# each neuron (the heads' "output" and "entropy" and the gradient criteria read the whole
-# model's output, attention probabilities or loss)
-WIDTH_CRITERIA = {"l1", "l2", "fpgm", "random", "apoz", "mean_activation"}
+# criteria a block alone computes as the whole model does: weights, the activations of each
+# neuron, and the heads' "reconstruction" (its output projection's inputs and outputs); the
+# heads' "output" and "entropy" and the gradient criteria read the whole model's output,
+# attention probabilities or loss
+WIDTH_CRITERIA = {"l1", "l2", "fpgm", "random", "apoz", "mean_activation", "reconstruction"}
 DEPTH_CRITERIA = {"influence", "block_influence", "angular", "last"}
 
 
@@ -324,6 +325,7 @@ def prune_streamed(source: str | Path, out: str | Path,
                                        progress)
         else:
             batches = _calibration(data, config)
+            _refuse_padding_for(methods, batches)
             _load_outside(model, reader, stack_name)
             stream = _block_inputs(model, stack_name, reader, batches, dtype,
                                    _Budget(hidden_memory_bytes, spill))
@@ -493,6 +495,23 @@ def _calibration(data: Iterable | None, config: Any) -> list[dict]:
         raise ConfigError("data: give calibration batches as the model's keyword inputs "
                           "({'input_ids': ..., 'attention_mask': ...}), at least one")
     return batches
+
+
+# criteria that leave padded positions out, which they learn from the batch's 2-dim
+# attention_mask: a block alone is called with the model's own masks instead
+PADDING_AWARE = {"reconstruction"}
+
+
+def _refuse_padding_for(methods: list, batches: list[dict]) -> None:
+    for method in methods:
+        criterion = getattr(method, "criterion", None)
+        padded = any(isinstance(b.get("attention_mask"), torch.Tensor)
+                     and not bool(b["attention_mask"].all()) for b in batches)
+        if criterion in PADDING_AWARE and padded:
+            raise ConfigError(f"streamed {type(method).__name__}.criterion {criterion!r} "
+                              f"leaves padded positions out, which a block alone cannot "
+                              f"see: calibrate on batches without padding (sentences cut "
+                              f"to one length) or prune in memory with pk.prune")
 
 
 def _count(model: nn.Module) -> int:

@@ -8,7 +8,7 @@ activations or gradients over the batches passed as ``data=``.
 from .activation import ActivationStatistic
 from .base import ChannelView, DataCriterion, WeightCriterion
 from .fpgm import GeometricMedianDistance
-from .heads import AttentionEntropy, HeadAblation, HeadGradient
+from .heads import AttentionEntropy, HeadAblation, HeadGradient, HeadReconstruction
 from .magnitude import Magnitude, NormScale, RandomScore
 from .registry import CriterionEntry, criterion_names, get_criterion, register_criterion
 
@@ -35,8 +35,13 @@ register_criterion("entropy", AttentionEntropy(), scores="heads",
 # every score is the same output's distance, so heads of different layers compare as they are
 register_criterion("output", HeadAblation(), scores="heads", comparable=True,
                    summary="output change with the head alone removed (data)")
+# every score is a fraction of its own layer's projection output, the same scale everywhere
+register_criterion("reconstruction", HeadReconstruction(), scores="heads", comparable=True,
+                   summary="what a least-squares re-fit of the output projection cannot make "
+                           "up for without the head, heads removed greedily (data)")
 
 __all__ = ["ActivationStatistic", "AttentionEntropy", "ChannelView", "CriterionEntry",
            "DataCriterion", "GeometricMedianDistance", "HeadAblation", "HeadGradient",
+           "HeadReconstruction",
            "Magnitude", "NormScale", "RandomScore", "WeightCriterion", "criterion_names",
            "get_criterion", "register_criterion"]

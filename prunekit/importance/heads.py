@@ -14,6 +14,14 @@
   between the output so changed and the unpruned output (per token for sequences), over
   ``data``. Label-free and exact for one head at a time (what first-order scores estimate),
   at one forward pass per head and batch.
+- ``reconstruction``: what the output projection could not make up for without the head,
+  if it were re-fitted by least squares on the heads left (what ``reconstruct=True`` does).
+  Per attention layer the heads go greedily, each time the one whose loss the others can
+  best stand in for, and a head's score is the fraction of the projection's output variance
+  left unexplained once it and those before it are gone; the last head scores 1. Two heads
+  that duplicate each other are not both spared, which scoring heads one at a time cannot
+  see. Label-free, read with a hook on the output projection (one ``(inputs + 1)²`` matrix
+  per attention layer, and one forward pass per batch).
 - ``entropy``: how focused each head's attention is, ``1 − H / log(keys)`` averaged over
   queries and samples (H the entropy of the head's attention distribution): heads that
   spread attention uniformly score near 0 and go first. Read from the attention
@@ -38,6 +46,7 @@ from ..distance import first_tensor, mean_output_distance, query_weights, token_
 from ..distributed import require_data_everywhere, sum_across
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
+from ..recover.reconstruct import RIDGE
 from .base import DataCriterion
 
 
@@ -129,6 +138,103 @@ class HeadAblation(DataCriterion):
             return mean_output_distance(model, batches, reference, per_token)
         finally:
             handle.remove()
+
+
+@dataclass(frozen=True)
+class HeadReconstruction(DataCriterion):
+    """The output projection's error, re-fitted without the head (see the module docstring)."""
+
+    def score_groups(self, graph, groups, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        model = graph.model
+        sites = {g.axis: site for g in groups
+                 if (site := _projection_input(graph, g)) is not None}
+        modules = dict(model.named_modules())
+        captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        moments: dict[str, list[torch.Tensor]] = {}  # name: [AᵀA, AᵀY, Σ‖y‖²], A = [x, 1]
+
+        def capture(name: str):
+            def hook(_module, args, output):
+                captured[name] = (args[0].detach(), output.detach())
+            return hook
+
+        names = sorted({name for name, _ in sites.values()})
+        handles = [modules[name].register_forward_hook(capture(name)) for name in names]
+        batches = 0
+        try:
+            with evaluating(model), torch.no_grad():
+                for batch in data:
+                    inputs = split_batch(batch)[0]
+                    captured.clear()
+                    call_model(model, inputs)
+                    for name, (x, y) in captured.items():
+                        parts = _moments(x, y, token_weights(inputs, x))
+                        moments[name] = parts if name not in moments else [
+                            m + p for m, p in zip(moments[name], parts)]
+                    batches += 1
+        finally:
+            for handle in handles:
+                handle.remove()
+            captured.clear()
+        require_data_everywhere(batches, "criterion 'reconstruction'")
+        for name in names:  # every process fits the same projection (torchrun)
+            moments[name] = list(sum_across(*moments[name]))
+        return {axis: _elimination_scores(*moments[name], heads_of)
+                for axis, (name, heads_of) in sites.items() if name in moments}
+
+
+def _moments(x: torch.Tensor, y: torch.Tensor,
+             weights: torch.Tensor | None) -> list[torch.Tensor]:
+    """``[AᵀA, AᵀY, Σ‖y‖²]`` of one batch, ``A`` its input rows with a column of ones for the
+    bias; rows weighted by ``weights`` (padding 0)."""
+    rows = x.reshape(-1, x.shape[-1]).double()
+    wanted = y.reshape(-1, y.shape[-1]).double()
+    rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
+    weighted = rows if weights is None else rows * weights.reshape(-1, 1)
+    return [weighted.T @ rows, weighted.T @ wanted, (weighted[:, -1:] * wanted.square()).sum()]
+
+
+def _elimination_scores(gram: torch.Tensor, cross: torch.Tensor, energy: torch.Tensor,
+                        heads_of: torch.Tensor) -> torch.Tensor:
+    """Remove heads one at a time, each time the one whose columns the least-squares fit
+    misses least, and score each by the fraction of the output variance unexplained after
+    its removal (non-decreasing in the order of removal). Each candidate's cost is the
+    block formula ``tr(Wᵦᵀ (Mᵦᵦ)⁻¹ Wᵦ)``, ``M`` the inverse of the kept columns' Gram matrix
+    and ``W = M AᵀY``; ``M`` is then down-dated for the columns removed."""
+    size = gram.shape[0]
+    # the re-fit's own ridge term (``prunekit.recover.reconstruct``), none on the bias
+    ridge = RIDGE * gram.diagonal()[:-1].mean().clamp_min(1e-12) * torch.eye(size, dtype=gram.dtype)
+    ridge[-1, -1] = 0
+    inverse = torch.linalg.inv(gram + ridge)
+    kept = torch.arange(size)  # positions in the original columns, bias last
+    samples = gram[-1, -1].clamp_min(1e-12)
+    variance = (energy - cross[-1].square().sum() / samples).clamp_min(1e-30)
+    error = energy - (cross * (inverse @ cross)).sum()
+    scores = torch.empty(len(heads_of), dtype=torch.float64)
+    left = list(range(len(heads_of)))
+    while left:
+        solution = inverse @ cross[kept]
+        costs = []
+        for head in left:
+            block = _positions(kept, heads_of[head])
+            costs.append((solution[block] * torch.linalg.solve(
+                inverse[block][:, block], solution[block])).sum())
+        best = int(torch.stack(costs).argmin())
+        head = left.pop(best)
+        error = error + costs[best].clamp_min(0)
+        scores[head] = (error / variance).clamp(max=1.0)
+        block = _positions(kept, heads_of[head])
+        rest = torch.ones(len(kept), dtype=torch.bool)
+        rest[block] = False
+        inverse = (inverse[rest][:, rest] - inverse[rest][:, block] @ torch.linalg.solve(
+            inverse[block][:, block], inverse[block][:, rest]))
+        kept = kept[rest]
+    return scores
+
+
+def _positions(kept: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Where ``columns`` (original column numbers) sit in ``kept``."""
+    return torch.searchsorted(kept, columns.flatten().sort().values)
 
 
 @contextmanager

@@ -25,7 +25,9 @@ class HeadPruning(GroupPruning):
     (``pk.criterion_names("heads")``): the weight criteria score each head over all of its
     q/k/v/o weights (``"l1"``, ``"l2"``, ``"fpgm"``, ``"random"``); ``"gradient"`` (Michel et
     al.; ``"taylor"`` is the same on heads), ``"output"`` (the output change when the head
-    alone is removed) and ``"entropy"`` read ``data=`` (see ``prunekit.importance.heads``).
+    alone is removed), ``"reconstruction"`` (what re-fitting the output projection cannot
+    make up for without the head; pair it with ``reconstruct=True``) and ``"entropy"`` read
+    ``data=`` (see ``prunekit.importance.heads``).
     ``ratio`` is the fraction of each layer's heads removed.
     ``heads={attention module: [head indices]}`` removes exactly those heads instead, and
     ``ratio`` is not used (the module is any module of that attention layer, e.g.
