@@ -249,6 +249,39 @@ def test_prune_layers_by_loss_on_the_given_data(tmp_path, residual_source):
     assert json.loads((out / "plan.json").read_text())["layers"] == [cheapest]
 
 
+def test_reconstruct_refits_on_the_given_data_as_the_library_does(tmp_path, residual_source):
+    from safetensors.torch import load_file
+
+    source, namespace = residual_source
+    saved = {}
+    for flag in ("--reconstruct", "--no-reconstruct"):
+        out = tmp_path / flag
+        result = runner.invoke(app, ["prune", "--model", f"{source}:residual_cnn", "--data",
+                                     f"{source}:loaders", "--method", "channel", "--criterion",
+                                     "l2", "--input-shape", "1,1,8,8", flag, "--no-latency",
+                                     "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        saved[flag] = load_file(out / "model.safetensors")
+    train, _ = namespace["loaders"]()
+    model = namespace["residual_cnn"]()
+    batches = list(train)
+    pk.prune(model, batches[0][0], pk.ChannelPruning(0.5, "l2", reconstruct=True), data=batches)
+    expected = model.state_dict()
+    assert all(torch.equal(saved["--reconstruct"][k], expected[k]) for k in saved["--reconstruct"])
+    assert not all(torch.equal(saved["--reconstruct"][k], saved["--no-reconstruct"][k])
+                   for k in saved["--reconstruct"])
+
+
+def test_reconstruct_with_a_method_that_has_none_is_one_line(tmp_path):
+    result = runner.invoke(app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
+                                 "1,3,16,16", "--reconstruct", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: --reconstruct: --method filter has no reconstruction; use --method "
+                     "channel or heads"], lines
+    assert not (tmp_path / "out").exists()
+
+
 def test_data_that_is_not_a_pair_is_a_clear_error(tmp_path, residual_source):
     source, _ = residual_source
     result = runner.invoke(app, ["sensitivity", "--model", f"{source}:residual_cnn", "--data",

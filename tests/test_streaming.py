@@ -220,6 +220,7 @@ def test_a_folder_without_config_or_safetensors_is_one_clear_error(tmp_path):
     (lambda: pk.HiddenPruning(flops_target=0.3), "budgets and overrides need the model"),
     (lambda: pk.FilterPruning(0.5, "taylor"), "reads the whole model's loss or outputs"),
     (lambda: pk.HeadPruning(0.5, "entropy"), "reads the whole model's loss or outputs"),
+    (lambda: pk.HeadPruning(0.5, "reconstruction", reconstruct=True), "reconstruct=True"),
     (lambda: pk.FilterPruning(flops_target=0.5), "budgets and overrides need every block"),
     (lambda: pk.LayerPruning(2, "loss"), "needs the whole model's output"),
     (lambda: pk.LayerPruning(flops_target=0.3, criterion="influence"), "not flops_target"),

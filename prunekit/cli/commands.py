@@ -77,6 +77,9 @@ def prune(
                                                     "timed on this machine with these inputs "
                                                     "and --threads, instead of --ratio"),
     global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
+    reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
+                                                 "inputs by least squares on the calibration "
+                                                 "batches (--data), no training"),
     data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches; "
                                         "data-driven criteria read up to --calibration-batches "
                                         "training batches (default: the example inputs)"),
@@ -101,7 +104,10 @@ def prune(
     try:
         pruning = _method(method, criterion, ratio=ratio, n=n, round_to=_round_to(round_to),
                           flops_target=flops_target, latency_target=latency_target,
-                          global_ranking=global_ranking)
+                          global_ranking=global_ranking, reconstruct=reconstruct or None)
+        if reconstruct and not hasattr(pruning, "reconstruct"):
+            raise ConfigError(f"--reconstruct: --method {method} has no reconstruction; use "
+                              f"--method channel or heads")
         if stream:
             _prune_streamed(model, checkpoint, pruning, data, calibration_batches, out)
             return

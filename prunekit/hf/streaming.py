@@ -233,6 +233,11 @@ def check_streamable(method: PruningMethod) -> str:
                               "budgets and overrides need the model in memory (pk.prune)")
         return "hidden"
     if type(method) in (FilterPruning, ChannelPruning, HeadPruning):
+        if getattr(method, "reconstruct", False):
+            raise ConfigError(f"streamed {name}(reconstruct=True): the re-fit reads each "
+                              f"layer's inputs in the pruned model, blocks above it pruned, "
+                              f"which a stream of unpruned hidden states does not give; "
+                              f"prune in memory with pk.prune")
         if method.criterion not in WIDTH_CRITERIA:
             raise ConfigError(f"streamed {name}.criterion {method.criterion!r} reads the "
                               f"whole model's loss or outputs, which one block does not "
