@@ -177,8 +177,12 @@ class HeadReconstruction(DataCriterion):
                 handle.remove()
             captured.clear()
         require_data_everywhere(batches, "criterion 'reconstruction'")
-        for name in names:  # every process fits the same projection (torchrun)
-            moments[name] = list(sum_across(*moments[name]))
+        # every process fits the same projection (torchrun); a projection whose module is never
+        # called (nn.MultiheadAttention applies out_proj's weights itself) has no scores, and
+        # the method ranks its heads by their weights
+        for name in names:
+            if name in moments:
+                moments[name] = list(sum_across(*moments[name]))
         return {axis: _elimination_scores(*moments[name], heads_of)
                 for axis, (name, heads_of) in sites.items() if name in moments}
 
