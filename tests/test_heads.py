@@ -133,11 +133,15 @@ def test_multihead_attention_loses_whole_heads(name, tmp_path):
     assert result.before.params - result.after.params == removed
 
 
-def test_reconstruction_scores_nothing_in_multihead_attention_and_weights_decide():
+@pytest.mark.parametrize("criterion", ["output", "gradient", "reconstruction"])
+def test_data_criteria_score_nothing_in_multihead_attention_and_weights_decide(criterion):
     """nn.MultiheadAttention applies its output projection's weights itself, so no hook on
-    out_proj fires: the criterion returns no scores and the heads are ranked by weights."""
+    out_proj fires: the criteria return no scores (not equal ones, not an error) and the
+    heads are ranked by their weights."""
     x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(1))
-    by_data = pk.prune(transformer_encoder(True), x, pk.HeadPruning(0.5, "reconstruction"),
+    assert pk.head_importance(transformer_encoder(True), x, [x], criterion=criterion).keys() \
+        == pk.head_importance(transformer_encoder(True), x, [x], criterion="l1").keys()
+    by_data = pk.prune(transformer_encoder(True), x, pk.HeadPruning(0.5, criterion),
                        data=[x, torch.randn(2, 8, 64)])
     by_weights = pk.prune(transformer_encoder(True), x, pk.HeadPruning(0.5, "l1"))
     assert by_data.plan.tensors == by_weights.plan.tensors

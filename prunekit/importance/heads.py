@@ -70,19 +70,24 @@ class HeadGradient(DataCriterion):
         handles = [modules[name].register_forward_pre_hook(capture(name))
                    for name in {name for name, _ in sites.values()}]
         totals: dict[int, torch.Tensor] = {}
-        samples = 0
+        samples = batches = 0
         generator = torch.Generator().manual_seed(0)
         try:
             with evaluating(model):
                 for batch in data:
                     captured.clear()
+                    batches += 1
                     with torch.enable_grad():
                         outputs = call_model(model, split_batch(batch)[0])
+                        if not captured:  # no output projection ran as a module
+                            continue
                         loss, projected = _head_loss(outputs, batch, loss_fn, generator)
                         names = list(captured)
                         gradients = dict(zip(names, torch.autograd.grad(
                             loss, [captured[n] for n in names], allow_unused=True)))
                     for axis, (name, heads_of) in sites.items():
+                        if name not in captured:  # see _called
+                            continue
                         x, g = captured[name].detach().double(), gradients[name]
                         g = torch.zeros_like(x) if g is None else g.double()
                         per_sample = (x * g).flatten(1, -2).sum(1) if x.dim() > 2 else x * g
@@ -94,6 +99,8 @@ class HeadGradient(DataCriterion):
             for handle in handles:
                 handle.remove()
             captured.clear()
+        if batches and not totals:  # nothing readable (see _called): the weights decide
+            return {}
         require_data_everywhere(samples, "criterion 'gradient'")
         (samples,) = sum_across(samples)
         totals = {axis: sum_across(totals[axis])[0] for axis in sorted(totals)}
@@ -114,10 +121,11 @@ class HeadAblation(DataCriterion):
         modules = dict(model.named_modules())
         scores = {}
         with evaluating(model), torch.no_grad():
-            reference = [first_tensor(call_model(model, inputs)) for inputs in batches]
+            with _called(modules, {site[0] for site in sites.values() if site}) as called:
+                reference = [first_tensor(call_model(model, inputs)) for inputs in batches]
             per_token = reference[0].dim() >= 3
             for axis, site in sites.items():
-                if site is None:
+                if site is None or site[0] not in called:
                     continue
                 name, heads_of = site
                 scores[axis] = torch.tensor(
@@ -239,6 +247,22 @@ def _elimination_scores(gram: torch.Tensor, cross: torch.Tensor, energy: torch.T
 def _positions(kept: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """Where ``columns`` (original column numbers) sit in ``kept``."""
     return torch.searchsorted(kept, columns.flatten().sort().values)
+
+
+@contextmanager
+def _called(modules: dict[str, nn.Module], names: set[str]) -> Iterator[set[str]]:
+    """The names, of ``names``, whose modules are called inside the block. An output
+    projection that is never called as a module (``nn.MultiheadAttention`` applies its
+    ``out_proj`` weights itself) cannot be hooked: silencing a head there changes nothing,
+    so a criterion scores none of its heads and the method ranks them by their weights."""
+    called: set[str] = set()
+    handles = [modules[name].register_forward_pre_hook(
+        lambda _module, _args, name=name: called.add(name)) for name in names]
+    try:
+        yield called
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
