@@ -508,10 +508,10 @@ PADDING_AWARE = {"reconstruction"}
 
 
 def _refuse_padding_for(methods: list, batches: list[dict]) -> None:
+    padded = any(isinstance(b.get("attention_mask"), torch.Tensor)
+                 and not bool(b["attention_mask"].all()) for b in batches)
     for method in methods:
         criterion = getattr(method, "criterion", None)
-        padded = any(isinstance(b.get("attention_mask"), torch.Tensor)
-                     and not bool(b["attention_mask"].all()) for b in batches)
         if criterion in PADDING_AWARE and padded:
             raise ConfigError(f"streamed {type(method).__name__}.criterion {criterion!r} "
                               f"leaves padded positions out, which a block alone cannot "

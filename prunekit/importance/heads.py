@@ -214,7 +214,9 @@ def _elimination_scores(gram: torch.Tensor, cross: torch.Tensor, energy: torch.T
     block formula ``tr(Wᵦᵀ (Mᵦᵦ)⁻¹ Wᵦ)``, ``M`` the inverse of the kept columns' Gram matrix
     and ``W = M AᵀY``; ``M`` is then down-dated for the columns removed."""
     size = gram.shape[0]
-    # the re-fit's own ridge term (``prunekit.recover.reconstruct``), none on the bias
+    # a ridge term of the re-fit's relative size (``prunekit.recover.reconstruct.RIDGE``),
+    # none on the bias; scaled by the inputs' mean second moment alone, where the re-fit's
+    # mean takes in the bias column's too
     ridge = RIDGE * gram.diagonal()[:-1].mean().clamp_min(1e-12) * torch.eye(size, dtype=gram.dtype)
     ridge[-1, -1] = 0
     inverse = torch.linalg.inv(gram + ridge)
