@@ -261,6 +261,7 @@ def test_reconstruct_refits_on_the_given_data_as_the_library_does(tmp_path, resi
                                      "l2", "--input-shape", "1,1,8,8", flag, "--no-latency",
                                      "--out", str(out)])
         assert result.exit_code == 0, result.output
+        assert "re-fitted the layers on the random example inputs" not in result.output
         saved[flag] = load_file(out / "model.safetensors")
     train, _ = namespace["loaders"]()
     model = namespace["residual_cnn"]()
@@ -270,6 +271,17 @@ def test_reconstruct_refits_on_the_given_data_as_the_library_does(tmp_path, resi
     assert all(torch.equal(saved["--reconstruct"][k], expected[k]) for k in saved["--reconstruct"])
     assert not all(torch.equal(saved["--reconstruct"][k], saved["--no-reconstruct"][k])
                    for k in saved["--reconstruct"])
+
+
+def test_reconstruct_without_data_says_what_it_fitted_on(tmp_path):
+    model_file = tmp_path / "net.py"
+    model_file.write_text(MODEL_FILE)
+    result = runner.invoke(app, ["prune", "--model", f"{model_file}:small_cnn", "--input-shape",
+                                 "1,3,16,16", "--method", "channel", "--reconstruct",
+                                 "--no-latency", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "--reconstruct re-fitted the layers on the random example inputs only" in \
+        " ".join(result.output.split())
 
 
 def test_reconstruct_with_a_method_that_has_none_is_one_line(tmp_path):

@@ -155,6 +155,10 @@ def prune(
         console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
                       f"activations, and without --data it ran on the random example inputs "
                       f"only; pass --data for a ranking that means something")
+    if data is None and reconstruct:
+        console.print("[yellow]note:[/] --reconstruct re-fitted the layers on the random "
+                      "example inputs only, without --data; pass --data for a fit that "
+                      "means something")
     for op in result.unknown_ops:
         console.print(f"[yellow]no coupling rule[/] for {escape(op.op)} in "
                       f"{escape(op.module or 'the model')}: the dims it touches were left "
