@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from typer.testing import CliRunner
 
@@ -109,6 +110,40 @@ def test_attention_flops_do_not_depend_on_the_fused_inference_path(build, calls)
         module(*calls(x))
     assert count_flops(module, calls(x)) == unfused.flops > 0
     assert torch.backends.mha.get_fastpath_enabled()  # given back as it was
+
+
+class _EveryFormula(nn.Module):
+    """Convolutions, a transposed one, linear layers on 3-d inputs, bmm, addmm and attention:
+    the ops whose FLOPs are counted, with arguments given as tensors, lists and tuples."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.up = nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.linear = nn.Linear(16, 16)
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x):
+        q = self.linear(self.up(self.conv(x)).flatten(2)[..., :16])
+        heads = nn.functional.scaled_dot_product_attention(q[:, None], q[:, None], q[:, None])
+        return (torch.bmm(q, q.transpose(1, 2)).sum() + heads.sum()
+                + self.attention(q, q, q)[0].sum()
+                + torch.addmm(torch.zeros(4, 16), q[0], self.linear.weight).sum())
+
+
+def test_flop_count_agrees_with_torchs_own_counter():
+    """``FlopCount`` calls ``flop_counter``'s formulas on shapes it reads itself: the totals
+    must be those ``FlopCounterMode`` gives."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunekit.measure import FlopCount
+
+    for model, x in [(_EveryFormula().eval(), torch.randn(2, 3, 8, 8)),
+                     (torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32))]:
+        with torch.no_grad(), FlopCount() as ours:
+            model(x)
+        with torch.no_grad(), FlopCounterMode(display=False) as theirs:
+            model(x)
+        assert ours.flops == theirs.get_total_flops() > 0
 
 
 def test_models_keep_their_training_mode_after_timing():
