@@ -42,6 +42,41 @@ def test_reconstruction_brings_the_output_closer_than_plain_channel_pruning():
     assert result.after.params == sum(p.numel() for p in rebuilt.parameters())
 
 
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(3, 5, 3, padding=1),
+    nn.Conv2d(3, 5, (3, 2), stride=(2, 1), dilation=(1, 2), padding=(2, 1)),
+    nn.Conv2d(3, 5, 4, padding="same"),
+    nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect")],
+    ids=["padded", "strided and dilated", "same, even kernel", "reflect"])
+@pytest.mark.parametrize("cap", [10**6, 50], ids=["every position", "drawn positions"])
+def test_a_convolutions_rows_are_its_patches_and_outputs(conv, cap, monkeypatch):
+    """Patches are gathered at the drawn output positions only; they must be the rows the
+    whole unfolding would give (same rows, same order), and reproduce the convolution."""
+    import importlib
+
+    from torch.nn import functional as F
+
+    module = importlib.import_module("prunekit.recover.reconstruct")
+
+    monkeypatch.setattr(module, "MAX_ROWS", cap)
+    inputs = [torch.randn(2, 3, 9, 11), torch.randn(1, 3, 9, 11)]
+    with torch.no_grad():
+        outputs = [conv(x) for x in inputs]
+        rows, wanted = module._conv_rows(conv, inputs, outputs, torch.Generator().manual_seed(0))
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        unfolded = torch.cat([F.unfold(F.pad(x, module._paddings(conv), mode=mode),
+                                       conv.kernel_size, conv.dilation, 0, conv.stride)
+                              .transpose(1, 2).flatten(0, 1) for x in inputs])
+        every = torch.cat([y.flatten(2).transpose(1, 2).flatten(0, 1) for y in outputs])
+        assert len(rows) == min(cap, len(every))
+        if len(every) > cap:
+            pick = torch.randperm(len(every), generator=torch.Generator().manual_seed(0))[:cap]
+            unfolded, every = unfolded[pick], every[pick]
+        assert torch.equal(rows, unfolded) and torch.equal(wanted, every)
+        refitted = rows @ conv.weight.flatten(1).T + conv.bias
+        torch.testing.assert_close(refitted, wanted, atol=1e-5, rtol=1e-5)
+
+
 def test_reconstruction_needs_data():
     model = net()
     with pytest.raises(pk.ConfigError, match="reconstruct=True.*data="):

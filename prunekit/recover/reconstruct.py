@@ -118,9 +118,7 @@ def _captured(model: nn.Module, name: str, batches: list, capture_input: bool) -
 def _refit(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
            generator: torch.Generator) -> None:
     if isinstance(layer, nn.Conv2d):
-        rows = torch.cat([F.unfold(x, layer.kernel_size, layer.dilation, layer.padding,
-                                   layer.stride).transpose(1, 2).flatten(0, 1) for x in inputs])
-        wanted = torch.cat([y.flatten(2).transpose(1, 2).flatten(0, 1) for y in targets])
+        rows, wanted = _conv_rows(layer, inputs, targets, generator)
     else:
         rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs])
         wanted = torch.cat([y.reshape(-1, y.shape[-1]) for y in targets])
@@ -130,6 +128,53 @@ def _refit(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Ten
         layer.weight.copy_(weights.reshape(layer.weight.shape).to(layer.weight.dtype))
         if fit_bias:
             layer.bias.copy_(bias.to(layer.bias.dtype))
+
+
+def _conv_rows(layer: nn.Conv2d, inputs: list[torch.Tensor], targets: list[torch.Tensor],
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares rows of a convolution: its input patch (channels by kernel position,
+    as the weight is laid out) and its output at every output position of every batch, or at
+    ``MAX_ROWS`` of them drawn at random. Only the drawn patches are gathered: unfolding every
+    position first would hold the kernel's area times the inputs (gigabytes for a 3×3
+    convolution on a few 320×320 pages), to keep a few thousand rows of it."""
+    counts = [y.shape[0] * y.shape[2] * y.shape[3] for y in targets]
+    total = sum(counts)
+    # drawn as the rows of the whole unfolding would be: the same rows, in the same order
+    picked = (torch.randperm(total, generator=generator)[:MAX_ROWS] if total > MAX_ROWS
+              else torch.arange(total))
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    pads = _paddings(layer)
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    rows = inputs[0].new_empty(len(picked), inputs[0].shape[1] * kh * kw)
+    wanted = targets[0].new_empty(len(picked), targets[0].shape[1])
+    start = 0
+    for x, y, count in zip(inputs, targets, counts):
+        here = ((picked >= start) & (picked < start + count)).nonzero().flatten()
+        local = picked[here] - start
+        start += count
+        if not len(here):
+            continue
+        width = y.shape[3]
+        n, i, j = local // (y.shape[2] * width), local // width % y.shape[2], local % width
+        padded = F.pad(x, pads, mode=mode)
+        patches = [padded[n, :, i * sh + a * dh, j * sw + b * dw]
+                   for a in range(kh) for b in range(kw)]  # each (rows, channels)
+        rows[here] = torch.stack(patches, dim=2).flatten(1)
+        wanted[here] = y[n, :, i, j]
+    return rows, wanted
+
+
+def _paddings(layer: nn.Conv2d) -> tuple[int, int, int, int]:
+    """Zeros added (left, right, top, bottom), as ``F.pad`` takes them; ``padding="same"``
+    puts the odd one on the right and bottom, as the convolution does."""
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            return 0, 0, 0, 0
+        (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
+        height, width = dh * (kh - 1), dw * (kw - 1)
+        return width // 2, width - width // 2, height // 2, height - height // 2
+    ph, pw = layer.padding
+    return pw, pw, ph, ph
 
 
 def _least_squares(rows: torch.Tensor, wanted: torch.Tensor, fit_bias: bool,
