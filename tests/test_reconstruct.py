@@ -77,6 +77,63 @@ def test_a_convolutions_rows_are_its_patches_and_outputs(conv, cap, monkeypatch)
         torch.testing.assert_close(refitted, wanted, atol=1e-5, rtol=1e-5)
 
 
+def test_capture_passes_stop_at_the_layer_and_fit_the_same_weights(monkeypatch):
+    """Each layer's inputs are read by a forward pass that ends at that layer; running every
+    pass to the end must fit exactly the same weights."""
+    import importlib
+
+    module = importlib.import_module("prunekit.recover.reconstruct")
+    data = calibration()
+
+    def pruned_with_reconstruction():
+        model = net()
+        last_calls = []
+        model[-1].register_forward_hook(lambda *_: last_calls.append(1))
+        pk.prune(model, data[0][:1], pk.ChannelPruning(0.5, "l2", reconstruct=True), data=data)
+        return model, len(last_calls)
+
+    stopped, stopped_calls = pruned_with_reconstruction()
+    consumers = module._consumers
+
+    def called_twice(*args):  # a layer called more than once is read by whole passes
+        order, calls = consumers(*args)
+        return order, {name: 2 for name in calls}
+
+    monkeypatch.setattr(module, "_consumers", called_twice)
+    whole, whole_calls = pruned_with_reconstruction()
+    for a, b in zip(stopped.parameters(), whole.parameters()):
+        assert torch.equal(a, b)
+    # the last layer is re-fitted too (its pass reaches it); no earlier layer's pass does
+    assert whole_calls - stopped_calls == len(data) * 2
+
+
+@pytest.mark.parametrize("whole_passes", [False, True], ids=["passes stop", "whole passes"])
+def test_a_layer_is_fitted_to_its_own_output_even_when_an_in_place_relu_follows(
+        whole_passes, monkeypatch):
+    """An in-place ReLU after a convolution overwrites the tensor the convolution returned;
+    the re-fit must read the convolution's output, not the clipped one: a model with in-place
+    ReLUs is re-fitted exactly as the same model without them."""
+    import importlib
+
+    module = importlib.import_module("prunekit.recover.reconstruct")
+    if whole_passes:
+        consumers = module._consumers
+        monkeypatch.setattr(module, "_consumers", lambda *args: (
+            consumers(*args)[0], {name: 2 for name in consumers(*args)[1]}))
+    data = calibration()
+
+    def refitted(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace),
+                              nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace),
+                              nn.Conv2d(16, 4, 3, padding=1)).eval()
+        pk.prune(model, data[0][:1], pk.ChannelPruning(0.5, "l2", reconstruct=True), data=data)
+        return model
+
+    for a, b in zip(refitted(True).parameters(), refitted(False).parameters()):
+        assert torch.equal(a, b)
+
+
 def test_reconstruction_needs_data():
     model = net()
     with pytest.raises(pk.ConfigError, match="reconstruct=True.*data="):

@@ -17,6 +17,7 @@ are not visible from outside.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Iterable
 
 import torch
@@ -43,18 +44,20 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
     batches = [split_batch(b)[0] for b in data]
     generator = torch.Generator().manual_seed(seed)
     fitted = []
+    order, calls = _consumers(pruned, plan, batches[0])
     # one layer at a time: memory holds one layer's activations, at one forward pass of
-    # each model per layer
-    for name in _consumers(pruned, plan, batches[0]):
+    # each model per layer, which stops at that layer when it is called once
+    for name in order:
         layer = pruned.get_submodule(name)
+        stop = calls[name] == 1
         if isinstance(layer, RECURRENT):
             _refit_recurrent(layer, original.get_submodule(name), plan, name,
-                             _captured(pruned, name, batches, capture_input=True),
-                             _captured(original, name, batches, capture_input=True), generator)
+                             _captured(pruned, name, batches, True, stop),
+                             _captured(original, name, batches, True, stop), generator)
             fitted.append(name)
             continue
-        inputs = _captured(pruned, name, batches, capture_input=True)
-        targets = _captured(original, name, batches, capture_input=False)
+        inputs = _captured(pruned, name, batches, capture_input=True, stop=stop)
+        targets = _captured(original, name, batches, capture_input=False, stop=stop)
         kept_out = plan.tensors.get(f"{name}.weight", {}).get(0)
         if kept_out is not None:  # a Linear's channels are its output's last dim
             channels = 1 if isinstance(layer, nn.Conv2d) else -1
@@ -64,9 +67,10 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
     return fitted
 
 
-def _consumers(model: nn.Module, plan: Plan, batch: Any) -> list[str]:
+def _consumers(model: nn.Module, plan: Plan, batch: Any) -> tuple[list[str], Counter[str]]:
     """Layers to re-fit, in execution order: those whose input channels were pruned, and
-    one-layer recurrent layers that lost inputs or hidden units."""
+    one-layer recurrent layers that lost inputs or hidden units; and how many times ``batch``
+    calls each."""
     candidates = {name for name, module in model.named_modules()
                   if ((isinstance(module, nn.Linear)
                        or (isinstance(module, nn.Conv2d) and module.groups == 1))
@@ -75,11 +79,13 @@ def _consumers(model: nn.Module, plan: Plan, batch: Any) -> list[str]:
                       and any(1 in plan.tensors.get(f"{name}.weight_{kind}_l0", {})
                               for kind in ("ih", "hh")))}
     order: list[str] = []
+    calls: Counter[str] = Counter()
 
     def hook_for(name: str):
         def pre_hook(_module, _args):
             if name not in order:
                 order.append(name)
+            calls[name] += 1
         return pre_hook
 
     handles = [module.register_forward_pre_hook(hook_for(name))
@@ -90,7 +96,7 @@ def _consumers(model: nn.Module, plan: Plan, batch: Any) -> list[str]:
     finally:
         for handle in handles:
             handle.remove()
-    return order
+    return order, calls
 
 
 def _refittable_recurrent(module: nn.Module) -> bool:
@@ -98,18 +104,33 @@ def _refittable_recurrent(module: nn.Module) -> bool:
             and getattr(module, "proj_size", 0) == 0)
 
 
-def _captured(model: nn.Module, name: str, batches: list, capture_input: bool) -> list[torch.Tensor]:
+class _Captured(BaseException):
+    """Ends a forward pass once the layer it was run for has been read. A BaseException, so
+    that a model's own ``except Exception`` does not swallow it."""
+
+
+def _captured(model: nn.Module, name: str, batches: list, capture_input: bool,
+              stop: bool = False) -> list[torch.Tensor]:
+    """The layer's first input (or its output) on every batch; with ``stop``, each forward
+    pass ends there, the rest of the model unrun."""
     layer = model.get_submodule(name)
     captured: list[torch.Tensor] = []
 
     def hook(_module, args, output):
-        captured.append((args[0] if capture_input else output).detach())
+        tensor = (args[0] if capture_input else output).detach()
+        if stop:  # the pass ends here: nothing after the layer (an in-place ReLU) changes it
+            captured.append(tensor)
+            raise _Captured
+        captured.append(tensor.clone())  # the rest of the pass may write to it in place
 
     handle = layer.register_forward_hook(hook)
     try:
         with evaluating(model), torch.no_grad():
             for batch in batches:
-                call_model(model, batch)
+                try:
+                    call_model(model, batch)
+                except _Captured:
+                    pass
     finally:
         handle.remove()
     return captured
