@@ -27,11 +27,16 @@ size), so its rows leave them out. Latency: one word or one page, batch 1, the p
 unpruned model timed interleaved (``pk.compare_latency``). The aims part prunes the
 recognizer at 90% of its FLOPs with the LSTMs held to their own ratio (``overrides``) and on
 more calibration words (from the training words), then gives one setting at 95% a longer
-recovery. Writes ``benchmarks/results/ocr.{json,md,png}``.
+recovery; the detector's aims part reconstructs it at 70% on more pages and distils one
+pruned detector from the unpruned one (``pk.distill`` on quarters of new pages). Writes
+``benchmarks/results/ocr.{json,md,png}``.
 
     pip install -e ".[benchmark]"
-    python benchmarks/ocr.py                  # about 65 minutes on 2 cores
-    python benchmarks/ocr.py --part aims      # the recognizer towards its aims (20 minutes)
+    python benchmarks/ocr.py                  # every part: about 90 minutes on 2 cores
+    python benchmarks/ocr.py --part aims      # the recognizer towards its aims (25 minutes)
+    python benchmarks/ocr.py --part detector-aims   # the detector at 70%: more pages, and
+                                                    # distilled (10 minutes)
+    python benchmarks/ocr.py --part aims --aim-words 1536   # one aims setting, merged in
     python benchmarks/ocr.py --replot         # the table and plot again from ocr.json
     python benchmarks/ocr.py --only "ChannelPruning(taylor);FilterPruning(l1)"
                                               # those recognizer rows again, merged in
@@ -50,6 +55,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -80,11 +86,20 @@ RECOVERED = (("l2, reconstructed", 0.9, {"reconstruct": True}),
 # towards the 90% aim, no training: (LSTM override or None, calibration words), taylor
 # reconstructed at 90% of FLOPs removed; the LSTMs at their own ratio leave the search the rest
 AIM_BUDGET = 0.9
-AIM_RUNS = ((None, 64), (None, 256), (0.5, 64), (0.3, 64), (0.3, 256), (0.3, 768))
+AIM_RUNS = ((None, 64), (None, 256), (0.5, 64), (0.3, 64), (0.3, 256), (0.3, 768), (0.3, 1536))
 LSTMS = "model.SequenceModeling"
 # a longer recovery, (FLOPs removed, steps, learning rate), within ten minutes, on the
 # LSTMs-at-0.3, 256-word setting
 LONG_RECOVERY = ((0.95, 1500, 1e-3),)
+# the detector at 70% of its FLOPs removed, reconstructed: (criterion, calibration pages,
+# distillation steps after it: 0 for none)
+DETECTOR_AIM_BUDGET = 0.7
+DETECTOR_AIM_RUNS = (("fpgm", 4, 200), ("fpgm", 16, 0))
+CROP = 160  # distillation trains on page quarters: a quarter of a page's work per crop
+# what the reconstruction fits each layer to, recorded with each part's rows: results from
+# before the re-fit read a layer's own output (an in-place ReLU after a convolution clipped
+# its targets) say so in the table
+REFIT = "own output"
 
 
 class Recognizer(nn.Module):
@@ -351,7 +366,7 @@ def calibration_words(count: int) -> list[str]:
 
 def aim_rows(options) -> tuple[list[dict], dict]:
     """Taylor-ranked channel pruning, reconstructed, at 90% of the FLOPs removed: the LSTMs
-    at the budget's ratio or held to their own (``overrides``), on 64 to 768 calibration
+    at the budget's ratio or held to their own (``overrides``), on 64 to 1,536 calibration
     words; then the LSTMs at 0.3 on 256 words, at 95%, given a longer recovery (Adam with
     warm-up and cosine decay, within ten minutes)."""
     original, characters = load_recognizer()
@@ -384,11 +399,15 @@ def aim_rows(options) -> tuple[list[dict], dict]:
               flush=True)
         return model, entry
 
-    for lstms, count in AIM_RUNS[:2] if options.quick else AIM_RUNS:
+    runs = AIM_RUNS[:2] if options.quick else AIM_RUNS
+    recoveries = LONG_RECOVERY[:1] if options.quick else LONG_RECOVERY
+    if options.aim_words:  # one setting alone, merged into the saved rows by main()
+        runs, recoveries = ((0.3, options.aim_words),), ()
+    for lstms, count in runs:
         model, entry = pruned(AIM_BUDGET, lstms, count)
         rows.append(entry)
         del model
-    for budget, steps, lr in LONG_RECOVERY[:1] if options.quick else LONG_RECOVERY:
+    for budget, steps, lr in recoveries:
         steps = 20 if options.quick else steps
         model, entry = pruned(budget, 0.3, 256)
         curve = []
@@ -475,12 +494,79 @@ def box_f1(found: list[list[tuple]], reference: list[list[tuple]]) -> float:
     return 2 * precision * recall / (precision + recall) if matched else 0.0
 
 
-def detector_rows(options) -> tuple[list[dict], dict]:
-    original = load_detector()
+def detector_pages(quick: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(calibration batches of one page, test pages): 4 calibration pages, then the test
+    pages, from one seeded stream."""
     vocabulary = words(400, 0)
     rng = random.Random(5)
     calibration = [torch.stack([page(rng, vocabulary)]) for _ in range(4)]
-    pages = [page(rng, vocabulary) for _ in range(8 if options.quick else 48)]
+    return calibration, [page(rng, vocabulary) for _ in range(8 if quick else 48)]
+
+
+def more_calibration_pages(count: int) -> list[torch.Tensor]:
+    """The 4 calibration pages, then other pages (their own seeds, not the test pages'), one
+    page per batch, ``count`` in all."""
+    vocabulary = words(400, 0)
+    calibration, _ = detector_pages(quick=True)
+    return calibration + [torch.stack([page(random.Random(100 + i), vocabulary)])
+                          for i in range(count - len(calibration))]
+
+
+def page_crops(seed: int) -> Iterator[torch.Tensor]:
+    """Batches of 4 random quarters of freshly rendered pages (their own seed), endless."""
+    vocabulary = words(400, 0)
+    rng = random.Random(seed)
+    while True:
+        crops = []
+        for _ in range(4):
+            whole = page(rng, vocabulary)
+            top, left = rng.choice((0, PAGE - CROP)), rng.choice((0, PAGE - CROP))
+            crops.append(whole[:, top:top + CROP, left:left + CROP])
+        yield torch.stack(crops)
+
+
+def detector_aim_rows(options) -> tuple[list[dict], dict]:
+    """Channel pruning at 70% of the detector's FLOPs, reconstructed on the grid's 4 pages or
+    more, then (some rows) a short recovery: ``pk.distill`` from the unpruned detector (the
+    mean squared error of the score maps, relative to the teacher's variance) on page quarters
+    rendered afresh, at most ten minutes."""
+    original = load_detector()
+    _, pages = detector_pages(options.quick)
+    reference = detect(original, pages)
+    example = more_calibration_pages(1)[0]
+    before = pk.measure(original, example)
+    rows = []
+    for criterion, count, steps in DETECTOR_AIM_RUNS[:1] if options.quick else DETECTOR_AIM_RUNS:
+        model = copy.deepcopy(original)
+        start = time.perf_counter()
+        result = pk.prune(model, example, channel_pruning(criterion, DETECTOR_AIM_BUDGET,
+                                                          reconstruct=True),
+                          data=more_calibration_pages(count))
+        seconds = time.perf_counter() - start
+        entry = {"model": "detector-aims", "method": f"ChannelPruning({criterion})",
+                 "budget": DETECTOR_AIM_BUDGET, "calibration_pages": count,
+                 "params": result.after.params, "flops": result.after.flops,
+                 "prune_seconds": round(seconds, 1),
+                 "box_f1": box_f1(detect(model, pages), reference)}
+        if steps:
+            steps = 10 if options.quick else steps
+            trained = pk.distill(model, original, page_crops(7), steps=steps, lr=1e-4)
+            model.eval()
+            entry.update(steps=steps, lr=1e-4, crop=CROP,
+                         distill_seconds=round(trained.seconds, 1),
+                         box_f1_distilled=box_f1(detect(model, pages), reference))
+        rows.append(entry)
+        print(f"detector aims: {criterion}, {count} pages: FLOPs "
+              f"-{1 - result.after.flops / before.flops:.0%}, box F1 {entry['box_f1']:.3f}"
+              + (f", distilled {entry['box_f1_distilled']:.3f}" if steps else ""), flush=True)
+        del model
+    return rows, {"pages": len(pages), "reference_boxes": sum(map(len, reference)),
+                  "base_params": before.params, "base_flops": before.flops}
+
+
+def detector_rows(options) -> tuple[list[dict], dict]:
+    original = load_detector()
+    calibration, pages = detector_pages(options.quick)
     example = calibration[0]
     reference = detect(original, pages)
     before = pk.measure(original, example)
@@ -528,10 +614,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer words, pages, budgets, criteria and steps")
     parser.add_argument("--steps", type=int, default=200, help="recovery steps per model")
-    parser.add_argument("--part", choices=("recognizer", "detector", "both", "aims"),
+    parser.add_argument("--part", choices=("recognizer", "detector", "both", "aims",
+                                            "detector-aims"),
                         default="both",
                         help="aims: the recognizer towards its 90%% aim (LSTMs held to their "
-                             "own ratio, more calibration words, a longer recovery), alone")
+                             "own ratio, more calibration words, a longer recovery), alone; "
+                             "detector-aims: the detector at 70%% on more calibration pages, "
+                             "and after a short distillation")
+    parser.add_argument("--aim-words", type=int,
+                        help="with --part aims: only the LSTMs-at-0.3 setting on this many "
+                             "calibration words (up to 1600), merged into the saved rows")
     parser.add_argument("--only", type=lambda text: text.split(";"),
                         help="measure only these recognizer rows again, ';'-separated as the "
                              "table names them (e.g. 'ChannelPruning(taylor);FilterPruning(l1)'), "
@@ -549,7 +641,8 @@ def main() -> None:
         stem.with_suffix(".md").write_text(to_markdown(rows, meta))
         plot(rows, stem.with_suffix(".png"))
         return
-    parts = ("recognizer", "detector", "aims") if options.part == "both" else (options.part,)
+    parts = (("recognizer", "detector", "aims", "detector-aims") if options.part == "both"
+             else (options.part,))
     if options.only:
         new, _ = recognizer_rows(options, 0)
         rows = merged(rows, new[1:])
@@ -560,10 +653,14 @@ def main() -> None:
         elif part == "aims":
             new, part_meta = aim_rows(options)
             part = "recognizer-aims"
+        elif part == "detector-aims":
+            new, part_meta = detector_aim_rows(options)
         else:
             new, part_meta = detector_rows(options)
+        if part == "recognizer-aims" and options.aim_words:
+            new = merged_aims([r for r in rows if r["model"] == part], new)
         rows = [r for r in rows if r["model"] != part] + new
-        meta[part] = part_meta
+        meta[part] = {**part_meta, "refit": REFIT}
     meta.update({"torch": torch.__version__.split("+")[0], "quick": options.quick,
                  "threads": 2})
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -590,6 +687,18 @@ def merged(rows: list[dict], new: list[dict]) -> list[dict]:
             + [r for r in kept if r["model"] != "recognizer"])
 
 
+def merged_aims(saved: list[dict], new: list[dict]) -> list[dict]:
+    """The saved aims rows with ``new`` in place of the same settings, in the table's order:
+    LSTMs as the rest, then held to 0.5, then 0.3, fewer words first; recoveries last."""
+    def key(r: dict) -> tuple:
+        return r["lstms"], r["calibration_words"], r["budget"], bool(r.get("recovery"))
+
+    fresh = {key(r) for r in new}
+    rows = [r for r in saved if key(r) not in fresh] + new
+    return sorted(rows, key=lambda r: (bool(r.get("recovery")), r["lstms"] is not None,
+                                       -(r["lstms"] or 0), r["calibration_words"]))
+
+
 def removed(row: dict, base: dict, key: str) -> str:
     return f"-{1 - row[key] / base[key]:.0%}"
 
@@ -613,6 +722,16 @@ def grid_row(r: dict, base: dict, flops: str, quality: str) -> str:
             f"| {speed_cell(r)} |")
 
 
+def stale(info: dict, part: str) -> str:
+    """A note for rows measured before the re-fit read each layer's own output."""
+    if info.get("refit") == REFIT:
+        return ""
+    return (" **Measured before the reconstruction fitted each layer to its own output** (an "
+            "in-place ReLU after a convolution clipped the targets it was fitted to): the "
+            "reconstructed rows here are of that older fit, the aims sections of the current "
+            f"one. `python benchmarks/ocr.py --part {part}` measures them again.")
+
+
 def to_markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# EasyOCR's pretrained recognizer and detector, pruned", "",
              "`python benchmarks/ocr.py` (torch " + meta["torch"] + ", 2 threads). Every "
@@ -629,7 +748,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                   f"decoding; agreement: read exactly as the unpruned model reads them; "
                   f"reconstruction calibrates on {info['calibration_words']} other words. "
                   f"Torch-Pruning's rows leave the LSTMs whole (it raises an IndexError "
-                  f"pruning their hidden size).", "",
+                  f"pruning their hidden size).{stale(info, 'recognizer')}", "",
                   "| FLOPs removed (target) | method | reconstructed | params | FLOPs | "
                   "read as pruned | agreement | prune (s) | speed-up |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -688,11 +807,38 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                   f"{info['pages']} rendered pages of {PAGE}×{PAGE} px, "
                   f"{info['reference_boxes']} boxes found by the unpruned detector; box F1 of "
                   f"a pruned detector's boxes against those (IoU ≥ 0.5); reconstruction "
-                  f"calibrates on {info['calibration_pages']} other pages.", "",
+                  f"calibrates on {info['calibration_pages']} other pages.{stale(info, 'detector')}", "",
                   "| FLOPs removed (target) | method | reconstructed | params | FLOPs | box F1 | "
                   "prune (s) | speed-up |", "|---|---|---|---|---|---|---|---|"]
         for r in detector:
             lines.append(grid_row(r, base, f"{r['flops'] / 1e9:.2f}G", f"{r['box_f1']:.3f}"))
+    detector_aims = [r for r in rows if r["model"] == "detector-aims"]
+    if detector_aims:
+        info = meta["detector-aims"]
+        lines += ["", "## Detector: towards the aim at 70% of FLOPs removed", "",
+                  "`python benchmarks/ocr.py --part detector-aims`. `ChannelPruning(criterion, "
+                  "flops_target=0.7, reconstruct=True)` on the grid's 4 calibration pages or "
+                  "more (then other pages), one page per batch: box F1 against the unpruned "
+                  f"detector's {info['reference_boxes']} boxes on the same {info['pages']} test "
+                  "pages as reconstructed (no training), and after a short distillation.", "",
+                  "| FLOPs removed (target) | method | calibration pages | params | FLOPs | "
+                  "box F1, reconstructed | prune (s) | box F1 after distillation | "
+                  "distillation (s) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in detector_aims:
+            distilled = (f"{r['box_f1_distilled']:.3f} | {r['distill_seconds']}"
+                         if r.get("steps") else " | ")
+            lines.append(f"| {r['budget']:.0%} | {r['method']} | {r['calibration_pages']} "
+                         f"| {r['params'] / 1e6:.2f}M (-{1 - r['params'] / info['base_params']:.0%}) "
+                         f"| {r['flops'] / 1e9:.2f}G (-{1 - r['flops'] / info['base_flops']:.0%}) "
+                         f"| {r['box_f1']:.3f} | {r['prune_seconds']} | {distilled} |")
+        distilled = [r for r in detector_aims if r.get("steps")]
+        if distilled:
+            r = distilled[0]
+            lines += ["", f"Distillation: `pk.distill(pruned, unpruned, crops, steps={r['steps']}, "
+                      f"lr={r['lr']:g})`, batches of 4 random {r['crop']}×{r['crop']} quarters "
+                      f"of pages rendered afresh (not the test pages), the score maps' mean "
+                      f"squared error relative to the unpruned detector's variance, AdamW with "
+                      f"warm-up and cosine decay."]
     return "\n".join(lines) + "\n"
 
 
@@ -735,9 +881,16 @@ def plot(rows: list[dict], path: Path) -> None:
                     ax.plot([100 * (1 - r["flops"] / base["flops"])], [r[key]], "k*",
                             markersize=11, label="taylor, reconstructed, LSTMs at 0.3, "
                                                  "256 words")
+        if model == "detector":  # the detector's aims part: after distillation
+            for r in rows:
+                if r["model"] == "detector-aims" and r.get("steps"):
+                    name = r["method"].removeprefix("ChannelPruning(").removesuffix(")")
+                    ax.plot([100 * (1 - r["flops"] / base["flops"])], [r["box_f1_distilled"]],
+                            "k*", markersize=11, label=f"{name}, reconstructed, then "
+                                                       f"{r['steps']} steps of distillation")
         ax.set_xlabel("FLOPs removed (%)")
         ax.set_ylabel(label)
-        ax.set_title(f"EasyOCR {model}, pretrained, no training\n"
+        ax.set_title(f"EasyOCR {model}, pretrained; lines: no training\n"
                      f"(dashed: as pruned; solid: reconstructed by least squares)", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
     figure.tight_layout()
