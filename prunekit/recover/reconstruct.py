@@ -186,7 +186,7 @@ def _conv_rows(layer: nn.Conv2d, inputs: list[torch.Tensor], targets: list[torch
 
 
 def _paddings(layer: nn.Conv2d) -> tuple[int, int, int, int]:
-    """Zeros added (left, right, top, bottom), as ``F.pad`` takes them; ``padding="same"``
+    """Padding added (left, right, top, bottom), as ``F.pad`` takes it; ``padding="same"``
     puts the odd one on the right and bottom, as the convolution does."""
     if isinstance(layer.padding, str):
         if layer.padding == "valid":
