@@ -639,7 +639,7 @@ def main() -> None:
     rows, meta = saved["rows"], saved["meta"]
     if options.replot:
         stem.with_suffix(".md").write_text(to_markdown(rows, meta))
-        plot(rows, stem.with_suffix(".png"))
+        plot(rows, meta, stem.with_suffix(".png"))
         return
     parts = (("recognizer", "detector", "aims", "detector-aims") if options.part == "both"
              else (options.part,))
@@ -666,7 +666,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     stem.with_suffix(".md").write_text(to_markdown(rows, meta))
-    plot(rows, stem.with_suffix(".png"))
+    plot(rows, meta, stem.with_suffix(".png"))
 
 
 def merged(rows: list[dict], new: list[dict]) -> list[dict]:
@@ -842,7 +842,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], meta: dict, path: Path) -> None:
     """Words read against FLOPs removed, one line per criterion (as pruned dashed,
     reconstructed solid), Torch-Pruning in black; the detector's box F1 beside it."""
     import matplotlib
@@ -875,12 +875,12 @@ def plot(rows: list[dict], path: Path) -> None:
                     color=colour, ls="-" if rebuilt or method.startswith("Torch") else "--",
                     label=f"{name}{', reconstructed' if rebuilt else ''}")
         if model == "recognizer":  # the best no-training setting of the aims part
-            for r in rows:
-                if (r["model"] == "recognizer-aims" and not r.get("recovery")
-                        and r["lstms"] == 0.3 and r["calibration_words"] == 256):
-                    ax.plot([100 * (1 - r["flops"] / base["flops"])], [r[key]], "k*",
-                            markersize=11, label="taylor, reconstructed, LSTMs at 0.3, "
-                                                 "256 words")
+            best = max((r for r in rows if r["model"] == "recognizer-aims"
+                        and not r.get("recovery")), key=lambda r: r[key], default=None)
+            if best is not None:
+                ax.plot([100 * (1 - best["flops"] / base["flops"])], [best[key]], "k*",
+                        markersize=11, label=f"taylor, reconstructed, LSTMs at {best['lstms']}, "
+                                             f"{best['calibration_words']} words")
         if model == "detector":  # the detector's aims part: after distillation
             for r in rows:
                 if r["model"] == "detector-aims" and r.get("steps"):
@@ -890,8 +890,11 @@ def plot(rows: list[dict], path: Path) -> None:
                                                        f"{r['steps']} steps of distillation")
         ax.set_xlabel("FLOPs removed (%)")
         ax.set_ylabel(label)
+        before_fix = ("\nsolid lines measured before the re-fit's fix (see the table)"
+                      if meta.get(model, {}).get("refit") != REFIT else "")
         ax.set_title(f"EasyOCR {model}, pretrained; lines: no training\n"
-                     f"(dashed: as pruned; solid: reconstructed by least squares)", fontsize=10)
+                     f"(dashed: as pruned; solid: reconstructed by least squares)"
+                     f"{before_fix}", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
