@@ -160,6 +160,11 @@ def loaders():
             DataLoader(TensorDataset(images[64:], labels[64:]), batch_size=16))
 
 
+def image_loaders():
+    train, test = loaders()
+    return [images for images, _ in train], [images for images, _ in test]
+
+
 def not_a_pair():
     return [1, 2, 3]
 '''
@@ -271,6 +276,28 @@ def test_reconstruct_refits_on_the_given_data_as_the_library_does(tmp_path, resi
     assert all(torch.equal(saved["--reconstruct"][k], expected[k]) for k in saved["--reconstruct"])
     assert not all(torch.equal(saved["--reconstruct"][k], saved["--no-reconstruct"][k])
                    for k in saved["--reconstruct"])
+
+
+def test_prune_reads_batches_of_inputs_alone_and_a_command_that_evaluates_refuses_them(
+        tmp_path, residual_source):
+    from safetensors.torch import load_file
+
+    source, _ = residual_source
+    saved = {}
+    for factory in ("loaders", "image_loaders"):  # the same images, with labels and without
+        out = tmp_path / factory
+        result = runner.invoke(app, ["prune", "--model", f"{source}:residual_cnn", "--data",
+                                     f"{source}:{factory}", "--method", "channel",
+                                     "--criterion", "l2", "--reconstruct", "--no-latency",
+                                     "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        saved[factory] = load_file(out / "model.safetensors")
+    assert all(torch.equal(saved["loaders"][k], saved["image_loaders"][k]) for k in saved["loaders"])
+    refused = runner.invoke(app, ["sensitivity", "--model", f"{source}:residual_cnn", "--data",
+                                  f"{source}:image_loaders", "--out", str(tmp_path / "s")])
+    assert refused.exit_code == 2, refused.output
+    assert "--data: the batches must be (inputs, labels) pairs" in " ".join(refused.output.split())
+    assert not (tmp_path / "s").exists()
 
 
 def test_reconstruct_without_data_says_what_it_fitted_on(tmp_path):

@@ -80,8 +80,10 @@ def prune(
     reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
                                                  "inputs by least squares on the calibration "
                                                  "batches (--data), no training"),
-    data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches; "
-                                        "data-driven criteria read up to --calibration-batches "
+    data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches "
+                                        "(the model's inputs, or (inputs, labels) for criteria "
+                                        "that read a loss); data-driven criteria and "
+                                        "--reconstruct read up to --calibration-batches "
                                         "training batches (default: the example inputs)"),
     calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
@@ -125,7 +127,7 @@ def prune(
             calibration = [x]  # random inputs: enough to run a data-driven criterion, no more
         else:
             train, _ = load_data(data)
-            x = first_inputs(train)
+            x = first_inputs(train, labels=False)
             calibration = list(itertools.islice(train, calibration_batches))
         with _progress(f"pruning {model}"):
             before = _measure_unpruned(network, x)

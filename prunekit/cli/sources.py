@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..batches import split_batch
 from ..errors import ConfigError
 
 
@@ -151,13 +152,19 @@ def load_data(spec: str) -> tuple[Any, Any]:
     return loaded
 
 
-def first_inputs(batches: Any) -> Any:
-    """The inputs of the first ``(inputs, labels)`` batch, as example inputs."""
+def first_inputs(batches: Any, labels: bool = True) -> Any:
+    """The inputs of the first batch, as example inputs. A batch is ``(inputs, labels)`` or a
+    ``pk.Batch``; with ``labels=False`` (pruning, which reads no labels unless its criterion
+    does) the model's inputs alone are a batch too."""
     try:
-        inputs, _ = next(iter(batches))
-    except (StopIteration, TypeError, ValueError):
-        raise ConfigError("--data: the batches must be (inputs, labels) pairs and "
-                                 "there must be at least one")
+        batch = next(iter(batches))
+    except (StopIteration, TypeError):
+        raise ConfigError("--data: the factory's batches must be iterable, with at least one "
+                          "batch") from None
+    inputs, targets = split_batch(batch)
+    if labels and targets is None:
+        raise ConfigError("--data: the batches must be (inputs, labels) pairs or "
+                          "pk.Batch(inputs, labels): this command evaluates the model")
     return inputs
 
 
