@@ -191,10 +191,13 @@ def test_a_module_replaced_while_evaluating_takes_the_models_mode():
     assert all(m.training for m in model.modules())
 
 
+@pytest.mark.parametrize("removed_value", [None, float("inf"), float("nan")],
+                         ids=["finite", "inf-removed", "nan-removed"])
 @pytest.mark.parametrize("copy_limit", [0, 2**20], ids=["saved-slices", "whole-copy"])
 @pytest.mark.parametrize("dims", [{0: [1, 3]}, {0: [0, 2], 1: [1]}, {1: [1], 0: [0, 2]},
                                   {1: [0], 2: [2]}, {0: [0], 1: [1, 2], 2: [0, 2]}])
 def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, copy_limit,
+                                                                          removed_value,
                                                                           monkeypatch):
     import importlib
 
@@ -205,16 +208,20 @@ def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, co
                         copy_limit)
 
     holder = nn.Module()
-    holder.weight = nn.Parameter(torch.randn(4, 3, 3))
+    weights = torch.randn(4, 3, 3)
+    removed_anywhere = torch.zeros(weights.shape, dtype=torch.bool)
+    for dim, kept in dims.items():
+        removed = [i for i in range(weights.shape[dim]) if i not in kept]
+        removed_anywhere.index_fill_(dim, torch.tensor(removed), True)
+    if removed_value is not None:  # a broken weight in a removed channel is still masked to 0
+        weights[removed_anywhere] = removed_value
+    holder.weight = nn.Parameter(weights)
     before = holder.weight.detach().clone()
     plan = pk.Plan(tensors={"weight": dims})
     (restore,) = _mask_parameters(holder, plan)
     masked = holder.weight.detach().clone()
-    expected = before.clone()
-    for dim, kept in dims.items():
-        removed = [i for i in range(before.shape[dim]) if i not in kept]
-        expected.index_fill_(dim, torch.tensor(removed), 0)
+    expected = torch.where(removed_anywhere, 0, before)
     assert torch.equal(masked, expected)
     with torch.no_grad():
         restore()
-    assert torch.equal(holder.weight, before)
+    torch.testing.assert_close(holder.weight.detach(), before, rtol=0, atol=0, equal_nan=True)

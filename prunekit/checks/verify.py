@@ -123,31 +123,38 @@ def as_check_inputs(inputs: Any) -> CheckInputs:
 COPY_LIMIT = 16 * 2**20  # bytes: a tensor this size or smaller is copied to be masked
 
 
-def _removed_mask(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> torch.Tensor:
-    """True where any dim's index is removed, shaped to broadcast over ``tensor``
-    (``removed``: dim -> True at each removed index)."""
-    mask = torch.zeros((), dtype=torch.bool, device=tensor.device)
+def _kept_factor(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> torch.Tensor:
+    """1 where every dim's index is kept, 0 where any is removed, in ``tensor``'s dtype and
+    shaped to broadcast over it (``removed``: dim -> True at each removed index)."""
+    factor = torch.ones((), dtype=tensor.dtype, device=tensor.device)
     for dim, along in removed.items():
         shape = [1] * tensor.dim()
         shape[dim] = tensor.shape[dim]
-        mask = mask | along.view(shape)
-    return mask
+        factor = factor * (~along).to(tensor.dtype).view(shape)
+    return factor
 
 
 def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Callable[[], None]:
     """Zero the removed channels of ``tensor`` (``removed``: dim -> True at each removed
     index) and return what puts them back.
 
-    A tensor up to ``COPY_LIMIT`` bytes gets a zeroed copy as its data, made with one
-    broadcast mask, and its own data back afterwards: no copy to save, none to restore. A
-    larger one is zeroed in place and keeps only the zeroed values: the removed slices along
-    one dim; along two dims, the removed rows whole plus the kept rows' removed columns (3/4
-    of a tensor that loses half along each, where a copy would be all of it: the difference
-    decides whether the largest models fit in memory while they are checked).
+    A tensor up to ``COPY_LIMIT`` bytes gets a zeroed copy as its data, and its own data back
+    afterwards: no copy to save, none to restore. The copy is the product with a broadcast
+    0/1 factor, three to ten times faster than ``torch.where`` with a broadcast mask (which
+    made masking cost more than a forward pass on MobileNetV3); only where the product's sum
+    is not finite (an infinite or NaN weight, which times 0 is NaN, not 0) is it made with
+    ``torch.where``. A larger tensor is zeroed in place and keeps only the zeroed values: the removed slices along one dim; along two
+    dims, the removed rows whole plus the kept rows' removed columns (3/4 of a tensor that
+    loses half along each, where a copy would be all of it: the difference decides whether
+    the largest models fit in memory while they are checked).
     """
     if tensor.numel() * tensor.element_size() <= COPY_LIMIT:
         own = tensor.data
-        tensor.data = torch.where(~_removed_mask(tensor, removed), own, 0)
+        kept = _kept_factor(own, removed)
+        masked = own * kept
+        if not bool(masked.sum().isfinite()):
+            masked = torch.where(kept != 0, own, 0)
+        tensor.data = masked
 
         def give_back() -> None:
             tensor.data = own
@@ -185,16 +192,16 @@ def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
     """Zero the removed channels of every parameter; return what puts each back (to be
     called in reverse order)."""
     owners = tensor_owners(model)
-    # a group's members share one list of kept indices: its mask is built once
-    masks: dict[tuple[int, int, torch.device], tuple[list[int], torch.Tensor]] = {}
+    # a group's members keep the same indices: its mask is built once
+    masks: dict[tuple[tuple[int, ...], int, torch.device], torch.Tensor] = {}
 
     def removed_along(kept: list[int], size: int, device: torch.device) -> torch.Tensor:
-        key = (id(kept), size, device)
+        key = (tuple(kept), size, device)  # hashing the tuple costs a tenth of as_tensor
         if key not in masks:
             along = torch.ones(size, dtype=torch.bool)
             along[torch.as_tensor(kept, dtype=torch.long)] = False
-            masks[key] = (kept, along.to(device))  # holding kept keeps its id unique
-        return masks[key][1]
+            masks[key] = along.to(device)
+        return masks[key]
 
     undo = []
     with torch.no_grad():
