@@ -225,3 +225,13 @@ def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, co
     with torch.no_grad():
         restore()
     torch.testing.assert_close(holder.weight.detach(), before, rtol=0, atol=0, equal_nan=True)
+
+
+def test_an_eval_model_stays_in_eval_mode_whatever_the_block_did():
+    from prunekit.calls import evaluating
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.Dropout()).eval()
+    with evaluating(model):
+        model[1] = nn.Dropout()  # a new module, in train mode as built
+        model[2].train()  # a module the block switched
+    assert not any(m.training for m in model.modules())
