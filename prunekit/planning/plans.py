@@ -12,13 +12,18 @@ from ..plan import Plan
 def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor], method: dict) -> Plan:
     """Map kept indices per group onto every member tensor and counted attribute."""
     plan = Plan(method=method)
+    # a group's members share a layout: its indices are computed once (each member still
+    # gets a list of its own, so editing one member's plan never edits another's)
+    computed: dict[tuple, list[int]] = {}
     for slot in graph.trace.slots:
         for dim in range(len(slot.specs)):
             segments = graph.layouts.get((id(slot), dim))
             if segments is None or not any(a in keep for segment in segments for a in segment):
                 continue
-            indices = layout_indices(graph.axes, segments, keep)
-            plan.tensors.setdefault(slot.name, {})[dim] = indices.tolist()
+            layout = tuple(tuple(segment) for segment in segments)
+            if layout not in computed:
+                computed[layout] = layout_indices(graph.axes, segments, keep).tolist()
+            plan.tensors.setdefault(slot.name, {})[dim] = list(computed[layout])
             plan.shapes[slot.name] = list(slot.tensor.shape)
     for attribute in graph.attributes:
         try:

@@ -45,19 +45,25 @@ def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
-    """A new tensor holding the kept indices of ``tensor`` (never a view of it)."""
+def _sliced(name: str, tensor: torch.Tensor, dims: dict[int, list[int]],
+            checked: dict[tuple, torch.Tensor] | None = None) -> torch.Tensor:
+    """A new tensor holding the kept indices of ``tensor`` (never a view of it). ``checked``
+    remembers index lists already checked and made tensors (a group's members share theirs)."""
+    checked = {} if checked is None else checked
     result = tensor.detach()
     for dim, indices in sorted(dims.items()):
         if not 0 <= dim < tensor.dim():
             raise PlanError(f"plan prunes dim {dim} of {name!r}, which has {tensor.dim()} dims")
-        if not indices:
-            raise PlanError(f"plan removes every channel of dim {dim} of {name!r}")
-        if (min(indices) < 0 or max(indices) >= tensor.shape[dim]
-                or len(set(indices)) != len(indices)):
-            raise PlanError(f"plan indices for dim {dim} of {name!r} are out of range or repeated")
-        index = torch.as_tensor(indices, dtype=torch.long, device=tensor.device)
-        result = result.index_select(dim, index)  # copies
+        key = (tuple(indices), tensor.shape[dim], tensor.device)
+        if key not in checked:
+            if not indices:
+                raise PlanError(f"plan removes every channel of dim {dim} of {name!r}")
+            if (min(indices) < 0 or max(indices) >= tensor.shape[dim]
+                    or len(set(indices)) != len(indices)):
+                raise PlanError(f"plan indices for dim {dim} of {name!r} are out of range or "
+                                f"repeated")
+            checked[key] = torch.as_tensor(indices, dtype=torch.long, device=tensor.device)
+        result = result.index_select(dim, checked[key])  # copies
     return result if dims else result.clone()
 
 
@@ -78,6 +84,7 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
     """Check the plan against the model and compute every new tensor, touching nothing."""
     owners = tensor_owners(model)
     new: dict[int, torch.Tensor] = {}
+    checked: dict[tuple, torch.Tensor] = {}
     for name, dims in plan.tensors.items():
         if name not in owners:
             raise PlanError(f"plan names tensor {name!r}, which the model does not have")
@@ -87,7 +94,7 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
         if expected is not None and list(tensor.shape) != list(expected):
             raise PlanError(f"plan expects {name!r} of shape {expected}, "
                             f"the model has {list(tensor.shape)}")
-        new[id(tensor)] = _sliced(name, tensor, dims)
+        new[id(tensor)] = _sliced(name, tensor, dims, checked)
     modules = dict(model.named_modules())
     for name in plan.layers:
         if not name or name not in modules:
