@@ -47,8 +47,35 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     (a Hugging Face ``ModelOutput``), dataclasses and plain objects holding tensors in their
     attributes, in a fixed order. Each object is visited once, so a cycle ends. A key/value
     cache is not walked (``_is_cache``)."""
-    for _, tensor in named_tensors(obj):
-        yield tensor
+    found: list[torch.Tensor] = []
+    _collect(obj, set(), found)
+    return iter(found)
+
+
+_ATOMS = (str, bytes, int, float, complex, bool, nn.Module, type)
+
+
+def _collect(obj: Any, seen: set[int], found: list[torch.Tensor]) -> None:
+    """``_walk`` without the paths: the tracer walks every op's arguments this way, and
+    building a path string for each of them cost more than the walk."""
+    if isinstance(obj, torch.Tensor):
+        found.append(obj)
+        return
+    if obj is None or isinstance(obj, _ATOMS) or id(obj) in seen or _is_cache(obj):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Mapping):
+        values = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        values = obj
+    elif dataclasses.is_dataclass(obj):
+        values = [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    elif hasattr(obj, "__dict__"):
+        values = list(vars(obj).values())
+    else:
+        return
+    for value in values:
+        _collect(value, seen, found)
 
 
 def named_tensors(obj: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -61,7 +88,7 @@ def _walk(obj: Any, path: str, seen: set[int]) -> Iterator[tuple[str, torch.Tens
     if isinstance(obj, torch.Tensor):
         yield path or "output", obj
         return
-    if obj is None or isinstance(obj, (str, bytes, int, float, complex, bool, nn.Module, type)):
+    if obj is None or isinstance(obj, _ATOMS):
         return
     if id(obj) in seen or _is_cache(obj):
         return

@@ -235,3 +235,31 @@ def test_an_eval_model_stays_in_eval_mode_whatever_the_block_did():
         model[1] = nn.Dropout()  # a new module, in train mode as built
         model[2].train()  # a module the block switched
     assert not any(m.training for m in model.modules())
+
+
+def test_the_tensors_of_an_output_are_found_in_the_order_their_paths_name_them():
+    from collections import OrderedDict, namedtuple
+    from dataclasses import dataclass
+
+    from prunekit.calls import iter_tensors, named_tensors
+
+    @dataclass
+    class Boxes:
+        xyxy: torch.Tensor
+        scores: list
+
+    class Holder:
+        def __init__(self):
+            self.first = torch.zeros(1)
+            self.nothing = None
+            self.self = self  # a cycle ends
+
+    Pair = namedtuple("Pair", "a b")
+    shared = torch.ones(2)
+    output = (OrderedDict(logits=torch.randn(2), extra=[shared, 3, "text"]),
+              Pair(torch.randn(1), {"deep": (torch.randn(3), shared)}),
+              Boxes(torch.randn(4), [torch.randn(5), nn.Linear(1, 1)]), Holder(), 2.0)
+    named = list(named_tensors(output))
+    found = list(iter_tensors(output))
+    assert len(found) == len(named) == 8  # the shared tensor twice, the cycle once
+    assert all(a is b for a, (_, b) in zip(found, named))

@@ -223,6 +223,14 @@ class AxisTable:
     # -- coupling ----------------------------------------------------------------------------
     def unify(self, a: Spec, b: Spec) -> None:
         """Make two dims the same channels, refining either side as needed."""
+        if len(a) == len(b) == len(a[0]) == len(b[0]) == 1:  # one axis each: most calls
+            ra, rb = self.find(a[0][0]), self.find(b[0][0])
+            if ra not in self._parts and rb not in self._parts:
+                if self._size[ra] != self._size[rb]:
+                    raise NotRepresentable("coupled dims differ in size")
+                if self._size[ra] != 1:  # a single channel has no axis to share
+                    self._union(ra, rb)
+                return
         if self.spec_size(a) != self.spec_size(b):
             raise NotRepresentable("coupled dims differ in size")
         for _ in range(64):

@@ -248,9 +248,14 @@ _ORDERINGS = {"topk", "sort", "argsort", "argmax", "argmin", "kthvalue", "max", 
               "median", "nanmedian", "mode"}
 
 
+_ORDERING_FUNCS: dict[Callable, bool] = {}  # func -> whether it is one of _ORDERINGS
+
+
 def _chooses_by_order(func, args, outputs: list[torch.Tensor]) -> bool:
-    return (op_name(func).rsplit(".", 1)[-1] in _ORDERINGS
-            and any(not t.is_floating_point() for t in outputs)
+    ordering = _ORDERING_FUNCS.get(func)
+    if ordering is None:  # op_name's string work once per function, not once per call
+        ordering = _ORDERING_FUNCS[func] = op_name(func).rsplit(".", 1)[-1] in _ORDERINGS
+    return (ordering and any(not t.is_floating_point() for t in outputs)
             and any(t.is_floating_point() for t in iter_tensors(args)))
 
 
