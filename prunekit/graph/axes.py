@@ -223,7 +223,7 @@ class AxisTable:
     # -- coupling ----------------------------------------------------------------------------
     def unify(self, a: Spec, b: Spec) -> None:
         """Make two dims the same channels, refining either side as needed."""
-        if len(a) == len(b) == len(a[0]) == len(b[0]) == 1:  # one axis each: most calls
+        if len(a) == 1 == len(b) and len(a[0]) == 1 == len(b[0]):  # one axis each: most calls
             ra, rb = self.find(a[0][0]), self.find(b[0][0])
             if ra not in self._parts and rb not in self._parts:
                 if self._size[ra] != self._size[rb]:

@@ -98,20 +98,28 @@ class DependencyGraph:
         return self.trace.unknown_ops
 
     def _member_layouts(self) -> list[tuple[TensorSlot, int, Spec]]:
-        for slot in self.trace.slots:  # first make every layout expressible, then read them
-            for spec in slot.specs:
-                try:
-                    self.axes.expand(spec)
-                except NotRepresentable:
-                    self.axes.atomise_inner_cuts(spec, f"an inner factor of {slot.names[0]} "
-                                                       f"is cut in parts")
-        layouts = []
+        # first make every layout expressible, then read them; when nothing had to be made
+        # expressible (most models), the first reading is the layouts already
+        layouts: list[tuple[TensorSlot, int, Spec]] | None = []
         for slot in self.trace.slots:
             for dim, spec in enumerate(slot.specs):
                 try:
-                    layouts.append((slot, dim, self.axes.expand(spec)))
+                    expanded = self.axes.expand(spec)
                 except NotRepresentable:
-                    self.axes.fix_spec(spec, "layout cannot be expressed")
+                    self.axes.atomise_inner_cuts(spec, f"an inner factor of {slot.names[0]} "
+                                                       f"is cut in parts")
+                    layouts = None  # atomising changes the axes earlier layouts were read from
+                    continue
+                if layouts is not None:
+                    layouts.append((slot, dim, expanded))
+        if layouts is None:
+            layouts = []
+            for slot in self.trace.slots:
+                for dim, spec in enumerate(slot.specs):
+                    try:
+                        layouts.append((slot, dim, self.axes.expand(spec)))
+                    except NotRepresentable:
+                        self.axes.fix_spec(spec, "layout cannot be expressed")
         self.layouts = {(id(slot), dim): segments for slot, dim, segments in layouts}
         return layouts
 
@@ -133,9 +141,10 @@ class DependencyGraph:
         groups = []
         position = {id(slot): i for i, (slot, _, _) in enumerate(layouts)}
         first_seen = {leaf: min(position[id(m.slot)] for m in members[leaf]) for leaf in eligible}
+        attribute_leaves = [(a, self._leaves(a.spec)) for a in self.attributes]
         for leaf in sorted(eligible, key=first_seen.__getitem__):
             ordered = sorted(members[leaf], key=_member_order)
-            attributes = [a for a in self.attributes if leaf in self._leaves(a.spec)]
+            attributes = [a for a, leaves in attribute_leaves if leaf in leaves]
             groups.append(Group(len(groups), leaf, self.axes.size(leaf), ordered,
                                 leaf in structural, attributes))
         return groups
