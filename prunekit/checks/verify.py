@@ -226,6 +226,8 @@ def _outputs_on(model: nn.Module, inputs: CheckInputs
                 ) -> tuple[Measurement, list[dict[str, torch.Tensor]]]:
     """The model's size (measured on the example inputs) and its outputs on every input."""
     size, first = size_and_outputs(model, inputs.example)
+    if not inputs.batches:  # the common case: no eval-mode walk of the model for nothing
+        return size, [first]
     rest = []
     with evaluating(model), torch.no_grad():
         for batch in inputs.batches:
