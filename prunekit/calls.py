@@ -28,12 +28,13 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     EfficientNet-B0; only flags that changed inside the block are set back."""
     modes = [(module, module.training) for module in model.modules()]
     top = modes[0][1]
-    if any(training for _, training in modes):
+    some_training = any(training for _, training in modes)
+    if some_training:
         model.eval()
     try:
         yield model
     finally:
-        if any(training for _, training in modes):
+        if some_training:
             model.train(top)  # through the modules' own train(), as eval() went
         own = {id(module): training for module, training in modes}
         for module in model.modules():

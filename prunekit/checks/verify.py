@@ -143,10 +143,11 @@ def _zero_removed(tensor: torch.Tensor, removed: dict[int, torch.Tensor]) -> Cal
     0/1 factor, three to ten times faster than ``torch.where`` with a broadcast mask (which
     made masking cost more than a forward pass on MobileNetV3); only where the product's sum
     is not finite (an infinite or NaN weight, which times 0 is NaN, not 0) is it made with
-    ``torch.where``. A larger tensor is zeroed in place and keeps only the zeroed values: the removed slices along one dim; along two
-    dims, the removed rows whole plus the kept rows' removed columns (3/4 of a tensor that
-    loses half along each, where a copy would be all of it: the difference decides whether
-    the largest models fit in memory while they are checked).
+    ``torch.where``. A larger tensor is zeroed in place and keeps only the zeroed values: the
+    removed slices along one dim; along two dims, the removed rows whole plus the kept rows'
+    removed columns (3/4 of a tensor that loses half along each, where a copy would be all of
+    it: the difference decides whether the largest models fit in memory while they are
+    checked).
     """
     if tensor.numel() * tensor.element_size() <= COPY_LIMIT:
         own = tensor.data
