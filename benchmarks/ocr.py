@@ -96,10 +96,6 @@ LONG_RECOVERY = ((0.95, 1500, 1e-3),)
 DETECTOR_AIM_BUDGET = 0.7
 DETECTOR_AIM_RUNS = (("fpgm", 4, 200), ("fpgm", 16, 0))
 CROP = 160  # distillation trains on page quarters: a quarter of a page's work per crop
-# what the reconstruction fits each layer to, recorded with each part's rows: results from
-# before the re-fit read a layer's own output (an in-place ReLU after a convolution clipped
-# its targets) say so in the table
-REFIT = "own output"
 
 
 class Recognizer(nn.Module):
@@ -639,7 +635,7 @@ def main() -> None:
     rows, meta = saved["rows"], saved["meta"]
     if options.replot:
         stem.with_suffix(".md").write_text(to_markdown(rows, meta))
-        plot(rows, meta, stem.with_suffix(".png"))
+        plot(rows, stem.with_suffix(".png"))
         return
     parts = (("recognizer", "detector", "aims", "detector-aims") if options.part == "both"
              else (options.part,))
@@ -660,13 +656,13 @@ def main() -> None:
         if part == "recognizer-aims" and options.aim_words:
             new = merged_aims([r for r in rows if r["model"] == part], new)
         rows = [r for r in rows if r["model"] != part] + new
-        meta[part] = {**part_meta, "refit": REFIT}
+        meta[part] = part_meta
     meta.update({"torch": torch.__version__.split("+")[0], "quick": options.quick,
                  "threads": 2})
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     stem.with_suffix(".md").write_text(to_markdown(rows, meta))
-    plot(rows, meta, stem.with_suffix(".png"))
+    plot(rows, stem.with_suffix(".png"))
 
 
 def merged(rows: list[dict], new: list[dict]) -> list[dict]:
@@ -722,16 +718,6 @@ def grid_row(r: dict, base: dict, flops: str, quality: str) -> str:
             f"| {speed_cell(r)} |")
 
 
-def stale(info: dict, part: str) -> str:
-    """A note for rows measured before the re-fit read each layer's own output."""
-    if info.get("refit") == REFIT:
-        return ""
-    return (" **Measured before the reconstruction fitted each layer to its own output** (an "
-            "in-place ReLU after a convolution clipped the targets it was fitted to): the "
-            "reconstructed rows here are of that older fit, the aims sections of the current "
-            f"one. `python benchmarks/ocr.py --part {part}` measures them again.")
-
-
 def to_markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# EasyOCR's pretrained recognizer and detector, pruned", "",
              "`python benchmarks/ocr.py` (torch " + meta["torch"] + ", 2 threads). Every "
@@ -748,7 +734,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                   f"decoding; agreement: read exactly as the unpruned model reads them; "
                   f"reconstruction calibrates on {info['calibration_words']} other words. "
                   f"Torch-Pruning's rows leave the LSTMs whole (it raises an IndexError "
-                  f"pruning their hidden size).{stale(info, 'recognizer')}", "",
+                  f"pruning their hidden size).", "",
                   "| FLOPs removed (target) | method | reconstructed | params | FLOPs | "
                   "read as pruned | agreement | prune (s) | speed-up |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -807,7 +793,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                   f"{info['pages']} rendered pages of {PAGE}×{PAGE} px, "
                   f"{info['reference_boxes']} boxes found by the unpruned detector; box F1 of "
                   f"a pruned detector's boxes against those (IoU ≥ 0.5); reconstruction "
-                  f"calibrates on {info['calibration_pages']} other pages.{stale(info, 'detector')}", "",
+                  f"calibrates on {info['calibration_pages']} other pages.", "",
                   "| FLOPs removed (target) | method | reconstructed | params | FLOPs | box F1 | "
                   "prune (s) | speed-up |", "|---|---|---|---|---|---|---|---|"]
         for r in detector:
@@ -842,7 +828,7 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], meta: dict, path: Path) -> None:
+def plot(rows: list[dict], path: Path) -> None:
     """Words read against FLOPs removed, one line per criterion (as pruned dashed,
     reconstructed solid), Torch-Pruning in black; the detector's box F1 beside it."""
     import matplotlib
@@ -890,11 +876,8 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
                                                        f"{r['steps']} steps of distillation")
         ax.set_xlabel("FLOPs removed (%)")
         ax.set_ylabel(label)
-        before_fix = ("\nsolid lines measured before the re-fit's fix (see the table)"
-                      if meta.get(model, {}).get("refit") != REFIT else "")
         ax.set_title(f"EasyOCR {model}, pretrained; lines: no training\n"
-                     f"(dashed: as pruned; solid: reconstructed by least squares)"
-                     f"{before_fix}", fontsize=10)
+                     f"(dashed: as pruned; solid: reconstructed by least squares)", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
