@@ -130,20 +130,61 @@ class _EveryFormula(nn.Module):
                 + torch.addmm(torch.zeros(4, 16), q[0], self.linear.weight).sum())
 
 
-def test_flop_count_agrees_with_torchs_own_counter():
-    """``FlopCount`` calls ``flop_counter``'s formulas on shapes it reads itself: the totals
-    must be those ``FlopCounterMode`` gives."""
+class _OtherShapes(nn.Module):
+    """Calls ``FlopCount`` counts from shapes (batched convolutions, linear layers on rows)
+    next to the ones it leaves to ATen: unbatched inputs, a vector through a linear layer,
+    grouped and 1-d/3-d convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c3 = nn.Conv1d(4, 6, 3, groups=2), nn.Conv3d(2, 4, (1, 2, 2))
+        self.linear = nn.Linear(6, 3)
+
+    def forward(self, x):
+        wave = self.c1(x) + self.c1(x[0])  # batched, then one unbatched sample
+        volume = self.c3(wave.reshape(2, 2, 2, 3, 3)).flatten(1)[:, :6]
+        vector = nn.functional.linear(volume[0], self.linear.weight)  # a vector
+        return self.linear(volume).sum() + vector.sum()
+
+
+@pytest.mark.parametrize("build, x", [
+    (lambda: _EveryFormula(), torch.randn(2, 3, 8, 8)),
+    (lambda: torchvision.models.resnet18(), torch.randn(1, 3, 32, 32)),
+    (lambda: _OtherShapes(), torch.randn(2, 4, 8))], ids=["every formula", "resnet18",
+                                                          "other shapes"])
+@pytest.mark.parametrize("every_op", [False, True], ids=["torch functions", "aten"])
+def test_flop_count_agrees_with_torchs_own_counter(build, x, every_op):
+    """``FlopCount`` counts convolutions and linear layers from their shapes and the rest
+    with ``flop_counter``'s formulas on shapes it reads itself (``every_op``: on ATen ops
+    alone): the totals must be those ``FlopCounterMode`` gives, fused attention off for
+    both (a torch function mode turns it off for ours anyway)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from prunekit.measure import FlopCount
+    from prunekit.measure import FlopCount, without_fused_attention
 
-    for model, x in [(_EveryFormula().eval(), torch.randn(2, 3, 8, 8)),
-                     (torchvision.models.resnet18().eval(), torch.randn(1, 3, 32, 32))]:
-        with torch.no_grad(), FlopCount() as ours:
+    model = build().eval()
+    with torch.no_grad(), without_fused_attention():
+        with FlopCount(every_op) as ours:
             model(x)
-        with torch.no_grad(), FlopCounterMode(display=False) as theirs:
+        with FlopCounterMode(display=False) as theirs:
             model(x)
-        assert ours.flops == theirs.get_total_flops() > 0
+    assert ours.flops == theirs.get_total_flops() > 0
+
+
+def test_a_scripted_block_is_counted_on_aten_ops():
+    """TorchScript calls ATen without Python torch functions: a model holding one is
+    counted on the dispatch mode alone, so its FLOPs are not missed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunekit.measure import calls_aten_outside_python, count_flops
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), torch.jit.script(nn.Conv2d(4, 4, 3))).eval()
+    assert calls_aten_outside_python(model)
+    assert not calls_aten_outside_python(model[0])
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad(), FlopCounterMode(display=False) as theirs:
+        model(x)
+    assert count_flops(model, x) == theirs.get_total_flops() == (4 * 27 * 36 + 4 * 36 * 16) * 2
 
 
 def test_models_keep_their_training_mode_after_timing():
