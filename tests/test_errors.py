@@ -227,6 +227,35 @@ def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, co
     torch.testing.assert_close(holder.weight.detach(), before, rtol=0, atol=0, equal_nan=True)
 
 
+def test_masking_a_tied_tensor_zeroes_what_each_name_removes_and_each_tensor_on_its_own():
+    """Small tensors are masked in one batched product: a tensor under two names loses the
+    channels both remove, and a NaN in one tensor's removed channels sends only that one
+    the slower way, the others keeping their own products."""
+    from prunekit.checks.verify import _mask_parameters
+
+    holder = nn.Module()
+    holder.a, holder.b, holder.c = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4)
+    holder.b.weight = holder.a.weight  # tied
+    with torch.no_grad():
+        holder.c.weight[1] = float("nan")
+    before = {name: p.detach().clone() for name, p in holder.named_parameters()}
+    plan = pk.Plan(tensors={"a.weight": {0: [0, 2, 3]}, "b.weight": {1: [0, 2]},
+                            "c.weight": {0: [0, 2, 3]}, "c.bias": {0: [0, 2, 3]}})
+    undo = _mask_parameters(holder, plan)
+    tied, other = holder.a.weight.detach(), holder.c.weight.detach()
+    assert holder.b.weight is holder.a.weight
+    assert torch.equal(tied[1], torch.zeros(3)) and torch.equal(tied[:, 1], torch.zeros(4))
+    assert torch.equal(tied[[0, 2, 3]][:, [0, 2]], before["a.weight"][[0, 2, 3]][:, [0, 2]])
+    assert torch.equal(other[1], torch.zeros(3)) and torch.equal(other[[0, 2, 3]],
+                                                                 before["c.weight"][[0, 2, 3]])
+    assert holder.c.bias[1] == 0
+    with torch.no_grad():
+        for restore in undo:
+            restore()
+    for name, p in holder.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=0, equal_nan=True)
+
+
 def test_an_eval_model_stays_in_eval_mode_whatever_the_block_did():
     from prunekit.calls import evaluating
 
