@@ -117,14 +117,13 @@ class TraceContext:
         self.module_outputs: list[ModuleOutput] = []
         self._calls: dict[str, int] = {}
         self.modules: dict[str, nn.Module] = dict(model.named_modules(remove_duplicate=False))
-        for name, param in model.named_parameters(remove_duplicate=False):
-            self._names.setdefault(id(param), []).append(name)
-            self._kinds[id(param)] = "parameter"
-        for name, buffer in model.named_buffers(remove_duplicate=False):
-            self._names.setdefault(id(buffer), []).append(name)
-            self._kinds[id(buffer)] = "buffer"
-        self._model_tensors = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
-        self._model_tensors.update({id(b): b for _, b in model.named_buffers(remove_duplicate=False)})
+        self._model_tensors: dict[int, torch.Tensor] = {}
+        for kind, named in (("parameter", model.named_parameters(remove_duplicate=False)),
+                            ("buffer", model.named_buffers(remove_duplicate=False))):
+            for name, tensor in named:
+                self._names.setdefault(id(tensor), []).append(name)
+                self._kinds[id(tensor)] = kind
+                self._model_tensors[id(tensor)] = tensor
 
     # -- where we are ------------------------------------------------------------------------
     @property
