@@ -256,6 +256,74 @@ def test_masking_a_tied_tensor_zeroes_what_each_name_removes_and_each_tensor_on_
         torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=0, equal_nan=True)
 
 
+class _CalledByKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(6, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.second(input=torch.relu(self.first(x)))
+
+
+@pytest.mark.parametrize("holder", ["alone", "tied", "infinite"])
+def test_a_large_linear_layer_masked_by_hooks_computes_what_its_zeroed_weight_would(
+        holder, monkeypatch):
+    """Every weight counts as large here: a linear layer's is masked by hooks on the layer
+    (inputs zeroed on the way in, outputs on the way out, before a user's own forward hook),
+    unless the weight is tied or not finite; either way the outputs are those of the zeroed
+    weights, and undoing leaves no hook and the weights as they were."""
+    import importlib
+
+    from prunekit.checks.verify import _mask_parameters
+
+    monkeypatch.setattr(importlib.import_module("prunekit.checks.verify"), "COPY_LIMIT", 0)
+    torch.manual_seed(0)
+    model = _CalledByKeyword().eval()
+    if holder == "tied":
+        model.other = nn.Linear(6, 8)
+        model.other.weight = model.first.weight
+    model.second.register_forward_hook(lambda _m, _a, out: out + 1)
+    plan = pk.Plan(tensors={"first.weight": {0: [0, 2, 3, 5]}, "first.bias": {0: [0, 2, 3, 5]},
+                            "second.weight": {1: [0, 2, 3, 5], 0: [1, 3]}})
+    if holder == "infinite":
+        with torch.no_grad():
+            model.first.weight[1, 0] = float("inf")  # in a removed row
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    x = torch.randn(3, 6)
+    zeroed = copy.deepcopy(model)
+    pk.checks.mask(zeroed, plan)
+    hooks_before = [len(model.first._forward_pre_hooks), len(model.second._forward_hooks)]
+
+    undo = _mask_parameters(model, plan)
+    through_hooks = len(model.second._forward_pre_hooks) > 0
+    first_hooked = len(model.first._forward_hooks) > 0
+    with torch.no_grad():
+        assert torch.equal(model(x), zeroed(x))
+        for restore in undo:
+            restore()
+    assert through_hooks  # the second layer's weight is held by it alone, finite
+    assert first_hooked == (holder == "alone")
+    assert [len(model.first._forward_pre_hooks), len(model.second._forward_hooks)] == hooks_before
+    assert not model.second._forward_pre_hooks and not model.first._forward_hooks
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=0, equal_nan=True)
+
+
+def test_pruning_large_linear_layers_passes_its_check_with_them_masked_by_hooks(monkeypatch):
+    """The whole check with every linear layer masked by hooks: a mask that did not compute
+    what the pruned model does would fail it, and the groups would come back skipped."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("prunekit.checks.verify"), "COPY_LIMIT", 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.Tanh(),
+                          nn.Linear(32, 4)).eval()
+    result = pk.prune(model, torch.randn(2, 16), pk.FilterPruning(0.5, "l1"))
+    assert not result.skipped and result.report.ok
+    assert model[0].out_features == 16 and model[2].out_features == 16
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def test_an_eval_model_stays_in_eval_mode_whatever_the_block_did():
     from prunekit.calls import evaluating
 

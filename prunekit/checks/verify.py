@@ -199,9 +199,62 @@ def _zero_copies(tensors: list[torch.Tensor], factors: list[torch.Tensor]
     return [giver(tensor, own) for tensor, own in zip(tensors, owns)]
 
 
-def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
-    """Zero the removed channels of every parameter; return what puts each back. A tensor up to ``COPY_LIMIT`` bytes gets a zeroed copy as its
-    data (``_zero_copies``); a larger one is zeroed in place (``_zero_in_place``)."""
+def _zero_through_hooks(layer: nn.Linear, removed: dict[int, torch.Tensor]
+                        ) -> Callable[[], None]:
+    """Mask a large linear layer's weight without writing to it: its removed input features
+    are zeroed on the way in (``removed[1]``), its removed outputs replaced on the way out
+    (``removed[0]``). What the layer computes is what the zeroed weight gives (each removed
+    column meets a zero input, each removed row's output is its bias), and nothing needs saving
+    or restoring: on VGG16's 392 MB classifier layer, saving, zeroing and restoring in place
+    took 0.3 s and copied 3/4 of it. Only for a weight held by this layer alone, all finite
+    (an infinite weight times a zero input is NaN, where a zeroed weight gives 0)."""
+    handles = []
+    if 1 in removed:
+        keep_in = ~removed[1]
+
+        def zero_removed_inputs(_layer, args, kwargs):
+            if args:
+                return (args[0] * keep_in.to(args[0].dtype), *args[1:]), kwargs
+            x = kwargs["input"]
+            return args, {**kwargs, "input": x * keep_in.to(x.dtype)}
+
+        handles.append(layer.register_forward_pre_hook(zero_removed_inputs, with_kwargs=True))
+    if 0 in removed:
+        keep_out = ~removed[0]
+
+        def zero_removed_outputs(layer, _args, output):
+            # a zeroed row gives its bias alone (zero too when the plan removes it as well)
+            return torch.where(keep_out, output, 0 if layer.bias is None else layer.bias)
+
+        # first of the layer's forward hooks: what a user's hook sees is the masked output
+        handles.append(layer.register_forward_hook(zero_removed_outputs, prepend=True))
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
+
+
+def _maskable_through_hooks(tensor: torch.Tensor, removed: dict[int, torch.Tensor],
+                            module: nn.Module, attr: str,
+                            owners: dict[str, tuple[nn.Module, str, str]]) -> bool:
+    """Whether ``_zero_through_hooks`` masks ``tensor`` exactly: the weight of a plain linear
+    layer, held by no other module or attribute (a tied weight is used elsewhere too),
+    pruned along its own dims only, all finite."""
+    if type(module) is not nn.Linear or attr != "weight" or not set(removed) <= {0, 1}:
+        return False
+    holders = {(id(m), a) for m, a, kind in owners.values()
+               if kind == "parameter" and m._parameters.get(a) is tensor}
+    return len(holders) == 1 and bool(tensor.sum().isfinite())
+
+
+def _mask_parameters(model: nn.Module, plan: Plan, through_hooks: bool = True
+                     ) -> list[Callable[[], None]]:
+    """Zero the removed channels of every parameter; return what puts each back. A tensor
+    up to ``COPY_LIMIT`` bytes gets a zeroed copy as its data (``_zero_copies``); a larger
+    one is zeroed in place (``_zero_in_place``), or, the weight of a linear layer, masked by
+    hooks on the layer (``_zero_through_hooks``) when ``through_hooks``."""
     owners = tensor_owners(model)
     # a group's members keep the same indices: its mask, and the factor each shape of
     # member is multiplied by, are built once
@@ -224,13 +277,13 @@ def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
         return factors[key]
 
     # by tensor: a tensor under two names (tied) is masked once, on what both remove
-    removed_from: dict[int, tuple[torch.Tensor, dict[int, torch.Tensor]]] = {}
+    removed_from: dict[int, tuple[torch.Tensor, dict[int, torch.Tensor], nn.Module, str]] = {}
     for name, dims in plan.tensors.items():
         module, attr, kind = owners[name]
         if kind != "parameter":
             continue
         tensor = getattr(module, attr)
-        _, removed = removed_from.setdefault(id(tensor), (tensor, {}))
+        _, removed, _, _ = removed_from.setdefault(id(tensor), (tensor, {}, module, attr))
         for dim, kept in dims.items():
             along = removed_along(kept, tensor.shape[dim], tensor.device)
             removed[dim] = along if dim not in removed else removed[dim] | along
@@ -238,10 +291,13 @@ def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
     small: list[torch.Tensor] = []
     small_factors: list[torch.Tensor] = []
     with torch.no_grad():
-        for tensor, removed in removed_from.values():
+        for tensor, removed, module, attr in removed_from.values():
             if tensor.numel() * tensor.element_size() <= COPY_LIMIT:
                 small.append(tensor)
                 small_factors.append(factor_for(tensor, removed))
+            elif through_hooks and _maskable_through_hooks(tensor, removed, module, attr,
+                                                           owners):
+                undo.append(_zero_through_hooks(module, removed))
             else:
                 undo.append(_zero_in_place(tensor, removed))
         undo += _zero_copies(small, small_factors)
@@ -250,7 +306,7 @@ def _mask_parameters(model: nn.Module, plan: Plan) -> list[Callable[[], None]]:
 
 def mask(model: nn.Module, plan: Plan) -> nn.Module:
     """Zero, in place, every parameter channel the plan removes (shapes unchanged)."""
-    _mask_parameters(model, plan)
+    _mask_parameters(model, plan, through_hooks=False)
     return model
 
 
