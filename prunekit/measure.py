@@ -187,11 +187,16 @@ def _no_flop_functions() -> frozenset[Any]:
         rsqrt exp pow mean sum __add__ __iadd__ __radd__ __sub__ __isub__ __rsub__ __mul__
         __imul__ __rmul__ __truediv__ __itruediv__ __rtruediv__ __neg__ __pow__ cat concat
         stack flatten view reshape permute transpose contiguous chunk split squeeze
-        unsqueeze expand narrow select __getitem__ size dim to float type_as clone detach
+        unsqueeze expand expand_as repeat narrow select __getitem__ size dim to float
+        type_as clone detach embedding gather where masked_fill cos sin tensor arange zeros
+        ones full empty _set_grad_enabled
         """.split()
-    spaces = (torch, torch.Tensor, torch.nn.functional, torch._C._nn)
-    found = (getattr(space, name, None) for space in spaces for name in names)
-    return frozenset(f for f in found if f is not None)
+    spaces = (torch, torch.Tensor, torch.nn.functional, torch._C._nn, torch._C)
+    found = [getattr(space, name, None) for space in spaces for name in names]
+    # reading a tensor's properties (x.shape, x.dtype, x.device: many per transformer block)
+    properties = [value.__get__ for value in vars(torch._C.TensorBase).values()
+                  if type(value).__name__ == "getset_descriptor"]
+    return frozenset(f for f in found + properties if f is not None)
 
 
 _NO_FLOPS = _no_flop_functions()

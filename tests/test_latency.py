@@ -147,11 +147,23 @@ class _OtherShapes(nn.Module):
         return self.linear(volume).sum() + vector.sum()
 
 
+def _tiny_llama() -> nn.Module:
+    """A Hugging Face decoder: attention by ``scaled_dot_product_attention``, rotary
+    embeddings, many shape reads (which ``FlopCount`` lets through)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100))
+
+
 @pytest.mark.parametrize("build, x", [
     (lambda: _EveryFormula(), torch.randn(2, 3, 8, 8)),
     (lambda: torchvision.models.resnet18(), torch.randn(1, 3, 32, 32)),
-    (lambda: _OtherShapes(), torch.randn(2, 4, 8))], ids=["every formula", "resnet18",
-                                                          "other shapes"])
+    (lambda: _OtherShapes(), torch.randn(2, 4, 8)),
+    (lambda: _tiny_llama(), torch.randint(0, 100, (2, 12)))],
+    ids=["every formula", "resnet18", "other shapes", "llama"])
 @pytest.mark.parametrize("every_op", [False, True], ids=["torch functions", "aten"])
 def test_flop_count_agrees_with_torchs_own_counter(build, x, every_op):
     """``FlopCount`` counts convolutions and linear layers from their shapes and the rest
