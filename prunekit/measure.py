@@ -51,7 +51,7 @@ def flops_and_outputs(model: nn.Module, example_inputs: Any
     """FLOPs of one eval-mode forward pass, and every tensor it returns (detached), by where
     it sits in the output (``named_tensors``)."""
     with evaluating(model), torch.no_grad(), without_fused_attention(), \
-            FlopCount(every_op=calls_aten_outside_python(model)) as counter:
+            flop_counter(model) as counter:
         output = call_model(model, example_inputs)
         output_tensors(output)  # refuses an output with no tensors in it
         outputs = {name: t.detach() for name, t in named_tensors(output)}
@@ -110,30 +110,17 @@ class FlopCount(TorchFunctionMode):
       reshaping) reach no op with a formula and run as they are;
     - any other call runs under the dispatch mode, which counts the ATen ops inside it.
 
-    ``every_op=True`` counts on the dispatch mode alone, for code that calls ATen without
-    passing a Python torch function (TorchScript)."""
+    Code that calls ATen without passing a Python torch function (TorchScript) is counted
+    on the dispatch mode alone: see ``flop_counter``."""
 
-    def __init__(self, every_op: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self._aten = _AtenFlops()
-        self._every_op = every_op
         self._direct = 0  # counted here, without the dispatch mode
 
     @property
     def flops(self) -> int:
         return self._direct + self._aten.flops
-
-    def __enter__(self) -> FlopCount:
-        if self._every_op:
-            self._aten.__enter__()
-            return self
-        return super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._every_op:
-            self._aten.__exit__(*exc)
-        else:
-            super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -206,6 +193,12 @@ def calls_aten_outside_python(model: nn.Module) -> bool:
     """Whether some of ``model`` runs where no Python torch function is called: TorchScript
     (whose ops only a dispatch mode sees)."""
     return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
+def flop_counter(model: nn.Module) -> FlopCount | _AtenFlops:
+    """The counter for a forward pass of ``model`` (both read out as ``.flops``): on torch
+    functions, unless some of it runs where only ATen ops are seen."""
+    return _AtenFlops() if calls_aten_outside_python(model) else FlopCount()
 
 
 # the wrapper flop_counter puts around a formula that takes shapes (the code all of them share)
