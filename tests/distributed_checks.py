@@ -77,7 +77,7 @@ def texts(labels: bool = False) -> list[dict]:
 
 def plans() -> dict[str, dict]:
     derived = {}
-    for criterion in ("apoz", "mean_activation", "taylor"):
+    for criterion in ("apoz", "mean_activation", "taylor", "reconstruction"):
         model, data = cnn(), images()
         result = pk.prune(model, data[0][0], pk.FilterPruning(0.5, criterion),
                           data=pk.rank_share(data))

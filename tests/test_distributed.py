@@ -38,7 +38,7 @@ def one_and_two(tmp_path_factory):
 def test_two_processes_derive_the_plans_of_one(one_and_two):
     (one, _), (two, _) = one_and_two
     assert (one["world_size"], two["world_size"]) == (1, 2)
-    assert sorted(one["plans"]) == sorted(two["plans"]) and len(one["plans"]) == 12
+    assert sorted(one["plans"]) == sorted(two["plans"]) and len(one["plans"]) == 13
     for name, plan in one["plans"].items():
         assert plan["tensors"] or plan["layers"], f"{name}: nothing pruned"
         assert two["plans"][name] == plan, name

@@ -10,6 +10,7 @@ from .base import ChannelView, DataCriterion, WeightCriterion
 from .fpgm import GeometricMedianDistance
 from .heads import AttentionEntropy, HeadAblation, HeadGradient, HeadReconstruction
 from .magnitude import Magnitude, NormScale, RandomScore
+from .reconstruction import ChannelReconstruction
 from .registry import CriterionEntry, criterion_names, get_criterion, register_criterion
 
 _WEIGHTS = ("channels", "heads")
@@ -25,6 +26,10 @@ register_criterion("mean_activation", ActivationStatistic("mean_activation"),
 register_criterion("taylor", ActivationStatistic("taylor"),
                    summary="|activation × gradient| per sample (Molchanov et al.; data)")
 register_criterion("random", RandomScore(), scores=_WEIGHTS, summary="random: the baseline")
+# every score is a fraction of its consumers' output variance, the same scale everywhere
+register_criterion("reconstruction", ChannelReconstruction(), comparable=True,
+                   summary="what a least-squares re-fit of the layers reading the channel "
+                           "cannot make up for without it, channels removed greedily (data)")
 register_criterion("gradient", HeadGradient(), scores="heads",
                    summary="|dL/d head mask| (Michel et al. 2019; data)")
 # on heads, Taylor's first-order loss change is exactly the head-mask gradient
@@ -40,7 +45,7 @@ register_criterion("reconstruction", HeadReconstruction(), scores="heads", compa
                    summary="what a least-squares re-fit of the output projection cannot make "
                            "up for without the head, heads removed greedily (data)")
 
-__all__ = ["ActivationStatistic", "AttentionEntropy", "ChannelView", "CriterionEntry",
+__all__ = ["ActivationStatistic", "AttentionEntropy", "ChannelReconstruction", "ChannelView", "CriterionEntry",
            "DataCriterion", "GeometricMedianDistance", "HeadAblation", "HeadGradient",
            "HeadReconstruction",
            "Magnitude", "NormScale", "RandomScore", "WeightCriterion", "criterion_names",

@@ -46,8 +46,8 @@ from ..distance import first_tensor, mean_output_distance, query_weights, token_
 from ..distributed import require_data_everywhere, sum_across
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
-from ..recover.reconstruct import RIDGE
 from .base import DataCriterion
+from .elimination import Fit, elimination_scores
 
 
 @dataclass(frozen=True)
@@ -191,8 +191,18 @@ class HeadReconstruction(DataCriterion):
         for name in names:
             if name in moments:
                 moments[name] = list(sum_across(*moments[name]))
-        return {axis: _elimination_scores(*moments[name], heads_of)
+        return {axis: _head_scores(*moments[name], heads_of)
                 for axis, (name, heads_of) in sites.items() if name in moments}
+
+
+def _head_scores(gram: torch.Tensor, cross: torch.Tensor, energy: torch.Tensor,
+                 heads_of: torch.Tensor) -> torch.Tensor:
+    """Heads removed one at a time from the projection's least-squares fit
+    (``elimination.py``), each scored by the fraction of the output variance unexplained
+    after its removal."""
+    samples = gram[-1, -1].clamp_min(1e-12)
+    variance = energy - cross[-1].square().sum() / samples
+    return elimination_scores([Fit(gram, heads_of, variance, cross=cross, energy=energy)])
 
 
 def _moments(x: torch.Tensor, y: torch.Tensor,
@@ -204,51 +214,6 @@ def _moments(x: torch.Tensor, y: torch.Tensor,
     rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1)
     weighted = rows if weights is None else rows * weights.reshape(-1, 1)
     return [weighted.T @ rows, weighted.T @ wanted, (weighted[:, -1:] * wanted.square()).sum()]
-
-
-def _elimination_scores(gram: torch.Tensor, cross: torch.Tensor, energy: torch.Tensor,
-                        heads_of: torch.Tensor) -> torch.Tensor:
-    """Remove heads one at a time, each time the one whose columns the least-squares fit
-    misses least, and score each by the fraction of the output variance unexplained after
-    its removal (non-decreasing in the order of removal). Each candidate's cost is the
-    block formula ``tr(Wᵦᵀ (Mᵦᵦ)⁻¹ Wᵦ)``, ``M`` the inverse of the kept columns' Gram matrix
-    and ``W = M AᵀY``; ``M`` is then down-dated for the columns removed."""
-    size = gram.shape[0]
-    # a ridge term of the re-fit's relative size (``prunekit.recover.reconstruct.RIDGE``),
-    # none on the bias; scaled by the inputs' mean second moment alone, where the re-fit's
-    # mean takes in the bias column's too
-    ridge = RIDGE * gram.diagonal()[:-1].mean().clamp_min(1e-12) * torch.eye(size, dtype=gram.dtype)
-    ridge[-1, -1] = 0
-    inverse = torch.linalg.inv(gram + ridge)
-    kept = torch.arange(size)  # positions in the original columns, bias last
-    samples = gram[-1, -1].clamp_min(1e-12)
-    variance = (energy - cross[-1].square().sum() / samples).clamp_min(1e-30)
-    error = energy - (cross * (inverse @ cross)).sum()
-    scores = torch.empty(len(heads_of), dtype=torch.float64)
-    left = list(range(len(heads_of)))
-    while left:
-        solution = inverse @ cross[kept]
-        costs = []
-        for head in left:
-            block = _positions(kept, heads_of[head])
-            costs.append((solution[block] * torch.linalg.solve(
-                inverse[block][:, block], solution[block])).sum())
-        best = int(torch.stack(costs).argmin())
-        head = left.pop(best)
-        error = error + costs[best].clamp_min(0)
-        scores[head] = (error / variance).clamp(max=1.0)
-        block = _positions(kept, heads_of[head])
-        rest = torch.ones(len(kept), dtype=torch.bool)
-        rest[block] = False
-        inverse = (inverse[rest][:, rest] - inverse[rest][:, block] @ torch.linalg.solve(
-            inverse[block][:, block], inverse[block][:, rest]))
-        kept = kept[rest]
-    return scores
-
-
-def _positions(kept: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Where ``columns`` (original column numbers) sit in ``kept``."""
-    return torch.searchsorted(kept, columns.flatten().sort().values)
 
 
 @contextmanager

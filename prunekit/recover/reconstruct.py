@@ -163,9 +163,7 @@ def _conv_rows(layer: nn.Conv2d, inputs: list[torch.Tensor], targets: list[torch
     # drawn as the rows of the whole unfolding would be: the same rows, in the same order
     picked = (torch.randperm(total, generator=generator)[:MAX_ROWS] if total > MAX_ROWS
               else torch.arange(total))
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    pads = _paddings(layer)
-    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    kh, kw = layer.kernel_size
     rows = inputs[0].new_empty(len(picked), inputs[0].shape[1] * kh * kw)
     wanted = targets[0].new_empty(len(picked), targets[0].shape[1])
     start = 0
@@ -177,12 +175,21 @@ def _conv_rows(layer: nn.Conv2d, inputs: list[torch.Tensor], targets: list[torch
             continue
         width = y.shape[3]
         n, i, j = local // (y.shape[2] * width), local // width % y.shape[2], local % width
-        padded = F.pad(x, pads, mode=mode)
-        patches = [padded[n, :, i * sh + a * dh, j * sw + b * dw]
-                   for a in range(kh) for b in range(kw)]  # each (rows, channels)
-        rows[here] = torch.stack(patches, dim=2).flatten(1)
+        rows[here] = conv_patches(layer, x, n, i, j)
         wanted[here] = y[n, :, i, j]
     return rows, wanted
+
+
+def conv_patches(layer: nn.Conv2d, x: torch.Tensor, n: torch.Tensor, i: torch.Tensor,
+                 j: torch.Tensor) -> torch.Tensor:
+    """The convolution's input patches at output positions ``(n, i, j)``: one row each,
+    channels by kernel position, as the weight is laid out."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    padded = F.pad(x, _paddings(layer), mode=mode)
+    patches = [padded[n, :, i * sh + a * dh, j * sw + b * dw]
+               for a in range(kh) for b in range(kw)]  # each (rows, channels)
+    return torch.stack(patches, dim=2).flatten(1)
 
 
 def _paddings(layer: nn.Conv2d) -> tuple[int, int, int, int]:

@@ -1,0 +1,141 @@
+"""The channels' ``reconstruction`` criterion: what the layers reading a group's channels
+could not make up for without each, if re-fitted by least squares on the channels left
+(what ``reconstruct=True`` then does).
+
+A weight or activation criterion scores each channel alone. Re-fitting changes the question:
+a channel whose contribution the kept channels can reproduce costs nothing, however large
+its weights, and of two channels carrying the same signal one is enough. Per group, channels
+go greedily (``elimination.py``), each time the one whose loss the remaining inputs of its
+consumers can best stand in for, and a channel's score is the mean fraction of the consumers'
+output variance left unexplained once it and those before it are gone (ThiNet, Luo et al.
+2017, selects channels for the re-fit by a greedy search of this kind; the cost here is the
+exact block least-squares one).
+
+The consumers are the ``nn.Linear`` and ungrouped ``nn.Conv2d`` layers whose input channels
+belong to the group. Their inputs are read with hooks, one forward pass per batch: a
+convolution's patches at up to ``MAX_ROWS`` random output positions in all, a linear layer's
+rows likewise, summed into one Gram matrix per layer. A layer with more than ``MAX_COLUMNS``
+input columns (a classifier on flattened feature maps) is left out; a group with no consumer
+left (read only by depthwise convolutions, or a recurrent layer) is ranked by its weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..batches import LossFn, split_batch
+from ..calls import call_model, evaluating
+from ..distributed import require_data_everywhere, sum_across
+from ..graph.dependency import channel_matrix
+from ..recover.reconstruct import MAX_ROWS, conv_patches
+from .base import DataCriterion
+from .elimination import Fit, elimination_scores
+
+MAX_COLUMNS = 8192  # a Gram matrix and its inverse: 0.5 GB each in float64
+
+
+@dataclass(frozen=True)
+class ChannelReconstruction(DataCriterion):
+    """What the consumers' least-squares re-fit misses without each channel, channels
+    removed greedily (see the module docstring)."""
+
+    seed: int = 0
+
+    def score_groups(self, graph, groups, data: Iterable,
+                     loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
+        model = graph.model
+        modules = dict(model.named_modules())
+        consumers = {g.axis: found for g in groups if (found := _consumers(graph, g, modules))}
+        names = sorted({name for found in consumers.values() for name, _ in found})
+        batches = [split_batch(batch)[0] for batch in data]
+        require_data_everywhere(len(batches), "criterion 'reconstruction'")
+        grams = _input_grams(model, {name: modules[name] for name in names}, batches,
+                             torch.Generator().manual_seed(self.seed))
+        fits = {name: _fit(modules[name], grams[name]) for name in names if name in grams}
+        scores = {}
+        for axis, found in consumers.items():
+            parts = [fits[name](columns) for name, columns in found if name in fits]
+            if parts:
+                scores[axis] = elimination_scores(parts)
+        return scores
+
+
+def _consumers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, torch.Tensor]]:
+    """``(layer name, columns)`` for each linear or ungrouped convolution reading the group's
+    channels: ``columns[c]`` lists channel ``c``'s columns of that layer's input rows."""
+    found = []
+    for member in group.members:
+        name = member.name.rsplit(".", 1)[0] if "." in member.name else ""
+        layer = modules.get(name)
+        if (member.role != "in" or member.slot.kind != "parameter" or member.dim != 1
+                or member.name != f"{name}.weight"
+                or not (isinstance(layer, nn.Linear)
+                        or (isinstance(layer, nn.Conv2d) and layer.groups == 1))):
+            continue
+        inputs = torch.arange(layer.weight.shape[1])
+        columns = channel_matrix(graph.axes, inputs, 0, member.segments, group.axis)
+        if isinstance(layer, nn.Conv2d):  # a patch row: input channels by kernel position
+            taps = math.prod(layer.kernel_size)
+            columns = (columns[:, :, None] * taps + torch.arange(taps)).flatten(1)
+        if layer.weight[0].numel() <= MAX_COLUMNS:
+            found.append((name, columns))
+    return found
+
+
+def _input_grams(model: nn.Module, layers: dict[str, nn.Module], batches: list,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per layer, ``Σ a aᵀ`` over its sampled input rows ``a`` (a last column of ones),
+    in float64; summed over every process (torchrun)."""
+    per_batch = max(1, MAX_ROWS // len(batches))
+    grams: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(layer, args, output):
+            x = args[0].detach()
+            if isinstance(layer, nn.Conv2d):
+                if x.dim() == 3:  # unbatched
+                    x, output = x[None], output[None]
+                n, _, height, width = output.shape
+                picked = torch.randperm(n * height * width, generator=generator)[:per_batch]
+                rows = conv_patches(layer, x, picked // (height * width),
+                                    picked // width % height, picked % width)
+            else:
+                rows = x.reshape(-1, x.shape[-1])
+                rows = rows[torch.randperm(len(rows), generator=generator)[:per_batch]]
+            rows = torch.cat([rows, rows.new_ones(len(rows), 1)], dim=1)
+            product = (rows.T @ rows).double()  # in the model's precision: float32 is plenty
+            grams[name] = grams[name] + product if name in grams else product
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
+    try:
+        with evaluating(model), torch.no_grad():
+            for inputs in batches:
+                call_model(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sum_across(gram)[0] for name, gram in sorted(grams.items())}
+
+
+def _fit(layer: nn.Module, gram: torch.Tensor):
+    """A function of a group's columns giving the layer's ``Fit``: its own weights as the
+    starting solution, its output variance from the inputs' covariance."""
+    weights = layer.weight.detach().flatten(1).double()  # (outputs, columns)
+    count, sums = gram[-1, -1].clamp_min(1), gram[-1, :-1]
+    centred = gram[:-1, :-1] - torch.outer(sums, sums) / count
+    variance = (weights @ centred * weights).sum()
+    bias = layer.bias is not None
+    if bias:
+        solution = torch.cat([weights.T, layer.bias.detach().double()[None]])
+    else:  # no bias to absorb the lost channels' mean: fitted without the ones column
+        gram, solution = gram[:-1, :-1], weights.T
+
+    def fit(columns: torch.Tensor) -> Fit:
+        return Fit(gram, columns, variance, bias=bias, weights=solution)
+    return fit
