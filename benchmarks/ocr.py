@@ -39,7 +39,8 @@ pruned detector from the unpruned one (``pk.distill`` on quarters of new pages).
     python benchmarks/ocr.py --part aims --aim-words 1536   # one aims setting, merged in
     python benchmarks/ocr.py --replot         # the table and plot again from ocr.json
     python benchmarks/ocr.py --only "ChannelPruning(taylor);FilterPruning(l1)"
-                                              # those recognizer rows again, merged in
+                                              # those methods' rows again, in every part
+                                              # (or in --part's), merged in
     python benchmarks/ocr.py --quick          # a smoke run: fewer words, pages, budgets,
                                               # criteria and steps
 """
@@ -71,10 +72,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 HEIGHT, WIDTH = 64, 256
 BATCH = 32
 BUDGETS = (0.5, 0.7, 0.8, 0.9)  # fractions of the FLOPs removed
-CRITERIA = ("l1", "l2", "fpgm", "apoz", "mean_activation", "taylor", "random")
+CRITERIA = ("l1", "l2", "fpgm", "apoz", "mean_activation", "taylor", "reconstruction", "random")
 FILTER_CRITERIA = ("l1", "l2", "fpgm", "random")
 DETECTOR_BUDGETS = (0.5, 0.7)
-DETECTOR_CRITERIA = ("l2", "fpgm", "random")
+DETECTOR_CRITERIA = ("l2", "fpgm", "reconstruction", "random")
 PAGE = 320
 TRAIN_WORDS = 1536
 # (label, FLOPs removed, method options) for the short recovery; the unpruned control as well
@@ -83,10 +84,13 @@ RECOVERED = (("l2, reconstructed", 0.9, {"reconstruct": True}),
              ("l2", 0.9, {}))
 
 
-# towards the 90% aim, no training: (LSTM override or None, calibration words), taylor
+# towards the 90% aim, no training: (criterion, LSTM override or None, calibration words),
 # reconstructed at 90% of FLOPs removed; the LSTMs at their own ratio leave the search the rest
 AIM_BUDGET = 0.9
-AIM_RUNS = ((None, 64), (None, 256), (0.5, 64), (0.3, 64), (0.3, 256), (0.3, 768), (0.3, 1536))
+AIM_RUNS = (("taylor", None, 64), ("taylor", None, 256), ("taylor", 0.5, 64), ("taylor", 0.3, 64),
+            ("taylor", 0.3, 256), ("taylor", 0.3, 768), ("taylor", 0.3, 1536),
+            ("reconstruction", None, 64), ("reconstruction", 0.3, 64),
+            ("reconstruction", 0.3, 256), ("reconstruction", 0.3, 768))
 LSTMS = "model.SequenceModeling"
 # a longer recovery, (FLOPs removed, steps, learning rate), within ten minutes, on the
 # LSTMs-at-0.3, 256-word setting
@@ -94,7 +98,7 @@ LONG_RECOVERY = ((0.95, 1500, 1e-3),)
 # the detector at 70% of its FLOPs removed, reconstructed: (criterion, calibration pages,
 # distillation steps after it: 0 for none)
 DETECTOR_AIM_BUDGET = 0.7
-DETECTOR_AIM_RUNS = (("fpgm", 4, 200), ("fpgm", 16, 0))
+DETECTOR_AIM_RUNS = (("fpgm", 4, 200), ("fpgm", 16, 0), ("reconstruction", 4, 200))
 CROP = 160  # distillation trains on page quarters: a quarter of a page's work per crop
 
 
@@ -361,10 +365,10 @@ def calibration_words(count: int) -> list[str]:
 
 
 def aim_rows(options) -> tuple[list[dict], dict]:
-    """Taylor-ranked channel pruning, reconstructed, at 90% of the FLOPs removed: the LSTMs
-    at the budget's ratio or held to their own (``overrides``), on 64 to 1,536 calibration
-    words; then the LSTMs at 0.3 on 256 words, at 95%, given a longer recovery (Adam with
-    warm-up and cosine decay, within ten minutes)."""
+    """Channel pruning (taylor, and reconstruction), reconstructed, at 90% of the FLOPs
+    removed: the LSTMs at the budget's ratio or held to their own (``overrides``), on 64 to
+    1,536 calibration words; then taylor with the LSTMs at 0.3 on 256 words, at 95%, given a
+    longer recovery (Adam with warm-up and cosine decay, within ten minutes)."""
     original, characters = load_recognizer()
     test = dataset(words(256 if options.quick else 1024, 64 + TRAIN_WORDS), seed=3)
     train = dataset(words(256 if options.quick else TRAIN_WORDS, 64), seed=2)
@@ -374,23 +378,28 @@ def aim_rows(options) -> tuple[list[dict], dict]:
     reference = read(original, test, characters)
     rows = []
 
-    def pruned(budget: float, lstms: float | None, count: int) -> tuple[nn.Module, dict]:
+    def pruned(criterion: str, budget: float, lstms: float | None, count: int
+               ) -> tuple[nn.Module, dict]:
         model = copy.deepcopy(original)
         calibration = dataset(calibration_words(count), seed=1)
-        method = channel_pruning("taylor", budget, reconstruct=True,
+        method = channel_pruning(criterion, budget, reconstruct=True,
                                  overrides={LSTMS: lstms} if lstms is not None else {})
         start = time.perf_counter()
-        result = pk.prune(model, example, method,
-                          data=[pk.Batch(images, labels) for images, labels in calibration],
-                          loss_fn=lambda logits, batch: loss(logits, batch.targets))
+        if criterion == "taylor":  # a CTC loss on labelled words
+            result = pk.prune(model, example, method,
+                              data=[pk.Batch(images, labels) for images, labels in calibration],
+                              loss_fn=lambda logits, batch: loss(logits, batch.targets))
+        else:
+            result = pk.prune(model, example, method, data=[images for images, _ in calibration])
         read_words = read(model, test, characters)
-        entry = {"model": "recognizer-aims", "budget": budget, "lstms": lstms,
+        entry = {"model": "recognizer-aims", "method": f"ChannelPruning({criterion})",
+                 "budget": budget, "lstms": lstms,
                  "calibration_words": count, "params": result.after.params,
                  "flops": result.after.flops,
                  "prune_seconds": round(time.perf_counter() - start, 1),
                  "accuracy": accuracy(read_words, test),
                  "agreement": sum(a == b for a, b in zip(read_words, reference)) / len(reference)}
-        print(f"aims: LSTMs {lstms}, {count} words, {budget:.0%}: params "
+        print(f"aims: {criterion}, LSTMs {lstms}, {count} words, {budget:.0%}: params "
               f"-{1 - entry['params'] / before.params:.0%}, read {entry['accuracy']:.1%}",
               flush=True)
         return model, entry
@@ -398,14 +407,17 @@ def aim_rows(options) -> tuple[list[dict], dict]:
     runs = AIM_RUNS[:2] if options.quick else AIM_RUNS
     recoveries = LONG_RECOVERY[:1] if options.quick else LONG_RECOVERY
     if options.aim_words:  # one setting alone, merged into the saved rows by main()
-        runs, recoveries = ((0.3, options.aim_words),), ()
-    for lstms, count in runs:
-        model, entry = pruned(AIM_BUDGET, lstms, count)
+        runs, recoveries = (("taylor", 0.3, options.aim_words),), ()
+    if options.only:  # the named methods' settings alone, merged in by main()
+        runs = [run for run in runs if f"ChannelPruning({run[0]})" in options.only]
+        recoveries = ()
+    for criterion, lstms, count in runs:
+        model, entry = pruned(criterion, AIM_BUDGET, lstms, count)
         rows.append(entry)
         del model
     for budget, steps, lr in recoveries:
         steps = 20 if options.quick else steps
-        model, entry = pruned(budget, 0.3, 256)
+        model, entry = pruned("taylor", budget, 0.3, 256)
         curve = []
 
         def evaluate(step: int, model: nn.Module = model) -> None:
@@ -532,7 +544,10 @@ def detector_aim_rows(options) -> tuple[list[dict], dict]:
     example = more_calibration_pages(1)[0]
     before = pk.measure(original, example)
     rows = []
-    for criterion, count, steps in DETECTOR_AIM_RUNS[:1] if options.quick else DETECTOR_AIM_RUNS:
+    runs = DETECTOR_AIM_RUNS[:1] if options.quick else DETECTOR_AIM_RUNS
+    if options.only:
+        runs = [run for run in runs if f"ChannelPruning({run[0]})" in options.only]
+    for criterion, count, steps in runs:
         model = copy.deepcopy(original)
         start = time.perf_counter()
         result = pk.prune(model, example, channel_pruning(criterion, DETECTOR_AIM_BUDGET,
@@ -581,6 +596,8 @@ def detector_rows(options) -> tuple[list[dict], dict]:
     rows = [row(original, "unpruned", 0.0, before, None)]
     budgets, criteria = ((0.7,), ("l2",)) if options.quick else (DETECTOR_BUDGETS,
                                                                  DETECTOR_CRITERIA)
+    if options.only:
+        criteria = [c for c in criteria if f"ChannelPruning({c})" in options.only]
     for budget in budgets:
         for criterion in criteria:
             for rebuilt in (False, True):
@@ -595,6 +612,8 @@ def detector_rows(options) -> tuple[list[dict], dict]:
                 rows.append(row(model, f"ChannelPruning({criterion})", budget, result.after,
                                 seconds, speed, reconstructed=rebuilt))
                 del model
+        if options.only:
+            continue
         model = copy.deepcopy(original)
         # the last convolution's channels are the two score maps
         ratio, seconds = torch_pruning(model, example, budget, [model.conv_cls[-1]])
@@ -621,9 +640,10 @@ def main() -> None:
                         help="with --part aims: only the LSTMs-at-0.3 setting on this many "
                              "calibration words (up to 1600), merged into the saved rows")
     parser.add_argument("--only", type=lambda text: text.split(";"),
-                        help="measure only these recognizer rows again, ';'-separated as the "
-                             "table names them (e.g. 'ChannelPruning(taylor);FilterPruning(l1)'), "
-                             "and merge them into the saved results")
+                        help="measure only these methods' rows again, ';'-separated as the "
+                             "tables name them (e.g. 'ChannelPruning(taylor);FilterPruning(l1)'), "
+                             "in every part or in --part's, and merge them into the saved "
+                             "results (recoveries and Torch-Pruning are left as they are)")
     parser.add_argument("--replot", action="store_true",
                         help="rewrite the table and plot from the saved results, measure nothing")
     options = parser.parse_args()
@@ -639,9 +659,12 @@ def main() -> None:
         return
     parts = (("recognizer", "detector", "aims", "detector-aims") if options.part == "both"
              else (options.part,))
-    if options.only:
-        new, _ = recognizer_rows(options, 0)
-        rows = merged(rows, new[1:])
+    if options.only:  # the named methods' rows in each part, measured again and merged in
+        measure = {"recognizer": lambda o: recognizer_rows(o, 0), "aims": aim_rows,
+                   "detector": detector_rows, "detector-aims": detector_aim_rows}
+        for part in parts:
+            new, _ = measure[part](options)
+            rows = merged(rows, [r for r in new if r["method"] != "unpruned"])
         parts = ()
     for part in parts:  # a part run alone replaces its own rows and keeps the other's
         if part == "recognizer":
@@ -654,7 +677,7 @@ def main() -> None:
         else:
             new, part_meta = detector_rows(options)
         if part == "recognizer-aims" and options.aim_words:
-            new = merged_aims([r for r in rows if r["model"] == part], new)
+            new = merged([r for r in rows if r["model"] == part], new)
         rows = [r for r in rows if r["model"] != part] + new
         meta[part] = part_meta
     meta.update({"torch": torch.__version__.split("+")[0], "quick": options.quick,
@@ -666,33 +689,34 @@ def main() -> None:
 
 
 def merged(rows: list[dict], new: list[dict]) -> list[dict]:
-    """The saved rows with ``new`` in place of the recognizer grid rows they measure again,
-    the grid kept in budget order (the recovery rows stay last)."""
+    """The saved rows with ``new`` in place of those measuring the same thing, each table's
+    rows in its order: by budget, then method (as the grids list them; Torch-Pruning last),
+    as pruned before reconstructed; the aims by method, LSTMs as the rest, then held to 0.5,
+    then 0.3, fewer words or pages first; recoveries last, as they were."""
     def key(r: dict) -> tuple:
         return (r["model"], r["method"], r["budget"], bool(r.get("reconstructed")),
-                bool(r.get("recovery")))
+                bool(r.get("recovery")), r.get("lstms"), r.get("calibration_words"),
+                r.get("calibration_pages"))
+
+    methods = ["unpruned", *(name for name, *_rest in recognizer_grid(False)),
+               *(f"ChannelPruning({c})" for c in DETECTOR_CRITERIA)]
+
+    def order(r: dict) -> tuple:
+        method = methods.index(r["method"]) if r["method"] in methods else len(methods)
+        if r.get("recovery"):
+            return (1,)  # a stable sort keeps them as they were
+        if r["model"] == "recognizer-aims":
+            return (0, method, r["lstms"] is not None, -(r["lstms"] or 0),
+                    r["calibration_words"])
+        if r["model"] == "detector-aims":
+            return (0, method, r["calibration_pages"])
+        return (0, r["budget"], method, bool(r.get("reconstructed")))
 
     fresh = {key(r) for r in new}
-    kept = [r for r in rows if key(r) not in fresh]
-    grid = [r for r in kept + new if r["model"] == "recognizer" and not r.get("recovery")]
-    order = {name: i for i, (name, *_rest) in enumerate(recognizer_grid(False))}
-    last = max(order.values()) + 1  # Torch-Pruning after prunekit's rows
-    grid.sort(key=lambda r: (r["budget"], order.get(r["method"], last),
-                             bool(r.get("reconstructed"))))
-    return (grid + [r for r in kept if r["model"] == "recognizer" and r.get("recovery")]
-            + [r for r in kept if r["model"] != "recognizer"])
-
-
-def merged_aims(saved: list[dict], new: list[dict]) -> list[dict]:
-    """The saved aims rows with ``new`` in place of the same settings, in the table's order:
-    LSTMs as the rest, then held to 0.5, then 0.3, fewer words first; recoveries last."""
-    def key(r: dict) -> tuple:
-        return r["lstms"], r["calibration_words"], r["budget"], bool(r.get("recovery"))
-
-    fresh = {key(r) for r in new}
-    rows = [r for r in saved if key(r) not in fresh] + new
-    return sorted(rows, key=lambda r: (bool(r.get("recovery")), r["lstms"] is not None,
-                                       -(r["lstms"] or 0), r["calibration_words"]))
+    kept = [r for r in rows if key(r) not in fresh] + new
+    models = list(dict.fromkeys(r["model"] for r in kept))
+    return [r for model in models
+            for r in sorted((r for r in kept if r["model"] == model), key=order)]
 
 
 def removed(row: dict, base: dict, key: str) -> str:
@@ -759,26 +783,29 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     if aims:
         info = meta["recognizer-aims"]
         lines += ["", "## Recognizer: towards the aim at 90% of FLOPs removed", "",
-                  f"`python benchmarks/ocr.py --part aims`. `ChannelPruning(\"taylor\", "
+                  f"`python benchmarks/ocr.py --part aims`. `ChannelPruning(criterion, "
                   f"flops_target=..., reconstruct=True)` with the LSTMs either at the ratio "
                   f"the budget search finds for every group or held to their own "
                   f"(`overrides={{\"{LSTMS}\": r}}`: their hidden units, and the channels "
                   f"feeding them), on more calibration words (the first 64 as above, then "
                   f"training words), no training; {info['test_words']} test words as above "
                   f"(unpruned: {info['base_accuracy']:.1%}).", "",
-                  "| FLOPs removed (target) | LSTMs | calibration words | params | FLOPs | "
-                  "read as pruned | agreement | prune (s) |", "|---|---|---|---|---|---|---|---|"]
+                  "| FLOPs removed (target) | method | LSTMs | calibration words | params | "
+                  "FLOPs | read as pruned | agreement | prune (s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in aims:
             if r.get("recovery"):
                 continue
-            lines.append(f"| {r['budget']:.0%} | {'at ' + str(r['lstms']) if r['lstms'] else 'as the rest'} "
+            lines.append(f"| {r['budget']:.0%} | {r['method']} "
+                         f"| {'at ' + str(r['lstms']) if r['lstms'] else 'as the rest'} "
                          f"| {r['calibration_words']} "
                          f"| {r['params'] / 1e6:.2f}M (-{1 - r['params'] / info['base_params']:.0%}) "
                          f"| {r['flops'] / 1e6:.0f}M (-{1 - r['flops'] / info['base_flops']:.0%}) "
                          f"| {r['accuracy']:.1%} | {r['agreement']:.1%} | {r['prune_seconds']} |")
         for r in (r for r in aims if r.get("recovery")):
             curve = ", ".join(f"{step}: {value:.1%}" for step, value in r["curve"])
-            lines += ["", f"A longer recovery at {r['budget']:.0%} of FLOPs removed (LSTMs at "
+            lines += ["", f"A longer recovery at {r['budget']:.0%} of FLOPs removed "
+                      f"({r['method']}, LSTMs at "
                       f"{r['lstms']}, {r['calibration_words']} calibration words): "
                       f"{r['steps']} Adam steps of 32 words (CTC, lr {r['lr']:g}, 50 steps of "
                       f"warm-up then cosine decay) on the training words, "
@@ -864,8 +891,9 @@ def plot(rows: list[dict], path: Path) -> None:
             best = max((r for r in rows if r["model"] == "recognizer-aims"
                         and not r.get("recovery")), key=lambda r: r[key], default=None)
             if best is not None:
+                name = best["method"].removeprefix("ChannelPruning(").removesuffix(")")
                 ax.plot([100 * (1 - best["flops"] / base["flops"])], [best[key]], "k*",
-                        markersize=11, label=f"taylor, reconstructed, LSTMs at {best['lstms']}, "
+                        markersize=11, label=f"{name}, reconstructed, LSTMs at {best['lstms']}, "
                                              f"{best['calibration_words']} words")
         if model == "detector":  # the detector's aims part: after distillation
             for r in rows:

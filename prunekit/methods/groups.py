@@ -381,7 +381,9 @@ class ChannelPruning(GroupPruning):
     With ``reconstruct=True`` (and calibration batches as ``data=``), every layer that lost
     input channels is then re-fitted by least squares to reproduce its original output
     (``prunekit.recover.reconstruct``), inside the transaction that prunes the model: Conv2d,
-    Linear, and the input weights of one-layer LSTM, GRU and RNN layers.
+    Linear, and the input weights of one-layer LSTM, GRU and RNN layers. The criterion made
+    for it is ``"reconstruction"``: it removes the channels that re-fit can best make up for
+    (``prunekit.importance.reconstruction``).
 
     Example:
         >>> pk.prune(model, x, pk.ChannelPruning(ratio=0.5, criterion="l2"))
