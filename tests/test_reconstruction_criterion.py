@@ -151,3 +151,41 @@ def test_a_linear_layer_without_bias_is_fitted_without_one():
     solution = torch.linalg.lstsq(hidden[:, kept], wanted).solution
     missed = float((hidden[:, kept] @ solution - wanted).square().sum()) / variance
     assert abs(float(scores[first]) - missed) < 1e-3
+
+
+class Sequence(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(5, 8)
+        self.rnn = nn.LSTM(8, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(torch.relu(self.embed(x)))
+        return self.head(out)
+
+
+def test_a_recurrent_layer_counts_by_its_input_weights_and_its_hidden_units_by_weights():
+    torch.manual_seed(0)
+    model = Sequence().eval()
+    data = [torch.randn(4, 7, 5) for _ in range(3)]
+    graph = DependencyGraph(model, data[0][:2])
+    groups = pk.ChannelPruning().candidates(graph)
+    scores = ChannelReconstruction().score_groups(graph, groups, data)
+    fed = next(g for g in groups if any(m.name == "embed.weight" for m in g.members))
+    hidden = next(g for g in groups if any(m.name == "head.weight" for m in g.members))
+    # the hidden units also feed back through weight_hh, which the re-fit leaves as pruned
+    assert hidden.axis not in scores and list(scores) == [fed.axis]
+
+    with torch.no_grad():  # what reconstruct fits: each step's W_ih x + b_ih
+        rows = torch.cat([torch.relu(model.embed(x)).reshape(-1, 8) for x in data]).double()
+    wanted = rows @ model.rnn.weight_ih_l0.double().T + model.rnn.bias_ih_l0.double()
+    variance = float((wanted - wanted.mean(0)).square().sum())
+    errors = [refit_error(rows, wanted, [k for k in range(8) if k != c]) / variance
+              for c in range(8)]
+    first = int(scores[fed.axis].argmin())
+    assert first == min(range(8), key=errors.__getitem__)
+    assert abs(float(scores[fed.axis][first]) - errors[first]) < 1e-3
+    result = pk.prune(model, data[0][:2], pk.ChannelPruning(0.5, "reconstruction",
+                                                            reconstruct=True), data=data)
+    assert result.report.ok and "rnn.weight_hh_l0" in result.plan.tensors

@@ -11,12 +11,17 @@ output variance left unexplained once it and those before it are gone (ThiNet, L
 2017, selects channels for the re-fit by a greedy search of this kind; the cost here is the
 exact block least-squares one).
 
-The consumers are the ``nn.Linear`` and ungrouped ``nn.Conv2d`` layers whose input channels
-belong to the group. Their inputs are read with hooks, one forward pass per batch: a
-convolution's patches at up to ``MAX_ROWS`` random output positions in all, a linear layer's
-rows likewise, summed into one Gram matrix per layer. A layer with more than ``MAX_COLUMNS``
-input columns (a classifier on flattened feature maps) is left out; a group with no consumer
-left (read only by depthwise convolutions, or a recurrent layer) is ranked by its weights.
+The consumers are the layers whose input channels belong to the group and that the re-fit
+covers: ``nn.Linear``, ungrouped ``nn.Conv2d``, and the input weights of one-layer recurrent
+layers (each direction's ``W_ih x + b_ih``). Their inputs are read with hooks, one forward
+pass per batch: a convolution's patches at up to ``MAX_ROWS`` random output positions in all,
+other layers' rows (every step of every sequence) likewise, summed into one Gram matrix per
+layer. A group that something else also reads (a recurrent layer's hidden units feed back
+into it through ``W_hh``, which the re-fit leaves as pruned) is ranked by its weights, as is
+one read by a layer with more than ``MAX_COLUMNS`` input columns (a classifier on flattened
+feature maps): the cost the criterion sees would leave out what such a reader loses. On the
+OCR recognizer, scoring the hidden units by their linear layer alone read 76.0% of words at
+70% of FLOPs removed, against 85.0% ranked by weights.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ..batches import LossFn, split_batch
 from ..calls import call_model, evaluating
 from ..distributed import require_data_everywhere, sum_across
 from ..graph.dependency import channel_matrix
-from ..recover.reconstruct import MAX_ROWS, conv_patches
+from ..recover.reconstruct import MAX_ROWS, conv_patches, refittable_recurrent
 from .base import DataCriterion
 from .elimination import Fit, elimination_scores
 
@@ -51,40 +56,49 @@ class ChannelReconstruction(DataCriterion):
         model = graph.model
         modules = dict(model.named_modules())
         consumers = {g.axis: found for g in groups if (found := _consumers(graph, g, modules))}
-        names = sorted({name for found in consumers.values() for name, _ in found})
+        names = sorted({name for found in consumers.values() for name, _, _ in found})
         batches = [split_batch(batch)[0] for batch in data]
         require_data_everywhere(len(batches), "criterion 'reconstruction'")
         grams = _input_grams(model, {name: modules[name] for name in names}, batches,
                              torch.Generator().manual_seed(self.seed))
-        fits = {name: _fit(modules[name], grams[name]) for name in names if name in grams}
         scores = {}
         for axis, found in consumers.items():
-            parts = [fits[name](columns) for name, columns in found if name in fits]
-            if parts:
-                scores[axis] = elimination_scores(parts)
+            if all(name in grams for name, _, _ in found):  # every reader was called
+                scores[axis] = elimination_scores([
+                    _fit(modules[name], weight, grams[name], columns)
+                    for name, weight, columns in found])
         return scores
 
 
-def _consumers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, torch.Tensor]]:
-    """``(layer name, columns)`` for each linear or ungrouped convolution reading the group's
-    channels: ``columns[c]`` lists channel ``c``'s columns of that layer's input rows."""
+def _consumers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, str, torch.Tensor]]:
+    """``(layer name, weight name, columns)`` for each re-fitted weight reading the group's
+    channels, ``columns[c]`` channel ``c``'s columns of that layer's input rows; none when
+    anything else reads them."""
     found = []
     for member in group.members:
-        name = member.name.rsplit(".", 1)[0] if "." in member.name else ""
-        layer = modules.get(name)
-        if (member.role != "in" or member.slot.kind != "parameter" or member.dim != 1
-                or member.name != f"{name}.weight"
-                or not (isinstance(layer, nn.Linear)
-                        or (isinstance(layer, nn.Conv2d) and layer.groups == 1))):
+        if member.role != "in" or member.slot.kind != "parameter":
             continue
-        inputs = torch.arange(layer.weight.shape[1])
+        name, _, weight = member.name.rpartition(".")
+        layer = modules.get(name)
+        if member.dim != 1 or not _refitted(layer, weight):
+            return []
+        inputs = torch.arange(layer.get_parameter(weight).shape[1])
         columns = channel_matrix(graph.axes, inputs, 0, member.segments, group.axis)
         if isinstance(layer, nn.Conv2d):  # a patch row: input channels by kernel position
             taps = math.prod(layer.kernel_size)
             columns = (columns[:, :, None] * taps + torch.arange(taps)).flatten(1)
-        if layer.weight[0].numel() <= MAX_COLUMNS:
-            found.append((name, columns))
+        if layer.get_parameter(weight)[0].numel() > MAX_COLUMNS:
+            return []
+        found.append((name, weight, columns))
     return found
+
+
+def _refitted(layer: nn.Module | None, weight: str) -> bool:
+    """Whether ``reconstruct`` re-fits this weight of this layer."""
+    if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1):
+        return weight == "weight"
+    return (layer is not None and refittable_recurrent(layer)
+            and weight in ("weight_ih_l0", "weight_ih_l0_reverse"))
 
 
 def _input_grams(model: nn.Module, layers: dict[str, nn.Module], batches: list,
@@ -96,7 +110,10 @@ def _input_grams(model: nn.Module, layers: dict[str, nn.Module], batches: list,
 
     def hook_for(name: str):
         def hook(layer, args, output):
-            x = args[0].detach()
+            x = args[0]
+            if not isinstance(x, torch.Tensor):  # a packed sequence: not read
+                return
+            x = x.detach()
             if isinstance(layer, nn.Conv2d):
                 if x.dim() == 3:  # unbatched
                     x, output = x[None], output[None]
@@ -104,7 +121,7 @@ def _input_grams(model: nn.Module, layers: dict[str, nn.Module], batches: list,
                 picked = torch.randperm(n * height * width, generator=generator)[:per_batch]
                 rows = conv_patches(layer, x, picked // (height * width),
                                     picked // width % height, picked % width)
-            else:
+            else:  # a linear or recurrent layer: every position, every step is a row
                 rows = x.reshape(-1, x.shape[-1])
                 rows = rows[torch.randperm(len(rows), generator=generator)[:per_batch]]
             rows = torch.cat([rows, rows.new_ones(len(rows), 1)], dim=1)
@@ -123,19 +140,16 @@ def _input_grams(model: nn.Module, layers: dict[str, nn.Module], batches: list,
     return {name: sum_across(gram)[0] for name, gram in sorted(grams.items())}
 
 
-def _fit(layer: nn.Module, gram: torch.Tensor):
-    """A function of a group's columns giving the layer's ``Fit``: its own weights as the
-    starting solution, its output variance from the inputs' covariance."""
-    weights = layer.weight.detach().flatten(1).double()  # (outputs, columns)
+def _fit(layer: nn.Module, weight: str, gram: torch.Tensor, columns: torch.Tensor) -> Fit:
+    """The ``Fit`` of one re-fitted weight: the weight itself as the starting solution, its
+    output's variance from the inputs' covariance."""
+    weights = layer.get_parameter(weight).detach().flatten(1).double()  # (outputs, columns)
     count, sums = gram[-1, -1].clamp_min(1), gram[-1, :-1]
     centred = gram[:-1, :-1] - torch.outer(sums, sums) / count
     variance = (weights @ centred * weights).sum()
-    bias = layer.bias is not None
-    if bias:
-        solution = torch.cat([weights.T, layer.bias.detach().double()[None]])
-    else:  # no bias to absorb the lost channels' mean: fitted without the ones column
-        gram, solution = gram[:-1, :-1], weights.T
-
-    def fit(columns: torch.Tensor) -> Fit:
-        return Fit(gram, columns, variance, bias=bias, weights=solution)
-    return fit
+    bias = getattr(layer, weight.replace("weight", "bias"), None)
+    if isinstance(bias, torch.Tensor):
+        solution = torch.cat([weights.T, bias.detach().double()[None]])
+        return Fit(gram, columns, variance, bias=True, weights=solution)
+    # no bias to absorb the lost channels' mean: fitted without the ones column
+    return Fit(gram[:-1, :-1], columns, variance, bias=False, weights=weights.T)

@@ -75,7 +75,7 @@ def _consumers(model: nn.Module, plan: Plan, batch: Any) -> tuple[list[str], Cou
                   if ((isinstance(module, nn.Linear)
                        or (isinstance(module, nn.Conv2d) and module.groups == 1))
                       and 1 in plan.tensors.get(f"{name}.weight", {}))
-                  or (_refittable_recurrent(module)
+                  or (refittable_recurrent(module)
                       and any(1 in plan.tensors.get(f"{name}.weight_{kind}_l0", {})
                               for kind in ("ih", "hh")))}
     order: list[str] = []
@@ -99,7 +99,7 @@ def _consumers(model: nn.Module, plan: Plan, batch: Any) -> tuple[list[str], Cou
     return order, calls
 
 
-def _refittable_recurrent(module: nn.Module) -> bool:
+def refittable_recurrent(module: nn.Module) -> bool:
     return (isinstance(module, RECURRENT) and module.num_layers == 1
             and getattr(module, "proj_size", 0) == 0)
 
