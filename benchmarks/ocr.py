@@ -863,7 +863,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 7))
     for ax, model, key, label in ((axes[0], "recognizer", "accuracy", "words read exactly"),
                                   (axes[1], "detector", "box_f1", "box F1 vs unpruned")):
         chosen = [r for r in rows if r["model"] == model and not r.get("recovery")]
@@ -906,7 +906,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         ax.set_title(f"EasyOCR {model}, pretrained; lines: no training\n"
                      f"(dashed: as pruned; solid: reconstructed by least squares)", fontsize=10)
-        ax.legend(fontsize=7, ncol=2)
+        # below the axes: inside, it hid the lines
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
