@@ -16,7 +16,7 @@ is what that gives.
 
 Every method is one call with nothing per layer (``flops_target`` finds the ratio): channel
 pruning with every channel criterion on the recognizer (taylor reads a CTC loss on labelled
-words, given as ``pk.Batch(images, words)``) and three on the (slower) detector, as pruned
+words, given as ``pk.Batch(images, words)``) and four on the (slower) detector, as pruned
 and with least-squares reconstruction (64 calibration words or 4 pages, no training); some
 rows then get a short recovery (``--steps`` Adam steps of CTC on other words), and the
 unpruned model is fine-tuned the same way as the control. Filter pruning, which has no
@@ -32,10 +32,10 @@ pruned detector from the unpruned one (``pk.distill`` on quarters of new pages).
 ``benchmarks/results/ocr.{json,md,png}``.
 
     pip install -e ".[benchmark]"
-    python benchmarks/ocr.py                  # every part: about 90 minutes on 2 cores
-    python benchmarks/ocr.py --part aims      # the recognizer towards its aims (25 minutes)
+    python benchmarks/ocr.py                  # every part: about two hours on 2 cores
+    python benchmarks/ocr.py --part aims      # the recognizer towards its aims (30 minutes)
     python benchmarks/ocr.py --part detector-aims   # the detector at 70%: more pages, and
-                                                    # distilled (10 minutes)
+                                                    # distilled (15 minutes)
     python benchmarks/ocr.py --part aims --aim-words 1536   # one aims setting, merged in
     python benchmarks/ocr.py --replot         # the table and plot again from ocr.json
     python benchmarks/ocr.py --only "ChannelPruning(taylor);FilterPruning(l1)"
