@@ -26,8 +26,9 @@ register_criterion("mean_activation", ActivationStatistic("mean_activation"),
 register_criterion("taylor", ActivationStatistic("taylor"),
                    summary="|activation × gradient| per sample (Molchanov et al.; data)")
 register_criterion("random", RandomScore(), scores=_WEIGHTS, summary="random: the baseline")
-# every score is a fraction of its consumers' output variance, the same scale everywhere
-register_criterion("reconstruction", ChannelReconstruction(), comparable=True,
+# each score is a fraction of its consumers' output variance, but the groups it cannot score
+# are ranked by their weights' norms, on another scale: global ranking divides by group means
+register_criterion("reconstruction", ChannelReconstruction(),
                    summary="what a least-squares re-fit of the layers reading the channel "
                            "cannot make up for without it, channels removed greedily (data)")
 register_criterion("gradient", HeadGradient(), scores="heads",
