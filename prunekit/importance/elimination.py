@@ -93,7 +93,8 @@ def elimination_scores(fits: list[Fit]) -> torch.Tensor:
 def _start(fit: Fit) -> _State:
     size = fit.gram.shape[0]
     inputs = size - 1 if fit.bias else size
-    # the re-fit's relative ridge, none on the bias
+    # the re-fit's relative ridge, none on the bias; scaled by the inputs' mean second moment
+    # alone, where the re-fit's mean takes in the bias column's too
     regularised = fit.gram.double().clone()
     regularised.diagonal()[:inputs] += RIDGE * fit.gram.diagonal()[:inputs].double().mean().clamp_min(1e-12)
     factor, info = torch.linalg.cholesky_ex(regularised)

@@ -37,7 +37,7 @@ from ..batches import LossFn, split_batch
 from ..calls import call_model, evaluating
 from ..distributed import require_data_everywhere, sum_across
 from ..graph.dependency import channel_matrix
-from ..recover.reconstruct import MAX_ROWS, conv_patches, refittable_recurrent
+from ..recover.reconstruct import MAX_ROWS, conv_patches, refits
 from .base import DataCriterion
 from .elimination import Fit, elimination_scores
 
@@ -80,25 +80,18 @@ def _consumers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, s
             continue
         name, _, weight = member.name.rpartition(".")
         layer = modules.get(name)
-        if member.dim != 1 or not _refitted(layer, weight):
+        if member.dim != 1 or not refits(layer, weight):
             return []
-        inputs = torch.arange(layer.get_parameter(weight).shape[1])
-        columns = channel_matrix(graph.axes, inputs, 0, member.segments, group.axis)
+        tensor = layer.get_parameter(weight)
+        if tensor[0].numel() > MAX_COLUMNS:
+            return []
+        columns = channel_matrix(graph.axes, torch.arange(tensor.shape[1]), 0, member.segments,
+                                 group.axis)
         if isinstance(layer, nn.Conv2d):  # a patch row: input channels by kernel position
             taps = math.prod(layer.kernel_size)
             columns = (columns[:, :, None] * taps + torch.arange(taps)).flatten(1)
-        if layer.get_parameter(weight)[0].numel() > MAX_COLUMNS:
-            return []
         found.append((name, weight, columns))
     return found
-
-
-def _refitted(layer: nn.Module | None, weight: str) -> bool:
-    """Whether ``reconstruct`` re-fits this weight of this layer."""
-    if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1):
-        return weight == "weight"
-    return (layer is not None and refittable_recurrent(layer)
-            and weight in ("weight_ih_l0", "weight_ih_l0_reverse"))
 
 
 def _input_grams(model: nn.Module, layers: dict[str, nn.Module], batches: list,

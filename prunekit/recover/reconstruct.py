@@ -72,9 +72,7 @@ def _consumers(model: nn.Module, plan: Plan, batch: Any) -> tuple[list[str], Cou
     one-layer recurrent layers that lost inputs or hidden units; and how many times ``batch``
     calls each."""
     candidates = {name for name, module in model.named_modules()
-                  if ((isinstance(module, nn.Linear)
-                       or (isinstance(module, nn.Conv2d) and module.groups == 1))
-                      and 1 in plan.tensors.get(f"{name}.weight", {}))
+                  if (refits(module, "weight") and 1 in plan.tensors.get(f"{name}.weight", {}))
                   or (refittable_recurrent(module)
                       and any(1 in plan.tensors.get(f"{name}.weight_{kind}_l0", {})
                               for kind in ("ih", "hh")))}
@@ -97,6 +95,16 @@ def _consumers(model: nn.Module, plan: Plan, batch: Any) -> tuple[list[str], Cou
         for handle in handles:
             handle.remove()
     return order, calls
+
+
+def refits(layer: nn.Module | None, weight: str) -> bool:
+    """Whether this re-fits the layer's weight of that name when the layer loses inputs: a
+    Linear's or an ungrouped Conv2d's ``weight``, a one-layer recurrent layer's input
+    weights."""
+    if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1):
+        return weight == "weight"
+    return (layer is not None and refittable_recurrent(layer)
+            and weight in ("weight_ih_l0", "weight_ih_l0_reverse"))
 
 
 def refittable_recurrent(module: nn.Module) -> bool:
