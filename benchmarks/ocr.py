@@ -1037,7 +1037,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(xs, [mean(y) for _, y in points], marker="o",
                     color=colour, ls="-" if rebuilt or method.startswith("Torch") else "--",
                     label=f"{name}{', reconstructed' if rebuilt else ''}"
-                          f"{f', mean of {len(points[0][1])} seeds' if seeded else ''}")
+                          f"{f', mean of {len(points[0][1])} seeds (shaded: least to most)' if seeded else ''}")
             if seeded:  # random's spread over its seeds
                 ax.fill_between(xs, [min(y) for _, y in points], [max(y) for _, y in points],
                                 color=colour, alpha=0.12 if rebuilt else 0.06, lw=0)
