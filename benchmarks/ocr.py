@@ -35,7 +35,7 @@ pruned detector from the unpruned one (``pk.distill`` on quarters of new pages).
 ``benchmarks/results/ocr.{json,md,png}``.
 
     pip install -e ".[benchmark]"
-    python benchmarks/ocr.py                  # every part: about two hours on 2 cores
+    python benchmarks/ocr.py                  # every part: about 2 h 15 min on 2 cores
     python benchmarks/ocr.py --part aims      # the recognizer towards its aims (30 minutes)
     python benchmarks/ocr.py --part detector-aims   # the detector at 70%: more pages, and
                                                     # distilled (15 minutes)
