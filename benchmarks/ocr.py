@@ -179,10 +179,18 @@ def decode(logits: torch.Tensor, characters: str) -> list[str]:
     return texts
 
 
-def read(model: nn.Module, batches, characters: str) -> list[str]:
+def outputs(model: nn.Module, batches) -> list[torch.Tensor]:
+    """The model's logits for each batch, in eval mode."""
     model.eval()
     with torch.no_grad():
-        return [text for images, _ in batches for text in decode(model(images), characters)]
+        return [model(images) for images, _ in batches]
+
+
+def read(model: nn.Module, batches, characters: str,
+         logits: list[torch.Tensor] | None = None) -> list[str]:
+    """The words the model reads (from ``logits`` when they are already computed)."""
+    logits = outputs(model, batches) if logits is None else logits
+    return [text for batch in logits for text in decode(batch, characters)]
 
 
 def accuracy(read_words: list[str], batches) -> float:
@@ -217,16 +225,15 @@ def ctc_loss(characters: str, zero_infinity: bool = True):
     return loss
 
 
-def test_loss(model: nn.Module, batches, characters: str) -> float:
+def test_loss(logits: list[torch.Tensor], batches, characters: str) -> float:
     """The CTC loss on the true words, per letter: graded all the way down, where words and
     letters read are not (a recognizer pruned hard without a re-fit reads empty strings, a
     little less sure of the truth with one choice of channels than another). No infinite
     loss is zeroed here, as it is for training."""
     loss = ctc_loss(characters, zero_infinity=False)
-    model.eval()
-    with torch.no_grad():
-        return sum(loss(model(images), labels).item() * len(labels)
-                   for images, labels in batches) / sum(len(labels) for _, labels in batches)
+    return sum(loss(batch, labels).item() * len(labels)
+               for batch, (_, labels) in zip(logits, batches)) / sum(
+        len(labels) for _, labels in batches)
 
 
 def fine_tune(model: nn.Module, train, characters: str, steps: int, lr: float = 1e-4,
@@ -325,13 +332,14 @@ def recognizer_rows(options, steps: int) -> tuple[list[dict], dict | None]:
     before = pk.measure(original, example)
 
     def row(model, name, budget, result_after, seconds, speed=None, **extra) -> dict:
-        pruned = read(model, test, characters)
+        logits = outputs(model, test)  # one pass for the words read and the loss
+        pruned = read(model, test, characters, logits)
         entry = {"model": "recognizer", "method": name, "budget": budget,
                  "params": result_after.params, "flops": result_after.flops,
                  "prune_seconds": round(seconds, 1) if seconds is not None else None,
                  "accuracy": accuracy(pruned, test),
                  "characters": character_accuracy(pruned, test),
-                 "loss": test_loss(model, test, characters),
+                 "loss": test_loss(logits, test, characters),
                  "agreement": sum(a == b for a, b in zip(pruned, reference)) / len(reference),
                  **extra}
         if speed is not None:
@@ -350,10 +358,10 @@ def recognizer_rows(options, steps: int) -> tuple[list[dict], dict | None]:
     loss = ctc_loss(characters)
     for budget in (0.7,) if options.quick else BUDGETS:
         for name, kind, criterion, rebuilt, seed in grid:
+            seeded = {"seed": seed} if seed is not None else {}
             model = copy.deepcopy(original)
             method = kind(criterion=criterion, flops_target=budget,
-                          **({"reconstruct": True} if rebuilt else {}),
-                          **({"seed": seed} if seed is not None else {}))
+                          **({"reconstruct": True} if rebuilt else {}), **seeded)
             start = time.perf_counter()
             if criterion == "taylor":
                 result = pk.prune(model, example, method, data=labelled,
@@ -365,8 +373,7 @@ def recognizer_rows(options, steps: int) -> tuple[list[dict], dict | None]:
             speed = (pk.compare_latency(original, model, one_word)
                      if name == "ChannelPruning(l2)" and rebuilt else None)
             rows.append(row(model, name, budget, result.after, seconds, speed,
-                            reconstructed=rebuilt,
-                            **({"seed": seed} if seed is not None else {})))
+                            reconstructed=rebuilt, **seeded))
             del model
         if options.only:
             continue
