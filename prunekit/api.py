@@ -17,11 +17,11 @@ from .arguments import (
     checked_data,
 )
 from .batches import split_batch
-from .calls import evaluating
+from .calls import copied_inputs, evaluating
 from .checks.bisection import SkippedGroup, largest_passing_plan
 from .checks.checks import CheckReport
 from .checks.comparison import DEFAULT_TOLERANCE
-from .checks.verify import CheckInputs, compared_in_float64
+from .checks.verify import check_inputs
 from .errors import ConfigError, PruneError
 from .latency import LatencyReached
 from .measure import Measurement
@@ -131,14 +131,14 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     check_example_inputs(example_inputs)
     check_tolerance(tolerance)
     check_optimizer(optimizer)
+    example_inputs = copied_inputs(example_inputs)  # a forward may write into its inputs
     data = checked_data(model, data, example_inputs)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     # verified on a few batches of data too: control flow real data takes is checked as well
     batches = [split_batch(batch)[0] for batch in islice(data or (), VERIFY_BATCHES)]
-    inputs = CheckInputs(example_inputs, [b for b in batches if b is not example_inputs])
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
-        inputs = compared_in_float64(model, inputs, proposal.selections)
+        inputs = check_inputs(model, example_inputs, batches, proposal.selections)
         recovery = method.recovery(model, context)
         config_matches: list[bool | None] = []
 

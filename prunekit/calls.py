@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from .errors import TraceError
 
@@ -41,6 +42,13 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
             training = own.get(id(module), top)
             if module.training != training:
                 module.training = training
+
+
+def copied_inputs(inputs: Any) -> Any:
+    """``inputs`` with every tensor copied: a forward that writes into its input then writes
+    into the copy, and the next run (the pruned model's, the caller's) sees the inputs as
+    they were."""
+    return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, inputs)
 
 
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:

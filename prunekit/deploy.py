@@ -113,6 +113,9 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                           f"(got {path.name})")
     if not path.parent.is_dir():
         raise ConfigError(f"path {str(path)!r}: its folder does not exist")
+    if path.is_dir():
+        raise ConfigError(f"path {str(path)!r} is a folder; give a file path such as "
+                          f"{str(path / ('model' + path.suffix if path.suffix else 'model.onnx'))!r}")
     check_tolerance(tolerance)
     example_inputs = _without_cache(model, example_inputs)
     if isinstance(fresh_inputs, bool) or not isinstance(fresh_inputs, int) or fresh_inputs < 0:
@@ -377,8 +380,19 @@ def _difference(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> flo
             return float("inf")
         if want.numel() == 0:
             continue
+        got, want = got.float(), want.float()
+        finite = want.isfinite()
+        # NaN or Inf on one side only (or of another kind) is a mismatch, never "no
+        # difference": max() over a NaN would pass it silently
+        odd_got, odd_want = got[~finite], want[~finite]
+        if not torch.equal(got.isfinite(), finite) or not torch.equal(
+                odd_got.nan_to_num(0.0, 1.0, -1.0), odd_want.nan_to_num(0.0, 1.0, -1.0)):
+            return float("inf")
+        if not finite.any():
+            continue
+        got, want = got[finite], want[finite]
         scale = max(float(want.abs().max()), 1e-12)
-        worst = max(worst, float((got.float() - want).abs().max()) / scale)
+        worst = max(worst, float((got - want).abs().max()) / scale)
     return worst
 
 

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..calls import call_model, evaluating, named_tensors
+from ..calls import call_model, copied_inputs, evaluating, iter_tensors, named_tensors
 from ..errors import ConfigError
+from ..graph.trace import find_selections
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
 from ..surgery.apply import Rollback, apply_plan, evaluate_applied, tensor_owners
@@ -310,18 +311,26 @@ def mask(model: nn.Module, plan: Plan) -> nn.Module:
     return model
 
 
+def _owned(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Outputs copied into memory of their own: an output that is a buffer of the model, or
+    the caller's input written in place, would otherwise be overwritten by the next run, and
+    the masked and the pruned model's outputs would be one tensor compared with itself."""
+    return {name: tensor.clone() for name, tensor in outputs.items()}
+
+
 def _outputs_on(model: nn.Module, inputs: CheckInputs
                 ) -> tuple[Measurement, list[dict[str, torch.Tensor]]]:
-    """The model's size (measured on the example inputs) and its outputs on every input."""
-    size, first = size_and_outputs(model, inputs.example)
+    """The model's size (measured on the example inputs) and its outputs on every input,
+    each run on its own copy of the inputs and each output copied."""
+    size, first = size_and_outputs(model, copied_inputs(inputs.example))
     if not inputs.batches:  # the common case: no eval-mode walk of the model for nothing
-        return size, [first]
+        return size, [_owned(first)]
     rest = []
     with evaluating(model), torch.no_grad():
         for batch in inputs.batches:
-            output = call_model(model, batch)
-            rest.append({name: t.detach() for name, t in named_tensors(output)})
-    return size, [first, *rest]
+            output = call_model(model, copied_inputs(batch))
+            rest.append(_owned({name: t.detach() for name, t in named_tensors(output)}))
+    return size, [_owned(first), *rest]
 
 
 def _masked_outputs(model: nn.Module, inputs: CheckInputs, plan: Plan
@@ -366,21 +375,39 @@ def compare_in_place(model: nn.Module, inputs: Any, plan: Plan,
 
 @contextmanager
 def widened(model: nn.Module) -> Iterator[None]:
-    """The model's floating parameters and buffers in float64, then back in their own dtype
-    (exactly: every float32, float16 and bfloat16 value is a float64 value). The tensors stay
-    the same objects, so a plan applied and undone inside still finds them."""
+    """The model's floating parameters and buffers in float64, then given back their own
+    data (the very tensors, so storage two of them shared is shared again and weights
+    memory-mapped from a file stay mapped). Tensors that share storage are widened as one
+    float64 copy of that storage, viewed as each of them was, so a write through one (a
+    mask zeroing a shared weight in place) reaches the other, as it would in the model. The
+    tensors stay the same objects, so a plan applied and undone inside still finds them."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}.values()
+    by_storage: dict[tuple, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.is_floating_point() and tensor.dtype != torch.float64:
+            storage = tensor.untyped_storage()
+            key = (storage.data_ptr(), storage.nbytes(), tensor.device, tensor.dtype)
+            by_storage.setdefault(key, []).append(tensor)
     saved = []
     with torch.no_grad():
-        for tensor in {id(t): t for t in (*model.parameters(), *model.buffers())}.values():
-            if tensor.is_floating_point() and tensor.dtype != torch.float64:
-                saved.append((tensor, tensor.dtype))
-                tensor.data = tensor.data.double()
+        for sharing in by_storage.values():
+            own = [t.data for t in sharing]
+            if len(sharing) == 1:
+                wide = [own[0].double()]
+            else:  # one float64 storage, each tensor a view of it as before
+                whole = torch.empty(0, dtype=own[0].dtype, device=own[0].device)
+                whole.set_(own[0].untyped_storage())
+                base = whole.double()
+                wide = [base.as_strided(t.shape, t.stride(), t.storage_offset()) for t in own]
+            for tensor, data, widened_data in zip(sharing, own, wide):
+                saved.append((tensor, data))
+                tensor.data = widened_data
     try:
         yield
     finally:
         with torch.no_grad():
-            for tensor, dtype in saved:
-                tensor.data = tensor.data.to(dtype)
+            for tensor, data in saved:
+                tensor.data = data
 
 
 def _to_float64(inputs: Any) -> Any:
@@ -404,6 +431,54 @@ def compared_in_float64(model: nn.Module, inputs: CheckInputs,
         return replace(inputs, note=f"compared in its own precision although {because}: "
                                     f"it does not run in float64 ({type(error).__name__})")
     return replace(inputs, float64_because=because)
+
+
+def _constant(inputs: Any) -> bool:
+    """Whether every floating-point tensor in ``inputs`` holds one value throughout (and
+    there is at least one): zeros, ones, a filled image."""
+    floats = [t for t in iter_tensors(inputs) if t.is_floating_point()]
+    return bool(floats) and all(t.numel() > 0 and bool((t == t.flatten()[0]).all())
+                                for t in floats)
+
+
+def _random_like(inputs: Any, seed: int = 0) -> Any:
+    """``inputs`` with every floating-point tensor replaced by standard normal values of its
+    shape and dtype (seeded); other tensors (token ids, masks) kept."""
+    generator = torch.Generator().manual_seed(seed)
+    return tree_map(lambda t: torch.randn(t.shape, generator=generator).to(t)
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() else t, inputs)
+
+
+def exercising(model: nn.Module, inputs: CheckInputs) -> CheckInputs:
+    """``inputs``, with random inputs of the example's shapes added when the example inputs
+    and every batch are constant. A constant input can make the check vacuous: every channel
+    a convolution computes is the same at every position, a BatchNorm can map it to zero,
+    and a plan that changes what the model computes on real inputs passes with a difference
+    of 0. Raises ``ConfigError`` if the model does not run on the random inputs."""
+    if not all(_constant(x) for x in inputs):
+        return inputs
+    random = _random_like(inputs.example)
+    try:
+        with evaluating(model), torch.no_grad():
+            call_model(model, random)
+    except Exception as error:
+        raise ConfigError(
+            f"example_inputs: every value is the same, which can make the check compare "
+            f"nothing, and the model does not run on random inputs of that shape either "
+            f"({type(error).__name__}: {error}); give varied example inputs, or data="
+        ) from error
+    note = "the example inputs are constant, so random inputs of their shape too"
+    return replace(inputs, batches=[*inputs.batches, random],
+                   note="; ".join(filter(None, [inputs.note, note])))
+
+
+def check_inputs(model: nn.Module, example: Any, batches: list, selections: list[str]
+                 ) -> CheckInputs:
+    """What ``pk.prune`` and ``pk.verify`` check a plan on: the example inputs, the data
+    batches, random inputs where those are all constant, compared in float64 where the model
+    chooses by order (``selections``)."""
+    inputs = exercising(model, CheckInputs(example, [b for b in batches if b is not example]))
+    return compared_in_float64(model, inputs, selections)
 
 
 def _compare(model: nn.Module, inputs: CheckInputs, plan: Plan, tolerance: float,
@@ -448,8 +523,12 @@ def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
         raise ConfigError("pk.verify: this plan only removes layers, which changes what the "
                           "model computes, so there is no equivalent model to compare with; "
                           "check it with pk.checks.BlocksBypassed (what pk.prune does)")
+    model = copy.deepcopy(original_model)
+    if isinstance(example_inputs, CheckInputs):
+        inputs = example_inputs
+    else:  # the inputs pk.prune's own check would have used
+        inputs = check_inputs(model, example_inputs, [], find_selections(model, example_inputs))
     try:
-        return compare_in_place(copy.deepcopy(original_model), example_inputs, plan,
-                                tolerance)
+        return compare_in_place(model, inputs, plan, tolerance)
     except PrunedModelFailed as failed:
         raise failed.error

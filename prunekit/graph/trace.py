@@ -370,3 +370,42 @@ def trace(model: nn.Module, example_inputs: Any, strict: bool = False,
         for hook in hooks:
             hook.remove()
     return ctx.result()
+
+
+class _SelectionsMode(TorchFunctionMode):
+    """Records the ops that choose by order, and nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func not in _SHAPE_READS and _chooses_by_order(func, args, list(iter_tensors(out))):
+            where = f"{op_name(func)} in {self.stack[-1] if self.stack else '<model>'}"
+            if where not in self.found:
+                self.found.append(where)
+        return out
+
+
+def find_selections(model: nn.Module, example_inputs: Any) -> list[str]:
+    """The ops that choose by order in one eval-mode pass (``TraceResult.selections``
+    without the rest of a trace): what ``pk.verify`` needs to check as ``pk.prune`` does."""
+    mode = _SelectionsMode()
+
+    def leave(*_) -> None:  # returns None: the module's output stays as it is
+        mode.stack.pop()
+
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(
+            lambda _m, _a, name=name: mode.stack.append(name or "<model>")))
+        hooks.append(module.register_forward_hook(leave))
+    try:
+        with evaluating(model), torch.no_grad(), mode:
+            call_model(model, example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return mode.found
