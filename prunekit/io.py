@@ -9,18 +9,17 @@ meta device) before it touches the model, and loads inside the transaction that 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
-from .errors import PlanError
+from .errors import ConfigError, PlanError
+from .hf.checkpoint import STORED_DTYPES, read_header, read_index, shard_path
 from .hf.config import update_config
 from .hf.conversion import StoredNames
 from .plan import Plan, original_name
@@ -43,7 +42,7 @@ def save(model: nn.Module, directory: str | Path, plan: Plan) -> Path:
     Example:
         >>> pk.save(model, "pruned/", result.plan)
     """
-    directory = Path(directory)
+    directory = _target_of(Path(directory))
     if directory.exists():
         if not directory.is_dir():
             raise PlanError(f"cannot save to {str(directory)!r}: it is a file")
@@ -64,13 +63,23 @@ def write_checkpoint(model: nn.Module, folder: Path, plan: Plan) -> None:
 
 def replace_folder(directory: Path, write) -> Path:
     """Run ``write(folder)`` on a new folder beside ``directory``, then swap it in for
-    ``directory``; on any error the new folder is removed and ``directory`` is untouched."""
+    ``directory``; on any error (an interrupt too) the new folder is removed and
+    ``directory`` is untouched.
+
+    A symbolic link is followed: the folder it points to is replaced and the link kept. The
+    staging and backup folders carry this process's id, so a save killed mid-write leaves
+    nothing behind for long: the next save to the same place removes what a dead process
+    left (and puts back a previous checkpoint it had moved aside)."""
+    directory = _target_of(Path(directory))
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    _clean_stale(directory)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-{os.getpid()}-",
+                                    dir=directory.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
     try:
         write(staging)
         if directory.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.",
+            backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-{os.getpid()}-",
                                            dir=directory.parent))
             os.replace(directory, backup / "previous")
             try:
@@ -85,6 +94,47 @@ def replace_folder(directory: Path, write) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _target_of(directory: Path) -> Path:
+    """Where a save to ``directory`` writes: the folder a symbolic link points to (even one
+    not there yet), never the current folder or one above it (it cannot be swapped out)."""
+    target = directory.resolve() if directory.is_symlink() else directory.absolute()
+    target = Path(os.path.normpath(target))
+    if target == Path.cwd() or target in Path.cwd().parents or target.parent == target:
+        raise PlanError(f"cannot save to {str(directory)!r}: it is the current folder or one "
+                        f"above it, which saving would replace; name a new folder inside it")
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _clean_stale(directory: Path) -> None:
+    """Remove the staging folders of saves to ``directory`` whose process is gone, and put a
+    checkpoint such a save had moved aside back in place if nothing replaced it."""
+    for leftover in sorted(directory.parent.glob(f".{directory.name}.*-*-*")):
+        kind, _, rest = leftover.name[len(directory.name) + 2:].partition("-")
+        pid = rest.partition("-")[0]
+        if kind not in ("partial", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        previous = leftover / "previous"
+        if kind == "old" and previous.is_dir() and not directory.exists():
+            os.replace(previous, directory)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_matches_plan(model: nn.Module, plan: Plan) -> None:
@@ -163,14 +213,15 @@ def weight_files(directory: Path) -> list[Path]:
     index = directory / INDEX_FILE
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as error:
-            raise PlanError(f"{str(index)!r} is not a safetensors index ({error})") from None
-        missing = [name for name in shards if not (directory / name).is_file()]
+            shards = [shard_path(directory, name, index)
+                      for name in sorted(set(read_index(index).values()), key=str)]
+        except ConfigError as error:
+            raise PlanError(str(error)) from None
+        missing = [path.name for path in shards if not path.is_file()]
         if missing:
             raise PlanError(f"{str(directory)!r} lacks the shard {missing[0]!r} its index "
                             f"names")
-        return [directory / name for name in shards]
+        return shards
     raise PlanError(f"{str(directory)!r} has no {WEIGHTS_FILE} (nor shards with an index); "
                     f"was it written by pk.save or pk.prune_streamed?")
 
@@ -192,14 +243,22 @@ def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
     apply_plan(shadow, plan)  # a plan that does not fit raises PlanError here
     expected: dict[str, tuple[int, ...]] = {}
     tied: dict[int, set[str]] = {}
+    dtypes: dict[str, torch.dtype] = {}
     for name, tensor in shadow.state_dict(keep_vars=True).items():
         expected[name] = tuple(tensor.shape)
+        dtypes[name] = tensor.dtype
         tied.setdefault(id(tensor), set()).add(name)
     headers = {}
     for weights in files:
-        with safe_open(str(weights), framework="pt") as file:
-            headers.update({key: torch.empty(file.get_slice(key).get_shape(), device="meta")
-                            for key in file.keys()})
+        try:
+            header = read_header(weights)
+        except ConfigError as error:
+            raise PlanError(str(error)) from None
+        for key, (shape, dtype) in header.items():
+            if dtype not in STORED_DTYPES:
+                raise PlanError(f"weights in {str(weights)!r}: {key!r} is stored as {dtype}, "
+                                f"a dtype prunekit does not load")
+            headers[key] = torch.empty(shape, dtype=STORED_DTYPES[dtype], device="meta")
     converted = not headers.keys() <= expected.keys()
     if converted:
         try:
@@ -218,6 +277,13 @@ def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
         if shape != expected[key]:
             raise PlanError(f"weights in {where}: {key!r} has shape {list(shape)}, the "
                             f"pruned model {list(expected[key])}")
+        # the same bytes read as another dtype are other numbers (an F32 bias relabelled I32
+        # loads as 1e9): a file must store each tensor in the model's own dtype
+        if headers[key].dtype != dtypes[key]:
+            raise PlanError(f"weights in {where}: {key!r} is stored as "
+                            f"{str(headers[key].dtype).replace('torch.', '')}, the model's is "
+                            f"{str(dtypes[key]).replace('torch.', '')}; convert the model "
+                            f"to the saved dtype before loading (model.to(dtype))")
     for names in tied.values():
         if not names & stored.keys():
             raise PlanError(f"weights in {where} lack {sorted(names)[0]!r}")

@@ -96,6 +96,9 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        if not isinstance(data, dict):
+            raise PlanError(f"not a prunekit plan (it holds a {type(data).__name__}, not a "
+                            f"table with format {PLAN_FORMAT!r})")
         if data.get("format") != PLAN_FORMAT:
             raise PlanError(f"not a prunekit plan (format is {data.get('format')!r})")
         if data.get("version") != PLAN_VERSION:
@@ -125,9 +128,12 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         try:
-            return cls.from_json(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise PlanError(f"cannot read plan {str(path)!r}: {error}") from error
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as error:  # not UTF-8, not JSON, too deep
+            if isinstance(error, PlanError):
+                raise
+            raise PlanError(f"cannot read plan {str(path)!r}: {type(error).__name__}: "
+                            f"{str(error)[:200]}") from error
 
 
 def _whole(value: Any) -> int:

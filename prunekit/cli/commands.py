@@ -42,6 +42,9 @@ MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:PATH, ultralytics:yolo11n.yaml (o
               "open_clip:NAME (its image tower) or path/to/file.py:factory")
 CHECKPOINT_HELP = ("trained weights to load before pruning: a state dict in .safetensors or a "
                    "PyTorch file (read with weights_only=True)")
+TRUST_PICKLE_HELP = ("read an Ultralytics .pt file as Ultralytics does, by unpickling it, which "
+                     "can run code stored in the file: only for a file you trust (by default "
+                     "only PyTorch and Ultralytics module classes may be named in it)")
 # random example inputs carry no labels: rank layers by a label-free criterion by default
 DEFAULT_CRITERIA = {"layers": "influence"}
 CRITERION_HELP = ("channels: " + ", ".join(criterion_names("channels"))
@@ -63,6 +66,7 @@ def _fail(error: Exception) -> None:
 def prune(
     model: str = typer.Option(..., help=MODEL_HELP),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    trust_pickle: bool = typer.Option(False, help=TRUST_PICKLE_HELP),
     input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
                                                "BATCH,TOKENS = 2,16 for text models)"),
     method: str = typer.Option("filter", help=METHOD_HELP),
@@ -121,7 +125,7 @@ def prune(
             if threads < 1:
                 raise ConfigError(f"--threads {threads}: give a positive number")
             torch.set_num_threads(threads)  # for the search's timings as for the report's
-        network = load_model(model, checkpoint).eval()
+        network = load_model(model, checkpoint, trust_pickle).eval()
         if data is None:
             x = example_inputs(network, input_shape)
             calibration = [x]  # random inputs: enough to run a data-driven criterion, no more
@@ -147,7 +151,7 @@ def prune(
                 network.save_pretrained(folder / "hf")
             if hf_source is not None:  # with the model, or alone beside the pk.load files
                 copy_hf_extras(hf_source, folder / ("hf" if result.config_matches
-                                                    else "tokenizer"))
+                                                    else "tokenizer"), out)
 
         replace_out(out, write)
     except (PruneError, ConfigError) as error:
@@ -181,7 +185,7 @@ def prune(
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")
     if result.config_matches:
         console.print(f"also saved with save_pretrained to {out / 'hf'}/ "
-                      f"(AutoModel.from_pretrained reloads it)")
+                      f"(from_pretrained reloads it)")
     elif result.config_matches is False:
         console.print("the pruned sizes differ from what one config can describe: reload it "
                       "with pk.load" + (f"; the tokenizer and other files of the source are "
@@ -292,6 +296,7 @@ def _method(name: str, criterion: str | None, **options) -> PruningMethod:
 def export(
     model: str = typer.Option(..., help=MODEL_HELP),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    trust_pickle: bool = typer.Option(False, help=TRUST_PICKLE_HELP),
     pruned: Path = typer.Option(None, help="a folder `prunekit prune` wrote: its plan and "
                                            "weights are loaded onto --model first"),
     input_shape: str = typer.Option(None, help="example input shape (as for prune); the "
@@ -325,7 +330,7 @@ def export(
         if not tolerance >= 0:
             raise ConfigError(f"--tolerance {tolerance}: give a fraction >= 0 of each "
                               f"output's scale (default 1e-4)")
-        network = load_model(model, checkpoint).eval()
+        network = load_model(model, checkpoint, trust_pickle).eval()
         if pruned is not None:
             if not (pruned / "plan.json").is_file():
                 raise ConfigError(f"--pruned {str(pruned)!r}: no plan.json there; give the "
@@ -345,6 +350,7 @@ def export(
 def analyze(
     model: str = typer.Option(..., help=MODEL_HELP),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    trust_pickle: bool = typer.Option(False, help=TRUST_PICKLE_HELP),
     input_shape: str = typer.Option(None, help="example input shape (as for prune)"),
     method: str = typer.Option("filter", help=METHOD_HELP),
     ratio: float = typer.Option(0.5, help="ratio used for the 'would remove' column"),
@@ -354,7 +360,7 @@ def analyze(
     layers) and what each would lose."""
     try:
         pruning = _method(method, None, ratio=ratio)
-        network = load_model(model, checkpoint).eval()
+        network = load_model(model, checkpoint, trust_pickle).eval()
         x = example_inputs(network, input_shape)
         with _progress(f"tracing {model}"):
             preview = pruning.preview(network, x)
@@ -379,6 +385,7 @@ def analyze(
 def iterative(
     model: str = typer.Option(..., help=MODEL_HELP),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    trust_pickle: bool = typer.Option(False, help=TRUST_PICKLE_HELP),
     data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
                                        "(inputs, labels), e.g. prunekit.cli.data:digits_loaders"),
     method: str = typer.Option("filter", help=METHOD_HELP),
@@ -411,7 +418,7 @@ def iterative(
         distill = Distillation(steps=distill_steps, lr=lr) if distill_steps else None
         check_out(out, {"model.safetensors", "plan.json", "history.json", "history.png"})
         pruning = _method(method, criterion, ratio=ratio, n=n, flops_target=flops_target)
-        network = load_model(model, checkpoint)
+        network = load_model(model, checkpoint, trust_pickle)
         train, test = load_data(data)
         x = first_inputs(test)
         with _progress(f"pruning {model} in {steps} steps") as (bar, task):
@@ -450,6 +457,7 @@ def iterative(
 def sensitivity(
     model: str = typer.Option(..., help=MODEL_HELP),
     checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    trust_pickle: bool = typer.Option(False, help=TRUST_PICKLE_HELP),
     data: str = typer.Option(..., help="DATA_SOURCE:FACTORY returning (train, test) batches of "
                                        "(inputs, labels), e.g. prunekit.cli.data:digits_loaders"),
     ratios: str = typer.Option("0.25,0.5,0.75", help="comma-separated ratios to try per group"),
@@ -467,19 +475,22 @@ def sensitivity(
         tried = parse_ratios(ratios)
         check_out(out, {"sensitivity.md", "sensitivity.json", "sensitivity.png"})
         pruning = _method(method, criterion, ratio=0.5)
-        network = load_model(model, checkpoint).eval()
+        network = load_model(model, checkpoint, trust_pickle).eval()
         train, test = load_data(data)
         with _progress(f"sensitivity of {model}") as (bar, task):
             table = run_sensitivity(
                 network, first_inputs(test), test, ratios=tried, method=pruning,
                 data=list(itertools.islice(train, calibration_batches)),
                 progress=lambda message: bar.update(task, description=message))
+
+        def write(folder: Path) -> None:  # all three files, or none of them
+            (folder / "sensitivity.md").write_text(table.to_markdown())
+            (folder / "sensitivity.json").write_text(json.dumps(table.to_dict(), indent=1))
+            table.plot(folder / "sensitivity.png")
+
+        replace_out(out, write)
     except (PruneError, ConfigError) as error:
         _fail(error)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sensitivity.md").write_text(table.to_markdown())
-    (out / "sensitivity.json").write_text(json.dumps(table.to_dict(), indent=1))
-    table.plot(out / "sensitivity.png")
     shown = Table(title=f"{model}: accuracy with one group pruned "
                         f"(unpruned {table.baseline:.1%})")
     shown.add_column("group")

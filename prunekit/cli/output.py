@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PlanError
 from ..io import replace_folder
 
 # weights and compiled exports of the unpruned model: never copied beside the pruned one
@@ -41,17 +41,23 @@ def replace_out(out: Path, write: Callable[[Path], None]) -> None:
     """Write everything into a staging folder, then swap it in for ``--out``."""
     try:
         replace_folder(out, write)
+    except PlanError as error:  # the current folder, say
+        raise ConfigError(f"--out: {error}") from error
     except OSError as error:
         raise ConfigError(f"--out {str(out)!r} could not be written: {error}") from error
 
 
-def copy_hf_extras(source: Path, target: Path) -> list[str]:
+def copy_hf_extras(source: Path, target: Path, out: Path | None = None) -> list[str]:
     """Copy what ``save_pretrained`` does not write from a Hugging Face model folder: the
     tokenizer, a processor, sentence-transformers' ``modules.json`` and pooling folders.
-    Files already in ``target`` and weights of the unpruned model are left out."""
+    Files already in ``target``, weights of the unpruned model and anything under ``out``
+    (an output folder inside the source: an earlier run's result) are left out."""
     copied = []
+    out = out.resolve() if out is not None else None
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
+        if out is not None and path.resolve().is_relative_to(out):
+            continue
         if (not path.is_file() or (target / relative).exists()
                 or path.suffix in _WEIGHT_SUFFIXES or path.name.endswith(".index.json")
                 or any(part.startswith(".") or part in _EXPORT_FOLDERS

@@ -23,17 +23,19 @@ from ..batches import split_batch
 from ..errors import ConfigError
 
 
-def load_model(spec: str, checkpoint: Path | None = None) -> nn.Module:
+def load_model(spec: str, checkpoint: Path | None = None, trust_pickle: bool = False
+               ) -> nn.Module:
     """``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or ``path/to/file.py:factory`` (or
     ``package.module:factory``), with random weights or, given ``checkpoint``, the weights
-    of that state dict."""
-    model = _build_model(spec)
+    of that state dict. No file is unpickled in a way that can run code unless
+    ``trust_pickle`` (``--trust-pickle``) says the user trusts it."""
+    model = _build_model(spec, trust_pickle)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
 
 
-def _build_model(spec: str) -> nn.Module:
+def _build_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     if spec.startswith("hf:"):
         return _load_hf(spec[3:])
     source, name = _split(spec, "torchvision:resnet18", "--model")
@@ -54,7 +56,7 @@ def _build_model(spec: str) -> nn.Module:
                               f"{_close(name, names)}")
         return timm.create_model(name, pretrained=False)
     if source == "ultralytics":
-        return _load_ultralytics(spec, name)
+        return _load_ultralytics(spec, name, trust_pickle)
     if source == "open_clip":
         return _load_open_clip(spec, name)
     model = _call_factory(source, name, f"--model {spec!r}")
@@ -64,9 +66,11 @@ def _build_model(spec: str) -> nn.Module:
     return model
 
 
-def _load_ultralytics(spec: str, name: str) -> nn.Module:
+def _load_ultralytics(spec: str, name: str, trust_pickle: bool = False) -> nn.Module:
     """An Ultralytics model's network: built from one of its YAML configs (``yolo11n.yaml``,
-    ``rtdetr-l.yaml``: random weights) or read from a ``.pt`` checkpoint on disk."""
+    ``rtdetr-l.yaml``: random weights) or read from a ``.pt`` checkpoint on disk: safely
+    (no code in the file runs), or with ``trust_pickle`` as Ultralytics reads it (a pickle
+    that can run code: only for a file the user trusts)."""
     ultralytics = _package("ultralytics", spec)
     if name.endswith(".pt"):
         if not Path(name).is_file():  # Ultralytics would try to download it
@@ -75,6 +79,10 @@ def _load_ultralytics(spec: str, name: str) -> nn.Module:
     elif not name.endswith((".yaml", ".yml")):
         raise ConfigError(f"--model {spec!r}: give a YAML config (yolo11n.yaml, "
                           f"rtdetr-l.yaml) or a .pt checkpoint file")
+    if name.endswith(".pt") and not trust_pickle:
+        from ..integrations.ultralytics import load_network_safely
+
+        return load_network_safely(name, f"--model {spec!r}")
     builder = ultralytics.RTDETR if "rtdetr" in Path(name).name else ultralytics.YOLO
     try:
         return builder(name).model
@@ -252,9 +260,14 @@ def _load_hf(path: str) -> nn.Module:
                           f"config.json)")
     import transformers
 
+    from ..hf.skeleton import saved_class
+
     transformers.logging.set_verbosity_error()
     try:
-        return transformers.AutoModel.from_pretrained(path)
+        # the class the folder was saved from, with its task head (a causal LM's lm_head, a
+        # classifier), as streamed pruning builds it; AutoModel would drop the head
+        model_class = saved_class(transformers.AutoConfig.from_pretrained(path))
+        return (model_class or transformers.AutoModel).from_pretrained(path)
     except Exception as error:
         raise ConfigError(f"--model hf:{path}: transformers cannot load it: "
                           f"{type(error).__name__}: {error}") from error

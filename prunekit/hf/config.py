@@ -59,10 +59,27 @@ def update_config(model: nn.Module) -> bool | None:
             candidate, current = trial, shapes
     if not _fits(current, actual) or not _same_scalars(model, candidate):
         return False
+    if not _reloads(model, candidate, actual):
+        return False
     for name in SIZE_FIELDS:
         if hasattr(candidate, name) and not _derived(candidate, name):
             setattr(config, name, getattr(candidate, name))
     return True
+
+
+def _reloads(model: nn.Module, config: Any, actual: dict[str, tuple]) -> bool:
+    """Whether ``config`` survives what ``save_pretrained`` and ``from_pretrained`` do with
+    it under the installed transformers: written out as a dict, read back (which validates
+    it: 6 heads of 16 in a hidden size of 128 is refused), and a model built from what was
+    read has the pruned model's shapes."""
+    try:
+        reread = type(config).from_dict(config.to_dict())
+        validate = getattr(reread, "validate", None)
+        if callable(validate):
+            validate()
+        return _fits(_shapes(model, reread), actual)
+    except Exception:  # transformers' own validation errors have no common base
+        return False
 
 
 def _derived(config: Any, name: str) -> bool:

@@ -37,11 +37,20 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
+def saved_class(config: Any) -> type | None:
+    """The transformers class a folder was saved from (``config.architectures``: the model
+    with its task head, ``LlamaForCausalLM``), or None where it names none transformers
+    has."""
+    names = getattr(config, "architectures", None) or []
+    found = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
+    return found if isinstance(found, type) and issubclass(
+        found, transformers.PreTrainedModel) else None
+
+
 def empty_model(config: Any) -> nn.Module:
     """The class the folder was saved from (``config.architectures``), else a causal LM,
     built from ``config`` with no weights, in eval mode."""
-    names = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, names[0], None) if names else None
+    model_class = saved_class(config)
     with parameters_on_meta():
         if model_class is not None:
             model = model_class(config)

@@ -17,8 +17,11 @@ pruned network::
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -41,3 +44,64 @@ def pruned_trainer(yolo: Any) -> type:
 
     PrunedTrainer.__name__ = PrunedTrainer.__qualname__ = f"Pruned{base.__name__}"
     return PrunedTrainer
+
+
+# what an Ultralytics checkpoint may name besides module classes: plain records of its
+# training run, which hold data and run no code of their own
+_PLAIN_RECORDS = {"ultralytics.utils.IterableSimpleNamespace", "types.SimpleNamespace",
+                  "datetime.datetime", "datetime.date", "pathlib.PosixPath",
+                  "pathlib.WindowsPath", "collections.OrderedDict", "builtins.set"}
+
+
+def load_network_safely(path: str | Path, option: str) -> nn.Module:
+    """The network in an Ultralytics ``.pt`` checkpoint, read with ``torch.load(
+    weights_only=True)``: the pickle may name PyTorch's and Ultralytics' module classes
+    and a few plain records, and nothing else, so a file cannot run code while it loads.
+    A file that names anything else is refused with one line; ``option`` is what the
+    user typed, named in the message."""
+    path = str(path)
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as error:
+        raise ConfigError(f"{option}: {path!r} is not a PyTorch checkpoint "
+                          f"({type(error).__name__}: {str(error)[:200]})") from error
+    allowed = []
+    for name in names:
+        found = _module_class(name) if name not in _PLAIN_RECORDS else _resolve(name)
+        if found is None:
+            raise ConfigError(
+                f"{option}: {path!r} asks to run {name!r} while it loads, which is not a "
+                f"PyTorch or Ultralytics module class; prunekit runs no code from a file "
+                f"unless you pass --trust-pickle (only for a file you trust)")
+        allowed.append(found)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"{option}: {path!r} cannot be read safely ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}); pass --trust-pickle to load "
+                          f"it as Ultralytics does, only if you trust the file") from error
+    network = checkpoint
+    if isinstance(checkpoint, dict):  # its EMA weights are the ones Ultralytics predicts with
+        network = next((checkpoint[key] for key in ("ema", "model")
+                        if isinstance(checkpoint.get(key), nn.Module)), None)
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"{option}: {path!r} holds no Ultralytics network (no 'model' "
+                          f"module in it)")
+    return network.float()
+
+
+def _resolve(name: str):
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _module_class(name: str) -> type | None:
+    """The class ``name`` names if it is an ``nn.Module`` defined by PyTorch or Ultralytics."""
+    if not name.startswith(("torch.nn.", "ultralytics.")):
+        return None
+    found = _resolve(name)
+    return found if isinstance(found, type) and issubclass(found, nn.Module) else None

@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
 from ..calls import evaluating
 from ..methods import FilterPruning, PruneContext, PruningMethod
 from ..recover import evaluate_accuracy
+from ..recover.norms import recalibrate_norms
 from ..surgery.apply import evaluate_applied
 from .plots import new_figure, save
 
@@ -32,9 +34,14 @@ class SensitivityRow:
 class Sensitivity:
     baseline: float
     rows: list[SensitivityRow] = field(default_factory=list)
+    # whether each pruned model's BatchNorm statistics were re-estimated on the calibration
+    # data before it was evaluated (without, a group can look fragile only because its
+    # later norms still hold the unpruned model's statistics)
+    recalibrated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "rows": [asdict(r) for r in self.rows]}
+        return {"baseline": self.baseline, "recalibrated": self.recalibrated,
+                "rows": [asdict(r) for r in self.rows]}
 
     def by_group(self) -> dict[str, list[SensitivityRow]]:
         """Each group's rows in the order tried (groups in model order)."""
@@ -45,7 +52,10 @@ class Sensitivity:
 
     def to_markdown(self) -> str:
         ratios = sorted({r.ratio for r in self.rows})
-        lines = [f"Accuracy with one group pruned (unpruned: {self.baseline:.1%})", "",
+        norms = ("BatchNorm statistics re-estimated on the calibration data after each "
+                 "prune" if self.recalibrated else "BatchNorm statistics NOT re-estimated "
+                 "(no calibration data): a low figure may recover with recalibrate_norms")
+        lines = [f"Accuracy with one group pruned (unpruned: {self.baseline:.1%}; {norms})", "",
                  "| group | channels | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |",
                  "|---|---|" + "---|" * len(ratios)]
         for group, rows in self.by_group().items():
@@ -82,9 +92,13 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
                 method: PruningMethod | None = None,
                 evaluate: Callable[[nn.Module], float] | None = None,
                 data: Iterable | None = None, loss_fn=None,
-                progress: Callable[[str], None] = lambda message: None) -> Sensitivity:
+                progress: Callable[[str], None] = lambda message: None,
+                recalibrate: bool = True) -> Sensitivity:
     """Accuracy (or ``evaluate(model)``) with each of the method's candidates alone pruned at
     each ratio (for ``LayerPruning``: each candidate layer removed); the model is not changed.
+    With ``data`` and ``recalibrate``, each pruned model's BatchNorm statistics are
+    re-estimated on ``data`` before it is evaluated (``pk.recalibrate_norms``), as they would
+    be after pruning; ``result.recalibrated`` says whether they were.
 
     Example:
         >>> table = pk.sensitivity(model, x, test_batches)
@@ -95,11 +109,38 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
         def evaluate(candidate: nn.Module) -> float:
             return evaluate_accuracy(candidate, eval_data)
     context = PruneContext(data=list(data) if data is not None else None, loss_fn=loss_fn)
+    calibration = context.data if recalibrate else None
+    score = evaluate if not calibration else _recalibrated(evaluate, calibration)
     with evaluating(model):
-        result = Sensitivity(evaluate(model))
+        result = Sensitivity(evaluate(model), recalibrated=bool(calibration) and _has_norms(model))
         trials = list(method.trials(model, example_inputs, ratios, context))
         for index, trial in enumerate(trials, 1):
             progress(f"trial {index}/{len(trials)}: {trial.label} at {trial.ratio:g}")
-            accuracy = evaluate_applied(model, trial.plan, evaluate)
+            accuracy = evaluate_applied(model, trial.plan, score)
             result.rows.append(SensitivityRow(trial.label, trial.size, trial.ratio, accuracy))
     return result
+
+
+def _norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def _has_norms(model: nn.Module) -> bool:
+    return bool(_norms(model))
+
+
+def _recalibrated(evaluate: Callable[[nn.Module], float], data: list
+                  ) -> Callable[[nn.Module], float]:
+    """``evaluate`` after the norms' statistics are re-estimated on ``data``; the statistics
+    are put back afterwards, since a norm the trial did not prune is the model's own."""
+    def score(candidate: nn.Module) -> float:
+        saved = [(b, b.clone()) for m in _norms(candidate) for b in m.buffers()]
+        try:
+            recalibrate_norms(candidate, data)
+            return evaluate(candidate)
+        finally:
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+    return score
