@@ -37,14 +37,28 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, before: dict[str, nn.Para
                               for key, value in optimizer.state[old].items()}
         groups.append(kept)
     optimizer.state.clear()
-    optimizer.state.update(state)
     for group, params in zip(optimizer.param_groups, groups):
         group["params"] = params
+    if isinstance(optimizer, torch.optim.LBFGS):
+        # its state is a history of flat vectors over all parameters, meaningless in the
+        # pruned model's smaller space: it starts over; and it keeps its own reference to
+        # the parameter list
+        optimizer._params = optimizer.param_groups[0]["params"]
+        optimizer._numel_cache = None  # the count of all their elements, cached
+        return
+    optimizer.state.update(state)
 
 
 def _sliced(value, old: torch.Tensor, dims: dict[int, list[int]]):
-    if not isinstance(value, torch.Tensor) or value.shape != old.shape:
-        return value  # a step count, or state not laid out like the parameter
+    """Optimizer state laid out like the parameter, sliced as it was. State broadcast along
+    some dims (Adafactor's factored second moments: a row and a column of the parameter's
+    shape, the other dim 1) is sliced along the dims it has; anything else (a step count)
+    is kept as it is."""
+    if not isinstance(value, torch.Tensor) or value.dim() != old.dim() or value.dim() == 0:
+        return value
+    if not all(size in (whole, 1) for size, whole in zip(value.shape, old.shape)):
+        return value
     for dim, kept in sorted(dims.items()):
-        value = value.index_select(dim, torch.as_tensor(kept, device=value.device))
+        if value.shape[dim] == old.shape[dim] != 1:
+            value = value.index_select(dim, torch.as_tensor(kept, device=value.device))
     return value

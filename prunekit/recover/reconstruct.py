@@ -153,10 +153,18 @@ def _refit(layer: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Ten
         wanted = torch.cat([y.reshape(-1, y.shape[-1]) for y in targets])
     fit_bias = layer.bias is not None  # the bias absorbs the mean the lost inputs carried
     weights, bias = _least_squares(rows, wanted, fit_bias, generator)
-    with torch.no_grad():
-        layer.weight.copy_(weights.reshape(layer.weight.shape).to(layer.weight.dtype))
-        if fit_bias:
-            layer.bias.copy_(bias.to(layer.bias.dtype))
+    _replace(layer, "weight", weights)
+    if fit_bias:
+        _replace(layer, "bias", bias)
+
+
+def _replace(layer: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Give ``layer`` a new parameter ``name`` holding ``value`` (in the old one's shape,
+    dtype and grad flag), never writing into the old one: an unpruned bias is the user's own
+    tensor, and the transaction that undoes a prune puts tensors back, not their contents."""
+    old = getattr(layer, name)
+    setattr(layer, name, nn.Parameter(value.detach().reshape(old.shape).to(old),
+                                      requires_grad=old.requires_grad))
 
 
 def _conv_rows(layer: nn.Conv2d, inputs: list[torch.Tensor], targets: list[torch.Tensor],
@@ -239,7 +247,7 @@ def _refit_recurrent(layer: nn.RNNBase, original: nn.RNNBase, plan: Plan, name: 
     """Match each direction's input share of its kept gates to the original's (the layer's
     input sequences, in the pruned and in the original model)."""
     for suffix in ("_l0", "_l0_reverse")[:2 if layer.bidirectional else 1]:
-        w_ih, new_ih = getattr(original, "weight_ih" + suffix), getattr(layer, "weight_ih" + suffix)
+        w_ih = getattr(original, "weight_ih" + suffix)
         kept = plan.tensors.get(f"{name}.weight_ih{suffix}", {}).get(0)
         kept = torch.arange(w_ih.shape[0]) if kept is None else torch.as_tensor(kept)
         bias = getattr(original, "bias_ih" + suffix)[kept] if layer.bias else 0
@@ -248,7 +256,6 @@ def _refit_recurrent(layer: nn.RNNBase, original: nn.RNNBase, plan: Plan, name: 
         wanted = torch.cat([(x0 @ w_ih[kept].T + bias).reshape(-1, len(kept))
                             for x0 in original_inputs])
         weights, fitted_bias = _least_squares(rows, wanted, layer.bias, generator)
-        with torch.no_grad():
-            new_ih.copy_(weights.to(new_ih.dtype))
-            if fitted_bias is not None:
-                getattr(layer, "bias_ih" + suffix).copy_(fitted_bias.to(new_ih.dtype))
+        _replace(layer, "weight_ih" + suffix, weights)
+        if fitted_bias is not None:
+            _replace(layer, "bias_ih" + suffix, fitted_bias)
