@@ -24,6 +24,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -140,6 +141,10 @@ class Distillation:
         if self.parallel == "fsdp" and self.checkpoint is not None:
             raise ConfigError("checkpoint= is not supported with parallel='fsdp' yet; use "
                               "parallel='ddp' to checkpoint and resume")
+        if self.checkpoint is not None and Path(self.checkpoint).exists() and not Path(
+                self.checkpoint).is_dir():
+            raise ConfigError(f"checkpoint={str(self.checkpoint)!r} is a file; give a folder "
+                              f"(the state is written there as {CHECKPOINT_FILE})")
         if self.checkpoint_every is not None and self.checkpoint is None:
             raise ConfigError("checkpoint_every needs checkpoint= (the folder to write to)")
         if self.plan is not None and not isinstance(self.plan, Plan):
@@ -161,6 +166,16 @@ class DistillResult:
     processes: int = 1
     layer_map: dict[str, str] = field(default_factory=dict)  # student module → teacher module
     projections: dict[str, Projection] = field(default_factory=dict)
+    stopped: str | None = None  # why training stopped before its last step (a NaN loss)
+
+    def __str__(self) -> str:
+        done = f"{self.steps - self.resumed_from} steps" + (
+            f" (resumed at step {self.resumed_from})" if self.resumed_from else "")
+        loss = (f", loss {self.losses[0]:.4g} -> {self.losses[-1]:.4g}" if self.losses else "")
+        text = (f"distilled {done} in {self.seconds:.1f} s ({self.steps_per_second:.2f} "
+                f"steps/s){loss}" + (f", {len(self.layer_map)} blocks matched"
+                                     if self.layer_map else ""))
+        return text + (f"; {self.stopped}" if self.stopped else "")
 
     @property
     def steps_per_second(self) -> float:
@@ -224,7 +239,11 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
     with _captured(trained, list(pairs)) as student_states, \
             _captured(teacher, list(pairs.values())) as teacher_states:
         objective = _Objective(trained, teacher, pairs, config, student_states, teacher_states)
-        objective.prepare(split_batch(first)[0])
+        try:
+            objective.prepare(split_batch(first)[0])
+        except Exception as error:
+            _check_runs(student, teacher, split_batch(first)[0])  # one line if a model fails
+            raise error
         result = _train(objective, _prepend(first, batches), config, progress, sharded)
     result.layer_map = dict(pairs)
     if sharded:
@@ -232,6 +251,24 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
     else:
         result.projections = dict(objective.projections.items())
     return result
+
+
+def _check_runs(student: nn.Module, teacher: nn.Module, inputs: Any) -> None:
+    """Both models run on the first batch, or one line says which does not (and, where their
+    dtypes differ from each other, that this is why): called when the first pass failed."""
+    for name, model in (("teacher", teacher), ("student", student)):
+        try:
+            with evaluating(model), torch.no_grad():
+                call_model(model, inputs)
+        except Exception as error:
+            dtypes = {side: next((p.dtype for p in m.parameters() if p.is_floating_point()),
+                                 None) for side, m in (("student", student), ("teacher", teacher))}
+            hint = (f"; the student is {dtypes['student']} and the teacher {dtypes['teacher']}: "
+                    f"give both, and the data, one dtype" if len(set(dtypes.values())) > 1
+                    else "")
+            raise ConfigError(f"data: the {name} does not run on the first batch "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                              f"{hint}") from error
 
 
 class _Objective(nn.Module):
@@ -343,14 +380,22 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
                     terms = model(inputs, teacher_output, teacher_hidden)
                     (terms[0] / config.accumulate).backward()
                 sums += torch.stack([t.detach().double().cpu() for t in terms])
-            if config.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            norm = nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or math.inf)
             # each process's terms are its share of the global mean: the sum is the mean
             total, output_part, hidden_part = (
                 value / config.accumulate / world_size() for value in sum_across(sums)[0])
+            if not (math.isfinite(total.item()) and math.isfinite(float(norm))):
+                # stepping would write NaN into every parameter: the student stays as the
+                # last good step left it
+                result.stopped = (f"stopped at step {step + 1} of {config.steps}: the loss "
+                                  f"or its gradient was not finite (NaN or Inf; a NaN in the "
+                                  f"data, or a learning rate too large); the student is as "
+                                  f"step {step} left it")
+                warnings.warn(result.stopped, RuntimeWarning, stacklevel=3)
+                break
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
             result.losses.append(total.item())
             result.output_losses.append(output_part.item())
             result.hidden_losses.append(hidden_part.item())
@@ -508,16 +553,25 @@ def _resume(config: Distillation, objective: _Objective, optimizer, schedule,
     except Exception as error:
         raise ConfigError(f"checkpoint: {path} cannot be read ({type(error).__name__}: "
                           f"{error}); delete it to start afresh") from error
+    missing = sorted(set(_CHECKPOINT_KEYS) - set(state)) if isinstance(state, dict) else [
+        "everything"]
+    if missing:
+        raise ConfigError(f"checkpoint: {path} is not a distillation checkpoint (it lacks "
+                          f"{', '.join(map(repr, missing[:3]))}); delete it to start afresh")
     if state.get("steps") != config.steps:
         raise ConfigError(f"checkpoint: {path} is of a run of {state.get('steps')} steps, "
                           f"this one asks for {config.steps}; give the same steps or another "
                           f"checkpoint folder")
-    try:
-        objective.student.load_state_dict(state["student"])
-        objective.projections.load_state_dict(state["projections"])
-    except RuntimeError as error:
-        raise ConfigError(f"checkpoint: {path} holds another student's weights; give the "
-                          f"student it was written for, or another checkpoint folder") from error
+    # everything is checked before anything is loaded: a refusal leaves the student as it was
+    for what, module, saved in (("student", objective.student, state["student"]),
+                                ("projections", objective.projections, state["projections"])):
+        problem = _state_mismatch(module.state_dict(), saved)
+        if problem:
+            raise ConfigError(f"checkpoint: {path} holds another {what}'s weights ({problem}); "
+                              f"give the student it was written for, or another checkpoint "
+                              f"folder")
+    objective.student.load_state_dict(state["student"])
+    objective.projections.load_state_dict(state["projections"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])
@@ -525,3 +579,22 @@ def _resume(config: Distillation, objective: _Objective, optimizer, schedule,
         list(values) for values in state["losses"])
     result.steps = result.resumed_from = state["step"]
     return state["batches_used"]
+
+
+_CHECKPOINT_KEYS = ("steps", "step", "batches_used", "student", "projections", "optimizer",
+                    "schedule", "losses", "rng")
+
+
+def _state_mismatch(own: dict[str, torch.Tensor], saved: Any) -> str | None:
+    """What keeps ``saved`` from loading into a module whose state is ``own``, or None."""
+    if not isinstance(saved, dict):
+        return f"a {type(saved).__name__}, not a state dict"
+    if saved.keys() != own.keys():
+        name = sorted(own.keys() ^ saved.keys())[0]
+        return f"{name!r} is {'missing' if name in own else 'not the model’s'}"
+    for name, tensor in own.items():
+        other = saved[name]
+        if not isinstance(other, torch.Tensor) or other.shape != tensor.shape:
+            shape = list(other.shape) if isinstance(other, torch.Tensor) else type(other).__name__
+            return f"{name!r} is {shape}, the model's {list(tensor.shape)}"
+    return None
