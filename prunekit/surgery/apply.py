@@ -101,12 +101,52 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
             raise PlanError(f"plan removes layer {name!r}, which the model does not have")
         if any(other != name and name.startswith(other + ".") for other in plan.layers):
             raise PlanError(f"plan removes layer {name!r} and also a module containing it")
+        _check_removable(name, modules[name])
     for module_name, attributes in plan.attributes.items():
         if module_name not in modules:
             raise PlanError(f"plan names module {module_name!r}, which the model does not have")
         for attribute, value in attributes.items():
             _check_attribute(module_name, modules[module_name], attribute, value)
+            _check_implied(module_name, modules[module_name], attribute, value, plan, owners)
     return new
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def _check_removable(name: str, module: nn.Module) -> None:
+    """A removed layer is a block that holds weights, as layer pruning removes: removing an
+    activation, a norm or anything else without weights would change what the model
+    computes while saving nothing, which no method proposes."""
+    if isinstance(module, _NORMS) or next(module.parameters(), None) is None:
+        raise PlanError(f"plan removes layer {name!r} ({type(module).__name__}), which "
+                        f"{'is a normalisation layer' if isinstance(module, _NORMS) else 'holds no weights'}; "
+                        f"layer pruning removes blocks that hold weights")
+
+
+def _check_implied(module_name: str, module: nn.Module, attribute: str, value: int,
+                   plan: Plan, owners: dict[str, tuple[nn.Module, str, str]]) -> None:
+    """A count may only shrink as the plan's own indices shrink what it counts: ``value``
+    must be the current count times the kept fraction of a dim the plan prunes in this
+    module or below it (4 heads in 64 rows, 32 rows kept: 2 heads). A module without tensors
+    of its own (a reshape) may follow any dim the plan prunes."""
+    current = getattr(module, attribute)
+    if value == current:
+        return
+    prefix = f"{module_name}." if module_name else ""
+    own = any(name.startswith(prefix) for name in owners)
+    implied = set()
+    for name, dims in plan.tensors.items():
+        if own and not name.startswith(prefix):
+            continue
+        shape = plan.shapes.get(name) or list(getattr(*owners[name][:2]).shape)
+        for dim, kept in dims.items():
+            if 0 <= dim < len(shape) and shape[dim] and current * len(kept) % shape[dim] == 0:
+                implied.add(current * len(kept) // shape[dim])
+    if value not in implied:
+        raise PlanError(f"plan sets {module_name}.{attribute} to {value}, which the indices it "
+                        f"keeps do not imply ({sorted(implied) or 'none of its tensors is pruned'}); "
+                        f"a plan shrinks a count only as it shrinks what the count divides")
 
 
 @contextmanager
