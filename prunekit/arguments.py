@@ -18,6 +18,17 @@ def check_model(model: Any) -> None:
     out of prunekit's reach, so a quantized model would "prune" to nothing."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ConfigError(f"model is a TorchScript module ({type(model).__name__}), whose code "
+                          f"prunekit cannot trace or change; prune the Python model it was "
+                          f"scripted from, then script the pruned one")
+    on_meta = next((name for name, t in (*model.named_parameters(), *model.named_buffers())
+                    if t.is_meta), None)
+    if on_meta is not None:
+        raise ConfigError(f"model: {on_meta!r} is on the meta device (a shape with no values), "
+                          f"so nothing can be scored or checked; load the weights first "
+                          f"(model.to_empty(device='cpu') and load_state_dict), or prune a "
+                          f"checkpoint bigger than memory with pk.prune_streamed")
     quantized = [name for name, module in model.named_modules()
                  if ".quantized" in type(module).__module__]
     if quantized:

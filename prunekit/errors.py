@@ -1,5 +1,7 @@
 """Errors raised by prunekit. Each names the module and what is wrong."""
 
+import difflib
+
 
 class PruneError(Exception):
     """Base class for every error prunekit raises on purpose."""
@@ -19,3 +21,9 @@ class PlanError(PruneError):
 
 class ConfigError(PruneError, ValueError):
     """A pruning method or an argument was given a bad value."""
+
+
+def did_you_mean(name: object, choices: list[str]) -> str:
+    """``"; did you mean 'l1', 'l2'?"`` for a misspelt ``name``, or nothing."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5) if isinstance(name, str) else []
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""

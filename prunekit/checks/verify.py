@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from ..arguments import check_model
 from ..calls import call_model, copied_inputs, evaluating, iter_tensors, named_tensors
 from ..errors import ConfigError
 from ..graph.trace import find_selections
@@ -519,6 +520,7 @@ def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
     Example:
         >>> report = pk.verify(original, x, result.plan); assert report.ok, report
     """
+    check_model(original_model)
     if plan.layers and not plan.tensors:
         raise ConfigError("pk.verify: this plan only removes layers, which changes what the "
                           "model computes, so there is no equivalent model to compare with; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ except ImportError as error:  # the command line is an extra
 
 from ..api import SHOWN_SKIPPED
 from ..api import prune as prune_model
-from ..errors import ConfigError, PlanError, PruneError, TraceError
+from ..errors import ConfigError, PlanError, PruneError, TraceError, did_you_mean
 from ..importance import criterion_names, get_criterion
 from ..io import write_checkpoint
 from ..latency import compare_latency, speedup_cell
@@ -57,6 +58,10 @@ def _fail(error: Exception) -> None:
     """One line on stderr; exit code 2 for a mistake in the options or inputs, 1 when the
     pruning itself could not be done."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    # the option the user typed, not the Python field behind it: "--criterion", not
+    # "FilterPruning.criterion"
+    text = re.sub(r"\b[A-Z][A-Za-z]*Pruning\.([a-z_]+)",
+                  lambda field: "--" + field.group(1).replace("_", "-"), text)
     typer.echo(f"error: {text}", err=True)  # one line, whatever the message held
     mistake = isinstance(error, (ConfigError, TraceError, PlanError))
     raise typer.Exit(code=2 if mistake else 1)
@@ -89,7 +94,8 @@ def prune(
                                         "that read a loss); data-driven criteria and "
                                         "--reconstruct read up to --calibration-batches "
                                         "training batches (default: the example inputs)"),
-    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    calibration_batches: int = typer.Option(8, min=1, help="training batches data-driven "
+                                                                 "criteria read"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
     latency: bool = typer.Option(True, help="time the model before and after pruning, "
@@ -279,15 +285,16 @@ def _round_to(text: str) -> int | str:
     except ValueError:
         if text == "measured":
             return text
-        raise typer.BadParameter(f"--round-to {text!r}: give a number of channels (8) or "
-                                 f"'measured' (widths timed on this machine)") from None
+        raise ConfigError(f"--round-to {text!r}: give a number of channels (8) or "
+                          f"'measured' (widths timed on this machine)") from None
 
 
 def _method(name: str, criterion: str | None, **options) -> PruningMethod:
     """The pruning method the options describe (its own checks name the bad option)."""
     methods = cli_methods()
     if name not in methods:
-        raise typer.BadParameter(f"--method {name!r}: choose one of {sorted(methods)}")
+        raise ConfigError(f"--method {name!r}: choose one of {sorted(methods)}"
+                          f"{did_you_mean(name, list(methods))}")
     criterion = criterion or DEFAULT_CRITERIA.get(name, "l1")
     return methods[name].from_options(criterion=criterion, **options)
 
@@ -400,7 +407,8 @@ def iterative(
     distill_steps: int = typer.Option(0, help="after each step, distil this many steps from "
                                       "the unpruned model on the training images (before "
                                       "fine-tuning; --finetune-epochs 0 for distillation alone)"),
-    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    calibration_batches: int = typer.Option(8, min=1, help="training batches data-driven "
+                                                                 "criteria read"),
     out: Path = typer.Option(..., help="directory for the model, plan, history.json and plot"),
     latency: bool = typer.Option(True, help="time every step's model against the unpruned "
                                             "one, interleaved, on a test batch"),
@@ -464,7 +472,8 @@ def sensitivity(
     method: str = typer.Option("filter", help=METHOD_HELP + ": whose candidates are tried "
                                               "and how they are ranked"),
     criterion: str = typer.Option(None, help="as for prune; default l1"),
-    calibration_batches: int = typer.Option(8, help="training batches data-driven criteria read"),
+    calibration_batches: int = typer.Option(8, min=1, help="training batches data-driven "
+                                                                 "criteria read"),
     out: Path = typer.Option(..., help="directory for sensitivity.md, .json and .png"),
 ) -> None:
     """Prune each group of coupled channels alone at several ratios and record test accuracy
@@ -580,5 +589,32 @@ def _progress(description: str = "starting"):
         yield bar, bar.add_task(description, total=None)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``prunekit`` command: ``app`` with every mistake in the options one ``error:``
+    line (exit code 2) instead of click's framed usage box."""
+    # typer's own copy of click: BadParameter's first base is its UsageError, whose base is
+    # the ClickException every usage mistake raises
+    click_exception = typer.BadParameter.__mro__[2]
+    try:
+        # outside standalone mode click returns the code typer.Exit carried, not raises it
+        code = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: interrupted", err=True)
+        raise SystemExit(130) from None
+    except click_exception as error:
+        text = " ".join(line.strip() for line in error.format_message().splitlines()
+                        if line.strip())
+        if not text:  # no arguments at all: the help was the answer
+            raise SystemExit(error.exit_code) from None
+        typer.echo(f"error: {text}" + (f" (see prunekit {error.ctx.info_name} --help)"
+                                       if getattr(error, "ctx", None) is not None
+                                       and error.ctx.parent is not None else ""), err=True)
+        raise SystemExit(error.exit_code) from None
+    except typer.Exit as done:  # the code a command chose
+        raise SystemExit(done.exit_code) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -10,7 +10,6 @@ returns ``(train, test)``: two re-iterable collections of ``(inputs, labels)`` b
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from ..batches import split_batch
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 
 def load_model(spec: str, checkpoint: Path | None = None, trust_pickle: bool = False
@@ -45,7 +44,7 @@ def _build_model(spec: str, trust_pickle: bool = False) -> nn.Module:
         names = torchvision.models.list_models()
         if name not in names:
             raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r}"
-                              f"{_close(name, names)}")
+                              f"{did_you_mean(name, names)}")
         return torchvision.models.get_model(name, weights=None)
     if source == "timm":
         import timm
@@ -53,7 +52,7 @@ def _build_model(spec: str, trust_pickle: bool = False) -> nn.Module:
         names = timm.list_models()
         if name not in names:
             raise ConfigError(f"--model {spec!r}: timm has no model {name!r}"
-                              f"{_close(name, names)}")
+                              f"{did_you_mean(name, names)}")
         return timm.create_model(name, pretrained=False)
     if source == "ultralytics":
         return _load_ultralytics(spec, name, trust_pickle)
@@ -97,7 +96,7 @@ def _load_open_clip(spec: str, name: str) -> nn.Module:
     names = open_clip.list_models()
     if name not in names:
         raise ConfigError(f"--model {spec!r}: open_clip has no model {name!r}"
-                          f"{_close(name, names)}")
+                          f"{did_you_mean(name, names)}")
     return open_clip.create_model(name, pretrained=None).visual
 
 
@@ -143,11 +142,6 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
 
 def _first_line(error: BaseException) -> str:
     return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
-
-
-def _close(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3)
-    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
 
 
 def load_data(spec: str) -> tuple[Any, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .base import DataCriterion, WeightCriterion
 
 TARGETS = ("channels", "heads", "layers")
@@ -91,6 +91,7 @@ def get_criterion(name: Any, target: str, who: str) -> CriterionEntry:
     if entry is None:
         elsewhere = [t for t in TARGETS if (t, name) in _REGISTRY] if isinstance(name, str) else []
         hint = f" ({name!r} scores {' and '.join(elsewhere)})" if elsewhere else ""
-        raise ConfigError(f"{who}: unknown criterion {name!r} for {target}{hint}; choose one "
-                          f"of {criterion_names(target)}")
+        raise ConfigError(f"{who}: unknown criterion {name!r} for {target}{hint}"
+                          f"{did_you_mean(name, criterion_names(target))}; choose one of "
+                          f"{criterion_names(target)}")
     return entry

@@ -194,9 +194,10 @@ def choose_layers(scores: list[LayerScore], n: int | None, window: bool = False)
             continue
         chosen.append(score.name)
     if n is not None and len(chosen) < n:
-        raise PruneError(f"asked to remove {n} layers but only {len(chosen)} non-overlapping "
-                         f"layers can be skipped without changing shapes "
-                         f"({[s.name for s in scores]})")
+        raise ConfigError(f"LayerPruning.n is {n}, but only {len(chosen)} non-overlapping "
+                          f"layers can be skipped without changing shapes "
+                          f"({', '.join(s.name for s in scores[:8])}"
+                          f"{' …' if len(scores) > 8 else ''}); give at most {len(chosen)}")
     return chosen
 
 

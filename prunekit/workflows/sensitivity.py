@@ -116,9 +116,18 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
         trials = list(method.trials(model, example_inputs, ratios, context))
         for index, trial in enumerate(trials, 1):
             progress(f"trial {index}/{len(trials)}: {trial.label} at {trial.ratio:g}")
-            accuracy = evaluate_applied(model, trial.plan, score)
+            # nothing removed, nothing to re-estimate: the unpruned model's own accuracy
+            accuracy = evaluate_applied(model, trial.plan,
+                                        evaluate if _removes_nothing(trial.plan) else score)
             result.rows.append(SensitivityRow(trial.label, trial.size, trial.ratio, accuracy))
     return result
+
+
+def _removes_nothing(plan) -> bool:
+    """Every tensor keeps every index (a ratio of 0), and no layer goes."""
+    return not plan.layers and all(
+        dim < len(plan.shapes.get(name, [])) and len(kept) == plan.shapes[name][dim]
+        for name, dims in plan.tensors.items() for dim, kept in dims.items())
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
