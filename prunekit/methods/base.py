@@ -134,6 +134,12 @@ class PruningMethod(ABC):
         fractions of the original). None when there is nothing left to do in this step."""
         raise ConfigError(f"{type(self).__name__} cannot be split into steps")
 
+    def prunable_size(self, model: nn.Module, example_inputs: Any) -> int | None:
+        """How many units (channels, heads) this method could prune in ``model``: iterative
+        pruning counts them before and between steps, so that a ratio's steps end where
+        one shot would (``removed["units"]``); None where the method does not count them."""
+        return None
+
     def trials(self, model: nn.Module, example_inputs: Any, ratios: Iterable[float],
                context: PruneContext) -> Iterable[Trial]:
         """Each candidate pruned alone at each ratio, for sensitivity analysis."""

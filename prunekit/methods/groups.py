@@ -94,8 +94,9 @@ class GroupPruning(PruningMethod):
             what it gives).
         overrides: ``{module name: ratio}`` for groups that touch that module or a module
             inside it (``{"layer4": 0.2}`` covers every group touching ``layer4``); the
-            largest override among a group's modules wins. A name the model does not have
-            is a ``ConfigError`` listing close matches.
+            largest override among a group's modules wins (with ``global_ranking`` too: the
+            other groups are ranked together). A name the model does not have is a
+            ``ConfigError`` listing close matches.
         seed: seed for the ``"random"`` criterion.
         global_ranking: rank channels across the whole model (scores normalised by their
             group's mean, except a criterion whose scores share one scale, such as the heads'
@@ -224,10 +225,15 @@ class GroupPruning(PruningMethod):
     def group_ratio(self, group: Group, ratio: float | None = None) -> float:
         """The ratio a group loses: the largest override for a module it touches or one
         containing it (``"layer4"`` covers ``layer4.0.conv1``), else ``ratio``."""
+        override = self.override(group)
+        return override if override is not None else (self.ratio if ratio is None else ratio)
+
+    def override(self, group: Group) -> float | None:
+        """The largest override for a module the group touches (or one containing it)."""
         modules = group.modules()
         overrides = [r for name, r in self.overrides.items()
                      if any(_within(module, name) for module in modules)]
-        return max(overrides) if overrides else (self.ratio if ratio is None else ratio)
+        return max(overrides) if overrides else None
 
     def channels_to_keep(self, size: int, ratio: float) -> int:
         """Before ``round_to="measured"`` widens it (``select``)."""
@@ -244,8 +250,12 @@ class GroupPruning(PruningMethod):
         it keeps."""
         ratio = self.ratio if ratio is None else ratio
         if self.global_ranking:
+            # a group with an override loses what it says; the rest are ranked together
+            fixed = {g.axis: r for g in groups if (r := self.override(g)) is not None}
+            ranked = [g for g in groups if g.axis not in fixed]
             comparable = get_criterion(self.criterion, self.target, "").comparable
-            ratios = selection.global_ratios(groups, scores, ratio, self.max_ratio, comparable)
+            ratios = {**selection.global_ratios(ranked, scores, ratio, self.max_ratio,
+                                                comparable), **fixed}
         else:
             ratios = {g.axis: self.group_ratio(g, ratio) for g in groups}
             if dither:
@@ -317,7 +327,16 @@ class GroupPruning(PruningMethod):
             raise ConfigError(f"steps must be a positive integer, got {steps!r}")
         budget = self.budget()
         if budget is None:
-            return dataclasses.replace(self, ratio=1 - (1 - self.ratio) ** (1 / steps))
+            if "units" not in removed:
+                return dataclasses.replace(self, ratio=1 - (1 - self.ratio) ** (1 / steps))
+            # the channels left after this step, as a fraction of the original, restated
+            # relative to those left now: rounding in earlier steps is made up for, and the
+            # last step ends where one shot would (each step rounding its own ratio down
+            # had 5 steps of 0.5 end at 7 of 10 channels)
+            goal, done = 1 - (1 - self.ratio) ** (step / steps), removed["units"]
+            if goal <= done:
+                return None
+            return dataclasses.replace(self, ratio=1 - (1 - goal) / (1 - done))
         if budget[0] == "latency":
             raise ConfigError(f"{type(self).__name__}.latency_target is reached in one step "
                               f"(each step would need its own timing); prune iteratively "
@@ -327,6 +346,12 @@ class GroupPruning(PruningMethod):
         if goal <= done:
             return None
         return dataclasses.replace(self, **{f"{quantity}_target": 1 - (1 - goal) / (1 - done)})
+
+    def prunable_size(self, model, example_inputs):
+        try:
+            return sum(group.size for group in self.traced_candidates(model, example_inputs)[1])
+        except PruneError:  # nothing left to prune
+            return 0
 
     def trials(self, model, example_inputs, ratios, context):
         graph, groups = self.traced_candidates(model, example_inputs, context.ignore,

@@ -159,9 +159,13 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
 
     history = History([record(0, base)])
     size = base
+    units = method.prunable_size(model, example_inputs)
     for step in range(1, steps + 1):
         removed = {"params": 1 - size.params / max(base.params, 1),
                    "flops": 1 - size.flops / max(base.flops, 1)}
+        if units:  # the method counts what it prunes: its ratio's steps end on target
+            left = units if step == 1 else method.prunable_size(model, example_inputs) or 0
+            removed["units"] = 1 - left / units
         this_step = method.step(step, steps, removed)
         if this_step is not None:
             progress(f"step {step}/{steps}: prune")

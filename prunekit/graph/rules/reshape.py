@@ -119,16 +119,37 @@ def _record_size_attributes(ctx, out, specs: list[Spec], inferred: set[int]) -> 
     is a candidate: the graph later picks the one that can be pruned, if there is exactly
     one (a batch of 2 beside ``num_heads = 2`` must not be taken for the heads)."""
     module = ctx.current_module
-    for name, value in int_attributes(module).items():
+    counts = int_attributes(module)
+    paired = _head_pairs(counts, out.shape)
+    for name, value in counts.items():
         if value < 2:
             continue
         trusted = HEAD_COUNT.match(name)  # a -1 dim's size is no one's count, unless named so
-        dims = [d for d, size in enumerate(out.shape)
-                if size == value and (trusted or d not in inferred)]
+        dims = paired.get(name) or [d for d, size in enumerate(out.shape)
+                                    if size == value and (trusted or d not in inferred)]
         if dims:
             ctx.attribute_candidates_for(module, name, [specs[d] for d in dims])
         if name in HEAD_SIZES and out.dim() > 1 and out.shape[-1] in (2 * value, 3 * value):
             ctx.attribute_candidates_for(module, name, [specs[-1]], seen_in=FUSED_PER_HEAD)
+
+
+def _head_pairs(counts: dict[str, int], shape: torch.Size) -> dict[str, list[int]]:
+    """Where a view has a head count and a head size side by side, (heads, head_dim) as every
+    attention writes it, the count is the outer dim and the size the inner one, even when
+    the two are equal (4 heads of 4 after pruning) and a size alone could not tell them
+    apart."""
+    paired: dict[str, list[int]] = {}
+    for count_name, heads in counts.items():
+        if not HEAD_COUNT.match(count_name) or heads < 2:
+            continue
+        for size_name, size in counts.items():
+            if size_name not in HEAD_SIZES or size < 2:
+                continue
+            places = [d for d in range(len(shape) - 1)
+                      if shape[d] == heads and shape[d + 1] == size]
+            if len(places) == 1:
+                paired[count_name], paired[size_name] = [places[0]], [places[0] + 1]
+    return paired
 
 
 def _permute_rule(order_of: Callable):

@@ -58,7 +58,12 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             out = out.squeeze(1 if not self.batch_first else 0)
         if not need_weights:
             return out, None
-        return out, weights.mean(1) if average_attn_weights else weights
+        if not average_attn_weights:
+            return out, weights
+        # the mean over heads as a sum over the count: a mean would fix the head dim in a
+        # later trace (it changes with the number of heads), and these weights are seldom
+        # read, so heads could no longer be pruned after filters were
+        return out, weights.sum(1) / self.num_heads
 
     def _extra_key_value(self, k: torch.Tensor, v: torch.Tensor):
         """The learned ``bias_k``/``bias_v`` token and the ``add_zero_attn`` zero token, appended
