@@ -135,14 +135,23 @@ def _check_implied(module_name: str, module: nn.Module, attribute: str, value: i
         return
     prefix = f"{module_name}." if module_name else ""
     own = any(name.startswith(prefix) for name in owners)
+    # counts of this module that split one dim between them (split(x, [self.c1, self.c2])),
+    # in the plan's order: each may instead count the kept indices of its own piece
+    counts = [(name, getattr(module, name)) for name in plan.attributes[module_name]]
     implied = set()
     for name, dims in plan.tensors.items():
         if own and not name.startswith(prefix):
             continue
         shape = plan.shapes.get(name) or list(getattr(*owners[name][:2]).shape)
         for dim, kept in dims.items():
-            if 0 <= dim < len(shape) and shape[dim] and current * len(kept) % shape[dim] == 0:
+            if not 0 <= dim < len(shape) or not shape[dim]:
+                continue
+            if current * len(kept) % shape[dim] == 0:
                 implied.add(current * len(kept) // shape[dim])
+            if sum(size for _, size in counts) == shape[dim]:
+                start = sum(size for other, size in counts[:[n for n, _ in counts].index(
+                    attribute)])
+                implied.add(sum(start <= index < start + current for index in kept))
     if value not in implied:
         raise PlanError(f"plan sets {module_name}.{attribute} to {value}, which the indices it "
                         f"keeps do not imply ({sorted(implied) or 'none of its tensors is pruned'}); "

@@ -95,3 +95,39 @@ def test_heads_are_found_after_filters_on_multihead_attention():
     pk.prune(model, x, pk.FilterPruning(0.5))
     result = pk.prune(model, x, pk.HeadPruning(0.5))
     assert model.att.num_heads == 2 and result.report.ok
+
+
+class SplitByCounts(nn.Module):
+    """A split into unequal pieces sized by the module's own counts (or by literals)."""
+
+    def __init__(self, literal=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.literal = literal
+        if not literal:  # (counts equal to literal sizes would be taken for them)
+            self.c1, self.c2 = 6, 10
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.a, self.b = nn.Conv2d(6, 4, 1), nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        sizes = [6, 10] if self.literal else [self.c1, self.c2]
+        p, q = torch.split(self.conv(x), sizes, dim=1)
+        return self.a(p) + self.b(q)
+
+
+@pytest.mark.parametrize("overrides, c1, c2", [({}, 3, 5), ({"a": 0.0}, 6, 5)])
+def test_a_split_sized_by_the_modules_counts_prunes_each_piece(tmp_path, overrides, c1, c2):
+    model, original = SplitByCounts().eval(), SplitByCounts().eval()
+    result = pk.prune(model, X, pk.FilterPruning(0.5, overrides=overrides))
+    assert (model.c1, model.c2, model.conv.out_channels) == (c1, c2, c1 + c2)
+    assert result.report.ok and pk.verify(original, X, result.plan).ok
+    pk.save(model, tmp_path / "saved", result.plan)
+    reloaded = pk.load(tmp_path / "saved", SplitByCounts().eval())
+    assert (reloaded.c1, reloaded.c2) == (c1, c2)
+    assert torch.equal(reloaded(X), model(X))
+
+
+def test_a_split_with_literal_sizes_keeps_its_dim():
+    model = SplitByCounts(literal=True).eval()
+    result = pk.prune(model, X, pk.FilterPruning(0.5))
+    assert model.conv.out_channels == 16 and result.plan.is_empty

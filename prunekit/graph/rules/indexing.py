@@ -89,7 +89,10 @@ def split(ctx, args, kwargs, out):
     if dim is None:
         return
     sizes = {piece.shape[dim] for piece in pieces}
-    counts = attributes_equal_to(ctx.current_module, sizes.pop()) if len(sizes) == 1 else []
+    if len(sizes) > 1:
+        _split_by_counts(ctx, args[0], dim, [piece.shape[dim] for piece in pieces], parts)
+        return
+    counts = attributes_equal_to(ctx.current_module, sizes.pop())
     if not counts:
         ctx.fix(args[0], f"split with fixed sizes in {ctx.module_path}", [dim])
         return
@@ -97,6 +100,23 @@ def split(ctx, args, kwargs, out):
         ctx.unify(parts[0], part)
     for name in counts:
         ctx.attribute(ctx.current_module, name, parts[0])
+
+
+def _split_by_counts(ctx, source, dim: int, sizes: list[int], parts: list) -> None:
+    """Pieces of unequal sizes, each sized by a count of the module's own
+    (``split(x, [self.c1, self.c2])``): each piece is pruned on its own and its count follows
+    its width. Only where every size is one count's and no other's; literal sizes fix the
+    dim."""
+    counts = int_attributes(ctx.current_module)
+    named = []
+    for size in sizes:
+        owners = [name for name, value in counts.items() if value == size]
+        if len(owners) != 1 or sizes.count(size) != 1:
+            ctx.fix(source, f"split with fixed sizes in {ctx.module_path}", [dim])
+            return
+        named.append(owners[0])
+    for name, part in zip(named, parts):
+        ctx.attribute(ctx.current_module, name, part)
 
 
 def _cumulative(sizes):
