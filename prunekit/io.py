@@ -51,7 +51,12 @@ def save(model: nn.Module, directory: str | Path, plan: Plan) -> Path:
             raise PlanError(f"cannot save to {str(directory)!r}: it holds other files "
                             f"({', '.join(others[:3])}), and saving replaces the folder; "
                             f"choose a new or empty folder")
-    return replace_folder(directory, lambda folder: write_checkpoint(model, folder, plan))
+    try:
+        return replace_folder(directory, lambda folder: write_checkpoint(model, folder, plan))
+    except OSError as error:  # a full disk, a file where a folder should be, no permission
+        raise PlanError(f"cannot save to {str(directory)!r}: {error.strerror or error}"
+                        f"{f' ({error.filename})' if error.filename else ''}; nothing was "
+                        f"changed there") from error
 
 
 def write_checkpoint(model: nn.Module, folder: Path, plan: Plan) -> None:
@@ -81,13 +86,17 @@ def replace_folder(directory: Path, write) -> Path:
         if directory.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-{os.getpid()}-",
                                            dir=directory.parent))
-            os.replace(directory, backup / "previous")
             try:
-                os.replace(staging, directory)
-            except BaseException:
-                os.replace(backup / "previous", directory)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
+                os.replace(directory, backup / "previous")
+                try:
+                    os.replace(staging, directory)
+                except BaseException:
+                    os.replace(backup / "previous", directory)
+                    raise
+            finally:  # emptied when the swap was undone, the old checkpoint when it was done;
+                # kept only if putting the old checkpoint back failed too (a later save does)
+                if directory.exists() or not (backup / "previous").exists():
+                    shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(staging, directory)
     finally:

@@ -3,7 +3,8 @@
 For every seed: ``pk.prune`` either succeeds or raises a ``PruneError`` leaving the model
 bit-identical; a pruned model matches the masked original on fresh inputs (not the ones it
 was checked on) in every output, keeps every output's shape, and reloads from disk with
-identical outputs. Run one seed with ``pytest tests/test_fuzz.py -k "seed-17"``.
+identical outputs. Run one seed with ``pytest tests/test_fuzz.py -k "seed-17"``, and other
+seeds with ``PRUNEKIT_FUZZ_FIRST=200 PRUNEKIT_FUZZ_SEEDS=1000``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prunekit.checks.verify import mask
 from .fuzz_models import RandomNet
 
 SEEDS = int(os.environ.get("PRUNEKIT_FUZZ_SEEDS", "200"))
+FIRST = int(os.environ.get("PRUNEKIT_FUZZ_FIRST", "0"))  # new seeds: PRUNEKIT_FUZZ_FIRST=200
 
 
 def _outputs(model, x):
@@ -39,7 +41,7 @@ def _method(seed: int) -> pk.PruningMethod:
                 global_ranking=rng.random() < 0.25)
 
 
-@pytest.mark.parametrize("seed", range(SEEDS), ids=lambda s: f"seed-{s}")
+@pytest.mark.parametrize("seed", range(FIRST, FIRST + SEEDS), ids=lambda s: f"seed-{s}")
 def test_a_random_network_prunes_or_is_refused_cleanly(seed, tmp_path):
     torch.manual_seed(seed)
     original = RandomNet(seed).eval()
