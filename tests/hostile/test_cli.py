@@ -136,3 +136,48 @@ def test_sensitivity_re_estimates_batchnorm_statistics_and_leaves_the_model_alon
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     plain = sensitivity(model, x, ratios=(0.5,), evaluate=lambda m: 1.0)
     assert not plain.recalibrated and "NOT re-estimated" in plain.to_markdown()
+
+
+def test_in_memory_and_streamed_pruning_agree_through_the_command_line(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "llama")
+    outs = {}
+    for way, extra in (("memory", []), ("stream", ["--stream"])):
+        outs[way] = tmp_path / way
+        result = runner.invoke(app, ["prune", "--model", f"hf:{tmp_path / 'llama'}",
+                                     "--method", "filter", "--ratio", "0.5", "--no-latency",
+                                     "--out", str(outs[way]), *extra])
+        assert result.exit_code == 0, result.output
+    memory = transformers.LlamaForCausalLM.from_pretrained(outs["memory"] / "hf").eval()
+    streamed = transformers.LlamaForCausalLM.from_pretrained(outs["stream"]).eval()
+    ids = torch.randint(0, 64, (1, 7))
+    with torch.no_grad():
+        assert torch.allclose(memory(ids).logits, streamed(ids).logits, atol=1e-5)
+
+
+def test_a_checkpoint_pickle_that_runs_code_runs_nothing(tmp_path):
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"state_dict": RunsCode()}, tmp_path / "weights.pt")
+    result = runner.invoke(app, ["prune", "--model", "torchvision:resnet18", "--checkpoint",
+                                 str(tmp_path / "weights.pt"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "cannot be read as a state dict" in result.output
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "o").exists()
+
+
+def test_export_of_a_damaged_pruned_folder_is_one_line(tmp_path):
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
+                                 "1,3,32,32", "--no-latency", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    result = runner.invoke(app, ["export", "--model", "torchvision:resnet18", "--pruned",
+                                 str(out), "--input-shape", "1,3,32,32", "--out",
+                                 str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert "not a readable safetensors file" in result.output
+    assert not (tmp_path / "m.onnx").exists()
