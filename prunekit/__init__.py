@@ -20,6 +20,11 @@ from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedO
 from .graph import rules
 from .graph.dependency import DependencyGraph, Group
 from .graph.rules import register_rule
+
+# Hugging Face's adapters register themselves: its config upkeep, and how pk.load reads its
+# checkpoints' names
+from .hf import config as _hf_config  # noqa: F401
+from .hf import conversion as _hf_conversion  # noqa: F401
 from .hf.pruners import TransformerHeadPruner, TransformerLayerPruner, head_importance
 from .importance import (
     ChannelView,
@@ -51,6 +56,7 @@ from .methods import (
 from .plan import Plan
 from .recover import Distillation, DistillResult, distill
 from .surgery.apply import apply_plan
+from .surgery.configs import register_config_updater
 from .surgery.handlers import register_handler
 from .workflows.compare import Comparison, compare
 from .workflows.iterative import History, iterative_prune
@@ -66,15 +72,18 @@ def __getattr__(name: str):
         return getattr(streaming, name)
     raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
 
+# prune_streamed and StreamedResult (which need transformers) are left out of ``import *``,
+# which would otherwise fail where transformers is not installed
 __all__ = [
     "Batch", "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
     "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
-    "Speedup", "StreamedResult", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
+    "Speedup", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
     "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
     "criterion_names", "distill", "export",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
-    "layer_importance", "load", "measure", "prune", "prune_streamed", "rank_share", "register_criterion", "register_handler",
+    "layer_importance", "load", "measure", "prune", "rank_share", "register_config_updater",
+    "register_criterion", "register_handler",
     "register_rule", "rules", "save", "sensitivity", "verify",
 ]

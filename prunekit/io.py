@@ -9,26 +9,99 @@ meta device) before it touches the model, and loads inside the transaction that 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from .errors import ConfigError, PlanError
-from .hf.checkpoint import STORED_DTYPES, read_header, read_index, shard_path
-from .hf.config import update_config
-from .hf.conversion import StoredNames
 from .plan import Plan, original_name
 from .surgery.apply import apply_plan, tensor_owners
+from .surgery.configs import update_config
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PLAN_FILE = "plan.json"
 CHECKPOINT_FILES = {WEIGHTS_FILE, PLAN_FILE}
+
+# the dtype a safetensors header names, as a torch dtype
+STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                 "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                 "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+                 "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+                 "C64": torch.complex64}
+
+
+def shard_path(folder: Path, name: Any, index: Path) -> Path:
+    """The shard ``name`` that ``index`` lists, which must be a file name inside ``folder``:
+    an index naming ``../elsewhere.safetensors`` or an absolute path would load weights from
+    outside the checkpoint."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or any(
+            part in ("..", "") for part in Path(name).parts) or "\\" in name:
+        raise ConfigError(f"{str(index)!r} names the shard {name!r}, which is not a file name "
+                          f"inside its folder; refusing to read weights from elsewhere")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):  # through a symbolic link
+        raise ConfigError(f"{str(index)!r} names the shard {name!r}, which leads outside its "
+                          f"folder; refusing to read weights from elsewhere")
+    return path
+
+
+def read_header(path: Path) -> dict[str, tuple[list[int], str]]:
+    """Every tensor's shape and dtype string in one safetensors file, from its header; a
+    file that is not safetensors (truncated, corrupt) is one ``ConfigError``."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            found = {}
+            for name in handle.keys():
+                view = handle.get_slice(name)
+                found[name] = (list(view.get_shape()), view.get_dtype())
+            return found
+    except Exception as error:  # safetensors raises its own SafetensorError, OSError …
+        raise ConfigError(f"{str(path)!r} is not a readable safetensors file "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                          f"was it cut short or changed?") from error
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a safetensors index: tensor name -> shard file name."""
+    try:
+        mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise ConfigError(f"{str(index)!r} is not a safetensors index "
+                          f"({type(error).__name__}: {str(error)[:200]})") from None
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{str(index)!r} is not a safetensors index (its weight_map is a "
+                          f"{type(mapping).__name__}, not a table of names)")
+    return mapping
+
+
+
+# how a model family's checkpoints name tensors the loaded model holds under other names
+# (transformers fuses a mixture of experts' stored projections): ``convert(model, tensors)``
+# returns the tensors as the loaded model names them; Hugging Face registers one
+_NAME_CONVERSIONS: list = []
+
+
+def register_stored_names(convert) -> None:
+    """Register ``convert(model, tensors) -> tensors``: a stored checkpoint's tensors renamed
+    and fused as the loaded ``model`` holds them (``pk.load`` tries it where the names of a
+    file are not the model's)."""
+    _NAME_CONVERSIONS.insert(0, convert)
+
+
+def _as_loaded(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for convert in _NAME_CONVERSIONS:
+        return convert(model, tensors)
+    return tensors
+
 
 
 def save(model: nn.Module, directory: str | Path, plan: Plan) -> Path:
@@ -200,7 +273,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
                 stored: dict[str, torch.Tensor] = {}
                 for file in files:
                     stored.update(load_file(str(file)))
-                pruned.load_state_dict(StoredNames(pruned).as_loaded(stored), strict=False)
+                pruned.load_state_dict(_as_loaded(pruned, stored), strict=False)
             elif len(files) == 1:
                 load_model(pruned, str(files[0]), strict=True)
             else:  # shards, as save_pretrained and prune_streamed write them
@@ -271,7 +344,7 @@ def _check_weights_fit(model: nn.Module, plan: Plan, files: list[Path],
     converted = not headers.keys() <= expected.keys()
     if converted:
         try:
-            headers = StoredNames(shadow).as_loaded(headers)
+            headers = _as_loaded(shadow, headers)
         except Exception as error:  # a rule that does not fit what is stored
             raise PlanError(f"weights in {str(directory)!r} are not the model's, and do not "
                             f"convert as transformers loads them ({type(error).__name__}: "

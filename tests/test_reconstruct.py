@@ -57,6 +57,7 @@ def test_a_convolutions_rows_are_its_patches_and_outputs(conv, cap, monkeypatch)
     from torch.nn import functional as F
 
     module = importlib.import_module("prunekit.recover.reconstruct")
+    rows_of = importlib.import_module("prunekit.importance.refit_rows")
 
     monkeypatch.setattr(module, "MAX_ROWS", cap)
     inputs = [torch.randn(2, 3, 9, 11), torch.randn(1, 3, 9, 11)]
@@ -64,7 +65,7 @@ def test_a_convolutions_rows_are_its_patches_and_outputs(conv, cap, monkeypatch)
         outputs = [conv(x) for x in inputs]
         rows, wanted = module._conv_rows(conv, inputs, outputs, torch.Generator().manual_seed(0))
         mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        unfolded = torch.cat([F.unfold(F.pad(x, module._paddings(conv), mode=mode),
+        unfolded = torch.cat([F.unfold(F.pad(x, rows_of._paddings(conv), mode=mode),
                                        conv.kernel_size, conv.dilation, 0, conv.stride)
                               .transpose(1, 2).flatten(0, 1) for x in inputs])
         every = torch.cat([y.flatten(2).transpose(1, 2).flatten(0, 1) for y in outputs])
@@ -83,6 +84,7 @@ def test_capture_passes_stop_at_the_layer_and_fit_the_same_weights(monkeypatch):
     import importlib
 
     module = importlib.import_module("prunekit.recover.reconstruct")
+    rows_of = importlib.import_module("prunekit.importance.refit_rows")
     data = calibration()
 
     def pruned_with_reconstruction():
@@ -116,6 +118,7 @@ def test_a_layer_is_fitted_to_its_own_output_even_when_an_in_place_relu_follows(
     import importlib
 
     module = importlib.import_module("prunekit.recover.reconstruct")
+    rows_of = importlib.import_module("prunekit.importance.refit_rows")
     if whole_passes:
         consumers = module._consumers
         monkeypatch.setattr(module, "_consumers", lambda *args: (

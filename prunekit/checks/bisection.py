@@ -12,17 +12,15 @@ model is always left as it was found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from torch import nn
 
 from ..measure import Measurement, size_and_outputs
 from ..plan import Plan
+from ..planning.proposal import Proposal
 from .checks import Check, CheckReport
 from .verify import PrunedModelFailed, as_check_inputs
-
-if TYPE_CHECKING:
-    from ..methods.base import Proposal
 
 
 @dataclass

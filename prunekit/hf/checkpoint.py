@@ -8,13 +8,14 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError
+from ..io import read_header, read_index, shard_path
 from .memory import return_freed_memory
 
 CONFIG_FILE = "config.json"
@@ -23,45 +24,6 @@ SINGLE_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 _DTYPE_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2,
                 "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-# the dtype a safetensors header names, as a torch dtype
-STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                 "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-                 "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-                 "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-                 "C64": torch.complex64}
-
-
-def shard_path(folder: Path, name: Any, index: Path) -> Path:
-    """The shard ``name`` that ``index`` lists, which must be a file name inside ``folder``:
-    an index naming ``../elsewhere.safetensors`` or an absolute path would load weights from
-    outside the checkpoint."""
-    if not isinstance(name, str) or not name or Path(name).is_absolute() or any(
-            part in ("..", "") for part in Path(name).parts) or "\\" in name:
-        raise ConfigError(f"{str(index)!r} names the shard {name!r}, which is not a file name "
-                          f"inside its folder; refusing to read weights from elsewhere")
-    path = folder / name
-    if not path.resolve().is_relative_to(folder.resolve()):  # through a symbolic link
-        raise ConfigError(f"{str(index)!r} names the shard {name!r}, which leads outside its "
-                          f"folder; refusing to read weights from elsewhere")
-    return path
-
-
-def read_header(path: Path) -> dict[str, tuple[list[int], str]]:
-    """Every tensor's shape and dtype string in one safetensors file, from its header; a
-    file that is not safetensors (truncated, corrupt) is one ``ConfigError``."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            found = {}
-            for name in handle.keys():
-                view = handle.get_slice(name)
-                found[name] = (list(view.get_shape()), view.get_dtype())
-            return found
-    except Exception as error:  # safetensors raises its own SafetensorError, OSError …
-        raise ConfigError(f"{str(path)!r} is not a readable safetensors file "
-                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                          f"was it cut short or changed?") from error
-
-
 class CheckpointReader:
     """The tensors of a model folder (``config.json`` and one or more ``*.safetensors``),
     read by name when asked for."""
@@ -149,19 +111,6 @@ class CheckpointReader:
         return [p for p in sorted(self.folder.iterdir())
                 if p.is_file() and p not in weights and p.name != CONFIG_FILE
                 and p.suffix not in WEIGHT_SUFFIXES]
-
-
-def read_index(index: Path) -> dict[str, str]:
-    """The ``weight_map`` of a safetensors index: tensor name -> shard file name."""
-    try:
-        mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (ValueError, KeyError, TypeError, RecursionError) as error:
-        raise ConfigError(f"{str(index)!r} is not a safetensors index "
-                          f"({type(error).__name__}: {str(error)[:200]})") from None
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"{str(index)!r} is not a safetensors index (its weight_map is a "
-                          f"{type(mapping).__name__}, not a table of names)")
-    return mapping
 
 
 class ShardWriter:

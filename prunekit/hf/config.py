@@ -21,12 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..surgery.configs import register_config_updater
 from ..surgery.stacks import model_config
 
 SIZE_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "hidden_dim",
                "head_dim", "hidden_size")
 
 
+@register_config_updater
 def update_config(model: nn.Module) -> bool | None:
     """Make ``model.config`` describe the pruned model if one config can; True if it does
     (``save_pretrained`` then reloads it with plain ``from_pretrained``), False if not,

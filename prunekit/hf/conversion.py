@@ -19,11 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..io import STORED_DTYPES, register_stored_names
 from .checkpoint import CheckpointReader
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class StoredNames:
@@ -106,7 +103,7 @@ class LoadedView:
         self.shapes: dict[str, list[int]] = {}
         for group in groups.values():
             empty = {name: torch.empty(headers[name][0], device="meta",
-                                       dtype=_DTYPES.get(headers[name][1], torch.float32))
+                                       dtype=STORED_DTYPES.get(headers[name][1], torch.float32))
                      for name in group}
             for loaded, tensor in names.as_loaded(empty).items():
                 self.sources[loaded] = group
@@ -184,3 +181,7 @@ def _rules(model: nn.Module) -> list | None:
     if not isinstance(model, PreTrainedModel):
         return None
     return get_model_conversion_mapping(model) or None
+
+
+# pk.load reads a checkpoint whose names are stored apart as transformers does
+register_stored_names(lambda model, tensors: StoredNames(model).as_loaded(tensors))

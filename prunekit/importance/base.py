@@ -2,7 +2,8 @@
 
 A criterion never looks at layer types. A ``WeightCriterion`` sees each member of a group as a
 matrix (one row per channel); a ``DataCriterion`` reads activations or gradients over the
-batches given as ``data=`` and scores whole groups at once. Register either with
+batches given as ``data=`` and scores whole groups at once; a ``LayerCriterion`` scores whole
+layers (``prunekit.layers.criteria`` holds the built-in ones). Register either with
 ``pk.register_criterion`` (``registry.py``).
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import torch
+from torch import nn
 
 if TYPE_CHECKING:
     from ..batches import LossFn
@@ -60,4 +62,29 @@ class DataCriterion(ABC):
         """``{group.axis: one score per channel}`` for the groups it can score."""
 
 
-Criterion = Any  # a WeightCriterion, DataCriterion or layers.criteria.LayerCriterion
+@dataclass
+class LayerContext:
+    """What a layer criterion may need besides the model, candidates and batches."""
+
+    stack: str | None  # the transformer's layer stack, if the model has one
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    n: int = 1  # how many layers will go (the window of a windowed criterion)
+
+
+class LayerCriterion(ABC):
+    """Scores candidate layers; higher means more important.
+
+    ``needs_data``: it measures the model on ``data=``. ``window``: the score of a layer is
+    that of the ``n`` consecutive layers starting there, so the ``n`` layers go together.
+    """
+
+    needs_data: ClassVar[bool] = True
+    window: ClassVar[bool] = False
+
+    @abstractmethod
+    def score_layers(self, model: nn.Module, candidates: list[str], batches: list,
+                     context: LayerContext) -> list[float]:
+        """One score per candidate, in the candidates' order."""
+
+
+Criterion = Any  # a WeightCriterion, DataCriterion or LayerCriterion

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..recover.reconstruct import RIDGE
+from .refit_rows import RIDGE
 
 # Candidates removed per step: one at a time while few are left (every head, exactly), then
 # a 64th of those left, so a 1,024-channel group takes about 300 steps, not 1,024. Each step

@@ -37,9 +37,9 @@ from ..batches import LossFn, split_batch
 from ..calls import call_model, evaluating
 from ..distributed import require_data_everywhere, sum_across
 from ..graph.dependency import channel_matrix
-from ..recover.reconstruct import MAX_ROWS, conv_patches, refits
 from .base import DataCriterion
 from .elimination import Fit, elimination_scores
+from .refit_rows import MAX_ROWS, conv_patches, refits
 
 MAX_COLUMNS = 8192  # a Gram matrix and its inverse: 0.5 GB each in float64
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import ConfigError, did_you_mean
-from .base import DataCriterion, WeightCriterion
+from .base import DataCriterion, LayerCriterion, WeightCriterion
 
 TARGETS = ("channels", "heads", "layers")
 
@@ -59,8 +59,6 @@ def register_criterion(name: str, criterion: Any, *, scores: Iterable[str] = ("c
     Example:
         >>> pk.register_criterion("max_abs", MaxAbs(), scores=("channels", "heads"))
     """
-    from ..layers.criteria import LayerCriterion  # layers build on this registry
-
     targets = [scores] if isinstance(scores, str) else list(scores)
     if not isinstance(name, str) or not name:
         raise ConfigError(f"register_criterion: name must be a non-empty string, got {name!r}")

@@ -18,7 +18,6 @@ scores="layers")``):
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -35,35 +34,11 @@ from ..distance import (
 )
 from ..distributed import means_across, sum_across
 from ..errors import ConfigError, PruneError
+from ..importance.base import LayerContext, LayerCriterion
 from ..importance.registry import get_criterion, register_criterion
 from ..surgery.apply import evaluate_applied
 from ..surgery.stacks import find_block_stack
 from .candidates import find_layer_candidates, removal
-
-
-@dataclass
-class LayerContext:
-    """What a layer criterion may need besides the model, candidates and batches."""
-
-    stack: str | None  # the transformer's layer stack, if the model has one
-    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
-    n: int = 1  # how many layers will go (the window of a windowed criterion)
-
-
-class LayerCriterion(ABC):
-    """Scores candidate layers; higher means more important.
-
-    ``needs_data``: it measures the model on ``data=``. ``window``: the score of a layer is
-    that of the ``n`` consecutive layers starting there, so the ``n`` layers go together.
-    """
-
-    needs_data: ClassVar[bool] = True
-    window: ClassVar[bool] = False
-
-    @abstractmethod
-    def score_layers(self, model: nn.Module, candidates: list[str], batches: list,
-                     context: LayerContext) -> list[float]:
-        """One score per candidate, in the candidates' order."""
 
 
 @dataclass(frozen=True)

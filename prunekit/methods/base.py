@@ -23,8 +23,9 @@ from torch import nn
 from ..batches import LossFn
 from ..checks.checks import Check, Equivalence, Runs
 from ..errors import ConfigError
-from ..hf.config import update_config
 from ..plan import Plan
+from ..planning.proposal import Proposal  # noqa: F401  (methods' base, re-exported)
+from ..surgery.configs import update_config
 
 METHODS: dict[str, type["PruningMethod"]] = {}
 
@@ -37,34 +38,6 @@ class PruneContext:
     strict: bool = False
     data: Iterable | None = None  # re-iterable: pk.prune reads a one-shot iterator into a list
     loss_fn: LossFn | None = None
-
-
-class Proposal(ABC):
-    """What a method proposes to remove, as pieces the bisection may keep or leave out."""
-
-    @property
-    @abstractmethod
-    def pieces(self) -> list:
-        """The independent pieces (group axes, layer names)."""
-
-    @abstractmethod
-    def describe(self, piece: Any) -> str:
-        """A piece for messages (``result.skipped``)."""
-
-    @abstractmethod
-    def plan(self, pieces: list) -> Plan:
-        """The plan that removes exactly these pieces."""
-
-    @property
-    def unknown_ops(self) -> list:
-        """Ops the method's trace had no rule for, whose dims it left unpruned."""
-        return []
-
-    @property
-    def selections(self) -> list[str]:
-        """Ops in the method's trace that choose elements by their order (``topk``,
-        ``argmax`` …), where they are: the check runs in float64 when there are any."""
-        return []
 
 
 @dataclass
@@ -125,7 +98,8 @@ class PruningMethod(ABC):
         return None
 
     def update_config(self, model: nn.Module) -> bool | None:
-        """Make a Hugging Face config describe the pruned model (see ``hf.config``)."""
+        """Make the model's config describe the pruned model, by the updater its family
+        registered (``prunekit.surgery.configs``; Hugging Face's is ``hf.config``)."""
         return update_config(model)
 
     def step(self, step: int, steps: int, removed: dict[str, float]) -> "PruningMethod | None":

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from . import register
+from .registry import register
 
 
 @register(nn.Conv1d, nn.Conv2d, nn.Conv3d)

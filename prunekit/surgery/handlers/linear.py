@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from . import register
+from .registry import register
 
 
 @register(nn.Linear)
