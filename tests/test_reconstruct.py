@@ -84,7 +84,6 @@ def test_capture_passes_stop_at_the_layer_and_fit_the_same_weights(monkeypatch):
     import importlib
 
     module = importlib.import_module("prunekit.recover.reconstruct")
-    rows_of = importlib.import_module("prunekit.importance.refit_rows")
     data = calibration()
 
     def pruned_with_reconstruction():
@@ -118,7 +117,6 @@ def test_a_layer_is_fitted_to_its_own_output_even_when_an_in_place_relu_follows(
     import importlib
 
     module = importlib.import_module("prunekit.recover.reconstruct")
-    rows_of = importlib.import_module("prunekit.importance.refit_rows")
     if whole_passes:
         consumers = module._consumers
         monkeypatch.setattr(module, "_consumers", lambda *args: (
