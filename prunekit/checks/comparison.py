@@ -84,10 +84,6 @@ class VerifyReport:
         return max((o.relative_diff for o in self.outputs), default=0.0)
 
     @property
-    def shapes_match(self) -> bool:
-        return not any(o.problem and "shape" in o.problem for o in self.outputs)
-
-    @property
     def ok(self) -> bool:
         return any(not o.empty for o in self.outputs) and all(o.ok for o in self.outputs)
 

@@ -19,12 +19,6 @@ def new_figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height))
 
 
-def series_colour(index: int) -> Any:
-    import matplotlib
-
-    return matplotlib.colormaps["tab20"](index % 20)
-
-
 def save(figure: Any, path: str | Path) -> Path:
     path = Path(path)
     figure.tight_layout()
