@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import functools
+import inspect
+import warnings
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 from torch import nn
@@ -87,3 +90,34 @@ def checked_data(model: nn.Module, data: Iterable | None,
                           f"model's inputs, as example_inputs are, an (inputs, targets) "
                           f"pair, or a pk.Batch(inputs, targets)") from error
     return data
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keyword_only(function: F) -> F:
+    """Keep calls that passed keyword-only options by position working, with a
+    ``DeprecationWarning`` naming the keyword to use: ``verify(m, x, plan, 1e-3)`` was
+    allowed before ``tolerance`` became keyword-only as it is in ``pk.prune``."""
+    parameters = inspect.signature(function).parameters.values()
+    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+    keywords = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > positional:
+            extra = args[positional:]
+            if len(extra) > len(keywords):
+                raise TypeError(f"{function.__name__}() takes {positional} positional "
+                                f"arguments but {len(args)} were given")
+            named = dict(zip(keywords, extra))
+            warnings.warn(f"{function.__name__}: pass {', '.join(f'{k}=' for k in named)} by "
+                          f"keyword; passing it by position is deprecated", DeprecationWarning,
+                          stacklevel=2)
+            clash = sorted(set(named) & set(kwargs))
+            if clash:
+                raise TypeError(f"{function.__name__}() got multiple values for {clash[0]!r}")
+            args, kwargs = args[:positional], {**named, **kwargs}
+        return function(*args, **kwargs)
+
+    return call  # type: ignore[return-value]

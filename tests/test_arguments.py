@@ -134,3 +134,20 @@ def test_a_pair_of_inputs_is_not_taken_for_inputs_and_targets():
     with pytest.raises(pk.ConfigError, match="needs labelled batches"):
         pk.prune(copy.deepcopy(model), example, pk.FilterPruning(0.5, "taylor"),
                  data=[pk.Batch(inputs) for inputs, _ in batches])
+
+
+def test_options_passed_by_position_still_work_with_a_deprecation_warning():
+    import warnings
+
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    original, x = copy.deepcopy(model), torch.randn(1, 3, 8, 8)
+    plan = pk.prune(model, x, pk.FilterPruning(0.5)).plan
+    with pytest.warns(DeprecationWarning, match="pass tolerance= by keyword"):
+        assert pk.verify(original, x, plan, 1e-3).tolerance == 1e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pk.verify(original, x, plan, tolerance=1e-2).tolerance == 1e-2
+    with pytest.raises(TypeError, match="multiple values for 'tolerance'"):
+        pk.verify(original, x, plan, 1e-3, tolerance=1e-2)

@@ -1,5 +1,8 @@
-"""The coverage contract on real architectures: every torchvision classification model and a
-representative subset of the other torchvision families and timm (the benchmark runs all).
+"""The coverage contract on real architectures: a representative subset of every family
+(``model_cases.CI_SUBSET``: each design of torchvision's classifiers at its smallest, one or
+two of each other family). The benchmark runs all 190 models (``benchmarks/coverage.py``,
+results in ``benchmarks/results/coverage.md``), the large variants the tests leave out among
+them.
 
 Each model is pruned at 0.5 with FilterPruning("l1") through the public API with nothing per
 model beyond its example inputs; output shapes must be unchanged, parameters reduced, masked

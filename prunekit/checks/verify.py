@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..arguments import check_model
+from ..arguments import check_model, keyword_only
 from ..calls import call_model, copied_inputs, evaluating, iter_tensors, named_tensors
 from ..errors import ConfigError
 from ..graph.trace import find_selections
@@ -497,7 +497,8 @@ def _compare(model: nn.Module, inputs: CheckInputs, plan: Plan, tolerance: float
     return judge_pruned(model, plan, lambda m: _outputs_on(m, inputs), judge, keep)
 
 
-def verify(original_model: nn.Module, example_inputs: Any, plan: Plan,
+@keyword_only
+def verify(original_model: nn.Module, example_inputs: Any, plan: Plan, *,
            tolerance: float = DEFAULT_TOLERANCE) -> VerifyReport:
     """Check that the plan's masked and pruned versions of a model give the same outputs:
     every output tensor, each within ``tolerance`` of its own largest value (looser for

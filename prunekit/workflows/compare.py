@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..api import prune
+from ..arguments import keyword_only
 from ..latency import Speedup, Timing, measure_latency, speedup_cell, speedups_over_first
 from ..measure import count_flops, count_params
 from ..methods import ChannelPruning, FilterPruning, LayerPruning
@@ -161,8 +162,9 @@ def verdict(verified: bool | None) -> str:
     return "n/a" if verified is None else "yes" if verified else "NO"
 
 
+@keyword_only
 def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_data: Iterable,
-            flops_target: float = 0.5, finetune_epochs: int = 5, lr: float = 1e-3,
+            *, flops_target: float = 0.5, finetune_epochs: int = 5, lr: float = 1e-3,
             methods: dict[str, Any] | None = None, data: Iterable | None = None,
             timing_inputs: Any = None, threads: int | None = None, seed: int = 0,
             recalibrate: bool = True, progress: Callable[[str], None] = lambda message: None) -> Comparison:
