@@ -203,8 +203,8 @@ def test_masking_zeroes_exactly_the_removed_channels_and_puts_them_back(dims, co
 
     from prunekit.checks.verify import _mask_parameters
 
-    # the module (``prunekit.checks.verify`` the attribute is the function of that name)
-    monkeypatch.setattr(importlib.import_module("prunekit.checks.verify"), "COPY_LIMIT",
+    # the module that masks, where COPY_LIMIT is read
+    monkeypatch.setattr(importlib.import_module("prunekit.checks.masking"), "COPY_LIMIT",
                         copy_limit)
 
     holder = nn.Module()
@@ -276,7 +276,7 @@ def test_a_large_linear_layer_masked_by_hooks_computes_what_its_zeroed_weight_wo
 
     from prunekit.checks.verify import _mask_parameters
 
-    monkeypatch.setattr(importlib.import_module("prunekit.checks.verify"), "COPY_LIMIT", 0)
+    monkeypatch.setattr(importlib.import_module("prunekit.checks.masking"), "COPY_LIMIT", 0)
     torch.manual_seed(0)
     model = _CalledByKeyword().eval()
     if holder == "tied":
@@ -314,7 +314,7 @@ def test_pruning_large_linear_layers_passes_its_check_with_them_masked_by_hooks(
     what the pruned model does would fail it, and the groups would come back skipped."""
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("prunekit.checks.verify"), "COPY_LIMIT", 0)
+    monkeypatch.setattr(importlib.import_module("prunekit.checks.masking"), "COPY_LIMIT", 0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.Tanh(),
                           nn.Linear(32, 4)).eval()
