@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,12 +33,11 @@ from torch import nn
 
 from ..batches import split_batch
 from ..calls import call_model, evaluating
-from ..distance import first_tensor
-from ..distributed import barrier, is_distributed, is_main_process, sum_across, world_size
+from ..distributed import is_distributed, sum_across, world_size
 from ..errors import ConfigError
 from ..plan import Plan
-from ..surgery.stacks import find_block_stack
 from . import sharding
+from .distill_checkpoint import CHECKPOINT_FILE, resume_state, save_state
 from .losses import (
     HIDDEN_LOSSES,
     OUTPUT_LOSSES,
@@ -51,10 +49,10 @@ from .losses import (
     pick_output,
     row_weights,
 )
+from .matching import captured, matched_modules
 
 SCHEDULES = ("cosine", "linear", "constant")
 PARALLEL = ("ddp", "fsdp")
-CHECKPOINT_FILE = "distill.pt"
 
 
 @dataclass(frozen=True)
@@ -231,13 +229,13 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
     if student is teacher:
         raise ConfigError("student and teacher are the same model; distil a pruned copy "
                           "(copy.deepcopy the model before pruning it)")
-    pairs = _layer_map(student, teacher, config)
+    pairs = matched_modules(student, teacher, config)
     batches = _cycle(data)
     first = next(batches)
     sharded = config.parallel == "fsdp" and is_distributed()
     trained = copy.deepcopy(student) if sharded else student  # see recover/sharding.py
-    with _captured(trained, list(pairs)) as student_states, \
-            _captured(teacher, list(pairs.values())) as teacher_states:
+    with captured(trained, list(pairs)) as student_states, \
+            captured(teacher, list(pairs.values())) as teacher_states:
         objective = _Objective(trained, teacher, pairs, config, student_states, teacher_states)
         try:
             objective.prepare(split_batch(first)[0])
@@ -357,7 +355,7 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     result = DistillResult(processes=world_size())
-    used = _resume(config, objective, optimizer, schedule, result)
+    used = resume_state(config, objective, optimizer, schedule, result)
     for _ in range(used):  # the batches the resumed run already trained on
         next(batches)
     model: nn.Module = objective
@@ -405,7 +403,7 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
             if config.checkpoint is not None and (
                     result.steps == config.steps
                     or (config.checkpoint_every and result.steps % config.checkpoint_every == 0)):
-                _save(config, objective, optimizer, schedule, result, used)
+                save_state(config, objective, optimizer, schedule, result, used)
     finally:
         student.train(mode)
         optimizer.zero_grad(set_to_none=True)
@@ -445,57 +443,6 @@ def _lr_factor(config: Distillation) -> Callable[[int], float]:
     return factor
 
 
-def _layer_map(student: nn.Module, teacher: nn.Module, config: Distillation) -> dict[str, str]:
-    """Student module → teacher module whose outputs are matched."""
-    if config.layer_map:
-        for side, model, names in (("student", student, config.layer_map),
-                                   ("teacher", teacher, config.layer_map.values())):
-            modules = dict(model.named_modules())
-            missing = [name for name in names if name not in modules]
-            if missing:
-                raise ConfigError(f"layer_map: the {side} has no module {missing[0]!r}")
-        return dict(config.layer_map)
-    if config.hidden is False:
-        return {}
-    stack, teacher_stack = find_block_stack(student), find_block_stack(teacher)
-    if stack is None or stack != teacher_stack:
-        if config.hidden is True:
-            raise ConfigError("hidden=True: the student and the teacher have no common stack "
-                              "of blocks to match; pass layer_map={student module: teacher "
-                              "module}")
-        return {}
-    count = len(student.get_submodule(stack))
-    removed = set(config.plan.layers) if config.plan is not None else set()
-    kept = [i for i in range(len(teacher.get_submodule(stack)))
-            if f"{stack}.{i}" not in removed]
-    if len(kept) != count:
-        how = ("the plan's removed layers leave " f"{len(kept)}" if removed
-               else f"the teacher has {len(kept)}")
-        raise ConfigError(f"the student has {count} blocks in {stack}, {how}; pass plan= (the "
-                          f"plan that pruned the student) or layer_map=")
-    return {f"{stack}.{new}": f"{stack}.{old}" for new, old in enumerate(kept)}
-
-
-class _captured:
-    """Forward hooks that keep the latest output tensor of each named module."""
-
-    def __init__(self, model: nn.Module, names: list[str]):
-        self.model, self.names, self.states, self.handles = model, names, {}, []
-
-    def __enter__(self) -> dict[str, torch.Tensor]:
-        modules = dict(self.model.named_modules())
-        for name in self.names:
-            def hook(_module, _args, output, name=name):
-                self.states[name] = first_tensor(output)
-            self.handles.append(modules[name].register_forward_hook(hook))
-        return self.states
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.states.clear()
-
-
 def _cycle(data: Iterable) -> Iterator:
     """The batches over and over; a one-shot iterator that runs out is an error."""
     if isinstance(data, (torch.Tensor, dict)) or not hasattr(data, "__iter__"):
@@ -517,84 +464,3 @@ def _cycle(data: Iterable) -> Iterator:
 def _prepend(first: Any, rest: Iterator) -> Iterator:
     yield first
     yield from rest
-
-
-def _checkpoint_file(config: Distillation) -> Path:
-    return Path(config.checkpoint) / CHECKPOINT_FILE
-
-
-def _save(config: Distillation, objective: _Objective, optimizer, schedule,
-          result: DistillResult, used: int) -> None:
-    """Write the state (tensors and numbers only; no pickled code) atomically, on the main
-    process; the others wait so that none reads a half-written file later."""
-    if is_main_process():
-        path = _checkpoint_file(config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"steps": config.steps, "step": result.steps, "batches_used": used,
-                 "student": objective.student.state_dict(),
-                 "projections": objective.projections.state_dict(),
-                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "losses": [result.losses, result.output_losses, result.hidden_losses],
-                 "rng": torch.get_rng_state()}
-        temporary = path.with_name(path.name + ".partial")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    barrier()
-
-
-def _resume(config: Distillation, objective: _Objective, optimizer, schedule,
-            result: DistillResult) -> int:
-    """Load the checkpoint if there is one; how many batches the run had used."""
-    if config.checkpoint is None or not _checkpoint_file(config).exists():
-        return 0
-    path = _checkpoint_file(config)
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"checkpoint: {path} cannot be read ({type(error).__name__}: "
-                          f"{error}); delete it to start afresh") from error
-    missing = sorted(set(_CHECKPOINT_KEYS) - set(state)) if isinstance(state, dict) else [
-        "everything"]
-    if missing:
-        raise ConfigError(f"checkpoint: {path} is not a distillation checkpoint (it lacks "
-                          f"{', '.join(map(repr, missing[:3]))}); delete it to start afresh")
-    if state.get("steps") != config.steps:
-        raise ConfigError(f"checkpoint: {path} is of a run of {state.get('steps')} steps, "
-                          f"this one asks for {config.steps}; give the same steps or another "
-                          f"checkpoint folder")
-    # everything is checked before anything is loaded: a refusal leaves the student as it was
-    for what, module, saved in (("student", objective.student, state["student"]),
-                                ("projections", objective.projections, state["projections"])):
-        problem = _state_mismatch(module.state_dict(), saved)
-        if problem:
-            raise ConfigError(f"checkpoint: {path} holds another {what}'s weights ({problem}); "
-                              f"give the student it was written for, or another checkpoint "
-                              f"folder")
-    objective.student.load_state_dict(state["student"])
-    objective.projections.load_state_dict(state["projections"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["rng"])
-    result.losses, result.output_losses, result.hidden_losses = (
-        list(values) for values in state["losses"])
-    result.steps = result.resumed_from = state["step"]
-    return state["batches_used"]
-
-
-_CHECKPOINT_KEYS = ("steps", "step", "batches_used", "student", "projections", "optimizer",
-                    "schedule", "losses", "rng")
-
-
-def _state_mismatch(own: dict[str, torch.Tensor], saved: Any) -> str | None:
-    """What keeps ``saved`` from loading into a module whose state is ``own``, or None."""
-    if not isinstance(saved, dict):
-        return f"a {type(saved).__name__}, not a state dict"
-    if saved.keys() != own.keys():
-        name = sorted(own.keys() ^ saved.keys())[0]
-        return f"{name!r} is {'missing' if name in own else 'not the model’s'}"
-    for name, tensor in own.items():
-        other = saved[name]
-        if not isinstance(other, torch.Tensor) or other.shape != tensor.shape:
-            shape = list(other.shape) if isinstance(other, torch.Tensor) else type(other).__name__
-            return f"{name!r} is {shape}, the model's {list(tensor.shape)}"
-    return None
