@@ -65,9 +65,17 @@ class PruneResult:
         return 1 - self.after.flops / max(self.before.flops, 1)
 
     def __str__(self) -> str:
-        lines = [f"params {self.before.params:,} -> {self.after.params:,} "
-                 f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
-                 f"{self.after.flops:,} (-{self.flop_reduction:.1%})"]
+        return "\n".join([f"params {self.before.params:,} -> {self.after.params:,} "
+                          f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
+                          f"{self.after.flops:,} (-{self.flop_reduction:.1%})", *self.details()])
+
+    def details(self) -> list[str]:
+        """What ``print(result)`` says after the sizes, a line each: layers removed, the
+        latency reached, the check, ops without a rule, pieces left unpruned (the command
+        line prints the same lines under its table)."""
+        lines = []
+        if self.plan.layers:
+            lines.append(f"removed layers: {', '.join(self.plan.layers)}")
         if self.latency is not None:
             lines.append(str(self.latency))
         if self.report is not None:
@@ -76,12 +84,13 @@ class PruneResult:
             lines.append(f"no coupling rule for {op.op} in {op.module or 'the model'}: the "
                          f"dims it touches were left unpruned")
         if self.skipped:
-            lines.append(f"{len(self.skipped)} left unpruned:")
+            lines.append(f"{len(self.skipped)} left unpruned, because pruning them broke the "
+                         f"model or failed the check:")
             lines += [f"  {s.group}: {s.reason}" for s in self.skipped[:SHOWN_SKIPPED]]
             if len(self.skipped) > SHOWN_SKIPPED:
                 lines.append(f"  ... and {len(self.skipped) - SHOWN_SKIPPED} more "
                              f"(result.skipped)")
-        return "\n".join(lines)
+        return lines
 
 
 def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,

@@ -21,7 +21,6 @@ try:
 except ImportError as error:  # the command line is an extra
     raise SystemExit("the prunekit command needs its extra: pip install 'prunekit[cli]'") from error
 
-from ..api import SHOWN_SKIPPED
 from ..api import prune as prune_model
 from ..errors import ConfigError, PlanError, PruneError, TraceError, did_you_mean
 from ..importance import criterion_names, get_criterion
@@ -171,23 +170,8 @@ def prune(
         console.print("[yellow]note:[/] --reconstruct re-fitted the layers on the random "
                       "example inputs only, without --data; pass --data for a fit that "
                       "means something")
-    for op in result.unknown_ops:
-        console.print(f"[yellow]no coupling rule[/] for {escape(op.op)} in "
-                      f"{escape(op.module or 'the model')}: the dims it touches were left "
-                      f"unpruned")
-    if result.plan.layers:
-        console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
-    if result.latency is not None:
-        console.print(escape(str(result.latency)))
-    if result.report is not None:
-        console.print(f"check: {escape(str(result.report))}")
-    if result.skipped:
-        console.print(f"[yellow]{len(result.skipped)} left unpruned[/] because pruning them "
-                      f"broke the model or failed the check:")
-        for skipped in result.skipped[:SHOWN_SKIPPED]:
-            console.print(f"  {escape(skipped.group)}: {escape(skipped.reason)}")
-        if len(result.skipped) > SHOWN_SKIPPED:
-            console.print(f"  ... and {len(result.skipped) - SHOWN_SKIPPED} more")
+    for line in result.details():  # what print(result) says, as it says it
+        console.print(escape(line))
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")
     if result.config_matches:
         console.print(f"also saved with save_pretrained to {out / 'hf'}/ "
