@@ -57,6 +57,7 @@ from .plan import Plan
 from .recover import Distillation, DistillResult, distill
 from .surgery.apply import apply_plan
 from .surgery.configs import register_config_updater
+from .surgery.fusion import FusionReport, fuse
 from .surgery.handlers import register_handler
 from .workflows.compare import Comparison, compare
 from .workflows.iterative import History, iterative_prune
@@ -76,12 +77,12 @@ def __getattr__(name: str):
 # which would otherwise fail where transformers is not installed
 __all__ = [
     "Batch", "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
-    "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
+    "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "FusionReport", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
     "Speedup", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
     "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
-    "criterion_names", "distill", "export",
+    "criterion_names", "distill", "export", "fuse",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
     "layer_importance", "load", "measure", "prune", "rank_share", "register_config_updater",
     "register_criterion", "register_handler",

@@ -1,5 +1,5 @@
-"""Calling a model: the usual input conventions, walking what it returns, and eval mode
-without losing the modes its modules were in."""
+"""Calling a model: the usual input conventions, walking what it returns, comparing two
+runs' outputs, and eval mode without losing the modes its modules were in."""
 
 from __future__ import annotations
 
@@ -148,3 +148,30 @@ def output_shapes(model: nn.Module, example_inputs: Any) -> list[tuple[int, ...]
     """The shapes of every tensor the model returns, in order (no autograd)."""
     with torch.no_grad():
         return [tuple(t.shape) for t in iter_tensors(call_model(model, example_inputs))]
+
+
+def largest_difference(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest difference over all outputs, each relative to its largest magnitude;
+    a different count or shape of outputs is an infinite difference."""
+    if len(actual) != len(expected):
+        return float("inf")
+    worst = 0.0
+    for got, want in zip(actual, expected):
+        if tuple(got.shape) != tuple(want.shape):
+            return float("inf")
+        if want.numel() == 0:
+            continue
+        got, want = got.float(), want.float()
+        finite = want.isfinite()
+        # NaN or Inf on one side only (or of another kind) is a mismatch, never "no
+        # difference": max() over a NaN would pass it silently
+        odd_got, odd_want = got[~finite], want[~finite]
+        if not torch.equal(got.isfinite(), finite) or not torch.equal(
+                odd_got.nan_to_num(0.0, 1.0, -1.0), odd_want.nan_to_num(0.0, 1.0, -1.0)):
+            return float("inf")
+        if not finite.any():
+            continue
+        got, want = got[finite], want[finite]
+        scale = max(float(want.abs().max()), 1e-12)
+        worst = max(worst, float((got - want).abs().max()) / scale)
+    return worst

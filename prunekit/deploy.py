@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .arguments import check_tolerance
-from .calls import call_model, evaluating, named_tensors
+from .calls import call_model, evaluating, largest_difference, named_tensors
 from .errors import ConfigError, PruneError
 from .latency import batch_size
 
@@ -151,7 +151,7 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                 # export, load, run or agree
                 try:
                     run = _write(exporter, model, traced, written, dynamic_batch)
-                    difference = max(_difference(run(x), want)
+                    difference = max(largest_difference(run(x), want)
                                      for x, want in zip(inputs, expected))
                 except Exception as error:  # noqa: BLE001 - each failure is reported
                     failures.append(f"{exporter}: {type(error).__name__}: {_first_line(error)}")
@@ -177,7 +177,7 @@ def export(model: nn.Module, example_inputs: Any, path: str | Path, *,
                 _quantize_int8(written, quantized)
                 run_quantized = onnx_runner(quantized)
                 report.quantized_difference = max(
-                    _difference(run_quantized(x), want) for x, want in zip(inputs, expected))
+                    largest_difference(run_quantized(x), want) for x, want in zip(inputs, expected))
                 report.quantized_path = path.with_name(quantized.name)
                 os.replace(quantized, report.quantized_path)
             _move_into_place(written, path)
@@ -367,33 +367,6 @@ def _outputs(output: Any) -> list[torch.Tensor]:
                                                  type(None))) for leaf in leaves):
         tensors = [t for _, t in named_tensors(output)]
     return [t.detach().float() for t in tensors]
-
-
-def _difference(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
-    """The largest difference over all outputs, each relative to its largest magnitude;
-    a different count or shape of outputs is an infinite difference."""
-    if len(actual) != len(expected):
-        return float("inf")
-    worst = 0.0
-    for got, want in zip(actual, expected):
-        if tuple(got.shape) != tuple(want.shape):
-            return float("inf")
-        if want.numel() == 0:
-            continue
-        got, want = got.float(), want.float()
-        finite = want.isfinite()
-        # NaN or Inf on one side only (or of another kind) is a mismatch, never "no
-        # difference": max() over a NaN would pass it silently
-        odd_got, odd_want = got[~finite], want[~finite]
-        if not torch.equal(got.isfinite(), finite) or not torch.equal(
-                odd_got.nan_to_num(0.0, 1.0, -1.0), odd_want.nan_to_num(0.0, 1.0, -1.0)):
-            return float("inf")
-        if not finite.any():
-            continue
-        got, want = got[finite], want[finite]
-        scale = max(float(want.abs().max()), 1e-12)
-        worst = max(worst, float((got - want).abs().max()) / scale)
-    return worst
 
 
 def _quantize_int8(source: Path, target: Path) -> None:

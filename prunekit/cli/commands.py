@@ -300,6 +300,8 @@ def export(
                                                "relative to each output's largest value"),
     dynamic_batch: bool = typer.Option(False, help="leave the batch dim free in the file (and "
                                                    "check a batch of another size too)"),
+    fuse: bool = typer.Option(False, help="fold each BatchNorm into the convolution before it "
+                                          "first (pk.fuse, checked equal to the unfused model)"),
 ) -> None:
     """Export a model (pruned or not) to ONNX or torch.export and check the file: it is run
     back (ONNX Runtime, torch.export.load) on the example inputs and fresh inputs of their
@@ -329,11 +331,19 @@ def export(
             load_pruned(pruned, network)
         x = example_inputs(network, input_shape)
         _measure_unpruned(network, x)  # inputs the model cannot run name --input-shape
+        fused = None
+        if fuse:
+            from ..surgery.fusion import fuse as fuse_model
+
+            with _progress("folding BatchNorm layers and checking the fused model"):
+                fused = fuse_model(network, x, tolerance=tolerance)
         with _progress(f"exporting to {out.name} and checking it"):
             report = export_model(network, x, out, quantize="int8" if int8 else None,
                                   tolerance=tolerance, dynamic_batch=dynamic_batch)
     except (PruneError, ConfigError) as error:
         _fail(error)
+    if fused is not None:
+        console.print(f"[green]fused:[/] {escape(str(fused))}")
     console.print(f"[green]checked:[/] {escape(str(report))}")
 
 
