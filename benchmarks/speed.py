@@ -1,5 +1,6 @@
 """FLOPs saved become time saved? Six models pruned to about half their FLOPs, timed against
-the unpruned model in PyTorch eager, ONNX Runtime and ``torch.compile``.
+the unpruned model in PyTorch eager (as built, and with BatchNorm folded into the convolutions
+before it by ``pk.fuse``, in both models), ONNX Runtime and ``torch.compile``.
 
 For each model: prune to about 50% fewer FLOPs (convolutional nets and YOLOv8n: filters;
 ViT-B/16 and MiniLM: half the attention heads, then MLP neurons until half the FLOPs are
@@ -44,7 +45,7 @@ from prunekit.measure import count_flops  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
 BATCHES = (1, 8)
-RUNTIMES = ("eager", "onnx", "compile")
+RUNTIMES = ("eager", "eager-fused", "onnx", "compile")
 FLOPS_TARGET = 0.5
 ROUND_TO = 8  # kept channels a multiple of 8; --round-to 1 gives the rows at any width
 
@@ -125,6 +126,10 @@ def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,
     started = time.perf_counter()
     if runtime == "eager":
         pair = (unpruned, pruned)
+    elif runtime == "eager-fused":  # both with BatchNorm folded into its convolution
+        pair = tuple(copy.deepcopy(model) for model in (unpruned, pruned))
+        for model in pair:
+            pk.fuse(model, x)
     elif runtime == "onnx":
         paths = [scratch / "unpruned.onnx", scratch / "pruned.onnx"]
         for model, path in zip((unpruned, pruned), paths):
