@@ -74,6 +74,9 @@ class PruneResult:
         latency reached, the check, ops without a rule, pieces left unpruned (the command
         line prints the same lines under its table)."""
         lines = []
+        if self.plan.is_empty:
+            lines.append("nothing was pruned: the ratio or budget removes no channel, head or "
+                         "layer here (the model is as it was)")
         if self.plan.layers:
             lines.append(f"removed layers: {', '.join(self.plan.layers)}")
         if self.latency is not None:

@@ -31,6 +31,11 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __str__(self) -> str:
+        latency = (f", latency {self.latency} median (quartiles) over {self.latency.rounds} "
+                   f"rounds" if self.latency is not None else "")
+        return f"params {self.params:,}, FLOPs {self.flops:,}{latency}"
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -151,3 +151,14 @@ def test_options_passed_by_position_still_work_with_a_deprecation_warning():
         assert pk.verify(original, x, plan, tolerance=1e-2).tolerance == 1e-2
     with pytest.raises(TypeError, match="multiple values for 'tolerance'"):
         pk.verify(original, x, plan, 1e-3, tolerance=1e-2)
+
+
+def test_results_print_as_sentences():
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    text = str(pk.measure(model, x, min_time=0.01))
+    assert text.startswith("params 260, FLOPs 17,856, latency") and "rounds" in text
+    assert "nothing was pruned" in str(pk.prune(model, x, pk.FilterPruning(0.0)))
+    assert "nothing was pruned" not in str(pk.prune(model, x, pk.FilterPruning(0.5)))
