@@ -143,11 +143,13 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     check_example_inputs(example_inputs)
     check_tolerance(tolerance)
     check_optimizer(optimizer)
+    given = example_inputs  # a data batch that is the example inputs is not checked twice
     example_inputs = copied_inputs(example_inputs)  # a forward may write into its inputs
     data = checked_data(model, data, example_inputs)
     context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
     # verified on a few batches of data too: control flow real data takes is checked as well
     batches = [split_batch(batch)[0] for batch in islice(data or (), VERIFY_BATCHES)]
+    batches = [batch for batch in batches if batch is not given]
     with evaluating(model):
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
         inputs = check_inputs(model, example_inputs, batches, proposal.selections)

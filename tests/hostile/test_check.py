@@ -167,3 +167,9 @@ def test_export_to_a_folder_is_refused_before_any_work(tmp_path):
     (tmp_path / "out.onnx").mkdir()
     with pytest.raises(pk.ConfigError, match="is a folder"):
         pk.export(nn.Linear(3, 3), torch.randn(1, 3), tmp_path / "out.onnx")
+
+
+def test_the_example_inputs_given_as_data_too_are_checked_once():
+    model, inputs = ConvNet().eval(), x()
+    result = pk.prune(model, inputs, pk.FilterPruning(0.5, "apoz"), data=[inputs])
+    assert result.report.inputs == "the example inputs"
