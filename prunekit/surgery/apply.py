@@ -119,8 +119,8 @@ def _check_removable(name: str, module: nn.Module) -> None:
     activation, a norm or anything else without weights would change what the model
     computes while saving nothing, which no method proposes."""
     if isinstance(module, _NORMS) or next(module.parameters(), None) is None:
-        raise PlanError(f"plan removes layer {name!r} ({type(module).__name__}), which "
-                        f"{'is a normalisation layer' if isinstance(module, _NORMS) else 'holds no weights'}; "
+        what = "is a normalisation layer" if isinstance(module, _NORMS) else "holds no weights"
+        raise PlanError(f"plan removes layer {name!r} ({type(module).__name__}), which {what}; "
                         f"layer pruning removes blocks that hold weights")
 
 
@@ -137,7 +137,9 @@ def _check_implied(module_name: str, module: nn.Module, attribute: str, value: i
     own = any(name.startswith(prefix) for name in owners)
     # counts of this module that split one dim between them (split(x, [self.c1, self.c2])),
     # in the plan's order: each may instead count the kept indices of its own piece
-    counts = [(name, getattr(module, name)) for name in plan.attributes[module_name]]
+    names = list(plan.attributes[module_name])
+    widths = [width if type(width := getattr(module, n, None)) is int else 0 for n in names]
+    start, split_total = sum(widths[:names.index(attribute)]), sum(widths)
     implied = set()
     for name, dims in plan.tensors.items():
         if own and not name.startswith(prefix):
@@ -148,14 +150,13 @@ def _check_implied(module_name: str, module: nn.Module, attribute: str, value: i
                 continue
             if current * len(kept) % shape[dim] == 0:
                 implied.add(current * len(kept) // shape[dim])
-            if sum(size for _, size in counts) == shape[dim]:
-                start = sum(size for other, size in counts[:[n for n, _ in counts].index(
-                    attribute)])
+            if split_total == shape[dim]:  # this count's own piece of the dim
                 implied.add(sum(start <= index < start + current for index in kept))
     if value not in implied:
+        implied_text = sorted(implied) or "none of its tensors is pruned"
         raise PlanError(f"plan sets {module_name}.{attribute} to {value}, which the indices it "
-                        f"keeps do not imply ({sorted(implied) or 'none of its tensors is pruned'}); "
-                        f"a plan shrinks a count only as it shrinks what the count divides")
+                        f"keeps do not imply ({implied_text}); a plan shrinks a count only as "
+                        f"it shrinks what the count divides")
 
 
 @contextmanager
