@@ -277,7 +277,8 @@ def to_markdown(rows: list[dict]) -> str:
     lines = ["# FLOPs saved, time saved", "",
              "Each model pruned to about half its FLOPs, then timed against the unpruned model "
              "interleaved (alternating rounds after a warm-up; median speed-up with its 95% "
-             f"interval), {THREADS} threads, in PyTorch eager, ONNX Runtime (CPU, "
+             f"interval), {THREADS} threads, in PyTorch eager (eager-fused: both models with "
+             "each BatchNorm folded into the convolution before it by pk.fuse), ONNX Runtime (CPU, "
              f"intra-op threads {THREADS}) and torch.compile (inductor; compile time left out). "
              "**ratio** = measured speed-up ÷ FLOPs reduction factor: 1.00 means every FLOP "
              "saved became time saved.", "",
