@@ -14,8 +14,10 @@ from .distributed import sum_across
 
 
 def first_tensor(value: Any) -> torch.Tensor:
-    """The first tensor in a module's output (a Hugging Face output's last hidden state)."""
-    return next(iter_tensors(value))
+    """The first tensor with dims in a module's output (a Hugging Face output's last hidden
+    state, or its logits when the batch had labels: a loss, a scalar, comes first then)."""
+    tensors = list(iter_tensors(value))
+    return next((t for t in tensors if t.dim() > 0), tensors[0])
 
 
 def token_weights(inputs: Any, output: torch.Tensor) -> torch.Tensor | None:

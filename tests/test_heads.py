@@ -377,3 +377,18 @@ def test_rounds_are_refused_where_they_cannot_apply():
         pk.HeadPruning(0.5, "output", rounds=0)
     with pytest.raises(pk.ConfigError, match="does not combine with a budget"):
         pk.HeadPruning(criterion="output", rounds=2, flops_target=0.2)
+
+
+def test_output_criterion_reads_the_logits_when_batches_carry_labels():
+    """A causal LM given labels returns its loss first: the criterion compares logits."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=32,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=4)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    result = pk.prune(model, {"input_ids": ids}, pk.HeadPruning(0.5, criterion="output"),
+                      data=[{"input_ids": ids, "labels": ids}])
+    assert result.report.ok and model.config.num_attention_heads == 2
