@@ -170,12 +170,12 @@ def mlp(criterion: str, reconstruct: bool = False) -> Callable:
 def heads_then_mlp(criterion: str) -> Callable:
     def prune(model, x, calibration, budget, layers):
         before = outside_embeddings(model)
-        pk.prune(model, x, pk.HeadPruning(1 / 3, criterion="output"), data=calibration)
+        pk.prune(model, x, pk.HeadPruning(1 / 3, criterion="taylor"), data=calibration)
         left = budget - (1 - outside_embeddings(model) / before)
         method = pk.FilterPruning(params_target=params_target(model, left) * before
                                   / outside_embeddings(model), criterion=criterion, round_to=8)
         pk.prune(model, x, method, data=calibration)
-        return f"HeadPruning(1/3, 'output'), then {method.summary()}"
+        return f"HeadPruning(1/3, 'taylor'), then {method.summary()}"
     return prune
 
 
