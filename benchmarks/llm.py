@@ -21,7 +21,8 @@ heads then MLP, and hidden size (``HiddenPruning``).
     python benchmarks/llm.py              # every row (about 30 minutes on 2 cores)
     python benchmarks/llm.py --quick      # one budget, fewer rows and tokens
 
-Results: ``benchmarks/results/llm.{json,md}``.
+Results: ``benchmarks/results/llm.{json,md,png}`` (``--replot`` writes the table and plot
+again from the json).
 """
 
 from __future__ import annotations
@@ -280,15 +281,42 @@ def to_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Perplexity (log scale) against the parameters outside the embeddings removed, one
+    line per method; the unpruned model's perplexity as a dotted line."""
+    from prunekit.workflows.plots import new_figure, save
+
+    figure = new_figure(8, 4.5)
+    axes = figure.subplots()
+    for method in dict.fromkeys(row["method"] for row in result["rows"]):
+        rows = [r for r in result["rows"] if r["method"] == method and "error" not in r]
+        if rows:
+            axes.plot([r["removed"] * 100 for r in rows], [r["perplexity"] for r in rows],
+                      "o-", label=method)
+    axes.axhline(result["unpruned_perplexity"], color="black", linestyle=":", label="unpruned")
+    axes.set_yscale("log")
+    axes.set_xlabel("% of the parameters outside the embeddings removed")
+    axes.set_ylabel("perplexity on held-out text (log)")
+    axes.set_title("SmolLM2-135M-Instruct, pruned, no training", fontsize=10)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    save(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one budget, fewer rows and tokens")
+    parser.add_argument("--replot", action="store_true",
+                        help="the table and plot again from the result file, nothing run")
     args = parser.parse_args()
-    result = run(args.quick)
-    RESULTS.mkdir(exist_ok=True)
     stem = "llm_quick" if args.quick else "llm"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    if args.replot:
+        result = json.loads((RESULTS / f"{stem}.json").read_text())
+    else:
+        result = run(args.quick)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{stem}.md").write_text(to_markdown(result))
+    plot(result, RESULTS / f"{stem}.png")
     print(to_markdown(result))
 
 
