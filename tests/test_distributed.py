@@ -35,6 +35,7 @@ def one_and_two(tmp_path_factory):
     return derive(root / "one", 1), derive(root / "two", 2)
 
 
+@pytest.mark.slow  # starts torchrun twice: 16 s of the fast tier
 def test_two_processes_derive_the_plans_of_one(one_and_two):
     (one, _), (two, _) = one_and_two
     assert (one["world_size"], two["world_size"]) == (1, 2)
@@ -44,6 +45,7 @@ def test_two_processes_derive_the_plans_of_one(one_and_two):
         assert two["plans"][name] == plan, name
 
 
+@pytest.mark.slow  # starts torchrun twice: 16 s of the fast tier
 def test_two_process_training_follows_one_process_on_the_same_global_batches(one_and_two):
     (one, weights_one), (two, weights_two) = one_and_two
     assert two["losses"].pop("processes") == 2 and one["losses"].pop("processes") == 1
@@ -55,6 +57,7 @@ def test_two_process_training_follows_one_process_on_the_same_global_batches(one
         torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # starts torchrun twice: 16 s of the fast tier
 def test_weights_fitted_to_data_agree_across_processes(one_and_two):
     """Least-squares reconstruction sums the normal equations, so two processes fit what one
     fits; BatchNorm statistics re-estimated on each process's rows are averaged, so both

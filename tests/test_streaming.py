@@ -61,6 +61,9 @@ def assert_reloads_as(reference, result):
     assert result.params_after == sum(p.numel() for p in loaded.parameters())
 
 
+# the fast tier runs one case of each kind; cases that repeat a kind on another architecture
+# run in the full suite
+SLOW = pytest.mark.slow
 CASES = [
     ("llama", lambda: pk.FilterPruning(0.5, "l1"), False),
     ("llama", lambda: pk.HeadPruning(0.5, "l2"), False),  # 4 query heads on 2 key/value heads
@@ -70,15 +73,17 @@ CASES = [
     ("llama", lambda: pk.HeadPruning(0.5, "reconstruction"), False),  # the block's o_proj alone
     ("llama", lambda: pk.LayerPruning(2, "influence"), True),
     ("qwen2", lambda: pk.LayerPruning(2, "angular"), False),
-    ("gemma", lambda: pk.LayerPruning(1, "last"), False),
+    pytest.param("gemma", lambda: pk.LayerPruning(1, "last"), False, marks=SLOW),
     # ranked model-wide: a scoring pass over every block, then each block at its own ratio
     ("llama", lambda: pk.FilterPruning(0.5, "l1", global_ranking=True), False),
-    ("qwen3", lambda: pk.ChannelPruning(0.4, "mean_activation", global_ranking=True), True),
-    ("mistral", lambda: pk.HeadPruning(0.5, "l2", global_ranking=True), False),
+    pytest.param("qwen3", lambda: pk.ChannelPruning(0.4, "mean_activation",
+                                                    global_ranking=True), True, marks=SLOW),
+    pytest.param("mistral", lambda: pk.HeadPruning(0.5, "l2", global_ranking=True), False,
+                 marks=SLOW),
     # experts stored apart, fused when loaded: converted on reading, split again on writing
     ("qwen2_moe", lambda: pk.FilterPruning(0.5, "l1"), False),
     ("mixtral", lambda: pk.HeadPruning(0.5, "l2"), True),
-    ("olmoe", lambda: pk.LayerPruning(1, "influence"), False),
+    pytest.param("olmoe", lambda: pk.LayerPruning(1, "influence"), False, marks=SLOW),
     # its forward reads each block's block_type: the stand-ins answer for their blocks
     ("nemotron_h", lambda: pk.FilterPruning(0.5, "l1"), False),
 ]
@@ -286,10 +291,11 @@ def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), ("mistral", "random"), ("gemma", "l2"),
-                ("llama", "mean_activation"), ("qwen2", "apoz"), ("gemma", "mean_activation"),
+HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), pytest.param("mistral", "random", marks=SLOW),
+                pytest.param("gemma", "l2", marks=SLOW), ("llama", "mean_activation"),
+                pytest.param("qwen2", "apoz", marks=SLOW), ("gemma", "mean_activation"),
                 # blocks of two kinds (convolution and attention): a miniature with both
-                ("lfm2", "l2"), ("lfm2", "mean_activation"),
+                pytest.param("lfm2", "l2", marks=SLOW), ("lfm2", "mean_activation"),
                 # experts stored apart, fused when loaded
                 ("qwen2_moe", "l1"), ("mixtral", "mean_activation")]
 
