@@ -99,9 +99,16 @@ def _resolve(name: str):
         return None
 
 
+# where the network's building blocks are defined: a class from elsewhere in Ultralytics
+# (``nn.autobackend.AutoBackend`` loads whatever file its argument names, unsafely) is never
+# allowed, since a hostile pickle may call a class it names with arguments of its choice
+_NETWORK_MODULES = ("torch.nn.modules.", "ultralytics.nn.modules.", "ultralytics.nn.tasks.")
+
+
 def _module_class(name: str) -> type | None:
-    """The class ``name`` names if it is an ``nn.Module`` defined by PyTorch or Ultralytics."""
-    if not name.startswith(("torch.nn.", "ultralytics.")):
+    """The class ``name`` names if it is an ``nn.Module`` among the network building blocks
+    of PyTorch or Ultralytics."""
+    if not name.startswith(_NETWORK_MODULES):
         return None
     found = _resolve(name)
     return found if isinstance(found, type) and issubclass(found, nn.Module) else None

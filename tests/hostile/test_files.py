@@ -195,3 +195,15 @@ def test_an_index_that_is_not_a_table_is_one_line(saved):
     (folder / "model.safetensors.index.json").write_text('{"weight_map": ["a"]}')
     with pytest.raises(pk.PlanError, match="not a safetensors index"):
         pk.load(folder, nn.Linear(2, 2))
+
+
+def test_a_pickle_that_calls_a_loader_class_of_ultralytics_is_refused(tmp_path):
+    autobackend = pytest.importorskip("ultralytics.nn.autobackend")
+
+    class CallsLoader:
+        def __reduce__(self):  # AutoBackend(weights) would unpickle the file it names
+            return (autobackend.AutoBackend, (str(tmp_path / "other.pt"),))
+
+    torch.save({"model": CallsLoader()}, tmp_path / "weights.pt")
+    with pytest.raises(pk.ConfigError, match="AutoBackend"):
+        load_model(f"ultralytics:{tmp_path / 'weights.pt'}")
