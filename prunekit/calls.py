@@ -51,6 +51,14 @@ def copied_inputs(inputs: Any) -> Any:
     return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, inputs)
 
 
+def random_like(inputs: Any, seed: int = 0) -> Any:
+    """``inputs`` with every floating-point tensor replaced by standard normal values of its
+    shape and dtype (seeded); other tensors (token ids, masks) kept."""
+    generator = torch.Generator().manual_seed(seed)
+    return tree_map(lambda t: torch.randn(t.shape, generator=generator).to(t)
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() else t, inputs)
+
+
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     """Every tensor inside what a model returns: nested tuples and named tuples, lists, dicts
     (a Hugging Face ``ModelOutput``), dataclasses and plain objects holding tensors in their

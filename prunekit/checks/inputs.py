@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..calls import call_model, evaluating, iter_tensors
+from ..calls import call_model, evaluating, iter_tensors, random_like
 from ..errors import ConfigError
 
 
@@ -120,14 +120,6 @@ def _constant(inputs: Any) -> bool:
                                 for t in floats)
 
 
-def _random_like(inputs: Any, seed: int = 0) -> Any:
-    """``inputs`` with every floating-point tensor replaced by standard normal values of its
-    shape and dtype (seeded); other tensors (token ids, masks) kept."""
-    generator = torch.Generator().manual_seed(seed)
-    return tree_map(lambda t: torch.randn(t.shape, generator=generator).to(t)
-                    if isinstance(t, torch.Tensor) and t.is_floating_point() else t, inputs)
-
-
 def exercising(model: nn.Module, inputs: CheckInputs) -> CheckInputs:
     """``inputs``, with random inputs of the example's shapes added when the example inputs
     and every batch are constant. A constant input can make the check vacuous: every channel
@@ -136,7 +128,7 @@ def exercising(model: nn.Module, inputs: CheckInputs) -> CheckInputs:
     of 0. Raises ``ConfigError`` if the model does not run on the random inputs."""
     if not all(_constant(x) for x in inputs):
         return inputs
-    random = _random_like(inputs.example)
+    random = random_like(inputs.example)
     try:
         with evaluating(model), torch.no_grad():
             call_model(model, random)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..calls import call_model, evaluating, iter_tensors, largest_difference
+from ..calls import call_model, evaluating, iter_tensors, largest_difference, random_like
 from ..errors import ConfigError
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -116,15 +116,6 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _fresh(example_inputs: Any, seed: int) -> Any:
-    generator = torch.Generator().manual_seed(seed)
-    from torch.utils._pytree import tree_map
-
-    return tree_map(lambda t: torch.randn(t.shape, generator=generator).to(t)
-                    if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
-                    example_inputs)
-
-
 def _outputs(model: nn.Module, inputs: list) -> list[list[torch.Tensor]]:
     with torch.no_grad():
         return [[t.detach().clone() for t in iter_tensors(call_model(model, x))]
@@ -164,7 +155,7 @@ def fuse(model: nn.Module, example_inputs: Any, *, tolerance: float = 1e-4,
     if any(m.training for m in model.modules() if isinstance(m, _NORMS)):
         raise ConfigError("model: fusing folds each BatchNorm's running statistics, which only "
                           "inference uses; call model.eval() first")
-    inputs = [example_inputs] + [_fresh(example_inputs, seed) for seed in range(fresh_inputs)]
+    inputs = [example_inputs] + [random_like(example_inputs, seed) for seed in range(fresh_inputs)]
     checked_on = (f"the example inputs and {fresh_inputs} fresh input"
                   f"{'s' if fresh_inputs != 1 else ''} of their shapes"
                   if fresh_inputs else "the example inputs")

@@ -69,21 +69,30 @@ def _fits_made(method, model, inputs, data, monkeypatch):
     return count["n"]
 
 
-def test_an_interrupt_at_any_refit_of_channels_leaves_the_model_as_it_was(monkeypatch):
-    model = resnet_basic().eval()
-    method = pk.ChannelPruning(0.5, "l2", reconstruct=True)
-    fits = _fits_made(method, model, X, [X], monkeypatch)
-    assert fits >= 3
+def _interrupted_everywhere(model, inputs, method, interrupted_after, monkeypatch) -> int:
+    """Interrupt ``pk.prune`` before each re-fit in turn, then after the last (in the config
+    update, ``interrupted_after``); the model must be as it was every time. Returns how
+    many re-fits there were."""
+    fits = _fits_made(method, model, inputs, [inputs], monkeypatch)
     before = snapshot(model)
     for call in range(1, fits + 1):
         _interrupt_at(monkeypatch, call)
         with pytest.raises(KeyboardInterrupt):
-            pk.prune(model, X, method, data=[X])
+            pk.prune(model, inputs, method, data=[inputs])
         monkeypatch.undo()
         assert_same(model, before)
     with pytest.raises(KeyboardInterrupt):
-        pk.prune(model, X, InterruptedAfterRefits(0.5, "l2", reconstruct=True), data=[X])
+        pk.prune(model, inputs, interrupted_after, data=[inputs])
     assert_same(model, before)
+    return fits
+
+
+def test_an_interrupt_at_any_refit_of_channels_leaves_the_model_as_it_was(monkeypatch):
+    model = resnet_basic().eval()
+    method = pk.ChannelPruning(0.5, "l2", reconstruct=True)
+    assert _interrupted_everywhere(model, X, method,
+                                   InterruptedAfterRefits(0.5, "l2", reconstruct=True),
+                                   monkeypatch) >= 3
 
 
 def test_an_interrupt_at_any_refit_of_heads_leaves_the_model_as_it_was(monkeypatch):
@@ -93,18 +102,9 @@ def test_an_interrupt_at_any_refit_of_heads_leaves_the_model_as_it_was(monkeypat
     model = transformers.BertModel(config).eval()
     ids = {"input_ids": torch.randint(0, 60, (2, 8))}
     method = pk.HeadPruning(0.5, reconstruct=True)
-    fits = _fits_made(method, model, ids, [ids], monkeypatch)
-    assert fits >= 2
-    before = snapshot(model)
-    for call in range(1, fits + 1):
-        _interrupt_at(monkeypatch, call)
-        with pytest.raises(KeyboardInterrupt):
-            pk.prune(model, ids, method, data=[ids])
-        monkeypatch.undo()
-        assert_same(model, before)
-    with pytest.raises(KeyboardInterrupt):
-        pk.prune(model, ids, HeadsInterruptedAfterRefits(0.5, reconstruct=True), data=[ids])
-    assert_same(model, before)
+    assert _interrupted_everywhere(model, ids, method,
+                                   HeadsInterruptedAfterRefits(0.5, reconstruct=True),
+                                   monkeypatch) >= 2
 
 
 OPTIMIZERS = [name for name in dir(torch.optim)
