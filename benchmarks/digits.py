@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
 from prunekit.cli.demo import trained_digits_resnet  # noqa: E402
-from prunekit.measure import count_flops  # noqa: E402
+from prunekit.measure.model import count_flops  # noqa: E402
 from prunekit.workflows.compare import default_methods  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

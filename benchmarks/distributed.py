@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
 from benchmarks.minilm import batches, docstring_sentences, embed_hidden, load_minilm, sentences  # noqa: E402
-from prunekit.distributed import is_main_process, world_size  # noqa: E402
+from prunekit.core.distributed import is_main_process, world_size  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 STEPS, ROUNDS = 40, 2

@@ -3,7 +3,7 @@ widths as the ratio asks.
 
 ``round_to="measured"`` keeps, in each group, the widest width from what the ratio asks up to
 15 channels more that the group's convolutions and linear layers run as fast as the narrowest,
-timed per layer shape on this machine and cached (``prunekit.planning.widths``). For each
+timed per layer shape on this machine and cached (``prunekit.selection.widths``). For each
 model, filters are pruned by L1 at one ratio three ways — widths as asked (``round_to=1``),
 ``round_to=8``, ``round_to="measured"`` — and the unpruned model and the three pruned ones are
 timed in one set of interleaved rounds (batch 1 at 224×224, two threads, eager PyTorch):
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
-from prunekit.latency import speedup_cell, speedups_over_first  # noqa: E402
+from prunekit.measure.latency import speedup_cell, speedups_over_first  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 2

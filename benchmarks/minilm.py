@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
-from prunekit.measure import count_flops  # noqa: E402
+from prunekit.measure.model import count_flops  # noqa: E402
 
 RESULTS = PUBLISHED = ROOT / "benchmarks" / "results"
 HEAD_RATIOS = (0.1, 0.2, 0.3, 0.5)

@@ -42,7 +42,7 @@ import prunekit as pk  # noqa: E402
 from benchmarks.minilm import batches, embed_hidden, load_minilm, sentences  # noqa: E402
 from benchmarks.speed import OnnxModule  # noqa: E402
 from prunekit.cli.demo import trained_digits_resnet  # noqa: E402
-from prunekit.latency import time_models, timing  # noqa: E402
+from prunekit.measure.latency import time_models, timing  # noqa: E402
 from prunekit.recover import train_classifier  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

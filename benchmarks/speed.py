@@ -38,9 +38,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prunekit as pk  # noqa: E402
-from prunekit.deploy import onnx_runner  # noqa: E402
-from prunekit.latency import speedups_over_first  # noqa: E402
-from prunekit.measure import count_flops  # noqa: E402
+from prunekit.export.formats import onnx_runner  # noqa: E402
+from prunekit.measure.latency import speedups_over_first  # noqa: E402
+from prunekit.measure.model import count_flops  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2

@@ -93,7 +93,7 @@ def compare(source: Path, method_for, batches) -> str:
             loaded = build.from_pretrained(out).eval()
         else:  # the original config, kept: the plan rebuilds the pruned model
             config = transformers.AutoConfig.from_pretrained(out)
-            loaded = pk.load(out, build(config))
+            loaded = pk.load(build(config), out)
     except Exception as error:  # noqa: BLE001
         return f"fails: reload ({reason(error)})"
     a, b = reference.state_dict(), loaded.state_dict()

@@ -67,8 +67,8 @@ def write_model(folder: Path, shape: dict) -> dict:
     """The random Llama-3-8B-shaped checkpoint, one tensor at a time."""
     import transformers
 
-    from prunekit.hf.checkpoint import ShardWriter
-    from prunekit.hf.skeleton import empty_model
+    from prunekit.adapters.hf.checkpoint import ShardWriter
+    from prunekit.adapters.hf.skeleton import empty_model
 
     started = time.perf_counter()
     config = transformers.LlamaConfig(**shape, dtype="bfloat16")

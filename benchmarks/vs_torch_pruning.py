@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prunekit as pk  # noqa: E402
-from prunekit.calls import call_model, iter_tensors  # noqa: E402
-from prunekit.measure import count_flops, count_params  # noqa: E402
+from prunekit.core.calls import call_model, iter_tensors  # noqa: E402
+from prunekit.measure.model import count_flops, count_params  # noqa: E402
 from tests.model_cases import ModelCase, cases  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -19,6 +19,6 @@ print("layer1.0.conv1:", model.layer1[0].conv1)
 
 with tempfile.TemporaryDirectory() as directory:
     pk.save(model, directory, result.plan)
-    restored = pk.load(directory, torchvision.models.resnet18(weights=None).eval())
+    restored = pk.load(torchvision.models.resnet18(weights=None).eval(), directory)
     with torch.no_grad():
         print("reloaded outputs identical:", torch.equal(model(x), restored(x)))

@@ -9,25 +9,27 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .arguments import (
+from .checks.bisection import SkippedGroup, largest_passing_plan
+from .checks.checks import CheckReport
+from .checks.comparison import DEFAULT_TOLERANCE
+from .checks.verify import check_inputs
+from .core.arguments import (
     check_example_inputs,
     check_model,
     check_optimizer,
     check_tolerance,
     checked_data,
 )
-from .batches import split_batch
-from .calls import copied_inputs, evaluating
-from .checks.bisection import SkippedGroup, largest_passing_plan
-from .checks.checks import CheckReport
-from .checks.comparison import DEFAULT_TOLERANCE
-from .checks.verify import check_inputs
+from .core.batches import split_batch
+from .core.calls import copied_inputs, evaluating
+from .core.progress import ProgressOption, Step, finish, reporter
+from .core.tables import ResultTable
 from .errors import ConfigError, PruneError
-from .latency import LatencyReached
-from .measure import Measurement
+from .measure.latency import LatencyReached, Speedup
+from .measure.model import Measurement
 from .methods.base import PruneContext, PruningMethod
-from .optimizers import rebind_optimizer
 from .plan import Plan
+from .recover.optimizers import rebind_optimizer
 from .surgery.apply import apply_plan
 
 # batches of data= the check runs on besides the example inputs
@@ -69,6 +71,26 @@ class PruneResult:
                           f"(-{self.param_reduction:.1%}), FLOPs {self.before.flops:,} -> "
                           f"{self.after.flops:,} (-{self.flop_reduction:.1%})", *self.details()])
 
+    def table(self, speed: Speedup | None = None) -> ResultTable:
+        """Params and FLOPs before and after, and with ``speed`` (``pk.compare_latency`` of
+        the two models) their latency: what the command line shows above ``details()``."""
+        timed = speed is not None
+        table = ResultTable("before and after pruning", ["", "params", "FLOPs"]
+                            + (["latency ms, median (quartiles)"] if timed else []))
+        timings = (speed.before, speed.after) if timed else (None, None)
+        for label, m, timing in (("before", self.before, timings[0]),
+                                 ("after", self.after, timings[1])):
+            table.rows.append([label, f"{m.params:,}", f"{m.flops:,}"]
+                              + ([f"{timing.median_ms:.2f} ({timing.low_ms:.2f}–"
+                                  f"{timing.high_ms:.2f})"] if timed else []))
+        change = None if not timed else ("within the noise" if speed.within_noise
+                                         else f"{speed.change:+.1%}")
+        table.rows.append(["change", f"{-self.param_reduction:+.1%}",
+                           f"{-self.flop_reduction:+.1%}"] + ([change] if timed else []))
+        if timed:
+            table.notes.append(f"latency: {speed.describe()}; {speed.conditions()}")
+        return table
+
     def details(self) -> list[str]:
         """What ``print(result)`` says after the sizes, a line each: layers removed, the
         latency reached, the check, ops without a rule, pieces left unpruned (the command
@@ -100,7 +122,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
           ignore: Iterable[nn.Module] = (), data: Iterable | None = None,
           loss_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
           check: bool = True, tolerance: float = DEFAULT_TOLERANCE,
-          optimizer: torch.optim.Optimizer | None = None) -> PruneResult:
+          optimizer: torch.optim.Optimizer | None = None,
+          progress: ProgressOption = None) -> PruneResult:
     """Prune ``model`` in place with ``method`` and return the plan and before/after sizes.
 
     Args:
@@ -128,6 +151,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             parameters it shrinks, so an optimizer built earlier no longer trains the model;
             given here, it is rebound to the pruned parameters, its per-parameter state
             (momentum, moments) sliced to the kept channels. Otherwise build it afterwards.
+        progress: ``True`` shows each stage (scoring, checking, re-fitting), its item and
+            the time left on stderr; a callable receives a ``pk.Step`` instead.
 
     Returns:
         A ``PruneResult`` with ``plan`` (JSON-able), ``before``, ``after`` and ``report``.
@@ -146,17 +171,19 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
     given = example_inputs  # a data batch that is the example inputs is not checked twice
     example_inputs = copied_inputs(example_inputs)  # a forward may write into its inputs
     data = checked_data(model, data, example_inputs)
-    context = PruneContext(tuple(ignore or ()), strict, data, loss_fn)
+    report = reporter(progress)
+    context = PruneContext(tuple(ignore or ()), strict, data, loss_fn, report)
     # verified on a few batches of data too: control flow real data takes is checked as well
     batches = [split_batch(batch)[0] for batch in islice(data or (), VERIFY_BATCHES)]
     batches = [batch for batch in batches if batch is not given]
     with evaluating(model):
+        report(Step("tracing and scoring", detail=method.summary()))
         proposal = method.propose(model, example_inputs, context)  # traces: names a failing module
         inputs = check_inputs(model, example_inputs, batches, proposal.selections)
         recovery = method.recovery(model, context)
         config_matches: list[bool | None] = []
 
-        def finish(pruned: nn.Module, plan: Plan) -> None:
+        def recover_and_update(pruned: nn.Module, plan: Plan) -> None:
             if recovery is not None:
                 recovery(pruned, plan)
             config_matches.append(method.update_config(pruned))
@@ -165,8 +192,9 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
         # inside the same transaction (an error or an interrupt undoes all of it): kept by
         # the check when the whole proposal passes, applied below otherwise
         unpruned_parameters = dict(model.named_parameters())
+        report(Step("checking the pruned model"))
         outcome = largest_passing_plan(model, inputs, proposal, method.check(check, tolerance),
-                                       keep=finish)
+                                       keep=recover_and_update)
         unknown_ops = proposal.unknown_ops
         latency = getattr(proposal, "latency", None)
         del proposal  # a traced graph holds references to the unpruned tensors
@@ -175,8 +203,9 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             raise PruneError(f"nothing could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
         if not outcome.kept:
-            apply_plan(model, outcome.plan, check=lambda pruned: finish(pruned, outcome.plan))
+            apply_plan(model, outcome.plan, check=lambda pruned: recover_and_update(pruned, outcome.plan))
     if optimizer is not None:
         rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
+    finish(report)
     return PruneResult(outcome.plan, outcome.before, outcome.after, outcome.skipped,
                        config_matches[0], outcome.report, unknown_ops, latency)

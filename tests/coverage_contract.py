@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 import prunekit as pk
-from prunekit.calls import call_model, iter_tensors
 from prunekit.checks.verify import CheckInputs, compare_in_place, compared_in_float64
-from prunekit.measure import count_flops
+from prunekit.core.calls import call_model, iter_tensors
+from prunekit.measure.model import count_flops
 
 from .model_cases import EXPORT_UNSUPPORTED, ModelCase
 

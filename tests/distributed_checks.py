@@ -24,7 +24,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prunekit as pk  # noqa: E402
-from prunekit.distributed import barrier, is_main_process, world_size  # noqa: E402
+from prunekit.core.distributed import barrier, is_main_process, world_size  # noqa: E402
 from prunekit.recover import recalibrate_norms, train_classifier  # noqa: E402
 
 transformers.logging.set_verbosity_error()

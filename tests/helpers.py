@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.calls import call_model, iter_tensors
+from prunekit.core.calls import call_model, iter_tensors
 
 
 def outputs(model: nn.Module, inputs) -> list[torch.Tensor]:
@@ -58,7 +58,7 @@ def check_pruned(original: nn.Module, inputs, method, tmp_path, **kwargs) -> pk.
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
     pk.save(model, tmp_path / "saved", result.plan)
-    restored = pk.load(tmp_path / "saved", copy.deepcopy(original))
+    restored = pk.load(copy.deepcopy(original), tmp_path / "saved")
     for a, b in zip(outputs(model, inputs), outputs(restored, inputs)):
         assert torch.equal(a, b)
     return result

@@ -240,7 +240,7 @@ def _check_reload(model, results: dict, build, inputs) -> str:
     expected = outputs(model, inputs)
     with tempfile.TemporaryDirectory() as directory:
         pk.save(model, Path(directory) / "pk", plan)
-        restored = pk.load(Path(directory) / "pk", build())
+        restored = pk.load(build(), Path(directory) / "pk")
         if not _same(expected, outputs(restored, inputs)):
             return "pk.load DIFFERS"
         if not all(result.config_matches for result in results.values()):

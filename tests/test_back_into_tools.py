@@ -28,7 +28,7 @@ def test_a_pruned_diffusers_unet_saves_its_config_and_reloads_through_its_plan(t
     with pytest.raises(Exception, match="size mismatch|shape"):
         diffusers.UNet2DModel.from_pretrained(tmp_path / "diffusers")
     config = diffusers.UNet2DModel.load_config(tmp_path / "diffusers")
-    fresh = pk.load(tmp_path / "pruned", diffusers.UNet2DModel.from_config(config).eval())
+    fresh = pk.load(diffusers.UNet2DModel.from_config(config).eval(), tmp_path / "pruned")
     with torch.no_grad():
         expected, actual = model(**inputs).sample, fresh(**inputs).sample
     assert torch.equal(expected, actual)

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 import prunekit as pk
-from prunekit.cli import commands as cli
+from prunekit.cli.app import console as cli_console
 from prunekit.cli.commands import app
 
 from .helpers import outputs
@@ -34,7 +34,7 @@ def test_prune_from_a_python_file_saves_a_loadable_model(tmp_path):
     assert "equivalent" in result.output and "after" in result.output
     namespace: dict = {}
     exec(MODEL_FILE, namespace)
-    model = pk.load(out, namespace["small_cnn"]().eval())
+    model = pk.load(namespace["small_cnn"]().eval(), out)
     assert model[0].out_channels == 8 and model[3].out_channels == 16
     assert outputs(model, torch.randn(1, 3, 16, 16))[0].shape == (1, 4)
 
@@ -48,7 +48,7 @@ def test_prune_torchvision_model(tmp_path):
 
 
 def test_analyze_lists_groups(monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 400)  # no wrapping inside table cells
+    monkeypatch.setattr(cli_console, "width", 400)  # no wrapping inside table cells
     result = runner.invoke(app, ["analyze", "--model", "torchvision:resnet18", "--input-shape",
                                  "1,3,32,32"])
     assert result.exit_code == 0, result.output
@@ -116,7 +116,7 @@ def test_prune_a_hugging_face_directory(tmp_path, method, options, field, value,
     assert checked in " ".join(result.output.split())
     reloaded = transformers.AutoModel.from_pretrained(out / "hf")
     assert getattr(reloaded.config, field) == value
-    restored = pk.load(out, transformers.AutoModel.from_pretrained(source))
+    restored = pk.load(transformers.AutoModel.from_pretrained(source), out)
     ids = {"input_ids": torch.randint(0, 100, (1, 6))}
     for a, b in zip(outputs(reloaded, ids), outputs(restored, ids)):
         assert torch.equal(a, b)
@@ -193,7 +193,7 @@ def test_iterative_records_every_step_and_saves_a_loadable_model(tmp_path, resid
     removed = [r["flop_reduction"] for r in records]
     assert removed == sorted(removed) and abs(removed[-1] - 0.45) <= 0.02
     assert all(0 <= r["accuracy"] <= 1 for r in records)
-    model = pk.load(out, namespace["residual_cnn"]())
+    model = pk.load(namespace["residual_cnn"](), out)
     assert sum(p.numel() for p in model.parameters()) == records[-1]["params"]
     assert (out / "history.png").stat().st_size > 1000
 
@@ -316,8 +316,8 @@ def test_reconstruct_with_a_method_that_has_none_is_one_line(tmp_path):
                                  "1,3,16,16", "--reconstruct", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: --reconstruct: --method filter has no reconstruction; use --method "
-                     "channel or heads"], lines
+    assert lines == ["error: --reconstruct: --method filter has no --reconstruct option; use "
+                     "--method channel or heads"], lines
     assert not (tmp_path / "out").exists()
 
 
@@ -344,7 +344,7 @@ def test_prune_the_hidden_size_of_a_hugging_face_directory(tmp_path):
     assert "outputs not compared" in printed and "equivalent" not in printed
     reloaded = transformers.AutoModel.from_pretrained(out / "hf")
     assert reloaded.config.hidden_size == 48 and reloaded.embed_tokens.weight.shape == (100, 48)
-    restored = pk.load(out, transformers.AutoModel.from_pretrained(source))
+    restored = pk.load(transformers.AutoModel.from_pretrained(source), out)
     ids = {"input_ids": torch.randint(0, 100, (1, 6))}
     for a, b in zip(outputs(reloaded, ids), outputs(restored, ids)):
         assert torch.equal(a, b)
@@ -486,7 +486,7 @@ def test_prune_a_timm_model_by_name(tmp_path):
     assert result.exit_code == 0, result.output
     import timm
 
-    model = pk.load(tmp_path / "out", timm.create_model("resnet10t", pretrained=False).eval())
+    model = pk.load(timm.create_model("resnet10t", pretrained=False).eval(), tmp_path / "out")
     assert sum(p.numel() for p in model.parameters()) < 4_000_000  # unpruned: 5.4M
     result = runner.invoke(app, ["prune", "--model", "timm:resnet10", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "timm has no model 'resnet10'; did you mean" in result.output
@@ -514,10 +514,10 @@ def test_a_checkpoint_is_loaded_before_pruning(tmp_path, suffix):
                                  str(checkpoint), "--input-shape", "1,3,16,16",
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    pruned = pk.load(tmp_path / "out", namespace["small_cnn"]().eval())
+    pruned = pk.load(namespace["small_cnn"]().eval(), tmp_path / "out")
     assert torch.equal(pruned[7].bias, torch.full((4,), 3.0))
     x = torch.randn(2, 3, 16, 16)
-    reference = pk.load(tmp_path / "out", copy.deepcopy(trained))  # same plan, same weights
+    reference = pk.load(copy.deepcopy(trained), tmp_path / "out")  # same plan, same weights
     assert torch.equal(outputs(pruned, x)[0], outputs(reference, x)[0])
 
 
@@ -547,7 +547,7 @@ def test_ultralytics_models_come_from_a_yaml_or_a_checkpoint_on_disk(tmp_path):
     result = runner.invoke(app, ["prune", "--model", "ultralytics:yolov8n.yaml", "--input-shape",
                                  "1,3,64,64", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    model = pk.load(tmp_path / "out", YOLO("yolov8n.yaml", verbose=False).model)
+    model = pk.load(YOLO("yolov8n.yaml", verbose=False).model, tmp_path / "out")
     assert sum(p.numel() for p in model.parameters()) < 1_500_000  # unpruned: 3.2M
 
     checkpoint = tmp_path / "trained.pt"

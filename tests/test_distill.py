@@ -136,8 +136,8 @@ def test_a_run_stopped_midway_resumes_from_its_checkpoint_to_the_same_weights(tm
     reference = pk.distill(straight, teacher, batches(count=5), **{**options, "checkpoint": None,
                                                                    "checkpoint_every": None})
 
-    def stop_at_four(step, loss):
-        if step == 4:
+    def stop_at_four(step):
+        if step.done == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -89,7 +89,7 @@ def test_a_share_of_the_data_alone_gives_other_plans():
 
 
 def test_rank_share_splits_nested_batches_and_refuses_uneven_ones(monkeypatch):
-    from prunekit import distributed
+    from prunekit.core import distributed
 
     batch = {"input_ids": torch.arange(8).reshape(4, 2), "extra": (torch.arange(4), 7)}
     assert list(pk.rank_share([batch]))[0] is batch  # one process: unchanged

@@ -136,7 +136,7 @@ def test_load_into_wrong_architecture_leaves_model_unchanged(tmp_path, model):
     fresh[-1] = nn.Linear(32, 3)
     snapshot, text = state(fresh), repr(fresh)
     with pytest.raises(pk.PlanError, match="plan expects '3.weight' of shape"):
-        pk.load(tmp_path, fresh)
+        pk.load(fresh, tmp_path)
     assert_unchanged(fresh, snapshot, text)
 
 
@@ -148,13 +148,13 @@ def test_load_weights_that_do_not_fit_leaves_model_unchanged(tmp_path, model):
     fresh = copy.deepcopy(model)
     snapshot, text = state(fresh), repr(fresh)
     with pytest.raises(pk.PlanError, match="weights in .* hold .bias."):
-        pk.load(tmp_path, fresh)
+        pk.load(fresh, tmp_path)
     assert_unchanged(fresh, snapshot, text)
 
 
 def test_load_from_directory_without_files(tmp_path, model):
     with pytest.raises(pk.PlanError, match="plan.json"):
-        pk.load(tmp_path, model)
+        pk.load(model, tmp_path)
 
 
 def _mixed_modes(model: nn.Module) -> dict[str, bool]:
@@ -182,7 +182,7 @@ def test_a_failed_prune_keeps_each_modules_own_mode(model):
 
 
 def test_a_module_replaced_while_evaluating_takes_the_models_mode():
-    from prunekit.calls import evaluating
+    from prunekit.core.calls import evaluating
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
     with evaluating(model):
@@ -325,7 +325,7 @@ def test_pruning_large_linear_layers_passes_its_check_with_them_masked_by_hooks(
 
 
 def test_an_eval_model_stays_in_eval_mode_whatever_the_block_did():
-    from prunekit.calls import evaluating
+    from prunekit.core.calls import evaluating
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.Dropout()).eval()
     with evaluating(model):
@@ -338,7 +338,7 @@ def test_the_tensors_of_an_output_are_found_in_the_order_their_paths_name_them()
     from collections import OrderedDict, namedtuple
     from dataclasses import dataclass
 
-    from prunekit.calls import iter_tensors, named_tensors
+    from prunekit.core.calls import iter_tensors, named_tensors
 
     @dataclass
     class Boxes:

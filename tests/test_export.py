@@ -8,10 +8,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import prunekit as pk
-from prunekit import deploy as export_module
-from prunekit.cli import commands as cli
-from prunekit.deploy import ExportError, fresh_like
+from prunekit.cli.app import console as cli_console
+from prunekit.cli.commands import app as cli_app
 from prunekit.errors import ConfigError
+from prunekit.export import formats as export_module
+from prunekit.export.checked import ExportError, fresh_like
 
 from .helpers import outputs
 
@@ -157,13 +158,13 @@ def test_fresh_inputs_keep_shapes_dtypes_and_token_ranges():
 
 
 def test_the_command_line_exports_what_prune_wrote(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 300)
+    monkeypatch.setattr(cli_console, "width", 300)
     runner = CliRunner()
     pruned = tmp_path / "pruned"
-    result = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
+    result = runner.invoke(cli_app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
                                      "1,3,32,32", "--no-latency", "--out", str(pruned)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli.app, ["export", "--model", "torchvision:resnet18", "--pruned",
+    result = runner.invoke(cli_app, ["export", "--model", "torchvision:resnet18", "--pruned",
                                      str(pruned), "--input-shape", "1,3,32,32", "--int8",
                                      "--out", str(tmp_path / "r18.onnx")])
     assert result.exit_code == 0, result.output
@@ -173,14 +174,14 @@ def test_the_command_line_exports_what_prune_wrote(tmp_path, monkeypatch):
     # the pruned widths: the first conv kept half of its 64 filters
     weights = {i.name: i for i in session.get_inputs()}
     assert list(weights) and (tmp_path / "r18.int8.onnx").is_file()
-    fresh = pk.load(pruned, __import__("torchvision").models.resnet18().eval())
+    fresh = pk.load(__import__("torchvision").models.resnet18().eval(), pruned)
     x = torch.randn(1, 3, 32, 32)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, outputs(fresh, x)[0].numpy(), rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--out", "OUT/r.tflite"], "error: --out '.*r.tflite': name it NAME.onnx"),
+    (["--out", "OUT/r.tflite"], "error: --out '.*r.tflite': name it \\*.onnx or \\*.pt2"),
     (["--out", "OUT/r.pt2", "--int8"], "error: --int8 is ONNX Runtime's quantizer"),
     (["--out", "OUT/none/r.onnx"], "error: --out '.*': the folder .* does not exist"),
     (["--out", "OUT/r.onnx", "--pruned", "OUT"], "error: --pruned '.*': no plan.json there"),
@@ -192,7 +193,7 @@ def test_export_mistakes_are_one_line_naming_the_option(tmp_path, args, message)
     import re
 
     args = [a.replace("OUT", str(tmp_path)) for a in args]
-    result = CliRunner().invoke(cli.app, ["export", "--model", "torchvision:resnet18",
+    result = CliRunner().invoke(cli_app, ["export", "--model", "torchvision:resnet18",
                                           "--input-shape", "1,3,32,32", *args])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

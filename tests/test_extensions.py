@@ -52,7 +52,7 @@ def test_a_users_method_prunes_saves_and_reloads(tmp_path):
     assert result.plan.method["method"] == "ThreeByThreeFilters"
     assert pk.PruningMethod.from_dict(result.plan.method) == ThreeByThreeFilters(ratio=0.5)
     pk.save(model, tmp_path, result.plan)
-    restored = pk.load(tmp_path, copy.deepcopy(original))
+    restored = pk.load(copy.deepcopy(original), tmp_path)
     for a, b in zip(outputs(restored, x), outputs(model, x)):
         assert torch.equal(a, b)
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import prunekit as pk
-from prunekit.calls import call_model, named_tensors
 from prunekit.checks.verify import mask
+from prunekit.core.calls import call_model, named_tensors
 
 from .fuzz_models import RandomNet
 
@@ -73,7 +73,7 @@ def test_a_random_network_prunes_or_is_refused_cleanly(seed, tmp_path):
         assert difference <= 1e-4, f"{where}\n{name}: masked vs pruned differ by {difference:.3g}"
 
     pk.save(model, tmp_path / "saved", result.plan)
-    restored = pk.load(tmp_path / "saved", copy.deepcopy(original))
+    restored = pk.load(copy.deepcopy(original), tmp_path / "saved")
     for name, t in _outputs(restored, fresh).items():
         assert torch.equal(t, actual[name]), f"{where}\n{name} changed on save -> load"
 

@@ -47,7 +47,7 @@ def test_hidden_size_narrows_everywhere_and_reloads(name, tmp_path):
 
         reloaded = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
     else:
-        reloaded = pk.load(pk.save(model, tmp_path / "pk", result.plan), case.build())
+        reloaded = pk.load(case.build(), pk.save(model, tmp_path / "pk", result.plan))
     for a, b in zip(outputs(model, case.inputs), outputs(reloaded, case.inputs)):
         assert torch.equal(a, b)
 
@@ -102,7 +102,7 @@ def test_a_timm_vision_transformer_narrows_and_reloads(tmp_path):
     assert all(block.norm1.normalized_shape == (144,) for block in model.blocks)
     logits = outputs(model, images)[0]
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
-    reloaded = pk.load(pk.save(model, tmp_path / "vit", result.plan), tiny_timm_vit())
+    reloaded = pk.load(tiny_timm_vit(), pk.save(model, tmp_path / "vit", result.plan))
     assert torch.equal(outputs(reloaded, images)[0], logits)
 
 
@@ -152,7 +152,7 @@ def test_models_built_on_multihead_attention_narrow_and_reload(name, tmp_path):
     assert [o.shape for o in got] == expected_shapes and all(torch.isfinite(o).all() for o in got)
     if name == "torchvision_vit":  # the width its forward reshapes patches to
         assert model.hidden_dim == 48 and model.class_token.shape == (1, 1, 48)
-    reloaded = pk.load(pk.save(model, tmp_path / name, result.plan), build())
+    reloaded = pk.load(build(), pk.save(model, tmp_path / name, result.plan))
     for a, b in zip(got, outputs(reloaded, inputs)):
         assert torch.equal(a, b)
 
@@ -204,5 +204,5 @@ def test_a_timm_swin_narrows_every_stage_and_reloads(tmp_path):
     assert merge.norm.normalized_shape == (4 * 24,) and merge.reduction.weight.shape == (48, 96)
     logits = outputs(model, images)[0]
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
-    reloaded = pk.load(pk.save(model, tmp_path / "swin", result.plan), tiny_timm_swin())
+    reloaded = pk.load(tiny_timm_swin(), pk.save(model, tmp_path / "swin", result.plan))
     assert torch.equal(outputs(reloaded, images)[0], logits)

@@ -9,9 +9,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 import prunekit as pk
-from prunekit.cli import commands as cli
+from prunekit.cli.app import console as cli_console
+from prunekit.cli.commands import app as cli_app
 from prunekit.errors import ConfigError
-from prunekit.latency import (
+from prunekit.measure.latency import (
     Speedup,
     Timing,
     batch_size,
@@ -103,7 +104,7 @@ def test_measure_gives_the_median_with_quartiles():
 def test_attention_flops_do_not_depend_on_the_fused_inference_path(build, calls):
     """Without autograd, in eval mode, these modules run one fused op that has no FLOP
     formula: counted there, attention would cost nothing."""
-    from prunekit.measure import FlopCount, count_flops
+    from prunekit.measure.model import FlopCount, count_flops
 
     module, x = build().eval(), torch.randn(2, 8, 32)
     with torch.enable_grad(), FlopCount() as unfused:  # autograd forces the unfused path
@@ -174,11 +175,11 @@ def test_flop_count_agrees_with_torchs_own_counter(build, x, counter):
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from prunekit.measure import without_fused_attention
+    from prunekit.measure.model import without_fused_attention
 
     model = build().eval()
-    # the module (``prunekit.measure`` the attribute is the function of that name)
-    counters = importlib.import_module("prunekit.measure")
+    # the module (``prunekit.measure.model`` the attribute is the function of that name)
+    counters = importlib.import_module("prunekit.measure.model")
     with torch.no_grad(), without_fused_attention():
         with getattr(counters, counter)() as ours:
             model(x)
@@ -192,7 +193,7 @@ def test_a_scripted_block_is_counted_on_aten_ops():
     counted on the dispatch mode alone, so its FLOPs are not missed."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from prunekit.measure import calls_aten_outside_python, count_flops
+    from prunekit.measure.model import calls_aten_outside_python, count_flops
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), torch.jit.script(nn.Conv2d(4, 4, 3))).eval()
     assert calls_aten_outside_python(model)
@@ -210,15 +211,15 @@ def test_models_keep_their_training_mode_after_timing():
 
 
 def test_the_command_line_prints_both_timings_and_how_they_were_taken(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 200)
+    monkeypatch.setattr(cli_console, "width", 200)
     runner = CliRunner()
-    result = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18",
+    result = runner.invoke(cli_app, ["prune", "--model", "torchvision:resnet18",
                                      "--input-shape", "2,3,32,32", "--threads", "1",
                                      "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "latency ms, median (quartiles)" in result.output
     assert "batch 2, 1 thread, " in result.output and "interleaved rounds" in result.output
-    quiet = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18",
+    quiet = runner.invoke(cli_app, ["prune", "--model", "torchvision:resnet18",
                                     "--input-shape", "1,3,32,32", "--no-latency",
                                     "--out", str(tmp_path / "quiet")])
     assert quiet.exit_code == 0, quiet.output
@@ -280,11 +281,11 @@ def test_a_latency_target_is_one_shot():
 
 def test_the_command_line_takes_a_latency_target_for_channel_methods_only(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(cli.app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
+    result = runner.invoke(cli_app, ["prune", "--model", "torchvision:resnet18", "--input-shape",
                                      "1,3,32,32", "--method", "layers", "--latency-target",
                                      "0.5", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "--latency-target: --method layers has no latency target" in result.output
+    assert "--latency-target: --method layers has no --latency-target option" in result.output
     assert not (tmp_path / "out").exists()
 
 

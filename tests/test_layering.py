@@ -15,19 +15,23 @@ import prunekit
 
 LAYERS = [
     ("errors", "plan"),                                   # plain data and errors
-    ("calls", "batches", "distributed", "distance", "arguments", "measure", "latency",
-     "optimizers", "integrations"),                      # calling and measuring a model
+    ("core", "measure"),                                  # calling, batches, arguments,
+                                                          # processes; counting and timing
     ("graph",),                                           # trace, coupling rules, groups
-    ("surgery", "io", "deploy"),                         # applying a plan; files; export
+    ("surgery", "export"),                                # applying a plan; checkpoints and
+                                                          # deployment formats
+    ("candidates",),                                      # which layers a network can lose
     ("importance",),                                      # criteria
-    ("layers", "planning", "recover"),                    # layer candidates; selection and
-                                                          # budgets; re-fits and training
+    ("selection", "recover"),                             # kept channels and budgets;
+                                                          # re-fits and training
     ("checks",),                                          # what a pruned model must satisfy
     ("methods",),                                         # each method: the stages it runs
-    ("api", "hf"),                                        # pk.prune; Hugging Face adapters
-                                                          # and the streamed orchestrator
+    ("api", "adapters"),                                  # pk.prune; Hugging Face and
+                                                          # Ultralytics adapters
+    ("streaming",),                                       # the streamed orchestrator
     ("workflows",),                                       # iterative, sensitivity, compare
-    ("cli", "__init__"),                                  # the command line; the package
+    ("cli", "integrations", "__init__"),                  # the command line; old import
+                                                          # paths; the package
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 ROOT = Path(prunekit.__file__).parent

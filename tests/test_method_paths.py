@@ -9,8 +9,8 @@ import torchvision
 from torch import nn
 
 import prunekit as pk
+from prunekit.candidates.layers import removal
 from prunekit.checks import BlocksBypassed
-from prunekit.layers import removal
 
 
 def tiny_vit():

@@ -31,7 +31,7 @@ def test_chained_plans_replay_two_steps_in_one(tmp_path, digits):
     chained = first.then(second)
     assert pk.verify(original, x, chained).ok
     pk.save(model, tmp_path / "two_steps", chained)
-    reloaded = pk.load(tmp_path / "two_steps", copy.deepcopy(original))
+    reloaded = pk.load(copy.deepcopy(original), tmp_path / "two_steps")
     for a, b in zip(outputs(model, x), outputs(reloaded, x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -49,7 +49,7 @@ def test_iterative_pruning_reaches_the_target_with_one_record_per_step(tmp_path,
     assert reductions == sorted(reductions) and abs(reductions[-1] - 0.5) <= 0.02
     assert history.records[-1].params == sum(p.numel() for p in model.parameters())
     assert all(r.accuracy is not None for r in history.records)
-    fresh = pk.load(pk.save(model, tmp_path / "iterated", history.plan), small_model())
+    fresh = pk.load(small_model(), pk.save(model, tmp_path / "iterated", history.plan))
     for a, b in zip(outputs(model, x), outputs(fresh, x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert history.plot(tmp_path / "history.png").stat().st_size > 1000

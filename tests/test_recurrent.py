@@ -55,7 +55,7 @@ def test_recurrent_hidden_size_is_pruned_and_verified(case, tmp_path):
     assert not result.skipped and not result.unknown_ops
     assert "torch.lstm" not in str(result)
     rnn = model.rnn
-    pruned = pk.load(tmp_path / "saved", Tagger(CASES[case]()).eval()).rnn
+    pruned = pk.load(Tagger(CASES[case]()).eval(), tmp_path / "saved").rnn
     assert pruned.hidden_size == rnn.hidden_size // 2
     if rnn.proj_size:
         assert pruned.proj_size == rnn.proj_size // 2

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit as pk
-from prunekit.planning.plans import plan_from_keep
+from prunekit.selection.group_plans import plan_from_keep
 
 
 class Concat(nn.Module):

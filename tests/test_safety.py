@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import prunekit as pk
-from prunekit import io
+from prunekit.export import saving as io
 
 from .test_errors import assert_unchanged, state
 from .zoo import resnet_basic
@@ -94,7 +94,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(model, tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging left behind
     monkeypatch.undo()
-    pk.load(tmp_path / "ckpt", copy.deepcopy(model))
+    pk.load(copy.deepcopy(model), tmp_path / "ckpt")
 
 
 def test_save_refuses_a_model_the_plan_did_not_prune(model, tmp_path):
@@ -156,7 +156,7 @@ def test_an_edited_plan_is_refused_and_the_target_untouched(model, tmp_path, edi
     target = copy.deepcopy(model)
     snapshot, text = state(target), repr(target)
     with pytest.raises(pk.PlanError, match=message):
-        pk.load(directory, target)
+        pk.load(target, directory)
     assert_unchanged(target, snapshot, text)
 
 
@@ -174,7 +174,7 @@ def test_load_checks_before_it_touches_tensors(model, tmp_path):
     pointers = {name: p.data_ptr() for name, p in target.state_dict().items()}
     snapshot, text = state(target), repr(target)
     with pytest.raises(pk.PlanError, match="has shape"):
-        pk.load(tmp_path / "ckpt", target)
+        pk.load(target, tmp_path / "ckpt")
     assert_unchanged(target, snapshot, text)
     assert {name: p.data_ptr() for name, p in target.state_dict().items()} == pointers
 

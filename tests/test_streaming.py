@@ -11,7 +11,10 @@ from typer.testing import CliRunner
 import prunekit as pk
 from prunekit.cli import commands as cli
 from prunekit.errors import ConfigError, PruneError
-from prunekit.hf import streaming
+from prunekit.streaming import blocks as stream_blocks
+from prunekit.streaming import hidden as stream_hidden
+from prunekit.streaming import orchestrator as streaming
+from prunekit.streaming import width as stream_width
 from tests.hf_contract import small_config
 
 transformers.logging.set_verbosity_error()
@@ -51,8 +54,8 @@ def assert_reloads_as(reference, result):
         loaded = transformers.AutoModelForCausalLM.from_pretrained(result.folder).eval()
     else:
         config = transformers.AutoConfig.from_pretrained(result.folder)
-        loaded = pk.load(result.folder,
-                         transformers.AutoModelForCausalLM.from_config(config)).eval()
+        loaded = pk.load(transformers.AutoModelForCausalLM.from_config(config),
+                         result.folder).eval()
     a, b = reference.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fresh = {"input_ids": torch.randint(3, 100, (1, 9), generator=torch.Generator())}
@@ -170,7 +173,7 @@ def test_a_bfloat16_checkpoint_computed_in_float32_is_written_back_in_bfloat16(t
 def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
     source = saved(tmp_path)
     loaded_blocks = []
-    load = streaming.load_module
+    load = stream_blocks.load_module
 
     def watched(module, reader, prefix, dtype=None):
         if prefix.startswith("model.layers."):
@@ -188,7 +191,7 @@ def test_only_one_block_holds_weights_at_a_time(tmp_path, monkeypatch):
         module_stack.append(model.model.layers)
         return model
 
-    monkeypatch.setattr(streaming, "load_module", watched)
+    monkeypatch.setattr(stream_blocks, "load_module", watched)
     monkeypatch.setattr(streaming, "empty_model", remembered)
     pk.prune_streamed(source, tmp_path / "out", pk.FilterPruning(0.5), batches())
     assert len(loaded_blocks) == 5  # block 0 once to learn its output, then every block
@@ -276,7 +279,7 @@ def test_a_wrong_memory_budget_or_spill_folder_is_one_clear_error(tmp_path):
 
 
 def test_hidden_states_share_the_memory_budget_and_spill_the_rest(tmp_path):
-    from prunekit.hf.activations import HiddenStates, SpillFolder
+    from prunekit.adapters.hf.activations import HiddenStates, SpillFolder
 
     folder = SpillFolder(tmp_path)
     states = HiddenStates(budget=2 * 4 * 10, spill=folder)  # room for two of the tensors
@@ -303,7 +306,7 @@ HIDDEN_CASES = [("llama", "l2"), ("qwen3", "l1"), pytest.param("mistral", "rando
 @pytest.mark.parametrize("model_type, criterion", HIDDEN_CASES)
 def test_streamed_hidden_size_is_identical_to_pruning_the_loaded_model(
         tmp_path, model_type, criterion, monkeypatch):
-    from prunekit.hf import streamed_hidden
+    from prunekit.streaming import hidden as streamed_hidden
 
     monkeypatch.setattr(streamed_hidden, "SLICE_BYTES", 2_000)  # norms taken in slices
     source = saved(tmp_path, model_type)
@@ -328,13 +331,13 @@ def test_streamed_hidden_scores_are_the_in_memory_scores(tmp_path, monkeypatch, 
     source = saved(tmp_path, "llama")
     data = batches(padded=True)
     seen = []
-    decide = streaming.plan_from_scores
+    decide = stream_hidden.plan_from_scores
 
     def capture(method, structure, scores, *args):
         seen.append(scores)
         return decide(method, structure, scores, *args)
 
-    monkeypatch.setattr(streaming, "plan_from_scores", capture)
+    monkeypatch.setattr(stream_hidden, "plan_from_scores", capture)
     pk.prune_streamed(source, tmp_path / "out", pk.HiddenPruning(0.25, criterion), data)
     reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
     method = pk.HiddenPruning(0.25, criterion)
@@ -351,7 +354,7 @@ def test_streamed_hidden_size_that_breaks_the_model_writes_nothing(tmp_path):
 
 
 def test_streamed_hidden_size_takes_norms_in_slices_exactly():
-    from prunekit.hf.streamed_hidden import _channel_norms
+    from prunekit.streaming.hidden import _channel_norms
 
     tensor = torch.randn(40, 24, 3)
     for dim in range(3):
@@ -359,7 +362,7 @@ def test_streamed_hidden_size_takes_norms_in_slices_exactly():
             whole = torch.linalg.vector_norm(tensor.movedim(dim, 0).reshape(
                 tensor.shape[dim], -1), ord=p, dim=1)
             torch.testing.assert_close(_channel_norms(tensor, dim, p), whole)
-    from prunekit.hf import streamed_hidden
+    from prunekit.streaming import hidden as streamed_hidden
     assert streamed_hidden.SLICE_BYTES < 40 * 24 * 3 * 4 * 2**20  # (slices are real here)
 
 
@@ -387,7 +390,7 @@ def test_sizes_no_config_can_describe_reload_with_pk_load(tmp_path):
     reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
     expected = pk.prune(reference, data[0], pk.HeadPruning(0.5, "l2"), data=data)
     assert expected.config_matches is False  # in memory too
-    loaded = pk.load(tmp_path / "out", transformers.AutoModelForCausalLM.from_config(config))
+    loaded = pk.load(transformers.AutoModelForCausalLM.from_config(config), tmp_path / "out")
     a, b = reference.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -401,7 +404,7 @@ def test_a_failure_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise PruneError("broken on purpose")
 
-    monkeypatch.setattr(streaming, "prune", broken)
+    monkeypatch.setattr(stream_width, "prune", broken)
     with pytest.raises(PruneError, match="broken on purpose"):
         pk.prune_streamed(source, out, pk.HeadPruning(0.5, "l2"), batches())
     assert [p.name for p in out.iterdir()] == ["mine.txt"]

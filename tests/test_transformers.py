@@ -179,7 +179,7 @@ def test_layer_pruning(name, tmp_path):
     assert result.config_matches is True
     assert_reloads(model, case.inputs, tmp_path)
     pk.save(model, tmp_path / "pk", result.plan)
-    restored = pk.load(tmp_path / "pk", case.build())
+    restored = pk.load(case.build(), tmp_path / "pk")
     assert restored.config.num_hidden_layers == LAYERS - 1
     for a, b in zip(outputs(model, case.inputs), outputs(restored, case.inputs)):
         assert torch.equal(a, b)
@@ -449,7 +449,7 @@ def test_plans_chain_across_a_layer_removal(tmp_path):
     assert "layers.2.self_attn.k_proj.weight" in chained.tensors  # block 1 was block 2
     assert not any(name.startswith("layers.1.") for name in chained.tensors)
     pk.save(model, tmp_path / "both", chained)
-    restored = pk.load(tmp_path / "both", copy.deepcopy(original))
+    restored = pk.load(copy.deepcopy(original), tmp_path / "both")
     assert restored.config.num_hidden_layers == LAYERS - 1
     for a, b in zip(outputs(model, TOKENS), outputs(restored, TOKENS)):
         assert torch.equal(a, b)
@@ -467,7 +467,7 @@ def test_plans_chain_when_a_later_step_removes_a_pruned_block(tmp_path):
     assert not any(name.startswith(f"layers.{LAYERS - 1}.") for name in chained.tensors)
     assert "layers.0.self_attn.k_proj.weight" in chained.tensors
     pk.save(model, tmp_path / "both", chained)
-    restored = pk.load(tmp_path / "both", copy.deepcopy(original))
+    restored = pk.load(copy.deepcopy(original), tmp_path / "both")
     for a, b in zip(outputs(model, TOKENS), outputs(restored, TOKENS)):
         assert torch.equal(a, b)
 

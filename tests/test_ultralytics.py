@@ -14,7 +14,7 @@ import prunekit as pk
 ultralytics = pytest.importorskip("ultralytics")
 from ultralytics import YOLO  # noqa: E402
 
-from prunekit.integrations.ultralytics import pruned_trainer  # noqa: E402
+from prunekit.adapters.ultralytics import pruned_trainer  # noqa: E402
 
 SIZE = 64
 QUIET = {"verbose": False, "plots": False, "device": "cpu", "workers": 0}
@@ -85,7 +85,7 @@ def test_a_pruned_yolo_predicts_validates_trains_exports_and_reloads(tmp_path, m
     # pk.save / pk.load: the plan replayed onto a fresh build of the YAML
     pk.save(yolo.model, tmp_path / "pk", result.plan)
     fresh = YOLO("yolov8n.yaml", verbose=False)
-    pk.load(tmp_path / "pk", fresh.model)
+    pk.load(fresh.model, tmp_path / "pk")
     fresh.model.eval()
     with torch.no_grad():
         assert torch.allclose(fresh.model(x)[0], yolo.model(x)[0], atol=1e-5)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from prunekit.graph.dependency import DependencyGraph
-from prunekit.planning import widths
-from prunekit.planning.widths import LayerCall, WidthTable, layer_calls
+from prunekit.selection import widths
+from prunekit.selection.widths import LayerCall, WidthTable, layer_calls
 
 
 def convnet():

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..measure import Measurement, size_and_outputs
+from ..measure.model import Measurement, size_and_outputs
 from ..plan import Plan
-from ..planning.proposal import Proposal
+from ..selection.proposal import Proposal
 from .checks import Check, CheckReport
 from .verify import PrunedModelFailed, as_check_inputs
 

@@ -17,8 +17,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
-from ..calls import call_model, evaluating, iter_tensors
-from ..measure import Measurement, size_and_outputs
+from ..core.calls import call_model, evaluating, iter_tensors
+from ..measure.model import Measurement, size_and_outputs
 from ..plan import Plan, original_name
 from ..surgery.apply import apply_plan
 from .comparison import DEFAULT_TOLERANCE

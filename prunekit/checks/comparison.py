@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..measure import Measurement
+from ..measure.model import Measurement
 
 # float32 rounding differs between a masked and a pruned model (sums over fewer terms) and
 # grows through deep networks: up to about 3e-5 of the output scale in a 6-layer BERT. A real

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..calls import call_model, evaluating, iter_tensors, random_like
+from ..core.calls import call_model, evaluating, iter_tensors, random_like
 from ..errors import ConfigError
 
 

@@ -13,11 +13,11 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from ..arguments import check_model, keyword_only
-from ..calls import call_model, copied_inputs, evaluating, named_tensors
+from ..core.arguments import check_model, keyword_only
+from ..core.calls import call_model, copied_inputs, evaluating, named_tensors
 from ..errors import ConfigError
 from ..graph.trace import find_selections
-from ..measure import Measurement, size_and_outputs
+from ..measure.model import Measurement, size_and_outputs
 from ..plan import Plan
 from ..surgery.apply import Rollback, apply_plan, evaluate_applied
 from .comparison import DEFAULT_TOLERANCE, VerifyReport, compare_outputs

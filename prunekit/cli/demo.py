@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..latency import speedup_cell
+from ..core.progress import ProgressOption, Step, finish, reporter
+from ..measure.latency import speedup_cell
 from ..methods import FilterPruning
 from ..recover import train_classifier
 from ..workflows.compare import Comparison, compare
@@ -67,13 +67,15 @@ def trained_digits_model() -> nn.Module:
 
 def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epochs: int = 5,
              flops_target: float = 0.5, steps: int = 3, seed: int = 0,
-             progress: Callable[[str], None] = lambda message: None) -> Comparison:
+             progress: ProgressOption = None) -> Comparison:
     """Train the digits ResNet, then compare every method at one FLOPs budget, prune
     iteratively, and run a sensitivity analysis.
 
-    Writes ``report.md``, ``results.json`` and three PNG plots to ``out_dir``.
+    Writes ``report.md``, ``results.json`` and three PNG plots to ``out_dir``; ``progress``
+    as for ``pk.prune``.
     """
-    progress(f"training the digits ResNet for {epochs} epochs")
+    report = reporter(progress)
+    report(Step("training the digits ResNet", detail=f"{epochs} epochs"))
     model, digits = trained_digits_resnet(epochs, seed)
     x = digits.example_inputs
     timing_batch = next(iter(digits.test))[0]
@@ -82,40 +84,41 @@ def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epo
 
     comparison = compare(model, x, digits.train, digits.test, flops_target=flops_target,
                          finetune_epochs=finetune_epochs, data=digits.calibration,
-                         timing_inputs=timing_batch, seed=seed, progress=progress)
+                         timing_inputs=timing_batch, seed=seed, progress=report)
     comparison.plot(out / "comparison.png")
 
-    progress(f"iterative filter pruning (taylor) in {steps} steps")
+
     iterated = copy.deepcopy(model)
     torch.manual_seed(seed)
     history = iterative_prune(iterated, x, FilterPruning(criterion="taylor",
                                                          flops_target=flops_target),
                               steps, train_data=digits.train, eval_data=digits.test,
                               finetune_epochs=max(1, finetune_epochs // steps + 1),
-                              data=digits.calibration, timing_inputs=timing_batch)
+                              data=digits.calibration, timing_inputs=timing_batch,
+                              progress=report)
     history.plot(out / "iterative.png")
 
-    progress("sensitivity of each group")
-    table = sensitivity(model, x, digits.test)
+    table = sensitivity(model, x, digits.test, progress=report)
     table.plot(out / "sensitivity.png")
 
     (out / "results.json").write_text(json.dumps(
         {"comparison": comparison.to_dict(), "iterative": history.to_dict(),
          "sensitivity": table.to_dict()}, indent=1))
-    report = ["# prunekit demo: a ResNet on scikit-learn digits", "",
-              "Every number below was measured in this run on this machine.", "",
-              "## Methods compared at one FLOPs budget", "", comparison.to_markdown(),
-              "![accuracy against FLOPs](comparison.png)", "",
-              f"## Iterative pruning ({steps} steps, fine-tuning between)", "",
-              "Speed-up: against the unpruned model, timed interleaved in the same rounds "
-              f"on a test batch of {timing_batch.shape[0]}, with its 95% interval ('≈ 1' "
-              "where that interval holds 1).", "",
-              "| step | params removed | FLOPs removed | accuracy | speed-up |",
-              "|---|---|---|---|---|"]
-    report += [f"| {r.step} | {r.sparsity:.1%} | {r.flop_reduction:.1%} | {r.accuracy:.1%} | "
-               + speedup_cell(r.speedup, r.speedup_low, r.speedup_high) + " |"
-               for r in history.records]
-    report += ["", "![iterative pruning](iterative.png)", "", "## Sensitivity", "",
-               table.to_markdown(), "![sensitivity](sensitivity.png)", ""]
-    (out / "report.md").write_text("\n".join(report))
+    lines = ["# prunekit demo: a ResNet on scikit-learn digits", "",
+             "Every number below was measured in this run on this machine.", "",
+             "## Methods compared at one FLOPs budget", "", comparison.to_markdown(),
+             "![accuracy against FLOPs](comparison.png)", "",
+             f"## Iterative pruning ({steps} steps, fine-tuning between)", "",
+             "Speed-up: against the unpruned model, timed interleaved in the same rounds "
+             f"on a test batch of {timing_batch.shape[0]}, with its 95% interval ('≈ 1' "
+             "where that interval holds 1).", "",
+             "| step | params removed | FLOPs removed | accuracy | speed-up |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r.step} | {r.sparsity:.1%} | {r.flop_reduction:.1%} | {r.accuracy:.1%} | "
+              + speedup_cell(r.speedup, r.speedup_low, r.speedup_high) + " |"
+              for r in history.records]
+    lines += ["", "![iterative pruning](iterative.png)", "", "## Sensitivity", "",
+              table.to_markdown(), "![sensitivity](sensitivity.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    finish(report)
     return comparison

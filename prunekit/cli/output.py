@@ -1,5 +1,5 @@
 """Where the command line writes: an ``--out`` folder checked before any work starts and
-replaced whole when the work is done (``prunekit.io.replace_folder``), so a second run never
+replaced whole when the work is done (``prunekit.export.saving.replace_folder``), so a second run never
 leaves the first run's files beside its own and a failure leaves the old folder as it was."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, PlanError
-from ..io import replace_folder
+from ..export.saving import replace_folder
 
 # weights and compiled exports of the unpruned model: never copied beside the pruned one
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt",

@@ -10,103 +10,27 @@ returns ``(train, test)``: two re-iterable collections of ``(inputs, labels)`` b
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..batches import split_batch
-from ..errors import ConfigError, did_you_mean
+from ..core.batches import split_batch
+from ..errors import ConfigError
+from .model_sources import build_model, call_factory, first_line, split_spec
 
 
 def load_model(spec: str, checkpoint: Path | None = None, trust_pickle: bool = False
                ) -> nn.Module:
-    """``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` or ``path/to/file.py:factory`` (or
-    ``package.module:factory``), with random weights or, given ``checkpoint``, the weights
-    of that state dict. No file is unpickled in a way that can run code unless
+    """A registered source's model (``torchvision:NAME``, ``hf:PATH`` …, see
+    ``model_sources``) or ``path/to/file.py:factory`` (or ``package.module:factory``), with
+    random weights or, given ``checkpoint``, the weights of that state dict. No file is unpickled in a way that can run code unless
     ``trust_pickle`` (``--trust-pickle``) says the user trusts it."""
-    model = _build_model(spec, trust_pickle)
+    model = build_model(spec, trust_pickle)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
-
-
-def _build_model(spec: str, trust_pickle: bool = False) -> nn.Module:
-    if spec.startswith("hf:"):
-        return _load_hf(spec[3:])
-    source, name = _split(spec, "torchvision:resnet18", "--model")
-    if source == "torchvision":
-        import torchvision
-
-        names = torchvision.models.list_models()
-        if name not in names:
-            raise ConfigError(f"--model {spec!r}: torchvision has no model {name!r}"
-                              f"{did_you_mean(name, names)}")
-        return torchvision.models.get_model(name, weights=None)
-    if source == "timm":
-        import timm
-
-        names = timm.list_models()
-        if name not in names:
-            raise ConfigError(f"--model {spec!r}: timm has no model {name!r}"
-                              f"{did_you_mean(name, names)}")
-        return timm.create_model(name, pretrained=False)
-    if source == "ultralytics":
-        return _load_ultralytics(spec, name, trust_pickle)
-    if source == "open_clip":
-        return _load_open_clip(spec, name)
-    model = _call_factory(source, name, f"--model {spec!r}")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {spec!r}: the factory returned {type(model).__name__}, "
-                          f"not a torch.nn.Module")
-    return model
-
-
-def _load_ultralytics(spec: str, name: str, trust_pickle: bool = False) -> nn.Module:
-    """An Ultralytics model's network: built from one of its YAML configs (``yolo11n.yaml``,
-    ``rtdetr-l.yaml``: random weights) or read from a ``.pt`` checkpoint on disk: safely
-    (no code in the file runs), or with ``trust_pickle`` as Ultralytics reads it (a pickle
-    that can run code: only for a file the user trusts)."""
-    ultralytics = _package("ultralytics", spec)
-    if name.endswith(".pt"):
-        if not Path(name).is_file():  # Ultralytics would try to download it
-            raise ConfigError(f"--model {spec!r}: no checkpoint {name!r} on disk (give a file "
-                              f"path, or a YAML config such as yolo11n.yaml)")
-    elif not name.endswith((".yaml", ".yml")):
-        raise ConfigError(f"--model {spec!r}: give a YAML config (yolo11n.yaml, "
-                          f"rtdetr-l.yaml) or a .pt checkpoint file")
-    if name.endswith(".pt") and not trust_pickle:
-        from ..integrations.ultralytics import load_network_safely
-
-        return load_network_safely(name, f"--model {spec!r}")
-    builder = ultralytics.RTDETR if "rtdetr" in Path(name).name else ultralytics.YOLO
-    try:
-        return builder(name).model
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        raise ConfigError(f"--model {spec!r}: Ultralytics cannot build it "
-                          f"({type(error).__name__}: {_first_line(error)})") from error
-
-
-def _load_open_clip(spec: str, name: str) -> nn.Module:
-    """The image tower of an open_clip model (random weights): its ``visual`` module."""
-    open_clip = _package("open_clip", spec)
-    names = open_clip.list_models()
-    if name not in names:
-        raise ConfigError(f"--model {spec!r}: open_clip has no model {name!r}"
-                          f"{did_you_mean(name, names)}")
-    return open_clip.create_model(name, pretrained=None).visual
-
-
-def _package(module: str, spec: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        pip_name = {"open_clip": "open-clip-torch"}.get(module, module)
-        raise ConfigError(f"--model {spec!r} needs the {module} package: pip install "
-                          f"{pip_name}") from error
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:
@@ -124,7 +48,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ConfigError(f"--checkpoint {str(path)!r} cannot be read as a state dict "
-                          f"({type(error).__name__}: {_first_line(error)})") from error
+                          f"({type(error).__name__}: {first_line(error)})") from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -140,14 +64,10 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
                           f"{(lines[1] if len(lines) > 1 else lines[0])[:300]}") from error
 
 
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
-
-
 def load_data(spec: str) -> tuple[Any, Any]:
     """``(train, test)`` batches from the factory ``spec`` names."""
-    source, name = _split(spec, "prunekit.cli.data:digits_loaders", "--data")
-    loaded = _call_factory(source, name, f"--data {spec!r}")
+    source, name = split_spec(spec, "prunekit.cli.data:digits_loaders", "--data")
+    loaded = call_factory(source, name, f"--data {spec!r}")
     if not (isinstance(loaded, tuple) and len(loaded) == 2):
         raise ConfigError(f"--data {spec!r}: the factory must return (train, test), "
                                  f"got {type(loaded).__name__}")
@@ -209,59 +129,3 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     if not ratios or not all(0 <= r < 1 for r in ratios):
         raise ConfigError(f"--ratios {text!r}: every ratio must be in [0, 1)")
     return ratios
-
-
-def _split(spec: str, example: str, option: str) -> tuple[str, str]:
-    source, _, name = spec.rpartition(":")
-    if not source or not name:
-        raise ConfigError(f"{option} {spec!r}: expected SOURCE:NAME, e.g. {example}")
-    return source, name
-
-
-def _call_factory(source: str, name: str, option: str) -> Any:
-    """What the factory returns; any failure is one ConfigError led by ``option``."""
-    try:
-        return _factory(source, name)()
-    except ConfigError as error:
-        raise ConfigError(f"{option}: {error}") from error
-    except Exception as error:
-        raise ConfigError(f"{option}: the factory raised {type(error).__name__}: "
-                          f"{error}") from error
-
-
-def _factory(source: str, name: str) -> Callable[[], Any]:
-    if source.endswith(".py"):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{source!r} does not exist")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(source)
-        except ImportError as error:
-            raise ConfigError(f"{source!r} cannot be imported: {error}")
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise ConfigError(f"{source!r} has no factory {name!r}")
-    return factory
-
-
-def _load_hf(path: str) -> nn.Module:
-    if not (Path(path) / "config.json").is_file():
-        raise ConfigError(f"--model hf:{path}: not a Hugging Face model directory (no "
-                          f"config.json)")
-    import transformers
-
-    from ..hf.skeleton import saved_class
-
-    transformers.logging.set_verbosity_error()
-    try:
-        # the class the folder was saved from, with its task head (a causal LM's lm_head, a
-        # classifier), as streamed pruning builds it; AutoModel would drop the head
-        model_class = saved_class(transformers.AutoConfig.from_pretrained(path))
-        return (model_class or transformers.AutoModel).from_pretrained(path)
-    except Exception as error:
-        raise ConfigError(f"--model hf:{path}: transformers cannot load it: "
-                          f"{type(error).__name__}: {error}") from error

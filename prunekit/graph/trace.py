@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..calls import call_model, evaluating, iter_tensors, output_tensors
+from ..core.calls import call_model, evaluating, iter_tensors, output_tensors
 from ..errors import TraceError, UnsupportedOpError
 from .axes import AxisTable, NotRepresentable, Spec
 from .rules import RULES

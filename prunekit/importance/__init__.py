@@ -11,24 +11,30 @@ from .fpgm import GeometricMedianDistance
 from .heads import AttentionEntropy, HeadAblation, HeadGradient, HeadReconstruction
 from .magnitude import Magnitude, NormScale, RandomScore
 from .reconstruction import ChannelReconstruction
-from .registry import CriterionEntry, criterion_names, get_criterion, register_criterion
+from .registry import (
+    CriterionEntry,
+    criterion_names,
+    get_criterion,
+    register_criterion,
+    streaming_names,  # noqa: F401  (what streamed pruning can use)
+)
 
 _WEIGHTS = ("channels", "heads")
-register_criterion("l1", Magnitude(p=1), scores=_WEIGHTS, summary="L1 norm of the weights")
-register_criterion("l2", Magnitude(p=2), scores=_WEIGHTS, summary="L2 norm of the weights")
-register_criterion("fpgm", GeometricMedianDistance(), scores=_WEIGHTS,
+register_criterion("l1", Magnitude(p=1), scores=_WEIGHTS, streams=True, summary="L1 norm of the weights")
+register_criterion("l2", Magnitude(p=2), scores=_WEIGHTS, streams=True, summary="L2 norm of the weights")
+register_criterion("fpgm", GeometricMedianDistance(), scores=_WEIGHTS, streams=True,
                    summary="distance to the geometric median (He et al. 2019)")
 register_criterion("bn_scale", NormScale(), summary="|BatchNorm scale| (Network Slimming)")
-register_criterion("apoz", ActivationStatistic("apoz"),
+register_criterion("apoz", ActivationStatistic("apoz"), streams=True,
                    summary="average percentage of zeros after the activation (data)")
-register_criterion("mean_activation", ActivationStatistic("mean_activation"),
+register_criterion("mean_activation", ActivationStatistic("mean_activation"), streams=True,
                    summary="mean |activation| (data)")
 register_criterion("taylor", ActivationStatistic("taylor"),
                    summary="|activation × gradient| per sample (Molchanov et al.; data)")
-register_criterion("random", RandomScore(), scores=_WEIGHTS, summary="random: the baseline")
+register_criterion("random", RandomScore(), scores=_WEIGHTS, streams=True, summary="random: the baseline")
 # each score is a fraction of its consumers' output variance, but the groups it cannot score
 # are ranked by their weights' norms, on another scale: global ranking divides by group means
-register_criterion("reconstruction", ChannelReconstruction(),
+register_criterion("reconstruction", ChannelReconstruction(), streams=True,
                    summary="what a least-squares re-fit of the layers reading the channel "
                            "cannot make up for without it, channels removed greedily (data)")
 register_criterion("gradient", HeadGradient(), scores="heads",
@@ -43,6 +49,7 @@ register_criterion("output", HeadAblation(), scores="heads", comparable=True,
                    summary="output change with the head alone removed (data)")
 # every score is a fraction of its own layer's projection output, the same scale everywhere
 register_criterion("reconstruction", HeadReconstruction(), scores="heads", comparable=True,
+                   streams=True,
                    summary="what a least-squares re-fit of the output projection cannot make "
                            "up for without the head, heads removed greedily (data)")
 

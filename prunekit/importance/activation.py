@@ -21,9 +21,9 @@ from typing import Iterable
 
 import torch
 
-from ..batches import LossFn, batch_loss, split_batch
-from ..calls import call_model, evaluating
-from ..distributed import require_data_everywhere, sum_across
+from ..core.batches import LossFn, batch_loss, split_batch
+from ..core.calls import call_model, evaluating
+from ..core.distributed import require_data_everywhere, sum_across
 from ..errors import ConfigError
 from .base import DataCriterion
 

@@ -3,7 +3,7 @@
 A criterion never looks at layer types. A ``WeightCriterion`` sees each member of a group as a
 matrix (one row per channel); a ``DataCriterion`` reads activations or gradients over the
 batches given as ``data=`` and scores whole groups at once; a ``LayerCriterion`` scores whole
-layers (``prunekit.layers.criteria`` holds the built-in ones). Register either with
+layers (``prunekit.importance.layers`` holds the built-in ones). Register either with
 ``pk.register_criterion`` (``registry.py``).
 """
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..batches import LossFn
+    from ..core.batches import LossFn
     from ..graph.dependency import DependencyGraph, Group
 
 
@@ -85,6 +85,18 @@ class LayerCriterion(ABC):
     def score_layers(self, model: nn.Module, candidates: list[str], batches: list,
                      context: LayerContext) -> list[float]:
         """One score per candidate, in the candidates' order."""
+
+    def streamed_span(self, n: int) -> int | None:
+        """How many consecutive blocks one score spans when it is measured from the hidden
+        states entering and leaving them (as streamed pruning measures it, one block in memory
+        at a time); ``None``: it needs more than hidden states."""
+        return None
+
+    def span_distance(self, inputs: torch.Tensor, outputs: torch.Tensor,
+                      batch: dict) -> tuple[float, int]:
+        """The summed score of one batch's samples, and how many samples went in, from the
+        hidden states entering the span (``inputs``) and leaving it (``outputs``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not score from hidden states")
 
 
 Criterion = Any  # a WeightCriterion, DataCriterion or LayerCriterion

@@ -35,18 +35,18 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from ..batches import LossFn, batch_loss, model_loss, split_batch
-from ..calls import call_model, evaluating, iter_tensors
-from ..distance import first_tensor, mean_output_distance, query_weights, token_weights
-from ..distributed import require_data_everywhere, sum_across
+from ..core.batches import LossFn, batch_loss, model_loss, split_batch
+from ..core.calls import call_model, evaluating, iter_tensors
+from ..core.distributed import require_data_everywhere, sum_across
 from ..errors import ConfigError
 from ..graph.dependency import channel_matrix
 from .base import DataCriterion
+from .distance import first_tensor, mean_output_distance, query_weights, token_weights
 from .elimination import Fit, elimination_scores
 
 
@@ -151,6 +151,8 @@ class HeadAblation(DataCriterion):
 @dataclass(frozen=True)
 class HeadReconstruction(DataCriterion):
     """The output projection's error, re-fitted without the head (see the module docstring)."""
+
+    skips_padding: ClassVar[bool] = True  # padded positions (attention_mask 0) are left out
 
     def score_groups(self, graph, groups, data: Iterable,
                      loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import torch
 from torch import nn
 
-from ..batches import LossFn, split_batch
-from ..calls import call_model, evaluating
-from ..distributed import require_data_everywhere, sum_across
+from ..core.batches import LossFn, split_batch
+from ..core.calls import call_model, evaluating
+from ..core.distributed import require_data_everywhere, sum_across
 from ..graph.dependency import channel_matrix
 from .base import DataCriterion
 from .elimination import Fit, elimination_scores
@@ -48,6 +48,8 @@ MAX_COLUMNS = 8192  # a Gram matrix and its inverse: 0.5 GB each in float64
 class ChannelReconstruction(DataCriterion):
     """What the consumers' least-squares re-fit misses without each channel, channels
     removed greedily (see the module docstring)."""
+
+    skips_padding: ClassVar[bool] = True  # padded positions (attention_mask 0) are left out
 
     seed: int = 0
 

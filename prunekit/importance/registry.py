@@ -29,6 +29,8 @@ class CriterionEntry:
         comparable: its scores share one scale across groups (global ranking compares them
             as they are instead of dividing by each group's mean).
         summary: one line for help texts.
+        streams: a block alone computes it as the whole model does, so streamed pruning
+            (``pk.prune_streamed``, one block in memory at a time) can use it.
     """
 
     name: str
@@ -37,6 +39,7 @@ class CriterionEntry:
     needs_data: bool
     comparable: bool
     summary: str
+    streams: bool = False
 
 
 _REGISTRY: dict[tuple[str, str], CriterionEntry] = {}
@@ -44,7 +47,7 @@ _REGISTRY: dict[tuple[str, str], CriterionEntry] = {}
 
 def register_criterion(name: str, criterion: Any, *, scores: Iterable[str] = ("channels",),
                        needs_data: bool | None = None, comparable: bool = False,
-                       summary: str = "") -> None:
+                       summary: str = "", streams: bool = False) -> None:
     """Make ``criterion`` available by ``name`` to every method that prunes what it scores.
 
     Args:
@@ -55,6 +58,10 @@ def register_criterion(name: str, criterion: Any, *, scores: Iterable[str] = ("c
         needs_data: whether it reads ``data=``; by default, whether it is a data criterion.
         comparable: its scores compare across groups as they are (see ``CriterionEntry``).
         summary: one line for ``--help`` and error messages.
+        streams: a block alone computes it as the whole model does (its weights, or the
+            block's own activations), so ``pk.prune_streamed`` may use it. A layer criterion
+            that streams and reads data scores from a block window's input and output hidden
+            states: it implements ``LayerCriterion.streamed_span`` and ``span_distance``.
 
     Example:
         >>> pk.register_criterion("max_abs", MaxAbs(), scores=("channels", "heads"))
@@ -72,14 +79,25 @@ def register_criterion(name: str, criterion: Any, *, scores: Iterable[str] = ("c
             raise ConfigError(f"register_criterion({name!r}): scoring {target} takes a "
                               f"{wanted} subclass, got {type(criterion).__name__}")
         data = isinstance(criterion, DataCriterion) or getattr(criterion, "needs_data", False)
+        data = data if needs_data is None else needs_data
+        if streams and target == "layers" and data and criterion.streamed_span(1) is None:
+            raise ConfigError(f"register_criterion({name!r}, streams=True): a layer criterion "
+                              f"that reads data streams by scoring a block window's input and "
+                              f"output hidden states; implement its streamed_span() and "
+                              f"span_distance()")
         _REGISTRY[(target, name)] = CriterionEntry(
-            name, criterion, target, data if needs_data is None else needs_data, comparable,
-            summary or (type(criterion).__doc__ or "").strip().split("\n")[0])
+            name, criterion, target, data, comparable,
+            summary or (type(criterion).__doc__ or "").strip().split("\n")[0], streams)
 
 
 def criterion_names(target: str) -> list[str]:
     """The names registered for ``target``, in registration order."""
     return [name for (t, name) in _REGISTRY if t == target]
+
+
+def streaming_names(target: str) -> list[str]:
+    """The names registered for ``target`` that streamed pruning can use."""
+    return [name for (t, name), entry in _REGISTRY.items() if t == target and entry.streams]
 
 
 def get_criterion(name: Any, target: str, who: str) -> CriterionEntry:

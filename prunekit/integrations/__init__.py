@@ -1,2 +1,2 @@
-"""Helpers that hand a pruned model back to the tool it came from (imported on demand, so
-prunekit itself needs none of those tools)."""
+"""Old home of the model-family adapters, kept so that imports written for it still work;
+they are in ``prunekit.adapters`` now."""

@@ -20,11 +20,13 @@ from typing import Any, Callable, ClassVar, Iterable
 
 from torch import nn
 
-from ..batches import LossFn
 from ..checks.checks import Check, Equivalence, Runs
+from ..core.batches import LossFn
+from ..core.progress import Reporter, silent
+from ..core.tables import ResultTable
 from ..errors import ConfigError
 from ..plan import Plan
-from ..planning.proposal import Proposal  # noqa: F401  (methods' base, re-exported)
+from ..selection.proposal import Proposal  # noqa: F401  (methods' base, re-exported)
 from ..surgery.configs import update_config
 
 METHODS: dict[str, type["PruningMethod"]] = {}
@@ -38,6 +40,7 @@ class PruneContext:
     strict: bool = False
     data: Iterable | None = None  # re-iterable: pk.prune reads a one-shot iterator into a list
     loss_fn: LossFn | None = None
+    progress: Reporter = silent  # called with a pk.Step as each piece of a long stage ends
 
 
 @dataclass
@@ -68,6 +71,22 @@ class Preview:
     rows: list[PreviewRow]
     unknown_ops: list = field(default_factory=list)
 
+    def table(self, limit: int | None = None) -> ResultTable:
+        """The candidates (the first ``limit``), and a note per op left unpruned."""
+        shown = self.rows if limit is None else self.rows[:limit]
+        table = ResultTable(f"{len(self.rows)} candidates",
+                            ["candidate", "size", "would remove", "members"],
+                            [[r.label, str(r.size), str(r.removed), r.detail] for r in shown],
+                            align="lrrl")
+        if len(self.rows) > len(shown):
+            table.notes.append(f"… and {len(self.rows) - len(shown)} more")
+        table.notes += [f"no coupling rule for {op.op} in {op.module}: its dims are left "
+                        f"unpruned" for op in self.unknown_ops]
+        return table
+
+    def __str__(self) -> str:
+        return self.table().to_text()
+
 
 class PruningMethod(ABC):
     """The base of every pruning method (see the module docstring).
@@ -77,6 +96,9 @@ class PruningMethod(ABC):
     """
 
     cli_name: ClassVar[str | None] = None
+    # pk.prune_streamed runs a method whose own class body says streams = True (a subclass
+    # may change anything, so it says so again), as its streamed_stage() says
+    streams: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -99,7 +121,7 @@ class PruningMethod(ABC):
 
     def update_config(self, model: nn.Module) -> bool | None:
         """Make the model's config describe the pruned model, by the updater its family
-        registered (``prunekit.surgery.configs``; Hugging Face's is ``hf.config``)."""
+        registered (``prunekit.surgery.configs``; Hugging Face's is ``adapters.hf.config``)."""
         return update_config(model)
 
     def step(self, step: int, steps: int, removed: dict[str, float]) -> "PruningMethod | None":
@@ -123,6 +145,15 @@ class PruningMethod(ABC):
         """What this method would remove from each candidate, without scoring."""
         raise ConfigError(f"{type(self).__name__} has no preview")
 
+    def streamed_stage(self) -> str:
+        """How ``pk.prune_streamed`` runs this method, one block in memory at a time:
+        ``"width"`` (each block pruned on its own), ``"depth"`` (blocks scored, then left out)
+        or ``"hidden"`` (one decision for every block); a ``ConfigError`` says what streaming
+        cannot do."""
+        raise ConfigError(f"streamed pruning takes FilterPruning or ChannelPruning (MLP "
+                          f"neurons), HeadPruning, HiddenPruning or LayerPruning, not "
+                          f"{type(self).__name__}")
+
     def summary(self) -> str:
         """A short description for tables and logs."""
         return f"{type(self).__name__}()"
@@ -136,11 +167,24 @@ class PruningMethod(ABC):
         return method_from_dict(data)
 
     @classmethod
-    def from_options(cls, **options: Any) -> "PruningMethod":
-        """This method built from the options that are its fields (others, and None values,
-        are left out): how the command line builds any method."""
+    def from_options(cls, optional: dict[str, Any] | None = None, **options: Any
+                     ) -> "PruningMethod":
+        """This method built from command-line options: how the command line builds any
+        method. ``options`` given a value (not None) must be fields of this method, or the
+        ``ConfigError`` names the option and the methods that take it; ``optional`` ones
+        (the shared defaults: ``ratio``, ``n``) are taken where they are fields."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+        for name, value in options.items():
+            if value is not None and name not in names:
+                takers = [cli for cli, method in cli_methods().items()
+                          if name in {f.name for f in dataclasses.fields(method)}]
+                option = "--" + name.replace("_", "-")
+                choices = ", ".join(takers[:-1]) + f" or {takers[-1]}" if len(takers) > 1 \
+                    else "".join(takers)
+                raise ConfigError(f"{option}: --method {cls.cli_name} has no {option} option; "
+                                  f"use --method {choices}")
+        given = {**(optional or {}), **options}
+        return cls(**{k: v for k, v in given.items() if k in names and v is not None})
 
 
 def method_from_dict(data: dict[str, Any]) -> PruningMethod:

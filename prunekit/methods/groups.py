@@ -14,14 +14,14 @@ from torch import nn
 
 from ..errors import ConfigError, PruneError
 from ..graph.dependency import DependencyGraph, Group, Member
-from ..importance import ChannelView, get_criterion
-from ..latency import LatencyReached
+from ..importance import ChannelView, get_criterion, streaming_names
+from ..measure.latency import LatencyReached
 from ..plan import Plan
-from ..planning import selection
-from ..planning.budgets import ratio_for_budget, ratio_for_latency
-from ..planning.plans import plan_from_keep
-from ..planning.widths import LayerCall, WidthTable, layer_calls
 from ..recover.reconstruct import reconstruct
+from ..selection import channels as selection
+from ..selection.budgets import ratio_for_budget, ratio_for_latency
+from ..selection.group_plans import plan_from_keep
+from ..selection.widths import LayerCall, WidthTable, layer_calls
 from .base import Preview, PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
 
 
@@ -90,7 +90,7 @@ class GroupPruning(PruningMethod):
             ``"measured"``: each group keeps the widest width, from what the ratio asks up
             to 15 channels more, that its convolutions and linear layers run as fast as the
             narrowest, timed per layer shape on this machine and cached on disk
-            (``prunekit.planning.widths``; ``benchmarks/results/fast_widths.md`` measures
+            (``prunekit.selection.widths``; ``benchmarks/results/fast_widths.md`` measures
             what it gives).
         overrides: ``{module name: ratio}`` for groups that touch that module or a module
             inside it (``{"layer4": 0.2}`` covers every group touching ``layer4``); the
@@ -375,6 +375,25 @@ class GroupPruning(PruningMethod):
                                    members + (f" (+{more} more)" if more > 0 else "")))
         return Preview(rows, list(graph.unknown_ops))
 
+    def streamed_stage(self):
+        name = type(self).__name__
+        if getattr(self, "reconstruct", False):
+            raise ConfigError(f"streamed {name}(reconstruct=True): the re-fit reads each "
+                              f"layer's inputs in the pruned model, blocks above it pruned, "
+                              f"which a stream of unpruned hidden states does not give; "
+                              f"prune in memory with pk.prune")
+        streams = streaming_names(self.target)
+        if self.criterion not in streams:
+            raise ConfigError(f"streamed {name}.criterion {self.criterion!r} reads the "
+                              f"whole model's loss or outputs, which one block does not "
+                              f"give; choose one of {sorted(streams)}")
+        if self.budget() is not None or self.overrides:
+            raise ConfigError(f"streamed {name} removes ratio= of the heads or neurons, of "
+                              f"every block or (global_ranking=True) model-wide; budgets "
+                              f"and overrides need every block at once (prune in memory with "
+                              f"pk.prune)")
+        return "width"
+
     def summary(self):
         budget = self.budget()
         target = f"{budget[0]}_target={budget[1]}" if budget else f"ratio={self.ratio}"
@@ -388,6 +407,8 @@ class FilterPruning(GroupPruning):
     Example:
         >>> pk.prune(model, x, pk.FilterPruning(ratio=0.5, criterion="l1"))
     """
+
+    streams: ClassVar[bool] = True
 
     cli_name: ClassVar[str] = "filter"
 
@@ -414,6 +435,8 @@ class ChannelPruning(GroupPruning):
         >>> pk.prune(model, x, pk.ChannelPruning(ratio=0.5, criterion="l2"))
     """
 
+    streams: ClassVar[bool] = True
+
     reconstruct: bool = False
 
     cli_name: ClassVar[str] = "channel"
@@ -434,7 +457,8 @@ def refit_from(method: GroupPruning, model: nn.Module, context: PruneContext):
         raise ConfigError(f"{type(method).__name__}(reconstruct=True) re-fits layers on "
                           f"calibration data; pass data=, a non-empty iterable of batches")
     original = copy.deepcopy(model)
-    return lambda pruned, plan: reconstruct(original, pruned, plan, context.data)
+    return lambda pruned, plan: reconstruct(original, pruned, plan, context.data,
+                                            progress=context.progress)
 
 
 def _group_label(model: nn.Module, modules: list[str]) -> str:

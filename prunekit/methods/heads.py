@@ -9,7 +9,7 @@ import torch
 
 from ..errors import ConfigError
 from ..importance.heads import silenced_heads
-from ..planning import selection
+from ..selection import channels as selection
 from .groups import GroupPruning, refit_from
 
 
@@ -47,6 +47,8 @@ class HeadPruning(GroupPruning):
         >>> pk.prune(bert, inputs, pk.HeadPruning(ratio=0.25, criterion="l1"))
         >>> pk.prune(bert, inputs, pk.HeadPruning(heads={"encoder.layer.0.attention": [0, 3]}))
     """
+
+    streams: ClassVar[bool] = True
 
     heads: dict[str, list[int]] = field(default_factory=dict)
     reconstruct: bool = False

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..checks.checks import Runs
+from ..errors import ConfigError
 from ..graph.dependency import DependencyGraph
 from .groups import GroupPruning
 
@@ -27,7 +28,18 @@ class HiddenPruning(GroupPruning):
         >>> pk.prune(bert, inputs, pk.HiddenPruning(ratio=0.25, criterion="l2"))
     """
 
+    streams: ClassVar[bool] = True
+
     cli_name: ClassVar[str] = "hidden"
+
+    def streamed_stage(self):
+        # which criteria stream is decided where the hidden size is streamed: it computes each
+        # of them itself (prunekit.streaming.hidden), from weights read tensor by tensor or
+        # from every place the hidden states are read
+        if self.budget() is not None or self.overrides:
+            raise ConfigError("streamed HiddenPruning removes ratio= of the hidden size; "
+                              "budgets and overrides need the model in memory (pk.prune)")
+        return "hidden"
 
     def graph(self, model, example_inputs, ignore=(), strict=False):
         # the dims a LayerNorm/RMSNorm normalises stay prunable, and so do the model outputs

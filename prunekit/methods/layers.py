@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..candidates.layers import find_layer_candidates, removal
 from ..checks.checks import BlocksBypassed, Runs
 from ..errors import ConfigError
 from ..graph.dependency import resolve_ignored
 from ..importance import get_criterion
-from ..layers import choose_layers, find_layer_candidates, layer_importance, removal
-from ..measure import count_flops
+from ..importance.layers import choose_layers, layer_importance
+from ..importance.registry import streaming_names
+from ..measure.model import count_flops
 from ..plan import Plan
-from ..planning.budgets import shortest_prefix_for_budget
+from ..selection.budgets import shortest_prefix_for_budget
 from ..surgery.stacks import find_block_stack
 from .base import Preview, PreviewRow, Proposal, PruningMethod, Trial, check_ratio
 
@@ -42,7 +44,7 @@ class LayerProposal(Proposal):
 class LayerPruning(PruningMethod):
     """Remove ``n`` whole layers or blocks, the least important by ``criterion``
     (``pk.criterion_names("layers")``: ``"loss"``, ``"accuracy"``, ``"output"``,
-    ``"influence"``, ``"angular"``, ``"last"`` …; see ``prunekit.layers``).
+    ``"influence"``, ``"angular"``, ``"last"`` …; see ``prunekit.importance.layers``).
 
     With ``flops_target``, as many layers as it takes (least important first) to remove that
     fraction of FLOPs, or every candidate if even that is not enough. Modules given to
@@ -55,11 +57,23 @@ class LayerPruning(PruningMethod):
         >>> pk.prune(model, x, pk.LayerPruning(n=2, criterion="influence"), data=batches)
     """
 
+    streams: ClassVar[bool] = True
+
     n: int = 1
     criterion: str = "loss"
     flops_target: float | None = None
 
     cli_name: ClassVar[str] = "layers"
+
+    def streamed_stage(self):
+        if self.flops_target is not None:
+            raise ConfigError("streamed LayerPruning takes n (a number of layers), not "
+                              "flops_target")
+        streams = streaming_names("layers")
+        if self.criterion not in streams:
+            raise ConfigError(f"streamed LayerPruning.criterion {self.criterion!r} needs the "
+                              f"whole model's output; choose one of {sorted(streams)}")
+        return "depth"
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:

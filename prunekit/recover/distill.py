@@ -31,9 +31,11 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..batches import split_batch
-from ..calls import call_model, evaluating
-from ..distributed import is_distributed, sum_across, world_size
+from ..core.arguments import keyword_only
+from ..core.batches import split_batch
+from ..core.calls import call_model, evaluating
+from ..core.distributed import is_distributed, sum_across, world_size
+from ..core.progress import ProgressOption, Reporter, Step, finish, reporter
 from ..errors import ConfigError
 from ..plan import Plan
 from . import sharding
@@ -186,10 +188,14 @@ class DistillResult:
         return data
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: Iterable, steps: int = 100,
-            progress: Callable[[int, float], None] | None = None,
+@keyword_only
+def distill(student: nn.Module, teacher: nn.Module, data: Iterable,
+            config: Distillation | None = None, *, progress: ProgressOption = None,
             **options: Any) -> DistillResult:
     """Train ``student`` in place to reproduce ``teacher`` on ``data``.
+
+    Configured as ``pk.iterative_prune(distill=...)`` is: a ``pk.Distillation``, or its
+    fields as keywords (``steps=500, lr=1e-4``), not both.
 
     Args:
         student: the pruned model; trained in place, left in the mode it was in.
@@ -198,10 +204,12 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable, steps: int =
             ``pk.prune`` calls example inputs; cycled when shorter than the run. Under
             ``torchrun``: this process's share (a ``DistributedSampler``, or
             ``pk.rank_share(batches)``).
-        steps: optimiser steps.
-        progress: called as ``progress(step, loss)`` after every step.
-        **options: the fields of ``pk.Distillation`` (losses, layer map, schedule,
-            accumulation, checkpointing).
+        config: a ``pk.Distillation`` (losses, layer map, schedule, accumulation,
+            checkpointing); by default one built from ``options``.
+        progress: ``True`` shows the step, the loss and the time left on stderr; a callable
+            receives a ``pk.Step`` (``step.done`` of ``step.total``, ``step.detail`` the
+            loss) after every step.
+        **options: the fields of ``pk.Distillation``, without ``config``.
 
     Returns:
         A ``DistillResult``: the loss of every step, steps per second, the layer map used
@@ -212,23 +220,32 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable, steps: int =
         >>> result = pk.prune(pruned, x, pk.LayerPruning(n=2, criterion="angular"), data=calib)
         >>> pk.distill(pruned, model, batches, steps=500, plan=result.plan)
     """
+    if isinstance(config, int) and not isinstance(config, bool):
+        # the older signature: distill(student, teacher, data, steps)
+        warnings.warn("pk.distill: pass steps= by keyword (or a pk.Distillation); passing "
+                      "it by position is deprecated", DeprecationWarning, stacklevel=3)
+        config, options = None, {"steps": config, **options}
     known = {f.name for f in dataclasses.fields(Distillation)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"pk.distill got no option {unknown[0]!r}; the options are "
-                          f"{', '.join(sorted(known - {'steps'}))}")
-    return run_distillation(student, teacher, data, Distillation(steps=steps, **options),
+                          f"{', '.join(sorted(known))}")
+    if config is not None and not isinstance(config, Distillation):
+        raise ConfigError(f"config must be a pk.Distillation, got {type(config).__name__}")
+    if config is not None and options:
+        raise ConfigError(f"pk.distill: give a pk.Distillation or its fields as keywords "
+                          f"({', '.join(sorted(options))}), not both")
+    return run_distillation(student, teacher, data, config or Distillation(**options),
                             progress)
 
 
 def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
-                     config: Distillation,
-                     progress: Callable[[int, float], None] | None = None) -> DistillResult:
-    """``pk.distill`` with its options as a ``Distillation``; ``progress(step, loss)`` after
-    every step."""
+                     config: Distillation, progress: ProgressOption = None) -> DistillResult:
+    """``pk.distill`` with its options as a ``Distillation``; ``progress`` as there."""
     if student is teacher:
         raise ConfigError("student and teacher are the same model; distil a pruned copy "
                           "(copy.deepcopy the model before pruning it)")
+    report = reporter(progress, "pk.distill progress")
     pairs = matched_modules(student, teacher, config)
     batches = _cycle(data)
     first = next(batches)
@@ -242,7 +259,8 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
         except Exception as error:
             _check_runs(student, teacher, split_batch(first)[0])  # one line if a model fails
             raise error
-        result = _train(objective, _prepend(first, batches), config, progress, sharded)
+        result = _train(objective, _prepend(first, batches), config, report, sharded)
+        finish(report)
     result.layer_map = dict(pairs)
     if sharded:
         result.projections = sharding.gather_into(student, objective)
@@ -345,7 +363,7 @@ def _key(name: str) -> str:
 
 
 def _train(objective: _Objective, batches: Iterator, config: Distillation,
-           progress: Callable[[int, float], None] | None, sharded: bool) -> DistillResult:
+           progress: Reporter, sharded: bool) -> DistillResult:
     student = objective.student
     if sharded:  # before the optimiser is made: it must hold the sharded parameters
         sharding.shard(objective, student)
@@ -368,16 +386,8 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
     started = time.perf_counter()
     try:
         for step in range(result.steps, config.steps):
-            sums = torch.zeros(3, dtype=torch.float64)
-            for micro in range(config.accumulate):
-                inputs = split_batch(next(batches))[0]
-                used += 1
-                teacher_output, teacher_hidden = objective.targets(inputs)
-                last = micro == config.accumulate - 1
-                with _syncing(model, last):
-                    terms = model(inputs, teacher_output, teacher_hidden)
-                    (terms[0] / config.accumulate).backward()
-                sums += torch.stack([t.detach().double().cpu() for t in terms])
+            sums = _accumulate_gradients(objective, model, batches, config.accumulate)
+            used += config.accumulate
             norm = nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or math.inf)
             # each process's terms are its share of the global mean: the sum is the mean
             total, output_part, hidden_part = (
@@ -398,8 +408,8 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
             result.output_losses.append(output_part.item())
             result.hidden_losses.append(hidden_part.item())
             result.steps = step + 1
-            if progress is not None:
-                progress(result.steps, result.losses[-1])
+            progress(Step("distilling", result.steps, config.steps,
+                          f"loss {result.losses[-1]:.4g}"))
             if config.checkpoint is not None and (
                     result.steps == config.steps
                     or (config.checkpoint_every and result.steps % config.checkpoint_every == 0)):
@@ -409,6 +419,21 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
         optimizer.zero_grad(set_to_none=True)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _accumulate_gradients(objective: _Objective, model: nn.Module, batches: Iterator,
+                          accumulate: int) -> torch.Tensor:
+    """One step's gradients from ``accumulate`` batches; the summed loss terms (total,
+    output, hidden)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    for micro in range(accumulate):
+        inputs = split_batch(next(batches))[0]
+        teacher_output, teacher_hidden = objective.targets(inputs)
+        with _syncing(model, micro == accumulate - 1):
+            terms = model(inputs, teacher_output, teacher_hidden)
+            (terms[0] / accumulate).backward()
+        sums += torch.stack([t.detach().double().cpu() for t in terms])
+    return sums
 
 
 class _syncing:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import barrier, is_main_process
+from ..core.distributed import barrier, is_main_process
 from ..errors import ConfigError
 
 CHECKPOINT_FILE = "distill.pt"

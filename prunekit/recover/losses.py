@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calls import iter_tensors
-from ..distance import query_weights
-from ..distributed import sum_across, world_size
+from ..core.calls import iter_tensors
+from ..core.distributed import sum_across, world_size
 from ..errors import ConfigError
+from ..importance.distance import query_weights
 
 OUTPUT_LOSSES = ("kl", "cosine", "mse")
 HIDDEN_LOSSES = ("mse", "cosine")

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distance import first_tensor
 from ..errors import ConfigError
+from ..importance.distance import first_tensor
 from ..surgery.stacks import find_block_stack
 
 

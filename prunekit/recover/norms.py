@@ -13,9 +13,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..batches import split_batch
-from ..calls import call_model, evaluating
-from ..distributed import sum_across
+from ..core.batches import split_batch
+from ..core.calls import call_model, evaluating
+from ..core.distributed import sum_across
 
 
 def recalibrate_norms(model: nn.Module, data: Iterable) -> int:

@@ -23,9 +23,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..batches import split_batch
-from ..calls import call_model, evaluating
-from ..distributed import sum_across
+from ..core.batches import split_batch
+from ..core.calls import call_model, evaluating
+from ..core.distributed import sum_across
+from ..core.progress import Reporter, Step, silent
 from ..importance.refit_rows import (
     MAX_ROWS,
     RECURRENT,
@@ -38,7 +39,7 @@ from ..plan import Plan
 
 
 def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterable,
-                seed: int = 0) -> list[str]:
+                seed: int = 0, progress: Reporter = silent) -> list[str]:
     """Re-fit every Conv2d (ungrouped) and Linear whose input channels the plan pruned, and
     every one-layer recurrent layer whose inputs or hidden units it pruned.
 
@@ -50,7 +51,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
     order, calls = _consumers(pruned, plan, batches[0])
     # one layer at a time: memory holds one layer's activations, at one forward pass of
     # each model per layer, which stops at that layer when it is called once
-    for name in order:
+    for index, name in enumerate(order):
+        progress(Step("re-fitting layers", index, len(order), name))
         layer = pruned.get_submodule(name)
         stop = calls[name] == 1
         if isinstance(layer, RECURRENT):
@@ -67,6 +69,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
             targets = [t.index_select(channels, torch.as_tensor(kept_out)) for t in targets]
         _refit(layer, inputs, targets, generator)
         fitted.append(name)
+    if order:
+        progress(Step("re-fitting layers", len(order), len(order)))
     return fitted
 
 

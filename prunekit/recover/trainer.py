@@ -7,8 +7,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..calls import evaluating
-from ..distributed import is_distributed, sum_across
+from ..core.calls import evaluating
+from ..core.distributed import is_distributed, sum_across
 
 
 def norm_scale_l1(model: nn.Module) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..calls import call_model, evaluating, iter_tensors, largest_difference, random_like
+from ..core.calls import call_model, evaluating, iter_tensors, largest_difference, random_like
 from ..errors import ConfigError
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -12,15 +12,17 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from ..api import prune
-from ..arguments import keyword_only
-from ..latency import Speedup, Timing, measure_latency, speedup_cell, speedups_over_first
-from ..measure import count_flops, count_params
+from ..core.arguments import keyword_only
+from ..core.progress import ProgressOption, Step, finish, reporter
+from ..core.tables import ResultTable
+from ..measure.latency import Speedup, Timing, measure_latency, speedup_cell, speedups_over_first
+from ..measure.model import count_flops, count_params
 from ..methods import ChannelPruning, FilterPruning, LayerPruning
 from ..recover import evaluate_accuracy, recalibrate_norms, train_classifier
 from .plots import new_figure, save
@@ -76,30 +78,36 @@ class Comparison:
                 "rows": [{**asdict(r), "speedup": r.speedup and r.speedup.to_dict()}
                          for r in self.rows]}
 
-    def to_markdown(self) -> str:
+    def table(self) -> ResultTable:
+        """Every method's row: what ``print``, ``to_markdown`` and the command line show."""
         base = self.baseline
         one_shot = ("one-shot: BatchNorm statistics re-estimated on calibration data, no "
                     "training (as pruned: before that)" if self.recalibrated
                     else "one-shot: no change after pruning")
-        lines = [f"FLOPs budget: remove {self.flops_target:.0%}; fine-tuning: "
-                 f"{self.finetune_epochs} epochs for every method; {one_shot}; latency: "
-                 f"median (quartiles) ms, {self.timing}; speed-up: against the unpruned model "
-                 f"in the same rounds, with its 95% confidence interval ('≈ 1' where that "
-                 f"interval holds 1)", "",
-                 "| method | params | FLOPs removed | latency (ms) | speed-up | "
-                 "accuracy as pruned | accuracy one-shot | accuracy fine-tuned | verified |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        table = ResultTable(
+            f"FLOPs budget: remove {self.flops_target:.0%}; fine-tuning: "
+            f"{self.finetune_epochs} epochs for every method; {one_shot}; latency: "
+            f"median (quartiles) ms, {self.timing}; speed-up: against the unpruned model "
+            f"in the same rounds, with its 95% confidence interval ('≈ 1' where that "
+            f"interval holds 1)",
+            ["method", "params", "FLOPs removed", "latency (ms)", "speed-up",
+             "accuracy as pruned", "accuracy one-shot", "accuracy fine-tuned", "verified"])
 
         def percent(value: float | None) -> str:
             return "—" if value is None else f"{value:.1%}"
 
         for r in self.rows:
-            lines.append(f"| {r.method} | {r.params:,} | {1 - r.flops / base.flops:.1%} | "
-                         f"{r.latency} | {speedup_text(r.speedup)} | "
-                         f"{percent(r.accuracy_as_pruned)} | "
-                         f"{r.accuracy_one_shot:.1%} | {percent(r.accuracy_fine_tuned)} | "
-                         f"{verdict(r.verified)} |")
-        return "\n".join(lines) + "\n"
+            table.rows.append([r.method, f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
+                               str(r.latency), speedup_text(r.speedup),
+                               percent(r.accuracy_as_pruned), f"{r.accuracy_one_shot:.1%}",
+                               percent(r.accuracy_fine_tuned), verdict(r.verified)])
+        return table
+
+    def to_markdown(self) -> str:
+        return self.table().to_markdown()
+
+    def __str__(self) -> str:
+        return self.table().to_text()
 
     def plot(self, path: str | Path) -> Path:
         """Accuracy per method (as pruned, one-shot, fine-tuned) beside its measured speed-up."""
@@ -167,7 +175,7 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
             *, flops_target: float = 0.5, finetune_epochs: int = 5, lr: float = 1e-3,
             methods: dict[str, Any] | None = None, data: Iterable | None = None,
             timing_inputs: Any = None, threads: int | None = None, seed: int = 0,
-            recalibrate: bool = True, progress: Callable[[str], None] = lambda message: None) -> Comparison:
+            recalibrate: bool = True, progress: ProgressOption = None) -> Comparison:
     """Run every method on its own copy of ``model``; the model itself is not changed.
 
     Args:
@@ -199,8 +207,10 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     rows = [ComparisonRow("unpruned", count_params(model), count_flops(model, example_inputs),
                           None, unpruned, None, True, unpruned)]
     pruned_models = []
-    for label, method in methods.items():
-        progress(f"{label}: prune to {flops_target:.0%} fewer FLOPs")
+    report = reporter(progress)
+    for index, (label, method) in enumerate(methods.items()):
+        report(Step("comparing methods", index, len(methods),
+                    f"{label}: prune to {flops_target:.0%} fewer FLOPs"))
         pruned = copy.deepcopy(model)
         if callable(method):
             method(pruned, example_inputs, data)
@@ -215,7 +225,8 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
             one_shot = evaluate_accuracy(pruned, eval_data)
         tuned = None
         if finetune_epochs > 0:
-            progress(f"{label}: fine-tune {finetune_epochs} epochs")
+            report(Step("comparing methods", index, len(methods),
+                        f"{label}: fine-tune {finetune_epochs} epochs"))
             torch.manual_seed(seed)
             train_classifier(pruned, train_data, epochs=finetune_epochs, lr=lr)
             tuned = evaluate_accuracy(pruned, eval_data)
@@ -224,7 +235,8 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
                                   count_flops(pruned, example_inputs), None, one_shot, tuned,
                                   verified, as_pruned))
         pruned_models.append(pruned)
-    progress(f"timing all {len(rows)} models interleaved")
+    report(Step("comparing methods", len(methods), len(methods)))
+    report(Step("timing", detail=f"all {len(rows)} models interleaved"))
     # one set of rounds for the whole table: every model runs once per round, so each
     # row's speed-up is against the unpruned model in the very same rounds
     speeds = speedups_over_first([model] + pruned_models, timing_inputs, threads=threads,
@@ -235,4 +247,5 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         row.latency, row.speedup = speed.after, speed
     result.timing = speeds[0].conditions() if speeds else ""
     result.rows = rows
+    finish(report)
     return result

@@ -16,9 +16,11 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from ..api import prune
+from ..core.progress import ProgressOption, Step, finish, reporter
+from ..core.tables import ResultTable
 from ..errors import ConfigError
-from ..latency import compare_latency
-from ..measure import Measurement, count_flops, count_params
+from ..measure.latency import compare_latency, speedup_cell
+from ..measure.model import Measurement, count_flops, count_params
 from ..methods import PruningMethod
 from ..plan import Plan
 from ..recover import evaluate_accuracy, train_classifier
@@ -56,6 +58,25 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return {"records": [dataclasses.asdict(r) for r in self.records]}
+
+    def table(self) -> ResultTable:
+        """One row per step (step 0: the unpruned model): what ``print`` and the command line
+        show."""
+        timed = any(r.speedup is not None for r in self.records)
+        table = ResultTable("iterative pruning, step by step",
+                            ["step", "params", "params removed", "FLOPs removed",
+                             "test accuracy", "speed-up (95% CI)"],
+                            notes=["speed-up: against the unpruned model, timed interleaved"]
+                            if timed else [])
+        for r in self.records:
+            table.rows.append([str(r.step), f"{r.params:,}", f"{r.sparsity:.1%}",
+                               f"{r.flop_reduction:.1%}",
+                               "—" if r.accuracy is None else f"{r.accuracy:.1%}",
+                               speedup_cell(r.speedup, r.speedup_low, r.speedup_high)])
+        return table
+
+    def __str__(self) -> str:
+        return self.table().to_text()
 
     def plot(self, path: str | Path) -> Path:
         """Accuracy and sparsity per step, as a PNG."""
@@ -99,7 +120,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
                     data: Iterable | None = None, timing_inputs: Any = None,
                     threads: int | None = None,
                     distill: Distillation | None = None, distill_data: Iterable | None = None,
-                    progress: Callable[[str], None] = lambda message: None) -> History:
+                    progress: ProgressOption = None) -> History:
     """Prune ``model`` in place to ``method``'s target in ``steps`` steps, fine-tuning after each.
 
     Args:
@@ -117,6 +138,8 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
             (``pk.Distillation(steps=…, …)``; the chained plan maps the remaining blocks
             to theirs), on ``distill_data`` (unlabelled batches; ``data`` without it).
             Runs before ``finetune`` or the built-in trainer, if those are given too.
+        progress: ``True`` shows the step and the time left on stderr; a callable receives
+            a ``pk.Step`` after each piece of each step.
         timing_inputs: with these, every step's model is timed against a copy of the
             unpruned model (held for the run), interleaved in the same rounds
             (``pk.compare_latency``), on ``threads`` threads.
@@ -143,6 +166,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
         raise ConfigError(f"distill must be a pk.Distillation, got {type(distill).__name__}")
     if distill is not None and distill_data is None and data is None:
         raise ConfigError("distill needs batches: pass distill_data= (or data=)")
+    report = reporter(progress)
     base = Measurement(count_params(model), count_flops(model, example_inputs))
     held = timing_inputs is not None or distill is not None
     unpruned = copy.deepcopy(model).eval() if held else None
@@ -152,7 +176,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
                          1 - size.flops / max(base.flops, 1),
                          evaluate(model) if evaluate is not None else None)
         if timing_inputs is not None and step > 0:
-            progress(f"step {step}/{steps}: timing against the unpruned model")
+            report(Step("iterative pruning", step - 1, steps, "timing"))
             speed = compare_latency(unpruned, model, timing_inputs, threads=threads)
             row.speedup, row.speedup_low, row.speedup_high = speed.speedup, speed.low, speed.high
         return row
@@ -168,22 +192,24 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
             removed["units"] = 1 - left / units
         this_step = method.step(step, steps, removed)
         if this_step is not None:
-            progress(f"step {step}/{steps}: prune")
+            report(Step("iterative pruning", step - 1, steps, "pruning"))
             result = prune(model, example_inputs, this_step, data=data)
             history.plan = result.plan if history.plan.is_empty else history.plan.then(result.plan)
             size = result.after
         recovery = None
         if distill is not None:
-            progress(f"step {step}/{steps}: distil")
+            report(Step("iterative pruning", step - 1, steps, "distilling"))
             folder = distill.checkpoint and Path(distill.checkpoint) / f"step-{step}"
             recovery = run_distillation(model, unpruned, distill_data if distill_data is not None
                                         else data, dataclasses.replace(
                                             distill, plan=history.plan, checkpoint=folder))
         if finetune is not None:  # fine-tuning changes weights, not sizes
-            progress(f"step {step}/{steps}: fine-tune")
+            report(Step("iterative pruning", step - 1, steps, "fine-tuning"))
             finetune(model, step)
         model.eval()
         history.records.append(record(step, size))
         if recovery is not None:
             history.records[-1].distill_loss = recovery.losses[-1]
+        report(Step("iterative pruning", step, steps))
+    finish(report)
     return history

@@ -14,7 +14,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..calls import evaluating
+from ..core.arguments import keyword_only
+from ..core.calls import evaluating
+from ..core.progress import ProgressOption, Step, finish, reporter
+from ..core.tables import ResultTable
 from ..methods import FilterPruning, PruneContext, PruningMethod
 from ..recover import evaluate_accuracy
 from ..recover.norms import recalibrate_norms
@@ -50,19 +53,26 @@ class Sensitivity:
             groups.setdefault(row.group, []).append(row)
         return groups
 
-    def to_markdown(self) -> str:
+    def table(self) -> ResultTable:
+        """Accuracy per group and ratio: what ``print``, ``to_markdown`` and the command line
+        show."""
         ratios = sorted({r.ratio for r in self.rows})
         norms = ("BatchNorm statistics re-estimated on the calibration data after each "
                  "prune" if self.recalibrated else "BatchNorm statistics NOT re-estimated "
                  "(no calibration data): a low figure may recover with recalibrate_norms")
-        lines = [f"Accuracy with one group pruned (unpruned: {self.baseline:.1%}; {norms})", "",
-                 "| group | channels | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |",
-                 "|---|---|" + "---|" * len(ratios)]
+        table = ResultTable(f"Accuracy with one group pruned (unpruned: {self.baseline:.1%}; "
+                            f"{norms})", ["group", "channels", *(f"ratio {r:g}" for r in ratios)])
         for group, rows in self.by_group().items():
             cells = {r.ratio: r for r in rows}
-            lines.append(f"| {group} | {rows[0].channels} | "
-                         + " | ".join(f"{cells[r].accuracy:.1%}" for r in ratios) + " |")
-        return "\n".join(lines) + "\n"
+            table.rows.append([group, str(rows[0].channels),
+                               *(f"{cells[r].accuracy:.1%}" for r in ratios)])
+        return table
+
+    def to_markdown(self) -> str:
+        return self.table().to_markdown()
+
+    def __str__(self) -> str:
+        return self.table().to_text()
 
     def plot(self, path: str | Path) -> Path:
         figure = self.figure()
@@ -87,12 +97,13 @@ class Sensitivity:
         return figure
 
 
-def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | None = None,
+@keyword_only
+def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | None = None, *,
                 ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
                 method: PruningMethod | None = None,
                 evaluate: Callable[[nn.Module], float] | None = None,
                 data: Iterable | None = None, loss_fn=None,
-                progress: Callable[[str], None] = lambda message: None,
+                progress: ProgressOption = None,
                 recalibrate: bool = True) -> Sensitivity:
     """Accuracy (or ``evaluate(model)``) with each of the method's candidates alone pruned at
     each ratio (for ``LayerPruning``: each candidate layer removed); the model is not changed.
@@ -105,6 +116,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
         >>> print(table.to_markdown()); table.plot("sensitivity.png")
     """
     method = method or FilterPruning(criterion="l1")
+    report = reporter(progress)
     if evaluate is None:
         def evaluate(candidate: nn.Module) -> float:
             return evaluate_accuracy(candidate, eval_data)
@@ -115,11 +127,14 @@ def sensitivity(model: nn.Module, example_inputs: Any, eval_data: Iterable | Non
         result = Sensitivity(evaluate(model), recalibrated=bool(calibration) and _has_norms(model))
         trials = list(method.trials(model, example_inputs, ratios, context))
         for index, trial in enumerate(trials, 1):
-            progress(f"trial {index}/{len(trials)}: {trial.label} at {trial.ratio:g}")
+            report(Step("sensitivity trials", index - 1, len(trials),
+                        f"{trial.label} at {trial.ratio:g}"))
             # nothing removed, nothing to re-estimate: the unpruned model's own accuracy
             accuracy = evaluate_applied(model, trial.plan,
                                         evaluate if _removes_nothing(trial.plan) else score)
             result.rows.append(SensitivityRow(trial.label, trial.size, trial.ratio, accuracy))
+        report(Step("sensitivity trials", len(trials), len(trials)))
+    finish(report)
     return result
 
 

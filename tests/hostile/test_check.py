@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.calls import largest_difference as _difference
 from prunekit.checks.verify import widened
+from prunekit.core.calls import largest_difference as _difference
 
 
 class ConvNet(nn.Module):

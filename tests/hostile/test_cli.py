@@ -61,7 +61,7 @@ def test_head_counts_no_config_can_describe_are_saved_with_the_plan(tmp_path):
                               "heads", "--ratio", "0.25", "--no-latency", "--out", str(out)])
     assert cli.exit_code == 0, cli.output
     assert not (out / "hf").exists()
-    reloaded = pk.load(out, tiny_llama())
+    reloaded = pk.load(tiny_llama(), out)
     assert reloaded.model.layers[0].self_attn.q_proj.out_features == 96
 
 

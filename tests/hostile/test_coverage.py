@@ -122,7 +122,7 @@ def test_a_split_sized_by_the_modules_counts_prunes_each_piece(tmp_path, overrid
     assert (model.c1, model.c2, model.conv.out_channels) == (c1, c2, c1 + c2)
     assert result.report.ok and pk.verify(original, X, result.plan).ok
     pk.save(model, tmp_path / "saved", result.plan)
-    reloaded = pk.load(tmp_path / "saved", SplitByCounts().eval())
+    reloaded = pk.load(SplitByCounts().eval(), tmp_path / "saved")
     assert (reloaded.c1, reloaded.c2) == (c1, c2)
     assert torch.equal(reloaded(X), model(X))
 

@@ -74,7 +74,7 @@ def test_an_index_cannot_name_a_file_outside_its_checkpoint(saved, name):
     tensors = _shard(folder, name)
     save_file(tensors, str(folder.parent / "outside.safetensors"))
     with pytest.raises(pk.PlanError, match="not a file name inside its folder"):
-        pk.load(folder, resnet_basic())
+        pk.load(resnet_basic(), folder)
 
 
 def test_a_symbolic_link_out_of_the_checkpoint_is_refused(saved):
@@ -83,7 +83,7 @@ def test_a_symbolic_link_out_of_the_checkpoint_is_refused(saved):
     save_file(tensors, str(folder.parent / "outside.safetensors"))
     (folder / "linked.safetensors").symlink_to(folder.parent / "outside.safetensors")
     with pytest.raises(pk.PlanError, match="leads outside its folder"):
-        pk.load(folder, resnet_basic())
+        pk.load(resnet_basic(), folder)
 
 
 def _relabel(path, key, dtype):
@@ -103,7 +103,7 @@ def test_a_header_that_relabels_a_dtype_is_refused(saved):
     fresh = resnet_basic()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(pk.PlanError, match="stored as int32, the model's is float32"):
-        pk.load(folder, fresh)
+        pk.load(fresh, folder)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 
 
@@ -115,7 +115,7 @@ def test_a_cut_short_or_corrupt_weights_file_is_one_line(saved, damage):
     path.write_bytes({"truncate": raw[: len(raw) // 2], "garbage": b"\xff" * 64,
                       "empty": b""}[damage])
     with pytest.raises(pk.PlanError, match="not a readable safetensors file"):
-        pk.load(folder, resnet_basic())
+        pk.load(resnet_basic(), folder)
 
 
 @pytest.mark.parametrize("content", ["[]", '"plan"', "null", "{", "\xff\xfe",
@@ -125,7 +125,7 @@ def test_a_plan_file_that_is_not_a_plan_is_one_line(saved, content):
     (folder / "plan.json").write_bytes(content.encode("latin-1") if content == "\xff\xfe"
                                        else content.encode())
     with pytest.raises(pk.PlanError):
-        pk.load(folder, resnet_basic())
+        pk.load(resnet_basic(), folder)
 
 
 def test_saving_through_a_symbolic_link_keeps_the_link(saved, tmp_path):
@@ -133,7 +133,7 @@ def test_saving_through_a_symbolic_link_keeps_the_link(saved, tmp_path):
     link = tmp_path / "latest"
     link.symlink_to(folder)
     result = pk.prune(resnet_basic().eval(), X, pk.FilterPruning(0.25))
-    pk.save(pk.load(folder, resnet_basic()), link, pk.Plan.load(folder / "plan.json"))
+    pk.save(pk.load(resnet_basic(), folder), link, pk.Plan.load(folder / "plan.json"))
     assert link.is_symlink() and (folder / "plan.json").is_file()
     del result
 
@@ -160,7 +160,7 @@ def test_a_save_killed_mid_write_is_cleaned_up_by_the_next(tmp_path):
     """A child process is killed while it writes; the next save removes its staging."""
     script = textwrap.dedent(f"""
         import os, torch, prunekit as pk
-        from prunekit import io
+        from prunekit.export import saving as io
         from tests.zoo import resnet_basic
         model = resnet_basic().eval()
         result = pk.prune(model, torch.randn(2, 3, 16, 16), pk.FilterPruning(0.5))
@@ -194,7 +194,7 @@ def test_an_index_that_is_not_a_table_is_one_line(saved):
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors.index.json").write_text('{"weight_map": ["a"]}')
     with pytest.raises(pk.PlanError, match="not a safetensors index"):
-        pk.load(folder, nn.Linear(2, 2))
+        pk.load(nn.Linear(2, 2), folder)
 
 
 def test_a_pickle_that_calls_a_loader_class_of_ultralytics_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import prunekit as pk
-from prunekit import io
+from prunekit.export import saving as io
 
 from ..zoo import resnet_basic
 
@@ -108,6 +108,6 @@ def test_an_interrupt_while_weights_load_leaves_the_fresh_model_alone(
 
     monkeypatch.setattr(io, "load_model", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        pk.load(tmp_path / "ckpt", fresh)
+        pk.load(fresh, tmp_path / "ckpt")
     assert repr(fresh) == text
     assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())

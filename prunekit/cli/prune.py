@@ -1,0 +1,229 @@
+"""``prunekit prune``: build the method from its options, call ``pk.prune`` (or
+``pk.prune_streamed``), write OUT whole, and show what ``print(result)`` shows."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from rich.markup import escape
+
+from ..api import PruneResult
+from ..api import prune as prune_model
+from ..core.progress import Step
+from ..errors import ConfigError, PruneError
+from ..export.saving import write_checkpoint
+from ..importance import get_criterion
+from ..measure.latency import Speedup, compare_latency
+from ..methods import LayerPruning, PruningMethod
+from .app import (
+    CALIBRATION_HELP,
+    CHECKPOINT_HELP,
+    CRITERION_HELP,
+    METHOD_HELP,
+    MODEL_HELP,
+    TRUST_PICKLE_HELP,
+    app,
+    console,
+    fail,
+    measure_unpruned,
+    method_from_options,
+    parse_round_to,
+    progress,
+    show,
+)
+from .output import check_out, copy_hf_extras, replace_out
+from .sources import example_inputs, first_inputs, load_data, load_model
+
+OUT_FILES = {"model.safetensors", "plan.json", "hf", "tokenizer"}
+
+
+@dataclass
+class Pruned:
+    """What a prune produced, for writing and showing."""
+
+    result: PruneResult
+    speed: Speedup | None
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    checkpoint: Path = typer.Option(None, help=CHECKPOINT_HELP),
+    trust_pickle: bool = typer.Option(False, help=TRUST_PICKLE_HELP),
+    input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
+                                               "BATCH,TOKENS = 2,16 for text models)"),
+    method: str = typer.Option("filter", help=METHOD_HELP),
+    ratio: float = typer.Option(0.5, help="fraction of each group's channels (or heads) to remove"),
+    n: int = typer.Option(1, help="--method layers: how many layers or blocks to remove"),
+    criterion: str = typer.Option(None, help=CRITERION_HELP),
+    round_to: str = typer.Option("1", help="keep a multiple of this many channels, or "
+                                           "'measured': widths timed on this machine"),
+    flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
+    latency_target: float = typer.Option(None, help="filter/channel: run in this fraction of "
+                                                    "the unpruned time (0.5: twice as fast), "
+                                                    "timed on this machine with these inputs "
+                                                    "and --threads, instead of --ratio"),
+    global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
+    reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
+                                                 "inputs by least squares on the calibration "
+                                                 "batches (--data), no training"),
+    data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches "
+                                        "(the model's inputs, or (inputs, labels) for criteria "
+                                        "that read a loss); data-driven criteria and "
+                                        "--reconstruct read up to --calibration-batches "
+                                        "training batches (default: the example inputs)"),
+    calibration_batches: int = typer.Option(8, min=1, help=CALIBRATION_HELP),
+    out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
+    check: bool = typer.Option(True, help="verify masked and pruned models agree"),
+    latency: bool = typer.Option(True, help="time the model before and after pruning, "
+                                            "interleaved in one process (holds a copy of "
+                                            "the unpruned model meanwhile)"),
+    threads: int = typer.Option(None, help="threads latency is timed with (default: as many "
+                                           "as torch uses)"),
+    stream: bool = typer.Option(False, help="for hf:PATH decoders bigger than memory: read, "
+                                            "prune and write one block at a time from the "
+                                            "folder's safetensors; OUT becomes a Hugging Face "
+                                            "folder (filter/channel/heads: --ratio of every "
+                                            "block; layers: --n)"),
+) -> None:
+    """Prune a model and save the result (weights + plan; a Hugging Face model whose config
+    describes the pruned sizes is also saved with save_pretrained, in OUT/hf, with the
+    source's tokenizer and sentence-transformers files; they go to OUT/tokenizer when no
+    config can describe the pruned model). OUT is replaced as a whole."""
+    try:
+        pruning = method_from_options(
+            method, criterion, optional={"ratio": ratio, "n": n},
+            round_to=None if round_to == "1" else parse_round_to(round_to),
+            flops_target=flops_target,
+            latency_target=latency_target, global_ranking=global_ranking or None,
+            reconstruct=reconstruct or None)
+        if stream:
+            _prune_streamed(model, checkpoint, pruning, data, calibration_batches, out)
+            return
+        check_out(out, OUT_FILES)
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"--threads {threads}: give a positive number")
+            torch.set_num_threads(threads)  # for the search's timings as for the report's
+        network = load_model(model, checkpoint, trust_pickle).eval()
+        x, calibration = _inputs(network, input_shape, data, calibration_batches)
+        pruned = _prune(model, network, x, pruning, calibration, check, latency, threads)
+        replace_out(out, lambda folder: _write(folder, network, pruned.result, model, out))
+    except (PruneError, ConfigError) as error:
+        fail(error)
+    _report(model, pruning, pruned, data is None, out)
+
+
+def _inputs(network, input_shape: str | None, data: str | None, batches: int
+            ) -> tuple[Any, list]:
+    """The example inputs and the calibration batches: the data's, or the random example
+    inputs alone (enough to run a data-driven criterion, no more)."""
+    if data is None:
+        x = example_inputs(network, input_shape)
+        return x, [x]
+    train, _ = load_data(data)
+    return first_inputs(train, labels=False), list(itertools.islice(train, batches))
+
+
+def _prune(model: str, network, x, pruning: PruningMethod, calibration: list, check: bool,
+           latency: bool, threads: int | None) -> Pruned:
+    with progress() as report:
+        measure_unpruned(network, x)  # inputs the model cannot run name --input-shape
+        original = _copy_for_timing(network) if latency else None
+        result = prune_model(network, x, pruning, data=calibration, check=check,
+                             progress=report)
+        speed = None
+        if original is not None:
+            report(Step("timing the unpruned and pruned models", detail="interleaved"))
+            speed = compare_latency(original, network, x, threads=threads)
+            del original
+    return Pruned(result, speed)
+
+
+def _write(folder: Path, network, result: PruneResult, model: str, out: Path) -> None:
+    write_checkpoint(network, folder, result.plan)
+    if result.config_matches:
+        network.save_pretrained(folder / "hf")
+    if model.startswith("hf:"):  # with the model, or alone beside the pk.load files
+        copy_hf_extras(Path(model[3:]), folder / ("hf" if result.config_matches
+                                                  else "tokenizer"), out)
+
+
+def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: bool,
+            out: Path) -> None:
+    result = pruned.result
+    show(result.table(pruned.speed), title=f"{model}: {pruning.summary()}")
+    if random_inputs and _reads_data(pruning):
+        console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
+                      f"activations, and without --data it ran on the random example inputs "
+                      f"only; pass --data for a ranking that means something")
+    if random_inputs and getattr(pruning, "reconstruct", False):
+        console.print("[yellow]note:[/] --reconstruct re-fitted the layers on the random "
+                      "example inputs only, without --data; pass --data for a fit that "
+                      "means something")
+    for line in result.details():  # what print(result) says, as it says it
+        console.print(escape(line))
+    console.print(f"saved to {out}/ (model.safetensors, plan.json)")
+    if result.config_matches:
+        console.print(f"also saved with save_pretrained to {out / 'hf'}/ "
+                      f"(from_pretrained reloads it)")
+    elif result.config_matches is False:
+        console.print("the pruned sizes differ from what one config can describe: reload it "
+                      "with pk.load" + (f"; the tokenizer and other files of the source are "
+                                        f"in {out / 'tokenizer'}/" if model.startswith("hf:")
+                                        else ""))
+
+
+def _prune_streamed(model: str, checkpoint: Path | None, pruning: PruningMethod,
+                    data: str | None, calibration_batches: int, out: Path) -> None:
+    """``prune --stream``: the folder pruned block by block into OUT, a Hugging Face folder."""
+    from ..streaming.orchestrator import prune_streamed
+
+    if not model.startswith("hf:"):
+        raise ConfigError(f"--stream reads a Hugging Face model folder block by block: give "
+                          f"--model hf:PATH, not {model!r}")
+    if checkpoint is not None:
+        raise ConfigError("--checkpoint: --stream reads the weights from the hf:PATH folder "
+                          "itself; leave --checkpoint out")
+    earlier = out.is_dir() and (out / "config.json").is_file() and (out / "plan.json").is_file()
+    check_out(out, {p.name for p in out.iterdir()} if earlier else set())
+    calibration = None
+    if data is not None:
+        train, _ = load_data(data)
+        calibration = list(itertools.islice(train, calibration_batches))
+    result = prune_streamed(model[3:], out, pruning, calibration, progress=True)
+    console.print(escape(str(result)))
+    if result.plan.layers:
+        console.print(f"removed layers: {escape(', '.join(result.plan.layers))}")
+    if result.blocks:  # (hidden size is streamed tensor by tensor, not block by block)
+        slowest = max(result.blocks, key=lambda b: b.seconds)
+        console.print(f"per block: {sum(b.seconds for b in result.blocks) / len(result.blocks):.2f} "
+                      f"s on average, slowest {escape(slowest.name)} {slowest.seconds:.2f} s")
+
+
+def _copy_for_timing(network):
+    """The unpruned model, kept to time against the pruned one; a model that cannot be
+    copied is not timed (the command says so) rather than not pruned."""
+    try:
+        return copy.deepcopy(network)
+    except Exception as error:  # noqa: BLE001 - any reason a copy fails
+        console.print(f"[yellow]note:[/] latency not timed: the model cannot be copied to "
+                      f"time it against ({type(error).__name__}: {escape(str(error))[:120]})")
+        return None
+
+
+def _reads_data(pruning: PruningMethod) -> bool:
+    """Whether the method's criterion ranks by activations, losses or outputs on data."""
+    criterion = getattr(pruning, "criterion", None)
+    target = getattr(pruning, "target", "layers" if isinstance(pruning, LayerPruning)
+                     else "channels")
+    try:
+        return bool(criterion) and get_criterion(criterion, target, "").needs_data
+    except ConfigError:
+        return False

@@ -1,0 +1,3 @@
+"""Honest numbers: parameters and FLOPs (``model``) and latency timed interleaved
+(``latency``).
+"""
