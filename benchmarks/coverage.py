@@ -1,4 +1,4 @@
-"""Coverage: prune every model in ``tests/model_cases.py`` at 0.5 with FilterPruning("l1").
+"""Coverage: prune every model in ``contracts/model_cases.py`` at 0.5 with FilterPruning("l1").
 
 For each model: trace and prune times, params and FLOPs before and after, the equivalence
 error of the masked vs the pruned model, output structure, and a backward pass. Writes
@@ -13,20 +13,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import traceback
-from pathlib import Path
 from typing import Any
+
+from harness import RESULTS, write_text
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.coverage_contract import check_case  # noqa: E402
-from tests.model_cases import ModelCase, cases  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from contracts.coverage import check_case
+from contracts.model_cases import ModelCase, cases
 
 
 def run(selected: list[ModelCase]) -> list[dict[str, Any]]:
@@ -45,8 +40,7 @@ def run(selected: list[ModelCase]) -> list[dict[str, Any]]:
 
 
 def write(rows: list[dict[str, Any]], stem: str = "coverage") -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    write_text(RESULTS / f"{stem}.json", json.dumps(rows, indent=1))
     lines = ["# Coverage: FilterPruning(ratio=0.5, criterion='l1'), random weights", ""]
     for family in dict.fromkeys(r["family"] for r in rows):
         family_rows = [r for r in rows if r["family"] == family]
@@ -65,7 +59,7 @@ def write(rows: list[dict[str, Any]], stem: str = "coverage") -> None:
             f"{r['flops_after']:,} (-{1 - r['flops_after'] / max(r['flops_before'], 1):.0%}) | "
             f"{r['equivalence_error']:.1e} | {r['trace_s']:.2f} | {r['prune_s']:.2f} | "
             f"{r['skipped_groups']} | {', '.join(r['unknown_ops']) or '—'} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
 
 
 def main() -> None:

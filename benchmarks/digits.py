@@ -17,22 +17,18 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from harness import RESULTS, save_figure, write_text
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import prunekit as pk  # noqa: E402
-from prunekit.cli.demo import trained_digits_resnet  # noqa: E402
-from prunekit.measure.model import count_flops  # noqa: E402
-from prunekit.workflows.compare import default_methods  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+import prunekit as pk
+from prunekit.cli.demo import trained_digits_resnet
+from prunekit.measure.model import count_flops
+from prunekit.workflows.compare import default_methods
 
 
 def torch_pruning(importance: str, flops_target: float) -> Callable[[nn.Module, Any, Any], None]:
@@ -145,9 +141,8 @@ def goals(levels: dict[float, list[dict[str, Any]]], goal_target: float) -> list
 
 def write(levels: dict[float, list[dict[str, Any]]], runs: list[list[pk.Comparison]],
           args) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     summary = goals(levels, 0.5)
-    (RESULTS / "digits.json").write_text(json.dumps(
+    write_text(RESULTS / "digits.json", json.dumps(
         {"settings": {k: v for k, v in vars(args).items() if k != "results"},
          "summary": summary,
          "levels": [{"flops_target": t, "rows": rows} for t, rows in levels.items()],
@@ -175,7 +170,7 @@ def write(levels: dict[float, list[dict[str, Any]]], runs: list[list[pk.Comparis
                          f"{r['params'][0]:,.0f} | {r['latency_ms'][0]:.2f} | "
                          f"{pct(r['accuracy_as_pruned'])} | {pct(r['accuracy_one_shot'])} | "
                          f"{pct(r['accuracy_fine_tuned'])} | {verified} |")
-    (RESULTS / "digits.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / "digits.md", "\n".join(lines) + "\n")
     plot(levels, RESULTS / "digits.png")
 
 
@@ -208,7 +203,7 @@ def plot(levels: dict[float, list[dict[str, Any]]], path: Path) -> None:
     panels[1].set_ylim(max(0, base - 6), 100.5)
     panels[0].legend(fontsize=7, loc="lower right", ncol=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     plt.close(figure)
 
 

@@ -33,17 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import RESULTS, save_figure, write_text
+
 import torch
 import torch.distributed as dist
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from benchmarks.minilm import batches, docstring_sentences, embed_hidden, load_minilm, sentences
+from prunekit.core.distributed import is_main_process, world_size
 
-import prunekit as pk  # noqa: E402
-from benchmarks.minilm import batches, docstring_sentences, embed_hidden, load_minilm, sentences  # noqa: E402
-from prunekit.core.distributed import is_main_process, world_size  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 STEPS, ROUNDS = 40, 2
 SETUPS = (("1 process × 2 threads", 1, 2), ("2 processes × 1 thread", 2, 1),
           ("1 process × 1 thread", 1, 1))
@@ -111,8 +109,7 @@ def measure() -> dict:
 
 
 def write(results: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "distributed.json").write_text(json.dumps(results, indent=1))
+    write_text(RESULTS / "distributed.json", json.dumps(results, indent=1))
     base = results["rows"][0]
     drift = max(abs(a - b) / max(abs(a), 1e-12) for row in results["rows"]
                 for a, b in zip(base["losses"], row["losses"]))
@@ -133,7 +130,7 @@ def write(results: dict) -> None:
     same = all(row["removed"] == base["removed"] for row in results["rows"])
     lines += ["", f"Every set-up removed the same layers: {'yes' if same else 'NO'}. Largest "
               f"relative difference between the set-ups' losses at the same step: {drift:.1e}."]
-    (RESULTS / "distributed.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / "distributed.md", "\n".join(lines) + "\n")
     plot(results)
 
 
@@ -150,7 +147,7 @@ def plot(results: dict) -> None:
              "processes")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(RESULTS / "distributed.png", dpi=120)
+    save_figure(figure, RESULTS / "distributed.png")
 
 
 def main() -> None:

@@ -24,21 +24,17 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
+
+from harness import arguments, write_results
 
 import torch
 import torchvision
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from prunekit.measure.latency import speedup_cell, speedups_over_first
 
-import prunekit as pk  # noqa: E402
-from prunekit.measure.latency import speedup_cell, speedups_over_first  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 2
 RATIO = 0.3  # widths the ratio asks for are then rarely multiples of 8
 MODELS = {"ResNet-18": torchvision.models.resnet18, "ResNet-50": torchvision.models.resnet50,
@@ -104,15 +100,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    arguments(__doc__).parse_args()
     torch.set_num_threads(THREADS)
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         os.environ["PRUNEKIT_CACHE_DIR"] = cache  # start with an empty table
         for name, build in MODELS.items():
             rows.append(run_model(name, build))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fast_widths.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (RESULTS / "fast_widths.md").write_text(markdown(rows))
+    write_results("fast_widths", rows, markdown(rows))
     print(markdown(rows))
 
 

@@ -2,7 +2,7 @@
 
 Each decoder-only (``AutoModelForCausalLM``), encoder (``AutoModelForMaskedLM``) and
 encoder-decoder (``AutoModelForSeq2SeqLM``) model type goes through the contract in
-``tests/hf_contract.py``: a small config derived from its own defaults, random weights, then
+``contracts/hf.py``: a small config derived from its own defaults, random weights, then
 heads, MLP neurons and one layer pruned (each verified), the chained plan saved and reloaded,
 and causal LMs' greedy generation compared with the masked model. Types whose small config
 does not build or run on token ids alone (speech and multimodal models need other inputs) are
@@ -28,9 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from harness import RESULTS, ROOT, write_text
+
 TIME_LIMIT_S = 240
 MEMORY_LIMIT_GB = 8
 BATCH_SIZE = 12
@@ -44,7 +43,7 @@ def worker(batch: list[list[str]], limit_s: int) -> None:
     import torch
     import transformers
 
-    from tests.hf_contract import check_type
+    from contracts.hf import check_type
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -142,7 +141,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from tests.hf_contract import model_types
+    from contracts.hf import model_types
 
     selected = model_types()
     if options.only:
@@ -164,10 +163,9 @@ def main() -> None:
             "machine": f"{platform.machine()}, Python {platform.python_version()}, 1 thread",
             "when": time.strftime("%Y-%m-%d")}
     if not options.only:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "hf_architectures.json").write_text(json.dumps({"meta": meta, "rows": rows},
+        write_text(RESULTS / "hf_architectures.json", json.dumps({"meta": meta, "rows": rows},
                                                                   indent=1))
-        (RESULTS / "hf_architectures.md").write_text(to_markdown(rows, meta))
+        write_text(RESULTS / "hf_architectures.md", to_markdown(rows, meta))
 
 
 if __name__ == "__main__":

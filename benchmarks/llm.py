@@ -39,16 +39,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import RESULTS, write_text
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
 
-import prunekit as pk  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = (0.2, 0.35, 0.5)
 TOKENS = 256  # per sequence
@@ -313,9 +311,8 @@ def main() -> None:
         result = json.loads((RESULTS / f"{stem}.json").read_text())
     else:
         result = run(args.quick)
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{stem}.md").write_text(to_markdown(result))
+        write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=1))
+    write_text(RESULTS / f"{stem}.md", to_markdown(result))
     plot(result, RESULTS / f"{stem}.png")
     print(to_markdown(result))
 

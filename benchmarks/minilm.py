@@ -22,12 +22,15 @@ FLOPs and CPU latency (``torch.utils.benchmark``, one batch). Writes
 
 from __future__ import annotations
 
+from harness import RESULTS, save_figure, write_text
+
+PUBLISHED = RESULTS
+
 import argparse
 import copy
 import json
 import random
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +39,9 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from prunekit.measure.model import count_flops
 
-import prunekit as pk  # noqa: E402
-from prunekit.measure.model import count_flops  # noqa: E402
-
-RESULTS = PUBLISHED = ROOT / "benchmarks" / "results"
 HEAD_RATIOS = (0.1, 0.2, 0.3, 0.5)
 HEAD_CRITERIA = ("l1", "gradient", "output", "entropy", "reconstruction", "random")
 LAYER_CRITERIA = ("influence", "angular", "output", "last")
@@ -343,8 +342,7 @@ def _mean(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def write(results: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "minilm.json").write_text(json.dumps(results, indent=1))
+    write_text(RESULTS / "minilm.json", json.dumps(results, indent=1))
     base = results["rows"][0]
     lines = [f"# {results['model']}: heads and layers removed",
              "",
@@ -383,7 +381,7 @@ def write(results: dict[str, Any]) -> None:
                      f"{row['spearman']:.3f} | {row['recall_at_10']:.2f} | "
                      f"{row['params'] / base['params']:.0%} | {row['flops'] / base['flops']:.0%} | "
                      f"{row['latency_ms'] / row.get('latency_base_ms', base['latency_ms']):.0%} |")
-    (RESULTS / "minilm.md").write_text("\n".join(lines) + "\n")
+    write_text(RESULTS / "minilm.md", "\n".join(lines) + "\n")
     plot(results)
 
 
@@ -428,7 +426,7 @@ def plot(results: dict[str, Any]) -> None:
                title="Layer pruning")
     layers.legend()
     figure.tight_layout()
-    figure.savefig(RESULTS / "minilm.png", dpi=120)
+    save_figure(figure, RESULTS / "minilm.png")
 
 
 def main() -> None:

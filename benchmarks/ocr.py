@@ -56,22 +56,19 @@ import json
 import math
 import random
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
+
+from harness import RESULTS, save_figure, write_text
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
 
-import prunekit as pk  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 HEIGHT, WIDTH = 64, 256
 BATCH = 32
 BUDGETS = (0.5, 0.7, 0.8, 0.9)  # fractions of the FLOPs removed
@@ -720,7 +717,7 @@ def main() -> None:
         ".json").exists() else {"rows": [], "meta": {}}
     rows, meta = saved["rows"], saved["meta"]
     if options.replot:
-        stem.with_suffix(".md").write_text(to_markdown(rows, meta))
+        write_text(stem.with_suffix(".md"), to_markdown(rows, meta))
         plot(rows, stem.with_suffix(".png"))
         return
     parts = (("recognizer", "detector", "aims", "detector-aims") if options.part == "both"
@@ -748,9 +745,8 @@ def main() -> None:
         meta[part] = part_meta
     meta.update({"torch": torch.__version__.split("+")[0], "quick": options.quick,
                  "threads": 2})
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    stem.with_suffix(".md").write_text(to_markdown(rows, meta))
+    write_text(stem.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_text(stem.with_suffix(".md"), to_markdown(rows, meta))
     plot(rows, stem.with_suffix(".png"))
 
 
@@ -1070,7 +1066,7 @@ def plot(rows: list[dict], path: Path) -> None:
         # below the axes: inside, it hid the lines
         ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     drawing.tight_layout()
-    drawing.savefig(path, dpi=120)
+    save_figure(drawing, path)
     plt.close(drawing)
 
 

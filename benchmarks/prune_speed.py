@@ -28,21 +28,17 @@ import copy
 import gc
 import json
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
+
+from harness import RESULTS, write_text
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from benchmarks.vs_torch_pruning import classifier_layers
 
-import prunekit as pk  # noqa: E402
-from benchmarks.vs_torch_pruning import classifier_layers  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 RATIO = 0.5
 MODELS = {"resnet50": 224, "densenet121": 224, "efficientnet_b0": 224,
           "mobilenet_v3_large": 224, "convnext_tiny": 224, "regnet_y_1_6gf": 224,
@@ -141,7 +137,7 @@ def write_section(markdown: str) -> None:
     path = RESULTS / "vs_torch_pruning.md"
     text = path.read_text() if path.exists() else ""
     before = text.split(SECTION)[0].rstrip("\n")
-    path.write_text((before + "\n\n" if before else "") + markdown)
+    write_text(path, (before + "\n\n" if before else "") + markdown)
 
 
 def main() -> None:
@@ -150,11 +146,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     rows = [measure(name, args.rounds) for name in (args.only or MODELS)]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prune_speed.json").write_text(json.dumps(
+    write_text(RESULTS / "prune_speed.json", json.dumps(
         {"rounds": args.rounds, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
     markdown = to_markdown(rows, args.rounds)
-    (RESULTS / "prune_speed.md").write_text(markdown)
+    write_text(RESULTS / "prune_speed.md", markdown)
     if not args.only:
         write_section(markdown)
     print(markdown)

@@ -26,26 +26,23 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from harness import RESULTS, write_text
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from benchmarks.minilm import batches, embed_hidden, load_minilm, sentences
+from benchmarks.speed import OnnxModule
+from prunekit.cli.demo import trained_digits_resnet
+from prunekit.measure.latency import time_models, timing
+from prunekit.recover import train_classifier
 
-import prunekit as pk  # noqa: E402
-from benchmarks.minilm import batches, embed_hidden, load_minilm, sentences  # noqa: E402
-from benchmarks.speed import OnnxModule  # noqa: E402
-from prunekit.cli.demo import trained_digits_resnet  # noqa: E402
-from prunekit.measure.latency import time_models, timing  # noqa: E402
-from prunekit.recover import train_classifier  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 2
 VARIANTS = ("unpruned", "unpruned int8", "pruned", "pruned int8")
 
@@ -173,9 +170,8 @@ def main() -> None:
     for run in runs:
         results.append(run())
         print(json.dumps(results[-1], indent=1), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quantize.json").write_text(json.dumps(results, indent=1))
-    (RESULTS / "quantize.md").write_text(to_markdown(results))
+    write_text(RESULTS / "quantize.json", json.dumps(results, indent=1))
+    write_text(RESULTS / "quantize.md", to_markdown(results))
     print(to_markdown(results))
 
 

@@ -26,23 +26,21 @@ import copy
 import gc
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import RESULTS, write_text
+
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prunekit as pk
+from prunekit.export.formats import onnx_runner
+from prunekit.measure.latency import speedups_over_first
+from prunekit.measure.model import count_flops
 
-import prunekit as pk  # noqa: E402
-from prunekit.export.formats import onnx_runner  # noqa: E402
-from prunekit.measure.latency import speedups_over_first  # noqa: E402
-from prunekit.measure.model import count_flops  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 THREADS = 2
 BATCHES = (1, 8)
 RUNTIMES = ("eager", "eager-fused", "onnx", "compile")
@@ -316,16 +314,14 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     if args.breakdown:
         found = [row for name in args.breakdown for row in breakdown(name)]
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "speed_breakdown.json").write_text(json.dumps(found, indent=1))
-        (RESULTS / "speed_breakdown.md").write_text(breakdown_markdown(found))
+        write_text(RESULTS / "speed_breakdown.json", json.dumps(found, indent=1))
+        write_text(RESULTS / "speed_breakdown.md", breakdown_markdown(found))
         print(breakdown_markdown(found))
         return
     names = args.only or list(MODELS)
     rows = []
     for name in names:
         rows += run_model(name, tuple(args.runtimes), args.min_time)
-    RESULTS.mkdir(exist_ok=True)
     result_file = RESULTS / "speed.json"
     if args.only and result_file.exists():  # merge: keep the other models' rows
         kept = [r for r in json.loads(result_file.read_text())["rows"]
@@ -334,9 +330,9 @@ def main() -> None:
         rows = sorted(kept + rows, key=lambda r: (list(MODELS).index(r["model"]),
                                                   -r.get("round_to", 1), r["batch"],
                                                   RUNTIMES.index(r["runtime"])))
-    result_file.write_text(json.dumps({"threads": THREADS, "torch": torch.__version__,
+    write_text(result_file, json.dumps({"threads": THREADS, "torch": torch.__version__,
                                        "rows": rows}, indent=1))
-    (RESULTS / "speed.md").write_text(to_markdown(rows))
+    write_text(RESULTS / "speed.md", to_markdown(rows))
     print(f"written {RESULTS / 'speed.md'}")
 
 

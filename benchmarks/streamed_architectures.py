@@ -1,7 +1,7 @@
 """Streamed pruning against in-memory pruning on every Hugging Face decoder architecture.
 
 For every model type in transformers' causal-LM mapping: a small random model (4 layers,
-hidden 64, the sizes of ``tests/hf_contract.py``) saved with ``save_pretrained`` in shards;
+hidden 64, the sizes of ``contracts/hf.py``) saved with ``save_pretrained`` in shards;
 then, for each of four methods — MLP neurons (``FilterPruning(0.5, "l1")``), heads
 (``HeadPruning(0.5, "l2")``), depth (``LayerPruning(2, "influence")``) and hidden size
 (``HiddenPruning(0.25, "l2")``) — the folder is pruned
@@ -27,21 +27,18 @@ import argparse
 import collections
 import json
 import re
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
+from harness import RESULTS, write_text
+
 import torch
 import transformers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from contracts.hf import model_inputs, model_types, small_config
 
-import prunekit as pk  # noqa: E402
-from tests.hf_contract import model_inputs, model_types, small_config  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 METHODS = {"mlp": lambda: pk.FilterPruning(0.5, "l1"), "heads": lambda: pk.HeadPruning(0.5, "l2"),
            "layers": lambda: pk.LayerPruning(2, "influence"),
            "hidden": lambda: pk.HiddenPruning(0.25, "l2")}
@@ -136,9 +133,8 @@ def main() -> None:
             row[name] = compare(source, METHODS[name], batches)
         rows.append(row)
         print(model_type, row, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streamed_architectures.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (RESULTS / "streamed_architectures.md").write_text(markdown(rows))
+    write_text(RESULTS / "streamed_architectures.json", json.dumps(rows, indent=1) + "\n")
+    write_text(RESULTS / "streamed_architectures.md", markdown(rows))
     print(markdown(rows))
 
 

@@ -42,12 +42,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import RESULTS, write_text
+
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-RESULTS = ROOT / "benchmarks" / "results"
 SHAPE = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
              num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
              max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False,
@@ -226,9 +224,8 @@ def main() -> None:
         if args.small:
             print(markdown(report))
             return
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "streamed_llm.json").write_text(json.dumps(report, indent=1) + "\n")
-        (RESULTS / "streamed_llm.md").write_text(markdown(report))
+        write_text(RESULTS / "streamed_llm.json", json.dumps(report, indent=1) + "\n")
+        write_text(RESULTS / "streamed_llm.md", markdown(report))
         print(markdown(report))
 
 

@@ -9,16 +9,14 @@ memory (the child's ``ru_maxrss``). Writes ``benchmarks/results/test_suite.{json
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from harness import ROOT, arguments, markdown_table, write_results
+
 TIERS = {"fast": ["-m", "not slow"], "full": []}
 
 
@@ -42,18 +40,16 @@ def run_tier(name: str, options: list[str]) -> dict:
 
 
 def main() -> None:
+    arguments(__doc__).parse_args()
     rows = [run_tier(name, options) for name, options in TIERS.items()]
-    RESULTS.mkdir(parents=True, exist_ok=True)
     machine = f"{os.cpu_count()} CPU cores, {platform.python_version()}"
-    (RESULTS / "test_suite.json").write_text(json.dumps({"machine": machine, "tiers": rows},
-                                                        indent=1))
-    lines = [f"# Test tiers ({machine})", "", "| tier | command | wall time | peak resident "
-             "memory | result |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['tier']} | `{r['command']}` | {r['seconds'] / 60:.1f} min | "
-                     f"{r['peak_rss_gb']:.1f} GB | {r['summary']} |")
-    (RESULTS / "test_suite.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = markdown_table(
+        ["tier", "command", "wall time", "peak resident memory", "result"],
+        [[r["tier"], f"`{r['command']}`", f"{r['seconds'] / 60:.1f} min",
+          f"{r['peak_rss_gb']:.1f} GB", r["summary"]] for r in rows])
+    markdown = f"# Test tiers ({machine})\n\n{table}\n"
+    write_results("test_suite", {"machine": machine, "tiers": rows}, markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -25,23 +25,19 @@ import gc
 import json
 import math
 import signal
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
+
+from harness import RESULTS, write_text
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import prunekit as pk
+from contracts.model_cases import ModelCase, cases
+from prunekit.core.calls import call_model, iter_tensors
+from prunekit.measure.model import count_flops, count_params
 
-import prunekit as pk  # noqa: E402
-from prunekit.core.calls import call_model, iter_tensors  # noqa: E402
-from prunekit.measure.model import count_flops, count_params  # noqa: E402
-from tests.model_cases import ModelCase, cases  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 RATIO = 0.5
 TIME_LIMIT_S = 300  # per library and model; a library still working then has failed it
 
@@ -182,8 +178,7 @@ def _cell(result: dict[str, Any]) -> str:
 
 def write(rows: list[dict[str, Any]], stem: str) -> dict[str, Any]:
     totals = summary(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"summary": totals, "rows": rows}, indent=1))
+    write_text(RESULTS / f"{stem}.json", json.dumps({"summary": totals, "rows": rows}, indent=1))
     lines = [
         f"# prunekit vs Torch-Pruning 1.6.1: ratio {RATIO}, L1 magnitude, random weights",
         "",
@@ -210,7 +205,7 @@ def write(rows: list[dict[str, Any]], stem: str) -> dict[str, Any]:
     # the alternating speed section (benchmarks/prune_speed.py) is kept as it is
     kept = path.read_text().split("## Prune call speed", 1) if path.exists() else [""]
     section = "\n## Prune call speed" + kept[1] if len(kept) == 2 else ""
-    path.write_text("\n".join(lines) + "\n" + section)
+    write_text(path, "\n".join(lines) + "\n" + section)
     return totals
 
 
@@ -218,7 +213,7 @@ def main() -> None:
     global TIME_LIMIT_S, ignored_layers
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="torchvision-classification",
-                        help="a family of tests/model_cases.py, or several joined by commas")
+                        help="a family of contracts/model_cases.py, or several joined by commas")
     parser.add_argument("--only", nargs="*", help="only these model names")
     parser.add_argument("--out", default="vs_torch_pruning", help="result file stem")
     parser.add_argument("--time-limit", type=int, default=TIME_LIMIT_S,

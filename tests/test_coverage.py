@@ -12,8 +12,8 @@ then exported to ONNX and checked in ONNX Runtime against PyTorch (``pk.export``
 
 import pytest
 
-from .coverage_contract import check_case, release_memory
-from .model_cases import EXPORT_UNSUPPORTED, UNSUPPORTED, ci_cases
+from contracts.coverage import check_case, release_memory
+from contracts.model_cases import EXPORT_UNSUPPORTED, UNSUPPORTED, ci_cases
 
 
 def _param(case):

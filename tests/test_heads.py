@@ -322,7 +322,7 @@ def test_t5_heads_go_with_their_relative_position_bias(tmp_path):
 ])
 def test_heads_are_found_where_the_view_does_not_show_them_plainly(model_type, attention, count,
                                                                    tmp_path):
-    from .hf_contract import small_config
+    from contracts.hf import small_config
 
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(small_config(model_type)).eval()

@@ -1,4 +1,4 @@
-"""The Hugging Face architecture contract (``tests/hf_contract.py``) on a subset of model types
+"""The Hugging Face architecture contract (``contracts/hf.py``) on a subset of model types
 that each once failed a step (the benchmark, ``benchmarks/hf_architectures.py``, runs every
 type), and the config shrinking it relies on."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import transformers
 
-from .hf_contract import SMALL, check_type, model_types, small_config
+from contracts.hf import SMALL, check_type, model_types, small_config
 
 transformers.logging.set_verbosity_error()
 

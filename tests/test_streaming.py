@@ -9,13 +9,13 @@ import transformers
 from typer.testing import CliRunner
 
 import prunekit as pk
+from contracts.hf import small_config
 from prunekit.cli import commands as cli
 from prunekit.errors import ConfigError, PruneError
 from prunekit.streaming import blocks as stream_blocks
 from prunekit.streaming import hidden as stream_hidden
 from prunekit.streaming import orchestrator as streaming
 from prunekit.streaming import width as stream_width
-from tests.hf_contract import small_config
 
 transformers.logging.set_verbosity_error()
 

@@ -39,12 +39,10 @@ TRUST_PICKLE_HELP = ("read an Ultralytics .pt file as Ultralytics does, by unpic
                      "can run code stored in the file: only for a file you trust (by default "
                      "only PyTorch and Ultralytics module classes may be named in it)")
 CALIBRATION_HELP = "training batches data-driven criteria read"
-# random example inputs carry no labels: rank layers by a label-free criterion by default
-DEFAULT_CRITERIA = {"layers": "influence"}
 CRITERION_HELP = ("channels: " + ", ".join(criterion_names("channels"))
                   + "; heads: " + ", ".join(criterion_names("heads"))
                   + "; layers: " + ", ".join(criterion_names("layers"))
-                  + ". Default l1, influence for layers")
+                  + ". Default: the method's own (l1; influence for layers)")
 
 
 def fail(error: Exception) -> None:
@@ -68,7 +66,7 @@ def method_from_options(name: str, criterion: str | None, optional: dict | None 
     if name not in methods:
         raise ConfigError(f"--method {name!r}: choose one of {sorted(methods)}"
                           f"{did_you_mean(name, list(methods))}")
-    criterion = criterion or DEFAULT_CRITERIA.get(name, "l1")
+    # without --criterion, the method's own default, as in Python
     return methods[name].from_options(optional, criterion=criterion, **options)
 
 

@@ -43,8 +43,9 @@ class LayerProposal(Proposal):
 @dataclass
 class LayerPruning(PruningMethod):
     """Remove ``n`` whole layers or blocks, the least important by ``criterion``
-    (``pk.criterion_names("layers")``: ``"loss"``, ``"accuracy"``, ``"output"``,
-    ``"influence"``, ``"angular"``, ``"last"`` …; see ``prunekit.importance.layers``).
+    (``pk.criterion_names("layers")``: ``"influence"``, the default, reads no labels;
+    ``"loss"``, ``"accuracy"``, ``"output"``, ``"angular"``, ``"last"`` …; see
+    ``prunekit.importance.layers``).
 
     With ``flops_target``, as many layers as it takes (least important first) to remove that
     fraction of FLOPs, or every candidate if even that is not enough. Modules given to
@@ -60,7 +61,7 @@ class LayerPruning(PruningMethod):
     streams: ClassVar[bool] = True
 
     n: int = 1
-    criterion: str = "loss"
+    criterion: str = "influence"  # the same default on every surface: it needs no labels
     flops_target: float | None = None
 
     cli_name: ClassVar[str] = "layers"

@@ -28,8 +28,7 @@ import transformers
 
 import prunekit as pk
 from prunekit.checks.verify import mask
-
-from .helpers import outputs
+from prunekit.core.calls import call_model, iter_tensors
 
 # the auto class of each kind; a type in several mappings is taken as the first kind listed
 # (BART, which also has a decoder-only head, as encoder-decoder; BERT, which also has a causal
@@ -273,3 +272,10 @@ def _check_generation(original, results: dict, inputs, methods: dict) -> str:
             return f"DIFFERS after {step}"
         checked.append(step)
     return f"same tokens ({', '.join(checked)})" if checked else "nothing to compare"
+
+
+def outputs(model, inputs) -> list[torch.Tensor]:
+    """Every output tensor of ``model`` on ``inputs``, in eval mode, without gradients."""
+    model.eval()
+    with torch.no_grad():
+        return list(iter_tensors(call_model(model, inputs)))
