@@ -126,3 +126,17 @@ def test_progress_on_a_terminal_is_one_line_with_the_time_left():
     text = stream.getvalue()
     assert text.count("\n") == 1 and text.count("\r") == 2  # rewritten in place
     assert "distilling 2/4: loss 0.4" in text and "left" in text
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: pk.FilterPruning(float("nan")), r"FilterPruning.ratio must be a number in \[0, 1\)"),
+    (lambda: pk.FilterPruning(True), r"FilterPruning.ratio must be a number in \[0, 1\)"),
+    (lambda: pk.LayerPruning(n=0), "LayerPruning.n must be a positive integer, got 0"),
+    (lambda: pk.HeadPruning(0.5, rounds=2.0), "HeadPruning.rounds must be a positive integer"),
+    (lambda: pk.Distillation(steps=True), "steps must be a positive integer, got True"),
+    (lambda: pk.Distillation(lr=float("inf")), "lr must be a number >= 0, got inf"),
+    (lambda: pk.Distillation(temperature=-1), "temperature must be a positive number"),
+])
+def test_every_count_and_fraction_is_checked_the_same_way(call, message):
+    with pytest.raises(pk.ConfigError, match=message):
+        call()

@@ -263,7 +263,7 @@ def test_reconstruct_refits_on_the_given_data_as_the_library_does(tmp_path, resi
         out = tmp_path / flag
         result = runner.invoke(app, ["prune", "--model", f"{source}:residual_cnn", "--data",
                                      f"{source}:loaders", "--method", "channel", "--criterion",
-                                     "l2", "--input-shape", "1,1,8,8", flag, "--no-latency",
+                                     "l2", flag, "--no-latency",
                                      "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert "re-fitted the layers on the random example inputs" not in result.output

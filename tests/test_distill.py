@@ -168,7 +168,7 @@ def test_the_learning_rate_warms_up_then_decays_to_zero():
     (dict(output_loss="kld"), "output_loss must be one of"),
     (dict(hidden_loss="l1"), "hidden_loss must be one of"),
     (dict(schedule="step"), "schedule must be one of"),
-    (dict(warmup=1.0), "warmup is a fraction"),
+    (dict(warmup=1.0), "warmup must be a number in \\[0, 1\\) \\(a fraction of the steps\\)"),
     (dict(temperature=0), "temperature must be a positive number"),
     (dict(checkpoint_every=5), "checkpoint_every needs checkpoint="),
     (dict(layer_map={"0": "nowhere"}), "the teacher has no module 'nowhere'"),

@@ -240,7 +240,8 @@ def test_a_latency_target_searches_by_timing_and_reports_what_it_reached():
     assert reached is not None and reached.target == 0.6
     assert reached.reached == pytest.approx(1 / reached.measured.speedup)
     assert model[0].out_features < 1024  # something was removed to get there
-    assert "latency target 60% of the unpruned model's, reached" in str(result)
+    verdict = "met" if reached.reached <= 0.63 else "not met"  # within 5% of 60%, or below
+    assert f"latency target 60% of the unpruned model's time: {verdict}, reached " in str(result)
     assert model[0].out_features % 8 == 0  # widths the CPU kernels run fast
     assert result.report.ok  # still the verified prune
     assert result.latency.widths == ""  # none timed per layer

@@ -34,6 +34,7 @@ Shapes = list[tuple[int, ...]]
 
 class CheckReport(Protocol):
     ok: bool
+    checked: str  # what was checked, in two or three words, for a table's column
     # the sizes of the unpruned and the pruned model, measured in the check's forward passes
     unpruned: Measurement | None
     pruned: Measurement | None
@@ -97,6 +98,7 @@ class Equivalence(_KeptInOneApplication):
 
 @dataclass
 class RunsReport:
+    checked = "runs, same shapes"
     ok: bool
     shapes: Shapes
     reference: Shapes
@@ -143,6 +145,7 @@ def _measured(model: nn.Module, inputs: CheckInputs) -> tuple[Measurement, Shape
 
 @dataclass
 class BypassReport:
+    checked = "blocks bypassed"
     ok: bool
     removed: list[str]
     unchanged: int

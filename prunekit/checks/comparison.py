@@ -56,6 +56,8 @@ class OutputComparison:
 class VerifyReport:
     """Every output of the masked and the pruned model, compared on every input checked."""
 
+    checked = "equivalent"  # (a class attribute: what this kind of report checks)
+
     outputs: list[OutputComparison]
     tolerance: float
     inputs: str = "the example inputs"

@@ -25,8 +25,10 @@ from ..measure.model import measure
 from ..methods import PruningMethod, cli_methods
 from .model_sources import model_help
 
+# click's own help layout (rich_markup_mode=None) wraps every option's text at the terminal's
+# width; rich's tables cut option names short on an 80-column terminal
 app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
 # without a terminal (a pipe, a CI log) rich would assume 80 columns and cut table cells to
 # "(influen…"; a log has room, so tables keep their full text there
 console = Console(width=None if sys.stdout.isatty() else 200)

@@ -151,6 +151,7 @@ def _hugging_face(path: str, option: str, trust_pickle: bool) -> nn.Module:
     from ..adapters.hf.skeleton import saved_class
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # ("Loading weights" bars in a log)
     try:
         # the class the folder was saved from, with its task head (a causal LM's lm_head, a
         # classifier), as streamed pruning builds it; AutoModel would drop the head

@@ -59,7 +59,8 @@ def prune(
     input_shape: str = typer.Option(None, help="example input shape (default 1,3,224,224; "
                                                "BATCH,TOKENS = 2,16 for text models)"),
     method: str = typer.Option("filter", help=METHOD_HELP),
-    ratio: float = typer.Option(0.5, help="fraction of each group's channels (or heads) to remove"),
+    ratio: float = typer.Option(None, help="fraction of each group's channels (or heads) to "
+                                           "remove (default 0.5; not with a target)"),
     n: int = typer.Option(1, help="--method layers: how many layers or blocks to remove"),
     criterion: str = typer.Option(None, help=CRITERION_HELP),
     round_to: str = typer.Option("1", help="keep a multiple of this many channels, or "
@@ -97,12 +98,16 @@ def prune(
     source's tokenizer and sentence-transformers files; they go to OUT/tokenizer when no
     config can describe the pruned model). OUT is replaced as a whole."""
     try:
+        _check_targets(ratio, flops_target, latency_target, input_shape, data)
         pruning = method_from_options(
-            method, criterion, optional={"ratio": ratio, "n": n},
+            method, criterion, optional={"ratio": 0.5 if ratio is None else ratio, "n": n},
             round_to=None if round_to == "1" else parse_round_to(round_to),
             flops_target=flops_target,
             latency_target=latency_target, global_ranking=global_ranking or None,
             reconstruct=reconstruct or None)
+        if data is None and _reads_loss(pruning):
+            raise ConfigError(f"--criterion {pruning.criterion}: it ranks by a loss on labelled "
+                              f"batches; pass --data with (inputs, labels) batches")
         if stream:
             _prune_streamed(model, checkpoint, pruning, data, calibration_batches, out)
             return
@@ -118,6 +123,22 @@ def prune(
     except (PruneError, ConfigError) as error:
         fail(error)
     _report(model, pruning, pruned, data is None, out)
+
+
+def _check_targets(ratio: float | None, flops_target: float | None,
+                   latency_target: float | None, input_shape: str | None,
+                   data: str | None) -> None:
+    """Options that would silently override each other are refused."""
+    target = ("--flops-target" if flops_target is not None
+              else "--latency-target" if latency_target is not None else None)
+    if ratio is not None and target:
+        raise ConfigError(f"--ratio and {target}: the target decides how much goes; give one "
+                          f"of them")
+    if flops_target is not None and latency_target is not None:
+        raise ConfigError("--flops-target and --latency-target: give one target")
+    if input_shape is not None and data is not None:
+        raise ConfigError("--input-shape and --data: the example inputs are the first --data "
+                          "batch; leave --input-shape out")
 
 
 def _inputs(network, input_shape: str | None, data: str | None, batches: int
@@ -176,8 +197,8 @@ def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: b
     elif result.config_matches is False:
         console.print("the pruned sizes differ from what one config can describe: reload it "
                       "with pk.load" + (f"; the tokenizer and other files of the source are "
-                                        f"in {out / 'tokenizer'}/" if model.startswith("hf:")
-                                        else ""))
+                                        f"in {out / 'tokenizer'}/"
+                                        if (out / "tokenizer").is_dir() else ""))
 
 
 def _prune_streamed(model: str, checkpoint: Path | None, pruning: PruningMethod,
@@ -218,12 +239,23 @@ def _copy_for_timing(network):
         return None
 
 
-def _reads_data(pruning: PruningMethod) -> bool:
-    """Whether the method's criterion ranks by activations, losses or outputs on data."""
+def _reads_loss(pruning: PruningMethod) -> bool:
+    """Whether the method's criterion needs a loss, which random inputs cannot give."""
+    entry = _criterion(pruning)
+    return entry is not None and getattr(entry.criterion, "reads_loss", False)
+
+
+def _criterion(pruning: PruningMethod):
     criterion = getattr(pruning, "criterion", None)
     target = getattr(pruning, "target", "layers" if isinstance(pruning, LayerPruning)
                      else "channels")
     try:
-        return bool(criterion) and get_criterion(criterion, target, "").needs_data
+        return get_criterion(criterion, target, "") if criterion else None
     except ConfigError:
-        return False
+        return None
+
+
+def _reads_data(pruning: PruningMethod) -> bool:
+    """Whether the method's criterion ranks by activations, losses or outputs on data."""
+    entry = _criterion(pruning)
+    return entry is not None and entry.needs_data

@@ -186,5 +186,5 @@ def compare(
 
 
 def _show_comparison(comparison) -> None:
-    show(comparison.table(), title=f"digits ResNet: {comparison.flops_target:.0%} of FLOPs "
-                                   f"removed, {comparison.finetune_epochs} fine-tuning epochs")
+    show(comparison.table(), title=f"digits ResNet: FLOPs budget {comparison.flops_target:.0%}"
+                                   f", {comparison.finetune_epochs} fine-tuning epochs")

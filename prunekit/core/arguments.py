@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import warnings
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -50,11 +51,29 @@ def check_example_inputs(example_inputs: Any, what: str = "example_inputs") -> N
                               f"one sample, since an empty batch verifies nothing")
 
 
+def check_whole(value: Any, name: str, minimum: int = 1, meaning: str = "") -> None:
+    """``value`` is a whole number of at least ``minimum`` (a bool is not): every count an
+    option takes is checked here, so every such mistake reads the same."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"a whole number >= {minimum}"
+        raise ConfigError(f"{name} must be {wanted}{meaning}, got {value!r}")
+
+
+def check_number(value: Any, name: str, minimum: float = 0.0, *, above: bool = False,
+                 below: float | None = None, wanted: str = "", meaning: str = "") -> None:
+    """``value`` is a finite number ``>= minimum`` (``> minimum`` with ``above``) and, with
+    ``below``, ``< below``; NaN and a bool are refused. ``wanted`` replaces the default
+    description ("a number >= 0") in the message."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    fits = number and math.isfinite(value) and (value > minimum if above else value >= minimum)
+    if not fits or (below is not None and not value < below):
+        default = (f"a number in [{minimum:g}, {below:g})" if below is not None
+                   else f"a number {'>' if above else '>='} {minimum:g}")
+        raise ConfigError(f"{name} must be {wanted or default}{meaning}, got {value!r}")
+
+
 def check_tolerance(tolerance: Any) -> None:
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
-            tolerance >= 0):  # NaN fails this too
-        raise ConfigError(f"tolerance must be a number >= 0 (a fraction of each output's "
-                          f"scale), got {tolerance!r}")
+    check_number(tolerance, "tolerance", meaning=" (a fraction of each output's scale)")
 
 
 def check_optimizer(optimizer: Any) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.arguments import check_tolerance
+from ..core.arguments import check_tolerance, check_whole
 from ..core.calls import call_model, evaluating, largest_difference
 from ..errors import ConfigError, PruneError
 from ..measure.latency import batch_size
@@ -161,8 +161,7 @@ def _check_arguments(path: Path, chosen: ExportFormat, quantize: str | None, tol
         raise ConfigError(f"path {str(path)!r} is a folder; give a file path such as "
                           f"{str(path / ('model' + path.suffix if path.suffix else 'model.onnx'))!r}")
     check_tolerance(tolerance)
-    if isinstance(fresh_inputs, bool) or not isinstance(fresh_inputs, int) or fresh_inputs < 0:
-        raise ConfigError(f"fresh_inputs must be a whole number >= 0, got {fresh_inputs!r}")
+    check_whole(fresh_inputs, "fresh_inputs", minimum=0)
 
 
 def _inputs_to_check(example_inputs: Any, fresh_inputs: int, dynamic_batch: bool, seed: int

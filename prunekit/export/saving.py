@@ -137,6 +137,7 @@ def write_checkpoint(model: nn.Module, folder: Path, plan: Plan) -> None:
     """The checkpoint's files, written into ``folder`` as they are (``save`` stages them)."""
     check_matches_plan(model, plan)
     save_model(model, str(folder / WEIGHTS_FILE))
+    as_umask_allows(folder / WEIGHTS_FILE)
     plan.save(folder / PLAN_FILE)
 
 
@@ -188,6 +189,12 @@ def _target_of(directory: Path) -> Path:
         raise PlanError(f"cannot save to {str(directory)!r}: it is the current folder or one "
                         f"above it, which saving would replace; name a new folder inside it")
     return target
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give a written file the permissions a plain ``open`` would (safetensors writes its
+    files readable by their owner alone)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -41,6 +41,11 @@ class ActivationStatistic(DataCriterion):
 
     statistic: str  # "apoz" | "mean_activation" | "taylor"
 
+    @property
+    def reads_loss(self) -> bool:
+        """Taylor's scores need a loss: labelled batches, or a ``loss_fn``."""
+        return self.statistic == "taylor"
+
     def score_groups(self, graph, groups, data: Iterable,
                      loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
         """``{group axis: scores}`` for the groups with an activation site."""

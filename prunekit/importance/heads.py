@@ -54,6 +54,8 @@ from .elimination import Fit, elimination_scores
 class HeadGradient(DataCriterion):
     """Michel et al.'s gradient head importance (see the module docstring)."""
 
+    reads_loss: ClassVar[bool] = True  # labelled batches, or a loss_fn
+
     def score_groups(self, graph, groups, data: Iterable,
                      loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
         model = graph.model

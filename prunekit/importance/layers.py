@@ -46,6 +46,7 @@ class SkipEffect(LayerCriterion):
     """Loss rise (``"loss"``) or accuracy drop (``"accuracy"``) when the layer is skipped."""
 
     measure: str = "loss"
+    reads_loss: ClassVar[bool] = True  # labelled batches (a loss or an accuracy)
 
     def score_layers(self, model, candidates, batches, context):
         return _skip_effect(model, candidates, batches, self.measure, context.loss_fn,

@@ -99,15 +99,17 @@ class LatencyReached:
 
     @property
     def met(self) -> bool:
-        """Within 5% of the target (the search's tolerance)."""
-        return abs(self.reached - self.target) <= 0.05 * self.target
+        """At or below the target, within 5% (the search's tolerance)."""
+        return self.reached <= self.target * 1.05
 
     def __str__(self) -> str:
-        text = (f"latency target {self.target:.0%} of the unpruned model's, reached "
-                f"{self.reached:.0%} ({self.measured})")
+        verdict = "met" if self.met else "not met"
+        gap = (self.reached - self.target) * 100
+        text = (f"latency target {self.target:.0%} of the unpruned model's time: {verdict}, "
+                f"reached {self.reached:.0%} ({gap:+.0f} points; {self.measured})")
         if not self.met:
-            text += ("; not within 5% of the target: the timings on this machine vary more "
-                     "than that, or no ratio lands closer")
+            text += ("; the timings on this machine vary more than the search's 5%, or no "
+                     "ratio lands closer")
         if self.widths:
             text += f"; {self.widths}"
         return text

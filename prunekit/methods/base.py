@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Iterable
 from torch import nn
 
 from ..checks.checks import Check, Equivalence, Runs
+from ..core.arguments import check_number
 from ..core.batches import LossFn
 from ..core.progress import Reporter, silent
 from ..core.tables import ResultTable
@@ -197,12 +198,13 @@ def method_from_dict(data: dict[str, Any]) -> PruningMethod:
 
 
 def check_ratio(ratio: Any, what: str) -> None:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        # a method's first argument is its ratio: a criterion there is an easy slip
-        hint = (f" (the criterion is the second argument or criterion=, e.g. "
-                f"criterion={ratio!r})" if isinstance(ratio, str) and what.endswith(".ratio")
-                else "")
-        raise ConfigError(f"{what} must be a number in [0, 1), got {ratio!r}{hint}")
+    # a method's first argument is its ratio: a criterion there is an easy slip
+    hint = (f" (the criterion is the second argument or criterion=, e.g. criterion={ratio!r})"
+            if isinstance(ratio, str) and what.endswith(".ratio") else "")
+    try:
+        check_number(ratio, what, below=1)
+    except ConfigError as error:
+        raise ConfigError(f"{error}{hint}") from None
 
 
 def cli_methods() -> dict[str, type[PruningMethod]]:

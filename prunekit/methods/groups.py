@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 from torch import nn
 
+from ..core.arguments import check_whole
 from ..errors import ConfigError, PruneError
 from ..graph.dependency import DependencyGraph, Group, Member
 from ..importance import ChannelView, get_criterion, streaming_names
@@ -47,6 +48,9 @@ def check_module_names(model: nn.Module, names: Iterable[str], who: str) -> None
             raise ConfigError(f"{who}: the model has no module {name!r}{hint}")
 
 
+SHOWN_MEMBERS = 4  # a skipped group's members named in its one-line description
+
+
 @dataclass
 class GroupProposal(Proposal):
     """Kept channels per group of a traced graph; a piece is one group."""
@@ -61,7 +65,16 @@ class GroupProposal(Proposal):
         return list(self.keep)
 
     def describe(self, piece: int) -> str:
-        return next((str(g) for g in self.graph.all_groups if g.axis == piece), "?")
+        """The group in a line: its size and its first members (a group can couple dozens of
+        tensors; ``result.skipped`` is read in a terminal)."""
+        group = next((g for g in self.graph.all_groups if g.axis == piece), None)
+        if group is None:
+            return "?"
+        shown = " => ".join(str(m) for m in group.members[:SHOWN_MEMBERS])
+        more = len(group.members) - SHOWN_MEMBERS
+        return (f"group {group.id}: {group.size} channels"
+                f"{' (structural)' if group.structural else ''}: {shown}"
+                + (f" (+{more} more)" if more > 0 else ""))
 
     def plan(self, pieces: list[int]) -> Plan:
         return plan_from_keep(self.graph, {a: self.keep[a] for a in pieces}, self.method)
@@ -323,8 +336,7 @@ class GroupPruning(PruningMethod):
         of t of the original is t·step/steps after this step, restated relative to the model
         the step starts from, so it makes up for earlier steps that over- or undershot (small
         layers cannot be cut finely)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        check_whole(steps, "steps")
         budget = self.budget()
         if budget is None:
             if "units" not in removed:

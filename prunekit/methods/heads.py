@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from ..core.arguments import check_whole
 from ..errors import ConfigError
 from ..importance.heads import silenced_heads
 from ..selection import channels as selection
@@ -68,9 +69,7 @@ class HeadPruning(GroupPruning):
                            or self.global_ranking):
             raise ConfigError("HeadPruning: give heads= (exact heads) or overrides/a budget, "
                               "not both")
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ConfigError(f"HeadPruning.rounds must be a positive integer, got "
-                              f"{self.rounds!r}")
+        check_whole(self.rounds, "HeadPruning.rounds")
         if self.rounds > 1 and (self.budget() is not None or self.global_ranking or self.heads):
             raise ConfigError("HeadPruning.rounds > 1 re-scores between rounds at a ratio per "
                               "layer; it does not combine with a budget, global_ranking or "

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from ..candidates.layers import find_layer_candidates, removal
 from ..checks.checks import BlocksBypassed, Runs
+from ..core.arguments import check_whole
 from ..errors import ConfigError
 from ..graph.dependency import resolve_ignored
 from ..importance import get_criterion
@@ -77,8 +78,7 @@ class LayerPruning(PruningMethod):
         return "depth"
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"LayerPruning.n must be a positive integer, got {self.n!r}")
+        check_whole(self.n, "LayerPruning.n")
         if self.flops_target is not None:
             check_ratio(self.flops_target, "LayerPruning.flops_target")
         get_criterion(self.criterion, "layers", "LayerPruning.criterion")
@@ -109,8 +109,7 @@ class LayerPruning(PruningMethod):
     def step(self, step, steps, removed):
         """``n`` layers spread over the steps (a step may remove none); a FLOPs target as for
         channel methods."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        check_whole(steps, "steps")
         if self.flops_target is not None:
             goal, done = self.flops_target * step / steps, removed.get("flops", 0.0)
             if goal <= done:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..core.arguments import keyword_only
+from ..core.arguments import check_number, check_whole, keyword_only
 from ..core.batches import split_batch
 from ..core.calls import call_model, evaluating
 from ..core.distributed import is_distributed, sum_across, world_size
@@ -111,9 +111,7 @@ class Distillation:
     def __post_init__(self) -> None:
         for name in ("steps", "accumulate") + (("checkpoint_every",)
                                                 if self.checkpoint_every is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_whole(getattr(self, name), name)
         if self.output != "auto" and not callable(self.output):
             raise ConfigError(f"output must be 'auto' or a function (outputs, inputs) -> "
                               f"tensor, got {self.output!r}")
@@ -128,12 +126,9 @@ class Distillation:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got "
                               f"{self.schedule!r}")
-        if isinstance(self.warmup, bool) or not 0 <= self.warmup < 1:
-            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup!r}")
+        check_number(self.warmup, "warmup", below=1, meaning=" (a fraction of the steps)")
         for name in ("lr", "output_weight", "hidden_weight", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{name} must be a number ≥ 0, got {value!r}")
+            check_number(getattr(self, name), name)
         check_temperature(self.temperature)
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got "

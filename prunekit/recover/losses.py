@@ -11,13 +11,13 @@ follow one process on the same global batch, loss and gradient, not just roughly
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.arguments import check_number
 from ..core.calls import iter_tensors
 from ..core.distributed import sum_across, world_size
 from ..errors import ConfigError
@@ -150,6 +150,4 @@ class Projection(nn.Module):
 
 
 def check_temperature(value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            value > 0 and math.isfinite(value)):
-        raise ConfigError(f"temperature must be a positive number, got {value!r}")
+    check_number(value, "temperature", above=True, wanted="a positive number")

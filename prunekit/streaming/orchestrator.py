@@ -54,6 +54,7 @@ from ..adapters.hf.conversion import loaded_view
 from ..adapters.hf.skeleton import (
     empty_model,
 )
+from ..core.arguments import check_whole
 from ..core.distributed import barrier, is_main_process
 from ..core.progress import ProgressOption, Reporter, finish, reporter
 from ..errors import ConfigError
@@ -215,11 +216,9 @@ def _check_arguments(methods: list, hidden_memory_bytes: int, spill_dir: str | P
     if len(methods) > 1 and any(getattr(m, "global_ranking", False) for m in methods):
         raise ConfigError("method: global_ranking ranks one method's channels model-wide, "
                           "in a pass of its own; stream one width method with it, or none")
-    if (isinstance(hidden_memory_bytes, bool) or not isinstance(hidden_memory_bytes, int)
-            or hidden_memory_bytes < 0):
-        raise ConfigError(f"hidden_memory_bytes is the calibration hidden states kept in "
-                          f"memory, in bytes (0 or more; 0 spills them all), got "
-                          f"{hidden_memory_bytes!r}")
+    check_whole(hidden_memory_bytes, "hidden_memory_bytes", minimum=0,
+                meaning=" (the calibration hidden states kept in memory, in bytes; 0 spills "
+                        "them all)")
     if spill_dir is not None and not Path(spill_dir).is_dir():
         raise ConfigError(f"spill_dir {str(spill_dir)!r} is not a folder; give an existing "
                           f"folder with room for the hidden states, or leave it out")

@@ -54,6 +54,7 @@ class ComparisonRow:
     verified: bool | None  # None: pruned by an outside function, not checkable
     accuracy_as_pruned: float | None = None  # one-shot before BatchNorm re-estimation
     speedup: Speedup | None = None  # against the unpruned model, timed in the same rounds
+    checked: str = ""  # what the method's check checked ("equivalent", "blocks bypassed")
 
     @property
     def latency_ms(self) -> float | None:
@@ -100,7 +101,7 @@ class Comparison:
             table.rows.append([r.method, f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
                                str(r.latency), speedup_text(r.speedup),
                                percent(r.accuracy_as_pruned), f"{r.accuracy_one_shot:.1%}",
-                               percent(r.accuracy_fine_tuned), verdict(r.verified)])
+                               percent(r.accuracy_fine_tuned), verdict(r.verified, r.checked)])
         return table
 
     def to_markdown(self) -> str:
@@ -139,6 +140,7 @@ class Comparison:
         accuracy_axes.set_ylim(-1.6, len(rows) - 0.4)
         accuracy_axes.legend(loc="lower center", fontsize=8, ncol=3, frameon=False)
         base = self.baseline
+        reach = max([r.speedup.high for r in rows if r.speedup is not None] or [1.0])
         for y, r in zip(positions, rows):
             speed = r.speedup
             value = 1.0 if speed is None else speed.speedup
@@ -147,15 +149,17 @@ class Comparison:
             colour = "#999999" if speed is None or speed.within_noise else "#31a354"
             speed_axes.barh(y, value, 0.6, color=colour, xerr=error, capsize=3)
             removed = 1 - r.flops / base.flops
+            # the table's own words ("≈ 1 (0.97–1.05)"), right of the longest error bar
             note = "unpruned" if speed is None else (
-                f"{value:.2f}×{' (noise)' if speed.within_noise else ''}, "
-                f"FLOPs −{removed:.0%}")
-            speed_axes.text(0.05, y, note, va="center", fontsize=8, color="black")
+                f"{speedup_text(speed)}, FLOPs −{removed:.0%}")
+            speed_axes.text(reach * 1.04, y, note, va="center", fontsize=8, color="black")
+        speed_axes.set_xlim(0, reach * 2.1)
         speed_axes.axvline(1.0, color="black", linestyle=":", linewidth=1)
         speed_axes.set_xlabel("measured speed-up over unpruned (95% CI)")
         speed_axes.set_title(self.timing, fontsize=8)
-        accuracy_axes.set_title(f"every method removes {self.flops_target:.0%} of FLOPs; "
-                                f"{self.finetune_epochs} fine-tuning epochs", fontsize=9)
+        accuracy_axes.set_title(f"FLOPs budget: remove {self.flops_target:.0%} (each row: what "
+                                f"it removed); {self.finetune_epochs} fine-tuning epochs",
+                                fontsize=9)
         return figure
 
 
@@ -166,8 +170,12 @@ def speedup_text(speedup: Speedup | None) -> str:
     return speedup_cell(speedup.speedup, speedup.low, speedup.high)
 
 
-def verdict(verified: bool | None) -> str:
-    return "n/a" if verified is None else "yes" if verified else "NO"
+def verdict(verified: bool | None, checked: str = "") -> str:
+    """A check's outcome with what it checked: ``yes (equivalent)``, ``yes (blocks
+    bypassed)``, ``NO (…)``, or ``n/a`` for a prune no check could judge."""
+    if verified is None:
+        return "n/a"
+    return ("yes" if verified else "NO") + (f" ({checked})" if checked else "")
 
 
 @keyword_only
@@ -205,7 +213,7 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     result = Comparison(flops_target, finetune_epochs, recalibrate)
     unpruned = evaluate_accuracy(model, eval_data)
     rows = [ComparisonRow("unpruned", count_params(model), count_flops(model, example_inputs),
-                          None, unpruned, None, True, unpruned)]
+                          None, unpruned, None, None, unpruned)]  # nothing to check
     pruned_models = []
     report = reporter(progress)
     for index, (label, method) in enumerate(methods.items()):
@@ -214,11 +222,12 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         pruned = copy.deepcopy(model)
         if callable(method):
             method(pruned, example_inputs, data)
-            verified = None  # nothing to check it against
+            verified, checked = None, ""  # nothing to check it against
         else:
             outcome = prune(pruned, example_inputs, method, data=data)
             # the method's own check: equivalence, or for layers "blocks bypassed"
             verified = outcome.report.ok if outcome.report is not None else None
+            checked = getattr(outcome.report, "checked", "")
         as_pruned = one_shot = evaluate_accuracy(pruned, eval_data)
         if recalibrate:
             recalibrate_norms(pruned, data)
@@ -233,7 +242,7 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         pruned.eval()
         rows.append(ComparisonRow(label, count_params(pruned),
                                   count_flops(pruned, example_inputs), None, one_shot, tuned,
-                                  verified, as_pruned))
+                                  verified, as_pruned, checked=checked))
         pruned_models.append(pruned)
     report(Step("comparing methods", len(methods), len(methods)))
     report(Step("timing", detail=f"all {len(rows)} models interleaved"))

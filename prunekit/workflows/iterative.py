@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from ..api import prune
+from ..core.arguments import check_whole
 from ..core.progress import ProgressOption, Step, finish, reporter
 from ..core.tables import ResultTable
 from ..errors import ConfigError
@@ -153,8 +154,7 @@ def iterative_prune(model: nn.Module, example_inputs: Any, method: PruningMethod
         ...                              train_data=train, eval_data=test, finetune_epochs=2)
         >>> history.plot("history.png")
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+    check_whole(steps, "steps")
     if finetune is None and train_data is not None:
         def finetune(pruned: nn.Module, step: int) -> None:
             train_classifier(pruned, train_data, epochs=finetune_epochs, lr=lr)

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ...errors import ConfigError
-from ...export.saving import read_header, read_index, shard_path
+from ...export.saving import as_umask_allows, read_header, read_index, shard_path
 from .memory import return_freed_memory
 
 CONFIG_FILE = "config.json"
@@ -148,6 +148,7 @@ class ShardWriter:
         if not self.pending:
             return
         save_file(self.pending, str(self._temporary(len(self.shards))), metadata={"format": "pt"})
+        as_umask_allows(self._temporary(len(self.shards)))
         self.shards.append(list(self.pending))
         self.pending, self.pending_bytes = {}, 0
         return_freed_memory(collect=False)  # nothing cyclic was freed: trimming is enough
