@@ -14,7 +14,7 @@ import prunekit as pk
 
 from .helpers import outputs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def small_cnn():
@@ -197,14 +197,11 @@ def test_a_count_that_matches_two_prunable_dims_is_left_alone():
     assert model[0].channels == 8 and model[0].a.out_channels == 8  # unbound, untouched
 
 
-def readme_section(title: str) -> list[str]:
-    text = README.read_text()
-    section = text.split(f"### {title}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
-
-
-@pytest.mark.parametrize("index", range(4))
-def test_the_readme_extension_examples_run(index):
-    blocks = readme_section("Extending prunekit")
+def test_the_extension_examples_in_the_documentation_run():
+    """Each of the extending page's examples alone, in a namespace of its own (the page as a
+    whole runs in test_docs.py)."""
+    page = DOCS / "how-to" / "extending.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
     assert len(blocks) == 4
-    exec(compile(blocks[index], f"README example {index}", "exec"), {})
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"{page.name} example {index}", "exec"), {})

@@ -76,7 +76,7 @@ CASES = [
     pytest.param("mistral", lambda: pk.HeadPruning(0.5, "fpgm"), False, marks=SLOW),
     ("llama", lambda: pk.HeadPruning(0.5, "reconstruction"), False),  # the block's o_proj alone
     ("llama", lambda: pk.LayerPruning(2, "influence"), True),
-    ("qwen2", lambda: pk.LayerPruning(2, "angular"), False),
+    pytest.param("qwen2", lambda: pk.LayerPruning(2, "angular"), False, marks=SLOW),
     pytest.param("gemma", lambda: pk.LayerPruning(1, "last"), False, marks=SLOW),
     # ranked model-wide: a scoring pass over every block, then each block at its own ratio
     ("llama", lambda: pk.FilterPruning(0.5, "l1", global_ranking=True), False),

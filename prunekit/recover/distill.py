@@ -75,8 +75,10 @@ class Distillation:
         plan: the plan that pruned the student: the blocks it removed map the rest of the
             student's stack to their teacher blocks (needed when the stacks' lengths differ).
         hidden_loss: ``"mse"`` or ``"cosine"``.
-        output_weight, hidden_weight: the terms' weights (hidden terms are summed).
-        lr, weight_decay: AdamW's.
+        output_weight: the output term's weight.
+        hidden_weight: the hidden terms' weight (they are summed).
+        lr: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
         warmup: the fraction of steps over which the learning rate rises linearly.
         schedule: after warm-up, ``"cosine"`` or ``"linear"`` decay to zero, or ``"constant"``.
         accumulate: batches whose gradients add up to one step.

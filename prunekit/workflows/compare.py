@@ -189,7 +189,8 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
     Args:
         model: a trained classifier.
         example_inputs: inputs for tracing and FLOP counting.
-        train_data, eval_data: ``(inputs, labels)`` batches for fine-tuning and accuracy.
+        train_data: ``(inputs, labels)`` batches for fine-tuning.
+        eval_data: ``(inputs, labels)`` batches for accuracy.
         flops_target: the fraction of FLOPs every method removes.
         finetune_epochs: the same fine-tuning budget for every method (0: one-shot only).
         methods: ``{label: method}``; by default ``default_methods(flops_target)``. A method
