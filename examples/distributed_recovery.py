@@ -17,6 +17,7 @@ import argparse
 import copy
 import hashlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -67,8 +68,10 @@ def main() -> None:
     plan = pk.prune(pruned, example, pk.FilterPruning(0.5, "taylor"),
                     data=OnDevice(pk.rank_share(digits.calibration), device)).plan
     digest = hashlib.sha256(plan.to_json().encode()).hexdigest()[:12]
-    print(f"process {rank}: plan {digest}, {pk.measure(pruned, example, latency=False).params:,} params",
-          flush=True)
+    params = pk.measure(pruned, example, latency=False).params
+    # one write of the whole line: two processes printing at once cannot splice their lines
+    sys.stdout.write(f"process {rank}: plan {digest}, {params:,} params\n")
+    sys.stdout.flush()
 
     test = OnDevice(digits.test, device)
     before = evaluate_accuracy(pruned, test)

