@@ -88,6 +88,11 @@ def pruned_models(model: nn.Module, calibration: list[dict]) -> dict[str, nn.Mod
 
 def timed(before: nn.Module, after: nn.Module, inputs: torch.Tensor, compiled: bool) -> dict:
     if compiled:
+        # a fresh compiler for each pair: every DecodeStep shares one forward, and the
+        # recompilations for earlier models would otherwise reach dynamo's limit and leave
+        # this pair's steps uncompiled
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         try:
             before, after = torch.compile(before), torch.compile(after)
             with torch.no_grad():

@@ -27,6 +27,7 @@ from .checks import VerifyReport, verify
 from .cli.model_sources import register_model_source
 from .core.batches import Batch
 from .core.distributed import rank_share
+from .core.progress import Step
 from .errors import ConfigError, PlanError, PruneError, TraceError, UnsupportedOpError
 from .export.checked import ExportReport, export
 from .export.formats import register_export_format
@@ -86,7 +87,7 @@ __all__ = [
     "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "FusionReport", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
-    "Speedup", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
+    "Speedup", "Step", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
     "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
     "criterion_names", "distill", "export", "fuse",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",

@@ -203,7 +203,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
             raise PruneError(f"nothing could be pruned without breaking the model, so it was "
                              f"left unchanged ({reasons})")
         if not outcome.kept:
-            apply_plan(model, outcome.plan, check=lambda pruned: recover_and_update(pruned, outcome.plan))
+            apply_plan(model, outcome.plan,
+                       check=lambda pruned: recover_and_update(pruned, outcome.plan))
     if optimizer is not None:
         rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
     finish(report)

@@ -202,6 +202,8 @@ def test_the_extension_examples_in_the_documentation_run():
     whole runs in test_docs.py)."""
     page = DOCS / "how-to" / "extending.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
-    assert len(blocks) == 4
-    for index, block in enumerate(blocks):
+    assert len(blocks) == 5
+    # the last registers a model source and an export format for good: it runs in a process
+    # of its own, with the page, in test_docs.py
+    for index, block in enumerate(blocks[:4]):
         exec(compile(block, f"{page.name} example {index}", "exec"), {})
