@@ -31,7 +31,7 @@ app = typer.Typer(help="Structured pruning for PyTorch models.", no_args_is_help
                   pretty_exceptions_enable=False, rich_markup_mode=None)
 # without a terminal (a pipe, a CI log) rich would assume 80 columns and cut table cells to
 # "(influen…"; a log has room, so tables keep their full text there
-console = Console(width=None if sys.stdout.isatty() else 200)
+console = Console(width=None if sys.stdout.isatty() else 400)
 
 METHOD_HELP = " | ".join(cli_methods())
 MODEL_HELP = model_help()
