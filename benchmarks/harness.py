@@ -1,6 +1,7 @@
 """What every benchmark shares: where the repository and the result files are, writing a
-result whole (JSON, Markdown and a plot, or none of them), Markdown tables, interleaved
-timing and a command line that starts from the script's own docstring.
+result whole (JSON, Markdown and a plot, or none of them), Markdown tables and a command line
+that starts from the script's own docstring. Interleaved timing is the library's own
+(``pk.compare_latency``, ``prunekit.measure.latency.time_models``).
 
 A benchmark is run as a script (``python benchmarks/NAME.py``); importing this module puts
 the repository first on ``sys.path``, so ``prunekit`` and the shared model lists and
@@ -23,7 +24,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from prunekit.core.tables import ResultTable  # noqa: E402
-from prunekit.measure.latency import compare_latency, time_models  # noqa: E402,F401
 
 
 def arguments(doc: str | None) -> argparse.ArgumentParser:
@@ -69,5 +69,5 @@ def save_figure(figure: Any, path: Path, dpi: int = 120) -> Path:
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table of the cells as text (the same rendering as ``print(result)``'s)."""
-    table = ResultTable("", list(columns), [[str(cell) for cell in row] for row in rows])
-    return table.to_markdown().split("\n", 2)[2].rstrip("\n")
+    return ResultTable("", list(columns), [[str(cell) for cell in row] for row in rows]
+                       ).markdown_table()

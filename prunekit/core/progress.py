@@ -32,12 +32,14 @@ class Step:
         done: items of the stage finished, when it counts them.
         total: items the stage has, when known.
         detail: the item's name, or a figure (``"loss 0.41"``).
+        value: that figure unrounded, where the detail shows one (the loss).
     """
 
     stage: str
     done: int | None = None
     total: int | None = None
     detail: str = ""
+    value: float | None = None
 
     def __str__(self) -> str:
         count = (f" {self.done}/{self.total}" if self.done is not None and self.total
@@ -64,7 +66,7 @@ def reporter(progress: Any, who: str = "progress") -> Reporter:
         # the older distillation convention: progress(step, loss)
         warnings.warn(f"{who}: a callable taking (step, loss) is deprecated; take one "
                       f"pk.Step (step.done, step.detail)", DeprecationWarning, stacklevel=3)
-        return lambda step: progress(step.done, float(step.detail.split()[-1]))
+        return lambda step: progress(step.done, step.value)
     return progress
 
 
@@ -102,7 +104,7 @@ class ConsoleProgress:
     def __call__(self, step: Step) -> None:
         now = time.perf_counter()
         if step.stage != self.stage:
-            self._end_stage(now)
+            self._end_line()
             self.stage, self.stage_started = step.stage, now
             if not self.live:
                 self._write(f"[{_clock(now - self.started)}] {step.stage} ...\n")
@@ -116,9 +118,10 @@ class ConsoleProgress:
             self.stage = None
 
     def close(self) -> None:
-        self._end_stage(time.perf_counter())
+        self._end_line()
 
-    def _end_stage(self, now: float) -> None:
+    def _end_line(self) -> None:
+        """End the line written in place, so what follows starts on a line of its own."""
         if self.live and self.width:
             self._write("\n")
             self.width = 0

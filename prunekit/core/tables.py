@@ -28,11 +28,14 @@ class ResultTable:
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.columns) - 1)
 
+    def markdown_table(self) -> str:
+        """The table alone, in Markdown."""
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
     def to_markdown(self) -> str:
         """The title, a blank line, then a Markdown table; the notes after another."""
-        lines = [self.title, "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        lines = [self.title, "", self.markdown_table()]
         if self.notes:
             lines += ["", *self.notes]
         return "\n".join(lines) + "\n"

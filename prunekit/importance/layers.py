@@ -61,35 +61,33 @@ class OutputChange(LayerCriterion):
         return _output_change(model, candidates, batches, context.stack)
 
 
-@dataclass(frozen=True)
-class BlockInfluence(LayerCriterion):
-    """1 − cosine between a block's input and output (ShortGPT)."""
+class _HiddenStateDistance(LayerCriterion):
+    """How far the hidden states move across a block (``window`` False: 1 − cosine over one
+    block) or across a window of ``n`` blocks (``window`` True: the angular distance), in
+    memory or streamed from the hidden states alone."""
 
     def score_layers(self, model, candidates, batches, context):
-        return _distances(model, candidates, batches, context.stack is not None, False, 1)
+        return _distances(model, candidates, batches, context.stack is not None, self.window,
+                          self.streamed_span(context.n))
 
     def streamed_span(self, n):
-        return 1
+        return n if self.window else 1
 
     def span_distance(self, inputs, outputs, batch):
-        return summed_distance(inputs, outputs, True, False, token_weights(batch, outputs))
+        return summed_distance(inputs, outputs, True, self.window,
+                               token_weights(batch, outputs))
 
 
 @dataclass(frozen=True)
-class AngularDistance(LayerCriterion):
+class BlockInfluence(_HiddenStateDistance):
+    """1 − cosine between a block's input and output (ShortGPT)."""
+
+
+@dataclass(frozen=True)
+class AngularDistance(_HiddenStateDistance):
     """Angular distance across a window of n blocks (Gromov et al. 2024)."""
 
     window: ClassVar[bool] = True
-
-    def score_layers(self, model, candidates, batches, context):
-        return _distances(model, candidates, batches, context.stack is not None, True,
-                          context.n)
-
-    def streamed_span(self, n):
-        return n
-
-    def span_distance(self, inputs, outputs, batch):
-        return summed_distance(inputs, outputs, True, True, token_weights(batch, outputs))
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ def _train(objective: _Objective, batches: Iterator, config: Distillation,
             result.hidden_losses.append(hidden_part.item())
             result.steps = step + 1
             progress(Step("distilling", result.steps, config.steps,
-                          f"loss {result.losses[-1]:.4g}"))
+                          f"loss {result.losses[-1]:.4g}", result.losses[-1]))
             if config.checkpoint is not None and (
                     result.steps == config.steps
                     or (config.checkpoint_every and result.steps % config.checkpoint_every == 0)):

@@ -119,13 +119,11 @@ class StreamedResult:
 
 def check_streamable(method: PruningMethod) -> str:
     """``"width"``, ``"depth"`` or ``"hidden"``, or a ``ConfigError`` saying what streaming
-    cannot do: the method says (``PruningMethod.streams`` and ``streamed_stage``); the hidden size's criteria
-    are those ``prunekit.streaming.hidden`` computes."""
-    if not isinstance(method, PruningMethod) or not type(method).__dict__.get("streams"):
-        raise ConfigError(f"streamed pruning takes FilterPruning or ChannelPruning (MLP "
-                          f"neurons), HeadPruning, HiddenPruning or LayerPruning, not "
-                          f"{type(method).__name__}")
-    stage = method.streamed_stage()
+    cannot do: the method says (``PruningMethod.streams`` and ``streamed_stage``); the hidden
+    size's criteria are those ``prunekit.streaming.hidden`` computes."""
+    # anything whose own class does not say streams = True gets the base class's refusal
+    streams = isinstance(method, PruningMethod) and type(method).__dict__.get("streams")
+    stage = method.streamed_stage() if streams else PruningMethod.streamed_stage(method)
     if stage == "hidden" and method.criterion not in HIDDEN_CRITERIA:
         raise ConfigError(f"streamed HiddenPruning.criterion {method.criterion!r} needs "
                           f"the whole model in memory (its loss, or every channel compared "
