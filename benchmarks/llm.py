@@ -50,6 +50,7 @@ import prunekit as pk
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = (0.2, 0.35, 0.5)
 TOKENS = 256  # per sequence
+PARAMETERS = 134_515_008  # the unpruned model's, for result files written before they said
 THREADS = 2
 
 
@@ -136,8 +137,15 @@ def decode_speed(unpruned: nn.Module, pruned: nn.Module, prompt: torch.Tensor,
 
 
 def outside_embeddings(model: nn.Module) -> int:
-    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    """Parameters outside the input and output embeddings (tied or, after a rotation of the
+    hidden size, untied: the row's "all" column counts them)."""
+    embeddings = {id(p) for layer in (model.get_input_embeddings(),
+                                      model.get_output_embeddings()) for p in layer.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+def all_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 # -- the methods ----------------------------------------------------------------------------------
@@ -187,6 +195,24 @@ def hidden(criterion: str) -> Callable:
     return prune
 
 
+def rotated(budget_share: float = 1.0) -> Callable:
+    """The hidden size by rotation: its parameters outside the embeddings shrink with it,
+    so the ratio is the budget (or ``budget_share`` of it, the MLP's re-fit taking the
+    rest)."""
+    def prune(model, x, calibration, budget, layers):
+        before = outside_embeddings(model)
+        method = pk.HiddenPruning(budget * budget_share, rotate=True, round_to=8)
+        pk.prune(model, x, method, data=calibration)
+        if budget_share == 1.0:
+            return method.summary()
+        left = budget - (1 - outside_embeddings(model) / before)
+        then = pk.ChannelPruning(params_target=left * before / all_parameters(model),
+                                 criterion="reconstruction", round_to=8, reconstruct=True)
+        pk.prune(model, x, then, data=calibration)
+        return f"{method.summary()}, then {then.summary()} + re-fit"
+    return prune
+
+
 METHODS: dict[str, tuple[str, Callable]] = {
     "depth: block influence (ShortGPT)": ("depth", depth("block_influence")),
     "depth: angular (Gromov et al.)": ("depth", depth("angular")),
@@ -196,10 +222,12 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "MLP: reconstruction + re-fit": ("MLP", mlp("reconstruction", reconstruct=True)),
     "heads then MLP: mean activation": ("heads+MLP", heads_then_mlp("mean_activation")),
     "hidden: l2": ("hidden", hidden("l2")),
+    "hidden: rotation": ("hidden", rotated()),
+    "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),
 }
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
@@ -213,13 +241,14 @@ def run(quick: bool) -> dict[str, Any]:
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
     unpruned_greedy = greedy(model, prompts, new_tokens)
     layers = model.config.num_hidden_layers
-    base_params = outside_embeddings(model)
+    base_params, base_all = outside_embeddings(model), all_parameters(model)
     x = {"input_ids": calibration_ids[:2]}
     print(f"unpruned: perplexity {unpruned_ppl:.2f} on {test_ids.numel()} test tokens, "
           f"{base_params:,} parameters outside the embeddings", flush=True)
     rows = []
     budgets = BUDGETS[:1] if quick else BUDGETS
     names = list(METHODS)[::2] if quick else list(METHODS)
+    names = [name for name in names if not only or name in only]
     for budget in budgets:
         for name in names:
             kind, prune = METHODS[name]
@@ -238,6 +267,7 @@ def run(quick: bool) -> dict[str, Any]:
             speed = decode_speed(model, pruned, prompts[:1])
             row = {"budget": budget, "method": name, "kind": kind, "pruned": how,
                    "removed": 1 - outside_embeddings(pruned) / base_params,
+                   "removed_all": 1 - all_parameters(pruned) / base_all,
                    "perplexity": ppl, "perplexity_ratio": ppl / unpruned_ppl, "kl": kl,
                    "greedy_agreement": agreement.item(), "prune_s": prune_s, **speed}
             rows.append(row)
@@ -249,8 +279,19 @@ def run(quick: bool) -> dict[str, Any]:
             gc.collect()
     return {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
             "unpruned_perplexity": unpruned_ppl, "parameters_outside_embeddings": base_params,
+            "parameters": base_all,
             "test_tokens": test_ids.numel(), "calibration_tokens": calibration_ids.numel(),
             "threads": THREADS, "quick": quick, "rows": rows}
+
+
+def merged(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The saved rows with ``new``'s in place of the same budget and method, in table order."""
+    rows = {(r["budget"], r["method"]): r for r in saved["rows"]}
+    rows.update({(r["budget"], r["method"]): r for r in new["rows"]})
+    order = list(METHODS)
+    saved["rows"] = sorted(rows.values(), key=lambda r: (
+        r["budget"], order.index(r["method"]) if r["method"] in order else len(order)))
+    return saved
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -259,20 +300,26 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"Python's help topics: **{result['unpruned_perplexity']:.2f}**. Calibration: "
              f"{result['calibration_tokens']:,} tokens of other topics. Budgets are fractions "
              f"of the {result['parameters_outside_embeddings']:,} parameters outside the "
-             f"embeddings; **removed** is what each row removed. KL: mean KL divergence of the "
+             f"embeddings; **removed** is what each row removed of them, **all** of every "
+             f"parameter (a rotated hidden size unties the output layer from the embedding, "
+             f"which adds one). KL: mean KL divergence of the "
              f"next-token distribution from the unpruned model's, per token. Greedy: share of "
              f"16 greedy tokens after test prompts equal to the unpruned model's. Decode: "
              f"greedy tokens per second against the unpruned model's, batch 1, "
              f"{result['threads']} threads, timed in alternating rounds.", "",
              "Reproduce: `python benchmarks/llm.py`.", "",
-             "| budget | method | removed | perplexity | × unpruned | KL | greedy | decode |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| budget | method | removed | all | perplexity | × unpruned | KL | greedy | decode |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         if "error" in row:
-            lines.append(f"| {row['budget']:.0%} | {row['method']} | — | not run: "
+            lines.append(f"| {row['budget']:.0%} | {row['method']} | — | | not run: "
                          f"{row['error'][:80]} | | | | |")
             continue
+        # rows that left the embeddings as they were removed this share of every parameter
+        removed_all = row.get("removed_all", row["removed"] * result[
+            "parameters_outside_embeddings"] / result.get("parameters", math.inf))
         lines.append(f"| {row['budget']:.0%} | {row['method']} | {row['removed']:.1%} | "
+                     f"{removed_all:.1%} | "
                      f"{row['perplexity']:.1f} | {row['perplexity_ratio']:.2f} | "
                      f"{row['kl']:.3f} | {row['greedy_agreement']:.0%} | "
                      f"{row['decode_speedup']:.2f}× |")
@@ -303,14 +350,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one budget, fewer rows and tokens")
+    parser.add_argument("--only", nargs="+", choices=list(METHODS), metavar="METHOD",
+                        help="run these rows again and merge them into the result file")
     parser.add_argument("--replot", action="store_true",
                         help="the table and plot again from the result file, nothing run")
     args = parser.parse_args()
     stem = "llm_quick" if args.quick else "llm"
     if args.replot:
         result = json.loads((RESULTS / f"{stem}.json").read_text())
+        result.setdefault("parameters", PARAMETERS)
     else:
-        result = run(args.quick)
+        result = run(args.quick, args.only)
+        if args.only:
+            saved = json.loads((RESULTS / f"{stem}.json").read_text())
+            result = merged({**saved, "parameters": result["parameters"]}, result)
         write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=1))
     write_text(RESULTS / f"{stem}.md", to_markdown(result))
     plot(result, RESULTS / f"{stem}.png")

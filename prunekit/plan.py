@@ -31,6 +31,8 @@ class Plan:
             identity, so the network skips it, or deleted from its ``nn.ModuleList``.
         stacks: the ``nn.ModuleList`` stacks that ``layers`` are deleted from, whose later
             blocks are renumbered (a transformer's layers).
+        untied: names of tied tensors that get a tensor of their own (a rotated hidden size
+            gives the output layer other weights than the embedding).
     """
 
     method: dict[str, Any] = field(default_factory=dict)
@@ -40,6 +42,7 @@ class Plan:
     groups: list[dict[str, Any]] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     stacks: list[str] = field(default_factory=list)
+    untied: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -68,7 +71,8 @@ class Plan:
         return Plan(method={"steps": steps + later.method.get("steps", [later.method])},
                     tensors=tensors, shapes=shapes, attributes=attributes,
                     groups=self.groups + later.groups, layers=self.layers + later.layers,
-                    stacks=list(dict.fromkeys(self.stacks + later.stacks)))
+                    stacks=list(dict.fromkeys(self.stacks + later.stacks)),
+                    untied=list(dict.fromkeys(self.untied + later.untied)))
 
     def _renamed_back(self, later: "Plan") -> "Plan":
         """``later`` with names from before this plan deleted blocks from its stacks."""
@@ -83,7 +87,7 @@ class Plan:
                     shapes={back(n): shape for n, shape in later.shapes.items()},
                     attributes={back(n): values for n, values in later.attributes.items()},
                     groups=later.groups, layers=[back(n) for n in later.layers],
-                    stacks=later.stacks)
+                    stacks=later.stacks, untied=[back(n) for n in later.untied])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,11 +116,12 @@ class Plan:
                           for module, values in data.get("attributes", {}).items()}
             layers = [_text(n) for n in data.get("layers", [])]
             stacks = [_text(n) for n in data.get("stacks", [])]
+            untied = [_text(n) for n in data.get("untied", [])]
         except (AttributeError, TypeError, ValueError) as error:
             raise PlanError(f"malformed plan: {error}") from error
         return cls(method=data.get("method", {}), tensors=tensors, shapes=shapes,
                    attributes=attributes, groups=data.get("groups", []), layers=layers,
-                   stacks=stacks)
+                   stacks=stacks, untied=untied)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

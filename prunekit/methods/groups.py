@@ -59,6 +59,7 @@ class GroupProposal(Proposal):
     keep: dict[int, torch.Tensor]
     method: dict[str, Any]
     latency: LatencyReached | None = None  # what a latency target reached, as timed
+    untied: list[str] = field(default_factory=list)  # tied names the plan gives own tensors
 
     @property
     def pieces(self) -> list[int]:
@@ -77,7 +78,10 @@ class GroupProposal(Proposal):
                 + (f" (+{more} more)" if more > 0 else ""))
 
     def plan(self, pieces: list[int]) -> Plan:
-        return plan_from_keep(self.graph, {a: self.keep[a] for a in pieces}, self.method)
+        plan = plan_from_keep(self.graph, {a: self.keep[a] for a in pieces}, self.method)
+        if plan.tensors:
+            plan.untied = list(self.untied)
+        return plan
 
     @property
     def unknown_ops(self) -> list:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from ..checks.checks import Runs
-from ..errors import ConfigError
+from ..core.batches import split_batch
+from ..errors import ConfigError, PruneError
 from ..graph.dependency import DependencyGraph
+from ..surgery.rotation import rotation
 from .groups import GroupPruning
 
 
@@ -24,9 +28,20 @@ class HiddenPruning(GroupPruning):
     ``"fpgm"``, ``"random"``, or the activation criteria). A config whose ``hidden_size`` can
     describe the result is updated.
 
+    With ``rotate=True`` (SliceGPT's idea; ``prunekit.surgery.rotation``) the residual stream
+    is first rotated onto its principal directions on ``data``: each norm's scale is folded
+    into the layers reading it, and the rotated model is checked equal to the original
+    before anything is cut. The directions with the least variance are then removed, and
+    each norm's scale makes up for the energy they carried. It needs RMSNorm-style norms
+    (Llama, Mistral, Qwen …), unties an embedding tied to the output layer, and ignores
+    ``criterion``.
+
     Example:
         >>> pk.prune(bert, inputs, pk.HiddenPruning(ratio=0.25, criterion="l2"))
+        >>> pk.prune(llama, inputs, pk.HiddenPruning(0.25, rotate=True), data=batches)
     """
+
+    rotate: bool = False
 
     streams: ClassVar[bool] = True
 
@@ -36,6 +51,8 @@ class HiddenPruning(GroupPruning):
         # which criteria stream is decided where the hidden size is streamed: it computes each
         # of them itself (prunekit.streaming.hidden), from weights read tensor by tensor or
         # from every place the hidden states are read
+        if self.rotate:
+            raise ConfigError("HiddenPruning(rotate=True) needs the model in memory (pk.prune)")
         if self.budget() is not None or self.overrides:
             raise ConfigError("streamed HiddenPruning removes ratio= of the hidden size; "
                               "budgets and overrides need the model in memory (pk.prune)")
@@ -57,3 +74,48 @@ class HiddenPruning(GroupPruning):
     def check(self, verify, tolerance):
         # a narrower hidden size cannot equal the masked model: check that it runs
         return Runs(may_narrow=True)
+
+    def propose(self, model, example_inputs, context):
+        proposal = super().propose(model, example_inputs, context)
+        if self.rotate:  # the output layer reads what the embedding writes, rotated apart
+            proposal.untied = [name for group in self.candidates(proposal.graph)
+                               for member in group.members for name in member.slot.names[1:]]
+        return proposal
+
+    def summary(self):
+        if not self.rotate:
+            return super().summary()
+        budget = self.budget()
+        target = f"{budget[0]}_target={budget[1]}" if budget else f"ratio={self.ratio}"
+        return f"HiddenPruning({target}, rotate=True)"
+
+    def score(self, graph, groups, data=None, loss_fn=None):
+        if not self.rotate:
+            return super().score(graph, groups, data, loss_fn)
+        if len(groups) != 1:
+            raise PruneError(f"HiddenPruning(rotate=True) rotates one residual stream; this "
+                             f"model has {len(groups)}")
+        if not data:
+            raise ConfigError("HiddenPruning(rotate=True) rotates by the principal directions "
+                              "of calibration activations; pass data=, batches of inputs")
+        # after the rotation, channel i is the i-th principal direction: keep the first ones
+        return {groups[0].axis: torch.arange(groups[0].size, 0, -1, dtype=torch.float64)}
+
+    def recovery(self, model, context):
+        return self._rotation(model, context) if self.rotate else None
+
+    def _rotation(self, model, context):
+        """Slices the rotated stream: the rotation is found (and checked) on the unpruned
+        model now, and written into the pruned one by the directions its plan keeps."""
+        batches = [split_batch(batch)[0] for batch in context.data]
+        graph = self.graph(model, batches[0], context.ignore, context.strict)
+        group = self.candidates(graph)[0]
+        rotated = rotation(model, group, batches[0], batches)
+        del graph, group  # the trace holds the unpruned tensors
+
+        def cut(pruned, plan):
+            kept = next((plan.tensors[name][dim] for name, dim in rotated.dims.items()
+                         if dim in plan.tensors.get(name, {})), None)
+            if kept is not None:
+                rotated.slice(pruned, torch.tensor(kept))
+        return cut

@@ -95,6 +95,9 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
             raise PlanError(f"plan expects {name!r} of shape {expected}, "
                             f"the model has {list(tensor.shape)}")
         new[id(tensor)] = _sliced(name, tensor, dims, checked)
+    for name in plan.untied:
+        if name not in owners or owners[name][2] != "parameter":
+            raise PlanError(f"plan unties {name!r}, which is not a parameter of the model")
     modules = dict(model.named_modules())
     for name in plan.layers:
         if not name or name not in modules:
@@ -192,6 +195,7 @@ def apply_plan(model: nn.Module, plan: Plan,
     touched = {id(m): m for m, attr, _ in owners.values() if id(getattr(m, attr)) in new}
     modules = dict(model.named_modules())
     touched.update({id(modules[name]): modules[name] for name in plan.attributes})
+    touched.update({id(owners[name][0]): owners[name][0] for name in plan.untied})
     parents = [modules[_parent(name)] for name in plan.layers]
     touched.update({id(m): m for m in parents})
     for stack in plan.stacks:  # blocks renumbered after a deletion
@@ -224,6 +228,11 @@ def apply_plan(model: nn.Module, plan: Plan,
                 module._parameters[attr] = replaced[id(old)]
             else:
                 module._buffers[attr] = replaced[id(old)]
+        for name in plan.untied:  # its own tensor, holding what the tied one holds
+            module, attr, _ = owners[name]
+            old = module._parameters[attr]
+            module._parameters[attr] = nn.Parameter(old.detach().clone(),
+                                                    requires_grad=old.requires_grad)
         for module_name, attributes in plan.attributes.items():
             for attribute, value in attributes.items():
                 setattr(modules[module_name], attribute, value)

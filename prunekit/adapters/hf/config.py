@@ -36,6 +36,7 @@ def update_config(model: nn.Module) -> bool | None:
     config = model_config(model)
     if config is None or not hasattr(model, "config_class"):
         return None
+    _untie(model, config)
     actual = {name: tuple(p.shape) for name, p in model.named_parameters()}
     try:
         original = _shapes(model, config)
@@ -67,6 +68,17 @@ def update_config(model: nn.Module) -> bool | None:
         if hasattr(candidate, name) and not _derived(candidate, name):
             setattr(config, name, getattr(candidate, name))
     return True
+
+
+def _untie(model: nn.Module, config: Any) -> None:
+    """An output layer given its own weight (a hidden-size rotation folds the final norm's
+    scale into it alone) is no longer tied: the config says so, or a reload would tie them
+    back."""
+    if not getattr(config, "tie_word_embeddings", False):
+        return
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is not None and outputs is not None and inputs.weight is not outputs.weight:
+        config.tie_word_embeddings = False
 
 
 def _reloads(model: nn.Module, config: Any, actual: dict[str, tuple]) -> bool:

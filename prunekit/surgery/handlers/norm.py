@@ -25,8 +25,8 @@ def sync_group_norm(module: nn.GroupNorm) -> None:
         module.num_channels = module.weight.shape[0]
 
 
-@register(nn.LayerNorm)
-def sync_layer_norm(module: nn.LayerNorm) -> None:
+@register(nn.LayerNorm, nn.RMSNorm)
+def sync_layer_norm(module: nn.LayerNorm | nn.RMSNorm) -> None:
     if module.weight is not None:
         module.normalized_shape = tuple(module.weight.shape)
 
