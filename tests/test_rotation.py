@@ -231,3 +231,28 @@ def test_an_interrupt_while_the_rotation_is_written_leaves_the_model_as_it_was(
         assert parameter is before[name] and torch.equal(parameter, values[name])
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert model.config.hidden_size == HIDDEN and model.config.tie_word_embeddings
+
+
+def test_the_command_line_rotates_a_folder_and_it_reloads_with_from_pretrained(tmp_path):
+    from typer.testing import CliRunner
+
+    from prunekit.cli.commands import app
+
+    tiny_llama().save_pretrained(tmp_path / "llama")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prune", "--model", f"hf:{tmp_path / 'llama'}",
+                                      "--method", "hidden", "--ratio", "0.25", "--rotate",
+                                      "--no-latency", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "--rotate read the random example inputs only" in printed
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    assert reloaded.config.hidden_size == 24 and not reloaded.config.tie_word_embeddings
+    restored = pk.load(tiny_llama(), out)
+    for a, b in zip(outputs(reloaded, EXAMPLE), outputs(restored, EXAMPLE)):
+        assert torch.equal(a, b)
+    wrong = CliRunner().invoke(app, ["prune", "--model", f"hf:{tmp_path / 'llama'}",
+                                     "--method", "filter", "--rotate", "--out",
+                                     str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "--rotate: --method filter has no --rotate option; use " \
+        "--method hidden" in " ".join(wrong.output.split())

@@ -74,6 +74,10 @@ def prune(
     reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
                                                  "inputs by least squares on the calibration "
                                                  "batches (--data), no training"),
+    rotate: bool = typer.Option(False, help="hidden: rotate the residual stream onto its "
+                                            "principal directions on the calibration "
+                                            "batches first (checked exact), then cut the "
+                                            "weakest (RMSNorm models; needs --data)"),
     data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches "
                                         "(the model's inputs, or (inputs, labels) for criteria "
                                         "that read a loss); data-driven criteria and "
@@ -104,7 +108,7 @@ def prune(
             round_to=None if round_to == "1" else parse_round_to(round_to),
             flops_target=flops_target,
             latency_target=latency_target, global_ranking=global_ranking or None,
-            reconstruct=reconstruct or None)
+            reconstruct=reconstruct or None, rotate=rotate or None)
         if data is None and _reads_loss(pruning):
             raise ConfigError(f"--criterion {pruning.criterion}: it ranks by a loss on labelled "
                               f"batches; pass --data with (inputs, labels) batches")
@@ -184,10 +188,10 @@ def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: b
         console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
                       f"activations, and without --data it ran on the random example inputs "
                       f"only; pass --data for a ranking that means something")
-    if random_inputs and getattr(pruning, "reconstruct", False):
-        console.print("[yellow]note:[/] --reconstruct re-fitted the layers on the random "
-                      "example inputs only, without --data; pass --data for a fit that "
-                      "means something")
+    for option in ("reconstruct", "rotate"):
+        if random_inputs and getattr(pruning, option, False):
+            console.print(f"[yellow]note:[/] --{option} read the random example inputs only, "
+                          f"without --data; pass --data for a fit that means something")
     for line in result.details():  # what print(result) says, as it says it
         console.print(escape(line))
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")

@@ -9,6 +9,7 @@ import torch
 
 from ..checks.checks import Runs
 from ..core.batches import split_batch
+from ..core.progress import Step
 from ..errors import ConfigError, PruneError
 from ..graph.dependency import DependencyGraph
 from ..surgery.rotation import rotation
@@ -108,10 +109,12 @@ class HiddenPruning(GroupPruning):
         """Slices the rotated stream: the rotation is found (and checked) on the unpruned
         model now, and written into the pruned one by the directions its plan keeps."""
         batches = [split_batch(batch)[0] for batch in context.data]
+        context.progress(Step("rotating the hidden states", 0, 1))
         graph = self.graph(model, batches[0], context.ignore, context.strict)
         group = self.candidates(graph)[0]
         rotated = rotation(model, group, batches[0], batches)
         del graph, group  # the trace holds the unpruned tensors
+        context.progress(Step("rotating the hidden states", 1, 1, rotated.checked))
 
         def cut(pruned, plan):
             kept = next((plan.tensors[name][dim] for name, dim in rotated.dims.items()
