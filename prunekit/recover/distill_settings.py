@@ -50,6 +50,10 @@ class Distillation:
             ends past it (every process at the same step), and ``result.stopped`` says so;
             for recovery on a fixed time budget (use ``schedule="constant"``, since the
             decaying schedules are laid out over ``steps``).
+        lora_rank: train low-rank adapters of this rank on every linear layer (peft's LoRA;
+            the output layer of a language model excepted) instead of the weights, and merge
+            them into the weights at the end: a fraction of the memory for the optimiser, for
+            a small recovery budget. None: train every weight.
         parallel: under ``torchrun``, ``"ddp"`` (DistributedDataParallel: every process holds
             the weights, gradients and optimiser state) or ``"fsdp"`` (fully sharded: each
             holds 1/N of them; no checkpointing yet). One process: plain training either way.
@@ -74,6 +78,7 @@ class Distillation:
     checkpoint: str | Path | None = None
     checkpoint_every: int | None = None
     time_limit: float | None = None
+    lora_rank: int | None = None
     parallel: str = "ddp"
 
     def __post_init__(self) -> None:
@@ -104,6 +109,11 @@ class Distillation:
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got "
                               f"{self.parallel!r}")
+        if self.lora_rank is not None:
+            check_whole(self.lora_rank, "lora_rank")
+            if self.checkpoint is not None or self.parallel == "fsdp":
+                raise ConfigError("lora_rank trains adapters merged at the end: it takes "
+                                  "neither checkpoint= nor parallel='fsdp' yet")
         if self.parallel == "fsdp" and self.checkpoint is not None:
             raise ConfigError("checkpoint= is not supported with parallel='fsdp' yet; use "
                               "parallel='ddp' to checkpoint and resume")
