@@ -66,6 +66,7 @@ from .surgery.apply import apply_plan
 from .surgery.configs import register_config_updater
 from .surgery.fusion import FusionReport, fuse
 from .surgery.handlers import register_handler
+from .workflows.allocation import Allocation, allocate, decoder_dimensions
 from .workflows.compare import Comparison, compare
 from .workflows.iterative import History, iterative_prune
 from .workflows.sensitivity import Sensitivity, sensitivity
@@ -83,6 +84,7 @@ def __getattr__(name: str):
 # prune_streamed and StreamedResult (which need transformers) are left out of ``import *``,
 # which would otherwise fail where transformers is not installed
 __all__ = [
+    "Allocation", "allocate", "decoder_dimensions",
     "Batch", "ChannelPruning", "ChannelView", "Comparison", "ConfigError", "DataCriterion",
     "DependencyGraph", "DistillResult", "Distillation", "ExportReport", "FilterPruning", "FusionReport", "Group", "GroupPruning", "HeadPruning", "HiddenPruning",
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
