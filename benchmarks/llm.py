@@ -80,6 +80,16 @@ def split_text() -> tuple[str, str]:
     return calibration, test
 
 
+def held_out_ids(tokenizer, text: str, count: int, after: int) -> torch.Tensor:
+    """``count`` sequences of ``text`` after its first ``after`` sequences: the calibration
+    topics' text that the calibration sequences leave, for held-out scoring and recovery."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0][after * TOKENS:]
+    if len(ids) < count * TOKENS:
+        raise SystemExit(f"only {len(ids)} tokens after the calibration text, fewer than "
+                         f"{count} × {TOKENS}")
+    return ids[: count * TOKENS].view(count, TOKENS)
+
+
 def sequences(tokenizer, text: str, count: int) -> torch.Tensor:
     """``count`` consecutive sequences of ``TOKENS`` tokens from the start of ``text``."""
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
@@ -150,7 +160,7 @@ def all_parameters(model: nn.Module) -> int:
 
 # -- the methods ----------------------------------------------------------------------------------
 def depth(criterion: str) -> Callable:
-    def prune(model, x, calibration, budget, layers):
+    def prune(model, x, calibration, budget, layers, held_out):
         n = round(budget * layers)
         pk.prune(model, x, pk.LayerPruning(n=n, criterion=criterion), data=calibration)
         return f"LayerPruning(n={n}, {criterion!r})"
@@ -164,7 +174,7 @@ def params_target(model: nn.Module, budget: float) -> float:
 
 
 def mlp(criterion: str, reconstruct: bool = False) -> Callable:
-    def prune(model, x, calibration, budget, layers):
+    def prune(model, x, calibration, budget, layers, held_out):
         kind = pk.ChannelPruning if reconstruct else pk.FilterPruning
         options = {"reconstruct": True} if reconstruct else {}
         method = kind(params_target=params_target(model, budget), criterion=criterion,
@@ -175,7 +185,7 @@ def mlp(criterion: str, reconstruct: bool = False) -> Callable:
 
 
 def heads_then_mlp(criterion: str) -> Callable:
-    def prune(model, x, calibration, budget, layers):
+    def prune(model, x, calibration, budget, layers, held_out):
         before = outside_embeddings(model)
         pk.prune(model, x, pk.HeadPruning(1 / 3, criterion="taylor"), data=calibration)
         left = budget - (1 - outside_embeddings(model) / before)
@@ -187,7 +197,7 @@ def heads_then_mlp(criterion: str) -> Callable:
 
 
 def hidden(criterion: str) -> Callable:
-    def prune(model, x, calibration, budget, layers):
+    def prune(model, x, calibration, budget, layers, held_out):
         method = pk.HiddenPruning(params_target=params_target(model, budget),
                                   criterion=criterion, round_to=8)
         pk.prune(model, x, method, data=calibration)
@@ -199,7 +209,7 @@ def rotated(budget_share: float = 1.0) -> Callable:
     """The hidden size by rotation: its parameters outside the embeddings shrink with it,
     so the ratio is the budget (or ``budget_share`` of it, the MLP's re-fit taking the
     rest)."""
-    def prune(model, x, calibration, budget, layers):
+    def prune(model, x, calibration, budget, layers, held_out):
         before = outside_embeddings(model)
         method = pk.HiddenPruning(budget * budget_share, rotate=True, round_to=8)
         pk.prune(model, x, method, data=calibration)
@@ -210,6 +220,79 @@ def rotated(budget_share: float = 1.0) -> Callable:
                                  criterion="reconstruction", round_to=8, reconstruct=True)
         pk.prune(model, x, then, data=calibration)
         return f"{method.summary()}, then {then.summary()} + re-fit"
+    return prune
+
+
+def allocated(dimensions: tuple[str, ...] = ("hidden", "mlp", "depth"), step: float = 0.5
+              ) -> Callable:
+    """``pk.allocate``: the budget split across the dimensions by held-out KL on calibration
+    text that no row calibrates on (the calibration topics' tokens after the calibration
+    sequences), every split on a grid of ``step`` tried; the best split's model is the row.
+    It counts every parameter: a rotation's untied output layer counts against it, and the
+    row removes as many parameters in all as the rows that leave the embeddings alone."""
+    def prune(model, x, calibration, budget, layers, held_out):
+        everything = pk.decoder_dimensions()
+        allocation = pk.allocate(model, x, {d: everything[d] for d in dimensions},
+                                 params_target=params_target(model, budget),
+                                 data=calibration, held_out=held_out, step=step)
+        print(allocation, flush=True)
+        return "pk.allocate: " + "; ".join(allocation.methods), allocation.model
+    return prune
+
+
+PEER_MINUTES = 20  # Torch-Pruning's procedure is given this long, then the row says it ran out
+
+
+def torch_pruning_llm_example() -> Callable:
+    """Torch-Pruning 1.6's own LLM procedure, its ``examples/LLMs/prune_llm.py`` run as
+    written there (the calls and their settings, with this model, on CPU): ``BasePruner`` with
+    ``GroupMagnitudeImportance(p=2)``, the same ratio for every group of the hidden size, the
+    MLP and the heads (``head_pruning_ratio``), ``round_to=4``, the output layer ignored; then
+    its own config edits. It prunes by ratio, so the ratio is the budget (each dimension it
+    narrows shrinks the parameters outside the embeddings about as much)."""
+    def prune(model, x, calibration, budget, layers, held_out):
+        import signal
+
+        import torch_pruning as tp
+
+        config = model.config
+        heads = {}
+        for name, module in model.named_modules():
+            if name.endswith("self_attn"):
+                heads[module.q_proj] = config.num_attention_heads
+                heads[module.k_proj] = config.num_key_value_heads
+                heads[module.v_proj] = config.num_key_value_heads
+
+        def out_of_time(*_):
+            raise pk.PruneError(f"Torch-Pruning's procedure had not finished after "
+                                f"{PEER_MINUTES} minutes")
+
+        signal.signal(signal.SIGALRM, out_of_time)
+        signal.alarm(PEER_MINUTES * 60)
+        try:
+            pruner = tp.pruner.BasePruner(
+                model, example_inputs=x["input_ids"][:1, :8],
+                importance=tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean"),
+                global_pruning=False, output_transform=lambda out: out.logits,
+                pruning_ratio=budget, ignored_layers=[model.lm_head], num_heads=heads,
+                prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=budget,
+                round_to=4)
+            for group in pruner.step(interactive=True):
+                group.prune()
+        finally:
+            signal.alarm(0)
+        # the example's own config edits after pruning
+        config.hidden_size = model.lm_head.in_features
+        for name, module in model.named_modules():
+            if name.endswith("self_attn"):
+                module.num_heads = module.q_proj.out_features // module.head_dim
+                module.num_key_value_groups = module.num_heads // (
+                    module.k_proj.out_features // module.head_dim)
+                config.num_attention_heads = module.num_heads
+                config.num_key_value_heads = module.k_proj.out_features // module.head_dim
+            elif name.endswith("mlp"):
+                config.intermediate_size = module.gate_proj.out_features
+        return f"Torch-Pruning {tp.__version__} BasePruner, ratio {budget} (its LLM example)"
     return prune
 
 
@@ -224,6 +307,8 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "hidden: l2": ("hidden", hidden("l2")),
     "hidden: rotation": ("hidden", rotated()),
     "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),
+    "allocated: hidden, MLP, depth (pk.allocate)": ("allocated", allocated()),
+    "peer: Torch-Pruning's LLM example (its code)": ("peer", torch_pruning_llm_example()),
 }
 
 
@@ -235,6 +320,8 @@ def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
     calibration_ids = sequences(tokenizer, calibration_text, 8 if quick else 16)
     test_ids = sequences(tokenizer, test_text, 4 if quick else 16)
     calibration = batches(calibration_ids, 4, labels=True)
+    # scores pk.allocate's splits; recovery (llm_recovery.py) trains on the text after it
+    held_out = batches(held_out_ids(tokenizer, calibration_text, 8, len(calibration_ids)), 4)
     prompts = test_ids[:8 if not quick else 4, :32]
     new_tokens = 16
     reference = log_probs(model, test_ids)
@@ -255,7 +342,9 @@ def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
             pruned = copy.deepcopy(model)
             started = time.perf_counter()
             try:
-                how = prune(pruned, x, calibration, budget, layers)
+                how = prune(pruned, x, calibration, budget, layers, held_out)
+                if isinstance(how, tuple):  # a search returns the best of its own copies
+                    how, pruned = how
             except pk.PruneError as error:
                 print(f"{budget:.0%} {name}: {error}", flush=True)
                 rows.append({"budget": budget, "method": name, "kind": kind,

@@ -36,6 +36,7 @@ from llm import (
     METHODS,
     TOKENS,
     batches,
+    held_out_ids,
     load,
     log_probs,
     outside_embeddings,
@@ -53,14 +54,6 @@ THREADS = 2
 CALIBRATION_SEQUENCES = 16  # as llm.py
 
 
-def recovery_ids(tokenizer, text: str, count: int) -> torch.Tensor:
-    """``count`` sequences of the calibration topics after the calibration sequences."""
-    ids = tokenizer(text, return_tensors="pt").input_ids[0][CALIBRATION_SEQUENCES * TOKENS:]
-    if len(ids) < count * TOKENS:
-        raise SystemExit(f"only {len(ids)} recovery tokens, fewer than {count} × {TOKENS}")
-    return ids[: count * TOKENS].view(count, TOKENS)
-
-
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--seconds", type=float, default=300, help="recovery time per row")
@@ -75,7 +68,10 @@ def main() -> None:
     model, tokenizer = load()
     calibration_text, test_text = split_text()
     calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
-    recovery = batches(recovery_ids(tokenizer, calibration_text, 64), 2)
+    # the text after the calibration sequences (its first 8 sequences also score
+    # pk.allocate's splits in llm.py; none of it is test text)
+    recovery = batches(held_out_ids(tokenizer, calibration_text, 64, CALIBRATION_SEQUENCES), 2)
+    held_out = recovery[:4]
     test_ids = sequences(tokenizer, test_text, 16)
     calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)
@@ -85,7 +81,9 @@ def main() -> None:
     rows = []
     for budget, name in [(b, n) for b in options.budgets for n in options.rows]:
         pruned = copy.deepcopy(model)
-        how = METHODS[name][1](pruned, x, calibration, budget, layers)
+        how = METHODS[name][1](pruned, x, calibration, budget, layers, held_out)
+        if isinstance(how, tuple):  # a search returns the best of its own copies
+            how, pruned = how
         as_pruned, kl_pruned = perplexity_and_kl(pruned, test_ids, reference)
         started = time.perf_counter()
         result = pk.distill(pruned, model, recovery, steps=1_000_000, lr=options.lr,
