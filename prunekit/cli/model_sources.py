@@ -22,6 +22,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ConfigError, did_you_mean
+from .text import is_gguf, load_gguf
 
 # load(name, option, trust_pickle): the model ``name`` asks for; ``option`` ("--model 'x:y'")
 # leads every error, and ``trust_pickle`` says the user trusts pickled files
@@ -143,9 +144,11 @@ def _package(module: str, option: str):
 
 
 def _hugging_face(path: str, option: str, trust_pickle: bool) -> nn.Module:
+    if is_gguf(path):  # a GGUF file holds the weights, the config and the tokenizer
+        return load_gguf(path, option)
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(f"{option}: not a Hugging Face model directory (no "
-                          f"config.json)")
+                          f"config.json) nor a .gguf file")
     import transformers
 
     from ..adapters.hf.skeleton import saved_class
@@ -206,6 +209,6 @@ def _factory(source: str, name: str) -> Callable[[], Any]:
 # the order --help lists them in
 register_model_source("torchvision", _torchvision)
 register_model_source("timm", _timm)
-register_model_source("hf", _hugging_face, example="hf:PATH")
+register_model_source("hf", _hugging_face, example="hf:PATH (a folder or .gguf)")
 register_model_source("ultralytics", _ultralytics, example="ultralytics:yolo11n.yaml (or a .pt file)")
 register_model_source("open_clip", _open_clip, example="open_clip:NAME (its image tower)")

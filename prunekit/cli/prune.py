@@ -21,6 +21,7 @@ from ..export.saving import write_checkpoint
 from ..importance import get_criterion
 from ..measure.latency import Speedup, compare_latency
 from ..methods import LayerPruning, PruningMethod
+from ..recover import DistillResult, distill
 from .app import (
     CALIBRATION_HELP,
     CHECKPOINT_HELP,
@@ -39,6 +40,7 @@ from .app import (
 )
 from .output import check_out, copy_hf_extras, replace_out
 from .sources import example_inputs, first_inputs, load_data, load_model
+from .text import TEXT_PREFIX, is_gguf, text_batches, tokenizer_for
 
 OUT_FILES = {"model.safetensors", "plan.json", "hf", "tokenizer"}
 
@@ -49,6 +51,7 @@ class Pruned:
 
     result: PruneResult
     speed: Speedup | None
+    distilled: DistillResult | None = None
 
 
 @app.command()
@@ -66,6 +69,9 @@ def prune(
     round_to: str = typer.Option("1", help="keep a multiple of this many channels, or "
                                            "'measured': widths timed on this machine"),
     flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
+    params_target: float = typer.Option(None, help="filter/channel/heads/hidden: remove this "
+                                                   "fraction of the parameters instead of "
+                                                   "--ratio"),
     latency_target: float = typer.Option(None, help="filter/channel: run in this fraction of "
                                                     "the unpruned time (0.5: twice as fast), "
                                                     "timed on this machine with these inputs "
@@ -80,9 +86,17 @@ def prune(
                                             "weakest (RMSNorm models; needs --data)"),
     data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches "
                                         "(the model's inputs, or (inputs, labels) for criteria "
-                                        "that read a loss); data-driven criteria and "
+                                        "that read a loss), or text:PATH[,PATH] (text files, or "
+                                        "folders of them, read with an hf: model's tokenizer "
+                                        "in sequences of 256 tokens); data-driven criteria and "
                                         "--reconstruct read up to --calibration-batches "
                                         "training batches (default: the example inputs)"),
+    recover_minutes: float = typer.Option(None, help="after pruning, distil the pruned model "
+                                                     "from the unpruned one on the --data "
+                                                     "batches for this many minutes"),
+    lora_rank: int = typer.Option(None, help="with --recover-minutes: train low-rank adapters "
+                                             "of this rank (peft), merged back, instead of "
+                                             "every weight"),
     calibration_batches: int = typer.Option(8, min=1, help=CALIBRATION_HELP),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
@@ -102,11 +116,12 @@ def prune(
     source's tokenizer and sentence-transformers files; they go to OUT/tokenizer when no
     config can describe the pruned model). OUT is replaced as a whole."""
     try:
-        _check_targets(ratio, flops_target, latency_target, input_shape, data)
+        _check_targets(ratio, flops_target, latency_target, input_shape, data, params_target)
+        recovery = _recovery(recover_minutes, lora_rank, data, stream)
         pruning = method_from_options(
             method, criterion, optional={"ratio": 0.5 if ratio is None else ratio, "n": n},
             round_to=None if round_to == "1" else parse_round_to(round_to),
-            flops_target=flops_target,
+            flops_target=flops_target, params_target=params_target,
             latency_target=latency_target, global_ranking=global_ranking or None,
             reconstruct=reconstruct or None, rotate=rotate or None)
         if data is None and _reads_loss(pruning):
@@ -121,8 +136,12 @@ def prune(
                 raise ConfigError(f"--threads {threads}: give a positive number")
             torch.set_num_threads(threads)  # for the search's timings as for the report's
         network = load_model(model, checkpoint, trust_pickle).eval()
-        x, calibration = _inputs(network, input_shape, data, calibration_batches)
-        pruned = _prune(model, network, x, pruning, calibration, check, latency, threads)
+        # recovery trains on every batch; pruning reads --calibration-batches of them
+        x, batches = _inputs(network, model, input_shape, data,
+                             None if recovery else calibration_batches)
+        pruned = _prune(model, network, x, pruning, calibration=batches[:calibration_batches],
+                        check=check, latency=latency, threads=threads, recovery=recovery,
+                        batches=batches)
         replace_out(out, lambda folder: _write(folder, network, pruned.result, model, out))
     except (PruneError, ConfigError) as error:
         fail(error)
@@ -131,53 +150,95 @@ def prune(
 
 def _check_targets(ratio: float | None, flops_target: float | None,
                    latency_target: float | None, input_shape: str | None,
-                   data: str | None) -> None:
+                   data: str | None, params_target: float | None = None) -> None:
     """Options that would silently override each other are refused."""
-    target = ("--flops-target" if flops_target is not None
-              else "--latency-target" if latency_target is not None else None)
-    if ratio is not None and target:
-        raise ConfigError(f"--ratio and {target}: the target decides how much goes; give one "
-                          f"of them")
-    if flops_target is not None and latency_target is not None:
-        raise ConfigError("--flops-target and --latency-target: give one target")
+    targets = [name for name, value in (("--flops-target", flops_target),
+                                        ("--params-target", params_target),
+                                        ("--latency-target", latency_target))
+               if value is not None]
+    if ratio is not None and targets:
+        raise ConfigError(f"--ratio and {targets[0]}: the target decides how much goes; give "
+                          f"one of them")
+    if len(targets) > 1:
+        raise ConfigError(f"{' and '.join(targets)}: give one target")
     if input_shape is not None and data is not None:
         raise ConfigError("--input-shape and --data: the example inputs are the first --data "
                           "batch; leave --input-shape out")
 
 
-def _inputs(network, input_shape: str | None, data: str | None, batches: int
-            ) -> tuple[Any, list]:
-    """The example inputs and the calibration batches: the data's, or the random example
-    inputs alone (enough to run a data-driven criterion, no more)."""
+def _inputs(network, model: str, input_shape: str | None, data: str | None,
+            limit: int | None) -> tuple[Any, list]:
+    """The example inputs and the data's first ``limit`` batches (all with None), or the
+    random example inputs alone (enough to run a data-driven criterion, no more)."""
     if data is None:
         x = example_inputs(network, input_shape)
         return x, [x]
+    if data.startswith(TEXT_PREFIX):
+        batches = text_batches(data, tokenizer_for(model))[:limit]
+        return batches[0], batches
     train, _ = load_data(data)
-    return first_inputs(train, labels=False), list(itertools.islice(train, batches))
+    return first_inputs(train, labels=False), list(itertools.islice(train, limit))
 
 
-def _prune(model: str, network, x, pruning: PruningMethod, calibration: list, check: bool,
-           latency: bool, threads: int | None) -> Pruned:
+@dataclass
+class Recovery:
+    """``--recover-minutes``: distillation from the unpruned model after the prune."""
+
+    minutes: float
+    lora_rank: int | None
+
+
+def _recovery(minutes: float | None, lora_rank: int | None, data: str | None,
+              stream: bool) -> Recovery | None:
+    if minutes is None:
+        if lora_rank is not None:
+            raise ConfigError("--lora-rank: it is the rank of the adapters --recover-minutes "
+                              "trains; give --recover-minutes too")
+        return None
+    if not minutes > 0:
+        raise ConfigError(f"--recover-minutes {minutes:g}: give a positive number of minutes")
+    if data is None:
+        raise ConfigError("--recover-minutes: recovery trains on --data; give --data (for a "
+                          "language model, text:PATH)")
+    if stream:
+        raise ConfigError("--recover-minutes: a streamed prune never holds the whole model; "
+                          "prune in memory to recover, or distil the output folder afterwards")
+    if lora_rank is not None and lora_rank < 1:
+        raise ConfigError(f"--lora-rank {lora_rank}: give a positive rank")
+    return Recovery(minutes, lora_rank)
+
+
+def _prune(model: str, network, x, pruning: PruningMethod, *, calibration: list, check: bool,
+           latency: bool, threads: int | None, recovery: Recovery | None = None,
+           batches: list | None = None) -> Pruned:
     with progress() as report:
         measure_unpruned(network, x)  # inputs the model cannot run name --input-shape
-        original = _copy_for_timing(network) if latency else None
+        original = _copy_for_timing(network) if latency or recovery else None
         result = prune_model(network, x, pruning, data=calibration, check=check,
                              progress=report)
+        distilled = None
+        if recovery is not None and original is not None:
+            distilled = distill(network, original, batches, steps=10**9, lr=1e-4,
+                                schedule="constant", warmup=0, hidden=False,
+                                time_limit=recovery.minutes * 60,
+                                lora_rank=recovery.lora_rank, progress=report)
         speed = None
-        if original is not None:
+        if original is not None and latency:
             report(Step("timing the unpruned and pruned models", detail="interleaved"))
             speed = compare_latency(original, network, x, threads=threads)
             del original
-    return Pruned(result, speed)
+    return Pruned(result, speed, distilled)
 
 
 def _write(folder: Path, network, result: PruneResult, model: str, out: Path) -> None:
     write_checkpoint(network, folder, result.plan)
     if result.config_matches:
         network.save_pretrained(folder / "hf")
-    if model.startswith("hf:"):  # with the model, or alone beside the pk.load files
-        copy_hf_extras(Path(model[3:]), folder / ("hf" if result.config_matches
-                                                  else "tokenizer"), out)
+    target = folder / ("hf" if result.config_matches else "tokenizer")
+    if model.startswith("hf:") and is_gguf(model):  # the file's own tokenizer
+        tokenizer_for(model, "--model").save_pretrained(target)
+    elif model.startswith("hf:"):  # with the model, or alone beside the pk.load files
+        copy_hf_extras(Path(model[3:]), target, out)
 
 
 def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: bool,
@@ -194,6 +255,8 @@ def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: b
                           f"without --data; pass --data for a fit that means something")
     for line in result.details():  # what print(result) says, as it says it
         console.print(escape(line))
+    if pruned.distilled is not None:
+        console.print(f"recovered: {escape(str(pruned.distilled))}")
     console.print(f"saved to {out}/ (model.safetensors, plan.json)")
     if result.config_matches:
         console.print(f"also saved with save_pretrained to {out / 'hf'}/ "

@@ -1,0 +1,93 @@
+"""Text for a language model on the command line: a Hugging Face model read from a GGUF file,
+its tokenizer, and ``--data text:PATH`` (plain text files cut into token sequences)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+TEXT_PREFIX = "text:"
+SEQUENCE = 256  # tokens per sequence of --data text:
+BATCH = 4  # sequences per batch
+SUFFIXES = (".txt", ".md", ".rst")  # what a folder given to --data text: is read for
+
+
+def is_gguf(path: str) -> bool:
+    return path.endswith(".gguf")
+
+
+def load_gguf(path: str, option: str) -> nn.Module:
+    """A causal LM from a GGUF file, dequantized to float32 (transformers reads the file; it
+    needs the gguf package)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{option}: no GGUF file {path!r}")
+    import transformers
+
+    _needs("gguf", option)
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    except Exception as error:
+        raise ConfigError(f"{option}: transformers cannot read the GGUF file: "
+                          f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
+
+
+def tokenizer_for(model: str, option: str = "--data") -> Any:
+    """The tokenizer of ``--model hf:PATH`` (a folder, or a GGUF file, which holds one)."""
+    if not model.startswith("hf:"):
+        raise ConfigError(f"{option}: text is read with the model's tokenizer; give --model "
+                          f"hf:PATH (a Hugging Face folder or a .gguf file), not {model!r}")
+    import transformers
+
+    path = Path(model[3:])
+    try:
+        if is_gguf(str(path)):
+            return transformers.AutoTokenizer.from_pretrained(str(path.parent),
+                                                              gguf_file=path.name)
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    except Exception as error:
+        raise ConfigError(f"{option}: the model has no tokenizer transformers can load "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                          ) from error
+
+
+def text_batches(spec: str, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
+    """``text:PATH[,PATH…]`` (files, or folders of .txt/.md/.rst files) tokenised and cut
+    into batches of ``BATCH`` sequences of ``SEQUENCE`` tokens, in order; the last partial
+    batch is dropped."""
+    files = []
+    for part in spec[len(TEXT_PREFIX):].split(","):
+        path = Path(part)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"--data {spec!r}: no file or folder {part!r}")
+    try:
+        text = "\n\n".join(file.read_text(encoding="utf-8") for file in files)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"--data {spec!r}: not UTF-8 text ({error.reason})") from None
+    ids = torch.as_tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    count = len(ids) // SEQUENCE
+    if count == 0:
+        raise ConfigError(f"--data {spec!r}: {len(ids)} tokens, fewer than one sequence of "
+                          f"{SEQUENCE}; give more text")
+    sequences = ids[:count * SEQUENCE].view(count, SEQUENCE)
+    return [{"input_ids": sequences[start:start + BATCH]}
+            for start in range(0, count, BATCH) if start + BATCH <= count] or [
+        {"input_ids": sequences}]
+
+
+def _needs(package: str, option: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"{option}: reading GGUF needs the {package} package: pip install "
+                          f"\"prunekit[gguf]\"")

@@ -1,0 +1,98 @@
+"""One command from a language model's folder to a pruned, recovered model that reloads with
+``from_pretrained``: text files as ``--data`` (read with the model's own tokenizer), a
+parameters target, a recovery time budget, low-rank adapters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import prunekit as pk
+from prunekit.cli.commands import app
+
+from .helpers import outputs
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+WORDS = ("the model reads text and writes text; pruning removes what it needs least, and "
+         "recovery teaches the rest what was lost. ")
+
+
+def language_model_folder(tmp_path):
+    """A small Llama with a word-level tokenizer trained on ``WORDS``, saved as a folder."""
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator([WORDS], tokenizers.trainers.WordLevelTrainer(
+        special_tokens=["[UNK]"]))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2))
+    folder = tmp_path / "lm"
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text(WORDS * 60)
+    (tmp_path / "text" / "b.md").write_text(WORDS * 60)
+    return folder, tmp_path / "text"
+
+
+def test_one_command_prunes_recovers_and_saves_a_reloadable_model(tmp_path):
+    folder, text = language_model_folder(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "prune", "--model", f"hf:{folder}", "--method", "hidden", "--rotate",
+        "--params-target", "0.2", "--round-to", "8", "--data", f"text:{text}",
+        "--recover-minutes", "0.02", "--lora-rank", "4", "--no-latency", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "recovered:" in printed and "random example inputs" not in printed
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")
+    ids = tokenizer("the model reads text", return_tensors="pt")
+    restored = pk.load(transformers.AutoModelForCausalLM.from_pretrained(folder), out)
+    for a, b in zip(outputs(reloaded, dict(ids)), outputs(restored, dict(ids))):
+        assert torch.equal(a, b)
+    original = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(
+        folder).parameters())
+    assert sum(p.numel() for p in reloaded.parameters()) < original * 0.85
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--recover-minutes", "1"], "--recover-minutes: recovery trains on --data"),
+    (["--lora-rank", "4"], "--lora-rank: it is the rank of the adapters --recover-minutes"),
+    (["--ratio", "0.2", "--params-target", "0.1"], "--ratio and --params-target"),
+    (["--params-target", "0.1", "--flops-target", "0.1"],
+     "--flops-target and --params-target: give one target"),
+    (["--data", "text:nowhere.txt"], "no file or folder 'nowhere.txt'"),
+])
+def test_command_line_mistakes_are_one_line(tmp_path, options, message):
+    folder, _ = language_model_folder(tmp_path)
+    result = CliRunner().invoke(app, ["prune", "--model", f"hf:{folder}", *options,
+                                      "--no-latency", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+
+
+def test_text_needs_a_model_with_a_tokenizer(tmp_path):
+    (tmp_path / "t.txt").write_text(WORDS)
+    result = CliRunner().invoke(app, ["prune", "--model", "torchvision:resnet18", "--data",
+                                      f"text:{tmp_path / 't.txt'}", "--out",
+                                      str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "text is read with the model's tokenizer; give --model hf:PATH" in \
+        " ".join(result.output.split())
+
+
+def test_too_little_text_is_one_line(tmp_path):
+    folder, _ = language_model_folder(tmp_path)
+    (tmp_path / "short.txt").write_text("the model")
+    result = CliRunner().invoke(app, ["prune", "--model", f"hf:{folder}", "--data",
+                                      f"text:{tmp_path / 'short.txt'}", "--out",
+                                      str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "fewer than one sequence of 256" in " ".join(result.output.split())
