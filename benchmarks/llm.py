@@ -312,7 +312,8 @@ METHODS: dict[str, tuple[str, Callable]] = {
 }
 
 
-def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
+def run(quick: bool, only: list[str] | None = None,
+        budgets: tuple[float, ...] = BUDGETS) -> dict[str, Any]:
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
@@ -333,7 +334,7 @@ def run(quick: bool, only: list[str] | None = None) -> dict[str, Any]:
     print(f"unpruned: perplexity {unpruned_ppl:.2f} on {test_ids.numel()} test tokens, "
           f"{base_params:,} parameters outside the embeddings", flush=True)
     rows = []
-    budgets = BUDGETS[:1] if quick else BUDGETS
+    budgets = budgets[:1] if quick else budgets
     names = list(METHODS)[::2] if quick else list(METHODS)
     names = [name for name in names if not only or name in only]
     for budget in budgets:
@@ -441,6 +442,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one budget, fewer rows and tokens")
     parser.add_argument("--only", nargs="+", choices=list(METHODS), metavar="METHOD",
                         help="run these rows again and merge them into the result file")
+    parser.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS),
+                        help="fractions of the parameters outside the embeddings to remove")
     parser.add_argument("--replot", action="store_true",
                         help="the table and plot again from the result file, nothing run")
     args = parser.parse_args()
@@ -449,7 +452,7 @@ def main() -> None:
         result = json.loads((RESULTS / f"{stem}.json").read_text())
         result.setdefault("parameters", PARAMETERS)
     else:
-        result = run(args.quick, args.only)
+        result = run(args.quick, args.only, tuple(args.budgets))
         if args.only:
             saved = json.loads((RESULTS / f"{stem}.json").read_text())
             result = merged({**saved, "parameters": result["parameters"]}, result)

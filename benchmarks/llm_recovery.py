@@ -100,46 +100,51 @@ def main() -> None:
         del pruned
         gc.collect()
     data = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
-            "unpruned_perplexity": unpruned_ppl, "seconds": options.seconds, "lr": options.lr,
-            "threads": THREADS, "test_tokens": test_ids.numel(),
-            "rows": merged(rows, options.seconds, options.lr)}
+            "unpruned_perplexity": unpruned_ppl, "threads": THREADS,
+            "test_tokens": test_ids.numel(), "rows": merged(rows, options.seconds, options.lr)}
     write_results("llm_recovery", data, to_markdown(data))
     print(to_markdown(data))
 
 
 def merged(rows: list[dict], seconds: float, lr: float) -> list[dict]:
-    """The saved rows of the same recovery time and rate, with ``rows`` in place of the same
-    budget and method, by budget and then in ``ROWS``' order."""
+    """The saved rows with ``rows`` in place of those of the same budget, method and
+    recovery time, ordered by recovery time, budget and then ``ROWS``' order."""
     path = RESULTS / "llm_recovery.json"
     saved = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    kept = [] if (saved.get("seconds"), saved.get("lr")) != (seconds, lr) else saved["rows"]
-    # rows written before the file said their budget were all at 35%
-    table = {(r.get("budget", 0.35), r["method"]): {"budget": 0.35, **r} for r in kept}
-    table.update({(r["budget"], r["method"]): r for r in rows})
+    # rows written before the file said their budget and time were at 35% and the file's
+    defaults = {"budget": 0.35, "seconds": saved.get("seconds"), "lr": saved.get("lr")}
+    table = {}
+    for row in [{**defaults, **r} for r in saved["rows"]] + [
+            {"seconds": seconds, "lr": lr, **r} for r in rows]:
+        table[row["seconds"], row["budget"], row["method"]] = row
     return sorted(table.values(), key=lambda r: (
-        r["budget"], ROWS.index(r["method"]) if r["method"] in ROWS else len(ROWS)))
+        r["seconds"], r["budget"],
+        ROWS.index(r["method"]) if r["method"] in ROWS else len(ROWS)))
 
 
 def to_markdown(data: dict) -> str:
     unpruned = data["unpruned_perplexity"]
     table = markdown_table(
-        ["budget", "method", "removed", "perplexity as pruned", "after recovery",
-         "KL as pruned", "KL after", "recovery"],
-        [[f"{r['budget']:.0%}", r["method"], f"{r['removed']:.1%}",
+        ["recovery time", "budget", "method", "removed", "perplexity as pruned",
+         "after recovery", "KL as pruned", "KL after", "recovery"],
+        [[f"{r['seconds'] / 60:g} min", f"{r['budget']:.0%}", r["method"], f"{r['removed']:.1%}",
           f"{r['perplexity_as_pruned']:.1f} (×{r['perplexity_as_pruned'] / unpruned:.2f})",
           f"{r['perplexity_recovered']:.1f} (×{r['perplexity_recovered'] / unpruned:.2f})",
           f"{r['kl_as_pruned']:.3f}", f"{r['kl_recovered']:.3f}",
           f"{r['recovery_steps']} steps, {r['recovery_tokens']:,} tokens, "
           f"{r['recovery_seconds']:.0f} s"] for r in data["rows"]])
-    return (f"# SmolLM2-135M-Instruct pruned, then recovered for {data['seconds']:g} s\n\n"
+    runs = sorted({(r["seconds"], r["budget"]) for r in data["rows"]})
+    commands = "; ".join(f"`python benchmarks/llm_recovery.py --seconds {seconds:g} --budgets "
+                         f"{' '.join(format(b, 'g') for s, b in runs if s == seconds)}`"
+                         for seconds in sorted({s for s, _ in runs}))
+    rates = sorted({format(r["lr"], "g") for r in data["rows"]})
+    return (f"# SmolLM2-135M-Instruct pruned, then recovered on a time budget\n\n"
             f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens. "
             f"Each row removes its budget of the parameters outside the embeddings as "
             f"`llm.py` does, then distils from the unpruned model (KL of the next-token "
-            f"distributions, AdamW at lr {data['lr']:g}, constant) for at most "
-            f"{data['seconds']:g} s on {data['threads']} threads, on recovery text disjoint "
-            f"from the calibration and test text. Reproduce: "
-            f"`python benchmarks/llm_recovery.py --seconds {data['seconds']:g} --budgets "
-            f"{' '.join(sorted({format(r['budget'], 'g') for r in data['rows']}))}`.\n\n"
+            f"distributions, AdamW at lr {', '.join(rates)}, constant) for at most its "
+            f"recovery time on {data['threads']} threads, on recovery text disjoint from the "
+            f"calibration and test text. Reproduce: {commands} (add `--rows` to run some).\n\n"
             + table + "\n")
 
 

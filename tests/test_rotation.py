@@ -82,8 +82,8 @@ def test_slicing_the_rotated_stream_loses_less_than_slicing_the_raw_one():
     losses = {}
     for rotate in (False, True):
         model = copy.deepcopy(original)
-        pk.prune(model, EXAMPLE, pk.HiddenPruning(0.25, "l2", rotate=rotate),
-                 data=token_batches())
+        method = pk.HiddenPruning(0.25, rotate=True) if rotate else pk.HiddenPruning(0.25, "l2")
+        pk.prune(model, EXAMPLE, method, data=token_batches())
         assert model.config.hidden_size == HIDDEN * 3 // 4
         losses[rotate] = kl(original, model, token_batches(1, seed=9)[0])
     assert losses[True] < losses[False] / 2
@@ -172,6 +172,8 @@ def test_rotation_needs_calibration_data_and_the_model_in_memory():
         pk.prune(tiny_llama(), EXAMPLE, pk.HiddenPruning(0.25, rotate=True))
     with pytest.raises(pk.ConfigError, match="in memory"):
         pk.HiddenPruning(0.25, rotate=True).streamed_stage()
+    with pytest.raises(pk.ConfigError, match="leave criterion out"):
+        pk.HiddenPruning(0.25, "l2", rotate=True)
 
 
 def test_the_untied_output_layer_saves_and_reloads_both_ways(tmp_path):

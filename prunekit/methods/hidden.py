@@ -46,6 +46,12 @@ class HiddenPruning(GroupPruning):
 
     streams: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rotate and self.criterion != "l1":  # (l1: the default, left as it is)
+            raise ConfigError(f"HiddenPruning(rotate=True) ranks the principal directions by "
+                              f"their variance; leave criterion out (got {self.criterion!r})")
+
     cli_name: ClassVar[str] = "hidden"
 
     def streamed_stage(self):
