@@ -323,3 +323,12 @@ def test_a_model_that_cannot_run_in_float64_is_compared_in_its_own_precision_and
     assert result.report.ok and "in float64" not in str(result.report).split("(")[0]
     assert "compared in its own precision although Tensor.topk" in str(result.report)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_the_report_counts_a_models_outputs_once_however_many_inputs_it_checked():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    result = pk.prune(model, x, pk.FilterPruning(0.5, "l1"),
+                      data=[torch.randn(2, 3, 12, 12) for _ in range(2)])
+    text = str(result.report)
+    assert "1 output tensor on the example inputs and 2 batches of data" in text, text

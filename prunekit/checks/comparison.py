@@ -66,6 +66,7 @@ class VerifyReport:
     # the unpruned (masked: same shapes) and pruned models' sizes, measured on the way
     unpruned: Measurement | None = None
     pruned: Measurement | None = None
+    per_input: int | None = None  # output tensors of one input (outputs: of every input)
 
     @property
     def worst(self) -> OutputComparison | None:
@@ -91,7 +92,7 @@ class VerifyReport:
 
     def __str__(self) -> str:
         worst = self.worst
-        count = len(self.outputs)
+        count = self.per_input or len(self.outputs)
         where = (f"{count} output tensor{'s' if count != 1 else ''} on {self.inputs}"
                  + (f", with {', '.join(self.bypassed)} removed from both"
                     if self.bypassed else ""))

