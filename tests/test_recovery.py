@@ -159,3 +159,25 @@ def test_norm_sparsity_training_shrinks_batchnorm_scales(digits):
     torch.manual_seed(0)
     train_classifier(sparse, digits.train, epochs=2, lr=3e-2, norm_sparsity=1.0)
     assert float(norm_scale_l1(sparse).detach()) < 0.7 * float(norm_scale_l1(plain).detach())
+
+
+def test_compare_fine_tunes_each_method_once_per_seed_and_shows_the_spread(tmp_path, digits):
+    model, x = small_model(), digits.example_inputs
+    methods = {"filter l1": pk.FilterPruning(criterion="l1", flops_target=0.4)}
+    table = pk.compare(model, x, digits.train, digits.test, flops_target=0.4,
+                       finetune_epochs=1, methods=methods, seeds=3)
+    row = table.rows[1]
+    assert len(row.fine_tuned_runs) == 3 and len(set(row.fine_tuned_runs)) > 1
+    assert row.accuracy_fine_tuned == pytest.approx(sum(row.fine_tuned_runs) / 3)
+    low, high = row.fine_tuned_range
+    assert f"({low:.1%}–{high:.1%})" in table.to_markdown()
+    assert "3 seeds" in table.to_markdown()
+    # the first seed's run is the single run of seeds=1 (on a fresh loader: this one has its
+    # own generator, which the runs above advanced)
+    fresh = load_digits(batch_size=128)
+    single = pk.compare(model, x, fresh.train, fresh.test, flops_target=0.4,
+                        finetune_epochs=1, methods=methods)
+    assert single.rows[1].fine_tuned_runs == row.fine_tuned_runs[:1]
+    assert table.plot(tmp_path / "spread.png").stat().st_size > 1000
+    with pytest.raises(pk.ConfigError, match="seeds"):
+        pk.compare(model, x, digits.train, digits.test, methods=methods, seeds=0)

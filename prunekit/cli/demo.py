@@ -84,7 +84,7 @@ def run_demo(out_dir: str | Path = "demo_output", epochs: int = 20, finetune_epo
 
     comparison = compare(model, x, digits.train, digits.test, flops_target=flops_target,
                          finetune_epochs=finetune_epochs, data=digits.calibration,
-                         timing_inputs=timing_batch, seed=seed, progress=report)
+                         timing_inputs=timing_batch, seed=seed, seeds=3, progress=report)
     comparison.plot(out / "comparison.png")
 
 

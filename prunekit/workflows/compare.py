@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..api import prune
-from ..core.arguments import keyword_only
+from ..core.arguments import check_whole, keyword_only
 from ..core.progress import ProgressOption, Step, finish, reporter
 from ..core.tables import ResultTable
 from ..measure.latency import Speedup, Timing, measure_latency, speedup_cell, speedups_over_first
@@ -55,6 +55,13 @@ class ComparisonRow:
     accuracy_as_pruned: float | None = None  # one-shot before BatchNorm re-estimation
     speedup: Speedup | None = None  # against the unpruned model, timed in the same rounds
     checked: str = ""  # what the method's check checked ("equivalent", "blocks bypassed")
+    fine_tuned_runs: list[float] = field(default_factory=list)  # one per seed
+
+    @property
+    def fine_tuned_range(self) -> tuple[float, float] | None:
+        """The lowest and highest fine-tuned accuracy over the seeds (None for one run)."""
+        runs = self.fine_tuned_runs
+        return (min(runs), max(runs)) if len(runs) > 1 else None
 
     @property
     def latency_ms(self) -> float | None:
@@ -87,7 +94,8 @@ class Comparison:
                     else "one-shot: no change after pruning")
         table = ResultTable(
             f"FLOPs budget: remove {self.flops_target:.0%}; fine-tuning: "
-            f"{self.finetune_epochs} epochs for every method; {one_shot}; latency: "
+            f"{self.finetune_epochs} epochs for every method{self._seeds_text()}; {one_shot}; "
+            f"latency: "
             f"median (quartiles) ms, {self.timing}; speed-up: against the unpruned model "
             f"in the same rounds, with its 95% confidence interval ('≈ 1' where that "
             f"interval holds 1)",
@@ -97,12 +105,21 @@ class Comparison:
         def percent(value: float | None) -> str:
             return "—" if value is None else f"{value:.1%}"
 
+        def tuned(row: ComparisonRow) -> str:
+            spread = row.fine_tuned_range
+            return percent(row.accuracy_fine_tuned) + (
+                f" ({spread[0]:.1%}–{spread[1]:.1%})" if spread else "")
+
         for r in self.rows:
             table.rows.append([r.method, f"{r.params:,}", f"{1 - r.flops / base.flops:.1%}",
                                str(r.latency), speedup_text(r.speedup),
                                percent(r.accuracy_as_pruned), f"{r.accuracy_one_shot:.1%}",
-                               percent(r.accuracy_fine_tuned), verdict(r.verified, r.checked)])
+                               tuned(r), verdict(r.verified, r.checked)])
         return table
+
+    def _seeds_text(self) -> str:
+        seeds = max((len(r.fine_tuned_runs) for r in self.rows), default=1)
+        return (f", {seeds} seeds (the mean, and the lowest–highest)" if seeds > 1 else "")
 
     def to_markdown(self) -> str:
         return self.table().to_markdown()
@@ -131,8 +148,13 @@ class Comparison:
         for offset, (label, name, colour) in enumerate(stages):
             values = [getattr(r, name) for r in rows]
             shifted = [y + (1 - offset) * height for y in positions]
+            spread = ([[0 if r.fine_tuned_range is None else (v - r.fine_tuned_range[0]) * 100
+                        for r, v in zip(rows, values)],
+                       [0 if r.fine_tuned_range is None else (r.fine_tuned_range[1] - v) * 100
+                        for r, v in zip(rows, values)]]
+                      if name == "accuracy_fine_tuned" else None)
             accuracy_axes.barh(shifted, [0 if v is None else v * 100 for v in values], height,
-                               color=colour, label=label)
+                               color=colour, label=label, xerr=spread, capsize=2)
         accuracy_axes.set_yticks(positions, [r.method for r in rows])
         accuracy_axes.set_xlim(0, 100)
         accuracy_axes.set_xlabel("test accuracy (%)")
@@ -183,7 +205,8 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
             *, flops_target: float = 0.5, finetune_epochs: int = 5, lr: float = 1e-3,
             methods: dict[str, Any] | None = None, data: Iterable | None = None,
             timing_inputs: Any = None, threads: int | None = None, seed: int = 0,
-            recalibrate: bool = True, progress: ProgressOption = None) -> Comparison:
+            seeds: int = 1, recalibrate: bool = True,
+            progress: ProgressOption = None) -> Comparison:
     """Run every method on its own copy of ``model``; the model itself is not changed.
 
     Args:
@@ -199,6 +222,11 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         data: calibration batches for data-driven criteria (default: ``train_data``).
         timing_inputs: the batch latency is measured on (default: ``example_inputs``).
         threads: the threads latency is measured with (default: as set now).
+        seed: the seed of the first fine-tuning run (its data order).
+        seeds: fine-tune each pruned model this many times, from the same pruned weights
+            with seeds ``seed``, ``seed + 1`` … (a loader with its own generator draws its
+            next orders instead): the row shows the mean accuracy and the lowest and
+            highest (the first run's model is the one timed).
         recalibrate: re-estimate BatchNorm statistics on ``data`` after pruning, before the
             one-shot evaluation (no weights change).
 
@@ -206,6 +234,7 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         >>> table = pk.compare(model, x, train, test, flops_target=0.5, finetune_epochs=5)
         >>> print(table.to_markdown()); table.plot("comparison.png")
     """
+    check_whole(seeds, "seeds")
     methods = methods if methods is not None else default_methods(flops_target)
     data = data if data is not None else train_data
     timing_inputs = timing_inputs if timing_inputs is not None else example_inputs
@@ -233,17 +262,22 @@ def compare(model: nn.Module, example_inputs: Any, train_data: Iterable, eval_da
         if recalibrate:
             recalibrate_norms(pruned, data)
             one_shot = evaluate_accuracy(pruned, eval_data)
-        tuned = None
+        runs = []
         if finetune_epochs > 0:
             report(Step("comparing methods", index, len(methods),
-                        f"{label}: fine-tune {finetune_epochs} epochs"))
-            torch.manual_seed(seed)
-            train_classifier(pruned, train_data, epochs=finetune_epochs, lr=lr)
-            tuned = evaluate_accuracy(pruned, eval_data)
+                        f"{label}: fine-tune {finetune_epochs} epochs"
+                        + (f", {seeds} seeds" if seeds > 1 else "")))
+            starts = [pruned] + [copy.deepcopy(pruned) for _ in range(seeds - 1)]
+            for offset, start in enumerate(starts):
+                torch.manual_seed(seed + offset)
+                train_classifier(start, train_data, epochs=finetune_epochs, lr=lr)
+                runs.append(evaluate_accuracy(start, eval_data))
+            del starts
         pruned.eval()
         rows.append(ComparisonRow(label, count_params(pruned),
-                                  count_flops(pruned, example_inputs), None, one_shot, tuned,
-                                  verified, as_pruned, checked=checked))
+                                  count_flops(pruned, example_inputs), None, one_shot,
+                                  sum(runs) / len(runs) if runs else None, verified,
+                                  as_pruned, checked=checked, fine_tuned_runs=runs))
         pruned_models.append(pruned)
     report(Step("comparing methods", len(methods), len(methods)))
     report(Step("timing", detail=f"all {len(rows)} models interleaved"))
