@@ -258,3 +258,13 @@ def test_the_command_line_rotates_a_folder_and_it_reloads_with_from_pretrained(t
                                      str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "--rotate: --method filter has no --rotate option; use " \
         "--method hidden" in " ".join(wrong.output.split())
+
+
+def test_a_parameters_target_counts_the_untied_output_layer():
+    model = tiny_llama()
+    before = sum(p.numel() for p in model.parameters())
+    result = pk.prune(model, EXAMPLE, pk.HiddenPruning(params_target=0.3, rotate=True),
+                      data=token_batches())
+    after = sum(p.numel() for p in model.parameters())
+    assert result.plan.untied == ["lm_head.weight"]
+    assert abs((1 - after / before) - 0.3) <= 0.02  # as close as whole channels allow

@@ -194,6 +194,11 @@ class GroupPruning(PruningMethod):
         attention = {g.axis for g in graph.attention_groups()}
         return [g for g in graph.groups if g.axis not in attention]
 
+    def untied(self, graph: DependencyGraph) -> list[str]:
+        """Names of tied tensors the plan gives tensors of their own (none, unless the
+        method writes different values under them: a rotated hidden size)."""
+        return []
+
     def nothing_to_prune(self) -> str | None:
         """The error when a model has no candidate at all; None: an empty result is fine."""
         return None
@@ -309,9 +314,11 @@ class GroupPruning(PruningMethod):
             # a latency target keeps widths the CPU kernels run fast, unless told otherwise
             chooser = dataclasses.replace(self, round_to=LATENCY_ROUND_TO)
         if budget is not None:
-            def plan_at(r: float) -> Plan:
-                return plan_from_keep(graph, chooser.select(graph, groups, scores, r,
+            def plan_at(r: float) -> Plan:  # measured as the proposal's plan will be
+                plan = plan_from_keep(graph, chooser.select(graph, groups, scores, r,
                                                             dither=True, widths=widths), {})
+                plan.untied = self.untied(graph) if plan.tensors else []
+                return plan
             if budget[0] == "latency":
                 ratio, speed = ratio_for_latency(model, example_inputs, plan_at, budget[1],
                                                  self.max_ratio, type(self).__name__)
@@ -325,7 +332,7 @@ class GroupPruning(PruningMethod):
                               widths=widths)
         if table is not None:
             table.save()
-        return GroupProposal(graph, keep, self.to_dict(), latency)
+        return GroupProposal(graph, keep, self.to_dict(), latency, self.untied(graph))
 
     @staticmethod
     def _fast_widths(table: WidthTable, calls: dict[int, list[LayerCall]]

@@ -82,12 +82,12 @@ class HiddenPruning(GroupPruning):
         # a narrower hidden size cannot equal the masked model: check that it runs
         return Runs(may_narrow=True)
 
-    def propose(self, model, example_inputs, context):
-        proposal = super().propose(model, example_inputs, context)
-        if self.rotate:  # the output layer reads what the embedding writes, rotated apart
-            proposal.untied = [name for group in self.candidates(proposal.graph)
-                               for member in group.members for name in member.slot.names[1:]]
-        return proposal
+    def untied(self, graph):
+        if not self.rotate:
+            return []
+        # an output layer tied to the embedding reads what it writes, rotated apart
+        return [name for group in self.candidates(graph) for member in group.members
+                for name in member.slot.names[1:]]
 
     def summary(self):
         if not self.rotate:
