@@ -419,20 +419,26 @@ def to_markdown(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], path: Path) -> None:
     """Perplexity (log scale) against the parameters outside the embeddings removed, one
     line per method; the unpruned model's perplexity as a dotted line."""
+    import matplotlib
+
     from prunekit.workflows.plots import new_figure, save
 
     figure = new_figure(8, 4.5)
     axes = figure.subplots()
-    for method in dict.fromkeys(row["method"] for row in result["rows"]):
+    methods = list(dict.fromkeys(row["method"] for row in result["rows"]))
+    colours = matplotlib.colormaps["tab20"].colors
+    for index, method in enumerate(methods):
         rows = [r for r in result["rows"] if r["method"] == method and "error" not in r]
         if rows:
             axes.plot([r["removed"] * 100 for r in rows], [r["perplexity"] for r in rows],
-                      "o-", label=method)
+                      "os^Dv"[index % 5] + "-", color=colours[index % len(colours)],
+                      label=method + (" *" if "rotation" in method else ""))
     axes.axhline(result["unpruned_perplexity"], color="black", linestyle=":", label="unpruned")
     axes.set_yscale("log")
     axes.set_xlabel("% of the parameters outside the embeddings removed")
     axes.set_ylabel("perplexity on held-out text (log)")
-    axes.set_title("SmolLM2-135M-Instruct, pruned, no training", fontsize=10)
+    axes.set_title("SmolLM2-135M-Instruct, pruned, no training\n(* the rotation unties the "
+                   "output layer: +28M parameters)", fontsize=9)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save(figure, path)
 
