@@ -68,3 +68,14 @@ def test_an_interrupt_leaves_the_student_as_it_was():
 def test_bad_adapter_settings_are_one_line(options, message):
     with pytest.raises(pk.ConfigError, match=message):
         pk.Distillation(**options)
+
+
+def test_adapters_go_exactly_on_the_linear_layers_named():
+    from prunekit.recover.lora import adapted_layers, low_rank_adapters
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Conv1d(4, 4, 1), nn.Linear(4, 4)))
+    assert adapted_layers(model) == ["0", "1.1"]
+    with low_rank_adapters(model, 2):
+        adapted = [name for name, module in model.named_modules() if hasattr(module, "lora_A")]
+        assert adapted == ["0", "1.1"]  # not the convolution "1.0", whose name ends in "0"
+    assert type(model[1][0]) is nn.Conv1d and type(model[0]) is nn.Linear

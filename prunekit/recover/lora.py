@@ -4,6 +4,7 @@ recovered model has the pruned model's architecture and nothing of peft in it.""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -31,12 +32,16 @@ def low_rank_adapters(student: nn.Module, rank: int) -> Iterator[None]:
         from peft import LoraConfig
         from peft.tuners.lora import LoraModel
     except ImportError:
-        raise ConfigError("lora_rank needs peft: pip install peft") from None
+        raise ConfigError('lora_rank needs peft: pip install "prunekit[lora]"') from None
     targets = adapted_layers(student)
     if not targets:
         raise ConfigError("lora_rank: the student has no linear layer to adapt")
     trainable = {name: p.requires_grad for name, p in student.named_parameters()}
-    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets)
+    # one pattern matched against whole names (a list would match by suffix: "0" would
+    # adapt every module whose name ends in ".0")
+    pattern = "|".join(re.escape(name) for name in targets)
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                        target_modules=f"(?:{pattern})")
     tuner = LoraModel(student, config, "default")
     merged = False
     try:
