@@ -223,7 +223,7 @@ def rotated(budget_share: float = 1.0) -> Callable:
     return prune
 
 
-def allocated(dimensions: tuple[str, ...] = ("hidden", "mlp"), step: float = 0.5
+def allocated(dimensions: tuple[str, ...] = ("hidden", "mlp", "depth"), step: float = 0.5
               ) -> Callable:
     """``pk.allocate``: the budget split across the dimensions by held-out KL on calibration
     text that no row calibrates on (the calibration topics' tokens after the calibration
@@ -307,7 +307,7 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "hidden: l2": ("hidden", hidden("l2")),
     "hidden: rotation": ("hidden", rotated()),
     "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),
-    "allocated: hidden, MLP (pk.allocate)": ("allocated", allocated()),
+    "allocated: hidden, MLP, depth (pk.allocate)": ("allocated", allocated()),
     "peer: Torch-Pruning's LLM example (its code)": ("peer", torch_pruning_llm_example()),
 }
 
