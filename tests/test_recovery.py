@@ -161,7 +161,9 @@ def test_norm_sparsity_training_shrinks_batchnorm_scales(digits):
     assert float(norm_scale_l1(sparse).detach()) < 0.7 * float(norm_scale_l1(plain).detach())
 
 
-def test_compare_fine_tunes_each_method_once_per_seed_and_shows_the_spread(tmp_path, digits):
+def test_compare_fine_tunes_each_method_once_per_seed_and_shows_the_spread(tmp_path):
+    # fresh loaders: each has its own generator, which earlier runs would have advanced
+    digits = load_digits(batch_size=128)
     model, x = small_model(), digits.example_inputs
     methods = {"filter l1": pk.FilterPruning(criterion="l1", flops_target=0.4)}
     table = pk.compare(model, x, digits.train, digits.test, flops_target=0.4,
@@ -172,12 +174,11 @@ def test_compare_fine_tunes_each_method_once_per_seed_and_shows_the_spread(tmp_p
     low, high = row.fine_tuned_range
     assert f"({low:.1%}–{high:.1%})" in table.to_markdown()
     assert "3 seeds" in table.to_markdown()
-    # the first seed's run is the single run of seeds=1 (on a fresh loader: this one has its
-    # own generator, which the runs above advanced)
+    # the first seed's run is the single run of seeds=1
     fresh = load_digits(batch_size=128)
     single = pk.compare(model, x, fresh.train, fresh.test, flops_target=0.4,
                         finetune_epochs=1, methods=methods)
     assert single.rows[1].fine_tuned_runs == row.fine_tuned_runs[:1]
     assert table.plot(tmp_path / "spread.png").stat().st_size > 1000
     with pytest.raises(pk.ConfigError, match="seeds"):
-        pk.compare(model, x, digits.train, digits.test, methods=methods, seeds=0)
+        pk.compare(model, x, fresh.train, fresh.test, methods=methods, seeds=0)
