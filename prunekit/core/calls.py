@@ -183,3 +183,18 @@ def largest_difference(actual: list[torch.Tensor], expected: list[torch.Tensor])
         scale = max(float(want.abs().max()), 1e-12)
         worst = max(worst, float((got - want).abs().max()) / scale)
     return worst
+
+
+def outputs_on(model: nn.Module, inputs: list) -> list[list[torch.Tensor]]:
+    """The model's output tensors on each of ``inputs``, copied (a later run may write into
+    a buffer the model returned), without autograd."""
+    with torch.no_grad():
+        return [[t.detach().clone() for t in iter_tensors(call_model(model, x))]
+                for x in inputs]
+
+
+def largest_difference_on(actual: list[list[torch.Tensor]],
+                          expected: list[list[torch.Tensor]]) -> float:
+    """``largest_difference`` over several inputs' outputs (``outputs_on``): the worst."""
+    return max(largest_difference(a, e) for a, e in zip(actual, expected))
+

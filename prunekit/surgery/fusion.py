@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..core.calls import call_model, evaluating, iter_tensors, largest_difference, random_like
+from ..core.calls import call_model, evaluating, largest_difference_on, outputs_on, random_like
 from ..errors import ConfigError
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -116,16 +116,6 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _outputs(model: nn.Module, inputs: list) -> list[list[torch.Tensor]]:
-    with torch.no_grad():
-        return [[t.detach().clone() for t in iter_tensors(call_model(model, x))]
-                for x in inputs]
-
-
-def _difference(actual: list[list[torch.Tensor]], expected: list[list[torch.Tensor]]) -> float:
-    return max(largest_difference(a, e) for a, e in zip(actual, expected))
-
-
 def fuse(model: nn.Module, example_inputs: Any, *, tolerance: float = 1e-4,
          fresh_inputs: int = 2) -> FusionReport:
     """Fold every BatchNorm that reads a convolution's (or linear layer's) output alone into
@@ -159,12 +149,12 @@ def fuse(model: nn.Module, example_inputs: Any, *, tolerance: float = 1e-4,
     checked_on = (f"the example inputs and {fresh_inputs} fresh input"
                   f"{'s' if fresh_inputs != 1 else ''} of their shapes"
                   if fresh_inputs else "the example inputs")
-    expected = _outputs(model, inputs)
+    expected = outputs_on(model, inputs)
     pairs = fusable_pairs(model, example_inputs)
     report = FusionReport(checked_on=checked_on)
     undos = [_fold(model, layer, norm) for layer, norm in pairs]
     try:
-        difference = _difference(_outputs(model, inputs), expected)
+        difference = largest_difference_on(outputs_on(model, inputs), expected)
     except BaseException:
         for undo in reversed(undos):
             undo()
@@ -177,7 +167,7 @@ def fuse(model: nn.Module, example_inputs: Any, *, tolerance: float = 1e-4,
     for layer, norm in pairs:
         undo = _fold(model, layer, norm)
         try:
-            difference = _difference(_outputs(model, inputs), expected)
+            difference = largest_difference_on(outputs_on(model, inputs), expected)
         except BaseException:
             undo()
             raise

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..core.calls import call_model, evaluating, iter_tensors, largest_difference, random_like
+from ..core.calls import call_model, evaluating, largest_difference_on, outputs_on, random_like
 from ..errors import PruneError
 from ..graph.dependency import Group
 
@@ -51,7 +51,6 @@ class Rotation:
     Attributes:
         basis: ``Q`` (hidden × hidden, float64), its columns the principal directions,
             largest variance first.
-        variance: each direction's share of the normalised stream's energy, largest first.
         tensors: every rotated parameter by name; a tied tensor read and written under two
             names gets a value per name.
         norms: ``{norm module name: (weight that makes it a plain RMSNorm, its covariance)}``.
@@ -59,7 +58,6 @@ class Rotation:
     """
 
     basis: torch.Tensor
-    variance: torch.Tensor
     tensors: dict[str, torch.Tensor]
     dims: dict[str, int]
     norms: dict[str, tuple[float, torch.Tensor]]
@@ -72,8 +70,8 @@ class Rotation:
         size, width = len(self.basis), len(kept)
         for name, value in self.tensors.items():
             _set_parameter(model, name, value.index_select(self.dims[name], kept))
+        projected = self.basis[:, kept]
         for name, (identity, covariance) in self.norms.items():
-            projected = self.basis[:, kept]
             kept_energy = float((projected.T @ covariance @ projected).trace()
                                 / covariance.trace())
             scale = math.sqrt(size / width * kept_energy)
@@ -203,7 +201,7 @@ def rotation(model: nn.Module, group: Group, example_inputs: Any, batches: list)
         stats = covariances(model, batches, found.norms, size)
     values, vectors = torch.linalg.eigh(sum(stats.values()))
     order = values.argsort(descending=True)
-    basis, values = vectors[:, order], values[order].clamp_min(0)
+    basis = vectors[:, order]
     tensors: dict[str, torch.Tensor] = {}
     for name, dim in found.writers.items():
         value = model.get_parameter(name).detach().double()
@@ -214,7 +212,7 @@ def rotation(model: nn.Module, group: Group, example_inputs: Any, batches: list)
         scale = scale + (1 - identities[norm])  # the scale it applies, in either form
         value = model.get_parameter(name).detach().double()
         tensors[name] = ((value * scale) @ basis).to(model.get_parameter(name).dtype)
-    result = Rotation(basis, values / values.sum(), tensors, {**found.writers, **found.readers},
+    result = Rotation(basis, tensors, {**found.writers, **found.readers},
                       {name: (identities[name], stats[name]) for name in found.norms})
     result.checked = _check(model, result, size, [example_inputs, *batches[:CHECKED_BATCHES]])
     return result
@@ -224,8 +222,7 @@ def _check(model: nn.Module, rotated: Rotation, size: int, inputs: list) -> str:
     """Run the rotated, unsliced model against the original; the model is left as it was."""
     inputs = inputs + [random_like(inputs[0], seed=1)]
     with evaluating(model), torch.no_grad():
-        expected = [[t.detach().clone() for t in iter_tensors(call_model(model, x))]
-                    for x in inputs]
+        expected = outputs_on(model, inputs)
         originals = {name: model.get_parameter(name) for name in rotated.tensors}
         norms = {name: model.get_parameter(name + ".weight") for name in rotated.norms}
         try:
@@ -233,14 +230,13 @@ def _check(model: nn.Module, rotated: Rotation, size: int, inputs: list) -> str:
                 _set_parameter(model, name, value)
             for name, (identity, _) in rotated.norms.items():
                 _set_parameter(model, name + ".weight", torch.full_like(norms[name], identity))
-            actual = [[t.detach().clone() for t in iter_tensors(call_model(model, x))]
-                      for x in inputs]
+            actual = outputs_on(model, inputs)
         finally:
             for name, parameter in {**originals,
                                     **{n + ".weight": p for n, p in norms.items()}}.items():
                 owner, _, attribute = name.rpartition(".")
                 model.get_submodule(owner)._parameters[attribute] = parameter
-    difference = max(largest_difference(a, e) for a, e in zip(actual, expected))
+    difference = largest_difference_on(actual, expected)
     where = f"{len(inputs)} inputs (the example, calibration batches, a fresh one)"
     if not difference <= TOLERANCE:
         raise PruneError(f"HiddenPruning(rotate=True): the rotated model is not the original "
