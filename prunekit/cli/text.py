@@ -60,7 +60,8 @@ def tokenizer_for(model: str, option: str = "--data") -> Any:
 def text_batches(spec: str, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
     """``text:PATH[,PATH…]`` (files, or folders of .txt/.md/.rst files) tokenised and cut
     into batches of ``BATCH`` sequences of ``SEQUENCE`` tokens, in order; the last partial
-    batch is dropped."""
+    batch is dropped, unless the text holds fewer than ``BATCH`` sequences (one batch of
+    them all)."""
     files = []
     for part in spec[len(TEXT_PREFIX):].split(","):
         path = Path(part)
