@@ -173,26 +173,31 @@ def params_target(model: nn.Module, budget: float) -> float:
     return budget * outside_embeddings(model) / total
 
 
-def mlp(criterion: str, reconstruct: bool = False) -> Callable:
+def mlp(criterion: str, reconstruct: bool = False, compensate: bool = False) -> Callable:
     def prune(model, x, calibration, budget, layers, held_out):
         kind = pk.ChannelPruning if reconstruct else pk.FilterPruning
         options = {"reconstruct": True} if reconstruct else {}
         method = kind(params_target=params_target(model, budget), criterion=criterion,
-                      round_to=8, **options)
+                      round_to=8, bias_compensation=compensate, **options)
         pk.prune(model, x, method, data=calibration)
-        return method.summary() + (" + re-fit" if reconstruct else "")
+        return method.summary() + (" + re-fit" if reconstruct else "") + (
+            " + bias compensation" if compensate else "")
     return prune
 
 
-def heads_then_mlp(criterion: str) -> Callable:
+def heads_then_mlp(criterion: str, heads_criterion: str = "taylor",
+                   compensate: bool = False) -> Callable:
     def prune(model, x, calibration, budget, layers, held_out):
         before = outside_embeddings(model)
-        pk.prune(model, x, pk.HeadPruning(1 / 3, criterion="taylor"), data=calibration)
+        pk.prune(model, x, pk.HeadPruning(1 / 3, criterion=heads_criterion,
+                                          bias_compensation=compensate), data=calibration)
         left = budget - (1 - outside_embeddings(model) / before)
         method = pk.FilterPruning(params_target=params_target(model, left) * before
-                                  / outside_embeddings(model), criterion=criterion, round_to=8)
+                                  / outside_embeddings(model), criterion=criterion, round_to=8,
+                                  bias_compensation=compensate)
         pk.prune(model, x, method, data=calibration)
-        return f"HeadPruning(1/3, 'taylor'), then {method.summary()}"
+        return (f"HeadPruning(1/3, {heads_criterion!r}), then {method.summary()}"
+                + (", each + bias compensation" if compensate else ""))
     return prune
 
 
@@ -303,7 +308,11 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "MLP: l2": ("MLP", mlp("l2")),
     "MLP: mean activation": ("MLP", mlp("mean_activation")),
     "MLP: reconstruction + re-fit": ("MLP", mlp("reconstruction", reconstruct=True)),
+    "MLP: fluctuation + bias compensation (FLAP's metric)": (
+        "MLP", mlp("fluctuation", compensate=True)),
     "heads then MLP: mean activation": ("heads+MLP", heads_then_mlp("mean_activation")),
+    "heads then MLP: fluctuation + bias compensation (FLAP's metric)": (
+        "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True)),
     "hidden: l2": ("hidden", hidden("l2")),
     "hidden: rotation": ("hidden", rotated()),
     "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),

@@ -33,6 +33,9 @@ class Plan:
             blocks are renumbered (a transformer's layers).
         untied: names of tied tensors that get a tensor of their own (a rotated hidden size
             gives the output layer other weights than the embedding).
+        biased: names of linear layers without a bias that get one (bias compensation gives
+            back the mean of the inputs a layer lost); replayed as zeros, which the saved
+            weights then fill.
     """
 
     method: dict[str, Any] = field(default_factory=dict)
@@ -43,6 +46,7 @@ class Plan:
     layers: list[str] = field(default_factory=list)
     stacks: list[str] = field(default_factory=list)
     untied: list[str] = field(default_factory=list)
+    biased: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -72,7 +76,9 @@ class Plan:
                     tensors=tensors, shapes=shapes, attributes=attributes,
                     groups=self.groups + later.groups, layers=self.layers + later.layers,
                     stacks=list(dict.fromkeys(self.stacks + later.stacks)),
-                    untied=list(dict.fromkeys(self.untied + later.untied)))
+                    untied=list(dict.fromkeys(self.untied + later.untied)),
+                    biased=[n for n in dict.fromkeys(self.biased + later.biased)
+                            if not (n + ".").startswith(gone)])
 
     def _renamed_back(self, later: "Plan") -> "Plan":
         """``later`` with names from before this plan deleted blocks from its stacks."""
@@ -87,7 +93,8 @@ class Plan:
                     shapes={back(n): shape for n, shape in later.shapes.items()},
                     attributes={back(n): values for n, values in later.attributes.items()},
                     groups=later.groups, layers=[back(n) for n in later.layers],
-                    stacks=later.stacks, untied=[back(n) for n in later.untied])
+                    stacks=later.stacks, untied=[back(n) for n in later.untied],
+                    biased=[back(n) for n in later.biased])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -117,11 +124,12 @@ class Plan:
             layers = [_text(n) for n in data.get("layers", [])]
             stacks = [_text(n) for n in data.get("stacks", [])]
             untied = [_text(n) for n in data.get("untied", [])]
+            biased = [_text(n) for n in data.get("biased", [])]
         except (AttributeError, TypeError, ValueError) as error:
             raise PlanError(f"malformed plan: {error}") from error
         return cls(method=data.get("method", {}), tensors=tensors, shapes=shapes,
                    attributes=attributes, groups=data.get("groups", []), layers=layers,
-                   stacks=stacks, untied=untied)
+                   stacks=stacks, untied=untied, biased=biased)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":

@@ -80,6 +80,12 @@ def prune(
     reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
                                                  "inputs by least squares on the calibration "
                                                  "batches (--data), no training"),
+    bias_compensation: bool = typer.Option(False, help="filter/channel/heads/hidden: add "
+                                                       "the mean of what each linear layer's "
+                                                       "lost inputs gave it on the "
+                                                       "calibration batches to its bias "
+                                                       "(FLAP; pairs with --criterion "
+                                                       "fluctuation)"),
     rotate: bool = typer.Option(False, help="hidden: rotate the residual stream onto its "
                                             "principal directions on the calibration "
                                             "batches first (checked exact), then cut the "
@@ -123,7 +129,8 @@ def prune(
             round_to=None if round_to == "1" else parse_round_to(round_to),
             flops_target=flops_target, params_target=params_target,
             latency_target=latency_target, global_ranking=global_ranking or None,
-            reconstruct=reconstruct or None, rotate=rotate or None)
+            reconstruct=reconstruct or None, rotate=rotate or None,
+            bias_compensation=bias_compensation or None)
         if data is None and _reads_loss(pruning):
             raise ConfigError(f"--criterion {pruning.criterion}: it ranks by a loss on labelled "
                               f"batches; pass --data with (inputs, labels) batches")
@@ -249,9 +256,9 @@ def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: b
         console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
                       f"activations, and without --data it ran on the random example inputs "
                       f"only; pass --data for a ranking that means something")
-    for option in ("reconstruct", "rotate"):
+    for option in ("reconstruct", "rotate", "bias_compensation"):
         if random_inputs and getattr(pruning, option, False):
-            console.print(f"[yellow]note:[/] --{option} read the random example inputs only, "
+            console.print(f"[yellow]note:[/] --{option.replace('_', '-')} read the random example inputs only, "
                           f"without --data; pass --data for a fit that means something")
     for line in result.details():  # what print(result) says, as it says it
         console.print(escape(line))

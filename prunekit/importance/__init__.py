@@ -7,6 +7,7 @@ activations or gradients over the batches passed as ``data=``.
 
 from .activation import ActivationStatistic
 from .base import ChannelView, DataCriterion, WeightCriterion
+from .fluctuation import ChannelFluctuation, HeadFluctuation
 from .fpgm import GeometricMedianDistance
 from .heads import AttentionEntropy, HeadAblation, HeadGradient, HeadReconstruction
 from .magnitude import Magnitude, NormScale, RandomScore
@@ -37,11 +38,17 @@ register_criterion("random", RandomScore(), scores=_WEIGHTS, streams=True, summa
 register_criterion("reconstruction", ChannelReconstruction(), streams=True,
                    summary="what a least-squares re-fit of the layers reading the channel "
                            "cannot make up for without it, channels removed greedily (data)")
+register_criterion("fluctuation", ChannelFluctuation(),
+                   summary="variance of the channel's input to the layers reading it × their "
+                           "weights' squared norm (FLAP; data)")
 register_criterion("gradient", HeadGradient(), scores="heads",
                    summary="|dL/d head mask| (Michel et al. 2019; data)")
 # on heads, Taylor's first-order loss change is exactly the head-mask gradient
 register_criterion("taylor", HeadGradient(), scores="heads",
                    summary="the same as 'gradient' on heads (data)")
+register_criterion("fluctuation", HeadFluctuation(), scores="heads",
+                   summary="variance of the head's channels entering the output projection × "
+                           "their weights' squared norm (FLAP; data)")
 register_criterion("entropy", AttentionEntropy(), scores="heads",
                    summary="focus of each head's attention (data)")
 # every score is the same output's distance, so heads of different layers compare as they are
@@ -53,8 +60,9 @@ register_criterion("reconstruction", HeadReconstruction(), scores="heads", compa
                    summary="what a least-squares re-fit of the output projection cannot make "
                            "up for without the head, heads removed greedily (data)")
 
-__all__ = ["ActivationStatistic", "AttentionEntropy", "ChannelReconstruction", "ChannelView", "CriterionEntry",
-           "DataCriterion", "GeometricMedianDistance", "HeadAblation", "HeadGradient",
-           "HeadReconstruction",
+__all__ = ["ActivationStatistic", "AttentionEntropy", "ChannelFluctuation",
+           "ChannelReconstruction", "ChannelView", "CriterionEntry",
+           "DataCriterion", "GeometricMedianDistance", "HeadAblation", "HeadFluctuation",
+           "HeadGradient", "HeadReconstruction",
            "Magnitude", "NormScale", "RandomScore", "WeightCriterion", "criterion_names",
            "get_criterion", "register_criterion"]

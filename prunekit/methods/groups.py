@@ -3,7 +3,6 @@ and steps), ``FilterPruning`` and ``ChannelPruning``."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -18,12 +17,12 @@ from ..graph.dependency import DependencyGraph, Group, Member
 from ..importance import ChannelView, get_criterion, streaming_names
 from ..measure.latency import LatencyReached
 from ..plan import Plan
-from ..recover.reconstruct import reconstruct
 from ..selection import channels as selection
 from ..selection.budgets import ratio_for_budget, ratio_for_latency
 from ..selection.group_plans import plan_from_keep
 from ..selection.widths import LayerCall, WidthTable, layer_calls
-from .base import Preview, PreviewRow, Proposal, PruneContext, PruningMethod, Trial, check_ratio
+from .base import Preview, PreviewRow, Proposal, PruningMethod, Trial, check_ratio
+from .recovery import refit_from
 
 
 def _within(module: str, name: str) -> bool:
@@ -128,6 +127,11 @@ class GroupPruning(PruningMethod):
             of the unpruned model, until within 5% of the target (``result.latency`` says
             what was reached). Kept widths are multiples of 8 unless ``round_to`` says
             otherwise (see ``LATENCY_ROUND_TO``). One-shot only.
+        bias_compensation: after pruning, add to each linear layer's bias the mean of what
+            the inputs it lost gave it on ``data`` (FLAP; ``prunekit.recover.compensate``);
+            a layer without a bias gets one. Pairs with the ``"fluctuation"`` criterion,
+            which scores what it cannot give back. Not with ``reconstruct=True``, whose
+            re-fit fits the bias itself.
 
     Example:
         >>> @dataclass
@@ -146,6 +150,7 @@ class GroupPruning(PruningMethod):
     flops_target: float | None = None
     params_target: float | None = None
     latency_target: float | None = None
+    bias_compensation: bool = False
 
     target: ClassVar[str] = "channels"  # what its criteria score
 
@@ -175,6 +180,9 @@ class GroupPruning(PruningMethod):
             raise ConfigError(f"{name}.latency_target is the fraction of the unpruned "
                               f"latency to reach, in (0, 1) (0.5: twice as fast); got "
                               f"{self.latency_target!r}")
+        if self.bias_compensation and getattr(self, "reconstruct", False):
+            raise ConfigError(f"{name}: give reconstruct=True (a least-squares re-fit, bias "
+                              f"included) or bias_compensation=True, not both")
         if self.round_to != MEASURED and (isinstance(self.round_to, bool)
                                           or not isinstance(self.round_to, int)
                                           or self.round_to < 1):
@@ -193,6 +201,9 @@ class GroupPruning(PruningMethod):
         transformer's MLP neurons); heads and the dims inside them are head pruning's."""
         attention = {g.axis for g in graph.attention_groups()}
         return [g for g in graph.groups if g.axis not in attention]
+
+    def recovery(self, model, context):
+        return refit_from(self, model, context)  # with reconstruct= or bias_compensation=
 
     def untied(self, graph: DependencyGraph) -> list[str]:
         """Names of tied tensors the plan gives tensors of their own (none, unless the
@@ -400,6 +411,10 @@ class GroupPruning(PruningMethod):
 
     def streamed_stage(self):
         name = type(self).__name__
+        if self.bias_compensation:
+            raise ConfigError(f"streamed {name}(bias_compensation=True) is not built: it "
+                              f"reads every linear layer's mean input in the unpruned "
+                              f"model; prune in memory with pk.prune")
         if getattr(self, "reconstruct", False):
             raise ConfigError(f"streamed {name}(reconstruct=True): the re-fit reads each "
                               f"layer's inputs in the pruned model, blocks above it pruned, "
@@ -466,22 +481,6 @@ class ChannelPruning(GroupPruning):
 
     def scored_members(self, group, role):
         return super().scored_members(group, role or "in")
-
-    def recovery(self, model, context):
-        return refit_from(self, model, context)
-
-
-def refit_from(method: GroupPruning, model: nn.Module, context: PruneContext):
-    """With ``method.reconstruct``, re-fit what lost inputs against a copy of the unpruned
-    model on ``context.data``."""
-    if not getattr(method, "reconstruct", False):
-        return None
-    if not context.data:
-        raise ConfigError(f"{type(method).__name__}(reconstruct=True) re-fits layers on "
-                          f"calibration data; pass data=, a non-empty iterable of batches")
-    original = copy.deepcopy(model)
-    return lambda pruned, plan: reconstruct(original, pruned, plan, context.data,
-                                            progress=context.progress)
 
 
 def _group_label(model: nn.Module, modules: list[str]) -> str:

@@ -11,7 +11,7 @@ from ..core.arguments import check_whole
 from ..errors import ConfigError
 from ..importance.heads import silenced_heads
 from ..selection import channels as selection
-from .groups import GroupPruning, refit_from
+from .groups import GroupPruning
 
 
 @dataclass
@@ -92,9 +92,6 @@ class HeadPruning(GroupPruning):
         if self.heads:
             return selection.chosen_heads(groups, self.heads)
         return super().select(graph, groups, scores, ratio, dither, widths)
-
-    def recovery(self, model, context):
-        return refit_from(self, model, context)
 
 
 def rescored(method: HeadPruning, graph, groups, data, loss_fn) -> dict[int, torch.Tensor]:

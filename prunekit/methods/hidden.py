@@ -51,6 +51,10 @@ class HiddenPruning(GroupPruning):
         if self.rotate and self.criterion != "l1":  # (l1: the default, left as it is)
             raise ConfigError(f"HiddenPruning(rotate=True) ranks the principal directions by "
                               f"their variance; leave criterion out (got {self.criterion!r})")
+        if self.rotate and self.bias_compensation:
+            raise ConfigError("HiddenPruning(rotate=True) cuts the directions of least "
+                              "variance, not channels with a mean to give back; leave "
+                              "bias_compensation out")
 
     cli_name: ClassVar[str] = "hidden"
 
@@ -58,8 +62,10 @@ class HiddenPruning(GroupPruning):
         # which criteria stream is decided where the hidden size is streamed: it computes each
         # of them itself (prunekit.streaming.hidden), from weights read tensor by tensor or
         # from every place the hidden states are read
-        if self.rotate:
-            raise ConfigError("HiddenPruning(rotate=True) needs the model in memory (pk.prune)")
+        if self.rotate or self.bias_compensation:
+            option = "rotate" if self.rotate else "bias_compensation"
+            raise ConfigError(f"HiddenPruning({option}=True) needs the model in memory "
+                              f"(pk.prune)")
         if self.budget() is not None or self.overrides:
             raise ConfigError("streamed HiddenPruning removes ratio= of the hidden size; "
                               "budgets and overrides need the model in memory (pk.prune)")
@@ -109,7 +115,7 @@ class HiddenPruning(GroupPruning):
         return {groups[0].axis: torch.arange(groups[0].size, 0, -1, dtype=torch.float64)}
 
     def recovery(self, model, context):
-        return self._rotation(model, context) if self.rotate else None
+        return self._rotation(model, context) if self.rotate else super().recovery(model, context)
 
     def _rotation(self, model, context):
         """Slices the rotated stream: the rotation is found (and checked) on the unpruned

@@ -99,6 +99,10 @@ def prepare(model: nn.Module, plan: Plan) -> dict[int, torch.Tensor]:
         if name not in owners or owners[name][2] != "parameter":
             raise PlanError(f"plan unties {name!r}, which is not a parameter of the model")
     modules = dict(model.named_modules())
+    for name in plan.biased:
+        if not isinstance(modules.get(name), nn.Linear) or modules[name].bias is not None:
+            raise PlanError(f"plan gives {name!r} a bias, and the model has no linear layer "
+                            f"of that name without one")
     for name in plan.layers:
         if not name or name not in modules:
             raise PlanError(f"plan removes layer {name!r}, which the model does not have")
@@ -196,6 +200,7 @@ def apply_plan(model: nn.Module, plan: Plan,
     modules = dict(model.named_modules())
     touched.update({id(modules[name]): modules[name] for name in plan.attributes})
     touched.update({id(owners[name][0]): owners[name][0] for name in plan.untied})
+    touched.update({id(modules[name]): modules[name] for name in plan.biased})
     parents = [modules[_parent(name)] for name in plan.layers]
     touched.update({id(m): m for m in parents})
     for stack in plan.stacks:  # blocks renumbered after a deletion
@@ -233,6 +238,10 @@ def apply_plan(model: nn.Module, plan: Plan,
             old = module._parameters[attr]
             module._parameters[attr] = nn.Parameter(old.detach().clone(),
                                                     requires_grad=old.requires_grad)
+        for name in plan.biased:  # zeros: the saved weights, or bias compensation, fill it
+            layer = modules[name]
+            layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]),
+                                      requires_grad=layer.weight.requires_grad)
         for module_name, attributes in plan.attributes.items():
             for attribute, value in attributes.items():
                 setattr(modules[module_name], attribute, value)

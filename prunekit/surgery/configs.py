@@ -17,6 +17,8 @@ from ..errors import ConfigError
 
 ConfigUpdater = Callable[[nn.Module], "bool | None"]
 _UPDATERS: list[ConfigUpdater] = []
+BiasCompanions = Callable[[nn.Module, "list[str]"], "list[str] | None"]
+_COMPANIONS: list[BiasCompanions] = []
 
 
 def register_config_updater(update: ConfigUpdater) -> ConfigUpdater:
@@ -44,3 +46,22 @@ def update_config(model: nn.Module) -> bool | None:
         if answer is not None:
             return answer
     return None
+
+
+def register_bias_companions(find: BiasCompanions) -> BiasCompanions:
+    """Register ``find(model, layers) -> names | None``: the layers a model family's config
+    gives a bias together with ``layers`` (a Llama config's ``mlp_bias`` gives one to the
+    gate, up and down projections alike), or None for a model not of the family. Bias
+    compensation gives those zero biases too, so that the config can describe the model."""
+    if find not in _COMPANIONS:
+        _COMPANIONS.insert(0, find)
+    return find
+
+
+def bias_companions(model: nn.Module, layers: list[str]) -> list[str]:
+    """The first answer of the registered finders that knows the model (none if none does)."""
+    for find in _COMPANIONS:
+        answer = find(model, layers)
+        if answer is not None:
+            return answer
+    return []

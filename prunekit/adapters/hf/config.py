@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...surgery.configs import register_config_updater
+from ...surgery.configs import register_bias_companions, register_config_updater
 from ...surgery.stacks import model_config
 
 SIZE_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "hidden_dim",
@@ -40,11 +40,17 @@ def update_config(model: nn.Module) -> bool | None:
     actual = {name: tuple(p.shape) for name, p in model.named_parameters()}
     try:
         original = _shapes(model, config)
+        flagged = _with_bias_flags(model, config, original, actual)
+        if flagged is not config:
+            original = _shapes(model, flagged)
     except Exception:  # a model its own config cannot rebuild: nothing to keep true
         return False
     if _fits(original, actual):
-        return _same_scalars(model, config)
-    candidate, current = _with_pinned_head_dim(model, config, original), original
+        if not _same_scalars(model, flagged):
+            return False
+        _copy_flags(flagged, config)
+        return True
+    candidate, current = _with_pinned_head_dim(model, flagged, original), original
     for name in SIZE_FIELDS:  # one field at a time, kept only if more shapes then agree
         value = getattr(candidate, name, None)
         if not isinstance(value, int) or value <= 0 or _derived(candidate, name):
@@ -67,7 +73,65 @@ def update_config(model: nn.Module) -> bool | None:
     for name in SIZE_FIELDS:
         if hasattr(candidate, name) and not _derived(candidate, name):
             setattr(config, name, getattr(candidate, name))
+    _copy_flags(candidate, config)
     return True
+
+
+def _bias_flags(config: Any) -> list[str]:
+    """The config's switched-off bias switches (Llama's ``attention_bias``, ``mlp_bias``)."""
+    return [name for name, value in config.to_dict().items()
+            if name.endswith("bias") and value is False]
+
+
+def _with_bias_flags(model: nn.Module, config: Any, original: dict[str, tuple],
+                     actual: dict[str, tuple]) -> Any:
+    """``config`` with each bias switch on that builds biases the pruned model has and the
+    config does not (bias compensation gave them): a copy, or ``config`` itself if none."""
+    missing = set(actual) - set(original)
+    flagged = config
+    for name in _bias_flags(config) if missing else []:
+        trial = copy.deepcopy(config)
+        setattr(trial, name, True)
+        try:
+            added = set(_shapes(model, trial)) - set(original)
+        except Exception:
+            continue
+        if added & missing:
+            flagged = copy.deepcopy(flagged) if flagged is config else flagged
+            setattr(flagged, name, True)
+    return flagged
+
+
+def _copy_flags(source: Any, config: Any) -> None:
+    for name in _bias_flags(config):
+        if getattr(source, name, False) is True:
+            setattr(config, name, True)
+
+
+@register_bias_companions
+def companion_biases(model: nn.Module, layers: list[str]) -> list[str] | None:
+    """The layers a switch of the model's config gives a bias together with ``layers``:
+    Llama's ``mlp_bias`` gives the gate and up projections one too, ``attention_bias`` the
+    query, key and value projections with the output projection."""
+    config = model_config(model)
+    if config is None or not hasattr(model, "config_class"):
+        return None
+    wanted = {f"{name}.bias" for name in layers}
+    try:
+        current = set(_shapes(model, config))
+    except Exception:
+        return []
+    found: set[str] = set()
+    for name in _bias_flags(config):
+        trial = copy.deepcopy(config)
+        setattr(trial, name, True)
+        try:
+            added = set(_shapes(model, trial)) - current
+        except Exception:
+            continue
+        if added & wanted:
+            found |= {n.removesuffix(".bias") for n in added if n.endswith(".bias")}
+    return sorted(found - set(layers))
 
 
 def _untie(model: nn.Module, config: Any) -> None:
