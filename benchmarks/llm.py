@@ -308,6 +308,8 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "MLP: l2": ("MLP", mlp("l2")),
     "MLP: mean activation": ("MLP", mlp("mean_activation")),
     "MLP: reconstruction + re-fit": ("MLP", mlp("reconstruction", reconstruct=True)),
+    "MLP: fluctuation + re-fit with biases": (
+        "MLP", mlp("fluctuation", reconstruct=True, compensate=True)),
     "MLP: fluctuation + bias compensation (FLAP's metric)": (
         "MLP", mlp("fluctuation", compensate=True)),
     "heads then MLP: mean activation": ("heads+MLP", heads_then_mlp("mean_activation")),

@@ -130,8 +130,8 @@ class GroupPruning(PruningMethod):
         bias_compensation: after pruning, add to each linear layer's bias the mean of what
             the inputs it lost gave it on ``data`` (FLAP; ``prunekit.recover.compensate``);
             a layer without a bias gets one. Pairs with the ``"fluctuation"`` criterion,
-            which scores what it cannot give back. Not with ``reconstruct=True``, whose
-            re-fit fits the bias itself.
+            which scores what it cannot give back. With ``reconstruct=True``, the re-fit
+            fits the biases instead, a layer without one given one to fit.
 
     Example:
         >>> @dataclass
@@ -180,9 +180,6 @@ class GroupPruning(PruningMethod):
             raise ConfigError(f"{name}.latency_target is the fraction of the unpruned "
                               f"latency to reach, in (0, 1) (0.5: twice as fast); got "
                               f"{self.latency_target!r}")
-        if self.bias_compensation and getattr(self, "reconstruct", False):
-            raise ConfigError(f"{name}: give reconstruct=True (a least-squares re-fit, bias "
-                              f"included) or bias_compensation=True, not both")
         if self.round_to != MEASURED and (isinstance(self.round_to, bool)
                                           or not isinstance(self.round_to, int)
                                           or self.round_to < 1):

@@ -15,8 +15,9 @@ from .base import PruneContext
 
 def refit_from(method, model: nn.Module, context: PruneContext):
     """With ``method.reconstruct``, re-fit what lost inputs against a copy of the unpruned
-    model on ``context.data``; with ``method.bias_compensation``, give the mean of what they
-    lost back through their biases."""
+    model on ``context.data`` (with ``bias_compensation`` too, layers without a bias get one
+    to fit); with ``method.bias_compensation`` alone, give the mean of what they lost back
+    through their biases."""
     option = ("reconstruct" if getattr(method, "reconstruct", False)
               else "bias_compensation" if method.bias_compensation else None)
     if option is None:
@@ -28,4 +29,5 @@ def refit_from(method, model: nn.Module, context: PruneContext):
         return bias_compensation(model, context.data, context.progress)
     original = copy.deepcopy(model)
     return lambda pruned, plan: reconstruct(original, pruned, plan, context.data,
-                                            progress=context.progress)
+                                            progress=context.progress,
+                                            add_biases=method.bias_compensation)

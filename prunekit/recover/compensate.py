@@ -57,23 +57,29 @@ def bias_compensation(model: nn.Module, data: Iterable, progress: Reporter = sil
             lost[dims[1]] = False
             shift = weight[:, lost] @ mean[lost]
             shifts[name] = shift[dims[0]] if 0 in dims else shift
-        given = [name for name in shifts if modules[name].bias is None]
-        # zero biases where the config gives them together, on layers the plan changed (so
-        # an interrupt's undo covers them)
-        changed = {name.rpartition(".")[0] for name in plan.tensors}
-        given += [name for name in bias_companions(pruned, given)
-                  if name in changed and isinstance(modules.get(name), nn.Linear)
-                  and modules[name].bias is None and name not in given]
-        for name in given:
-            layer = modules[name]
-            layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]),
-                                      requires_grad=layer.weight.requires_grad)
+        give_biases(pruned, plan, [name for name in shifts if modules[name].bias is None])
         for name, shift in shifts.items():
             layer = modules[name]
             # a new tensor, never written into the old: an unpruned bias is the user's own
             layer.bias = nn.Parameter((layer.bias.detach().double() + shift).to(layer.bias),
                                       requires_grad=layer.bias.requires_grad)
-        plan.biased = list(dict.fromkeys(plan.biased + given))
         return sorted(shifts)
 
     return compensate
+
+
+def give_biases(pruned: nn.Module, plan: Plan, layers: list[str]) -> None:
+    """Give ``layers`` (linear layers without a bias) a zero bias, and the layers their
+    model family's config gives one together with them, among those the plan changed (so
+    that undoing the plan on an interrupt covers them); record them in ``plan.biased``."""
+    modules = dict(pruned.named_modules())
+    changed = {name.rpartition(".")[0] for name in plan.tensors}
+    given = list(layers) + [
+        name for name in bias_companions(pruned, list(layers))
+        if name in changed and name not in layers and isinstance(modules.get(name), nn.Linear)
+        and modules[name].bias is None]
+    for name in given:
+        layer = modules[name]
+        layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]),
+                                  requires_grad=layer.weight.requires_grad)
+    plan.biased = list(dict.fromkeys(plan.biased + given))

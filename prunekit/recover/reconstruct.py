@@ -36,12 +36,16 @@ from ..importance.refit_rows import (
     refittable_recurrent,
 )
 from ..plan import Plan
+from .compensate import give_biases
 
 
 def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterable,
-                seed: int = 0, progress: Reporter = silent) -> list[str]:
+                seed: int = 0, progress: Reporter = silent, add_biases: bool = False
+                ) -> list[str]:
     """Re-fit every Conv2d (ungrouped) and Linear whose input channels the plan pruned, and
-    every one-layer recurrent layer whose inputs or hidden units it pruned.
+    every one-layer recurrent layer whose inputs or hidden units it pruned. With
+    ``add_biases``, a linear layer without a bias is given one to fit (``give_biases``):
+    a bias absorbs the mean that the lost inputs carried.
 
     Returns the names of the re-fitted layers.
     """
@@ -49,6 +53,10 @@ def reconstruct(original: nn.Module, pruned: nn.Module, plan: Plan, data: Iterab
     generator = torch.Generator().manual_seed(seed)
     fitted = []
     order, calls = _consumers(pruned, plan, batches[0])
+    if add_biases:
+        give_biases(pruned, plan, [name for name in order
+                                   if isinstance(pruned.get_submodule(name), nn.Linear)
+                                   and pruned.get_submodule(name).bias is None])
     # one layer at a time: memory holds one layer's activations, at one forward pass of
     # each model per layer, which stops at that layer when it is called once
     for index, name in enumerate(order):
