@@ -72,6 +72,34 @@ def test_fluctuation_scores_are_the_weighted_input_variance():
     torch.testing.assert_close(scores.double(), expected.detach())
 
 
+def test_head_fluctuation_is_the_squared_channel_scores_summed_per_head():
+    model = tiny_llama()
+    data = token_batches()
+    method = pk.HeadPruning(0.5, criterion="fluctuation")
+    graph = method.graph(model, EXAMPLE)
+    groups = method.candidates(graph)
+    scores = method.score(graph, groups, data)
+    captured = {i: [] for i in range(2)}
+    handles = [layer.self_attn.o_proj.register_forward_hook(
+        lambda _m, args, _o, i=i: captured[i].append(args[0].reshape(-1, 32)))
+        for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for batch in data:
+            model(**batch)
+    for handle in handles:
+        handle.remove()
+    expected = []
+    for i, layer in enumerate(model.model.layers):
+        x = torch.cat(captured[i]).double()
+        channel = x.var(0, unbiased=False) * layer.self_attn.o_proj.weight.double().square().sum(0)
+        # a unit is a key/value head with its 2 query heads: 16 channels of the projection
+        expected.append(channel.square().reshape(2, 16).sum(1))
+    got = [scores[g.axis].double() for g in groups]
+    assert len(got) == 2
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
 def test_constant_channels_score_zero_and_compensation_gives_their_mean_back_exactly():
     model = mlp_with_constant_units()
     unpruned = copy.deepcopy(model)

@@ -7,7 +7,7 @@ calibration tokens, weighted by the column of weights that reads it, ``Var(x_c) 
 channel whose input barely moves carries little beyond its mean, and that mean can be given
 back through the reader's bias (``bias_compensation=True``, ``prunekit.recover.compensate``):
 what removing it then costs is its fluctuation. A head scores the sum over its channels of
-the output projection's input.
+the output projection's input of the squared channel scores (as FLAP's code does).
 
 Readers are the ``nn.Linear`` layers (and ungrouped ``nn.Conv2d``, each input channel's
 variance over positions) among a group's consumers; a group no such layer reads is ranked
@@ -54,8 +54,8 @@ class ChannelFluctuation(DataCriterion):
 
 @dataclass(frozen=True)
 class HeadFluctuation(DataCriterion):
-    """FLAP's weighted input variance, summed over each head's channels of the output
-    projection's input."""
+    """FLAP's weighted input variance, squared and summed over each head's channels of the
+    output projection's input."""
 
     skips_padding: ClassVar[bool] = True
 
@@ -66,7 +66,7 @@ class HeadFluctuation(DataCriterion):
         names = {name for name, _ in sites.values()}
         variances = {name: variance for name, (_, variance)
                      in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
-        return {axis: _weighted(modules[name], variances[name], heads_of)
+        return {axis: _weighted(modules[name], variances[name], heads_of, power=2)
                 for axis, (name, heads_of) in sites.items() if name in variances}
 
 
@@ -89,11 +89,12 @@ def _readers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, tor
     return found
 
 
-def _weighted(layer: nn.Module, variance: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Σ over each row of ``columns`` of ``Var(x_j) · ‖W[:, j]‖²``."""
+def _weighted(layer: nn.Module, variance: torch.Tensor, columns: torch.Tensor,
+              power: int = 1) -> torch.Tensor:
+    """Σ over each row of ``columns`` of ``(Var(x_j) · ‖W[:, j]‖²) ** power``."""
     weights = layer.weight.detach().double()
     norms = weights.square().sum(dim=[d for d in range(weights.dim()) if d != 1])
-    return (variance * norms)[columns].sum(1)
+    return (variance * norms).pow(power)[columns].sum(1)
 
 
 def input_moments(model: nn.Module, layers: dict[str, nn.Module], data: Iterable,

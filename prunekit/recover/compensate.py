@@ -10,8 +10,8 @@ are the layers its model family's config gives a bias together with it (a Llama 
 config can still describe the model and ``from_pretrained`` reloads it.
 
 The means are read from the unpruned model, in one forward pass per batch, before anything
-is cut: FLAP's own procedure reads them layer by layer from the model pruned so far. Only
-``nn.Linear`` layers are compensated (a convolution's mean input differs at the borders).
+is cut, as FLAP's own code reads them. Only ``nn.Linear`` layers are compensated (a
+convolution's mean input differs at the borders).
 """
 
 from __future__ import annotations
