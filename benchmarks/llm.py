@@ -33,7 +33,6 @@ import gc
 import importlib.util
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,14 +41,23 @@ from typing import Any, Callable
 from harness import RESULTS, write_text
 
 import torch
-import torch.nn.functional as F
+from lm_metrics import (  # noqa: F401  (the names the other scripts import from here)
+    TOKENS,
+    batches,
+    decode_speed,
+    greedy,
+    held_out_ids,
+    log_probs,
+    perplexity_and_kl,
+    sequences,
+    split_text,
+)
 from torch import nn
 
 import prunekit as pk
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = (0.2, 0.35, 0.5)
-TOKENS = 256  # per sequence
 PARAMETERS = 134_515_008  # the unpruned model's, for result files written before they said
 THREADS = 2
 
@@ -67,83 +75,6 @@ def load() -> tuple[nn.Module, Any]:
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=MODEL_FILE,
                                                               dtype=torch.float32)
     return model.eval(), tokenizer
-
-
-def split_text() -> tuple[str, str]:
-    """Calibration and test text: Python's help topics, every fifth topic (by name) to the
-    test set, the rest to calibration. No topic is in both."""
-    from pydoc_data.topics import topics
-
-    names = sorted(topics)
-    test = "\n\n".join(topics[n] for i, n in enumerate(names) if i % 5 == 4)
-    calibration = "\n\n".join(topics[n] for i, n in enumerate(names) if i % 5 != 4)
-    return calibration, test
-
-
-def held_out_ids(tokenizer, text: str, count: int, after: int) -> torch.Tensor:
-    """``count`` sequences of ``text`` after its first ``after`` sequences: the calibration
-    topics' text that the calibration sequences leave, for held-out scoring and recovery."""
-    ids = tokenizer(text, return_tensors="pt").input_ids[0][after * TOKENS:]
-    if len(ids) < count * TOKENS:
-        raise SystemExit(f"only {len(ids)} tokens after the calibration text, fewer than "
-                         f"{count} × {TOKENS}")
-    return ids[: count * TOKENS].view(count, TOKENS)
-
-
-def sequences(tokenizer, text: str, count: int) -> torch.Tensor:
-    """``count`` consecutive sequences of ``TOKENS`` tokens from the start of ``text``."""
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    if len(ids) < count * TOKENS:
-        raise SystemExit(f"the text has {len(ids)} tokens, fewer than {count} × {TOKENS}")
-    return ids[: count * TOKENS].view(count, TOKENS)
-
-
-def batches(ids: torch.Tensor, size: int, labels: bool = False) -> list[dict[str, torch.Tensor]]:
-    out = []
-    for start in range(0, len(ids), size):
-        chunk = ids[start:start + size]
-        out.append({"input_ids": chunk, **({"labels": chunk} if labels else {})})
-    return out
-
-
-@torch.no_grad()
-def log_probs(model: nn.Module, ids: torch.Tensor, size: int = 4) -> list[torch.Tensor]:
-    """The next-token log-probabilities at every position, a tensor per batch of ``size``."""
-    return [F.log_softmax(model(input_ids=b["input_ids"]).logits.float(), -1)
-            for b in batches(ids, size)]
-
-
-def perplexity_and_kl(model: nn.Module, ids: torch.Tensor,
-                      reference: list[torch.Tensor]) -> tuple[float, float]:
-    """Perplexity of the test sequences, and the mean KL(unpruned ‖ pruned) per token."""
-    nll, kl, count = 0.0, 0.0, 0
-    for b, ref, mine in zip(batches(ids, 4), reference, log_probs(model, ids)):
-        targets = b["input_ids"][:, 1:]
-        nll += -mine[:, :-1].gather(-1, targets[..., None]).sum().item()
-        kl += (ref.exp() * (ref - mine)).sum().item()
-        count += targets.numel()
-    return math.exp(nll / count), kl / ids.numel()
-
-
-@torch.no_grad()
-def greedy(model: nn.Module, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    return model.generate(prompts, max_new_tokens=new_tokens, do_sample=False,
-                          attention_mask=torch.ones_like(prompts), pad_token_id=0
-                          )[:, prompts.shape[1]:]
-
-
-def decode_speed(unpruned: nn.Module, pruned: nn.Module, prompt: torch.Tensor,
-                 new_tokens: int = 32, rounds: int = 5) -> dict[str, float]:
-    """Greedy tokens per second of each model, batch 1, timed in alternating rounds."""
-    times: dict[str, list[float]] = {"unpruned": [], "pruned": []}
-    for _ in range(rounds + 1):  # the first round warms up and is left out
-        for name, model in (("unpruned", unpruned), ("pruned", pruned)):
-            start = time.perf_counter()
-            greedy(model, prompt, new_tokens)
-            times[name].append(time.perf_counter() - start)
-    unpruned_s, pruned_s = (statistics.median(t[1:]) for t in times.values())
-    return {"unpruned_tokens_per_s": new_tokens / unpruned_s,
-            "pruned_tokens_per_s": new_tokens / pruned_s, "decode_speedup": unpruned_s / pruned_s}
 
 
 def outside_embeddings(model: nn.Module) -> int:
@@ -210,10 +141,12 @@ def hidden(criterion: str) -> Callable:
     return prune
 
 
-def rotated(budget_share: float = 1.0) -> Callable:
+def rotated(budget_share: float = 1.0, criterion: str = "reconstruction",
+            biases: bool = False, refit: bool = True) -> Callable:
     """The hidden size by rotation: its parameters outside the embeddings shrink with it,
-    so the ratio is the budget (or ``budget_share`` of it, the MLP's re-fit taking the
-    rest)."""
+    so the ratio is the budget (or ``budget_share`` of it, the MLP taking the rest, ranked
+    by ``criterion``, then re-fitted (``refit``) and/or given biases (``biases``: to fit, or
+    without the re-fit, FLAP's bias compensation))."""
     def prune(model, x, calibration, budget, layers, held_out):
         before = outside_embeddings(model)
         method = pk.HiddenPruning(budget * budget_share, rotate=True, round_to=8)
@@ -222,9 +155,12 @@ def rotated(budget_share: float = 1.0) -> Callable:
             return method.summary()
         left = budget - (1 - outside_embeddings(model) / before)
         then = pk.ChannelPruning(params_target=left * before / all_parameters(model),
-                                 criterion="reconstruction", round_to=8, reconstruct=True)
+                                 criterion=criterion, round_to=8, reconstruct=refit,
+                                 bias_compensation=biases)
         pk.prune(model, x, then, data=calibration)
-        return f"{method.summary()}, then {then.summary()} + re-fit"
+        return (f"{method.summary()}, then {then.summary()}"
+                + (" + re-fit" if refit else "") + (" with biases" if biases and refit else "")
+                + (" + bias compensation" if biases and not refit else ""))
     return prune
 
 
@@ -318,6 +254,10 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "hidden: l2": ("hidden", hidden("l2")),
     "hidden: rotation": ("hidden", rotated()),
     "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),
+    "hidden rotation, then MLP fluctuation + re-fit with biases": (
+        "hidden+MLP", rotated(0.5, "fluctuation", biases=True)),
+    "hidden rotation, then MLP fluctuation + bias compensation": (
+        "hidden+MLP", rotated(0.5, "fluctuation", biases=True, refit=False)),
     "allocated: hidden, MLP, depth (pk.allocate)": ("allocated", allocated()),
     "peer: Torch-Pruning's LLM example (its code)": ("peer", torch_pruning_llm_example()),
 }
@@ -424,9 +364,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['budget']:.0%} | {row['method']} | {row['removed']:.1%} | "
                      f"{removed_all:.1%} | "
                      f"{row['perplexity']:.1f} | {row['perplexity_ratio']:.2f} | "
-                     f"{row['kl']:.3f} | {row['greedy_agreement']:.0%} | "
-                     f"{row['decode_speedup']:.2f}× |")
+                     f"{row['kl']:.3f} | {_share(row.get('greedy_agreement'))} | "
+                     f"{_times(row.get('decode_speedup'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -456,6 +404,31 @@ def plot(result: dict[str, Any], path: Path) -> None:
     save(figure, path)
 
 
+def export_for_peers(folder: Path) -> None:
+    """What a peer's runner in its own environment reads: the model dequantized and saved
+    with ``save_pretrained`` (the output layer untied: a peer that rotates the embedding and
+    the output layer one after the other would rotate a tied weight twice), its tokenizer,
+    and the calibration and test token ids the rows here use."""
+    import torch.nn as torch_nn
+
+    model, tokenizer = load()
+    calibration_text, test_text = split_text()
+    head = model.get_output_embeddings()
+    head.weight = torch_nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # older transformers read the rope base from rope_theta (this one nests it)
+    config = json.loads((folder / "config.json").read_text())
+    rope = config.get("rope_parameters") or {}
+    config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+    config.setdefault("torch_dtype", "float32")
+    write_text(folder / "config.json", json.dumps(config, indent=1))
+    torch.save({"calibration": sequences(tokenizer, calibration_text, 16),
+                "test": sequences(tokenizer, test_text, 16)}, folder / "tokens.pt")
+    print(f"wrote {folder}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one budget, fewer rows and tokens")
@@ -465,7 +438,12 @@ def main() -> None:
                         help="fractions of the parameters outside the embeddings to remove")
     parser.add_argument("--replot", action="store_true",
                         help="the table and plot again from the result file, nothing run")
+    parser.add_argument("--export-for-peers", type=Path, metavar="DIR",
+                        help="write the model and token ids for a peer's runner (such as "
+                             "peer_slicegpt.py) into DIR, and nothing else")
     args = parser.parse_args()
+    if args.export_for_peers:
+        return export_for_peers(args.export_for_peers)
     stem = "llm_quick" if args.quick else "llm"
     if args.replot:
         result = json.loads((RESULTS / f"{stem}.json").read_text())

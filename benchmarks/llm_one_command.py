@@ -3,8 +3,8 @@ with plain ``transformers.AutoModelForCausalLM.from_pretrained`` and asked a que
 
 The command (run as a user would, in a subprocess):
 
-    prunekit prune --model hf:SmolLM2-135M-Instruct.Q4_1.gguf --method channel \\
-        --criterion reconstruction --reconstruct --ratio R --round-to 8 \\
+    prunekit prune --model hf:SmolLM2-135M-Instruct.Q4_1.gguf --method filter \\
+        --criterion fluctuation --bias-compensation --ratio R --round-to 8 \\
         --data text:CALIBRATION.txt --calibration-batches 4 --recover-minutes M --out OUT
 
 ``--data`` is a text file of Python's help topics (the calibration topics of ``llm.py``),
@@ -56,7 +56,7 @@ def answer(model, tokenizer) -> str:
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--ratio", type=float, default=0.3, help="share of MLP neurons removed")
+    parser.add_argument("--ratio", type=float, default=0.25, help="share of MLP neurons removed")
     parser.add_argument("--minutes", type=float, default=10, help="recovery time")
     options = parser.parse_args()
     import transformers
@@ -68,8 +68,8 @@ def main() -> None:
     (work / "calibration.txt").write_text(calibration_text)
     out = work / "pruned"
     command = [sys.executable, "-m", "prunekit.cli.commands", "prune", "--model",
-               f"hf:{model_file()}", "--method", "channel", "--criterion", "reconstruction",
-               "--reconstruct", "--ratio", str(options.ratio), "--round-to", "8", "--data",
+               f"hf:{model_file()}", "--method", "filter", "--criterion", "fluctuation",
+               "--bias-compensation", "--ratio", str(options.ratio), "--round-to", "8", "--data",
                f"text:{work / 'calibration.txt'}", "--calibration-batches", "4",
                "--recover-minutes", str(options.minutes), "--no-latency", "--out", str(out)]
     started = time.perf_counter()

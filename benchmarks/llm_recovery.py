@@ -5,8 +5,9 @@ removed; 35% by default), each pruned as there and then distilled from the unpru
 (``pk.distill``: KL divergence of the next-token distributions, AdamW at a constant learning
 rate) for a fixed number of seconds on two cores (``Distillation(time_limit=...)``): ShortGPT's and
 Gromov et al.'s depth pruning followed by healing, and MLP pruning by activations followed
-by distillation (Minitron's recipe, as prunekit implements each), beside prunekit's own: the
-MLP by the re-fit criterion with its re-fit, and the hidden size by rotation.
+by distillation (Minitron's recipe, as prunekit implements each), FLAP's fluctuation metric
+with its bias compensation, beside prunekit's own: the MLP by the re-fit criterion with its
+re-fit (and with biases to fit), and the hidden size by rotation.
 
 Three disjoint texts, all Python's own help topics: calibration (the first 16 × 256 tokens of
 the calibration topics, which the criteria and re-fits read), recovery (the next tokens of
@@ -48,8 +49,11 @@ from llm import (
 import prunekit as pk
 
 ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
-        "MLP: mean activation", "MLP: reconstruction + re-fit", "hidden: rotation",
-        "hidden rotation, then MLP re-fit")
+        "MLP: mean activation", "MLP: reconstruction + re-fit",
+        "MLP: fluctuation + bias compensation (FLAP's metric)",
+        "MLP: fluctuation + re-fit with biases", "hidden: rotation",
+        "hidden rotation, then MLP re-fit",
+        "hidden rotation, then MLP fluctuation + re-fit with biases")
 THREADS = 2
 CALIBRATION_SEQUENCES = 16  # as llm.py
 

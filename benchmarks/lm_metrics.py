@@ -1,0 +1,93 @@
+"""What ``llm.py`` and its peers' runners measure on a language model, with nothing but torch:
+the text split, token sequences, perplexity, KL to the unpruned model, greedy agreement and
+decode speed. The peers' runners import it in their own environments (SliceGPT pins an older
+transformers), so every row is measured by the same code."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKENS = 256  # per sequence
+
+
+def split_text() -> tuple[str, str]:
+    """Calibration and test text: Python's help topics, every fifth topic (by name) to the
+    test set, the rest to calibration. No topic is in both."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    test = "\n\n".join(topics[n] for i, n in enumerate(names) if i % 5 == 4)
+    calibration = "\n\n".join(topics[n] for i, n in enumerate(names) if i % 5 != 4)
+    return calibration, test
+
+
+def held_out_ids(tokenizer, text: str, count: int, after: int) -> torch.Tensor:
+    """``count`` sequences of ``text`` after its first ``after`` sequences: the calibration
+    topics' text that the calibration sequences leave, for held-out scoring and recovery."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0][after * TOKENS:]
+    if len(ids) < count * TOKENS:
+        raise SystemExit(f"only {len(ids)} tokens after the calibration text, fewer than "
+                         f"{count} × {TOKENS}")
+    return ids[: count * TOKENS].view(count, TOKENS)
+
+
+def sequences(tokenizer, text: str, count: int) -> torch.Tensor:
+    """``count`` consecutive sequences of ``TOKENS`` tokens from the start of ``text``."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(ids) < count * TOKENS:
+        raise SystemExit(f"the text has {len(ids)} tokens, fewer than {count} × {TOKENS}")
+    return ids[: count * TOKENS].view(count, TOKENS)
+
+
+def batches(ids: torch.Tensor, size: int, labels: bool = False) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        out.append({"input_ids": chunk, **({"labels": chunk} if labels else {})})
+    return out
+
+
+@torch.no_grad()
+def log_probs(model: nn.Module, ids: torch.Tensor, size: int = 4) -> list[torch.Tensor]:
+    """The next-token log-probabilities at every position, a tensor per batch of ``size``."""
+    return [F.log_softmax(model(input_ids=b["input_ids"]).logits.float(), -1)
+            for b in batches(ids, size)]
+
+
+def perplexity_and_kl(model: nn.Module, ids: torch.Tensor,
+                      reference: list[torch.Tensor]) -> tuple[float, float]:
+    """Perplexity of the test sequences, and the mean KL(unpruned ‖ pruned) per token."""
+    nll, kl, count = 0.0, 0.0, 0
+    for b, ref, mine in zip(batches(ids, 4), reference, log_probs(model, ids)):
+        targets = b["input_ids"][:, 1:]
+        nll += -mine[:, :-1].gather(-1, targets[..., None]).sum().item()
+        kl += (ref.exp() * (ref - mine)).sum().item()
+        count += targets.numel()
+    return math.exp(nll / count), kl / ids.numel()
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    return model.generate(prompts, max_new_tokens=new_tokens, do_sample=False,
+                          attention_mask=torch.ones_like(prompts), pad_token_id=0
+                          )[:, prompts.shape[1]:]
+
+
+def decode_speed(unpruned: nn.Module, pruned: nn.Module, prompt: torch.Tensor,
+                 new_tokens: int = 32, rounds: int = 5) -> dict[str, float]:
+    """Greedy tokens per second of each model, batch 1, timed in alternating rounds."""
+    times: dict[str, list[float]] = {"unpruned": [], "pruned": []}
+    for _ in range(rounds + 1):  # the first round warms up and is left out
+        for name, model in (("unpruned", unpruned), ("pruned", pruned)):
+            start = time.perf_counter()
+            greedy(model, prompt, new_tokens)
+            times[name].append(time.perf_counter() - start)
+    unpruned_s, pruned_s = (statistics.median(t[1:]) for t in times.values())
+    return {"unpruned_tokens_per_s": new_tokens / unpruned_s,
+            "pruned_tokens_per_s": new_tokens / pruned_s, "decode_speedup": unpruned_s / pruned_s}
