@@ -55,6 +55,7 @@ from lm_metrics import (  # noqa: F401  (the names the other scripts import from
 from torch import nn
 
 import prunekit as pk
+from prunekit.cli.text import dequantized
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = (0.2, 0.35, 0.5)
@@ -74,7 +75,7 @@ def load() -> tuple[nn.Module, Any]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=MODEL_FILE)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=MODEL_FILE,
                                                               dtype=torch.float32)
-    return model.eval(), tokenizer
+    return dequantized(model).eval(), tokenizer
 
 
 def outside_embeddings(model: nn.Module) -> int:

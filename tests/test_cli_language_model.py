@@ -96,3 +96,24 @@ def test_too_little_text_is_one_line(tmp_path):
                                       str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "fewer than one sequence of 256" in " ".join(result.output.split())
+
+
+def test_a_model_dequantized_from_gguf_saves_with_save_pretrained(tmp_path):
+    """transformers keeps the GGUF quantizer on a model it dequantized to float32, and then
+    ``save_pretrained`` refuses it; ``--model hf:FILE.gguf`` drops the mark."""
+    quantizers = pytest.importorskip("transformers.quantizers.quantizer_gguf")
+    from prunekit.cli.text import dequantized
+
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1))
+    config = transformers.GgufConfig() if hasattr(transformers, "GgufConfig") else None
+    if config is None:
+        pytest.skip("this transformers has no GgufConfig")
+    model.hf_quantizer = quantizers.GgufHfQuantizer(config)
+    model.config.quantization_config = config
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "refused")
+    dequantized(model).save_pretrained(tmp_path / "saved")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert torch.equal(reloaded.model.embed_tokens.weight, model.model.embed_tokens.weight)

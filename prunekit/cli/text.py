@@ -31,11 +31,22 @@ def load_gguf(path: str, option: str) -> nn.Module:
 
     _needs("gguf", option)
     try:
-        return transformers.AutoModelForCausalLM.from_pretrained(
+        model = transformers.AutoModelForCausalLM.from_pretrained(
             str(file.parent), gguf_file=file.name, dtype=torch.float32)
     except Exception as error:
         raise ConfigError(f"{option}: transformers cannot read the GGUF file: "
                           f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from error
+    return dequantized(model)
+
+
+def dequantized(model: nn.Module) -> nn.Module:
+    """A model transformers dequantized from GGUF, no longer marked as quantized: its
+    weights are plain float32 tensors, but the GGUF quantizer it keeps makes
+    ``save_pretrained`` refuse it ("quantized with gguf and is not serializable")."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
 
 
 def tokenizer_for(model: str, option: str = "--data") -> Any:
