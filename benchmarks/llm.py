@@ -419,12 +419,21 @@ def export_for_peers(folder: Path) -> None:
     model.config.tie_word_embeddings = False
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    # older transformers read the rope base from rope_theta (this one nests it)
+    # an older transformers reads the rope base from rope_theta (this one nests it) …
     config = json.loads((folder / "config.json").read_text())
     rope = config.get("rope_parameters") or {}
     config.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
     config.setdefault("torch_dtype", "float32")
     write_text(folder / "config.json", json.dumps(config, indent=1))
+    # and know the tokenizer by the class of its tokenizer.json
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    write_text(folder / "tokenizer_config.json", json.dumps(tokenizer_config, indent=1))
+    # … and reads BPE merges as "a b" strings, not pairs (byte-level tokens hold no spaces)
+    tokens = json.loads((folder / "tokenizer.json").read_text())
+    tokens["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m
+                                 for m in tokens["model"].get("merges", [])]
+    write_text(folder / "tokenizer.json", json.dumps(tokens))
     torch.save({"calibration": sequences(tokenizer, calibration_text, 16),
                 "test": sequences(tokenizer, test_text, 16)}, folder / "tokens.pt")
     print(f"wrote {folder}", flush=True)
