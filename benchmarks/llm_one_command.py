@@ -91,13 +91,15 @@ def main() -> None:
     del unpruned
     pruned = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
     ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
-    data = {"command": " ".join(["prunekit", *command[3:]]).replace(str(work), "WORK"),
+    shown = " ".join(["prunekit", *command[3:]]).replace(str(work), "WORK")
+    data = {"command": shown.replace(str(model_file()), MODEL_FILE),
             "ratio": options.ratio, "minutes": options.minutes, "seconds": seconds,
             "unpruned_parameters": unpruned_params,
             "parameters": sum(p.numel() for p in pruned.parameters()),
             "unpruned_perplexity": unpruned_ppl, "perplexity": ppl, "kl": kl,
             "unpruned_answer": unpruned_answer, "answer": answer(pruned, tokenizer),
-            "printed": run.stdout[-1500:]}
+            # from the size table on (its title holds the model file's path)
+            "printed": run.stdout[run.stdout.find("┏"):].replace(str(work), "WORK")}
     write_results("llm_one_command", data, to_markdown(data))
     print(to_markdown(data))
 

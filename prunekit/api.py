@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable
 
@@ -26,7 +26,7 @@ from .core.progress import ProgressOption, Step, finish, reporter
 from .core.tables import ResultTable
 from .errors import ConfigError, PruneError
 from .measure.latency import LatencyReached, Speedup
-from .measure.model import Measurement
+from .measure.model import Measurement, count_params
 from .methods.base import PruneContext, PruningMethod
 from .plan import Plan
 from .recover.optimizers import rebind_optimizer
@@ -205,6 +205,8 @@ def prune(model: nn.Module, example_inputs: Any, method: PruningMethod, *,
         if not outcome.kept:
             apply_plan(model, outcome.plan,
                        check=lambda pruned: recover_and_update(pruned, outcome.plan))
+    if outcome.plan.biased:  # biases given after the check measured the pruned model
+        outcome.after = replace(outcome.after, params=count_params(model))
     if optimizer is not None:
         rebind_optimizer(optimizer, unpruned_parameters, model, outcome.plan)
     finish(report)

@@ -108,6 +108,7 @@ def test_constant_channels_score_zero_and_compensation_gives_their_mean_back_exa
                                                        bias_compensation=True), data=data)
     assert result.plan.tensors["0.weight"][0] == [0, 2, 3, 5, 7]  # the constant units went
     assert result.plan.biased == ["2"] and model[2].bias is not None
+    assert result.after.params == sum(p.numel() for p in model.parameters())  # biases counted
     fresh = torch.randn(32, 6, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(model(fresh), unpruned(fresh), rtol=1e-5, atol=1e-5)
     # without it the same cut loses the constants: the check can fail
