@@ -22,7 +22,7 @@ from ..selection.budgets import ratio_for_budget, ratio_for_latency
 from ..selection.group_plans import plan_from_keep
 from ..selection.widths import LayerCall, WidthTable, layer_calls
 from .base import Preview, PreviewRow, Proposal, PruningMethod, Trial, check_ratio
-from .recovery import refit_from
+from .recovery import recovery_for
 
 
 def _within(module: str, name: str) -> bool:
@@ -200,7 +200,7 @@ class GroupPruning(PruningMethod):
         return [g for g in graph.groups if g.axis not in attention]
 
     def recovery(self, model, context):
-        return refit_from(self, model, context)  # with reconstruct= or bias_compensation=
+        return recovery_for(self, model, context)  # with reconstruct= or bias_compensation=
 
     def untied(self, graph: DependencyGraph) -> list[str]:
         """Names of tied tensors the plan gives tensors of their own (none, unless the

@@ -13,7 +13,7 @@ from ..recover.reconstruct import reconstruct
 from .base import PruneContext
 
 
-def refit_from(method, model: nn.Module, context: PruneContext):
+def recovery_for(method, model: nn.Module, context: PruneContext):
     """With ``method.reconstruct``, re-fit what lost inputs against a copy of the unpruned
     model on ``context.data`` (with ``bias_compensation`` too, layers without a bias get one
     to fit); with ``method.bias_compensation`` alone, give the mean of what they lost back
