@@ -25,6 +25,7 @@ from ..core.batches import split_batch
 from ..core.progress import Reporter, Step, silent
 from ..importance.fluctuation import input_moments
 from ..plan import Plan
+from ..surgery.apply import give_zero_bias
 from ..surgery.configs import bias_companions
 
 Compensation = Callable[[nn.Module, Plan], list[str]]
@@ -79,7 +80,5 @@ def give_biases(pruned: nn.Module, plan: Plan, layers: list[str]) -> None:
         if name in changed and name not in layers and isinstance(modules.get(name), nn.Linear)
         and modules[name].bias is None]
     for name in given:
-        layer = modules[name]
-        layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]),
-                                  requires_grad=layer.weight.requires_grad)
+        give_zero_bias(modules[name])
     plan.biased = list(dict.fromkeys(plan.biased + given))

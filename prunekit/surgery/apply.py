@@ -239,9 +239,7 @@ def apply_plan(model: nn.Module, plan: Plan,
             module._parameters[attr] = nn.Parameter(old.detach().clone(),
                                                     requires_grad=old.requires_grad)
         for name in plan.biased:  # zeros: the saved weights, or bias compensation, fill it
-            layer = modules[name]
-            layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]),
-                                      requires_grad=layer.weight.requires_grad)
+            give_zero_bias(modules[name])
         for module_name, attributes in plan.attributes.items():
             for attribute, value in attributes.items():
                 setattr(modules[module_name], attribute, value)
@@ -250,6 +248,12 @@ def apply_plan(model: nn.Module, plan: Plan,
         if check is not None:
             check(model)
     return model
+
+
+def give_zero_bias(layer: nn.Linear) -> None:
+    """A linear layer without a bias gets one of zeros (trained if its weight is)."""
+    layer.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]),
+                              requires_grad=layer.weight.requires_grad)
 
 
 def _remove_layers(model: nn.Module, modules: dict[str, nn.Module], names: list[str],

@@ -88,18 +88,28 @@ def _with_bias_flags(model: nn.Module, config: Any, original: dict[str, tuple],
     """``config`` with each bias switch on that builds biases the pruned model has and the
     config does not (bias compensation gave them): a copy, or ``config`` itself if none."""
     missing = set(actual) - set(original)
-    flagged = config
-    for name in _bias_flags(config) if missing else []:
+    switches = [name for name, added in _bias_switches(model, config, set(original)).items()
+                if added & missing] if missing else []
+    if not switches:
+        return config
+    flagged = copy.deepcopy(config)
+    for name in switches:
+        setattr(flagged, name, True)
+    return flagged
+
+
+def _bias_switches(model: nn.Module, config: Any, built: set[str]) -> dict[str, set[str]]:
+    """Per switched-off bias switch of ``config``, the parameters a model built with it on
+    has beyond ``built`` (the names a model built from ``config`` has)."""
+    added = {}
+    for name in _bias_flags(config):
         trial = copy.deepcopy(config)
         setattr(trial, name, True)
         try:
-            added = set(_shapes(model, trial)) - set(original)
+            added[name] = set(_shapes(model, trial)) - built
         except Exception:
             continue
-        if added & missing:
-            flagged = copy.deepcopy(flagged) if flagged is config else flagged
-            setattr(flagged, name, True)
-    return flagged
+    return added
 
 
 def _copy_flags(source: Any, config: Any) -> None:
@@ -121,16 +131,8 @@ def companion_biases(model: nn.Module, layers: list[str]) -> list[str] | None:
         current = set(_shapes(model, config))
     except Exception:
         return []
-    found: set[str] = set()
-    for name in _bias_flags(config):
-        trial = copy.deepcopy(config)
-        setattr(trial, name, True)
-        try:
-            added = set(_shapes(model, trial)) - current
-        except Exception:
-            continue
-        if added & wanted:
-            found |= {n.removesuffix(".bias") for n in added if n.endswith(".bias")}
+    found = {n.removesuffix(".bias") for added in _bias_switches(model, config, current).values()
+             if added & wanted for n in added if n.endswith(".bias")}
     return sorted(found - set(layers))
 
 
