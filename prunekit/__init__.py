@@ -21,6 +21,7 @@ top; ``adapters`` hold what is particular to Hugging Face and Ultralytics; ``cor
 from .adapters.hf import config as _hf_config  # noqa: F401
 from .adapters.hf import conversion as _hf_conversion  # noqa: F401
 from .adapters.hf.pruners import TransformerHeadPruner, TransformerLayerPruner, head_importance
+from .adapters.hf.samples import sample_text
 from .api import PruneResult, prune
 from .candidates.layers import find_layer_candidates
 from .checks import VerifyReport, verify
@@ -95,5 +96,5 @@ __all__ = [
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
     "layer_importance", "load", "measure", "prune", "rank_share", "register_config_updater",
     "register_criterion", "register_export_format", "register_handler", "register_model_source",
-    "register_rule", "rules", "save", "sensitivity", "verify",
+    "register_rule", "rules", "sample_text", "save", "sensitivity", "verify",
 ]

@@ -40,7 +40,7 @@ from .app import (
 )
 from .output import check_out, copy_hf_extras, replace_out
 from .sources import example_inputs, first_inputs, load_data, load_model
-from .text import TEXT_PREFIX, is_gguf, text_batches, tokenizer_for
+from .text import SAMPLES_PREFIX, is_gguf, is_language_data, language_batches, tokenizer_for
 
 OUT_FILES = {"model.safetensors", "plan.json", "hf", "tokenizer"}
 
@@ -92,9 +92,11 @@ def prune(
                                             "weakest (RMSNorm models; needs --data)"),
     data: str = typer.Option(None, help="DATA_SOURCE:FACTORY returning (train, test) batches "
                                         "(the model's inputs, or (inputs, labels) for criteria "
-                                        "that read a loss), or text:PATH[,PATH] (text files, or "
+                                        "that read a loss), text:PATH[,PATH] (text files, or "
                                         "folders of them, read with an hf: model's tokenizer "
-                                        "in sequences of 256 tokens); data-driven criteria and "
+                                        "in sequences of 256 tokens), samples:N (N sequences "
+                                        "of 256 tokens an hf: model writes itself) or "
+                                        "text:PATH+samples:N; data-driven criteria and "
                                         "--reconstruct read up to --calibration-batches "
                                         "training batches (default: the example inputs)"),
     recover_minutes: float = typer.Option(None, help="after pruning, distil the pruned model "
@@ -180,8 +182,9 @@ def _inputs(network, model: str, input_shape: str | None, data: str | None,
     if data is None:
         x = example_inputs(network, input_shape)
         return x, [x]
-    if data.startswith(TEXT_PREFIX):
-        batches = text_batches(data, tokenizer_for(model))[:limit]
+    if is_language_data(data):
+        with progress() as report:
+            batches = language_batches(data, model, network, report)[:limit]
         return batches[0], batches
     train, _ = load_data(data)
     return first_inputs(train, labels=False), list(itertools.islice(train, limit))
@@ -289,7 +292,12 @@ def _prune_streamed(model: str, checkpoint: Path | None, pruning: PruningMethod,
     earlier = out.is_dir() and (out / "config.json").is_file() and (out / "plan.json").is_file()
     check_out(out, {p.name for p in out.iterdir()} if earlier else set())
     calibration = None
-    if data is not None:
+    if data is not None and is_language_data(data):
+        if SAMPLES_PREFIX in data:
+            raise ConfigError("--data samples:N: sampling runs the whole model, which a "
+                              "streamed prune never holds; give text:PATH, or prune in memory")
+        calibration = language_batches(data, model, None)[:calibration_batches]
+    elif data is not None:
         train, _ = load_data(data)
         calibration = list(itertools.islice(train, calibration_batches))
     result = prune_streamed(model[3:], out, pruning, calibration, progress=True)

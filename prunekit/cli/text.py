@@ -1,8 +1,10 @@
 """Text for a language model on the command line: a Hugging Face model read from a GGUF file,
-its tokenizer, and ``--data text:PATH`` (plain text files cut into token sequences)."""
+its tokenizer, ``--data text:PATH`` (plain text files cut into token sequences),
+``--data samples:N`` (N sequences the model writes itself) and both, joined by ``+``."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from torch import nn
 from ..errors import ConfigError
 
 TEXT_PREFIX = "text:"
+SAMPLES_PREFIX = "samples:"
 SEQUENCE = 256  # tokens per sequence of --data text:
 BATCH = 4  # sequences per batch
 SUFFIXES = (".txt", ".md", ".rst")  # what a folder given to --data text: is read for
@@ -66,6 +69,42 @@ def tokenizer_for(model: str, option: str = "--data") -> Any:
         raise ConfigError(f"{option}: the model has no tokenizer transformers can load "
                           f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
                           ) from error
+
+
+def is_language_data(spec: str) -> bool:
+    """Whether ``--data`` names text or samples (``text:…``, ``samples:N``, joined by ``+``)."""
+    return spec.startswith((TEXT_PREFIX, SAMPLES_PREFIX))
+
+
+def language_batches(spec: str, model: str, network: nn.Module | None,
+                     progress: Any = None) -> list[dict[str, torch.Tensor]]:
+    """The batches of ``--data text:PATH``, ``samples:N`` or ``text:PATH+samples:N``; with
+    both, their batches alternate, so the first calibration batches hold both."""
+    sources = []
+    for part in spec.split("+"):
+        if part.startswith(TEXT_PREFIX):
+            sources.append(text_batches(part, tokenizer_for(model)))
+        elif part.startswith(SAMPLES_PREFIX):
+            sources.append(sample_batches(part, network, progress))
+        else:
+            raise ConfigError(f"--data {spec!r}: {part!r} is neither text:PATH nor "
+                              f"samples:N; join the two with +")
+    return [batch for row in itertools.zip_longest(*sources) for batch in row
+            if batch is not None]
+
+
+def sample_batches(part: str, network: nn.Module,
+                   progress: Any = None) -> list[dict[str, torch.Tensor]]:
+    """``samples:N``: N sequences of ``SEQUENCE`` tokens sampled from the model itself (seed
+    0), in batches of ``BATCH``."""
+    from ..adapters.hf.samples import sample_text
+
+    count = part[len(SAMPLES_PREFIX):]
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"--data {part!r}: give the number of sequences to sample, e.g. "
+                          f"samples:64")
+    ids = sample_text(network, int(count), SEQUENCE, progress=progress)
+    return [{"input_ids": ids[start:start + BATCH]} for start in range(0, len(ids), BATCH)]
 
 
 def text_batches(spec: str, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
