@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import json
 import time
 
@@ -34,9 +35,11 @@ from harness import RESULTS, arguments, markdown_table, write_results
 
 import torch
 from llm import (
+    FACTS,
     METHODS,
     TOKENS,
     batches,
+    facts_known,
     held_out_ids,
     load,
     log_probs,
@@ -54,7 +57,8 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "MLP: fluctuation + re-fit with biases", "hidden: rotation",
         "hidden rotation, then MLP re-fit",
         "hidden rotation, then MLP fluctuation + re-fit with biases",
-        "heads then MLP: Taylor (LLM-Pruner's importance)")
+        "heads then MLP: Taylor (LLM-Pruner's importance)",
+        "MLP: FLAP's metric, calibrated on half topics, half own samples")
 THREADS = 2
 CALIBRATION_SEQUENCES = 16  # as llm.py
 
@@ -73,6 +77,10 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=None,
                         help="recover with low-rank adapters of this rank (peft), merged back, "
                              "instead of every weight (LLM-Pruner's recovery)")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="also train on this many 256-token sequences the unpruned model "
+                             "writes itself (pk.sample_text, seed 1), their batches "
+                             "alternating with the recovery text's")
     options = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
@@ -87,6 +95,11 @@ def main() -> None:
     count = available if options.recovery_sequences is None else options.recovery_sequences
     recovery = batches(held_out_ids(tokenizer, calibration_text, count, CALIBRATION_SEQUENCES), 2)
     held_out = recovery[:4]
+    if options.samples:  # seed 1: not the text that rows calibrated on samples read (seed 0)
+        samples = batches(pk.sample_text(model, options.samples, TOKENS, seed=1), 2)
+        recovery = [b for pair in itertools.zip_longest(recovery, samples) for b in pair
+                    if b is not None]
+    questions = [fact for fact, right in zip(FACTS, facts_known(model, tokenizer)) if right]
     test_ids = sequences(tokenizer, test_text, 16)
     calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)
@@ -100,16 +113,20 @@ def main() -> None:
         if isinstance(how, tuple):  # a search returns the best of its own copies
             how, pruned = how
         as_pruned, kl_pruned = perplexity_and_kl(pruned, test_ids, reference)
+        facts_as_pruned = sum(facts_known(pruned, tokenizer, questions))
         started = time.perf_counter()
         result = pk.distill(pruned, model, recovery, steps=1_000_000, lr=options.lr,
                             schedule="constant", warmup=0, hidden=False,
                             time_limit=options.seconds, lora_rank=options.lora_rank)
         recovered, kl_recovered = perplexity_and_kl(pruned, test_ids, reference)
+        facts_recovered = sum(facts_known(pruned, tokenizer, questions))
         rows.append({"budget": budget, "method": name, "pruned": how,
                      "removed": 1 - outside_embeddings(pruned) / base,
                      "perplexity_as_pruned": as_pruned, "kl_as_pruned": kl_pruned,
                      "perplexity_recovered": recovered, "kl_recovered": kl_recovered,
                      "lora_rank": options.lora_rank, "recovery_sequences": count,
+                     "samples": options.samples, "facts_as_pruned": facts_as_pruned,
+                     "facts_recovered": facts_recovered, "facts_of": len(questions),
                      "recovery_steps": result.steps,
                      "recovery_tokens": result.steps * 2 * TOKENS,
                      "recovery_seconds": time.perf_counter() - started})
@@ -135,7 +152,7 @@ def merged(rows: list[dict], seconds: float, lr: float) -> list[dict]:
     for row in [{**defaults, **r} for r in saved["rows"]] + [
             {"seconds": seconds, "lr": lr, **r} for r in rows]:
         table[row["seconds"], row["budget"], row["method"], row.get("lora_rank"),
-              row["recovery_sequences"]] = row
+              row["recovery_sequences"], row.get("samples", 0)] = row
     return sorted(table.values(), key=lambda r: (
         r["seconds"], r["budget"],
         ROWS.index(r["method"]) if r["method"] in ROWS else len(ROWS), r.get("lora_rank") or 0))
@@ -145,13 +162,17 @@ def to_markdown(data: dict) -> str:
     unpruned = data["unpruned_perplexity"]
     table = markdown_table(
         ["recovery time", "budget", "method", "recovery text", "removed", "perplexity as pruned",
-         "after recovery", "KL as pruned", "KL after", "recovery"],
+         "after recovery", "KL as pruned", "KL after", "facts", "recovery"],
         [[f"{r['seconds'] / 60:g} min", f"{r['budget']:.0%}", r["method"] + (
             f" (LoRA r={r['lora_rank']})" if r.get("lora_rank") else ""),
-          f"{r['recovery_sequences'] * TOKENS:,} tokens", f"{r['removed']:.1%}",
+          f"{r['recovery_sequences'] * TOKENS:,} tokens" + (
+              f" + {r['samples'] * TOKENS:,} sampled" if r.get("samples") else ""),
+          f"{r['removed']:.1%}",
           f"{r['perplexity_as_pruned']:.1f} (×{r['perplexity_as_pruned'] / unpruned:.2f})",
           f"{r['perplexity_recovered']:.1f} (×{r['perplexity_recovered'] / unpruned:.2f})",
           f"{r['kl_as_pruned']:.3f}", f"{r['kl_recovered']:.3f}",
+          f"{r['facts_as_pruned']} → {r['facts_recovered']} of {r['facts_of']}"
+          if "facts_of" in r else "—",
           f"{r['recovery_steps']} steps, {r['recovery_tokens']:,} tokens, "
           f"{r['recovery_seconds']:.0f} s"] for r in data["rows"]])
     runs = sorted({(r["seconds"], r["budget"]) for r in data["rows"]})
@@ -169,7 +190,11 @@ def to_markdown(data: dict) -> str:
             f"and `--lora-rank R` for the LoRA rows: peft's adapters of rank R on every "
             f"linear layer but the output layer, merged back; `--recovery-sequences 64` for "
             f"the rows trained on 16,384 tokens of recovery text, written before every "
-            f"sequence of it was used).\n\n"
+            f"sequence of it was used; `--samples N` for the rows that also train on N "
+            f"sequences the unpruned model wrote itself, `pk.sample_text`). **facts**: of the "
+            f"general-knowledge questions the unpruned model answers right (`lm_metrics.FACTS`), "
+            f"how many the model answers right as pruned → after recovery (— : measured before "
+            f"the column existed).\n\n"
             + table + "\n")
 
 

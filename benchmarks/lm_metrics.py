@@ -91,3 +91,53 @@ def decode_speed(unpruned: nn.Module, pruned: nn.Module, prompt: torch.Tensor,
     unpruned_s, pruned_s = (statistics.median(t[1:]) for t in times.values())
     return {"unpruned_tokens_per_s": new_tokens / unpruned_s,
             "pruned_tokens_per_s": new_tokens / pruned_s, "decode_speedup": unpruned_s / pruned_s}
+
+
+# Questions of general knowledge, each with the words that make an answer right (any one,
+# case ignored). None is about Python, so none is in the calibration, recovery or test text.
+FACTS = (
+    ("What is the capital of France?", ("paris",)),
+    ("What is the capital of Japan?", ("tokyo",)),
+    ("What is the capital of Italy?", ("rome",)),
+    ("What is the capital of Germany?", ("berlin",)),
+    ("What is the capital of Spain?", ("madrid",)),
+    ("What is the capital of the United Kingdom?", ("london",)),
+    ("What is the capital of Russia?", ("moscow",)),
+    ("What is the capital of China?", ("beijing",)),
+    ("What is the capital of Egypt?", ("cairo",)),
+    ("What is the capital of Canada?", ("ottawa",)),
+    ("Which planet is closest to the Sun?", ("mercury",)),
+    ("What is the largest planet in our solar system?", ("jupiter",)),
+    ("Which planet is known as the Red Planet?", ("mars",)),
+    ("How many legs does a spider have?", ("eight", "8")),
+    ("How many days are there in a week?", ("seven", "7")),
+    ("Who wrote Romeo and Juliet?", ("shakespeare",)),
+    ("What is the chemical formula of water?", ("h2o", "h₂o")),
+    ("What gas do plants absorb from the air?", ("carbon dioxide", "co2")),
+    ("What is the freezing point of water in degrees Celsius?", ("0 degrees", "0°", "zero")),
+    ("What is the largest ocean on Earth?", ("pacific",)),
+    ("Who painted the Mona Lisa?", ("leonardo", "da vinci")),
+    ("What is the opposite of hot?", ("cold",)),
+    ("What colour is the sky on a clear day?", ("blue",)),
+    ("Which animal is known as the king of the jungle?", ("lion",)),
+    ("What is the largest mammal?", ("whale",)),
+    ("On which continent is Kenya?", ("africa",)),
+    ("How many continents are there?", ("seven", "7")),
+    ("What language is spoken in Brazil?", ("portuguese",)),
+)
+
+
+def answer(model: nn.Module, tokenizer, question: str, new_tokens: int = 32) -> str:
+    """The model's greedy answer to ``question`` through its chat template."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                           tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def facts_known(model: nn.Module, tokenizer, questions=FACTS) -> list[bool]:
+    """Whether each answer holds one of its question's words."""
+    return [any(word in answer(model, tokenizer, question).lower() for word in words)
+            for question, words in questions]
