@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
+from prunekit.core.calls import call_model
 from prunekit.export.formats import onnx_runner
 from prunekit.measure.latency import speedups_over_first
 from prunekit.measure.model import count_flops
@@ -138,7 +139,7 @@ def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,
         pair = (torch.compile(unpruned), torch.compile(pruned))
         with torch.inference_mode():
             for model in pair:  # compile now, so the timing sees only steady-state calls
-                pk.calls.call_model(model, x)
+                call_model(model, x)
     return pair[0], pair[1], time.perf_counter() - started
 
 
@@ -233,11 +234,11 @@ def breakdown(name: str, repeats: int = 20) -> list[dict]:
                 handles.append(module.register_forward_hook(finished))
         with torch.inference_mode():
             for _ in range(3):
-                pk.calls.call_model(model, x)
+                call_model(model, x)
             totals.clear()
             flops.clear()
             for _ in range(repeats):
-                pk.calls.call_model(model, x)
+                call_model(model, x)
         for handle in handles:
             handle.remove()
         return ({k: v / repeats * 1e3 for k, v in totals.items()},

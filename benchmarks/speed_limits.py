@@ -1,0 +1,281 @@
+"""Where FLOPs saved stop being time saved: a per-layer account of the speed table's cells
+below 0.9, and the best ratio any choice of widths could give on this machine.
+
+For each model of ``speed.py``, pruned as there, in eager PyTorch (both models with
+BatchNorm folded by ``pk.fuse``), at batch 1 and 8, on two threads:
+
+1. **Per layer.** Every convolution and linear layer is timed alone, on an input of the
+   shape it reads in the model, at its unpruned and at its pruned shape (median of repeated
+   calls after a warm-up). The table gives each layer's time against its FLOPs; *other* is
+   the whole forward pass (timed without hooks) less the layers' sum: normalisations,
+   activations, pooling, attention's matrix products, Python between the modules.
+2. **Every FLOP at full speed.** The ratio the pruned model would reach if each layer ran
+   its pruned FLOPs at its unpruned throughput (FLOPs per second), the rest as measured.
+3. **The best any widths could give.** Each layer is timed alone at every width from full
+   down to a quarter (its pruned dimensions scaled together in steps of an eighth, rounded
+   to 8; a depthwise convolution's channels and groups together). The widths whose summed
+   time is least for no more FLOPs than the pruned model has are chosen per layer (each
+   layer free: a relaxation that ignores that a layer's input width is the last one's
+   output; a Lagrangian search over the measured times), and *other* is kept as the pruned
+   model's. What that sum gives against the unpruned model is the best ratio any widths
+   could give: an upper bound, loose where layers differ much in time per FLOP (the
+   relaxation may narrow one layer and not the next, which no network allows); where even
+   it is below 0.9, no allocation of widths reaches 0.9 here in eager.
+
+    python benchmarks/speed_limits.py                  # five models, about 10 minutes
+    python benchmarks/speed_limits.py --only mobilenet_v3_large --batches 1
+
+Results: ``benchmarks/results/speed_limits.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+import statistics
+import time
+from typing import Any, Callable
+
+from harness import arguments, write_results
+
+import torch
+from speed import MODELS, THREADS
+from torch import nn
+
+import prunekit as pk
+from prunekit.core.calls import call_model
+from prunekit.measure.latency import speedups_over_first
+from prunekit.measure.model import count_flops
+
+BATCHES = (1, 8)
+WIDTHS = tuple(k / 8 for k in range(8, 1, -1))  # full width down to a quarter
+# the models with a cell below 0.9 in speed.md (ViT-B/16 has none)
+ACCOUNTED = ("resnet50", "mobilenet_v3_large", "convnext_tiny", "yolov8n", "minilm")
+
+
+def layer_inputs(model: nn.Module, x: Any) -> dict[str, torch.Size]:
+    """The input shape each convolution and linear layer reads in one forward pass."""
+    shapes: dict[str, torch.Size] = {}
+
+    def record(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:  # (returning None keeps the args)
+            shapes.setdefault(name, args[0].shape)
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name))
+               for name, module in model.named_modules()
+               if isinstance(module, (nn.Conv2d, nn.Linear))]
+    with torch.inference_mode():
+        call_model(model, x)
+    for handle in handles:
+        handle.remove()
+    return shapes
+
+
+def flops(layer: nn.Module, shape: torch.Size) -> float:
+    """Multiply-adds ×2 of ``layer`` on an input of ``shape``."""
+    if isinstance(layer, nn.Linear):
+        return 2.0 * math.prod(shape[:-1]) * layer.in_features * layer.out_features
+    height, width = shape[-2:]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (layer.kernel_size, layer.stride, layer.padding,
+                                              layer.dilation)
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return (2.0 * shape[0] * layer.out_channels * out_h * out_w
+            * layer.in_channels // layer.groups * kh * kw)
+
+
+def seconds(layer: nn.Module, shape: torch.Size, repeats: int = 15,
+            least: float = 0.05) -> float:
+    """The median time of ``layer`` alone on a random input of ``shape``: at least
+    ``repeats`` calls and ``least`` seconds of them, after three to warm up."""
+    x = torch.randn(shape)
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(3):
+            layer(x)
+        while len(times) < repeats or sum(times) < least:
+            started = time.perf_counter()
+            layer(x)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def narrowed(layer: nn.Module, pruned: nn.Module, width: float) -> nn.Module:
+    """``layer`` with each dimension the pruning narrowed (``pruned`` has it narrower)
+    scaled to ``width`` of its unpruned size, rounded to 8 (a depthwise convolution's
+    channels and groups together)."""
+    def scaled(size: int, was_pruned: bool) -> int:
+        return max(8, round(size * width / 8) * 8) if was_pruned else size
+
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(scaled(layer.in_features, pruned.in_features < layer.in_features),
+                         scaled(layer.out_features, pruned.out_features < layer.out_features))
+    depthwise = layer.groups == layer.in_channels == layer.out_channels > 1
+    out = scaled(layer.out_channels, pruned.out_channels < layer.out_channels)
+    inputs = out if depthwise else scaled(layer.in_channels,
+                                          pruned.in_channels < layer.in_channels)
+    return nn.Conv2d(inputs, out, layer.kernel_size, layer.stride, layer.padding,
+                     layer.dilation, groups=out if depthwise else 1, bias=layer.bias is not None)
+
+
+def with_channels(shape: torch.Size, layer: nn.Module) -> torch.Size:
+    """``shape`` with as many channels (features) as ``layer`` reads."""
+    if isinstance(layer, nn.Linear):
+        return torch.Size([*shape[:-1], layer.in_features])
+    return torch.Size([shape[0], layer.in_channels, *shape[2:]])
+
+
+def whole_passes(unpruned: nn.Module, pruned: nn.Module, x: Any) -> tuple[float, float]:
+    """The two models' median forward pass, timed interleaved as ``speed.py`` times them."""
+    speed = speedups_over_first([unpruned, pruned], x, threads=THREADS, min_time=2.0,
+                                min_rounds=10)[0]
+    return speed.before.median_ms / 1e3, speed.after.median_ms / 1e3
+
+
+def best_widths(curves: list[list[tuple[float, float]]], budget: float) -> float:
+    """The least summed time over one (seconds, FLOPs) option per layer with at most
+    ``budget`` FLOPs in all: per price ``λ`` each layer takes the option least in
+    seconds + λ·FLOPs; the least ``λ`` that keeps within the budget is found by bisection."""
+    def choose(price: float) -> tuple[float, float]:
+        picks = [min(options, key=lambda o: o[0] + price * o[1]) for options in curves]
+        return sum(p[0] for p in picks), sum(p[1] for p in picks)
+
+    low, high = 0.0, 1.0
+    while choose(high)[1] > budget:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if choose(middle)[1] > budget else (low, middle)
+    return choose(high)[0]
+
+
+def account(name: str, batch: int) -> dict[str, Any]:
+    build, inputs, prune = MODELS[name]
+    torch.manual_seed(0)
+    unpruned = build()
+    pruned = copy.deepcopy(unpruned)
+    how = prune(pruned, inputs(1))
+    x = inputs(batch)
+    for model in (unpruned, pruned):
+        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            pk.fuse(model, x)
+    model_flops = (count_flops(unpruned, x), count_flops(pruned, x))
+    factor = model_flops[0] / model_flops[1]
+    shapes = layer_inputs(unpruned, x)
+    pruned_modules = dict(pruned.named_modules())
+    layers, curves = [], []
+    for layer_name, shape in shapes.items():
+        layer = dict(unpruned.named_modules())[layer_name]
+        after = pruned_modules[layer_name]
+        after_shape = with_channels(shape, after)
+        row = {"layer": layer_name, "kind": _kind(layer),
+               "unpruned_ms": seconds(layer, shape) * 1e3,
+               "pruned_ms": seconds(after, after_shape) * 1e3,
+               "unpruned_flops": flops(layer, shape), "pruned_flops": flops(after, after_shape)}
+        layers.append(row)
+        options = []
+        for width in WIDTHS:
+            candidate = narrowed(layer, after, width)
+            candidate_shape = with_channels(shape, candidate)
+            options.append((seconds(candidate, candidate_shape),
+                            flops(candidate, candidate_shape)))
+        curves.append(options)
+    whole = whole_passes(unpruned, pruned, x)
+    layer_sum = (sum(r["unpruned_ms"] for r in layers) / 1e3,
+                 sum(r["pruned_ms"] for r in layers) / 1e3)
+    other = (whole[0] - layer_sum[0], whole[1] - layer_sum[1])
+    full_speed = sum(r["unpruned_ms"] / 1e3 * r["pruned_flops"] / r["unpruned_flops"]
+                     for r in layers)
+    budget = sum(r["pruned_flops"] for r in layers)
+    best = best_widths(curves, budget)
+    result = {"model": name, "pruned": how, "batch": batch, "threads": THREADS,
+              "flops_factor": factor, "whole_ms": [w * 1e3 for w in whole],
+              "layers_ms": [s * 1e3 for s in layer_sum], "other_ms": [o * 1e3 for o in other],
+              "ratio": whole[0] / whole[1] / factor,
+              "layers_ratio": layer_sum[0] / layer_sum[1] / (
+                  sum(r["unpruned_flops"] for r in layers) / budget),
+              "full_speed_ratio": whole[0] / (full_speed + other[1]) / factor,
+              "best_widths_ratio": whole[0] / (best + other[1]) / factor,
+              "best_layers_ms": best * 1e3, "layers": layers}
+    print(f"{name} batch {batch}: ratio {result['ratio']:.2f}; layers alone "
+          f"{result['layers_ratio']:.2f}; at full speed {result['full_speed_ratio']:.2f}; "
+          f"best widths {result['best_widths_ratio']:.2f} (other {other[0] * 1e3:.1f} → "
+          f"{other[1] * 1e3:.1f} ms)", flush=True)
+    del unpruned, pruned
+    gc.collect()
+    return result
+
+
+def _kind(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return "Linear"
+    grouping = " depthwise" if layer.groups == layer.in_channels > 1 else ""
+    return f"Conv2d {layer.kernel_size[0]}×{layer.kernel_size[1]}{grouping}"
+
+
+def to_markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["# Where FLOPs saved stop being time saved", "",
+             f"Eager PyTorch, BatchNorm folded in both models, {THREADS} threads; each model "
+             "pruned as in `speed.md`. **ratio**: the whole pruned model's speed-up ÷ its "
+             "FLOPs reduction (timed interleaved, as `speed.md` times them). **layers alone**: the same for the convolution and linear "
+             "layers each timed alone, summed. **full speed**: the ratio if every layer ran "
+             "its pruned FLOPs at its unpruned throughput, the rest (*other*: normalisation, "
+             "activations, pooling, attention's products, Python) as measured. **best "
+             "widths**: the ratio of the fastest choice of per-layer widths (from full to a "
+             "quarter, in eighths, rounded to 8, each layer timed alone at each) with no more "
+             "FLOPs than the pruned model, *other* as the pruned model's: an upper bound, "
+             "since each layer's width is chosen free of its neighbours' (no network allows "
+             "that), loose where layers differ much in time per FLOP; where even it is below "
+             "0.9, no widths reach 0.9 here. Reproduce: "
+             "`python benchmarks/speed_limits.py`.", "",
+             "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms (layers + "
+             "other) | ratio | layers alone | full speed | best widths |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['flops_factor']:.2f}× | "
+            f"{r['whole_ms'][0]:.1f} ({r['layers_ms'][0]:.1f} + {r['other_ms'][0]:.1f}) | "
+            f"{r['whole_ms'][1]:.1f} ({r['layers_ms'][1]:.1f} + {r['other_ms'][1]:.1f}) | "
+            f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | {r['full_speed_ratio']:.2f} | "
+            f"**{r['best_widths_ratio']:.2f}** |")
+    lines += ["", "## The layers, batch 1", "",
+              "The ten layers that take longest unpruned, and each kind in all: time alone, "
+              "unpruned and pruned, against FLOPs; *per FLOP* is the layer's speed-up ÷ its "
+              "FLOPs reduction.", ""]
+    for r in (r for r in results if r["batch"] == 1):
+        lines += [f"### {r['model']}", "",
+                  "| layer | kind | unpruned ms | pruned ms | speed-up | FLOPs ÷ | per FLOP |",
+                  "|---|---|---|---|---|---|---|"]
+        top = sorted(r["layers"], key=lambda layer: -layer["unpruned_ms"])[:10]
+        kinds: dict[str, list[dict[str, Any]]] = {}
+        for layer in r["layers"]:
+            kinds.setdefault(layer["kind"], []).append(layer)
+        rows = [(layer["layer"], layer["kind"], [layer]) for layer in top] + [
+            (f"all {kind} ({len(group)})", kind, group) for kind, group in kinds.items()]
+        for label, kind, group in rows:
+            before = sum(g["unpruned_ms"] for g in group)
+            after = sum(g["pruned_ms"] for g in group)
+            fewer = (sum(g["unpruned_flops"] for g in group)
+                     / sum(g["pruned_flops"] for g in group))
+            lines.append(f"| {label} | {kind} | {before:.2f} | {after:.2f} | "
+                         f"{before / after:.2f}× | {fewer:.2f}× | {before / after / fewer:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--only", nargs="+", choices=ACCOUNTED, default=list(ACCOUNTED))
+    parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    options = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    results = [account(name, batch) for name in options.only for batch in options.batches]
+    write_results("speed_limits", {"threads": THREADS, "torch": torch.__version__,
+                                   "results": results}, to_markdown(results))
+    print(to_markdown(results))
+
+
+if __name__ == "__main__":
+    main()
