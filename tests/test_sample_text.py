@@ -157,3 +157,12 @@ def test_a_streamed_prune_reads_text_files(tmp_path):
     assert result.exit_code == 0, result.output
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert reloaded.config.intermediate_size == 48
+
+
+def test_samples_need_a_model_that_writes_text(tmp_path):
+    result = CliRunner().invoke(app, ["prune", "--model", "torchvision:resnet18", "--data",
+                                      "samples:4", "--no-latency", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert "pk.sample_text needs a language model that generates" in " ".join(
+        result.output.split())
+    assert not (tmp_path / "x").exists()
