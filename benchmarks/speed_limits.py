@@ -22,7 +22,13 @@ BatchNorm folded by ``pk.fuse``), at batch 1 and 8, on two threads:
    relaxation may narrow one layer and not the next, which no network allows); where even
    it is below 0.9, no allocation of widths reaches 0.9 here in eager.
 
-    python benchmarks/speed_limits.py                  # five models, about 10 minutes
+4. **ONNX Runtime** (``--runtimes onnx``): each model exported by ``pk.export`` and run with
+   ONNX Runtime's profiler on; the time in its multiply-add kernels (Conv, Gemm, MatMul)
+   against the model's FLOPs, every other kernel as *other*, and the ratio at full speed
+   from them (ONNX Runtime fuses and renames layers, so kernels are told apart by kind). ``torch.compile``'s cells are
+   not accounted for (its generated kernels fuse across layers).
+
+    python benchmarks/speed_limits.py                  # five models, about 15 minutes
     python benchmarks/speed_limits.py --only mobilenet_v3_large --batches 1
 
 Results: ``benchmarks/results/speed_limits.{json,md}``.
@@ -32,12 +38,15 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import math
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from harness import arguments, write_results
+from harness import arguments, read_results, write_results
 
 import torch
 from speed import MODELS, THREADS
@@ -208,6 +217,83 @@ def account(name: str, batch: int) -> dict[str, Any]:
     return result
 
 
+MAC_OPS = ("Conv", "Gemm", "MatMul")  # what ONNX Runtime's multiply-add kernels are called
+
+
+def onnx_op_times(model: nn.Module, x: Any, folder: Path, repeats: int = 30
+                  ) -> tuple[dict[str, float], float]:
+    """Seconds per pass spent in each kind of ONNX Runtime kernel (its profile's ``op_name``:
+    ``Conv``, ``MatMul``, ``Relu`` …) running ``model``'s export (``pk.export``) on 2
+    intra-op threads without spinning, as ``speed.py`` runs it, over ``repeats`` passes after
+    five to warm up; and the passes' median. (ONNX Runtime fuses a convolution with its norm
+    and activation and renames the result, so kernels are told apart by kind, not layer.)"""
+    import onnxruntime
+
+    path = folder / "model.onnx"
+    pk.export(model, x, path, tolerance=1e-3, fresh_inputs=0)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "profile")
+    session = onnxruntime.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
+    given = x if isinstance(x, dict) else {"x": x}
+    names = [i.name for i in session.get_inputs()]
+    feed = ({n: given[n].numpy() for n in names} if all(n in given for n in names)
+            else dict(zip(names, (v.numpy() for v in given.values()))))
+    for _ in range(5 + repeats):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("name") == "model_run"]
+    start = runs[5]["ts"]  # the warm-up passes are profiled too: leave them out
+    times: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["ts"] >= start and \
+                event["name"].endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            times[op] = times.get(op, 0.0) + event["dur"] / 1e6 / repeats
+    return times, statistics.median(r["dur"] for r in runs[5:]) / 1e6
+
+
+def onnx_account(name: str, batch: int) -> dict[str, Any]:
+    """The ONNX Runtime cell's account: the time in multiply-add kernels (convolutions,
+    linear layers and, in attention, its matrix products) against the model's FLOPs, and
+    the time in every other kernel, unpruned and pruned."""
+    build, inputs, prune = MODELS[name]
+    torch.manual_seed(0)
+    unpruned = build()
+    pruned = copy.deepcopy(unpruned)
+    how = prune(pruned, inputs(1))
+    x = inputs(batch)
+    factor = count_flops(unpruned, x) / count_flops(pruned, x)
+    totals, kinds = [], []
+    for model in (unpruned, pruned):
+        with tempfile.TemporaryDirectory() as scratch:
+            times, whole = onnx_op_times(model, x, Path(scratch))
+        layers = sum(t for op, t in times.items() if any(m in op for m in MAC_OPS))
+        totals.append((whole, layers, sum(times.values()) - layers))
+        kinds.append(times)
+    (whole_u, layers_u, other_u), (whole_p, layers_p, other_p) = totals
+    result = {"model": name, "pruned": how, "batch": batch, "runtime": "onnx",
+              "flops_factor": factor, "whole_ms": [whole_u * 1e3, whole_p * 1e3],
+              "layers_ms": [layers_u * 1e3, layers_p * 1e3],
+              "other_ms": [other_u * 1e3, other_p * 1e3],
+              "kernels_ms": {op: [t * 1e3, kinds[1].get(op, 0.0) * 1e3]
+                             for op, t in sorted(kinds[0].items(), key=lambda kv: -kv[1])},
+              "ratio": whole_u / whole_p / factor,
+              "layers_ratio": layers_u / layers_p / factor,
+              # the pruned pass with its multiply-add kernels at their unpruned FLOPs per second
+              "full_speed_ratio": whole_u / (whole_p - layers_p + layers_u / factor) / factor}
+    print(f"{name} batch {batch} onnx: ratio {result['ratio']:.2f}; layers "
+          f"{result['layers_ratio']:.2f}; at full speed {result['full_speed_ratio']:.2f} "
+          f"(other {other_u * 1e3:.1f} → {other_p * 1e3:.1f} ms)", flush=True)
+    del unpruned, pruned
+    gc.collect()
+    return result
+
+
 def _kind(layer: nn.Module) -> str:
     if isinstance(layer, nn.Linear):
         return "Linear"
@@ -233,18 +319,45 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms (layers + "
              "other) | ratio | layers alone | full speed | best widths |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
+    eager = [r for r in results if r.get("runtime", "eager") == "eager"]
+    onnx = [r for r in results if r.get("runtime") == "onnx"]
+    for r in eager:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['flops_factor']:.2f}× | "
             f"{r['whole_ms'][0]:.1f} ({r['layers_ms'][0]:.1f} + {r['other_ms'][0]:.1f}) | "
             f"{r['whole_ms'][1]:.1f} ({r['layers_ms'][1]:.1f} + {r['other_ms'][1]:.1f}) | "
             f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | {r['full_speed_ratio']:.2f} | "
             f"**{r['best_widths_ratio']:.2f}** |")
-    lines += ["", "## The layers, batch 1", "",
+    if onnx:
+        lines += ["", "## ONNX Runtime", "",
+                  "Each model exported by `pk.export` and run in ONNX Runtime (CPU, 2 intra-op "
+                  "threads) with its profiler on: **layers** is the time in its multiply-add "
+                  "kernels (Conv, with the norm and activation it fuses into them; Gemm; "
+                  "MatMul, attention's products included), against the model's FLOPs; "
+                  "*other* every other kernel; summed from the profile over 30 passes, the "
+                  "passes' median the whole. **ratio**, **layers** and **full speed** as "
+                  "above, from the profile (not interleaved).", "",
+                  "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms "
+                  "(layers + other) | ratio | layers | full speed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in onnx:
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['flops_factor']:.2f}× | "
+                f"{r['whole_ms'][0]:.1f} ({r['layers_ms'][0]:.1f} + {r['other_ms'][0]:.1f}) | "
+                f"{r['whole_ms'][1]:.1f} ({r['layers_ms'][1]:.1f} + {r['other_ms'][1]:.1f}) | "
+                f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | "
+                f"**{r['full_speed_ratio']:.2f}** |")
+        lines += ["", "Time per kind of kernel, milliseconds unpruned → pruned (the five "
+                  "longest unpruned):", ""]
+        for r in onnx:
+            kernels = list(r["kernels_ms"].items())[:5]
+            lines.append(f"- {r['model']}, batch {r['batch']}: " + ", ".join(
+                f"{op} {before:.1f} → {after:.1f}" for op, (before, after) in kernels))
+    lines += ["", "## The layers, batch 1 (eager)", "",
               "The ten layers that take longest unpruned, and each kind in all: time alone, "
               "unpruned and pruned, against FLOPs; *per FLOP* is the layer's speed-up ÷ its "
               "FLOPs reduction.", ""]
-    for r in (r for r in results if r["batch"] == 1):
+    for r in (r for r in eager if r["batch"] == 1):
         lines += [f"### {r['model']}", "",
                   "| layer | kind | unpruned ms | pruned ms | speed-up | FLOPs ÷ | per FLOP |",
                   "|---|---|---|---|---|---|---|"]
@@ -269,9 +382,21 @@ def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--only", nargs="+", choices=ACCOUNTED, default=list(ACCOUNTED))
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    parser.add_argument("--runtimes", nargs="+", choices=("eager", "onnx"),
+                        default=["eager", "onnx"])
     options = parser.parse_args()
     torch.set_num_threads(THREADS)
-    results = [account(name, batch) for name in options.only for batch in options.batches]
+    runs = {"eager": account, "onnx": onnx_account}
+    results = [runs[runtime](name, batch) for runtime in options.runtimes
+               for name in options.only for batch in options.batches]
+    done = {(r["model"], r["batch"], r.get("runtime", "eager")) for r in results}
+    try:  # the rows not run again stay
+        kept = [r for r in read_results("speed_limits")["results"]
+                if (r["model"], r["batch"], r.get("runtime", "eager")) not in done]
+    except FileNotFoundError:
+        kept = []
+    results = sorted(kept + results, key=lambda r: (
+        r.get("runtime", "eager") != "eager", ACCOUNTED.index(r["model"]), r["batch"]))
     write_results("speed_limits", {"threads": THREADS, "torch": torch.__version__,
                                    "results": results}, to_markdown(results))
     print(to_markdown(results))
