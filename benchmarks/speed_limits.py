@@ -25,10 +25,11 @@ BatchNorm folded by ``pk.fuse``), at batch 1 and 8, on two threads:
 4. **ONNX Runtime** (``--runtimes onnx``): each model exported by ``pk.export`` and run with
    ONNX Runtime's profiler on; the time in its multiply-add kernels (Conv, Gemm, MatMul)
    against the model's FLOPs, every other kernel as *other*, and the ratio at full speed
-   from them (ONNX Runtime fuses and renames layers, so kernels are told apart by kind). ``torch.compile``'s cells are
-   not accounted for (its generated kernels fuse across layers).
+   from them (ONNX Runtime fuses and renames layers, so kernels are told apart by kind).
+5. **torch.compile** (``--runtimes compile``): the same from ``torch.profiler``: the
+   convolutions and matrix products inductor's code calls out to, and the rest.
 
-    python benchmarks/speed_limits.py                  # five models, about 15 minutes
+    python benchmarks/speed_limits.py                  # five models, about 25 minutes
     python benchmarks/speed_limits.py --only mobilenet_v3_large --batches 1
 
 Results: ``benchmarks/results/speed_limits.{json,md}``.
@@ -217,7 +218,13 @@ def account(name: str, batch: int) -> dict[str, Any]:
     return result
 
 
-MAC_OPS = ("Conv", "Gemm", "MatMul")  # what ONNX Runtime's multiply-add kernels are called
+# what a runtime's multiply-add kernels are called (ONNX Runtime: Conv, Gemm, MatMul,
+# FusedMatMul; torch.compile's calls out: aten::addmm, mkldnn::_convolution_pointwise …)
+MAC_NAMES = ("conv", "gemm", "matmul", "mm", "linear")
+
+
+def is_multiply_add(kernel: str) -> bool:
+    return any(name in kernel.lower() for name in MAC_NAMES)
 
 
 def onnx_op_times(model: nn.Module, x: Any, folder: Path, repeats: int = 30
@@ -257,10 +264,43 @@ def onnx_op_times(model: nn.Module, x: Any, folder: Path, repeats: int = 30
     return times, statistics.median(r["dur"] for r in runs[5:]) / 1e6
 
 
-def onnx_account(name: str, batch: int) -> dict[str, Any]:
-    """The ONNX Runtime cell's account: the time in multiply-add kernels (convolutions,
-    linear layers and, in attention, its matrix products) against the model's FLOPs, and
-    the time in every other kernel, unpruned and pruned."""
+def compile_op_times(model: nn.Module, x: Any, folder: Path, repeats: int = 20
+                     ) -> tuple[dict[str, float], float]:
+    """Seconds per pass in each operator ``torch.profiler`` records while the
+    ``torch.compile``d model (inductor) runs, by self time, over ``repeats`` passes after
+    the compile and a warm-up; and the median pass timed without the profiler. Inductor's
+    generated kernels are not recorded one by one: their time is the compiled region's own,
+    which counts as *other*; the convolutions and matrix products it calls out to are."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with torch.inference_mode():
+        for _ in range(3):
+            call_model(compiled, x)
+        passes = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call_model(compiled, x)
+            passes.append(time.perf_counter() - started)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as trace:
+            for _ in range(repeats):
+                call_model(compiled, x)
+    times: dict[str, float] = {}
+    for event in trace.key_averages():
+        # "## Call CompiledFxGraph <hash> ##": the generated code, whose hash differs per model
+        key = ("inductor's generated code" if event.key.startswith("## Call CompiledFxGraph")
+               else event.key)
+        times[key] = times.get(key, 0.0) + event.self_cpu_time_total / 1e6 / repeats
+    return times, statistics.median(passes)
+
+
+OP_TIMES = {"onnx": onnx_op_times, "compile": compile_op_times}
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "compile": "torch.compile"}
+
+
+def kernel_account(name: str, batch: int, runtime: str) -> dict[str, Any]:
+    """The account of a cell in ONNX Runtime or ``torch.compile``: the time in multiply-add
+    kernels (convolutions, linear layers and, in attention, its matrix products) against the
+    model's FLOPs, and the time in every other kernel, unpruned and pruned."""
     build, inputs, prune = MODELS[name]
     torch.manual_seed(0)
     unpruned = build()
@@ -271,12 +311,12 @@ def onnx_account(name: str, batch: int) -> dict[str, Any]:
     totals, kinds = [], []
     for model in (unpruned, pruned):
         with tempfile.TemporaryDirectory() as scratch:
-            times, whole = onnx_op_times(model, x, Path(scratch))
-        layers = sum(t for op, t in times.items() if any(m in op for m in MAC_OPS))
+            times, whole = OP_TIMES[runtime](model, x, Path(scratch))
+        layers = sum(t for op, t in times.items() if is_multiply_add(op))
         totals.append((whole, layers, sum(times.values()) - layers))
         kinds.append(times)
     (whole_u, layers_u, other_u), (whole_p, layers_p, other_p) = totals
-    result = {"model": name, "pruned": how, "batch": batch, "runtime": "onnx",
+    result = {"model": name, "pruned": how, "batch": batch, "runtime": runtime,
               "flops_factor": factor, "whole_ms": [whole_u * 1e3, whole_p * 1e3],
               "layers_ms": [layers_u * 1e3, layers_p * 1e3],
               "other_ms": [other_u * 1e3, other_p * 1e3],
@@ -286,7 +326,7 @@ def onnx_account(name: str, batch: int) -> dict[str, Any]:
               "layers_ratio": layers_u / layers_p / factor,
               # the pruned pass with its multiply-add kernels at their unpruned FLOPs per second
               "full_speed_ratio": whole_u / (whole_p - layers_p + layers_u / factor) / factor}
-    print(f"{name} batch {batch} onnx: ratio {result['ratio']:.2f}; layers "
+    print(f"{name} batch {batch} {runtime}: ratio {result['ratio']:.2f}; layers "
           f"{result['layers_ratio']:.2f}; at full speed {result['full_speed_ratio']:.2f} "
           f"(other {other_u * 1e3:.1f} → {other_p * 1e3:.1f} ms)", flush=True)
     del unpruned, pruned
@@ -299,6 +339,20 @@ def _kind(layer: nn.Module) -> str:
         return "Linear"
     grouping = " depthwise" if layer.groups == layer.in_channels > 1 else ""
     return f"Conv2d {layer.kernel_size[0]}×{layer.kernel_size[1]}{grouping}"
+
+
+KERNEL_ACCOUNTS = {
+    "onnx": "Each model exported by `pk.export` and run in ONNX Runtime (CPU, 2 intra-op "
+            "threads) with its profiler on, over 30 passes (their median the whole): "
+            "*layers* the time in its multiply-add kernels (Conv, with the norm and "
+            "activation it fuses into them; Gemm; MatMul, attention's products included), "
+            "*other* every other kernel.",
+    "compile": "Each model `torch.compile`d (inductor) and run under `torch.profiler` over "
+               "20 passes (the whole: the median of 20 passes without it): *layers* the "
+               "self time of the convolutions and matrix products the compiled code calls "
+               "out to, *other* the rest (inductor's generated kernels, which fuse the norms "
+               "and activations, are not recorded one by one and count here).",
+}
 
 
 def to_markdown(results: list[dict[str, Any]]) -> str:
@@ -320,7 +374,6 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              "other) | ratio | layers alone | full speed | best widths |",
              "|---|---|---|---|---|---|---|---|---|"]
     eager = [r for r in results if r.get("runtime", "eager") == "eager"]
-    onnx = [r for r in results if r.get("runtime") == "onnx"]
     for r in eager:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['flops_factor']:.2f}× | "
@@ -328,19 +381,17 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
             f"{r['whole_ms'][1]:.1f} ({r['layers_ms'][1]:.1f} + {r['other_ms'][1]:.1f}) | "
             f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | {r['full_speed_ratio']:.2f} | "
             f"**{r['best_widths_ratio']:.2f}** |")
-    if onnx:
-        lines += ["", "## ONNX Runtime", "",
-                  "Each model exported by `pk.export` and run in ONNX Runtime (CPU, 2 intra-op "
-                  "threads) with its profiler on: **layers** is the time in its multiply-add "
-                  "kernels (Conv, with the norm and activation it fuses into them; Gemm; "
-                  "MatMul, attention's products included), against the model's FLOPs; "
-                  "*other* every other kernel; summed from the profile over 30 passes, the "
-                  "passes' median the whole. **ratio**, **layers** and **full speed** as "
+    for runtime, how in KERNEL_ACCOUNTS.items():
+        rows = [r for r in results if r.get("runtime") == runtime]
+        if not rows:
+            continue
+        lines += ["", f"## {RUNTIME_NAMES[runtime]}", "", how + " **layers** is that time "
+                  "against the model's FLOPs; **ratio**, **layers** and **full speed** as "
                   "above, from the profile (not interleaved).", "",
                   "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms "
                   "(layers + other) | ratio | layers | full speed |",
                   "|---|---|---|---|---|---|---|---|"]
-        for r in onnx:
+        for r in rows:
             lines.append(
                 f"| {r['model']} | {r['batch']} | {r['flops_factor']:.2f}× | "
                 f"{r['whole_ms'][0]:.1f} ({r['layers_ms'][0]:.1f} + {r['other_ms'][0]:.1f}) | "
@@ -349,7 +400,7 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
                 f"**{r['full_speed_ratio']:.2f}** |")
         lines += ["", "Time per kind of kernel, milliseconds unpruned → pruned (the five "
                   "longest unpruned):", ""]
-        for r in onnx:
+        for r in rows:
             kernels = list(r["kernels_ms"].items())[:5]
             lines.append(f"- {r['model']}, batch {r['batch']}: " + ", ".join(
                 f"{op} {before:.1f} → {after:.1f}" for op, (before, after) in kernels))
@@ -382,12 +433,12 @@ def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--only", nargs="+", choices=ACCOUNTED, default=list(ACCOUNTED))
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
-    parser.add_argument("--runtimes", nargs="+", choices=("eager", "onnx"),
-                        default=["eager", "onnx"])
+    parser.add_argument("--runtimes", nargs="+", choices=("eager", "onnx", "compile"),
+                        default=["eager", "onnx", "compile"])
     options = parser.parse_args()
     torch.set_num_threads(THREADS)
-    runs = {"eager": account, "onnx": onnx_account}
-    results = [runs[runtime](name, batch) for runtime in options.runtimes
+    results = [account(name, batch) if runtime == "eager" else
+               kernel_account(name, batch, runtime) for runtime in options.runtimes
                for name in options.only for batch in options.batches]
     done = {(r["model"], r["batch"], r.get("runtime", "eager")) for r in results}
     try:  # the rows not run again stay
@@ -395,8 +446,9 @@ def main() -> None:
                 if (r["model"], r["batch"], r.get("runtime", "eager")) not in done]
     except FileNotFoundError:
         kept = []
+    order = ("eager", "onnx", "compile")
     results = sorted(kept + results, key=lambda r: (
-        r.get("runtime", "eager") != "eager", ACCOUNTED.index(r["model"]), r["batch"]))
+        order.index(r.get("runtime", "eager")), ACCOUNTED.index(r["model"]), r["batch"]))
     write_results("speed_limits", {"threads": THREADS, "torch": torch.__version__,
                                    "results": results}, to_markdown(results))
     print(to_markdown(results))
