@@ -143,15 +143,21 @@ def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,
     return pair[0], pair[1], time.perf_counter() - started
 
 
-def run_model(name: str, runtimes: tuple[str, ...], min_time: float) -> list[dict]:
+def built_and_pruned(name: str) -> tuple[nn.Module, nn.Module, str, float]:
+    """``MODELS[name]`` built (seed 0), and a copy pruned as the table prunes it: the two
+    models, how it was pruned, and the seconds the prune took."""
     build, inputs, prune = MODELS[name]
     torch.manual_seed(0)
     unpruned = build()
     pruned = copy.deepcopy(unpruned)
-    example = inputs(1)
     started = time.perf_counter()
-    how = prune(pruned, example)
-    prune_s = time.perf_counter() - started
+    how = prune(pruned, inputs(1))
+    return unpruned, pruned, how, time.perf_counter() - started
+
+
+def run_model(name: str, runtimes: tuple[str, ...], min_time: float) -> list[dict]:
+    inputs = MODELS[name][1]
+    unpruned, pruned, how, prune_s = built_and_pruned(name)
     rows = []
     for batch in BATCHES:
         x = inputs(batch)
@@ -194,12 +200,8 @@ def breakdown(name: str, repeats: int = 20) -> list[dict]:
     hooks (which add a little to every module alike)."""
     from collections import defaultdict
 
-    build, inputs, prune = MODELS[name]
-    torch.manual_seed(0)
-    unpruned = build()
-    pruned = copy.deepcopy(unpruned)
-    prune(pruned, inputs(1))
-    x = inputs(1)
+    unpruned, pruned, _, _ = built_and_pruned(name)
+    x = MODELS[name][1](1)
 
     def kind(module: nn.Module) -> str:
         if isinstance(module, nn.Conv2d):

@@ -37,10 +37,8 @@ Results: ``benchmarks/results/speed_limits.{json,md}``.
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -50,7 +48,7 @@ from typing import Any, Callable
 from harness import arguments, read_results, write_results
 
 import torch
-from speed import MODELS, THREADS
+from speed import MODELS, THREADS, built_and_pruned
 from torch import nn
 
 import prunekit as pk
@@ -83,17 +81,9 @@ def layer_inputs(model: nn.Module, x: Any) -> dict[str, torch.Size]:
     return shapes
 
 
-def flops(layer: nn.Module, shape: torch.Size) -> float:
-    """Multiply-adds ×2 of ``layer`` on an input of ``shape``."""
-    if isinstance(layer, nn.Linear):
-        return 2.0 * math.prod(shape[:-1]) * layer.in_features * layer.out_features
-    height, width = shape[-2:]
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (layer.kernel_size, layer.stride, layer.padding,
-                                              layer.dilation)
-    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return (2.0 * shape[0] * layer.out_channels * out_h * out_w
-            * layer.in_channels // layer.groups * kh * kw)
+def flops(layer: nn.Module, shape: torch.Size) -> int:
+    """Multiply-adds ×2 of ``layer`` alone on an input of ``shape`` (prunekit's counter)."""
+    return count_flops(layer, torch.randn(shape))
 
 
 def seconds(layer: nn.Module, shape: torch.Size, repeats: int = 15,
@@ -162,12 +152,8 @@ def best_widths(curves: list[list[tuple[float, float]]], budget: float) -> float
 
 
 def account(name: str, batch: int) -> dict[str, Any]:
-    build, inputs, prune = MODELS[name]
-    torch.manual_seed(0)
-    unpruned = build()
-    pruned = copy.deepcopy(unpruned)
-    how = prune(pruned, inputs(1))
-    x = inputs(batch)
+    unpruned, pruned, how, _ = built_and_pruned(name)
+    x = MODELS[name][1](batch)
     for model in (unpruned, pruned):
         if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
             pk.fuse(model, x)
@@ -301,12 +287,8 @@ def kernel_account(name: str, batch: int, runtime: str) -> dict[str, Any]:
     """The account of a cell in ONNX Runtime or ``torch.compile``: the time in multiply-add
     kernels (convolutions, linear layers and, in attention, its matrix products) against the
     model's FLOPs, and the time in every other kernel, unpruned and pruned."""
-    build, inputs, prune = MODELS[name]
-    torch.manual_seed(0)
-    unpruned = build()
-    pruned = copy.deepcopy(unpruned)
-    how = prune(pruned, inputs(1))
-    x = inputs(batch)
+    unpruned, pruned, how, _ = built_and_pruned(name)
+    x = MODELS[name][1](batch)
     factor = count_flops(unpruned, x) / count_flops(pruned, x)
     totals, kinds = [], []
     for model in (unpruned, pruned):
