@@ -19,8 +19,9 @@ BatchNorm folded by ``pk.fuse``), at batch 1 and 8, on two threads:
    output; a Lagrangian search over the measured times), and *other* is kept as the pruned
    model's. What that sum gives against the unpruned model is the best ratio any widths
    could give: an upper bound, loose where layers differ much in time per FLOP (the
-   relaxation may narrow one layer and not the next, which no network allows); where even
-   it is below 0.9, no allocation of widths reaches 0.9 here in eager.
+   relaxation may narrow one layer and not the next, which no network allows), and as noisy
+   as *other*, which it carries: only where it stays below 0.9 over repeated runs does it
+   show that no allocation of widths reaches 0.9 here in eager.
 
 4. **ONNX Runtime** (``--runtimes onnx``): each model exported by ``pk.export`` and run with
    ONNX Runtime's profiler on; the time in its multiply-add kernels (Conv, Gemm, MatMul)
@@ -349,8 +350,9 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              "quarter, in eighths, rounded to 8, each layer timed alone at each) with no more "
              "FLOPs than the pruned model, *other* as the pruned model's: an upper bound, "
              "since each layer's width is chosen free of its neighbours' (no network allows "
-             "that), loose where layers differ much in time per FLOP; where even it is below "
-             "0.9, no widths reach 0.9 here. Reproduce: "
+             "that), loose where layers differ much in time per FLOP, and as noisy as *other*, "
+             "which it carries (repeat a run before reading a cell below 0.9 as a limit). "
+             "Reproduce: "
              "`python benchmarks/speed_limits.py`.", "",
              "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms (layers + "
              "other) | ratio | layers alone | full speed | best widths |",
