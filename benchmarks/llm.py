@@ -54,13 +54,14 @@ from lm_metrics import (  # noqa: F401  (the names the other scripts import from
     held_out_ids,
     log_probs,
     perplexity_and_kl,
+    questions_answered,
     sequences,
     split_text,
 )
 from torch import nn
 
 import prunekit as pk
-from prunekit.cli.text import dequantized
+from prunekit.cli.text import alternating, dequantized
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = (0.2, 0.35, 0.5)
@@ -201,7 +202,7 @@ def calibrated_on(source: str, prune: Callable) -> Callable:
         samples = batches(_SAMPLES["ids"], len(calibration[0]["input_ids"]), labels=True)
         if source == "mixed":
             half = len(calibration) // 2
-            samples = [b for pair in zip(calibration[:half], samples[:half]) for b in pair]
+            samples = alternating(calibration[:half], samples[:half])
         return prune(model, x, samples, budget, layers, held_out)
     return calibrated
 
@@ -315,8 +316,7 @@ def run(quick: bool, only: list[str] | None = None,
     reference = log_probs(model, test_ids)
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
     unpruned_greedy = greedy(model, prompts, new_tokens)
-    known = facts_known(model, tokenizer)  # the questions the unpruned model answers right
-    questions = [fact for fact, right in zip(FACTS, known) if right]
+    questions = questions_answered(model, tokenizer)
     layers = model.config.num_hidden_layers
     base_params, base_all = outside_embeddings(model), all_parameters(model)
     x = {"input_ids": calibration_ids[:2]}

@@ -9,7 +9,8 @@ The command (run as a user would, in a subprocess):
 
 ``--data`` is a text file of Python's help topics (the calibration topics of ``llm.py``),
 read with the model's own tokenizer, and N sequences the model writes itself (``--samples``;
-a model calibrated and recovered on Python's help alone forgets what Paris is); the MLP of every layer loses the same share of its
+a model calibrated and recovered on Python's help alone forgets what Paris is); the MLP of
+every layer loses the same share of its
 neurons (a ratio, so one config describes the result and ``from_pretrained`` reloads it);
 recovery distils from the unpruned model for M minutes on the same text. Then: the saved
 folder's perplexity on ``llm.py``'s test text, the answer to "What is the capital of
@@ -34,7 +35,7 @@ from harness import ROOT, arguments, write_results
 
 import torch
 from llm import MODEL_FILE, batches, perplexity_and_kl, sequences, split_text
-from lm_metrics import FACTS, answer, facts_known
+from lm_metrics import answer, facts_known, questions_answered
 
 QUESTION = "What is the capital of France?"
 
@@ -86,8 +87,7 @@ def main() -> None:
                  for b in batches(test_ids, 4)]
     unpruned_ppl, _ = perplexity_and_kl(unpruned, test_ids, reference)
     unpruned_answer = answer(unpruned, tokenizer, QUESTION)
-    known = facts_known(unpruned, tokenizer)
-    questions = [fact for fact, right in zip(FACTS, known) if right]
+    questions = questions_answered(unpruned, tokenizer)
     unpruned_params = sum(p.numel() for p in unpruned.parameters())
     del unpruned
     pruned = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import itertools
 import json
 import time
 
@@ -35,7 +34,6 @@ from harness import RESULTS, arguments, markdown_table, write_results
 
 import torch
 from llm import (
-    FACTS,
     METHODS,
     TOKENS,
     batches,
@@ -45,11 +43,13 @@ from llm import (
     log_probs,
     outside_embeddings,
     perplexity_and_kl,
+    questions_answered,
     sequences,
     split_text,
 )
 
 import prunekit as pk
+from prunekit.cli.text import alternating
 
 ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "MLP: mean activation", "MLP: reconstruction + re-fit",
@@ -97,9 +97,8 @@ def main() -> None:
     held_out = recovery[:4]
     if options.samples:  # seed 1: not the text that rows calibrated on samples read (seed 0)
         samples = batches(pk.sample_text(model, options.samples, TOKENS, seed=1), 2)
-        recovery = [b for pair in itertools.zip_longest(recovery, samples) for b in pair
-                    if b is not None]
-    questions = [fact for fact, right in zip(FACTS, facts_known(model, tokenizer)) if right]
+        recovery = alternating(recovery, samples)
+    questions = questions_answered(model, tokenizer)
     test_ids = sequences(tokenizer, test_text, 16)
     calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)

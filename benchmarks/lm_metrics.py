@@ -141,3 +141,8 @@ def facts_known(model: nn.Module, tokenizer, questions=FACTS) -> list[bool]:
     """Whether each answer holds one of its question's words."""
     return [any(word in answer(model, tokenizer, question).lower() for word in words)
             for question, words in questions]
+
+
+def questions_answered(model: nn.Module, tokenizer) -> list:
+    """The questions of ``FACTS`` that ``model`` answers right: a pruned model is asked these."""
+    return [fact for fact, right in zip(FACTS, facts_known(model, tokenizer)) if right]

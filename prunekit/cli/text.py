@@ -89,6 +89,11 @@ def language_batches(spec: str, model: str, network: nn.Module | None,
         else:
             raise ConfigError(f"--data {spec!r}: {part!r} is neither text:PATH nor "
                               f"samples:N; join the two with +")
+    return alternating(*sources)
+
+
+def alternating(*sources: list) -> list:
+    """A batch of each source in turn, then the rest of the longer ones."""
     return [batch for row in itertools.zip_longest(*sources) for batch in row
             if batch is not None]
 
