@@ -166,3 +166,17 @@ def test_samples_need_a_model_that_writes_text(tmp_path):
     assert "pk.sample_text needs a language model that generates" in " ".join(
         result.output.split())
     assert not (tmp_path / "x").exists()
+
+
+def test_an_interrupt_mid_sampling_leaves_the_model_and_random_state_as_they_were():
+    model = tiny_llama().train()
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+
+    def interrupt(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pk.sample_text(model, sequences=4, length=6, batch=2, progress=interrupt)
+    assert model.training
+    assert torch.equal(torch.random.get_rng_state(), state)
