@@ -139,6 +139,17 @@ def heads_then_mlp(criterion: str, heads_criterion: str = "taylor",
     return prune
 
 
+def width_ranked_together(round_to: int = 1) -> Callable:
+    """FLAP's adaptive structure (``pk.WidthPruning``): heads and MLP neurons of every layer
+    ranked on one scale, with FLAP's bias compensation; ``round_to=1`` as FLAP keeps them."""
+    def prune(model, x, calibration, budget, layers, held_out):
+        method = pk.WidthPruning(params_target=params_target(model, budget), round_to=round_to,
+                                 bias_compensation=True)
+        pk.prune(model, x, method, data=calibration)
+        return method.summary() + " + bias compensation"
+    return prune
+
+
 def hidden(criterion: str) -> Callable:
     def prune(model, x, calibration, budget, layers, held_out):
         method = pk.HiddenPruning(params_target=params_target(model, budget),
@@ -281,6 +292,8 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "heads then MLP: mean activation": ("heads+MLP", heads_then_mlp("mean_activation")),
     "heads then MLP: fluctuation + bias compensation (FLAP's metric)": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True)),
+    "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)": (
+        "heads+MLP", width_ranked_together()),
     # LLM-Pruner's own code prunes its copy of LLaMA-1's modeling, which SmolLM2's grouped
     # key/value heads do not load into: its first-order (vector-wise) Taylor importance of
     # heads and MLP neurons, as prunekit's "taylor" computes it

@@ -60,6 +60,7 @@ from .methods import (
     LayerPruning,
     PruneContext,
     PruningMethod,
+    WidthPruning,
 )
 from .plan import Plan
 from .recover import Distillation, DistillResult, distill
@@ -91,7 +92,7 @@ __all__ = [
     "History", "LayerCriterion", "LayerPruning", "LayerScore", "Measurement", "Plan",
     "PlanError", "PruneContext", "PruneError", "PruneResult", "PruningMethod", "Sensitivity",
     "Speedup", "Step", "Timing", "TraceError", "TransformerHeadPruner", "TransformerLayerPruner", "UnsupportedOpError",
-    "VerifyReport", "WeightCriterion", "apply_plan", "compare", "compare_latency",
+    "VerifyReport", "WeightCriterion", "WidthPruning", "apply_plan", "compare", "compare_latency",
     "criterion_names", "distill", "export", "fuse",
     "find_layer_candidates", "find_redundant_layers", "head_importance", "iterative_prune",
     "layer_importance", "load", "measure", "prune", "rank_share", "register_config_updater",

@@ -12,8 +12,10 @@ the output projection's input of the squared channel scores (as FLAP's code does
 Readers are the ``nn.Linear`` layers (and ungrouped ``nn.Conv2d``, each input channel's
 variance over positions) among a group's consumers; a group no such layer reads is ranked
 by its weights. One forward pass per batch; padded positions (``attention_mask`` 0) are left
-out. FLAP then standardises the scores of each layer and ranks every layer's together; with
-``global_ranking=True`` prunekit divides each group's scores by their mean instead.
+out. FLAP then standardises the scores of each layer and ranks every layer's heads and
+neurons together: ``standardised_scores`` below, which ``pk.WidthPruning`` ranks by (with
+``global_ranking=True``, ``FilterPruning`` and ``HeadPruning`` divide each group's scores by
+their mean instead).
 """
 
 from __future__ import annotations
@@ -70,6 +72,38 @@ class HeadFluctuation(DataCriterion):
                 for axis, (name, heads_of) in sites.items() if name in variances}
 
 
+def standardised_scores(graph, heads: list, neurons: list, data: Iterable
+                        ) -> dict[int, torch.Tensor]:
+    """FLAP's scores for ranking heads and neurons of every layer on one scale (its adaptive
+    structure search, "AL-AM" in its code): the channel scores of each layer's input are
+    standardised (minus their mean, over their standard deviation, across that input's
+    channels), a head's channels squared first; a head scores the mean of its channels'
+    standardised scores, a neuron its own. ``heads`` and ``neurons`` are head groups and
+    channel groups; a group no linear layer reads is left out."""
+    modules = dict(graph.model.named_modules())
+    sites = {g.axis: site for g in heads if (site := _projection_input(graph, g))}
+    readers = {g.axis: found for g in neurons if (found := _readers(graph, g, modules))}
+    names = {name for name, _ in sites.values()} | {
+        name for found in readers.values() for name, _ in found}
+    variances = {name: variance for name, (_, variance)
+                 in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
+    scores = {}
+    for axis, (name, heads_of) in sites.items():
+        if name in variances:  # standardised over the whole input, then averaged per head
+            channels = _column_scores(modules[name], variances[name]).square()
+            scores[axis] = _standardised(channels)[heads_of].mean(1)
+    for axis, found in readers.items():
+        if all(name in variances for name, _ in found):
+            scores[axis] = _standardised(sum(_weighted(modules[name], variances[name], columns)
+                                             for name, columns in found))
+    return scores
+
+
+def _standardised(values: torch.Tensor) -> torch.Tensor:
+    # torch.std's default (n − 1), as FLAP's; equal values all score 0
+    return (values - values.mean()) / values.std().clamp_min(1e-30)
+
+
 def _readers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, torch.Tensor]]:
     """``(layer name, columns)`` for each linear layer or ungrouped convolution reading the
     group's channels, ``columns[c]`` the input columns (convolutions: input channels) that
@@ -92,9 +126,13 @@ def _readers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, tor
 def _weighted(layer: nn.Module, variance: torch.Tensor, columns: torch.Tensor,
               power: int = 1) -> torch.Tensor:
     """Σ over each row of ``columns`` of ``(Var(x_j) · ‖W[:, j]‖²) ** power``."""
+    return _column_scores(layer, variance).pow(power)[columns].sum(1)
+
+
+def _column_scores(layer: nn.Module, variance: torch.Tensor) -> torch.Tensor:
+    """``Var(x_j) · ‖W[:, j]‖²`` for every input column ``j`` of the layer."""
     weights = layer.weight.detach().double()
-    norms = weights.square().sum(dim=[d for d in range(weights.dim()) if d != 1])
-    return (variance * norms).pow(power)[columns].sum(1)
+    return variance * weights.square().sum(dim=[d for d in range(weights.dim()) if d != 1])
 
 
 def input_moments(model: nn.Module, layers: dict[str, nn.Module], data: Iterable,

@@ -16,8 +16,9 @@ from .groups import ChannelPruning, FilterPruning, GroupProposal, GroupPruning
 from .heads import HeadPruning
 from .hidden import HiddenPruning
 from .layers import LayerProposal, LayerPruning
+from .width import WidthPruning
 
 __all__ = ["METHODS", "ChannelPruning", "FilterPruning", "GroupProposal", "GroupPruning",
            "HeadPruning", "HiddenPruning", "LayerProposal", "LayerPruning", "Preview", "PreviewRow",
-           "Proposal", "PruneContext", "PruningMethod", "Trial", "cli_methods",
-           "method_from_dict"]
+           "Proposal", "PruneContext", "PruningMethod", "Trial", "WidthPruning",
+           "cli_methods", "method_from_dict"]

@@ -57,6 +57,27 @@ def global_ratios(groups: list[Group], scores: dict[int, torch.Tensor], ratio: f
     return {g.axis: removed[g.axis] / g.size for g in groups}
 
 
+def lowest_by_weight(groups: list[Group], scores: dict[int, torch.Tensor],
+                     weights: dict[int, int], ratio: float, max_ratio: float
+                     ) -> dict[int, int]:
+    """How many units each group loses when the model-wide lowest scores go, each unit
+    weighing ``weights[group axis]`` (the parameters it takes with it), until the weight
+    removed is the nearest to ``ratio`` of the groups' total that a threshold on the scores
+    gives (FLAP's rule); a group loses at most ``max_ratio`` of its units, and its units
+    past that are passed over."""
+    ranked = sorted((float(v), g.axis) for g in groups for v in scores[g.axis])
+    left = ratio * sum(g.size * weights[g.axis] for g in groups)
+    removed = dict.fromkeys((g.axis for g in groups), 0)
+    cap = {g.axis: int(max_ratio * g.size + 1e-9) for g in groups}
+    for _, axis in ranked:
+        if left < weights[axis] / 2:  # removing it would overshoot by more than stopping short
+            break
+        if removed[axis] < cap[axis]:
+            removed[axis] += 1
+            left -= weights[axis]
+    return removed
+
+
 def highest(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     """The indices of the ``n_keep`` highest scores, in increasing order."""
     return scores.topk(n_keep).indices.sort().values
