@@ -493,14 +493,22 @@ def export_for_peers(folder: Path) -> None:
     # and know the tokenizer by the class of its tokenizer.json
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # and finds the chat template (which the facts questions go through) in this file only
+    template = folder / "chat_template.jinja"
+    if template.exists():
+        tokenizer_config.setdefault("chat_template", template.read_text())
     write_text(folder / "tokenizer_config.json", json.dumps(tokenizer_config, indent=1))
     # … and reads BPE merges as "a b" strings, not pairs (byte-level tokens hold no spaces)
     tokens = json.loads((folder / "tokenizer.json").read_text())
     tokens["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m
                                  for m in tokens["model"].get("merges", [])]
     write_text(folder / "tokenizer.json", json.dumps(tokens))
+    # the recovery text is llm_recovery.py's: every whole sequence after the calibration's
+    recovery = len(tokenizer(calibration_text).input_ids) // TOKENS - 16
     torch.save({"calibration": sequences(tokenizer, calibration_text, 16),
-                "test": sequences(tokenizer, test_text, 16)}, folder / "tokens.pt")
+                "test": sequences(tokenizer, test_text, 16),
+                "recovery": held_out_ids(tokenizer, calibration_text, recovery, 16)},
+               folder / "tokens.pt")
     print(f"wrote {folder}", flush=True)
 
 

@@ -30,7 +30,7 @@ import gc
 import json
 import time
 
-from harness import RESULTS, arguments, markdown_table, write_results
+from harness import RESULTS, arguments, markdown_table, read_results, write_results
 
 import torch
 from llm import (
@@ -82,7 +82,15 @@ def main() -> None:
                         help="also train on this many 256-token sequences the unpruned model "
                              "writes itself (pk.sample_text, seed 1), their batches "
                              "alternating with the recovery text's")
+    parser.add_argument("--replot", action="store_true",
+                        help="the table again from the result file (after a peer's runner "
+                             "merged its rows into it), nothing run")
     options = parser.parse_args()
+    if options.replot:
+        data = read_results("llm_recovery")
+        data["rows"] = merged([], options.seconds, options.lr)
+        write_results("llm_recovery", data, to_markdown(data))
+        return
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
@@ -180,6 +188,10 @@ def to_markdown(data: dict) -> str:
                          f"{' '.join(format(b, 'g') for s, b in runs if s == seconds)}`"
                          for seconds in sorted({s for s, _ in runs}))
     rates = sorted({format(r["lr"], "g") for r in data["rows"]})
+    peers = "" if not any(r["method"].startswith("peer:") for r in data["rows"]) else (
+        " Rows *peer: SliceGPT (its code)*: SliceGPT's own code slices the model in its own "
+        "environment, and the same `pk.distill` call recovers it there on the same text "
+        "(`benchmarks/peer_slicegpt.py --recover-seconds`; its docstring says how).")
     return (f"# SmolLM2-135M-Instruct pruned, then recovered on a time budget\n\n"
             f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens. "
             f"Each row removes its budget of the parameters outside the embeddings as "
@@ -194,7 +206,7 @@ def to_markdown(data: dict) -> str:
             f"sequences the unpruned model wrote itself, `pk.sample_text`). **facts**: of the "
             f"general-knowledge questions the unpruned model answers right (`lm_metrics.FACTS`), "
             f"how many the model answers right as pruned → after recovery (— : measured before "
-            f"the column existed).\n\n"
+            f"the column existed).{peers}\n\n"
             + table + "\n")
 
 

@@ -24,6 +24,15 @@ chosen so that the parameters outside the embeddings shrink by the row's budget,
 residual rotation matrices counted (SliceGPT's own ``--sparsity`` slices the hidden size by
 that share and adds those matrices back). Perplexity, KL, greedy agreement and decode speed
 are measured by ``lm_metrics``, the code that measures every other row.
+
+With ``--recover-seconds S`` each sliced model is then recovered as ``llm_recovery.py``
+recovers prunekit's (``pk.distill`` from the unpruned model, the same settings and recovery
+text; prunekit imports in SliceGPT's environment from the repository: ``PYTHONPATH=.``),
+and its rows go to ``results/llm_recovery.json`` instead:
+
+    PYTHONPATH=. .peer/bin/python benchmarks/peer_slicegpt.py /tmp/smollm2 \\
+        --budgets 0.5 --recover-seconds 900
+    .venv/bin/python benchmarks/llm_recovery.py --replot
 """
 
 from __future__ import annotations
@@ -36,7 +45,16 @@ import time
 from pathlib import Path
 
 import torch
-from lm_metrics import batches, decode_speed, greedy, log_probs, perplexity_and_kl
+from lm_metrics import (
+    TOKENS,
+    batches,
+    decode_speed,
+    facts_known,
+    greedy,
+    log_probs,
+    perplexity_and_kl,
+    questions_answered,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHOD = "peer: SliceGPT (its code)"
@@ -69,11 +87,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="what llm.py --export-for-peers wrote")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.35, 0.5])
+    parser.add_argument("--recover-seconds", type=float, default=None,
+                        help="recover each sliced model this long as llm_recovery.py does, "
+                             "and write its rows there")
     options = parser.parse_args()
     from slicegpt import hf_utils, layernorm_fusion, rotate
     from slicegpt.slicing_scheduler import ConstSlicingScheduler
 
     torch.set_num_threads(2)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(options.folder))
     tokens = torch.load(options.folder / "tokens.pt")
     test_ids, calibration_ids = tokens["test"], tokens["calibration"]
     calibration = [{"input_ids": b["input_ids"], "attention_mask": torch.ones_like(b["input_ids"])}
@@ -90,6 +114,7 @@ def main() -> None:
     unpruned_ppl, _ = perplexity_and_kl(unpruned, test_ids, reference)
     unpruned_greedy = greedy(unpruned, prompts, 16)
     base = outside_embeddings(unpruned)
+    questions = questions_answered(unpruned, tokenizer)
     print(f"unpruned (transformers of SliceGPT's pin): perplexity {unpruned_ppl:.2f}", flush=True)
     rows = []
     for budget in options.budgets:
@@ -109,17 +134,32 @@ def main() -> None:
         except Exception as error:  # its layers may not decode with this transformers' cache
             print(f"greedy decoding failed: {type(error).__name__}: {error}", flush=True)
             agreement, speed = None, {"decode_speedup": None}
+        facts = sum(facts_known(model, tokenizer, questions))
+        if options.recover_seconds is not None:
+            rows.append(recovered(model, unpruned, tokens["recovery"], test_ids, reference,
+                                  options.recover_seconds, tokenizer, questions) | {
+                "budget": budget, "method": METHOD, "pruned": f"slicegpt to hidden {dimension}",
+                "removed": 1 - outside_embeddings(model) / base,
+                "perplexity_as_pruned": ppl, "kl_as_pruned": kl, "facts_as_pruned": facts,
+                "facts_of": len(questions), "peer_unpruned_perplexity": unpruned_ppl})
+            print(rows[-1], flush=True)
+            del adapter, model
+            gc.collect()
+            continue
         row = {"budget": budget, "method": METHOD, "kind": "peer",
                "pruned": f"slicegpt rotate_and_slice to hidden {dimension} (of "
                          f"{model.config.hidden_size}), final orientation random",
                "removed": 1 - outside_embeddings(model) / base,
                "removed_all": 1 - sum(p.numel() for p in model.parameters()) / UNPRUNED_PARAMETERS,
                "perplexity": ppl, "kl": kl, "greedy_agreement": agreement,
-               "prune_s": prune_s, "peer_unpruned_perplexity": unpruned_ppl, **speed}
+               "prune_s": prune_s, "facts": facts, "facts_of": len(questions),
+               "peer_unpruned_perplexity": unpruned_ppl, **speed}
         rows.append(row)
         print(row, flush=True)
         del adapter, model
         gc.collect()
+    if options.recover_seconds is not None:
+        return merge_recovered(rows)
     path = RESULTS / "llm.json"
     saved = json.loads(path.read_text())
     for row in rows:  # measured against this environment's unpruned model
@@ -128,6 +168,38 @@ def main() -> None:
             if (r["budget"], r["method"]) not in {(r2["budget"], METHOD) for r2 in rows}]
     saved["rows"] = sorted(kept + copy.deepcopy(rows), key=lambda r: r["budget"])
     path.write_text(json.dumps(saved, indent=1))
+    print(f"merged {len(rows)} rows into {path}", flush=True)
+
+
+def recovered(model, unpruned, recovery_ids, test_ids, reference, seconds, tokenizer,
+              questions) -> dict:
+    """``model`` distilled from ``unpruned`` as ``llm_recovery.py`` distils prunekit's rows,
+    and what it then measures."""
+    import prunekit as pk
+
+    started = time.perf_counter()
+    result = pk.distill(model, unpruned, batches(recovery_ids, 2), steps=1_000_000, lr=1e-4,
+                        schedule="constant", warmup=0, hidden=False, time_limit=seconds)
+    spent = time.perf_counter() - started
+    model.eval()
+    ppl, kl = perplexity_and_kl(model, test_ids, reference)
+    return {"seconds": seconds, "lr": 1e-4, "lora_rank": None,
+            "recovery_sequences": len(recovery_ids), "samples": 0,
+            "perplexity_recovered": ppl, "kl_recovered": kl,
+            "facts_recovered": sum(facts_known(model, tokenizer, questions)),
+            "recovery_steps": result.steps, "recovery_tokens": result.steps * 2 * TOKENS,
+            "recovery_seconds": spent}
+
+
+def merge_recovered(rows: list[dict]) -> None:
+    """``rows`` into ``results/llm_recovery.json`` in place of the same recovery time, budget
+    and method (``llm_recovery.py --replot`` writes its table again)."""
+    path = RESULTS / "llm_recovery.json"
+    saved = json.loads(path.read_text())
+    new = {(r["seconds"], r["budget"], r["method"]) for r in rows}
+    saved["rows"] = [r for r in saved["rows"] if (
+        r.get("seconds"), r.get("budget"), r["method"]) not in new] + copy.deepcopy(rows)
+    path.write_text(json.dumps(saved, indent=1) + "\n")
     print(f"merged {len(rows)} rows into {path}", flush=True)
 
 
