@@ -8,20 +8,23 @@ BatchNorm folded by ``pk.fuse``), at batch 1 and 8, on two threads:
    shape it reads in the model, at its unpruned and at its pruned shape (median of repeated
    calls after a warm-up). The table gives each layer's time against its FLOPs; *other* is
    the whole forward pass (timed without hooks) less the layers' sum: normalisations,
-   activations, pooling, attention's matrix products, Python between the modules.
+   activations, pooling, attention's matrix products, Python between the modules. *Other
+   alone* is the same measured directly: the forward pass with every layer replaced by a
+   replay of its output (``without_layers``), both models interleaved.
 2. **Every FLOP at full speed.** The ratio the pruned model would reach if each layer ran
-   its pruned FLOPs at its unpruned throughput (FLOPs per second), the rest as measured.
+   its pruned FLOPs at its unpruned throughput (FLOPs per second), *other alone* as
+   measured.
 3. **The best any widths could give.** Each layer is timed alone at every width from full
    down to a quarter (its pruned dimensions scaled together in steps of an eighth, rounded
    to 8; a depthwise convolution's channels and groups together). The widths whose summed
    time is least for no more FLOPs than the pruned model has are chosen per layer (each
    layer free: a relaxation that ignores that a layer's input width is the last one's
-   output; a Lagrangian search over the measured times), and *other* is kept as the pruned
-   model's. What that sum gives against the unpruned model is the best ratio any widths
-   could give: an upper bound, loose where layers differ much in time per FLOP (the
-   relaxation may narrow one layer and not the next, which no network allows), and as noisy
-   as *other*, which it carries: only where it stays below 0.9 over repeated runs does it
-   show that no allocation of widths reaches 0.9 here in eager.
+   output; a Lagrangian search over the measured times), and *other alone* is kept as the
+   pruned model's. What that sum gives against the unpruned model is the best ratio any
+   widths could give: an upper bound, loose where layers differ much in time per FLOP (the
+   relaxation may narrow one layer and not the next, which no network allows), and since
+   layers cost no less in the model than alone. (It once carried the whole pass less the
+   layers' sum, whose noise moved it by up to 0.28 between runs.)
 
 4. **ONNX Runtime** (``--runtimes onnx``): each model exported by ``pk.export`` and run with
    ONNX Runtime's profiler on; the time in its multiply-add kernels (Conv, Gemm, MatMul)
@@ -38,6 +41,7 @@ Results: ``benchmarks/results/speed_limits.{json,md}``.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import statistics
@@ -135,6 +139,46 @@ def whole_passes(unpruned: nn.Module, pruned: nn.Module, x: Any) -> tuple[float,
     return speed.before.median_ms / 1e3, speed.after.median_ms / 1e3
 
 
+class Replay(nn.Module):
+    """Stands in for a layer: gives back the output the layer gave in one real pass, so a
+    forward pass through the model costs everything but the layers' own work."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+        return self.output
+
+
+def without_layers(model: nn.Module, x: Any) -> nn.Module:
+    """A copy of ``model`` whose convolution and linear layers are ``Replay``s of their
+    outputs on ``x``."""
+    outputs: dict[str, torch.Tensor] = {}
+    layers = {name: module for name, module in model.named_modules()
+              if isinstance(module, (nn.Conv2d, nn.Linear))}
+    handles = [module.register_forward_hook(
+        lambda _m, _a, output, name=name: outputs.setdefault(name, output.detach()))
+        for name, module in layers.items()]
+    with torch.inference_mode():
+        call_model(model, x)
+    for handle in handles:
+        handle.remove()
+    bare = copy.deepcopy(model)
+    for name, output in outputs.items():
+        parent, _, child = name.rpartition(".")
+        setattr(bare.get_submodule(parent) if parent else bare, child, Replay(output.clone()))
+    return bare
+
+
+def other_alone(unpruned: nn.Module, pruned: nn.Module, x: Any) -> tuple[float, float]:
+    """*Other* timed by itself: both models' median forward pass with every convolution and
+    linear layer replayed (``without_layers``), interleaved, in seconds. Unlike the whole
+    pass less the layers' sum it is not the small difference of two large noisy times."""
+    bare = [without_layers(model, x) for model in (unpruned, pruned)]
+    return whole_passes(*bare, x)
+
+
 def best_widths(curves: list[list[tuple[float, float]]], budget: float) -> float:
     """The least summed time over one (seconds, FLOPs) option per layer with at most
     ``budget`` FLOPs in all: per price ``λ`` each layer takes the option least in
@@ -183,6 +227,7 @@ def account(name: str, batch: int) -> dict[str, Any]:
     layer_sum = (sum(r["unpruned_ms"] for r in layers) / 1e3,
                  sum(r["pruned_ms"] for r in layers) / 1e3)
     other = (whole[0] - layer_sum[0], whole[1] - layer_sum[1])
+    alone = other_alone(unpruned, pruned, x)
     full_speed = sum(r["unpruned_ms"] / 1e3 * r["pruned_flops"] / r["unpruned_flops"]
                      for r in layers)
     budget = sum(r["pruned_flops"] for r in layers)
@@ -190,16 +235,20 @@ def account(name: str, batch: int) -> dict[str, Any]:
     result = {"model": name, "pruned": how, "batch": batch, "threads": THREADS,
               "flops_factor": factor, "whole_ms": [w * 1e3 for w in whole],
               "layers_ms": [s * 1e3 for s in layer_sum], "other_ms": [o * 1e3 for o in other],
+              "other_alone_ms": [a * 1e3 for a in alone],
               "ratio": whole[0] / whole[1] / factor,
               "layers_ratio": layer_sum[0] / layer_sum[1] / (
                   sum(r["unpruned_flops"] for r in layers) / budget),
-              "full_speed_ratio": whole[0] / (full_speed + other[1]) / factor,
-              "best_widths_ratio": whole[0] / (best + other[1]) / factor,
+              # both bounds carry other timed alone: the difference whole − layers moved
+              # their value by up to 0.28 between runs of the same cell
+              "full_speed_ratio": whole[0] / (full_speed + alone[1]) / factor,
+              "best_widths_ratio": whole[0] / (best + alone[1]) / factor,
               "best_layers_ms": best * 1e3, "layers": layers}
     print(f"{name} batch {batch}: ratio {result['ratio']:.2f}; layers alone "
           f"{result['layers_ratio']:.2f}; at full speed {result['full_speed_ratio']:.2f}; "
           f"best widths {result['best_widths_ratio']:.2f} (other {other[0] * 1e3:.1f} → "
-          f"{other[1] * 1e3:.1f} ms)", flush=True)
+          f"{other[1] * 1e3:.1f} ms, alone {alone[0] * 1e3:.1f} → {alone[1] * 1e3:.1f} ms)",
+          flush=True)
     del unpruned, pruned
     gc.collect()
     return result
@@ -343,27 +392,33 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              f"Eager PyTorch, BatchNorm folded in both models, {THREADS} threads; each model "
              "pruned as in `speed.md`. **ratio**: the whole pruned model's speed-up ÷ its "
              "FLOPs reduction (timed interleaved, as `speed.md` times them). **layers alone**: the same for the convolution and linear "
-             "layers each timed alone, summed. **full speed**: the ratio if every layer ran "
-             "its pruned FLOPs at its unpruned throughput, the rest (*other*: normalisation, "
-             "activations, pooling, attention's products, Python) as measured. **best "
-             "widths**: the ratio of the fastest choice of per-layer widths (from full to a "
-             "quarter, in eighths, rounded to 8, each layer timed alone at each) with no more "
-             "FLOPs than the pruned model, *other* as the pruned model's: an upper bound, "
-             "since each layer's width is chosen free of its neighbours' (no network allows "
-             "that), loose where layers differ much in time per FLOP, and as noisy as *other*, "
-             "which it carries (repeat a run before reading a cell below 0.9 as a limit). "
-             "Reproduce: "
+             "layers each timed alone, summed. *other*: the whole pass less the layers "
+             "alone (normalisation, activations, pooling, attention's products, Python, and "
+             "whatever the layers cost more in the model than alone). **other alone**: the "
+             "whole pass with every convolution and linear layer replaced by a replay of its "
+             "output, timed interleaved: what the model costs without the layers' work, "
+             "measured directly instead of as a small difference of two large times. **full "
+             "speed**: the ratio if every layer ran its pruned FLOPs at its unpruned "
+             "throughput, *other alone* as the pruned model's. **best widths**: the ratio of "
+             "the fastest choice of per-layer widths (from full to a quarter, in eighths, "
+             "rounded to 8, each layer timed alone at each) with no more FLOPs than the "
+             "pruned model, *other alone* as the pruned model's: an upper bound, since each "
+             "layer's width is chosen free of its neighbours' (no network allows that) and "
+             "layers cost no less in the model than alone, loose where layers differ much in "
+             "time per FLOP. Reproduce: "
              "`python benchmarks/speed_limits.py`.", "",
              "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms (layers + "
-             "other) | ratio | layers alone | full speed | best widths |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "other) | other alone, ms | ratio | layers alone | full speed | best widths |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     eager = [r for r in results if r.get("runtime", "eager") == "eager"]
     for r in eager:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['flops_factor']:.2f}× | "
             f"{r['whole_ms'][0]:.1f} ({r['layers_ms'][0]:.1f} + {r['other_ms'][0]:.1f}) | "
             f"{r['whole_ms'][1]:.1f} ({r['layers_ms'][1]:.1f} + {r['other_ms'][1]:.1f}) | "
-            f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | {r['full_speed_ratio']:.2f} | "
+            + (f"{r['other_alone_ms'][0]:.1f} → {r['other_alone_ms'][1]:.1f} | "
+               if "other_alone_ms" in r else "— | ")
+            + f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | {r['full_speed_ratio']:.2f} | "
             f"**{r['best_widths_ratio']:.2f}** |")
     for runtime, how in KERNEL_ACCOUNTS.items():
         rows = [r for r in results if r.get("runtime") == runtime]
