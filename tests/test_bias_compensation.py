@@ -100,6 +100,38 @@ def test_head_fluctuation_is_the_squared_channel_scores_summed_per_head():
         torch.testing.assert_close(a, b)
 
 
+def test_head_fluctuation_reads_gpt2s_transposed_projection_along_its_input():
+    # GPT-2's Conv1D keeps its weight as (in, out): the norm of what reads channel j is
+    # over row j there, not column j (a square projection hid the difference)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32,
+        bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():  # rows and columns of a random init have all but equal norms
+        for block in model.transformer.h:
+            block.attn.c_proj.weight[:8] *= 10  # what reads head 0's channels
+    data = token_batches()
+    method = pk.HeadPruning(0.5, criterion="fluctuation")
+    graph = method.graph(model, EXAMPLE)
+    groups = method.candidates(graph)
+    scores = method.score(graph, groups, data)
+    captured = {i: [] for i in range(2)}
+    handles = [block.attn.c_proj.register_forward_hook(
+        lambda _m, args, _o, i=i: captured[i].append(args[0].reshape(-1, 32)))
+        for i, block in enumerate(model.transformer.h)]
+    with torch.no_grad():
+        for batch in data:
+            model(**batch)
+    for handle in handles:
+        handle.remove()
+    for i, group in enumerate(groups):
+        x = torch.cat(captured[i]).double()
+        weight = model.transformer.h[i].attn.c_proj.weight.double()  # (in, out)
+        channel = x.var(0, unbiased=False) * weight.square().sum(1)
+        torch.testing.assert_close(scores[group.axis].double(),
+                                   channel.square().reshape(4, 8).sum(1))
+
+
 def test_constant_channels_score_zero_and_compensation_gives_their_mean_back_exactly():
     model = mlp_with_constant_units()
     unpruned = copy.deepcopy(model)

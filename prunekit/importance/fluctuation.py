@@ -68,8 +68,14 @@ class HeadFluctuation(DataCriterion):
         names = {name for name, _ in sites.values()}
         variances = {name: variance for name, (_, variance)
                      in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
-        return {axis: _weighted(modules[name], variances[name], heads_of, power=2)
-                for axis, (name, heads_of) in sites.items() if name in variances}
+        scores = {}
+        for group in groups:
+            name, heads_of = sites.get(group.axis, (None, None))
+            if name in variances:
+                channels = _column_scores(modules[name], variances[name],
+                                          _input_dim(group, name))
+                scores[group.axis] = channels.square()[heads_of].sum(1)
+        return scores
 
 
 def standardised_scores(graph, heads: list, neurons: list, data: Iterable
@@ -88,10 +94,12 @@ def standardised_scores(graph, heads: list, neurons: list, data: Iterable
     variances = {name: variance for name, (_, variance)
                  in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
     scores = {}
-    for axis, (name, heads_of) in sites.items():
+    for group in heads:
+        name, heads_of = sites.get(group.axis, (None, None))
         if name in variances:  # standardised over the whole input, then averaged per head
-            channels = _column_scores(modules[name], variances[name]).square()
-            scores[axis] = _standardised(channels)[heads_of].mean(1)
+            channels = _column_scores(modules[name], variances[name],
+                                      _input_dim(group, name)).square()
+            scores[group.axis] = _standardised(channels)[heads_of].mean(1)
     for axis, found in readers.items():
         if all(name in variances for name, _ in found):
             scores[axis] = _standardised(sum(_weighted(modules[name], variances[name], columns)
@@ -123,16 +131,22 @@ def _readers(graph, group, modules: dict[str, nn.Module]) -> list[tuple[str, tor
     return found
 
 
-def _weighted(layer: nn.Module, variance: torch.Tensor, columns: torch.Tensor,
-              power: int = 1) -> torch.Tensor:
-    """Σ over each row of ``columns`` of ``(Var(x_j) · ‖W[:, j]‖²) ** power``."""
-    return _column_scores(layer, variance).pow(power)[columns].sum(1)
+def _weighted(layer: nn.Module, variance: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Σ over each row of ``columns`` of ``Var(x_j) · ‖W[:, j]‖²``."""
+    return _column_scores(layer, variance)[columns].sum(1)
 
 
-def _column_scores(layer: nn.Module, variance: torch.Tensor) -> torch.Tensor:
-    """``Var(x_j) · ‖W[:, j]‖²`` for every input column ``j`` of the layer."""
+def _column_scores(layer: nn.Module, variance: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``Var(x_j) · ‖W[:, j]‖²`` for every input column ``j`` of the layer, whose weight
+    reads its input along ``dim`` (1 for ``nn.Linear``; 0 for GPT-2's ``Conv1D``)."""
     weights = layer.weight.detach().double()
-    return variance * weights.square().sum(dim=[d for d in range(weights.dim()) if d != 1])
+    return variance * weights.square().sum(dim=[d for d in range(weights.dim()) if d != dim])
+
+
+def _input_dim(group, name: str) -> int:
+    """The dim along which the weight of layer ``name`` reads the group's channels."""
+    return next((m.dim for m in group.members
+                 if m.role == "in" and m.name == f"{name}.weight"), 1)
 
 
 def input_moments(model: nn.Module, layers: dict[str, nn.Module], data: Iterable,
