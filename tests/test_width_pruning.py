@@ -217,3 +217,15 @@ def test_the_command_line_prunes_a_language_model_folder_with_it(tmp_path):
     restored = pk.load(transformers.AutoModelForCausalLM.from_pretrained(folder), out)
     assert sum(p.numel() for p in restored.parameters()) < sum(
         p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(folder).parameters())
+
+
+def test_in_steps_a_parameters_target_is_reached_and_a_ratio_is_one_line():
+    model, data = llama(), token_batches()
+    before = sum(p.numel() for p in model.parameters())
+    pk.iterative_prune(model, EXAMPLE, pk.WidthPruning(params_target=0.2), steps=2,
+                       data=data, finetune=lambda *_: None)
+    assert abs(1 - sum(p.numel() for p in model.parameters()) / before - 0.2) <= 0.02
+    with pytest.raises(ConfigError, match="params_target= or flops_target=") as error:
+        pk.iterative_prune(llama(), EXAMPLE, pk.WidthPruning(0.2), steps=2, data=data,
+                           finetune=lambda *_: None)
+    assert "\n" not in str(error.value)

@@ -23,7 +23,8 @@ class WidthPruning(GroupPruning):
     ``standardised_scores`` in ``prunekit.importance.fluctuation``), and the lowest go,
     heads and neurons alike, until ``ratio`` of their parameters is removed, each weighing
     the parameters it takes with it (a Llama head with its query, key, value and output
-    slices weighs far more than one neuron). Layers end up with different widths, and a
+    slices weighs far more than one neuron; in grouped-query attention a unit is a key/value
+    head with the query heads that read it). Layers end up with different widths, and a
     layer may give up heads while keeping its neurons, as the scores say; none loses more
     than ``max_ratio`` of its heads or of its neurons.
 
@@ -58,6 +59,12 @@ class WidthPruning(GroupPruning):
         if self.round_to == MEASURED:
             raise ConfigError(f"{name}.round_to must be a positive integer (each layer's "
                               f"kept neurons are rounded up to it), not {MEASURED!r}")
+
+    def step(self, step, steps, removed):
+        if self.budget() is None:  # its ratio is a share of parameters, not of units
+            raise ConfigError("WidthPruning in steps takes params_target= or flops_target=, "
+                              "not a ratio (a share of the heads' and neurons' parameters)")
+        return super().step(step, steps, removed)
 
     def candidates(self, graph: DependencyGraph) -> list[Group]:
         heads = graph.head_groups()
