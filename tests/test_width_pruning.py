@@ -114,6 +114,9 @@ def test_the_lowest_go_by_weight_until_the_nearest_threshold():
     assert lowest_by_weight([heads, neurons], scores, weights, 0.1, 0.9) == {0: 0, 1: 1}
     # at most max_ratio of a group: its units past that are passed over, the rest go on
     assert lowest_by_weight([heads, neurons], scores, weights, 0.9, 0.5) == {0: 1, 1: 5}
+    # a head past its group's cap does not stop the ranking, however heavy
+    close = {0: torch.tensor([0.05, 0.06]), 1: torch.arange(10.0) / 10}
+    assert lowest_by_weight([heads, neurons], close, weights, 0.5, 0.5) == {0: 1, 1: 5}
     removed = [sum(lowest_by_weight([heads, neurons], scores, weights, r, 0.9).values())
                for r in (0.1, 0.2, 0.4, 0.6, 0.8)]
     assert removed == sorted(removed)  # more ratio never keeps more: a budget can search it

@@ -70,11 +70,12 @@ def lowest_by_weight(groups: list[Group], scores: dict[int, torch.Tensor],
     removed = dict.fromkeys((g.axis for g in groups), 0)
     cap = {g.axis: int(max_ratio * g.size + 1e-9) for g in groups}
     for _, axis in ranked:
+        if removed[axis] >= cap[axis]:
+            continue
         if left < weights[axis] / 2:  # removing it would overshoot by more than stopping short
             break
-        if removed[axis] < cap[axis]:
-            removed[axis] += 1
-            left -= weights[axis]
+        removed[axis] += 1
+        left -= weights[axis]
     return removed
 
 
