@@ -128,12 +128,6 @@ def main() -> None:
         prune_s = time.perf_counter() - started
         model = adapter.model.eval()
         ppl, kl = perplexity_and_kl(model, test_ids, reference)
-        try:
-            agreement = (greedy(model, prompts, 16) == unpruned_greedy).float().mean().item()
-            speed = decode_speed(unpruned, model, prompts[:1])
-        except Exception as error:  # its layers may not decode with this transformers' cache
-            print(f"greedy decoding failed: {type(error).__name__}: {error}", flush=True)
-            agreement, speed = None, {"decode_speedup": None}
         facts = sum(facts_known(model, tokenizer, questions))
         if options.recover_seconds is not None:
             rows.append(recovered(model, unpruned, tokens["recovery"], test_ids, reference,
@@ -146,6 +140,12 @@ def main() -> None:
             del adapter, model
             gc.collect()
             continue
+        try:
+            agreement = (greedy(model, prompts, 16) == unpruned_greedy).float().mean().item()
+            speed = decode_speed(unpruned, model, prompts[:1])
+        except Exception as error:  # its layers may not decode with this transformers' cache
+            print(f"greedy decoding failed: {type(error).__name__}: {error}", flush=True)
+            agreement, speed = None, {"decode_speedup": None}
         row = {"budget": budget, "method": METHOD, "kind": "peer",
                "pruned": f"slicegpt rotate_and_slice to hidden {dimension} (of "
                          f"{model.config.hidden_size}), final orientation random",
