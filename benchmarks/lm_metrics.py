@@ -131,7 +131,8 @@ def answer(model: nn.Module, tokenizer, question: str, new_tokens: int = 32) -> 
     """The model's greedy answer to ``question`` through its chat template."""
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
                                            tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(prompt, return_tensors="pt")
+    # (an older transformers adds token_type_ids, which generate then refuses)
+    ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False)
     return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip()
