@@ -190,7 +190,8 @@ def to_markdown(data: dict) -> str:
     rates = sorted({format(r["lr"], "g") for r in data["rows"]})
     peers = "" if not any(r["method"].startswith("peer:") for r in data["rows"]) else (
         " Rows *peer: SliceGPT (its code)*: SliceGPT's own code slices the model in its own "
-        "environment, and the same `pk.distill` call recovers it there on the same text "
+        "environment, and the same `pk.distill` call recovers it there on the same text, at "
+        "lr 1e-5: at 1e-4 its model diverges (six steps: perplexity 93 → 1,380) "
         "(`benchmarks/peer_slicegpt.py --recover-seconds`; its docstring says how).")
     return (f"# SmolLM2-135M-Instruct pruned, then recovered on a time budget\n\n"
             f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens. "
