@@ -405,7 +405,9 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              "pruned model, *other alone* as the pruned model's: an upper bound, since each "
              "layer's width is chosen free of its neighbours' (no network allows that) and "
              "layers cost no less in the model than alone, loose where layers differ much in "
-             "time per FLOP. Reproduce: "
+             "time per FLOP. Rows with — under *other alone* were measured before it "
+             "existed: their bounds carry *other* instead, which moved them by up to 0.28 "
+             "between runs. Reproduce: "
              "`python benchmarks/speed_limits.py`.", "",
              "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms (layers + "
              "other) | other alone, ms | ratio | layers alone | full speed | best widths |",
