@@ -409,9 +409,14 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              "existed: their bounds carry *other* instead, which moved them by up to 0.28 "
              "between runs. Reproduce: "
              "`python benchmarks/speed_limits.py`.", "",
+             "**best widths, other kept**: the same with the pruned model's *other* (the whole "
+             "pass less the layers alone) in place of *other alone*: what the bound would be "
+             "if the time layers cost in the model beyond their time alone did not shrink "
+             "with them.", "",
              "| model | batch | FLOPs ÷ | unpruned ms (layers + other) | pruned ms (layers + "
-             "other) | other alone, ms | ratio | layers alone | full speed | best widths |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "other) | other alone, ms | ratio | layers alone | full speed | best widths | "
+             "best widths, other kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     eager = [r for r in results if r.get("runtime", "eager") == "eager"]
     for r in eager:
         lines.append(
@@ -421,7 +426,9 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
             + (f"{r['other_alone_ms'][0]:.1f} → {r['other_alone_ms'][1]:.1f} | "
                if "other_alone_ms" in r else "— | ")
             + f"{r['ratio']:.2f} | {r['layers_ratio']:.2f} | {r['full_speed_ratio']:.2f} | "
-            f"**{r['best_widths_ratio']:.2f}** |")
+            f"**{r['best_widths_ratio']:.2f}** | " + (
+                f"{r['whole_ms'][0] / (r['best_layers_ms'] + r['other_ms'][1]) / r['flops_factor']:.2f} |"
+                if "other_alone_ms" in r else "— |"))
     for runtime, how in KERNEL_ACCOUNTS.items():
         rows = [r for r in results if r.get("runtime") == runtime]
         if not rows:
