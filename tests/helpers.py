@@ -18,6 +18,24 @@ def outputs(model: nn.Module, inputs) -> list[torch.Tensor]:
         return list(iter_tensors(call_model(model, inputs)))
 
 
+def layer_inputs(model: nn.Module, names: list[str], data) -> dict[str, torch.Tensor]:
+    """Every token's input to each named layer over ``data`` (dict batches), one row per
+    token, in float64: what a data criterion reads, captured independently of it."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(
+        lambda _m, args, _o, name=name: seen[name].append(args[0].reshape(-1, args[0].shape[-1])))
+        for name in names]
+    try:
+        with torch.no_grad():
+            for batch in data:
+                model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(rows).double() for name, rows in seen.items()}
+
+
 def predicted_params(model: nn.Module, plan: pk.Plan) -> int:
     """Parameter count after the plan, computed from the plan alone."""
     total = 0

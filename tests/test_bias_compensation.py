@@ -18,7 +18,7 @@ from prunekit.plan import Plan
 from prunekit.recover import compensate as compensate_module
 from prunekit.surgery.apply import apply_plan
 
-from .helpers import outputs
+from .helpers import layer_inputs, outputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -79,18 +79,11 @@ def test_head_fluctuation_is_the_squared_channel_scores_summed_per_head():
     graph = method.graph(model, EXAMPLE)
     groups = method.candidates(graph)
     scores = method.score(graph, groups, data)
-    captured = {i: [] for i in range(2)}
-    handles = [layer.self_attn.o_proj.register_forward_hook(
-        lambda _m, args, _o, i=i: captured[i].append(args[0].reshape(-1, 32)))
-        for i, layer in enumerate(model.model.layers)]
-    with torch.no_grad():
-        for batch in data:
-            model(**batch)
-    for handle in handles:
-        handle.remove()
+    names = [f"model.layers.{i}.self_attn.o_proj" for i in range(2)]
+    captured = layer_inputs(model, names, data)
     expected = []
-    for i, layer in enumerate(model.model.layers):
-        x = torch.cat(captured[i]).double()
+    for name, layer in zip(names, model.model.layers):
+        x = captured[name]
         channel = x.var(0, unbiased=False) * layer.self_attn.o_proj.weight.double().square().sum(0)
         # a unit is a key/value head with its 2 query heads: 16 channels of the projection
         expected.append(channel.square().reshape(2, 16).sum(1))
@@ -115,17 +108,11 @@ def test_head_fluctuation_reads_gpt2s_transposed_projection_along_its_input():
     graph = method.graph(model, EXAMPLE)
     groups = method.candidates(graph)
     scores = method.score(graph, groups, data)
-    captured = {i: [] for i in range(2)}
-    handles = [block.attn.c_proj.register_forward_hook(
-        lambda _m, args, _o, i=i: captured[i].append(args[0].reshape(-1, 32)))
-        for i, block in enumerate(model.transformer.h)]
-    with torch.no_grad():
-        for batch in data:
-            model(**batch)
-    for handle in handles:
-        handle.remove()
-    for i, group in enumerate(groups):
-        x = torch.cat(captured[i]).double()
+    names = [f"transformer.h.{i}.attn.c_proj" for i in range(2)]
+    captured = layer_inputs(model, names, data)
+    assert len(groups) == 2
+    for i, (group, name) in enumerate(zip(groups, names)):
+        x = captured[name]
         weight = model.transformer.h[i].attn.c_proj.weight.double()  # (in, out)
         channel = x.var(0, unbiased=False) * weight.square().sum(1)
         torch.testing.assert_close(scores[group.axis].double(),

@@ -20,9 +20,10 @@ from prunekit.graph.dependency import Group
 from prunekit.methods.width import unit_parameters
 from prunekit.selection.channels import lowest_by_weight
 
-transformers = pytest.importorskip("transformers")
+from .helpers import layer_inputs
+from .test_bias_compensation import VOCAB, token_batches
 
-VOCAB = 100
+transformers = pytest.importorskip("transformers")
 EXAMPLE = {"input_ids": torch.arange(16).view(2, 8)}
 
 
@@ -35,31 +36,10 @@ def llama(layers: int = 3) -> nn.Module:
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def token_batches(count: int = 3, seed: int = 1) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(0, VOCAB, (2, 12), generator=generator)}
-            for _ in range(count)]
-
-
 def shapes(model) -> list[tuple[int, int]]:
     """(key/value heads, MLP neurons) of each layer."""
     return [(layer.self_attn.k_proj.out_features // 8, layer.mlp.gate_proj.out_features)
             for layer in model.model.layers]
-
-
-def inputs_of(model, names: list[str], data) -> dict[str, torch.Tensor]:
-    """Every token's input to each named linear layer, over ``data``."""
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(
-        lambda _m, args, _o, name=name: seen[name].append(args[0].reshape(-1, args[0].shape[-1])))
-        for name in names]
-    with torch.no_grad():
-        for batch in data:
-            model(**batch)
-    for handle in handles:
-        handle.remove()
-    return {name: torch.cat(rows).double() for name, rows in seen.items()}
 
 
 def standardised(values: torch.Tensor) -> torch.Tensor:
@@ -76,7 +56,7 @@ def test_scores_are_flaps_standardised_fluctuation():
     assert len(heads) == 3 and len(scores) == 6  # a head group and an MLP group per layer
     for i, layer in enumerate(model.model.layers):
         o_proj, down = f"model.layers.{i}.self_attn.o_proj", f"model.layers.{i}.mlp.down_proj"
-        seen = inputs_of(model, [o_proj, down], data)
+        seen = layer_inputs(model, [o_proj, down], data)
         metric = {name: seen[name].var(0, unbiased=False)
                   * dict(model.named_modules())[name].weight.double().square().sum(0)
                   for name in seen}
@@ -159,7 +139,7 @@ def test_bias_compensation_gives_back_the_mean_each_removed_unit_gave_its_reader
     assert [heads for heads, _ in shapes(pruned)] != [2, 2, 2]  # heads went as well
     names = [f"model.layers.{i}.{p}" for i in range(3)
              for p in ("self_attn.o_proj", "mlp.down_proj")]
-    seen = inputs_of(model, names, data)  # the unpruned model's, as the compensation reads
+    seen = layer_inputs(model, names, data)  # the unpruned model's, as the compensation reads
     modules, pruned_modules = dict(model.named_modules()), dict(pruned.named_modules())
     for name in names:
         weight, kept = modules[name].weight.double(), pruned_modules[name].weight.double()
