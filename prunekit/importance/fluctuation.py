@@ -45,13 +45,8 @@ class ChannelFluctuation(DataCriterion):
                      loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
         modules = dict(graph.model.named_modules())
         readers = {g.axis: found for g in groups if (found := _readers(graph, g, modules))}
-        names = {name for found in readers.values() for name, _ in found}
-        variances = {name: variance for name, (_, variance)
-                     in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
-        return {axis: sum(_weighted(modules[name], variances[name], columns)
-                          for name, columns in found)
-                for axis, found in readers.items()
-                if all(name in variances for name, _ in found)}
+        variances = _input_variances(graph, modules, _names(readers, {}), data)
+        return _neuron_scores(modules, variances, readers)
 
 
 @dataclass(frozen=True)
@@ -65,17 +60,9 @@ class HeadFluctuation(DataCriterion):
                      loss_fn: LossFn | None = None) -> dict[int, torch.Tensor]:
         modules = dict(graph.model.named_modules())
         sites = {g.axis: site for g in groups if (site := _projection_input(graph, g))}
-        names = {name for name, _ in sites.values()}
-        variances = {name: variance for name, (_, variance)
-                     in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
-        scores = {}
-        for group in groups:
-            name, heads_of = sites.get(group.axis, (None, None))
-            if name in variances:
-                channels = _column_scores(modules[name], variances[name],
-                                          _input_dim(group, name))
-                scores[group.axis] = channels.square()[heads_of].sum(1)
-        return scores
+        variances = _input_variances(graph, modules, _names({}, sites), data)
+        return {axis: channels[heads_of].sum(1) for axis, (channels, heads_of)
+                in _head_channels(modules, variances, groups, sites).items()}
 
 
 def standardised_scores(graph, heads: list, neurons: list, data: Iterable
@@ -85,26 +72,54 @@ def standardised_scores(graph, heads: list, neurons: list, data: Iterable
     standardised (minus their mean, over their standard deviation, across that input's
     channels), a head's channels squared first; a head scores the mean of its channels'
     standardised scores, a neuron its own. ``heads`` and ``neurons`` are head groups and
-    channel groups; a group no linear layer reads is left out."""
+    channel groups; a group no linear layer reads is left out. One pass over ``data``."""
     modules = dict(graph.model.named_modules())
     sites = {g.axis: site for g in heads if (site := _projection_input(graph, g))}
     readers = {g.axis: found for g in neurons if (found := _readers(graph, g, modules))}
-    names = {name for name, _ in sites.values()} | {
-        name for found in readers.values() for name, _ in found}
-    variances = {name: variance for name, (_, variance)
-                 in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
-    scores = {}
-    for group in heads:
-        name, heads_of = sites.get(group.axis, (None, None))
-        if name in variances:  # standardised over the whole input, then averaged per head
-            channels = _column_scores(modules[name], variances[name],
-                                      _input_dim(group, name)).square()
-            scores[group.axis] = _standardised(channels)[heads_of].mean(1)
-    for axis, found in readers.items():
-        if all(name in variances for name, _ in found):
-            scores[axis] = _standardised(sum(_weighted(modules[name], variances[name], columns)
-                                             for name, columns in found))
+    variances = _input_variances(graph, modules, _names(readers, sites), data)
+    # standardised over the whole input, then averaged per head
+    scores = {axis: _standardised(channels)[heads_of].mean(1) for axis, (channels, heads_of)
+              in _head_channels(modules, variances, heads, sites).items()}
+    scores.update({axis: _standardised(values) for axis, values
+                   in _neuron_scores(modules, variances, readers).items()})
     return scores
+
+
+def _names(readers: dict, sites: dict) -> set[str]:
+    """The layers whose inputs the neurons' readers and the heads' sites need."""
+    return {name for found in readers.values() for name, _ in found} | {
+        name for name, _ in sites.values()}
+
+
+def _input_variances(graph, modules: dict[str, nn.Module], names: set[str],
+                     data: Iterable) -> dict[str, torch.Tensor]:
+    """Each named layer's per-input-channel variance over ``data`` (layers never called are
+    left out)."""
+    return {name: variance for name, (_, variance)
+            in input_moments(graph.model, {n: modules[n] for n in names}, data).items()}
+
+
+def _neuron_scores(modules: dict[str, nn.Module], variances: dict[str, torch.Tensor],
+                   readers: dict[int, list]) -> dict[int, torch.Tensor]:
+    """Each group's channel scores summed over the layers reading it (groups with a reader
+    never called are left out)."""
+    return {axis: sum(_weighted(modules[name], variances[name], columns)
+                      for name, columns in found)
+            for axis, found in readers.items()
+            if all(name in variances for name, _ in found)}
+
+
+def _head_channels(modules: dict[str, nn.Module], variances: dict[str, torch.Tensor],
+                   groups: list, sites: dict) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per head group: the squared channel scores of its output projection's whole input,
+    and the matrix of each head's channels in it."""
+    found = {}
+    for group in groups:
+        name, heads_of = sites.get(group.axis, (None, None))
+        if name in variances:
+            channels = _column_scores(modules[name], variances[name], _input_dim(group, name))
+            found[group.axis] = channels.square(), heads_of
+    return found
 
 
 def _standardised(values: torch.Tensor) -> torch.Tensor:
