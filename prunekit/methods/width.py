@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import ConfigError
-from ..graph.dependency import DependencyGraph, Group
+from ..graph.dependency import DependencyGraph, Group, channel_matrix
 from ..importance.fluctuation import standardised_scores
 from ..selection import channels as selection
 from .groups import MEASURED, GroupPruning
@@ -103,6 +103,8 @@ class WidthPruning(GroupPruning):
 
 def unit_parameters(graph: DependencyGraph, group: Group) -> int:
     """The parameters one unit of ``group`` (a head, a neuron) takes with it: its slice of
-    every parameter the group couples."""
-    return sum(graph.channel_matrix(m, group.axis).shape[1] for m in group.members
-               if m.slot.kind == "parameter")
+    every parameter the group couples. (Shapes only: on the meta device, so a budget's
+    search, which selects many times, copies no weights.)"""
+    return sum(channel_matrix(graph.axes, m.slot.tensor.detach().to("meta"), m.dim,
+                              m.segments, group.axis).shape[1]
+               for m in group.members if m.slot.kind == "parameter")
