@@ -21,10 +21,12 @@ BatchNorm folded by ``pk.fuse``), at batch 1 and 8, on two threads:
    layer free: a relaxation that ignores that a layer's input width is the last one's
    output; a Lagrangian search over the measured times), and *other alone* is kept as the
    pruned model's. What that sum gives against the unpruned model is the best ratio any
-   widths could give: an upper bound, loose where layers differ much in time per FLOP (the
-   relaxation may narrow one layer and not the next, which no network allows), and since
-   layers cost no less in the model than alone. (It once carried the whole pass less the
-   layers' sum, whose noise moved it by up to 0.28 between runs.)
+   widths could give: an upper bound where layers cost no less in the model than alone
+   (*other alone* no more than the whole pass less the layers; not so for YOLOv8n at batch
+   8), loose where layers differ much in time per FLOP (the relaxation may narrow one layer
+   and not the next, which no network allows) and by whatever layers cost more in the model
+   than alone. (It once carried the whole pass less the layers' sum, whose noise moved it by
+   up to 0.28 between runs; the table gives that variant too, *other kept*.)
 
 4. **ONNX Runtime** (``--runtimes onnx``): each model exported by ``pk.export`` and run with
    ONNX Runtime's profiler on; the time in its multiply-add kernels (Conv, Gemm, MatMul)
@@ -402,10 +404,10 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
              "throughput, *other alone* as the pruned model's. **best widths**: the ratio of "
              "the fastest choice of per-layer widths (from full to a quarter, in eighths, "
              "rounded to 8, each layer timed alone at each) with no more FLOPs than the "
-             "pruned model, *other alone* as the pruned model's: an upper bound, since each "
-             "layer's width is chosen free of its neighbours' (no network allows that) and "
-             "layers cost no less in the model than alone, loose where layers differ much in "
-             "time per FLOP. Rows with — under *other alone* were measured before it "
+             "pruned model, *other alone* as the pruned model's: an upper bound where "
+             "*other alone* is no more than *other* (layers costing no less in the model than "
+             "alone), since each layer's width is chosen free of its neighbours' (no network "
+             "allows that); loose where layers differ much in time per FLOP. Rows with — under *other alone* were measured before it "
              "existed: their bounds carry *other* instead, which moved them by up to 0.28 "
              "between runs. Reproduce: "
              "`python benchmarks/speed_limits.py`.", "",
