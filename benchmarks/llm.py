@@ -443,30 +443,57 @@ def _times(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+# rows that run a published procedure (its code, or prunekit's reproduction of it), the
+# left panel of the plot
+FIELD = ("(ShortGPT)", "(Gromov et al.)", "pk.WidthPruning", "(LLM-Pruner's importance)",
+         "peer:")
+BEST_RECIPE = "hidden rotation, then MLP re-fit"
+PLOT_CEILING = 1e3  # perplexity; a point above it is drawn on the edge, hollow
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Perplexity (log scale) against the parameters outside the embeddings removed, one
-    line per method; the unpruned model's perplexity as a dotted line."""
+    line per method, in two panels on one scale: the field's procedures beside prunekit's
+    best recipe, and prunekit's own methods. Perplexities above ``PLOT_CEILING`` are drawn
+    hollow on the edge (the table has them); the unpruned model's is a dotted line."""
     import matplotlib
 
     from prunekit.workflows.plots import new_figure, save
 
-    figure = new_figure(8, 4.5)
-    axes = figure.subplots()
+    figure = new_figure(11, 7.5)
+    field, own = figure.subplots(1, 2, sharey=True)
     methods = list(dict.fromkeys(row["method"] for row in result["rows"]))
     colours = matplotlib.colormaps["tab20"].colors
     for index, method in enumerate(methods):
         rows = [r for r in result["rows"] if r["method"] == method and "error" not in r]
-        if rows:
-            axes.plot([r["removed"] * 100 for r in rows], [r["perplexity"] for r in rows],
-                      "os^Dv"[index % 5] + "-", color=colours[index % len(colours)],
+        in_field = any(mark in method for mark in FIELD)
+        panels = [field, own] if method == BEST_RECIPE else [field if in_field else own]
+        for axes in panels if rows else []:
+            best = method == BEST_RECIPE
+            x = [r["removed"] * 100 for r in rows]
+            y = [min(r["perplexity"], PLOT_CEILING) for r in rows]
+            colour = "black" if best else colours[index % len(colours)]
+            marker = "os^Dv"[index % 5]
+            off_scale = [i for i, r in enumerate(rows) if r["perplexity"] > PLOT_CEILING]
+            axes.plot(x, y, marker + "-", color=colour, linewidth=2.5 if best else 1.2,
+                      markevery=[i for i in range(len(rows)) if i not in off_scale],
                       label=method + (" *" if "rotation" in method else ""))
-    axes.axhline(result["unpruned_perplexity"], color="black", linestyle=":", label="unpruned")
-    axes.set_yscale("log")
-    axes.set_xlabel("% of the parameters outside the embeddings removed")
-    axes.set_ylabel("perplexity on held-out text (log)")
-    axes.set_title("SmolLM2-135M-Instruct, pruned, no training\n(* the rotation unties the "
-                   "output layer: +28M parameters)", fontsize=9)
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            axes.plot([x[i] for i in off_scale], [y[i] for i in off_scale], marker,
+                      color=colour, markerfacecolor="white")
+    for axes, title in ((field, "the field's procedures, and prunekit's best recipe"),
+                        (own, "prunekit's methods")):
+        axes.axhline(result["unpruned_perplexity"], color="black", linestyle=":",
+                     label="unpruned")
+        axes.set_yscale("log")
+        axes.set_ylim(top=PLOT_CEILING * 1.3)
+        axes.set_xlabel("% of the parameters outside the embeddings removed")
+        axes.set_title(title, fontsize=9)
+        # below the panel: the lines cross every corner of it
+        axes.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    field.set_ylabel("perplexity on held-out text (log)")
+    figure.suptitle(f"SmolLM2-135M-Instruct, pruned, no training. Hollow: perplexity above "
+                    f"{PLOT_CEILING:,.0f} (the table has it). * the rotation unties the "
+                    f"output layer: +28M parameters", fontsize=9)
     save(figure, path)
 
 
