@@ -65,6 +65,24 @@ def test_the_best_split_is_the_lowest_held_out_loss_that_meets_the_budget(tmp_pa
         assert torch.equal(a, b)
 
 
+def test_heads_and_neurons_ranked_together_are_a_dimension_after_the_rotation(tmp_path):
+    """``"width"`` (FLAP's structure, its bias compensation) on a model the rotation has
+    narrowed (the half-and-half split): every split meets the budget, and the winner's one
+    plan replays on a fresh model."""
+    model = decoder()
+    data, held_out = batches(4, 1), batches(2, 2)
+    dimensions = pk.decoder_dimensions()
+    # 40%: the hidden size (32, kept in multiples of 8) can give its half of it
+    allocation = pk.allocate(model, data[0], {d: dimensions[d] for d in ("hidden", "width")},
+                             params_target=0.4, data=data, held_out=held_out, step=0.5)
+    assert [row.error for row in allocation.rows] == ["", "", ""]
+    assert all(row.removed >= 0.4 - 0.02 for row in allocation.rows)
+    assert all(row.score > 0 for row in allocation.rows)  # each pruned copy differs
+    restored = pk.load(decoder(), pk.save(allocation.model, tmp_path / "best", allocation.plan))
+    for a, b in zip(outputs(allocation.model, held_out[0]), outputs(restored, held_out[0])):
+        assert torch.equal(a, b)
+
+
 def test_a_split_short_of_the_budget_cannot_win():
     model = decoder()
 

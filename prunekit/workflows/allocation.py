@@ -9,7 +9,7 @@ distribution, or the relative squared error of other outputs). The best copy and
 come back; the model passed in is left as it was.
 
 A dimension is a function ``(model as pruned so far, parameters to remove) -> method``;
-``decoder_dimensions()`` gives the four of a Hugging Face decoder with prunekit's best
+``decoder_dimensions()`` gives those of a Hugging Face decoder with prunekit's best
 method for each (``benchmarks/results/llm.md``).
 """
 
@@ -33,7 +33,7 @@ from ..core.progress import ProgressOption, Step, finish, reporter
 from ..core.tables import ResultTable
 from ..errors import ConfigError, PruneError
 from ..measure.model import count_params
-from ..methods import ChannelPruning, HeadPruning, HiddenPruning, LayerPruning
+from ..methods import ChannelPruning, HeadPruning, HiddenPruning, LayerPruning, WidthPruning
 from ..methods.base import PruningMethod
 from ..plan import Plan
 from ..recover.losses import pick_output
@@ -88,8 +88,11 @@ def decoder_dimensions(depth_criterion: str = "angular",
                        count: Callable[[nn.Module], int] = count_params
                        ) -> dict[str, Dimension]:
     """A Hugging Face decoder's hidden size (by rotation), attention heads, MLP neurons
-    (the re-fit criterion, with its re-fit) and layers, in that order: the rotation reads
-    the unpruned norms, and layers are scored last, on the model as it will be."""
+    (the re-fit criterion, with its re-fit), heads and MLP neurons ranked together
+    (``"width"``: FLAP's adaptive structure with its bias compensation, ``WidthPruning``)
+    and layers, in that order: the rotation reads the unpruned norms, and layers are scored
+    last, on the model as it will be. Name the ones to search: ``"width"`` covers what
+    ``"heads"`` and ``"mlp"`` do, ranked on one scale."""
     def by_target(make: Callable[..., PruningMethod]) -> Dimension:
         def dimension(model: nn.Module, amount: int) -> PruningMethod:
             # methods' params_target counts every parameter; a count that leaves the
@@ -117,6 +120,8 @@ def decoder_dimensions(depth_criterion: str = "angular",
             "heads": by_target(lambda **target: HeadPruning(criterion="taylor", **target)),
             "mlp": by_target(lambda **target: ChannelPruning(
                 criterion="reconstruction", reconstruct=True, round_to=8, **target)),
+            "width": by_target(lambda **target: WidthPruning(bias_compensation=True,
+                                                             **target)),
             "depth": depth}
 
 
