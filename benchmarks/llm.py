@@ -309,6 +309,10 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "hidden rotation, then MLP fluctuation + bias compensation": (
         "hidden+MLP", rotated(0.5, "fluctuation", biases=True, refit=False)),
     "allocated: hidden, MLP, depth (pk.allocate)": ("allocated", allocated()),
+    "allocated: hidden, heads and MLP ranked together (pk.allocate)": (
+        "allocated", allocated(("hidden", "width"), step=0.25)),
+    "allocated: hidden, MLP (pk.allocate)": ("allocated", allocated(("hidden", "mlp"),
+                                                                      step=0.25)),
     "peer: Torch-Pruning's LLM example (its code)": ("peer", torch_pruning_llm_example()),
 }
 
