@@ -59,7 +59,8 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "hidden rotation, then MLP fluctuation + re-fit with biases",
         "heads then MLP: Taylor (LLM-Pruner's importance)",
         "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)",
-        "MLP: FLAP's metric, calibrated on half topics, half own samples")
+        "MLP: FLAP's metric, calibrated on half topics, half own samples",
+        "allocated: hidden, MLP (pk.allocate)")
 THREADS = 2
 CALIBRATION_SEQUENCES = 16  # as llm.py
 
