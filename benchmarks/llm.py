@@ -470,15 +470,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     colours = matplotlib.colormaps["tab20"].colors
     for index, method in enumerate(methods):
         rows = [r for r in result["rows"] if r["method"] == method and "error" not in r]
+        if not rows:
+            continue
+        best = method == BEST_RECIPE
         in_field = any(mark in method for mark in FIELD)
-        panels = [field, own] if method == BEST_RECIPE else [field if in_field else own]
-        for axes in panels if rows else []:
-            best = method == BEST_RECIPE
-            x = [r["removed"] * 100 for r in rows]
-            y = [min(r["perplexity"], PLOT_CEILING) for r in rows]
-            colour = "black" if best else colours[index % len(colours)]
-            marker = "os^Dv"[index % 5]
-            off_scale = [i for i, r in enumerate(rows) if r["perplexity"] > PLOT_CEILING]
+        x = [r["removed"] * 100 for r in rows]
+        y = [min(r["perplexity"], PLOT_CEILING) for r in rows]
+        colour = "black" if best else colours[index % len(colours)]
+        marker = "os^Dv"[index % 5]
+        off_scale = [i for i, r in enumerate(rows) if r["perplexity"] > PLOT_CEILING]
+        for axes in [field, own] if best else [field if in_field else own]:
             axes.plot(x, y, marker + "-", color=colour, linewidth=2.5 if best else 1.2,
                       markevery=[i for i in range(len(rows)) if i not in off_scale],
                       label=method + (" *" if "rotation" in method else ""))
