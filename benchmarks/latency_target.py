@@ -33,7 +33,7 @@ from typing import Any
 from harness import arguments, read_results, write_results
 
 import torch
-from speed import FLOPS_TARGET, MODELS, ROUND_TO, THREADS
+from speed import FLOPS_TARGET, MODELS, ROUND_TO, THREADS, fold_batchnorm
 from torch import nn
 
 import prunekit as pk
@@ -71,8 +71,7 @@ def compare(name: str, batch: int, min_time: float) -> dict[str, Any]:
         return {"model": name, "batch": batch, "threads": THREADS, "error": str(error)}
     models = (unpruned, uniform, timed)
     for model in models:
-        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-            pk.fuse(model, x)
+        fold_batchnorm(model, x)
     flops = [count_flops(model, x) for model in models]
     speeds = speedups_over_first(models, x, threads=THREADS, min_time=min_time, min_rounds=20)
     row: dict[str, Any] = {"model": name, "batch": batch, "threads": THREADS,

@@ -119,6 +119,14 @@ class OnnxModule(nn.Module):
         return self.run(kwargs if kwargs else args[0] if len(args) == 1 else args)
 
 
+def fold_batchnorm(model: nn.Module, x: Any) -> nn.Module:
+    """``model`` with each BatchNorm folded into the convolution before it (``pk.fuse``, in
+    place); a model without BatchNorm is left alone rather than traced for nothing."""
+    if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in model.modules()):
+        pk.fuse(model, x)
+    return model
+
+
 def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,
                  scratch: Path) -> tuple[nn.Module, nn.Module, float]:
     """The two models as the runtime runs them, and the seconds it took to get them."""
@@ -126,9 +134,7 @@ def runtime_pair(runtime: str, unpruned: nn.Module, pruned: nn.Module, x: Any,
     if runtime == "eager":
         pair = (unpruned, pruned)
     elif runtime == "eager-fused":  # both with BatchNorm folded into its convolution
-        pair = tuple(copy.deepcopy(model) for model in (unpruned, pruned))
-        for model in pair:
-            pk.fuse(model, x)
+        pair = tuple(fold_batchnorm(copy.deepcopy(model), x) for model in (unpruned, pruned))
     elif runtime == "onnx":
         paths = [scratch / "unpruned.onnx", scratch / "pruned.onnx"]
         for model, path in zip((unpruned, pruned), paths):

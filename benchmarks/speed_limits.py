@@ -55,7 +55,7 @@ from typing import Any, Callable
 from harness import arguments, read_results, write_results
 
 import torch
-from speed import MODELS, THREADS, built_and_pruned
+from speed import MODELS, THREADS, built_and_pruned, fold_batchnorm
 from torch import nn
 
 import prunekit as pk
@@ -202,8 +202,7 @@ def account(name: str, batch: int) -> dict[str, Any]:
     unpruned, pruned, how, _ = built_and_pruned(name)
     x = MODELS[name][1](batch)
     for model in (unpruned, pruned):
-        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-            pk.fuse(model, x)
+        fold_batchnorm(model, x)
     model_flops = (count_flops(unpruned, x), count_flops(pruned, x))
     factor = model_flops[0] / model_flops[1]
     shapes = layer_inputs(unpruned, x)
