@@ -5,6 +5,7 @@ between a plan that breaks the model and a check that is itself broken."""
 from __future__ import annotations
 
 import copy
+import sys
 from collections import namedtuple
 from dataclasses import dataclass
 
@@ -323,6 +324,61 @@ def test_a_model_that_cannot_run_in_float64_is_compared_in_its_own_precision_and
     assert result.report.ok and "in float64" not in str(result.report).split("(")[0]
     assert "compared in its own precision although Tensor.topk" in str(result.report)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+class Cancelling(nn.Module):
+    """Returns the difference of two outputs of one layer that are each about 1e5 and differ
+    by about 1: float32 rounds each to within 1e-2, so summing the layer's products in
+    another order (the pruned layer's) moves what it returns by 1e-3 of its scale, as
+    SmolLM2's first layers, whose hidden states run in the thousands, move its logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 256), nn.Linear(256, 16)
+        with torch.no_grad():
+            base = torch.randn(8, 256) * 1e4
+            self.fc2.weight.copy_(torch.cat([base + torch.randn(8, 256), base]))
+
+    def forward(self, x):
+        y = self.fc2(torch.relu(self.fc1(x)))
+        return y[..., :8] - y[..., 8:]
+
+
+class WidthLeaks(nn.Module):
+    """A wrong plan off by rounding's size: its output moves with its hidden width."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 256), nn.Linear(256, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h) + 1e-5 * h.shape[-1]
+
+
+def test_a_check_failed_by_float32_rounding_is_decided_in_float64(monkeypatch):
+    torch.manual_seed(0)
+    model, x = Cancelling().eval(), torch.randn(4, 16)
+    verification = sys.modules["prunekit.checks.verify"]
+    with monkeypatch.context() as patched:  # without the second look, rounding refuses it
+        patched.setattr(verification, "ROUNDING_SUSPECT", 0.0)
+        with pytest.raises(pk.PruneError, match=r"NOT equivalent.*float32"):
+            pk.prune(copy.deepcopy(model), x, pk.FilterPruning(0.5))
+    result = pk.prune(model, x, pk.FilterPruning(0.5))
+    assert result.report.ok and result.skipped == [] and model.fc1.out_features == 128
+    assert "in float64 (in float32 they differed by" in str(result.report)
+    assert result.report.relative_diff < 1e-9
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_wrong_plan_off_by_rounding_size_still_fails_in_float64():
+    torch.manual_seed(0)
+    model, x = WidthLeaks().eval(), torch.randn(4, 16)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(pk.PruneError, match=r"in float64 \(in float32 .*tolerance 0.0001 "
+                                            r"for float64"):
+        pk.prune(model, x, pk.FilterPruning(0.5))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_report_counts_a_models_outputs_once_however_many_inputs_it_checked():
