@@ -63,6 +63,7 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "allocated: hidden, MLP (pk.allocate)")
 THREADS = 2
 CALIBRATION_SEQUENCES = 16  # as llm.py
+LR = 1e-4  # every row's unless it says otherwise (SliceGPT's own model diverges at it)
 
 
 def main() -> None:
@@ -72,7 +73,9 @@ def main() -> None:
                         help="fractions of the parameters outside the embeddings removed")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                         metavar="METHOD", help="the rows to run (merged into the result file)")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=LR,
+                        help="distillation's learning rate (a row at another rate is a row of "
+                             "its own, the rate in its name)")
     parser.add_argument("--recovery-sequences", type=int, default=None,
                         help="train on this many 256-token sequences of recovery text (default: "
                              "all of it)")
@@ -151,7 +154,8 @@ def main() -> None:
 
 def merged(rows: list[dict], seconds: float, lr: float) -> list[dict]:
     """The saved rows with ``rows`` in place of those of the same budget, method, recovery
-    time and LoRA rank, ordered by recovery time, budget and then ``ROWS``' order."""
+    time, learning rate, LoRA rank and recovery text, ordered by recovery time, budget,
+    ``ROWS``' order and learning rate."""
     path = RESULTS / "llm_recovery.json"
     saved = json.loads(path.read_text()) if path.exists() else {"rows": []}
     # rows written before the file said their budget and time were at 35% and the file's
@@ -160,11 +164,12 @@ def merged(rows: list[dict], seconds: float, lr: float) -> list[dict]:
     table = {}
     for row in [{**defaults, **r} for r in saved["rows"]] + [
             {"seconds": seconds, "lr": lr, **r} for r in rows]:
-        table[row["seconds"], row["budget"], row["method"], row.get("lora_rank"),
+        table[row["seconds"], row["budget"], row["method"], row["lr"], row.get("lora_rank"),
               row["recovery_sequences"], row.get("samples", 0)] = row
     return sorted(table.values(), key=lambda r: (
         r["seconds"], r["budget"],
-        ROWS.index(r["method"]) if r["method"] in ROWS else len(ROWS), r.get("lora_rank") or 0))
+        ROWS.index(r["method"]) if r["method"] in ROWS else len(ROWS), r.get("lora_rank") or 0,
+        r["lr"]))
 
 
 def to_markdown(data: dict) -> str:
@@ -173,7 +178,8 @@ def to_markdown(data: dict) -> str:
         ["recovery time", "budget", "method", "recovery text", "removed", "perplexity as pruned",
          "after recovery", "KL as pruned", "KL after", "facts", "recovery"],
         [[f"{r['seconds'] / 60:g} min", f"{r['budget']:.0%}", r["method"] + (
-            f" (LoRA r={r['lora_rank']})" if r.get("lora_rank") else ""),
+            f" (LoRA r={r['lora_rank']})" if r.get("lora_rank") else "") + (
+            f" (lr {r['lr']:g})" if r["lr"] != LR and not r["method"].startswith("peer:") else ""),
           f"{r['recovery_sequences'] * TOKENS:,} tokens" + (
               f" + {r['samples'] * TOKENS:,} sampled" if r.get("samples") else ""),
           f"{r['removed']:.1%}",
