@@ -6,8 +6,10 @@ removed; 35% by default), each pruned as there and then distilled from the unpru
 rate) for a fixed number of seconds on two cores (``Distillation(time_limit=...)``): ShortGPT's and
 Gromov et al.'s depth pruning followed by healing, and MLP pruning by activations followed
 by distillation (Minitron's recipe, as prunekit implements each), FLAP's fluctuation metric
-with its bias compensation, beside prunekit's own: the MLP by the re-fit criterion with its
-re-fit (and with biases to fit), and the hidden size by rotation.
+with its bias compensation, LLM-Pruner's importance (over every layer, and over its
+scripts' layer range), beside prunekit's own: the MLP by the re-fit criterion with its
+re-fit (and with biases to fit), the hidden size by rotation, and heads then MLP by FLAP's
+metric with the first layer whole.
 
 Three disjoint texts, all Python's own help topics: calibration (the first 16 × 256 tokens of
 the calibration topics, which the criteria and re-fits read), recovery (the next tokens of
@@ -58,6 +60,8 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "hidden rotation, then MLP re-fit",
         "hidden rotation, then MLP fluctuation + re-fit with biases",
         "heads then MLP: Taylor (LLM-Pruner's importance)",
+        "heads then MLP: Taylor, LLM-Pruner's layer range",
+        "heads then MLP: FLAP's metric, first layer whole",
         "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)",
         "MLP: FLAP's metric, calibrated on half topics, half own samples",
         "allocated: hidden, MLP (pk.allocate)")
