@@ -78,6 +78,38 @@ def test_command_line_mistakes_are_one_line(tmp_path, options, message):
     assert not (tmp_path / "x").exists()
 
 
+def test_keep_leaves_the_named_layer_whole_and_the_budget_falls_on_the_others(tmp_path):
+    folder, text = language_model_folder(tmp_path)
+    widths = {}
+    for keep in ([], ["--keep", "model.layers.0"]):
+        out = tmp_path / f"out{len(keep)}"
+        result = CliRunner().invoke(app, [
+            "prune", "--model", f"hf:{folder}", "--params-target", "0.2", "--data",
+            f"text:{text}", *keep, "--no-latency", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        model = pk.load(transformers.AutoModelForCausalLM.from_pretrained(folder), out)
+        widths[len(keep)] = [layer.mlp.up_proj.out_features for layer in model.model.layers]
+    assert max(widths[0]) < 64  # every layer pruned
+    assert widths[2][0] == 64 and widths[2][1] < min(widths[0])  # kept; the other pays more
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--keep", "model.layer.0"], "--keep: the model has no module 'model.layer.0'; did you "
+                                  "mean 'model.layers.0'"),
+    (["--keep", "model.layers.0", "--stream"], "--keep: a streamed prune treats every block "
+                                               "alike"),
+])
+def test_keep_mistakes_are_one_line_and_leave_nothing(tmp_path, options, message):
+    folder, _ = language_model_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = CliRunner().invoke(app, ["prune", "--model", f"hf:{folder}", *options,
+                                      "--no-latency", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_text_needs_a_model_with_a_tokenizer(tmp_path):
     (tmp_path / "t.txt").write_text(WORDS)
     result = CliRunner().invoke(app, ["prune", "--model", "torchvision:resnet18", "--data",

@@ -21,6 +21,7 @@ from ..export.saving import write_checkpoint
 from ..importance import get_criterion
 from ..measure.latency import Speedup, compare_latency
 from ..methods import LayerPruning, PruningMethod
+from ..methods.groups import check_module_names
 from ..recover import DistillResult, distill
 from .app import (
     CALIBRATION_HELP,
@@ -106,6 +107,10 @@ def prune(
                                              "of this rank (peft), merged back, instead of "
                                              "every weight"),
     calibration_batches: int = typer.Option(8, min=1, help=CALIBRATION_HELP),
+    keep: list[str] = typer.Option(None, help="leave this module and everything in it as it "
+                                              "is (a name from model.named_modules(), e.g. "
+                                              "model.layers.0); layers: never removed. "
+                                              "Repeat for more"),
     out: Path = typer.Option(..., help="directory for model.safetensors and plan.json"),
     check: bool = typer.Option(True, help="verify masked and pruned models agree"),
     latency: bool = typer.Option(True, help="time the model before and after pruning, "
@@ -136,6 +141,9 @@ def prune(
         if data is None and _reads_loss(pruning):
             raise ConfigError(f"--criterion {pruning.criterion}: it ranks by a loss on labelled "
                               f"batches; pass --data with (inputs, labels) batches")
+        if stream and keep:
+            raise ConfigError("--keep: a streamed prune treats every block alike; prune in "
+                              "memory to keep some whole")
         if stream:
             _prune_streamed(model, checkpoint, pruning, data, calibration_batches, out)
             return
@@ -145,16 +153,24 @@ def prune(
                 raise ConfigError(f"--threads {threads}: give a positive number")
             torch.set_num_threads(threads)  # for the search's timings as for the report's
         network = load_model(model, checkpoint, trust_pickle).eval()
+        kept = _modules(network, keep or [])
         # recovery trains on every batch; pruning reads --calibration-batches of them
         x, batches = _inputs(network, model, input_shape, data,
                              None if recovery else calibration_batches)
         pruned = _prune(model, network, x, pruning, calibration=batches[:calibration_batches],
                         check=check, latency=latency, threads=threads, recovery=recovery,
-                        batches=batches)
+                        batches=batches, keep=kept)
         replace_out(out, lambda folder: _write(folder, network, pruned.result, model, out))
     except (PruneError, ConfigError) as error:
         fail(error)
     _report(model, pruning, pruned, data is None, out)
+
+
+def _modules(network, names: list[str]) -> list:
+    """The modules ``--keep`` names; one line with close matches for a name it lacks."""
+    check_module_names(network, names, "--keep")
+    modules = dict(network.named_modules())
+    return [modules[name] for name in names]
 
 
 def _check_targets(ratio: float | None, flops_target: float | None,
@@ -220,12 +236,12 @@ def _recovery(minutes: float | None, lora_rank: int | None, data: str | None,
 
 def _prune(model: str, network, x, pruning: PruningMethod, *, calibration: list, check: bool,
            latency: bool, threads: int | None, recovery: Recovery | None = None,
-           batches: list | None = None) -> Pruned:
+           batches: list | None = None, keep: list | None = None) -> Pruned:
     with progress() as report:
         measure_unpruned(network, x)  # inputs the model cannot run name --input-shape
         original = _copy_for_timing(network) if latency or recovery else None
         result = prune_model(network, x, pruning, data=calibration, check=check,
-                             progress=report)
+                             progress=report, ignore=keep or ())
         distilled = None
         if recovery is not None and original is not None:
             distilled = distill(network, original, batches, steps=10**9, lr=1e-4,
