@@ -96,6 +96,7 @@ def test_keep_leaves_the_named_layer_whole_and_the_budget_falls_on_the_others(tm
 @pytest.mark.parametrize("options, message", [
     (["--keep", "model.layer.0"], "--keep: the model has no module 'model.layer.0'; did you "
                                   "mean 'model.layers.0'"),
+    (["--keep", ""], "--keep '': give the name of a module inside the model"),
     (["--keep", "model.layers.0", "--stream"], "--keep: a streamed prune treats every block "
                                                "alike"),
 ])

@@ -168,6 +168,9 @@ def prune(
 
 def _modules(network, names: list[str]) -> list:
     """The modules ``--keep`` names; one line with close matches for a name it lacks."""
+    if "" in names:  # the model itself: nothing would be pruned
+        raise ConfigError("--keep '': give the name of a module inside the model, such as "
+                          "model.layers.0")
     check_module_names(network, names, "--keep")
     modules = dict(network.named_modules())
     return [modules[name] for name in names]
