@@ -172,8 +172,7 @@ def _modules(network, names: list[str]) -> list:
         raise ConfigError("--keep '': give the name of a module inside the model, such as "
                           "model.layers.0")
     check_module_names(network, names, "--keep")
-    modules = dict(network.named_modules())
-    return [modules[name] for name in names]
+    return [network.get_submodule(name) for name in names]
 
 
 def _check_targets(ratio: float | None, flops_target: float | None,
