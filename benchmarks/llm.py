@@ -322,7 +322,8 @@ METHODS: dict[str, tuple[str, Callable]] = {
     # the first layers carry what every later one reads (SmolLM2's first MLP writes hidden
     # values in the thousands): kept whole, the same budget falls on the others. How many, 1,
     # was chosen on held-out calibration-topic text, not the test text: at 50%, 0 to 4 layers
-    # whole gave held-out perplexities 101.7, 56.4, 57.8, 58.0, 61.7 (unpruned 18.1)
+    # whole gave held-out perplexities 101.7, 56.4, 57.8, 58.0, 61.7 (unpruned 18.1; a
+    # one-off screen, not in the result file)
     "heads then MLP: FLAP's metric, first layer whole": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True,
                                     kept=(1, 0))),
