@@ -23,7 +23,9 @@ class ConfigError(PruneError, ValueError):
     """A pruning method or an argument was given a bad value."""
 
 
-def did_you_mean(name: object, choices: list[str]) -> str:
-    """``"; did you mean 'l1', 'l2'?"`` for a misspelt ``name``, or nothing."""
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5) if isinstance(name, str) else []
+def did_you_mean(name: object, choices: list[str], cutoff: float = 0.5) -> str:
+    """``"; did you mean 'l1', 'l2'?"`` for a misspelt ``name``, or nothing; ``cutoff`` is
+    difflib's similarity below which a choice is not offered."""
+    close = (difflib.get_close_matches(name, choices, n=3, cutoff=cutoff)
+             if isinstance(name, str) else [])
     return f"; did you mean {', '.join(map(repr, close))}?" if close else ""

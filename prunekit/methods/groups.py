@@ -4,7 +4,6 @@ and steps), ``FilterPruning`` and ``ChannelPruning``."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core.arguments import check_whole
-from ..errors import ConfigError, PruneError
+from ..errors import ConfigError, PruneError, did_you_mean
 from ..graph.dependency import DependencyGraph, Group, Member
 from ..importance import ChannelView, get_criterion, streaming_names
 from ..measure.latency import LatencyReached
@@ -42,9 +41,9 @@ def check_module_names(model: nn.Module, names: Iterable[str], who: str) -> None
     known = set(modules)
     for name in names:
         if name not in known and name != "":
-            close = difflib.get_close_matches(name, modules, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"{who}: the model has no module {name!r}{hint}")
+            # (module paths share long prefixes: a stricter cutoff than for option values)
+            raise ConfigError(f"{who}: the model has no module {name!r}"
+                              + did_you_mean(name, modules, cutoff=0.6))
 
 
 SHOWN_MEMBERS = 4  # a skipped group's members named in its one-line description
