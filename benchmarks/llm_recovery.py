@@ -21,8 +21,10 @@ calibrated on), as ``llm.py`` splits them.
     python benchmarks/llm_recovery.py --seconds 60    # a shorter budget
     python benchmarks/llm_recovery.py --budgets 0.2 0.5 --rows "hidden: rotation"
                                                       # these rows again, merged into the file
+    python benchmarks/llm_recovery.py --test-text notes.txt   # scored on a text of your own
 
-Results: ``benchmarks/results/llm_recovery.{json,md}``.
+Results: ``benchmarks/results/llm_recovery.{json,md}``; with ``--test-text``,
+``llm_recovery_on_NAME.{json,md}`` (calibration and recovery text as always).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from llm import (
     questions_answered,
     sequences,
     split_text,
+    text_to_test,
 )
 
 import prunekit as pk
@@ -90,14 +93,21 @@ def main() -> None:
                         help="also train on this many 256-token sequences the unpruned model "
                              "writes itself (pk.sample_text, seed 1), their batches "
                              "alternating with the recovery text's")
+    parser.add_argument("--test-text", metavar="FILE",
+                        help="score on this UTF-8 text instead of Python's test topics "
+                             "('sklearn': scikit-learn's bundled dataset descriptions); "
+                             "calibration and recovery text stay as they are, and the results "
+                             "go to llm_recovery_on_NAME.{json,md}")
     parser.add_argument("--replot", action="store_true",
                         help="the table again from the result file (after a peer's runner "
                              "merged its rows into it), nothing run")
     options = parser.parse_args()
+    test = text_to_test(options.test_text) if options.test_text else None
+    stem = f"llm_recovery_on_{test.name}" if test else "llm_recovery"
     if options.replot:
-        data = read_results("llm_recovery")
-        data["rows"] = merged([], options.seconds, options.lr)
-        write_results("llm_recovery", data, to_markdown(data))
+        data = read_results(stem)
+        data["rows"] = merged(stem, [], options.seconds, options.lr)
+        write_results(stem, data, to_markdown(data))
         return
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
@@ -116,7 +126,7 @@ def main() -> None:
         samples = batches(pk.sample_text(model, options.samples, TOKENS, seed=1), 2)
         recovery = alternating(recovery, samples)
     questions = questions_answered(model, tokenizer)
-    test_ids = sequences(tokenizer, test_text, 16)
+    test_ids = sequences(tokenizer, test.text if test else test_text, 16)
     calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
@@ -151,16 +161,18 @@ def main() -> None:
         gc.collect()
     data = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)",
             "unpruned_perplexity": unpruned_ppl, "threads": THREADS,
-            "test_tokens": test_ids.numel(), "rows": merged(rows, options.seconds, options.lr)}
-    write_results("llm_recovery", data, to_markdown(data))
+            "test_tokens": test_ids.numel(),
+            **({"test_text": test.description, "test_source": test.source} if test else {}),
+            "rows": merged(stem, rows, options.seconds, options.lr)}
+    write_results(stem, data, to_markdown(data))
     print(to_markdown(data))
 
 
-def merged(rows: list[dict], seconds: float, lr: float) -> list[dict]:
-    """The saved rows with ``rows`` in place of those of the same budget, method, recovery
-    time, learning rate, LoRA rank and recovery text, ordered by recovery time, budget,
-    ``ROWS``' order and learning rate."""
-    path = RESULTS / "llm_recovery.json"
+def merged(stem: str, rows: list[dict], seconds: float, lr: float) -> list[dict]:
+    """The rows saved in ``STEM.json`` with ``rows`` in place of those of the same budget,
+    method, recovery time, learning rate, LoRA rank and recovery text, ordered by recovery
+    time, budget, ``ROWS``' order and learning rate."""
+    path = RESULTS / f"{stem}.json"
     saved = json.loads(path.read_text()) if path.exists() else {"rows": []}
     # rows written before the file said their budget and time were at 35% and the file's
     defaults = {"budget": 0.35, "seconds": saved.get("seconds"), "lr": saved.get("lr"),
@@ -195,8 +207,9 @@ def to_markdown(data: dict) -> str:
           f"{r['recovery_steps']} steps, {r['recovery_tokens']:,} tokens, "
           f"{r['recovery_seconds']:.0f} s"] for r in data["rows"]])
     runs = sorted({(r["seconds"], r["budget"]) for r in data["rows"]})
-    commands = "; ".join(f"`python benchmarks/llm_recovery.py --seconds {seconds:g} --budgets "
-                         f"{' '.join(format(b, 'g') for s, b in runs if s == seconds)}`"
+    on = f" --test-text {data['test_source']}" if "test_source" in data else ""
+    commands = "; ".join(f"`python benchmarks/llm_recovery.py{on} --seconds {seconds:g} "
+                         f"--budgets {' '.join(format(b, 'g') for s, b in runs if s == seconds)}`"
                          for seconds in sorted({s for s, _ in runs}))
     rates = sorted({format(r["lr"], "g") for r in data["rows"]})
     peers = "" if not any(r["method"].startswith("peer:") for r in data["rows"]) else (
@@ -205,7 +218,8 @@ def to_markdown(data: dict) -> str:
         "lr 1e-5: at 1e-4 its model diverges (six steps: perplexity 93 → 1,380) "
         "(`benchmarks/peer_slicegpt.py --recover-seconds`; its docstring says how).")
     return (f"# SmolLM2-135M-Instruct pruned, then recovered on a time budget\n\n"
-            f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens. "
+            f"Unpruned perplexity **{unpruned:.2f}** on {data['test_tokens']:,} test tokens"
+            f"{' of ' + data['test_text'] if 'test_text' in data else ''}. "
             f"Each row removes its budget of the parameters outside the embeddings as "
             f"`llm.py` does, then distils from the unpruned model (KL of the next-token "
             f"distributions, AdamW at lr {', '.join(rates)}, constant) for at most its "

@@ -27,6 +27,18 @@ def split_text() -> tuple[str, str]:
     return calibration, test
 
 
+def dataset_descriptions() -> str:
+    """scikit-learn's descriptions of its bundled datasets (iris, wine, the handwritten
+    digits, …), in file-name order: English prose and tables about measurements, nothing
+    like the Python help topics every method calibrates on, so a test on it shows whether
+    a calibrated row holds up off its calibration domain."""
+    from importlib.resources import files
+
+    folder = files("sklearn.datasets.descr")
+    return "\n\n".join(path.read_text(encoding="utf-8") for path in
+                       sorted(folder.iterdir(), key=lambda p: p.name) if path.name.endswith(".rst"))
+
+
 def held_out_ids(tokenizer, text: str, count: int, after: int) -> torch.Tensor:
     """``count`` sequences of ``text`` after its first ``after`` sequences: the calibration
     topics' text that the calibration sequences leave, for held-out scoring and recovery."""
