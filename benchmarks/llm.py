@@ -598,7 +598,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         # below the panel: the lines cross every corner of it
         axes.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     field.set_ylabel("perplexity on held-out text (log)")
-    on = f" Test text: {result['test_text'].strip('`')}." if "test_text" in result else ""
+    on = f"\nTest text: {result['test_text'].strip('`')}." if "test_text" in result else ""
     figure.suptitle(f"SmolLM2-135M-Instruct, pruned, no training.{on} Hollow: perplexity above "
                     f"{PLOT_CEILING:,.0f} (the table has it). * the rotation unties the "
                     f"output layer: +28M parameters", fontsize=9)
@@ -670,6 +670,8 @@ def main() -> None:
     test = text_to_test(args.test_text) if args.test_text else None
     stem = f"llm_on_{test.name}" if test else "llm_quick" if args.quick else "llm"
     if args.replot:
+        if not (RESULTS / f"{stem}.json").exists():
+            parser.error(f"--replot: no {stem}.json to replot; run without --replot first")
         result = json.loads((RESULTS / f"{stem}.json").read_text())
         result.setdefault("parameters", PARAMETERS)
     else:

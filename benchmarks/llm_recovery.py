@@ -105,6 +105,8 @@ def main() -> None:
     test = text_to_test(options.test_text) if options.test_text else None
     stem = f"llm_recovery_on_{test.name}" if test else "llm_recovery"
     if options.replot:
+        if not (RESULTS / f"{stem}.json").exists():
+            parser.error(f"--replot: no {stem}.json to replot; run without --replot first")
         data = read_results(stem)
         data["rows"] = merged(stem, [], options.seconds, options.lr)
         write_results(stem, data, to_markdown(data))
