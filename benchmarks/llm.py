@@ -402,7 +402,8 @@ def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] =
     if test is not None:
         test_text = test.text
     calibration_ids = sequences(tokenizer, calibration_text, 8 if quick else 16)
-    test_ids = sequences(tokenizer, test_text, 4 if quick else 16)
+    test_ids = sequences(tokenizer, test_text, 4 if quick else 16,
+                         what=f"--test-text {test.source!r}" if test else "the test text")
     calibration = batches(calibration_ids, 4, labels=True)
     # scores pk.allocate's splits; recovery (llm_recovery.py) trains on the text after it
     held_out = batches(held_out_ids(tokenizer, calibration_text, 8, len(calibration_ids)), 4)

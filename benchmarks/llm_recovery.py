@@ -128,7 +128,8 @@ def main() -> None:
         samples = batches(pk.sample_text(model, options.samples, TOKENS, seed=1), 2)
         recovery = alternating(recovery, samples)
     questions = questions_answered(model, tokenizer)
-    test_ids = sequences(tokenizer, test.text if test else test_text, 16)
+    test_ids = sequences(tokenizer, test.text if test else test_text, 16,
+                         what=f"--test-text {test.source!r}" if test else "the test text")
     calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)

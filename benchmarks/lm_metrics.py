@@ -49,11 +49,13 @@ def held_out_ids(tokenizer, text: str, count: int, after: int) -> torch.Tensor:
     return ids[: count * TOKENS].view(count, TOKENS)
 
 
-def sequences(tokenizer, text: str, count: int) -> torch.Tensor:
-    """``count`` consecutive sequences of ``TOKENS`` tokens from the start of ``text``."""
+def sequences(tokenizer, text: str, count: int, what: str = "the text") -> torch.Tensor:
+    """``count`` consecutive sequences of ``TOKENS`` tokens from the start of ``text``;
+    ``what`` names the text in the one line that says it is too short."""
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     if len(ids) < count * TOKENS:
-        raise SystemExit(f"the text has {len(ids)} tokens, fewer than {count} × {TOKENS}")
+        raise SystemExit(f"{what} has {len(ids)} tokens, fewer than the {count} × {TOKENS} "
+                         f"needed; give a longer text")
     return ids[: count * TOKENS].view(count, TOKENS)
 
 
