@@ -325,10 +325,9 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "heads then MLP: fluctuation + bias compensation (FLAP's metric)": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True)),
     # the first layers carry what every later one reads (SmolLM2's first MLP writes hidden
-    # values in the thousands): kept whole, the same budget falls on the others. How many, 1,
-    # was chosen on held-out calibration-topic text, not the test text: at 50%, 0 to 4 layers
-    # whole gave held-out perplexities 101.7, 56.4, 57.8, 58.0, 61.7 (unpruned 18.1; a
-    # one-off screen, not in the result file)
+    # values in the thousands): kept whole, the same budget falls on the others. How many is
+    # chosen on held-out calibration-topic text, not the test text (llm_keep_screen.py): 1
+    # by its first run; run again since rows remove at least their budget, 2 by 0.7%
     "heads then MLP: FLAP's metric, first layer whole": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True,
                                     kept=(1, 0))),
