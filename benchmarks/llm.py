@@ -75,6 +75,8 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = (0.2, 0.35, 0.5)
 PARAMETERS = 134_515_008  # the unpruned model's, for result files written before they said
 THREADS = 2
+CALIBRATION_SEQUENCES = 16  # of TOKENS each: what criteria and re-fits read
+HELD_OUT_SEQUENCES = 8  # the calibration topics' next ones: pk.allocate scores on them
 
 
 def load() -> tuple[nn.Module, Any]:
@@ -391,6 +393,22 @@ def text_to_test(source: str) -> TestText:
     return TestText(source, f"`{path.name}`", text, name)
 
 
+def add_test_text_option(parser: argparse.ArgumentParser, results: str) -> None:
+    """``--test-text`` for ``llm.py`` and ``llm_recovery.py``; ``results``: where they go."""
+    parser.add_argument("--test-text", metavar="FILE",
+                        help="score on this UTF-8 text instead of Python's test topics "
+                             "('sklearn': scikit-learn's bundled dataset descriptions); "
+                             f"calibration stays as it is, and the results go to {results}")
+
+
+def scored_ids(tokenizer, test: TestText | None, count: int) -> torch.Tensor:
+    """The ``count`` sequences the rows are scored on: of ``test``, or of Python's test
+    topics; too short a text is one line naming ``--test-text``."""
+    if test is None:
+        return sequences(tokenizer, split_text()[1], count, what="the test text")
+    return sequences(tokenizer, test.text, count, what=f"--test-text {test.source!r}")
+
+
 def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] = BUDGETS,
         test: TestText | None = None) -> dict[str, Any]:
     """Every row at every budget. ``test`` replaces Python's test topics as the scored
@@ -398,15 +416,14 @@ def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] =
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
-    calibration_text, test_text = split_text()
-    if test is not None:
-        test_text = test.text
-    calibration_ids = sequences(tokenizer, calibration_text, 8 if quick else 16)
-    test_ids = sequences(tokenizer, test_text, 4 if quick else 16,
-                         what=f"--test-text {test.source!r}" if test else "the test text")
+    calibration_text, _ = split_text()
+    calibration_ids = sequences(tokenizer, calibration_text,
+                                8 if quick else CALIBRATION_SEQUENCES)
+    test_ids = scored_ids(tokenizer, test, 4 if quick else 16)
     calibration = batches(calibration_ids, 4, labels=True)
     # scores pk.allocate's splits; recovery (llm_recovery.py) trains on the text after it
-    held_out = batches(held_out_ids(tokenizer, calibration_text, 8, len(calibration_ids)), 4)
+    held_out = batches(held_out_ids(tokenizer, calibration_text, HELD_OUT_SEQUENCES,
+                                    len(calibration_ids)), 4)
     prompts = test_ids[:8 if not quick else 4, :32]
     new_tokens = 16
     reference = log_probs(model, test_ids)
@@ -497,8 +514,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                + "".join(f' --only "{m}"' if i == 0 else f' "{m}"'
                          for i, m in enumerate(result.get("only") or ())))
     extra = "" if on_other_text else " facts | decode |"
-    # (the test text's description, for the result files written before they said)
-    help_topics = "Python's help topics"
+    help_topics = "Python's help topics"  # llm.md's (an f-string cannot quote it inline)
     lines = ["# SmolLM2-135M-Instruct pruned, no training", "",
              f"Perplexity of the unpruned model on {result['test_tokens']:,} test tokens of "
              f"{result.get('test_text', help_topics)}: "
@@ -640,10 +656,11 @@ def export_for_peers(folder: Path) -> None:
                                  for m in tokens["model"].get("merges", [])]
     write_text(folder / "tokenizer.json", json.dumps(tokens))
     # the recovery text is llm_recovery.py's: every whole sequence after the calibration's
-    recovery = len(tokenizer(calibration_text).input_ids) // TOKENS - 16
-    torch.save({"calibration": sequences(tokenizer, calibration_text, 16),
+    recovery = len(tokenizer(calibration_text).input_ids) // TOKENS - CALIBRATION_SEQUENCES
+    torch.save({"calibration": sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES),
                 "test": sequences(tokenizer, test_text, 16),
-                "recovery": held_out_ids(tokenizer, calibration_text, recovery, 16)},
+                "recovery": held_out_ids(tokenizer, calibration_text, recovery,
+                                         CALIBRATION_SEQUENCES)},
                folder / "tokens.pt")
     print(f"wrote {folder}", flush=True)
 
@@ -660,11 +677,8 @@ def main() -> None:
     parser.add_argument("--export-for-peers", type=Path, metavar="DIR",
                         help="write the model and token ids for a peer's runner (such as "
                              "peer_slicegpt.py) into DIR, and nothing else")
-    parser.add_argument("--test-text", metavar="FILE",
-                        help="score on this UTF-8 text instead of Python's test topics ('sklearn':"
-                             " scikit-learn's bundled dataset descriptions); calibration stays "
-                             "on the calibration topics, facts and decode speed are left out, "
-                             "and the results go to llm_on_NAME.{json,md,png}")
+    add_test_text_option(parser, "llm_on_NAME.{json,md,png}, without facts and decode "
+                                 "speed (which do not depend on it)")
     args = parser.parse_args()
     if args.export_for_peers:
         return export_for_peers(args.export_for_peers)

@@ -28,6 +28,8 @@ from harness import arguments, markdown_table, read_results, write_results
 
 import torch
 from llm import (
+    CALIBRATION_SEQUENCES,
+    HELD_OUT_SEQUENCES,
     THREADS,
     batches,
     heads_then_mlp,
@@ -36,12 +38,10 @@ from llm import (
     log_probs,
     outside_embeddings,
     perplexity_and_kl,
+    scored_ids,
     sequences,
     split_text,
 )
-
-CALIBRATION_SEQUENCES = 16  # as llm.py
-HELD_OUT_SEQUENCES = 8  # as llm.py's held-out batches
 
 
 def main() -> None:
@@ -59,12 +59,12 @@ def main() -> None:
     layers = model.config.num_hidden_layers
     if max(options.kept) >= layers:
         parser.error(f"--kept: the model has {layers} layers; keep fewer than all of them")
-    calibration_text, test_text = split_text()
+    calibration_text, _ = split_text()
     calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
     calibration = batches(calibration_ids, 4, labels=True)
     held_ids = held_out_ids(tokenizer, calibration_text, HELD_OUT_SEQUENCES,
                             CALIBRATION_SEQUENCES)
-    test_ids = sequences(tokenizer, test_text, 16)
+    test_ids = scored_ids(tokenizer, None, 16)
     held_reference, test_reference = log_probs(model, held_ids), log_probs(model, test_ids)
     unpruned_held, _ = perplexity_and_kl(model, held_ids, held_reference)
     unpruned_test, _ = perplexity_and_kl(model, test_ids, test_reference)

@@ -38,8 +38,10 @@ from harness import RESULTS, arguments, markdown_table, read_results, write_resu
 
 import torch
 from llm import (
+    CALIBRATION_SEQUENCES,
     METHODS,
     TOKENS,
+    add_test_text_option,
     batches,
     facts_known,
     held_out_ids,
@@ -48,6 +50,7 @@ from llm import (
     outside_embeddings,
     perplexity_and_kl,
     questions_answered,
+    scored_ids,
     sequences,
     split_text,
     text_to_test,
@@ -69,7 +72,6 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "MLP: FLAP's metric, calibrated on half topics, half own samples",
         "allocated: hidden, MLP (pk.allocate)")
 THREADS = 2
-CALIBRATION_SEQUENCES = 16  # as llm.py
 LR = 1e-4  # every row's unless it says otherwise (SliceGPT's own model diverges at it)
 
 
@@ -93,11 +95,8 @@ def main() -> None:
                         help="also train on this many 256-token sequences the unpruned model "
                              "writes itself (pk.sample_text, seed 1), their batches "
                              "alternating with the recovery text's")
-    parser.add_argument("--test-text", metavar="FILE",
-                        help="score on this UTF-8 text instead of Python's test topics "
-                             "('sklearn': scikit-learn's bundled dataset descriptions); "
-                             "calibration and recovery text stay as they are, and the results "
-                             "go to llm_recovery_on_NAME.{json,md}")
+    add_test_text_option(parser, "llm_recovery_on_NAME.{json,md} (the recovery text too "
+                                 "stays as it is)")
     parser.add_argument("--replot", action="store_true",
                         help="the table again from the result file (after a peer's runner "
                              "merged its rows into it), nothing run")
@@ -114,7 +113,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
-    calibration_text, test_text = split_text()
+    calibration_text, _ = split_text()
     calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
     # the text after the calibration sequences (its first 8 sequences also score
     # pk.allocate's splits in llm.py; none of it is test text)
@@ -128,8 +127,7 @@ def main() -> None:
         samples = batches(pk.sample_text(model, options.samples, TOKENS, seed=1), 2)
         recovery = alternating(recovery, samples)
     questions = questions_answered(model, tokenizer)
-    test_ids = sequences(tokenizer, test.text if test else test_text, 16,
-                         what=f"--test-text {test.source!r}" if test else "the test text")
+    test_ids = scored_ids(tokenizer, test, 16)
     calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
