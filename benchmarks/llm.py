@@ -334,6 +334,22 @@ METHODS: dict[str, tuple[str, Callable]] = {
     "heads then MLP: FLAP's metric, first layer whole": (
         "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True,
                                     kept=(1, 0))),
+    # candidates of llm_recipe_screen.py, which chooses on held-out text of two kinds (the
+    # calibration topics' and the model's own samples), never the test text
+    "heads then MLP: FLAP's metric, first two layers and the last whole": (
+        "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True,
+                                    kept=(2, 1))),
+    "heads then MLP: FLAP's metric, first four layers and the last two whole": (
+        "heads+MLP", heads_then_mlp("fluctuation", "fluctuation", compensate=True,
+                                    kept=(4, 2))),
+    "heads then MLP: FLAP's metric, first layer whole, calibrated on half topics, half own "
+    "samples": (
+        "heads+MLP", calibrated_on("mixed", heads_then_mlp(
+            "fluctuation", "fluctuation", compensate=True, kept=(1, 0)))),
+    "heads then MLP: FLAP's metric, first four layers and the last two whole, calibrated on "
+    "half topics, half own samples": (
+        "heads+MLP", calibrated_on("mixed", heads_then_mlp(
+            "fluctuation", "fluctuation", compensate=True, kept=(4, 2)))),
     "heads then MLP: FLAP's metric, first layer whole, calibrated on own samples": (
         "heads+MLP", calibrated_on("samples", heads_then_mlp(
             "fluctuation", "fluctuation", compensate=True, kept=(1, 0)))),
@@ -350,6 +366,12 @@ METHODS: dict[str, tuple[str, Callable]] = {
     # and last 2 whole); here layers 4-27 of 30
     "heads then MLP: Taylor, LLM-Pruner's layer range": (
         "heads+MLP", heads_then_mlp("taylor", "taylor", kept=(4, 2))),
+    # the same calibration as prunekit's mixed rows, to tell the recipe from the calibration
+    "heads then MLP: Taylor, LLM-Pruner's layer range, calibrated on half topics, half own "
+    "samples": (
+        "heads+MLP", calibrated_on("mixed", heads_then_mlp("taylor", "taylor", kept=(4, 2)))),
+    "heads and MLP ranked together: FLAP's structure, calibrated on half topics, half own "
+    "samples": ("heads+MLP", calibrated_on("mixed", width_ranked_together())),
     "hidden: l2": ("hidden", hidden("l2")),
     "hidden: rotation": ("hidden", rotated()),
     "hidden rotation, then MLP re-fit": ("hidden+MLP", rotated(0.5)),
