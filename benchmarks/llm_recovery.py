@@ -70,6 +70,13 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "heads then MLP: FLAP's metric, first layer whole",
         "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)",
         "MLP: FLAP's metric, calibrated on half topics, half own samples",
+        # what llm_recipe_screen.py chose at 20% / 35% / 50%
+        "heads and MLP ranked together: FLAP's structure, calibrated on half topics, half own "
+        "samples",
+        "heads then MLP: FLAP's metric, first four layers and the last two whole, calibrated on "
+        "half topics, half own samples",
+        "heads then MLP: FLAP's metric, first layer whole, calibrated on half topics, half own "
+        "samples",
         "allocated: hidden, MLP (pk.allocate)")
 THREADS = 2
 LR = 1e-4  # every row's unless it says otherwise (SliceGPT's own model diverges at it)
