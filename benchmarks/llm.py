@@ -634,8 +634,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes.set_ylim(top=PLOT_CEILING * 1.3)
         axes.set_xlabel("% of the parameters outside the embeddings removed")
         axes.set_title(title, fontsize=9)
-        # below the panel: the lines cross every corner of it
-        axes.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        # below the panel and its axis label: the lines cross every corner of it
+        axes.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     field.set_ylabel("perplexity on held-out text (log)")
     on = f"\nTest text: {result['test_text'].strip('`')}." if "test_text" in result else ""
     figure.suptitle(f"SmolLM2-135M-Instruct, pruned, no training.{on} Hollow: perplexity above "

