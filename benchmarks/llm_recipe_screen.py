@@ -51,6 +51,7 @@ from llm import (
 )
 
 import prunekit as pk
+from prunekit.errors import did_you_mean
 
 CANDIDATES = (
     "MLP: FLAP's metric, calibrated on half topics, half own samples",
@@ -89,7 +90,8 @@ def main() -> None:
     options = parser.parse_args()
     unknown = [row for row in options.rows if row not in METHODS]
     if unknown:
-        parser.error(f"--rows: {unknown[0]!r} is not a row of llm.py; see its METHODS")
+        parser.error(f"--rows: {unknown[0]!r} is not a row of llm.py"
+                     f"{did_you_mean(unknown[0], list(METHODS)) or '; see its METHODS'}")
     if not all(0 < b < 1 for b in options.budgets):
         parser.error("--budgets: fractions between 0 and 1, such as 0.35")
     torch.manual_seed(0)
