@@ -431,21 +431,42 @@ def scored_ids(tokenizer, test: TestText | None, count: int) -> torch.Tensor:
     return sequences(tokenizer, test.text, count, what=f"--test-text {test.source!r}")
 
 
-def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] = BUDGETS,
-        test: TestText | None = None) -> dict[str, Any]:
-    """Every row at every budget. ``test`` replaces Python's test topics as the scored
-    text; then facts and decode speed, which do not depend on it, are not measured."""
+class Setup(NamedTuple):
+    """The unpruned model and the calibration every row reads (``set_up``)."""
+
+    model: nn.Module
+    tokenizer: Any
+    calibration_text: str  # Python's help topics that are not test text
+    calibration_ids: torch.Tensor  # its first sequences: what criteria and re-fits read
+    calibration: list[dict[str, torch.Tensor]]  # those in batches of 4, with labels
+    held_out_ids: torch.Tensor  # its next HELD_OUT_SEQUENCES: read by no criterion
+    x: dict[str, torch.Tensor]  # the example input pk.prune traces
+
+
+def set_up(calibration_sequences: int = CALIBRATION_SEQUENCES) -> Setup:
+    """Seed 0, ``THREADS`` threads, the model loaded, and its calibration: the same for
+    ``llm.py``, its screens and its recovery, so a row prunes alike in each."""
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
     model, tokenizer = load()
     calibration_text, _ = split_text()
-    calibration_ids = sequences(tokenizer, calibration_text,
-                                8 if quick else CALIBRATION_SEQUENCES)
+    ids = sequences(tokenizer, calibration_text, calibration_sequences)
+    return Setup(model, tokenizer, calibration_text, ids, batches(ids, 4, labels=True),
+                 held_out_ids(tokenizer, calibration_text, HELD_OUT_SEQUENCES,
+                              calibration_sequences),
+                 {"input_ids": ids[:2]})
+
+
+def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] = BUDGETS,
+        test: TestText | None = None) -> dict[str, Any]:
+    """Every row at every budget. ``test`` replaces Python's test topics as the scored
+    text; then facts and decode speed, which do not depend on it, are not measured."""
+    setup = set_up(8 if quick else CALIBRATION_SEQUENCES)
+    model, tokenizer, calibration_ids = setup.model, setup.tokenizer, setup.calibration_ids
+    calibration, x = setup.calibration, setup.x
     test_ids = scored_ids(tokenizer, test, 4 if quick else 16)
-    calibration = batches(calibration_ids, 4, labels=True)
     # scores pk.allocate's splits; recovery (llm_recovery.py) trains on the text after it
-    held_out = batches(held_out_ids(tokenizer, calibration_text, HELD_OUT_SEQUENCES,
-                                    len(calibration_ids)), 4)
+    held_out = batches(setup.held_out_ids, 4)
     prompts = test_ids[:8 if not quick else 4, :32]
     new_tokens = 16
     reference = log_probs(model, test_ids)
@@ -454,7 +475,6 @@ def run(quick: bool, only: list[str] | None = None, budgets: tuple[float, ...] =
     questions = questions_answered(model, tokenizer) if test is None else []
     layers = model.config.num_hidden_layers
     base_params, base_all = outside_embeddings(model), all_parameters(model)
-    x = {"input_ids": calibration_ids[:2]}
     print(f"unpruned: perplexity {unpruned_ppl:.2f} on {test_ids.numel()} test tokens, "
           f"{base_params:,} parameters outside the embeddings", flush=True)
     rows = []

@@ -26,21 +26,14 @@ import time
 
 from harness import arguments, markdown_table, read_results, write_results
 
-import torch
 from llm import (
-    CALIBRATION_SEQUENCES,
-    HELD_OUT_SEQUENCES,
-    THREADS,
     batches,
     heads_then_mlp,
-    held_out_ids,
-    load,
     log_probs,
     outside_embeddings,
     perplexity_and_kl,
     scored_ids,
-    sequences,
-    split_text,
+    set_up,
 )
 
 
@@ -53,23 +46,17 @@ def main() -> None:
     options = parser.parse_args()
     if any(k < 0 for k in options.kept):
         parser.error("--kept: numbers of layers, 0 or more")
-    torch.manual_seed(0)
-    torch.set_num_threads(THREADS)
-    model, tokenizer = load()
+    setup = set_up()
+    model, calibration, held_ids, x = (setup.model, setup.calibration, setup.held_out_ids,
+                                       setup.x)
     layers = model.config.num_hidden_layers
     if max(options.kept) >= layers:
         parser.error(f"--kept: the model has {layers} layers; keep fewer than all of them")
-    calibration_text, _ = split_text()
-    calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
-    calibration = batches(calibration_ids, 4, labels=True)
-    held_ids = held_out_ids(tokenizer, calibration_text, HELD_OUT_SEQUENCES,
-                            CALIBRATION_SEQUENCES)
-    test_ids = scored_ids(tokenizer, None, 16)
+    test_ids = scored_ids(setup.tokenizer, None, 16)
     held_reference, test_reference = log_probs(model, held_ids), log_probs(model, test_ids)
     unpruned_held, _ = perplexity_and_kl(model, held_ids, held_reference)
     unpruned_test, _ = perplexity_and_kl(model, test_ids, test_reference)
     before = outside_embeddings(model)
-    x = {"input_ids": calibration_ids[:2]}
     rows = []
     for budget in options.budgets:
         for kept in options.kept:

@@ -31,22 +31,16 @@ import time
 
 from harness import arguments, markdown_table, read_results, write_results
 
-import torch
 from llm import (
-    CALIBRATION_SEQUENCES,
     HELD_OUT_SEQUENCES,
     METHODS,
-    THREADS,
     TOKENS,
     batches,
-    held_out_ids,
-    load,
     log_probs,
     outside_embeddings,
     perplexity_and_kl,
     scored_ids,
-    sequences,
-    split_text,
+    set_up,
     text_to_test,
 )
 
@@ -94,15 +88,10 @@ def main() -> None:
                      f"{did_you_mean(unknown[0], list(METHODS)) or '; see its METHODS'}")
     if not all(0 < b < 1 for b in options.budgets):
         parser.error("--budgets: fractions between 0 and 1, such as 0.35")
-    torch.manual_seed(0)
-    torch.set_num_threads(THREADS)
-    model, tokenizer = load()
+    setup = set_up()
+    model, tokenizer, calibration, held_out, x = (
+        setup.model, setup.tokenizer, setup.calibration, setup.held_out_ids, setup.x)
     layers = model.config.num_hidden_layers
-    calibration_text, _ = split_text()
-    calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
-    calibration = batches(calibration_ids, 4, labels=True)
-    held_out = held_out_ids(tokenizer, calibration_text, HELD_OUT_SEQUENCES,
-                            CALIBRATION_SEQUENCES)
     texts = {"held_out_topics": held_out,
              "held_out_samples": pk.sample_text(model, HELD_OUT_SEQUENCES, TOKENS,
                                                 seed=HELD_OUT_SAMPLES_SEED),
@@ -113,7 +102,6 @@ def main() -> None:
                 for name, ids in texts.items()}
     print("unpruned perplexities:", {k: round(v, 2) for k, v in unpruned.items()}, flush=True)
     before = outside_embeddings(model)
-    x = {"input_ids": calibration_ids[:2]}
     rows = []
     for budget in options.budgets:
         for name in options.rows:

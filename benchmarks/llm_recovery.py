@@ -36,23 +36,21 @@ import time
 
 from harness import RESULTS, arguments, markdown_table, read_results, write_results
 
-import torch
 from llm import (
     CALIBRATION_SEQUENCES,
     METHODS,
+    THREADS,
     TOKENS,
     add_test_text_option,
     batches,
     facts_known,
     held_out_ids,
-    load,
     log_probs,
     outside_embeddings,
     perplexity_and_kl,
     questions_answered,
     scored_ids,
-    sequences,
-    split_text,
+    set_up,
     text_to_test,
 )
 
@@ -78,7 +76,6 @@ ROWS = ("depth: block influence (ShortGPT)", "depth: angular (Gromov et al.)",
         "heads then MLP: FLAP's metric, first layer whole, calibrated on half topics, half own "
         "samples",
         "allocated: hidden, MLP (pk.allocate)")
-THREADS = 2
 LR = 1e-4  # every row's unless it says otherwise (SliceGPT's own model diverges at it)
 
 
@@ -117,11 +114,9 @@ def main() -> None:
         data["rows"] = merged(stem, [], options.seconds, options.lr)
         write_results(stem, data, to_markdown(data))
         return
-    torch.manual_seed(0)
-    torch.set_num_threads(THREADS)
-    model, tokenizer = load()
-    calibration_text, _ = split_text()
-    calibration_ids = sequences(tokenizer, calibration_text, CALIBRATION_SEQUENCES)
+    setup = set_up()
+    model, tokenizer, calibration_text = setup.model, setup.tokenizer, setup.calibration_text
+    calibration, x = setup.calibration, setup.x
     # the text after the calibration sequences (its first 8 sequences also score
     # pk.allocate's splits in llm.py; none of it is test text)
     # every whole sequence of it: distillation that cycles over a few sequences learns them
@@ -135,11 +130,9 @@ def main() -> None:
         recovery = alternating(recovery, samples)
     questions = questions_answered(model, tokenizer)
     test_ids = scored_ids(tokenizer, test, 16)
-    calibration = batches(calibration_ids, 4, labels=True)
     reference = log_probs(model, test_ids)
     unpruned_ppl, _ = perplexity_and_kl(model, test_ids, reference)
     layers, base = model.config.num_hidden_layers, outside_embeddings(model)
-    x = {"input_ids": calibration_ids[:2]}
     rows = []
     for budget, name in [(b, n) for b in options.budgets for n in options.rows]:
         pruned = copy.deepcopy(model)
