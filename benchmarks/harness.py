@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,6 +56,18 @@ def write_results(stem: str, data: Any, markdown: str | None = None, figure: Any
 def read_results(stem: str, folder: Path = RESULTS) -> Any:
     """What ``write_results`` wrote for ``stem`` (to merge a partial rerun into it)."""
     return json.loads((folder / f"{stem}.json").read_text())
+
+
+def rows_not_rerun(stem: str, new: Sequence[dict], key: Callable[[dict], Any],
+                   field: str = "rows") -> list[dict]:
+    """The rows saved under ``field`` in ``STEM.json`` that no row of ``new`` replaces
+    (``key`` says which row is which): what a partial rerun keeps. None before a first run."""
+    try:
+        saved = read_results(stem)[field]
+    except FileNotFoundError:
+        return []
+    done = {key(row) for row in new}
+    return [row for row in saved if key(row) not in done]
 
 
 def save_figure(figure: Any, path: Path, dpi: int = 120) -> Path:

@@ -30,7 +30,7 @@ import gc
 import time
 from typing import Any
 
-from harness import arguments, read_results, write_results
+from harness import arguments, rows_not_rerun, write_results
 
 import torch
 from speed import FLOPS_TARGET, MODELS, ROUND_TO, THREADS, fold_batchnorm
@@ -142,12 +142,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     rows = [compare(name, batch, options.min_time)
             for name in options.only for batch in options.batches]
-    done = {(r["model"], r["batch"]) for r in rows}
-    try:  # the rows not run again stay
-        kept = [r for r in read_results("latency_target")["rows"]
-                if (r["model"], r["batch"]) not in done]
-    except FileNotFoundError:
-        kept = []
+    kept = rows_not_rerun("latency_target", rows, lambda r: (r["model"], r["batch"]))
     rows = sorted(kept + rows, key=lambda r: (MEASURED_MODELS.index(r["model"]), r["batch"]))
     write_results("latency_target", {"threads": THREADS, "torch": torch.__version__,
                                     "rows": rows}, to_markdown(rows))

@@ -24,7 +24,7 @@ import copy
 import gc
 import time
 
-from harness import arguments, markdown_table, read_results, write_results
+from harness import arguments, markdown_table, rows_not_rerun, write_results
 
 from llm import (
     batches,
@@ -78,11 +78,7 @@ def main() -> None:
                   f"held-out {held_ppl:.1f}, test {test_ppl:.1f}", flush=True)
             del pruned
             gc.collect()
-    try:
-        saved = read_results("llm_keep_screen")["rows"]
-    except FileNotFoundError:
-        saved = []
-    rows = [r for r in saved if r["budget"] not in options.budgets] + rows
+    rows = rows_not_rerun("llm_keep_screen", rows, lambda r: r["budget"]) + rows
     rows.sort(key=lambda r: (r["budget"], r["kept"]))
     data = {"unpruned_held_out_perplexity": unpruned_held,
             "unpruned_test_perplexity": unpruned_test,

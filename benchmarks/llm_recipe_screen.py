@@ -29,7 +29,7 @@ import gc
 import math
 import time
 
-from harness import arguments, markdown_table, read_results, write_results
+from harness import arguments, markdown_table, rows_not_rerun, write_results
 
 from llm import (
     HELD_OUT_SEQUENCES,
@@ -121,12 +121,8 @@ def main() -> None:
                   + ", ".join(f"{t} ×{row[t]:.2f}" for t in TEXTS), flush=True)
             del pruned, how
             gc.collect()
-    try:
-        saved = read_results("llm_recipe_screen")["rows"]
-    except FileNotFoundError:
-        saved = []
-    new = {(r["budget"], r["method"]) for r in rows}
-    rows = [r for r in saved if (r["budget"], r["method"]) not in new] + rows
+    rows = rows_not_rerun("llm_recipe_screen", rows,
+                          lambda r: (r["budget"], r["method"])) + rows
     order = list(METHODS)
     rows.sort(key=lambda r: (r["budget"], order.index(r["method"])))
     data = {"unpruned_perplexity": unpruned,

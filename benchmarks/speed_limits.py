@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import arguments, read_results, write_results
+from harness import arguments, rows_not_rerun, write_results
 
 import torch
 from speed import MODELS, THREADS, built_and_pruned, fold_batchnorm
@@ -489,12 +489,8 @@ def main() -> None:
     results = [account(name, batch) if runtime == "eager" else
                kernel_account(name, batch, runtime) for runtime in options.runtimes
                for name in options.only for batch in options.batches]
-    done = {(r["model"], r["batch"], r.get("runtime", "eager")) for r in results}
-    try:  # the rows not run again stay
-        kept = [r for r in read_results("speed_limits")["results"]
-                if (r["model"], r["batch"], r.get("runtime", "eager")) not in done]
-    except FileNotFoundError:
-        kept = []
+    kept = rows_not_rerun("speed_limits", results, field="results", key=lambda r: (
+        r["model"], r["batch"], r.get("runtime", "eager")))
     order = ("eager", "onnx", "compile")
     results = sorted(kept + results, key=lambda r: (
         order.index(r.get("runtime", "eager")), ACCOUNTED.index(r["model"]), r["batch"]))
