@@ -131,17 +131,23 @@ def main() -> None:
     print(to_markdown(data))
 
 
-def to_markdown(data: dict) -> str:
-    chosen = {}
-    for row in data["rows"]:
-        best = chosen.get(row["budget"])
+def chosen(rows: list[dict]) -> dict[float, dict]:
+    """The row with the lowest score at each budget: the screen's choice."""
+    picks: dict[float, dict] = {}
+    for row in rows:
+        best = picks.get(row["budget"])
         if best is None or score(row) < score(best):
-            chosen[row["budget"]] = row
+            picks[row["budget"]] = row
+    return picks
+
+
+def to_markdown(data: dict) -> str:
+    picks = chosen(data["rows"])
     unpruned, tokens = data["unpruned_perplexity"], data["tokens"]
     table = markdown_table(
         ["budget", "method", "removed", "held-out topics", "held-out own samples",
          "score (chooses)", "test: help topics", "test: dataset descriptions"],
-        [[f"{r['budget']:.0%}", r["method"] + (" **chosen**" if chosen[r["budget"]] is r
+        [[f"{r['budget']:.0%}", r["method"] + (" **chosen**" if picks[r["budget"]] is r
                                                else ""),
           f"{r['removed']:.1%}", *(f"×{r[t]:.2f}" for t in TEXTS[:2]), f"×{score(r):.2f}",
           *(f"×{r[t]:.2f}" for t in TEXTS[2:])] for r in data["rows"]])

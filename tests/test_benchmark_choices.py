@@ -1,5 +1,7 @@
 """The language-model screens choose on held-out text only: the test columns they print
-beside each candidate must never decide which one is chosen."""
+beside each candidate must never decide which one is chosen. And the goals summary
+(``llm_goals.py``) says a miss and by how much, compares within one setting only, and leaves
+out rows that do not remove their budget of the whole model."""
 
 import sys
 from pathlib import Path
@@ -18,6 +20,16 @@ def screens():
     finally:
         sys.path.remove(str(BENCHMARKS))
     return llm_keep_screen, llm_recipe_screen
+
+
+@pytest.fixture(scope="module")
+def goals():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import llm_goals
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return llm_goals
 
 
 def chosen_lines(markdown: str) -> list[str]:
@@ -51,3 +63,65 @@ def test_keep_screen_chooses_the_lowest_held_out_perplexity_not_the_test_text(sc
             "held_out_tokens": 2048, "test_tokens": 4096, "rows": rows}
     assert chosen_lines(screen.to_markdown(data)) == [
         line for line in screen.to_markdown(data).splitlines() if line.startswith("| 50% | 1 ")]
+
+
+PEER = "heads then MLP: Taylor, LLM-Pruner's layer range"
+OURS = "heads then MLP: FLAP's metric, first layer whole"
+ROTATED = "hidden rotation, then MLP re-fit"
+
+
+def pruned_row(budget, method, ratio):
+    return {"budget": budget, "method": method, "perplexity_ratio": ratio, "removed": budget}
+
+
+def recovered_row(budget, method, perplexity, samples=0, sequences=397, lora=None):
+    return {"budget": budget, "method": method, "seconds": 900, "lr": 1e-4, "lora_rank": lora,
+            "recovery_sequences": sequences, "samples": samples, "removed": budget,
+            "perplexity_recovered": perplexity}
+
+
+def summary(goals, pruned_rows, recovered_rows):
+    rows = goals.entries({"rows": pruned_rows},
+                         {"unpruned_perplexity": 10.0, "rows": recovered_rows})
+    rows = {"help": rows, "sklearn": []}
+    data = {"goals": goals.goals(rows, {0.2: OURS}), "versus": goals.versus(rows),
+            "one_command": {"command": "prunekit prune …", "parameters": 80,
+                            "unpruned_parameters": 100, "perplexity": 10.5,
+                            "unpruned_perplexity": 10.0, "answer": "Paris.",
+                            "unpruned_answer": "Paris."}}
+    return goals.to_markdown(data)
+
+
+def line(markdown, *parts):
+    found = [row for row in markdown.splitlines() if all(p in row for p in parts)]
+    assert len(found) == 1, (parts, found)
+    return found[0]
+
+
+def test_a_missed_goal_says_by_how_much_and_untied_rows_never_count(goals):
+    # the rotated row would meet the goal, but adds the untied output layer's parameters back
+    markdown = summary(goals, [pruned_row(0.2, OURS, 1.8), pruned_row(0.2, ROTATED, 1.1),
+                               pruned_row(0.2, PEER, 2.0)],
+                       [recovered_row(0.2, OURS, 11.0)])
+    assert "×1.80: **missed** by 20%" in line(markdown, "−20%, no training", "help topics")
+    assert ROTATED not in markdown
+    assert "×1.10: met" in line(markdown, "−20%, 15 min of recovery", "help topics")
+
+
+def test_peers_are_compared_within_one_recovery_setting_and_close_calls_are_ties(goals):
+    markdown = summary(goals, [pruned_row(0.5, OURS, 3.00), pruned_row(0.5, PEER, 3.02)], [
+        recovered_row(0.5, OURS, 12.0, samples=128),  # trained on own samples too
+        recovered_row(0.5, PEER, 20.0),  # a worse peer, but in another setting
+        recovered_row(0.5, PEER, 11.0, sequences=64),  # 16,384 tokens only: not counted
+        recovered_row(0.5, OURS, 9.0, lora=8)])  # LoRA: not the same recovery
+    assert "tie (0.7%)" in line(markdown, "| 50% | as pruned")
+    with_samples = line(markdown, "| 50% | 15 min, + 128 own samples")
+    assert "×1.20" in with_samples and "not run" in with_samples
+    alone = line(markdown, "| 50% | 15 min |")
+    assert "×2.00 (LLM-Pruner, its layer range)" in alone and "not run" in alone
+    assert "×1.10" not in markdown and "×0.90" not in markdown
+
+
+def test_a_peer_ahead_is_said(goals):
+    markdown = summary(goals, [pruned_row(0.35, OURS, 2.5), pruned_row(0.35, PEER, 2.0)], [])
+    assert "| peer (25%) |" in line(markdown, "| 35% | as pruned")
