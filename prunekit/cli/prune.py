@@ -70,8 +70,8 @@ def prune(
     round_to: str = typer.Option("1", help="keep a multiple of this many channels, or "
                                            "'measured': widths timed on this machine"),
     flops_target: float = typer.Option(None, help="remove this fraction of FLOPs instead of --ratio"),
-    params_target: float = typer.Option(None, help="filter/channel/heads/hidden: remove this "
-                                                   "fraction of the parameters instead of "
+    params_target: float = typer.Option(None, help="filter/channel/heads/hidden/width: remove "
+                                                   "this fraction of the parameters instead of "
                                                    "--ratio"),
     latency_target: float = typer.Option(None, help="filter/channel: run in this fraction of "
                                                     "the unpruned time (0.5: twice as fast), "
@@ -81,7 +81,7 @@ def prune(
     reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
                                                  "inputs by least squares on the calibration "
                                                  "batches (--data), no training"),
-    bias_compensation: bool = typer.Option(False, help="filter/channel/heads/hidden: add "
+    bias_compensation: bool = typer.Option(False, help="filter/channel/heads/hidden/width: add "
                                                        "the mean of what each linear layer's "
                                                        "lost inputs gave it on the "
                                                        "calibration batches to its bias "
