@@ -45,6 +45,7 @@ PEERS = {
     "depth: block influence (ShortGPT)": "ShortGPT",
     "depth: angular (Gromov et al.)": "Gromov et al.",
     "MLP: mean activation": "Minitron's width importance",
+    "heads then MLP: mean activation": "Minitron's width importance",
     "heads and MLP ranked together: FLAP (its adaptive structure, pk.WidthPruning)":
         "FLAP, adaptive structure",
     "heads then MLP: Taylor (LLM-Pruner's importance)": "LLM-Pruner",
