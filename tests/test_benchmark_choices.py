@@ -3,6 +3,7 @@ beside each candidate must never decide which one is chosen. And the goals summa
 (``llm_goals.py``) says a miss and by how much, compares within one setting only, and leaves
 out rows that do not remove their budget of the whole model."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -11,25 +12,24 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def screens():
+def benchmark_scripts(*names: str) -> list:
+    """The benchmark scripts ``names`` as modules (they import each other by bare name, as
+    they do when run from ``benchmarks/``)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import llm_keep_screen
-        import llm_recipe_screen
+        return [importlib.import_module(name) for name in names]
     finally:
         sys.path.remove(str(BENCHMARKS))
-    return llm_keep_screen, llm_recipe_screen
+
+
+@pytest.fixture(scope="module")
+def screens():
+    return benchmark_scripts("llm_keep_screen", "llm_recipe_screen")
 
 
 @pytest.fixture(scope="module")
 def goals():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import llm_goals
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return llm_goals
+    return benchmark_scripts("llm_goals")[0]
 
 
 def chosen_lines(markdown: str) -> list[str]:
