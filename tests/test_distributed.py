@@ -14,16 +14,19 @@ from safetensors.torch import load_file
 import prunekit as pk
 
 from . import distributed_checks as checks
+from .helpers import torchrun
 
 SCRIPT = Path(checks.__file__)
 
 
 def derive(out: Path, processes: int) -> tuple[dict, dict[str, torch.Tensor]]:
     out.mkdir()
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                 f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable])
-    done = subprocess.run([*launcher, str(SCRIPT), str(out)], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes > 1:
+        done = torchrun(processes, [str(SCRIPT), str(out)], timeout=600, env=env)
+    else:
+        done = subprocess.run([sys.executable, str(SCRIPT), str(out)], capture_output=True,
+                              text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return (json.loads((out / "derived.json").read_text()),
             load_file(out / "weights.safetensors"))
@@ -101,3 +104,23 @@ def test_rank_share_splits_nested_batches_and_refuses_uneven_ones(monkeypatch):
     assert share["extra"][0].tolist() == [2, 3] and share["extra"][1] == 7
     with pytest.raises(pk.ConfigError, match="does not split evenly over 2 processes"):
         list(pk.rank_share([torch.zeros(3, 2)]))
+
+
+@pytest.mark.slow  # starts torchrun five times, 2 s each
+def test_a_runtime_abort_is_launched_once_more_and_a_python_error_is_not(tmp_path):
+    """The retry in ``torchrun`` covers gloo's C++ aborts only, and only once."""
+    script = tmp_path / "aborts.py"
+    script.write_text(
+        "import os, sys\nfrom pathlib import Path\n"
+        "runs = Path(sys.argv[1])\nruns.write_text(runs.read_text() + 'x')\n"
+        "if len(runs.read_text()) <= int(sys.argv[2]):\n"
+        "    if sys.argv[3] == 'abort':\n"
+        "        print('terminate called without an active exception', file=sys.stderr)\n"
+        "        sys.stderr.flush(); os.abort()\n"
+        "    raise ValueError('a Python error')\n")
+    for aborts, kind, attempts, succeeds in ((1, "abort", 2, True), (2, "abort", 2, False),
+                                             (1, "error", 1, False)):
+        runs = tmp_path / f"{aborts}-{kind}"
+        runs.write_text("")
+        done = torchrun(1, [str(script), str(runs), str(aborts), kind], timeout=120)
+        assert (done.returncode == 0) == succeeds and len(runs.read_text()) == attempts, runs

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import torchrun
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,10 +30,8 @@ def test_distributed_recovery_example_on_two_processes(tmp_path):
     """The README's torchrun command: two gloo processes derive one plan and the first saves."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node=2", str(ROOT / "examples" / "distributed_recovery.py"),
-                          "--steps", "5", "--out", str(tmp_path / "pruned")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    run = torchrun(2, [str(ROOT / "examples" / "distributed_recovery.py"), "--steps", "5",
+                       "--out", str(tmp_path / "pruned")], timeout=300, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     plans = sorted(line for line in run.stdout.splitlines() if line.startswith("process "))
     assert len(plans) == 2 and plans[0].split(": ")[1] == plans[1].split(": ")[1]
