@@ -111,6 +111,70 @@ def test_keep_mistakes_are_one_line_and_leave_nothing(tmp_path, options, message
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_heads_first_then_channels_in_one_command_reloads_with_one_plan(tmp_path):
+    """--heads-first: a share of every layer's heads, then the MLP until the parameters
+    target counts both; one plan that pk.load applies as from_pretrained reads the sizes."""
+    folder, text = language_model_folder(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "prune", "--model", f"hf:{folder}", "--heads-first", "0.5", "--criterion",
+        "fluctuation", "--bias-compensation", "--params-target", "0.3", "--data",
+        f"text:{text}", "--no-latency", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())
+    assert "HeadPruning" in printed and ", then FilterPruning" in printed
+    assert "heads first: check: equivalent" in printed and "check: equivalent" in printed
+    original = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    restored = pk.load(transformers.AutoModelForCausalLM.from_pretrained(folder), out)
+    for layer in restored.model.layers:  # half the key/value heads, and neurons after them
+        assert layer.self_attn.k_proj.out_features == 8 and layer.mlp.up_proj.out_features < 64
+    size = sum(p.numel() for p in original.parameters())
+    kept = sum(p.numel() for p in restored.parameters())
+    assert 0.28 <= 1 - kept / size <= 0.33  # the target counts the heads' share too
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    ids = transformers.AutoTokenizer.from_pretrained(out / "hf")("the model reads text",
+                                                                 return_tensors="pt")
+    for a, b in zip(outputs(reloaded, dict(ids)), outputs(restored, dict(ids))):
+        assert torch.equal(a, b)
+    # the first layer whole: its heads differ from the other's, which no config describes,
+    # though the MLP step alone would be uniform
+    kept = tmp_path / "kept"
+    result = CliRunner().invoke(app, [
+        "prune", "--model", f"hf:{folder}", "--heads-first", "0.5", "--ratio", "0.25",
+        "--keep", "model.layers.0", "--data", f"text:{text}", "--no-latency", "--out",
+        str(kept)])
+    assert result.exit_code == 0, result.output
+    assert not (kept / "hf").exists() and (kept / "tokenizer").is_dir()
+    restored = pk.load(transformers.AutoModelForCausalLM.from_pretrained(folder), kept)
+    first, second = restored.model.layers
+    assert (first.self_attn.k_proj.out_features, first.mlp.up_proj.out_features) == (16, 64)
+    assert (second.self_attn.k_proj.out_features, second.mlp.up_proj.out_features) == (8, 48)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--method", "heads", "--heads-first", "0.5"],
+     "--heads-first: it comes before --method filter or channel, not heads"),
+    (["--heads-first", "1.5"], "--heads-first 1.5: give the fraction of each layer's heads"),
+    (["--heads-first", "0.4"], "--heads-first 0.4: that share of each layer's heads is less "
+                               "than one head here"),
+    (["--heads-first", "0.5", "--stream"], "--heads-first: a streamed prune runs one method"),
+    (["--heads-first", "0.5", "--latency-target", "0.8"],
+     "--heads-first and --latency-target"),
+    (["--heads-first", "0.5", "--criterion", "apoz"], "--heads-first: "),
+    (["--heads-first", "0.5", "--params-target", "0.01"],
+     "--params-target 0.01: --heads-first already removed"),
+])
+def test_heads_first_mistakes_are_one_line_and_leave_nothing(tmp_path, options, message):
+    folder, _ = language_model_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = CliRunner().invoke(app, ["prune", "--model", f"hf:{folder}", *options,
+                                      "--no-latency", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_text_needs_a_model_with_a_tokenizer(tmp_path):
     (tmp_path / "t.txt").write_text(WORDS)
     result = CliRunner().invoke(app, ["prune", "--model", "torchvision:resnet18", "--data",

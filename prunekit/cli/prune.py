@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class Pruned:
     result: PruneResult
     speed: Speedup | None
     distilled: DistillResult | None = None
+    heads: PruneResult | None = None  # --heads-first's step, already inside ``result``
 
 
 @app.command()
@@ -78,6 +79,12 @@ def prune(
                                                     "timed on this machine with these inputs "
                                                     "and --threads, instead of --ratio"),
     global_ranking: bool = typer.Option(False, help="rank channels across the whole model"),
+    heads_first: float = typer.Option(None, help="filter/channel on a transformer: first "
+                                                 "remove this fraction of every attention "
+                                                 "layer's heads (by --criterion, with "
+                                                 "--bias-compensation when given), then the "
+                                                 "channels; --params-target and "
+                                                 "--flops-target count both steps"),
     reconstruct: bool = typer.Option(False, help="channel/heads: re-fit the layers that lost "
                                                  "inputs by least squares on the calibration "
                                                  "batches (--data), no training"),
@@ -138,6 +145,8 @@ def prune(
             latency_target=latency_target, global_ranking=global_ranking or None,
             reconstruct=reconstruct or None, rotate=rotate or None,
             bias_compensation=bias_compensation or None)
+        heads = _heads_first(heads_first, pruning, criterion, bias_compensation, stream,
+                             latency_target)
         if data is None and _reads_loss(pruning):
             raise ConfigError(f"--criterion {pruning.criterion}: it ranks by a loss on labelled "
                               f"batches; pass --data with (inputs, labels) batches")
@@ -159,11 +168,36 @@ def prune(
                              None if recovery else calibration_batches)
         pruned = _prune(model, network, x, pruning, calibration=batches[:calibration_batches],
                         check=check, latency=latency, threads=threads, recovery=recovery,
-                        batches=batches, keep=kept)
+                        batches=batches, keep=kept, heads=heads)
         replace_out(out, lambda folder: _write(folder, network, pruned.result, model, out))
     except (PruneError, ConfigError) as error:
         fail(error)
-    _report(model, pruning, pruned, data is None, out)
+    _report(model, pruning, pruned, data is None, out, heads)
+
+
+def _heads_first(ratio: float | None, pruning: PruningMethod, criterion: str | None,
+                 bias_compensation: bool, stream: bool,
+                 latency_target: float | None) -> PruningMethod | None:
+    """``--heads-first``: the heads' step, checked against the options it joins."""
+    if ratio is None:
+        return None
+    if pruning.cli_name not in ("filter", "channel"):
+        raise ConfigError(f"--heads-first: it comes before --method filter or channel, not "
+                          f"{pruning.cli_name} (--method heads prunes heads alone)")
+    if stream:
+        raise ConfigError("--heads-first: a streamed prune runs one method over every "
+                          "block; prune in memory for heads, then channels")
+    if latency_target is not None:
+        raise ConfigError("--heads-first and --latency-target: the latency search times one "
+                          "method's widths; give --params-target or --flops-target")
+    if not 0 < ratio < 1:
+        raise ConfigError(f"--heads-first {ratio:g}: give the fraction of each layer's heads "
+                          f"to remove, between 0 and 1")
+    try:
+        return method_from_options("heads", criterion, optional={"ratio": ratio},
+                                   bias_compensation=bias_compensation or None)
+    except ConfigError as error:
+        raise ConfigError(f"--heads-first: {error}") from None
 
 
 def _modules(network, names: list[str]) -> list:
@@ -238,12 +272,23 @@ def _recovery(minutes: float | None, lora_rank: int | None, data: str | None,
 
 def _prune(model: str, network, x, pruning: PruningMethod, *, calibration: list, check: bool,
            latency: bool, threads: int | None, recovery: Recovery | None = None,
-           batches: list | None = None, keep: list | None = None) -> Pruned:
+           batches: list | None = None, keep: list | None = None,
+           heads: PruningMethod | None = None) -> Pruned:
     with progress() as report:
         measure_unpruned(network, x)  # inputs the model cannot run name --input-shape
         original = _copy_for_timing(network) if latency or recovery else None
+        first = None
+        if heads is not None:
+            first = prune_model(network, x, heads, data=calibration, check=check,
+                                progress=report, ignore=keep or ())
+            if first.plan.is_empty:  # a share under one head: floor(3 × 0.33) is none
+                raise ConfigError(f"--heads-first {heads.ratio:g}: that share of each layer's "
+                                  f"heads is less than one head here; give a larger share")
+            pruning = _what_is_left(pruning, first)
         result = prune_model(network, x, pruning, data=calibration, check=check,
                              progress=report, ignore=keep or ())
+        if first is not None:
+            result = _both(first, result)
         distilled = None
         if recovery is not None and original is not None:
             distilled = distill(network, original, batches, steps=10**9, lr=1e-4,
@@ -255,7 +300,35 @@ def _prune(model: str, network, x, pruning: PruningMethod, *, calibration: list,
             report(Step("timing the unpruned and pruned models", detail="interleaved"))
             speed = compare_latency(original, network, x, threads=threads)
             del original
-    return Pruned(result, speed, distilled)
+    return Pruned(result, speed, distilled, first)
+
+
+def _what_is_left(pruning: PruningMethod, heads: PruneResult) -> PruningMethod:
+    """``pruning`` with its parameters or FLOPs target, a share of the unpruned model,
+    turned into the share of the model the heads' step left that is still to go."""
+    for target, measured in (("params_target", "params"), ("flops_target", "flops")):
+        share = getattr(pruning, target, None)
+        if share is None:
+            continue
+        before, now = getattr(heads.before, measured), getattr(heads.after, measured)
+        left = (share * before - (before - now)) / now
+        if left <= 0:
+            option = "--" + target.replace("_", "-")
+            raise ConfigError(f"{option} {share:g}: --heads-first already removed "
+                              f"{1 - now / before:.1%} of the {measured}; give a larger "
+                              f"target or a smaller --heads-first")
+        return replace(pruning, **{target: left})
+    return pruning
+
+
+def _both(heads: PruneResult, channels: PruneResult) -> PruneResult:
+    """One result for the two steps: one plan (``pk.load`` applies it), the sizes before the
+    first and after the second, what either left unpruned, and whether the config describes
+    the model (the second step's config update reads every layer's sizes, the heads' too);
+    the check shown is the second's (``_report`` shows the first's too)."""
+    return PruneResult(heads.plan.then(channels.plan), heads.before, channels.after,
+                       heads.skipped + channels.skipped, channels.config_matches,
+                       channels.report, heads.unknown_ops + channels.unknown_ops)
 
 
 def _write(folder: Path, network, result: PruneResult, model: str, out: Path) -> None:
@@ -270,9 +343,10 @@ def _write(folder: Path, network, result: PruneResult, model: str, out: Path) ->
 
 
 def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: bool,
-            out: Path) -> None:
+            out: Path, heads: PruningMethod | None = None) -> None:
     result = pruned.result
-    show(result.table(pruned.speed), title=f"{model}: {pruning.summary()}")
+    title = pruning.summary() if heads is None else f"{heads.summary()}, then {pruning.summary()}"
+    show(result.table(pruned.speed), title=f"{model}: {title}")
     if random_inputs and _reads_data(pruning):
         console.print(f"[yellow]note:[/] criterion {escape(repr(pruning.criterion))} reads "
                       f"activations, and without --data it ran on the random example inputs "
@@ -281,6 +355,8 @@ def _report(model: str, pruning: PruningMethod, pruned: Pruned, random_inputs: b
         if random_inputs and getattr(pruning, option, False):
             console.print(f"[yellow]note:[/] --{option.replace('_', '-')} read the random example inputs only, "
                           f"without --data; pass --data for a fit that means something")
+    if pruned.heads is not None and pruned.heads.report is not None:
+        console.print(escape(f"heads first: check: {pruned.heads.report}"))
     for line in result.details():  # what print(result) says, as it says it
         console.print(escape(line))
     if pruned.distilled is not None:
