@@ -93,13 +93,16 @@ def entries(pruned: dict, recovery: dict) -> list[dict[str, Any]]:
                 or not counted(row["method"])):
             continue  # 15 minutes on all the recovery text, every weight trained
         found.append({"budget": row["budget"], "method": row["method"],
-                      "setting": recovery_setting(row.get("samples") or 0),
+                      "setting": recovery_setting(row.get("samples") or 0,
+                                                  row["recovery_sequences"]),
                       "ratio": row["perplexity_recovered"] / recovery["unpruned_perplexity"],
                       "removed": row["removed"], "lr": row["lr"]})
     return found
 
 
-def recovery_setting(samples: int) -> str:
+def recovery_setting(samples: int, text_sequences: int | None = None) -> str:
+    if samples and text_sequences == 0:
+        return f"15 min on {samples} own samples alone"
     return "15 min" + (f", + {samples} own samples" if samples else "")
 
 

@@ -91,7 +91,7 @@ def main() -> None:
                              "its own, the rate in its name)")
     parser.add_argument("--recovery-sequences", type=int, default=None,
                         help="train on this many 256-token sequences of recovery text (default: "
-                             "all of it)")
+                             "all of it; 0 with --samples: on the model's own text alone)")
     parser.add_argument("--lora-rank", type=int, default=None,
                         help="recover with low-rank adapters of this rank (peft), merged back, "
                              "instead of every weight (LLM-Pruner's recovery)")
@@ -123,8 +123,11 @@ def main() -> None:
     # (64 sequences, 16k tokens, in the rows that say so: ×1.31 after 15 minutes at 20%)
     available = len(tokenizer(calibration_text).input_ids) // TOKENS - CALIBRATION_SEQUENCES
     count = available if options.recovery_sequences is None else options.recovery_sequences
-    recovery = batches(held_out_ids(tokenizer, calibration_text, count, CALIBRATION_SEQUENCES), 2)
-    held_out = recovery[:4]
+    if count == 0 and not options.samples:
+        parser.error("--recovery-sequences 0: give --samples N, the text to recover on then")
+    text = held_out_ids(tokenizer, calibration_text, max(count, 8), CALIBRATION_SEQUENCES)
+    recovery = batches(text[:count], 2)  # none: recovery on the model's own samples alone
+    held_out = batches(text, 2)[:4]
     if options.samples:  # seed 1: not the text that rows calibrated on samples read (seed 0)
         samples = batches(pk.sample_text(model, options.samples, TOKENS, seed=1), 2)
         recovery = alternating(recovery, samples)
@@ -197,8 +200,9 @@ def to_markdown(data: dict) -> str:
         [[f"{r['seconds'] / 60:g} min", f"{r['budget']:.0%}", r["method"] + (
             f" (LoRA r={r['lora_rank']})" if r.get("lora_rank") else "") + (
             f" (lr {r['lr']:g})" if r["lr"] != LR and not r["method"].startswith("peer:") else ""),
-          f"{r['recovery_sequences'] * TOKENS:,} tokens" + (
-              f" + {r['samples'] * TOKENS:,} sampled" if r.get("samples") else ""),
+          " + ".join(part for part in (
+              f"{r['recovery_sequences'] * TOKENS:,} tokens" if r["recovery_sequences"] else "",
+              f"{r['samples'] * TOKENS:,} sampled" if r.get("samples") else "") if part),
           f"{r['removed']:.1%}",
           f"{r['perplexity_as_pruned']:.1f} (×{r['perplexity_as_pruned'] / unpruned:.2f})",
           f"{r['perplexity_recovered']:.1f} (×{r['perplexity_recovered'] / unpruned:.2f})",
@@ -230,7 +234,9 @@ def to_markdown(data: dict) -> str:
             f"linear layer but the output layer, merged back; `--recovery-sequences 64` for "
             f"the rows trained on 16,384 tokens of recovery text, written before every "
             f"sequence of it was used; `--samples N` for the rows that also train on N "
-            f"sequences the unpruned model wrote itself, `pk.sample_text`). **facts**: of the "
+            f"sequences the unpruned model wrote itself, `pk.sample_text`, and "
+            f"`--recovery-sequences 0 --samples N` for those that train on them alone). "
+            f"**facts**: of the "
             f"general-knowledge questions the unpruned model answers right (`lm_metrics.FACTS`), "
             f"how many the model answers right as pruned → after recovery (— : measured before "
             f"the column existed).{peers}\n\n"

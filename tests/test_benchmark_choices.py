@@ -113,12 +113,14 @@ def test_peers_are_compared_within_one_recovery_setting_and_close_calls_are_ties
         recovered_row(0.5, OURS, 12.0, samples=128),  # trained on own samples too
         recovered_row(0.5, PEER, 20.0),  # a worse peer, but in another setting
         recovered_row(0.5, PEER, 11.0, sequences=64),  # 16,384 tokens only: not counted
-        recovered_row(0.5, OURS, 9.0, lora=8)])  # LoRA: not the same recovery
+        recovered_row(0.5, OURS, 9.0, lora=8),  # LoRA: not the same recovery
+        recovered_row(0.5, PEER, 10.5, samples=320, sequences=0)])  # own samples alone
     assert "tie (0.7%)" in line(markdown, "| 50% | as pruned")
     with_samples = line(markdown, "| 50% | 15 min, + 128 own samples")
     assert "×1.20" in with_samples and "not run" in with_samples
     alone = line(markdown, "| 50% | 15 min |")
     assert "×2.00 (LLM-Pruner, its layer range)" in alone and "not run" in alone
+    assert "×1.05" in line(markdown, "| 50% | 15 min on 320 own samples alone |")
     assert "×1.10" not in markdown and "×0.90" not in markdown
 
 
