@@ -52,6 +52,14 @@ def model_file() -> Path:
 def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--ratio", type=float, default=0.25, help="share of MLP neurons removed")
+    parser.add_argument("--params-target", type=float, default=None,
+                        help="share of all the parameters removed, instead of --ratio")
+    parser.add_argument("--heads-first", type=float, default=None,
+                        help="share of every layer's heads removed first (the command's "
+                             "--heads-first); results in llm_one_command_heads_first")
+    parser.add_argument("--keep", action="append", default=[],
+                        help="a module the command leaves whole (its --keep), e.g. "
+                             "model.layers.0; repeat for more")
     parser.add_argument("--minutes", type=float, default=10, help="recovery time")
     parser.add_argument("--samples", type=int, default=64,
                         help="also calibrate and recover on this many sequences the model "
@@ -65,9 +73,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     (work / "calibration.txt").write_text(calibration_text)
     out = work / "pruned"
+    budget = (["--params-target", str(options.params_target)] if options.params_target
+              else ["--ratio", str(options.ratio)])
+    heads = ["--heads-first", str(options.heads_first)] if options.heads_first else []
     command = [sys.executable, "-m", "prunekit.cli.commands", "prune", "--model",
-               f"hf:{model_file()}", "--method", "filter", "--criterion", "fluctuation",
-               "--bias-compensation", "--ratio", str(options.ratio), "--round-to", "8", "--data",
+               f"hf:{model_file()}", "--method", "filter", *heads, "--criterion",
+               "fluctuation", "--bias-compensation", *budget, "--round-to", "8",
+               *[part for name in options.keep for part in ("--keep", name)], "--data",
                f"text:{work / 'calibration.txt'}"
                + (f"+samples:{options.samples}" if options.samples else ""),
                "--calibration-batches", "4",
@@ -81,7 +93,8 @@ def main() -> None:
     folder = model_file().parent
     unpruned = transformers.AutoModelForCausalLM.from_pretrained(
         str(folder), gguf_file=MODEL_FILE, dtype=torch.float32).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        out / "hf" if (out / "hf").is_dir() else out / "tokenizer")
     test_ids = sequences(tokenizer, test_text, 16)
     reference = [torch.log_softmax(unpruned(input_ids=b["input_ids"]).logits.float(), -1)
                  for b in batches(test_ids, 4)]
@@ -89,12 +102,22 @@ def main() -> None:
     unpruned_answer = answer(unpruned, tokenizer, QUESTION)
     questions = questions_answered(unpruned, tokenizer)
     unpruned_params = sum(p.numel() for p in unpruned.parameters())
-    del unpruned
-    pruned = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    if (out / "hf").is_dir():  # the config describes it
+        reloaded = "The saved `OUT/hf` reloaded with plain `AutoModelForCausalLM.from_pretrained`"
+        del unpruned
+        pruned = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    else:  # layers of different widths: the plan, applied to a fresh copy
+        import prunekit as pk
+
+        reloaded = ("The saved plan and weights reloaded with `pk.load` into the unpruned model "
+                    "(its layers differ in width, which no config describes)")
+        pruned = pk.load(unpruned, out).eval()
     ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
     shown = " ".join(["prunekit", *command[3:]]).replace(str(work), "WORK")
     data = {"command": shown.replace(str(model_file()), MODEL_FILE),
             "ratio": options.ratio, "minutes": options.minutes, "samples": options.samples,
+            "params_target": options.params_target, "heads_first": options.heads_first,
+            "keep": options.keep, "reloaded": reloaded,
             "seconds": seconds,
             "unpruned_parameters": unpruned_params,
             "parameters": sum(p.numel() for p in pruned.parameters()),
@@ -104,8 +127,18 @@ def main() -> None:
             "facts_of": len(questions),
             # from the size table on (its title holds the model file's path)
             "printed": run.stdout[run.stdout.find("┏"):].replace(str(work), "WORK")}
-    write_results("llm_one_command", data, to_markdown(data))
+    write_results("llm_one_command_heads_first" if options.heads_first else "llm_one_command",
+                  data, to_markdown(data))
     print(to_markdown(data))
+
+
+def reproduce(data: dict) -> str:
+    """The options that give ``data`` again."""
+    budget = (f"--params-target {data['params_target']:g}" if data.get("params_target")
+              else f"--ratio {data['ratio']:g}")
+    return " ".join([*([f"--heads-first {data['heads_first']:g}"] if data.get("heads_first")
+                       else []), budget, *[f"--keep {name}" for name in data.get("keep", [])],
+                     f"--minutes {data['minutes']:g}", f"--samples {data.get('samples', 0)}"])
 
 
 def to_markdown(data: dict) -> str:
@@ -114,9 +147,9 @@ def to_markdown(data: dict) -> str:
         f"`{data['command']}` ran in {data['seconds'] / 60:.1f} minutes on two cores "
         f"(WORK: a scratch folder; the calibration text is the calibration topics of "
         f"`llm.py`; *samples:N*, N sequences of 256 tokens the model writes itself). "
-        f"Reproduce: `python benchmarks/llm_one_command.py --ratio {data['ratio']:g} "
-        f"--minutes {data['minutes']:g} --samples {data.get('samples', 0)}`.", "",
-        "The saved `OUT/hf` reloaded with plain `AutoModelForCausalLM.from_pretrained`:", "",
+        f"Reproduce: `python benchmarks/llm_one_command.py {reproduce(data)}`.", "",
+        data.get("reloaded", "The saved `OUT/hf` reloaded with plain "
+                             "`AutoModelForCausalLM.from_pretrained`") + ":", "",
         "| | parameters | perplexity on the test text | KL to the unpruned | "
         f"\"{QUESTION}\" (greedy) | general-knowledge questions |",
         "|---|---|---|---|---|---|",
