@@ -99,8 +99,21 @@ def test_keep_leaves_the_named_layer_whole_and_the_budget_falls_on_the_others(tm
     (["--keep", ""], "--keep '': give the name of a module inside the model"),
     (["--keep", "model.layers.0", "--stream"], "--keep: a streamed prune treats every block "
                                                "alike"),
+    (["--method", "heads", "--heads-first", "0.5"],
+     "--heads-first: it comes before --method filter or channel, not heads"),
+    (["--heads-first", "1.5"], "--heads-first 1.5: give the fraction of each layer's heads"),
+    (["--heads-first", "0.4"], "--heads-first 0.4: that share of each layer's heads is less "
+                               "than one head here"),
+    (["--heads-first", "0.5", "--stream"], "--heads-first: a streamed prune runs one method"),
+    (["--heads-first", "0.5", "--latency-target", "0.8"],
+     "--heads-first and --latency-target"),
+    (["--heads-first", "0.5", "--criterion", "apoz"],
+     "--heads-first: --criterion: unknown criterion 'apoz' for heads"),
+    (["--heads-first", "0.5", "--params-target", "0.01"],
+     "--params-target 0.01: --heads-first already removed"),
 ])
-def test_keep_mistakes_are_one_line_and_leave_nothing(tmp_path, options, message):
+def test_keep_and_heads_first_mistakes_are_one_line_and_leave_nothing(tmp_path, options,
+                                                                     message):
     folder, _ = language_model_folder(tmp_path)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     result = CliRunner().invoke(app, ["prune", "--model", f"hf:{folder}", *options,
@@ -149,30 +162,6 @@ def test_heads_first_then_channels_in_one_command_reloads_with_one_plan(tmp_path
     first, second = restored.model.layers
     assert (first.self_attn.k_proj.out_features, first.mlp.up_proj.out_features) == (16, 64)
     assert (second.self_attn.k_proj.out_features, second.mlp.up_proj.out_features) == (8, 48)
-
-
-@pytest.mark.parametrize("options, message", [
-    (["--method", "heads", "--heads-first", "0.5"],
-     "--heads-first: it comes before --method filter or channel, not heads"),
-    (["--heads-first", "1.5"], "--heads-first 1.5: give the fraction of each layer's heads"),
-    (["--heads-first", "0.4"], "--heads-first 0.4: that share of each layer's heads is less "
-                               "than one head here"),
-    (["--heads-first", "0.5", "--stream"], "--heads-first: a streamed prune runs one method"),
-    (["--heads-first", "0.5", "--latency-target", "0.8"],
-     "--heads-first and --latency-target"),
-    (["--heads-first", "0.5", "--criterion", "apoz"], "--heads-first: "),
-    (["--heads-first", "0.5", "--params-target", "0.01"],
-     "--params-target 0.01: --heads-first already removed"),
-])
-def test_heads_first_mistakes_are_one_line_and_leave_nothing(tmp_path, options, message):
-    folder, _ = language_model_folder(tmp_path)
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    result = CliRunner().invoke(app, ["prune", "--model", f"hf:{folder}", *options,
-                                      "--no-latency", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split())
-    assert not (tmp_path / "x").exists()
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_text_needs_a_model_with_a_tokenizer(tmp_path):
