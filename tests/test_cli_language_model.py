@@ -174,6 +174,37 @@ def test_text_needs_a_model_with_a_tokenizer(tmp_path):
         " ".join(result.output.split())
 
 
+def test_recovery_steps_on_pairs_of_the_sequences_pruning_read_in_fours(tmp_path,
+                                                                       monkeypatch):
+    """A time budget buys as many sequences in pairs as in fours, and twice the steps."""
+    import prunekit.cli.prune as command
+
+    seen, real = [], command.distill
+
+    def recording(student, teacher, data, **options):
+        seen.extend(len(batch["input_ids"]) for batch in data)
+        return real(student, teacher, data, **options)
+
+    monkeypatch.setattr(command, "distill", recording)
+    folder, text = language_model_folder(tmp_path)
+    result = CliRunner().invoke(app, [
+        "prune", "--model", f"hf:{folder}", "--method", "filter", "--ratio", "0.25",
+        "--data", f"text:{text}", "--recover-minutes", "0.01", "--no-latency",
+        "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert seen and set(seen) == {2}
+
+
+def test_recovery_batches_cut_every_batch_into_pairs_in_order():
+    from prunekit.cli.text import recovery_batches
+
+    ids = torch.arange(11 * 3).view(11, 3)
+    cut = recovery_batches([{"input_ids": ids[:4]}, {"input_ids": ids[4:8]},
+                            {"input_ids": ids[8:]}])
+    assert [len(batch["input_ids"]) for batch in cut] == [2, 2, 2, 2, 2, 1]
+    assert torch.equal(torch.cat([batch["input_ids"] for batch in cut]), ids)
+
+
 def test_too_little_text_is_one_line(tmp_path):
     folder, _ = language_model_folder(tmp_path)
     (tmp_path / "short.txt").write_text("the model")

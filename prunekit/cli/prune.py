@@ -41,7 +41,14 @@ from .app import (
 )
 from .output import check_out, copy_hf_extras, replace_out
 from .sources import example_inputs, first_inputs, load_data, load_model
-from .text import SAMPLES_PREFIX, is_gguf, is_language_data, language_batches, tokenizer_for
+from .text import (
+    SAMPLES_PREFIX,
+    is_gguf,
+    is_language_data,
+    language_batches,
+    recovery_batches,
+    tokenizer_for,
+)
 
 OUT_FILES = {"model.safetensors", "plan.json", "hf", "tokenizer"}
 
@@ -166,9 +173,11 @@ def prune(
         # recovery trains on every batch; pruning reads --calibration-batches of them
         x, batches = _inputs(network, model, input_shape, data,
                              None if recovery else calibration_batches)
+        language = data is not None and is_language_data(data)
         pruned = _prune(model, network, x, pruning, calibration=batches[:calibration_batches],
                         check=check, latency=latency, threads=threads, recovery=recovery,
-                        batches=batches, keep=kept, heads=heads)
+                        batches=recovery_batches(batches) if language else batches,
+                        keep=kept, heads=heads)
         replace_out(out, lambda folder: _write(folder, network, pruned.result, model, out))
     except (PruneError, ConfigError) as error:
         fail(error)
