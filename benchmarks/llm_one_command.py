@@ -13,7 +13,8 @@ a model calibrated and recovered on Python's help alone forgets what Paris is); 
 every layer loses the same share of its
 neurons (a ratio, so one config describes the result and ``from_pretrained`` reloads it);
 recovery distils from the unpruned model for M minutes on the same text. Then: the saved
-folder's perplexity on ``llm.py``'s test text, the answer to "What is the capital of
+folder's perplexity on ``llm.py``'s test text and on scikit-learn's dataset descriptions
+(text unlike any the command read), the answer to "What is the capital of
 France?" through the tokenizer's chat template, greedy, and how many of the general-knowledge
 questions the unpruned model answers right (``lm_metrics.FACTS``) it still does.
 
@@ -39,7 +40,7 @@ from harness import ROOT, arguments, write_results
 
 import torch
 from llm import MODEL_FILE, batches, perplexity_and_kl, sequences, split_text
-from lm_metrics import answer, facts_known, questions_answered
+from lm_metrics import answer, dataset_descriptions, facts_known, questions_answered
 
 QUESTION = "What is the capital of France?"
 
@@ -99,10 +100,13 @@ def main() -> None:
         str(folder), gguf_file=MODEL_FILE, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         out / "hf" if (out / "hf").is_dir() else out / "tokenizer")
-    test_ids = sequences(tokenizer, test_text, 16)
-    reference = [torch.log_softmax(unpruned(input_ids=b["input_ids"]).logits.float(), -1)
-                 for b in batches(test_ids, 4)]
-    unpruned_ppl, _ = perplexity_and_kl(unpruned, test_ids, reference)
+    # the help topics no calibration read, and text unlike any it read
+    texts = {"help": sequences(tokenizer, test_text, 16),
+             "descriptions": sequences(tokenizer, dataset_descriptions(), 16)}
+    references = {name: [torch.log_softmax(unpruned(input_ids=b["input_ids"]).logits.float(), -1)
+                         for b in batches(ids, 4)] for name, ids in texts.items()}
+    unpruned_ppl = {name: perplexity_and_kl(unpruned, ids, references[name])[0]
+                    for name, ids in texts.items()}
     unpruned_answer = answer(unpruned, tokenizer, QUESTION)
     questions = questions_answered(unpruned, tokenizer)
     unpruned_params = sum(p.numel() for p in unpruned.parameters())
@@ -116,7 +120,8 @@ def main() -> None:
         reloaded = ("The saved plan and weights reloaded with `pk.load` into the unpruned model "
                     "(its layers differ in width, which no config describes)")
         pruned = pk.load(unpruned, out).eval()
-    ppl, kl = perplexity_and_kl(pruned, test_ids, reference)
+    scores = {name: perplexity_and_kl(pruned, ids, references[name])
+              for name, ids in texts.items()}
     shown = " ".join(["prunekit", *command[3:]]).replace(str(work), "WORK")
     data = {"command": shown.replace(str(model_file()), MODEL_FILE),
             "ratio": options.ratio, "minutes": options.minutes, "samples": options.samples,
@@ -125,7 +130,11 @@ def main() -> None:
             "seconds": seconds,
             "unpruned_parameters": unpruned_params,
             "parameters": sum(p.numel() for p in pruned.parameters()),
-            "unpruned_perplexity": unpruned_ppl, "perplexity": ppl, "kl": kl,
+            "unpruned_perplexity": unpruned_ppl["help"], "perplexity": scores["help"][0],
+            "kl": scores["help"][1],
+            "descriptions": {"unpruned_perplexity": unpruned_ppl["descriptions"],
+                             "perplexity": scores["descriptions"][0],
+                             "kl": scores["descriptions"][1]},
             "unpruned_answer": unpruned_answer, "answer": answer(pruned, tokenizer, QUESTION),
             "facts": sum(facts_known(pruned, tokenizer, questions)),
             "facts_of": len(questions),
@@ -145,6 +154,17 @@ def reproduce(data: dict) -> str:
                      f"--minutes {data['minutes']:g}", f"--samples {data.get('samples', 0)}"])
 
 
+def _descriptions(data: dict, unpruned: bool = False) -> str:
+    """The perplexity on the dataset descriptions (— : measured before it was scored)."""
+    scored = data.get("descriptions")
+    if scored is None:
+        return "—"
+    if unpruned:
+        return f"{scored['unpruned_perplexity']:.2f}"
+    return (f"{scored['perplexity']:.2f} "
+            f"(×{scored['perplexity'] / scored['unpruned_perplexity']:.2f})")
+
+
 def to_markdown(data: dict) -> str:
     return "\n".join([
         "# One command: SmolLM2's GGUF file to a pruned, recovered, reloadable model", "",
@@ -154,14 +174,19 @@ def to_markdown(data: dict) -> str:
         f"Reproduce: `python benchmarks/llm_one_command.py {reproduce(data)}`.", "",
         data.get("reloaded", "The saved `OUT/hf` reloaded with plain "
                              "`AutoModelForCausalLM.from_pretrained`") + ":", "",
-        "| | parameters | perplexity on the test text | KL to the unpruned | "
-        f"\"{QUESTION}\" (greedy) | general-knowledge questions |",
-        "|---|---|---|---|---|---|",
+        "| | parameters | perplexity on the help topics' test text | KL to the unpruned | "
+        f"perplexity on the dataset descriptions | \"{QUESTION}\" (greedy) | "
+        "general-knowledge questions |",
+        "|---|---|---|---|---|---|---|",
         f"| unpruned | {data['unpruned_parameters']:,} | {data['unpruned_perplexity']:.2f} | "
-        f"0 | {data['unpruned_answer']} | {data.get('facts_of', '—')} right |",
+        f"0 | {_descriptions(data, unpruned=True)} | {data['unpruned_answer']} | "
+        f"{data.get('facts_of', '—')} right |",
         f"| pruned and recovered | {data['parameters']:,} | {data['perplexity']:.2f} "
         f"(×{data['perplexity'] / data['unpruned_perplexity']:.2f}) | {data['kl']:.3f} | "
-        f"{data['answer']} | {data.get('facts', '—')} of them |", "",
+        f"{_descriptions(data)} | {data['answer']} | {data.get('facts', '—')} of them |", "",
+        "The dataset descriptions: scikit-learn's bundled ones (`lm_metrics."
+        "dataset_descriptions`), prose and tables nothing like the text the command "
+        "calibrated and recovered on; how the model does on text it never saw.",
         "The questions: `lm_metrics.FACTS` (none about Python; the unpruned model answers "
         "some wrong, and only those it answers right count).", ""])
 
