@@ -63,7 +63,14 @@ def test_one_command_prunes_recovers_and_saves_a_reloadable_model(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (["--recover-minutes", "1"], "--recover-minutes: recovery trains on --data"),
-    (["--lora-rank", "4"], "--lora-rank: it is the rank of the adapters --recover-minutes"),
+    (["--lora-rank", "4"], "--lora-rank: it sets what --recover-minutes trains; give "
+                           "--recover-minutes too"),
+    (["--recover-batch", "4"], "--recover-batch: it sets what --recover-minutes trains"),
+    (["--data", "samples:4", "--recover-minutes", "1", "--recover-batch", "0"],
+     "--recover-batch 0: give a positive number of sequences"),
+    (["--data", "batches.py:make", "--recover-minutes", "1", "--recover-batch", "2"],
+     "--recover-batch: it cuts text:/samples: data into steps; recovery trains on the "
+     "batches 'batches.py:make' makes as they are"),
     (["--ratio", "0.2", "--params-target", "0.1"], "--ratio and --params-target"),
     (["--params-target", "0.1", "--flops-target", "0.1"],
      "--flops-target and --params-target: give one target"),
@@ -174,9 +181,12 @@ def test_text_needs_a_model_with_a_tokenizer(tmp_path):
         " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("options, size", [([], 2), (["--recover-batch", "3"], 3)])
 def test_recovery_steps_on_pairs_of_the_sequences_pruning_read_in_fours(tmp_path,
-                                                                       monkeypatch):
-    """A time budget buys as many sequences in pairs as in fours, and twice the steps."""
+                                                                       monkeypatch, options,
+                                                                       size):
+    """A time budget buys as many sequences in pairs as in fours, and twice the steps;
+    ``--recover-batch`` sets another size (cut from each batch of 4: 3, then 1)."""
     import prunekit.cli.prune as command
 
     seen, real = [], command.distill
@@ -189,10 +199,10 @@ def test_recovery_steps_on_pairs_of_the_sequences_pruning_read_in_fours(tmp_path
     folder, text = language_model_folder(tmp_path)
     result = CliRunner().invoke(app, [
         "prune", "--model", f"hf:{folder}", "--method", "filter", "--ratio", "0.25",
-        "--data", f"text:{text}", "--recover-minutes", "0.01", "--no-latency",
+        "--data", f"text:{text}", "--recover-minutes", "0.01", *options, "--no-latency",
         "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert seen and set(seen) == {2}
+    assert seen and max(seen) == size and set(seen) <= {size, 4 % size}
 
 
 def test_recovery_batches_cut_every_batch_into_pairs_in_order():
