@@ -25,7 +25,9 @@ Results: ``benchmarks/results/llm_one_command.{json,md}``. With ``--heads-first 
 of every layer's heads first, then the MLP: the recipe the screen chose at 35% and 50%),
 ``--params-target T`` and ``--keep NAME``, the command takes the same options, and the
 layers it leaves whole make widths no config describes, so the model reloads with
-``pk.load``: ``benchmarks/results/llm_one_command_heads_first.{json,md}``.
+``pk.load``: ``benchmarks/results/llm_one_command_heads_first.{json,md}``. ``--recover-batch
+N`` passes the command's own (sequences per recovery step; its default is 2), and the results
+go to the same name with ``_recover_batchN`` added.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def main() -> None:
                         help="a module the command leaves whole (its --keep), e.g. "
                              "model.layers.0; repeat for more")
     parser.add_argument("--minutes", type=float, default=10, help="recovery time")
+    parser.add_argument("--recover-batch", type=int, default=None,
+                        help="sequences per recovery step (the command's --recover-batch; "
+                             "default its own, 2); results in STEM_recover_batchN")
     parser.add_argument("--samples", type=int, default=64,
                         help="also calibrate and recover on this many sequences the model "
                              "writes itself (--data text:…+samples:N; 0: the text alone)")
@@ -88,7 +93,9 @@ def main() -> None:
                f"text:{work / 'calibration.txt'}"
                + (f"+samples:{options.samples}" if options.samples else ""),
                "--calibration-batches", "4",
-               "--recover-minutes", str(options.minutes), "--no-latency", "--out", str(out)]
+               "--recover-minutes", str(options.minutes),
+               *(["--recover-batch", str(options.recover_batch)] if options.recover_batch
+                 else []), "--no-latency", "--out", str(out)]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - started
@@ -126,6 +133,7 @@ def main() -> None:
     data = {"command": shown.replace(str(model_file()), MODEL_FILE),
             "ratio": options.ratio, "minutes": options.minutes, "samples": options.samples,
             "params_target": options.params_target, "heads_first": options.heads_first,
+            "recover_batch": options.recover_batch,
             "keep": options.keep, "reloaded": reloaded,
             "seconds": seconds,
             "unpruned_parameters": unpruned_params,
@@ -140,8 +148,10 @@ def main() -> None:
             "facts_of": len(questions),
             # from the size table on (its title holds the model file's path)
             "printed": run.stdout[run.stdout.find("┏"):].replace(str(work), "WORK")}
-    write_results("llm_one_command_heads_first" if options.heads_first else "llm_one_command",
-                  data, to_markdown(data))
+    stem = "llm_one_command_heads_first" if options.heads_first else "llm_one_command"
+    if options.recover_batch:
+        stem += f"_recover_batch{options.recover_batch}"
+    write_results(stem, data, to_markdown(data))
     print(to_markdown(data))
 
 
@@ -151,7 +161,9 @@ def reproduce(data: dict) -> str:
               else f"--ratio {data['ratio']:g}")
     return " ".join([*([f"--heads-first {data['heads_first']:g}"] if data.get("heads_first")
                        else []), budget, *[f"--keep {name}" for name in data.get("keep", [])],
-                     f"--minutes {data['minutes']:g}", f"--samples {data.get('samples', 0)}"])
+                     f"--minutes {data['minutes']:g}", f"--samples {data.get('samples', 0)}",
+                     *([f"--recover-batch {data['recover_batch']}"]
+                       if data.get("recover_batch") else [])])
 
 
 def _descriptions(data: dict, unpruned: bool = False) -> str:
@@ -167,7 +179,10 @@ def _descriptions(data: dict, unpruned: bool = False) -> str:
 
 def to_markdown(data: dict) -> str:
     return "\n".join([
-        "# One command: SmolLM2's GGUF file to a pruned, recovered, reloadable model", "",
+        "# One command: SmolLM2's GGUF file to a pruned, recovered, reloadable model"
+        + (", heads first" if data.get("heads_first") else "")
+        + (f", {data['recover_batch']} sequences a recovery step"
+           if data.get("recover_batch") else ""), "",
         f"`{data['command']}` ran in {data['seconds'] / 60:.1f} minutes on two cores "
         f"(WORK: a scratch folder; the calibration text is the calibration topics of "
         f"`llm.py`; *samples:N*, N sequences of 256 tokens the model writes itself). "
@@ -186,7 +201,7 @@ def to_markdown(data: dict) -> str:
         f"{_descriptions(data)} | {data['answer']} | {data.get('facts', '—')} of them |", "",
         "The dataset descriptions: scikit-learn's bundled ones (`lm_metrics."
         "dataset_descriptions`), prose and tables nothing like the text the command "
-        "calibrated and recovered on; how the model does on text it never saw.",
+        "calibrated and recovered on; how the model does on text it never saw.", "",
         "The questions: `lm_metrics.FACTS` (none about Python; the unpruned model answers "
         "some wrong, and only those it answers right count).", ""])
 

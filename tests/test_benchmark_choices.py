@@ -85,11 +85,31 @@ def summary(goals, pruned_rows, recovered_rows):
                          {"unpruned_perplexity": 10.0, "rows": recovered_rows})
     rows = {"help": rows, "sklearn": []}
     data = {"goals": goals.goals(rows, {0.2: OURS}), "versus": goals.versus(rows),
-            "one_command": {"command": "prunekit prune …", "parameters": 80,
-                            "unpruned_parameters": 100, "perplexity": 10.5,
-                            "unpruned_perplexity": 10.0, "answer": "Paris.",
-                            "unpruned_answer": "Paris."}}
+            "one_command": [goals.one_command(one_command_result())]}
     return goals.to_markdown(data)
+
+
+def one_command_result(**changes):
+    """An ``llm_one_command.py`` result: 20% of the parameters, both texts scored."""
+    return {"command": "prunekit prune …", "minutes": 10, "parameters": 80,
+            "unpruned_parameters": 100, "perplexity": 10.5, "unpruned_perplexity": 10.0,
+            "descriptions": {"perplexity": 30.0, "unpruned_perplexity": 20.0},
+            "answer": "Paris.", "unpruned_answer": "Paris.", **changes}
+
+
+def test_the_one_command_shows_both_texts_and_a_wrong_answer_says_so(goals):
+    rows = {"help": [], "sklearn": []}
+    data = {"goals": goals.goals(rows, {}), "versus": goals.versus(rows), "one_command": [
+        goals.one_command(one_command_result()),
+        goals.one_command(one_command_result(command="prunekit prune --heads-first …",
+                                             heads_first=0.34, descriptions=None,
+                                             answer="France."))]}
+    markdown = goals.to_markdown(data)
+    first = line(markdown, "`prunekit prune …`")
+    assert "20.0%" in first and "×1.05" in first and "×1.50" in first
+    assert "`from_pretrained`" in first and "(wrong)" not in first
+    second = line(markdown, "--heads-first")
+    assert "not scored" in second and "`pk.load`" in second and "(wrong)" in second
 
 
 def line(markdown, *parts):
