@@ -181,12 +181,13 @@ def test_text_needs_a_model_with_a_tokenizer(tmp_path):
         " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("options, size", [([], 2), (["--recover-batch", "3"], 3)])
+@pytest.mark.parametrize("options, size", [([], 2), (["--recover-batch", "3"], 3),
+                                           (["--recover-batch", "6"], 6)])
 def test_recovery_steps_on_pairs_of_the_sequences_pruning_read_in_fours(tmp_path,
                                                                        monkeypatch, options,
                                                                        size):
     """A time budget buys as many sequences in pairs as in fours, and twice the steps;
-    ``--recover-batch`` sets another size (cut from each batch of 4: 3, then 1)."""
+    ``--recover-batch`` sets another size, more than the 4 pruning reads too."""
     import prunekit.cli.prune as command
 
     seen, real = [], command.distill
@@ -202,7 +203,7 @@ def test_recovery_steps_on_pairs_of_the_sequences_pruning_read_in_fours(tmp_path
         "--data", f"text:{text}", "--recover-minutes", "0.01", *options, "--no-latency",
         "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert seen and max(seen) == size and set(seen) <= {size, 4 % size}
+    assert len(seen) > 1 and set(seen[:-1]) == {size} and seen[-1] <= size
 
 
 def test_recovery_batches_cut_every_batch_into_pairs_in_order():
@@ -213,6 +214,9 @@ def test_recovery_batches_cut_every_batch_into_pairs_in_order():
                             {"input_ids": ids[8:]}])
     assert [len(batch["input_ids"]) for batch in cut] == [2, 2, 2, 2, 2, 1]
     assert torch.equal(torch.cat([batch["input_ids"] for batch in cut]), ids)
+    larger = recovery_batches([{"input_ids": ids[:4]}, {"input_ids": ids[4:]}], 8)
+    assert [len(batch["input_ids"]) for batch in larger] == [8, 3]
+    assert torch.equal(torch.cat([batch["input_ids"] for batch in larger]), ids)
 
 
 def test_too_little_text_is_one_line(tmp_path):

@@ -105,10 +105,11 @@ def alternating(*sources: list) -> list:
 
 def recovery_batches(batches: list[dict[str, torch.Tensor]],
                      size: int = RECOVERY_BATCH) -> list[dict[str, torch.Tensor]]:
-    """The sequences of ``batches``, in order, in batches of ``size`` (the last of each
-    batch may hold fewer)."""
-    return [{name: tensor[start:start + size] for name, tensor in batch.items()}
-            for batch in batches for start in range(0, len(batch["input_ids"]), size)]
+    """The sequences of ``batches`` (all of one length, as text and samples are), in order,
+    in batches of ``size``; the last may hold fewer."""
+    joined = {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
+    return [{name: tensor[start:start + size] for name, tensor in joined.items()}
+            for start in range(0, len(joined["input_ids"]), size)]
 
 
 def sample_batches(part: str, network: nn.Module,
