@@ -18,9 +18,9 @@ SAMPLES_PREFIX = "samples:"
 SEQUENCE = 256  # tokens per sequence of --data text:
 BATCH = 4  # sequences per batch
 # sequences per step of --recover-minutes (--recover-batch): on two cores a time budget buys
-# as many sequences in fours as in pairs, and pairs take twice the steps and recovered more
-# on SmolLM2 (20% of its MLP, 10 minutes: ×1.12 on held-out text, against ×1.14 in fours;
-# the 50% recipe, 15 minutes: ×1.50 against ×1.56; one run each)
+# as many sequences in fours as in pairs, in half the steps. On SmolLM2, one run each: the
+# 50% recipe after 15 minutes ×1.50 on held-out help topics in pairs, ×1.57 in fours (×2.66
+# and ×2.64 on text unlike the calibration); 20% of it after 10, ×1.12 and ×1.13 (×1.45 both)
 RECOVERY_BATCH = 2
 SUFFIXES = (".txt", ".md", ".rst")  # what a folder given to --data text: is read for
 
