@@ -41,8 +41,8 @@ from pathlib import Path
 from harness import ROOT, arguments, write_results
 
 import torch
-from llm import MODEL_FILE, batches, perplexity_and_kl, sequences, split_text
-from lm_metrics import answer, dataset_descriptions, facts_known, questions_answered
+from llm import MODEL_FILE, perplexity_and_kl, sequences, split_text
+from lm_metrics import answer, dataset_descriptions, facts_known, log_probs, questions_answered
 
 QUESTION = "What is the capital of France?"
 
@@ -110,8 +110,7 @@ def main() -> None:
     # the help topics no calibration read, and text unlike any it read
     texts = {"help": sequences(tokenizer, test_text, 16),
              "descriptions": sequences(tokenizer, dataset_descriptions(), 16)}
-    references = {name: [torch.log_softmax(unpruned(input_ids=b["input_ids"]).logits.float(), -1)
-                         for b in batches(ids, 4)] for name, ids in texts.items()}
+    references = {name: log_probs(unpruned, ids) for name, ids in texts.items()}
     unpruned_ppl = {name: perplexity_and_kl(unpruned, ids, references[name])[0]
                     for name, ids in texts.items()}
     unpruned_answer = answer(unpruned, tokenizer, QUESTION)

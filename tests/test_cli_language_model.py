@@ -206,7 +206,7 @@ def test_recovery_steps_on_pairs_of_the_sequences_pruning_read_in_fours(tmp_path
     assert len(seen) > 1 and set(seen[:-1]) == {size} and seen[-1] <= size
 
 
-def test_recovery_batches_cut_every_batch_into_pairs_in_order():
+def test_recovery_batches_join_the_sequences_and_cut_them_into_steps_in_order():
     from prunekit.cli.text import recovery_batches
 
     ids = torch.arange(11 * 3).view(11, 3)

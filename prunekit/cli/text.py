@@ -107,9 +107,13 @@ def recovery_batches(batches: list[dict[str, torch.Tensor]],
                      size: int = RECOVERY_BATCH) -> list[dict[str, torch.Tensor]]:
     """The sequences of ``batches`` (all of one length, as text and samples are), in order,
     in batches of ``size``; the last may hold fewer."""
-    joined = {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
-    return [{name: tensor[start:start + size] for name, tensor in joined.items()}
-            for start in range(0, len(joined["input_ids"]), size)]
+    return in_batches(torch.cat([batch["input_ids"] for batch in batches]), size)
+
+
+def in_batches(ids: torch.Tensor, size: int) -> list[dict[str, torch.Tensor]]:
+    """``ids`` (sequences × tokens) as model inputs, ``size`` sequences each; the last may
+    hold fewer."""
+    return [{"input_ids": ids[start:start + size]} for start in range(0, len(ids), size)]
 
 
 def sample_batches(part: str, network: nn.Module,
@@ -122,8 +126,7 @@ def sample_batches(part: str, network: nn.Module,
     if not count.isdigit() or int(count) < 1:
         raise ConfigError(f"--data {part!r}: give the number of sequences to sample, e.g. "
                           f"samples:64")
-    ids = sample_text(network, int(count), SEQUENCE, progress=progress)
-    return [{"input_ids": ids[start:start + BATCH]} for start in range(0, len(ids), BATCH)]
+    return in_batches(sample_text(network, int(count), SEQUENCE, progress=progress), BATCH)
 
 
 def text_batches(spec: str, tokenizer: Any) -> list[dict[str, torch.Tensor]]:
